@@ -1,0 +1,154 @@
+"""Settings for every deployment, read from the environment.
+
+Embedded default (no ``DATABASE_URL`` / ``CELERY_BROKER_URL``): SQLite in ``var/`` and Celery tasks
+executed in-process, so ``make demo`` runs the same services and task code as a PostgreSQL + Redis
+deployment with nothing but Python installed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+
+from config.env import envbool, envint, envlist, envopt, envstr
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(envstr("FWUPD_VAR_DIR", str(BASE_DIR / "var")))
+
+DEBUG = envbool("DJANGO_DEBUG", False)
+_INSECURE_DEV_KEY = "insecure-development-key-do-not-use-in-production-0123456789abcdef"
+SECRET_KEY = envstr("DJANGO_SECRET_KEY", _INSECURE_DEV_KEY)
+ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "manifests",
+    "campaigns",
+    "workers",
+    "audit",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = envopt("DATABASE_URL")
+if _database_url:
+    DATABASES = {"default": dj_database_url.parse(_database_url, conn_max_age=60)}
+else:
+    # The embedded default keeps its database in var/, created on first use.
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": envstr("FWUPD_SQLITE_PATH", str(VAR_DIR / "fwupd.sqlite3")),
+            "OPTIONS": {"timeout": 30},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+
+# Firmware images are stored content-addressed by SHA-256 (manifests.images.storage).
+FIRMWARE_STORAGE_ROOT = Path(envstr("FIRMWARE_STORAGE_ROOT", str(VAR_DIR / "images")))
+# Largest SUIT envelope the decoder accepts; bounds memory use on hostile input.
+SUIT_MAX_ENVELOPE_SIZE = envint("SUIT_MAX_ENVELOPE_SIZE", 256 * 1024, minimum=1024)
+# Largest firmware image accepted for upload.
+FIRMWARE_MAX_IMAGE_SIZE = envint("FIRMWARE_MAX_IMAGE_SIZE", 64 * 1024 * 1024, minimum=1024)
+
+# --- Celery -------------------------------------------------------------------------------
+CELERY_BROKER_URL = envopt("CELERY_BROKER_URL")
+# No broker configured: run tasks in-process through the same task code (embedded default).
+CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL is None)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_RESULT_BACKEND = envopt("CELERY_RESULT_BACKEND")
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+
+if not DEBUG and SECRET_KEY != _INSECURE_DEV_KEY:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "WARNING")},
+}
+
+# --- LwM2M gateway ------------------------------------------------------------------------
+# Where `manage.py lwm2m_gateway` listens by default (overridden by --bind).
+LWM2M_BIND = envstr("LWM2M_BIND", "0.0.0.0:5683")
+# Stable id of this gateway process; devices record which gateway holds them (command routing).
+LWM2M_GATEWAY_ID = envopt("LWM2M_GATEWAY_ID")
+# Base URI devices use to download firmware from this gateway (coap://host:port); derived from the
+# bind address when unset (not usable behind NAT or with a 0.0.0.0 bind: set it in production).
+LWM2M_PUBLIC_URI = envopt("LWM2M_PUBLIC_URI")
+# Command bus between Celery tasks and gateways: redis://... (per-gateway Redis stream) or
+# memory:// (in-process, embedded default). Unset: the Celery broker when it is Redis, else memory.
+LWM2M_COMMAND_BUS_URL = envopt("LWM2M_COMMAND_BUS_URL")
+# Registration lifetime bounds (seconds) and how often expiries are swept.
+LWM2M_MIN_LIFETIME = envint("LWM2M_MIN_LIFETIME", 1, minimum=1)
+LWM2M_MAX_LIFETIME = envint("LWM2M_MAX_LIFETIME", 7 * 86400, minimum=1)
+LWM2M_EXPIRY_SWEEP_SECONDS = envint("LWM2M_EXPIRY_SWEEP_SECONDS", 1, minimum=1)
+# Largest registration payload accepted (bytes); larger gets 4.13.
+LWM2M_MAX_PAYLOAD = envint("LWM2M_MAX_PAYLOAD", 16 * 1024, minimum=256)
+# How long the gateway waits for a device to answer one request (seconds) and how often it polls
+# /5/0/3 and /5/0/5 during an update (notifications are best-effort).
+LWM2M_REQUEST_TIMEOUT = envint("LWM2M_REQUEST_TIMEOUT", 30, minimum=1)
+LWM2M_FW_POLL_SECONDS = envint("LWM2M_FW_POLL_SECONDS", 10, minimum=1)
+# Give up on an update that has not reached a final state after this long (seconds).
+LWM2M_FW_UPDATE_TIMEOUT = envint("LWM2M_FW_UPDATE_TIMEOUT", 3600, minimum=1)
+# Secret the DTLS PSKs are encrypted under at rest (HKDF input); defaults to SECRET_KEY.
+LWM2M_PSK_ENCRYPTION_KEY = envopt("LWM2M_PSK_ENCRYPTION_KEY")
+# --- end LwM2M gateway --------------------------------------------------------------------

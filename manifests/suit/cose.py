@@ -1,0 +1,213 @@
+"""COSE_Sign1 with detached payload, as the SUIT authentication wrapper uses it (RFC 9052).
+
+The payload is the encoded SUIT_Digest of the manifest; it is never carried in the block
+(``payload`` is nil) and is supplied from the envelope when verifying:
+``Sig_structure = ["Signature1", protected, h'', payload]``.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+from .cbor import CBORTag, decode_item, dumps, encode_bstr
+from .constants import (
+    ALG_EDDSA,
+    ALG_ES256,
+    EC_ALGS,
+    ED_ALGS,
+    HDR_ALG,
+    HDR_CRIT,
+    HDR_KID,
+    SIGNATURE_ALGS,
+    SIGNATURE_LENGTH,
+    TAG_COSE_SIGN1,
+)
+from .errors import (
+    SUITAlgorithmError,
+    SUITCOSEError,
+    SUITError,
+    SUITInternalError,
+    SUITKeyError,
+    SUITKeyMismatchError,
+    SUITTagError,
+    SUITTypeError,
+)
+from .keys import KeyInfo, key_info
+from .model import SignatureBlock
+
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_SIG1_PREFIX = b"\x84\x6aSignature1"  # array(4), tstr "Signature1"
+_UNDERSTOOD_CRIT = frozenset({HDR_ALG, HDR_KID})
+
+
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """Encoded ``["Signature1", protected, h'', payload]`` (built directly, no re-encoding)."""
+    return _SIG1_PREFIX + encode_bstr(protected) + b"\x40" + encode_bstr(payload)
+
+
+def _check_labels(header: dict[Any, Any], where: str) -> None:
+    for label in header:
+        if type(label) is not int and type(label) is not str:
+            raise SUITTypeError(f"header label {label!r} is not an integer or text", path=where)
+
+
+def parse_sign1(raw: bytes, where: str, max_depth: int, index: int = 0) -> SignatureBlock:
+    """Structural checks of one COSE_Sign1 authentication block; returns its parsed view."""
+    obj = decode_item(raw, where, max_depth, canonical=False)
+    tagged = False
+    if type(obj) is CBORTag:
+        if obj.tag != TAG_COSE_SIGN1:
+            raise SUITTagError(
+                f"authentication block has tag {obj.tag}; only COSE_Sign1 (18) is supported",
+                path=where,
+            )
+        obj = obj.value
+        tagged = True
+    if type(obj) is not list or len(obj) != 4:
+        raise SUITCOSEError("COSE_Sign1 must be an array of 4 items", path=where)
+    protected, unprotected, payload, signature = obj
+    if type(protected) is not bytes:
+        raise SUITTypeError("protected header must be a byte string", path=where + "/protected")
+    if type(unprotected) is not dict:
+        raise SUITTypeError("unprotected header must be a map", path=where + "/unprotected")
+    if payload is not None:
+        raise SUITCOSEError("payload must be nil (detached SUIT_Digest)", path=where + "/payload")
+    if type(signature) is not bytes:
+        raise SUITTypeError("signature must be a byte string", path=where + "/signature")
+    if protected:
+        phdr = decode_item(protected, where + "/protected", max_depth - 2, canonical=False)
+        if type(phdr) is not dict:
+            raise SUITTypeError("protected header must encode a map", path=where + "/protected")
+    else:
+        phdr = {}
+    _check_labels(phdr, where + "/protected")
+    _check_labels(unprotected, where + "/unprotected")
+    for label in phdr.keys() & unprotected.keys():
+        if label != HDR_KID:
+            raise SUITCOSEError(
+                f"header label {label} appears in both protected and unprotected buckets",
+                path=where,
+            )
+    if HDR_CRIT in unprotected:
+        raise SUITCOSEError("crit must be in the protected header", path=where + "/unprotected")
+    crit = phdr.get(HDR_CRIT)
+    if crit is not None:
+        if type(crit) is not list or not crit:
+            raise SUITCOSEError("crit must be a non-empty array", path=where + "/protected/crit")
+        for label in crit:
+            if type(label) is not int or label not in _UNDERSTOOD_CRIT or label not in phdr:
+                raise SUITCOSEError(
+                    f"critical header {label!r} is not understood", path=where + "/protected/crit"
+                )
+    if HDR_ALG not in phdr:
+        if HDR_ALG in unprotected:
+            raise SUITCOSEError("alg must be in the protected header", path=where + "/unprotected")
+        raise SUITCOSEError("protected header has no alg", path=where + "/protected")
+    alg = phdr[HDR_ALG]
+    if type(alg) is not int:
+        raise SUITAlgorithmError(f"alg {alg!r} is not an integer", path=where + "/protected/alg")
+    if alg not in SIGNATURE_ALGS:
+        raise SUITAlgorithmError(
+            f"signature algorithm {alg} is not supported (-7, -9, -8, -19)",
+            path=where + "/protected/alg",
+        )
+    kid_p = phdr.get(HDR_KID)
+    kid_u = unprotected.get(HDR_KID)
+    if kid_p is not None and type(kid_p) is not bytes:
+        raise SUITTypeError("kid must be a byte string", path=where + "/protected/kid")
+    if kid_u is not None and type(kid_u) is not bytes:
+        raise SUITTypeError("kid must be a byte string", path=where + "/unprotected/kid")
+    if kid_p is not None and kid_u is not None and kid_p != kid_u:
+        raise SUITCOSEError("protected and unprotected kid differ", path=where)
+    if len(signature) != SIGNATURE_LENGTH:
+        raise SUITCOSEError(
+            f"signature is {len(signature)} bytes; {SIGNATURE_ALGS[alg]} needs {SIGNATURE_LENGTH}",
+            path=where + "/signature",
+        )
+    return SignatureBlock(
+        alg=alg,
+        kid=kid_p if kid_p is not None else kid_u,
+        raw=raw,
+        protected=protected,
+        signature=signature,
+        unprotected=MappingProxyType(unprotected),
+        tagged=tagged,
+        kid_protected=kid_p is not None,
+        index=index,
+    )
+
+
+def sign1(digest_bstr: bytes, key: Any) -> bytes:
+    """A tagged COSE_Sign1 over ``digest_bstr`` (detached), kid in the protected header."""
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+        raise SUITKeyError(f"signing needs a private key, got {type(key).__name__}")
+    info = key_info(key)
+    alg = ALG_ES256 if info.family == "ES256" else ALG_EDDSA
+    protected = dumps({HDR_ALG: alg, HDR_KID: info.kid})
+    tbs = sig_structure(protected, digest_bstr)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        r, s = decode_dss_signature(key.sign(tbs, _ECDSA_SHA256))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    else:
+        signature = key.sign(tbs)
+    return dumps(CBORTag(TAG_COSE_SIGN1, [protected, {}, None, signature]))
+
+
+def check_alg_for_key(alg: int, info: KeyInfo) -> None:
+    """Raise SUITKeyMismatchError unless the key type is the one ``alg`` requires."""
+    if alg in EC_ALGS:
+        if info.family != "ES256":
+            raise SUITKeyMismatchError(
+                f"alg {alg} ({SIGNATURE_ALGS[alg]}) needs a P-256 key, not {info.family}"
+            )
+    elif alg in ED_ALGS:
+        if info.family != "Ed25519":
+            raise SUITKeyMismatchError(
+                f"alg {alg} ({SIGNATURE_ALGS[alg]}) needs an Ed25519 key, not {info.family}"
+            )
+    else:
+        raise SUITAlgorithmError(f"signature algorithm {alg} is not supported")
+
+
+def verify_raw(block: SignatureBlock, payload: bytes, info: KeyInfo) -> bool:
+    """Cryptographic check of ``block`` over ``payload`` with a key already matched to its alg."""
+    tbs = sig_structure(block.protected, payload)
+    sig = block.signature
+    try:
+        if info.family == "ES256":
+            der = encode_dss_signature(
+                int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+            )
+            info.public.verify(der, tbs, _ECDSA_SHA256)  # type: ignore[call-arg]
+        else:
+            info.public.verify(sig, tbs)  # type: ignore[call-arg]
+    except InvalidSignature:
+        return False
+    return True
+
+
+def parse_signature_block(data: bytes, *, max_depth: int = 8) -> SignatureBlock:
+    """Structural checks of one uploaded COSE_Sign1 block (as approvers upload them).
+
+    Raises a SUITDecodeError subclass (path ``block``) for anything but a detached COSE_Sign1
+    with a supported alg and a 64-byte signature; the signature itself is not verified here.
+    """
+    try:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise SUITTypeError(f"block must be bytes, got {type(data).__name__}", path="block")
+        return parse_sign1(bytes(data), "block", max_depth)
+    except SUITError:
+        raise
+    except Exception as exc:
+        raise SUITInternalError(
+            f"unexpected {type(exc).__name__} parsing block", path="block"
+        ) from exc

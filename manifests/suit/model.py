@@ -1,0 +1,181 @@
+"""The codec's value types: what a manifest is built from and what decoding yields.
+
+Decoded objects keep the exact bytes they came from (``Envelope.raw``, ``manifest_bytes``,
+``SignatureBlock.raw``); the parsed fields are derived views and are never re-serialised to
+sign or verify.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from .constants import SIGNATURE_ALGS
+
+
+@dataclass(frozen=True)
+class ManifestParams:
+    """What the product builds a manifest from (one component, one full-image payload)."""
+
+    vendor_id: uuid.UUID
+    class_id: uuid.UUID
+    sequence_number: int
+    version: str  # "major[.minor[.revision]][+build]", e.g. "1.2.3" or "1.2.3+4"
+    security_counter: int
+    image_digest: bytes  # SHA-256 of the payload (32 bytes)
+    image_size: int
+    uri: str | None
+    use_before: dt.datetime | None = None  # tz-aware; encoded as whole epoch seconds (floored)
+    component_id: tuple[bytes, ...] = (b"00",)
+    payload_format: str = "raw"  # "raw" | "mcuboot" (both are full binary images)
+    text: dict[str, str] | None = None  # suit-text, keys as in constants.TEXT_*_KEYS names
+    # Optional version condition (update-management 28): "the installed version <cmp> this
+    # release's version", e.g. "lesser" to forbid re-installing or downgrading. None: no condition,
+    # so a roll-forward to an old image (new sequence number) stays possible.
+    version_comparison: str | None = None
+
+
+@dataclass(frozen=True)
+class SeveredMember:
+    """A severable member the manifest holds only by digest."""
+
+    name: str  # "payload-fetch" | "install" | "text"
+    key: int
+    digest_alg: int
+    digest: bytes
+    present: bool  # the envelope carries it (and it matched the digest)
+
+
+@dataclass(frozen=True)
+class SignatureBlock:
+    """One COSE_Sign1 of the authentication wrapper, as found (``raw`` is exact)."""
+
+    alg: int
+    kid: bytes | None
+    raw: bytes  # exact COSE_Sign1 bytes (the content of its bstr in the wrapper)
+    protected: bytes  # serialized protected header (bstr content, signed as is)
+    signature: bytes
+    unprotected: Mapping[Any, Any] = field(
+        default_factory=lambda: MappingProxyType({}), compare=False, repr=False
+    )
+    tagged: bool = True
+    kid_protected: bool = True  # kid came from the protected bucket
+    index: int = 0  # position among the signatures (0-based)
+
+    @property
+    def alg_name(self) -> str:
+        return SIGNATURE_ALGS.get(self.alg, str(self.alg))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The decoded SUIT_Manifest. Facts are the first value found for a parameter.
+
+    Lookup order for parameters: shared sequence, then payload-fetch, install, validate, load,
+    invoke (depth first through run-sequence / try-each).
+    """
+
+    manifest_version: int
+    sequence_number: int
+    components: tuple[tuple[bytes, ...], ...]
+    vendor_id: uuid.UUID | None
+    class_id: uuid.UUID | None
+    image_digest: bytes | None
+    image_digest_alg: int | None
+    image_size: int | None
+    uri: str | None
+    firmware_version: str | None  # from suit-set-version, else from suit-parameter-version
+    version_parts: tuple[int, ...] | None
+    version_comparison: str | None  # comparison type of suit-parameter-version, if any
+    use_before: dt.datetime | None  # UTC
+    security_counter: int | None
+    payload_format: str | None
+    text: Mapping[str, str]  # flattened suit-text of the first language (empty when absent/severed)
+    reference_uri: str | None
+    conditions: frozenset[int]  # every condition code used anywhere in the manifest
+    sequences: Mapping[str, tuple[tuple[int, Any], ...]]  # decoded command sequences by name
+    text_languages: Mapping[str, Mapping[Any, Any]] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False
+    )
+    raw: bytes = field(default=b"", repr=False)  # exact manifest bytes
+
+    @property
+    def version(self) -> int:
+        """The manifest structure version (always 1); see ``firmware_version`` for the image's."""
+        return self.manifest_version
+
+    @property
+    def expires(self) -> dt.datetime | None:
+        return self.use_before
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded, structurally verified SUIT_Envelope (signatures are checked separately)."""
+
+    raw: bytes
+    manifest_bytes: bytes  # exact content of the manifest bstr
+    manifest_digest: bytes  # SHA-256 over the manifest bstr including its CBOR head
+    digest_bstr: bytes  # encoded SUIT_Digest = the detached COSE payload
+    digest_alg: int
+    signatures: tuple[SignatureBlock, ...]
+    manifest: Manifest
+    severed: Mapping[str, SeveredMember]
+    integrated_payloads: Mapping[str, bytes] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "manifest_version": m.manifest_version,
+            "vendor_id": str(m.vendor_id) if m.vendor_id else None,
+            "class_id": str(m.class_id) if m.class_id else None,
+            "sequence_number": m.sequence_number,
+            "version": m.firmware_version,
+            "version_comparison": m.version_comparison,
+            "security_counter": m.security_counter,
+            "payload_format": m.payload_format,
+            "components": [[part.hex() for part in comp] for comp in m.components],
+            "image_digest": m.image_digest.hex() if m.image_digest is not None else None,
+            "image_digest_alg": m.image_digest_alg,
+            "image_size": m.image_size,
+            "uri": m.uri,
+            "reference_uri": m.reference_uri,
+            "expires": m.use_before.isoformat() if m.use_before else None,
+            "manifest_digest": self.manifest_digest.hex(),
+            "signatures": [
+                {
+                    "alg": sig.alg,
+                    "alg_name": sig.alg_name,
+                    "kid": sig.kid.hex() if sig.kid else None,
+                }
+                for sig in self.signatures
+            ],
+            "severed": {
+                name: ("present" if member.present else "absent")
+                for name, member in self.severed.items()
+            },
+            "text": dict(m.text),
+        }
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """Outcome of :func:`verify_envelope`: distinct keys (by kid) with a valid signature."""
+
+    ok: bool
+    threshold: int
+    valid_kids: tuple[bytes, ...]
+    reasons: tuple[str, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.valid_kids)
+
+    def __bool__(self) -> bool:
+        return self.ok

@@ -1,0 +1,102 @@
+"""Signature verification over a decoded envelope.
+
+Threshold counting is by *distinct key* (RFC 9679 kid of the key that verified), never by
+signature block: two blocks from one key, or one key passed twice, count once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .constants import EC_ALGS, ED_ALGS
+from .cose import check_alg_for_key, verify_raw
+from .errors import SUITError, SUITInternalError, SUITKeyMismatchError, SUITSignatureError
+from .keys import KeyInfo, key_info
+from .model import Envelope, SignatureBlock, VerificationResult
+
+
+def verify_signature_block(envelope: Envelope, block: SignatureBlock, public_key: Any) -> bool:
+    """True iff ``block`` is a valid signature by ``public_key`` over ``envelope``'s digest.
+
+    False for a bad signature or a block whose kid names another key. Raises
+    :class:`SUITKeyMismatchError` when the key type cannot produce ``block.alg`` (e.g. an Ed25519
+    key for an ES256 block) and :class:`SUITKeyError` for unsupported keys.
+    """
+    try:
+        info = key_info(public_key)
+        check_alg_for_key(block.alg, info)
+        if block.kid is not None and block.kid != info.kid:
+            return False
+        return verify_raw(block, envelope.digest_bstr, info)
+    except SUITError:
+        raise
+    except Exception as exc:
+        raise SUITInternalError(f"unexpected {type(exc).__name__} while verifying") from exc
+
+
+def _family_ok(alg: int, info: KeyInfo) -> bool:
+    return (alg in EC_ALGS and info.family == "ES256") or (
+        alg in ED_ALGS and info.family == "Ed25519"
+    )
+
+
+def verify_envelope(
+    envelope: Envelope, public_keys: Sequence[Any], *, threshold: int = 1
+) -> VerificationResult:
+    """Count distinct given keys with at least one valid signature; ok iff count >= threshold."""
+    if type(threshold) is not int or threshold < 1:
+        raise SUITSignatureError(f"threshold must be an integer >= 1, got {threshold!r}")
+    try:
+        keys: dict[bytes, KeyInfo] = {}
+        for key in public_keys:
+            info = key_info(key)
+            keys.setdefault(info.kid, info)
+        valid: list[bytes] = []
+        reasons: list[str] = []
+        if not envelope.signatures:
+            reasons.append("the envelope carries no signature")
+        for block in envelope.signatures:
+            label = f"signature[{block.index}]"
+            if block.kid is not None:
+                named = keys.get(block.kid)
+                if named is None:
+                    reasons.append(f"{label}: kid {block.kid.hex()[:16]}… is not among the keys")
+                    continue
+                candidates = [named]
+            else:
+                candidates = [i for i in keys.values() if _family_ok(block.alg, i)]
+                if not candidates:
+                    reasons.append(f"{label}: no key of the type alg {block.alg} needs")
+                    continue
+            tried = 0
+            for info in candidates:
+                if info.kid in valid:
+                    continue  # this key already counts; a second block from it adds nothing
+                try:
+                    check_alg_for_key(block.alg, info)
+                except SUITKeyMismatchError as exc:
+                    reasons.append(f"{label}: {exc}")
+                    continue
+                tried += 1
+                if verify_raw(block, envelope.digest_bstr, info):
+                    valid.append(info.kid)
+                    break
+            else:
+                if tried:
+                    who = (
+                        f"key {block.kid.hex()[:16]}…"
+                        if block.kid is not None
+                        else f"any of {tried} uncounted key(s)"
+                    )
+                    reasons.append(f"{label}: signature does not verify with {who}")
+        ok = len(valid) >= threshold
+        if not ok:
+            reasons.append(f"{len(valid)} of {threshold} required distinct keys signed")
+        return VerificationResult(
+            ok=ok, threshold=threshold, valid_kids=tuple(valid), reasons=tuple(reasons)
+        )
+    except SUITError:
+        raise
+    except Exception as exc:
+        raise SUITInternalError(f"unexpected {type(exc).__name__} while verifying") from exc
