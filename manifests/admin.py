@@ -1,0 +1,73 @@
+"""Admin: browse everything; immutable records (images, manifests) are read-only, and keys are
+changed only through the key services (registration checks the key, revocation is audited)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from manifests.models import DeviceClass, FirmwareImage, Manifest, SigningKey, Vendor
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Vendor)
+class VendorAdmin(admin.ModelAdmin):
+    list_display = ("name", "domain", "uuid", "created_at")
+    search_fields = ("name", "domain")
+    readonly_fields = ("uuid", "domain", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # The UUID is derived from the domain by the vendor service; creation goes through it.
+        return False
+
+
+@admin.register(DeviceClass)
+class DeviceClassAdmin(admin.ModelAdmin):
+    list_display = ("name", "vendor", "uuid", "payload_format", "component_id")
+    list_filter = ("vendor", "payload_format")
+    search_fields = ("name",)
+    readonly_fields = ("vendor", "name", "uuid", "component_id", "payload_format", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(FirmwareImage)
+class FirmwareImageAdmin(ReadOnlyAdmin):
+    list_display = ("filename", "kind", "version", "security_counter", "size", "sha256")
+    list_filter = ("kind",)
+    search_fields = ("sha256", "filename", "version")
+
+
+@admin.register(Manifest)
+class ManifestAdmin(ReadOnlyAdmin):
+    list_display = (
+        "device_class",
+        "version",
+        "sequence_number",
+        "security_counter",
+        "expires_at",
+        "manifest_digest",
+    )
+    list_filter = ("vendor", "device_class")
+    search_fields = ("manifest_digest", "version")
+    exclude = ("envelope",)
+
+
+@admin.register(SigningKey)
+class SigningKeyAdmin(ReadOnlyAdmin):
+    list_display = ("kid", "owner", "algorithm", "status", "valid_from", "valid_until")
+    list_filter = ("algorithm", "status")
+    search_fields = ("kid", "owner__username", "name")

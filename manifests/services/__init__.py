@@ -1,0 +1,58 @@
+"""Release-side services; import from here."""
+
+from manifests.services.catalog import (
+    device_class_create,
+    image_storage,
+    image_upload,
+    manifest_import,
+    vendor_create,
+)
+from manifests.services.keys import key_is_usable, key_revoke, key_rotate, signing_key_register
+from manifests.services.releases import (
+    delegation_create,
+    delegation_revoke,
+    load_release_facts,
+    policy_for,
+    policy_set,
+    release_approve,
+    release_create,
+    release_evaluate,
+    release_is_dispatchable,
+    release_revoke,
+    release_submit,
+    released_envelope,
+    releases_reevaluate,
+    require_role,
+    role_grant,
+    role_revoke,
+    roles_of,
+)
+
+__all__ = [
+    "delegation_create",
+    "delegation_revoke",
+    "device_class_create",
+    "image_storage",
+    "image_upload",
+    "key_is_usable",
+    "key_revoke",
+    "key_rotate",
+    "load_release_facts",
+    "manifest_import",
+    "policy_for",
+    "policy_set",
+    "release_approve",
+    "release_create",
+    "release_evaluate",
+    "release_is_dispatchable",
+    "release_revoke",
+    "release_submit",
+    "released_envelope",
+    "releases_reevaluate",
+    "require_role",
+    "role_grant",
+    "role_revoke",
+    "roles_of",
+    "signing_key_register",
+    "vendor_create",
+]

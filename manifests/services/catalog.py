@@ -1,0 +1,313 @@
+"""Catalog services: vendors, device classes, images and manifests. Each runs in one transaction,
+writes its audit event in it, and writes nothing when it refuses."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import audit_record
+from manifests import suit
+from manifests.errors import (
+    DeviceClassExistsError,
+    DuplicateManifestError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidManifestError,
+    ManifestComponentError,
+    ManifestImageMismatchError,
+    SequenceNumberConflictError,
+    UnknownDeviceClassError,
+    UnknownVendorError,
+    UntrustedManifestError,
+    VendorExistsError,
+)
+from manifests.images import ImageError, ImageStorage, ingest_image
+from manifests.images.storage import FileSystemImageStorage
+from manifests.models import (
+    DeviceClass,
+    FirmwareImage,
+    Manifest,
+    PayloadFormat,
+    SigningKey,
+    Vendor,
+)
+from manifests.services.keys import key_is_usable
+from manifests.versions import format_version, parse_version
+
+DEFAULT_COMPONENT_ID = ["00"]
+Actor = AbstractBaseUser | str | None
+
+
+@lru_cache(maxsize=1)
+def _storage_for(root: str) -> ImageStorage:
+    return FileSystemImageStorage(Path(root))
+
+
+def image_storage() -> ImageStorage:
+    """The content-addressed image store configured by FIRMWARE_STORAGE_ROOT."""
+    return _storage_for(str(settings.FIRMWARE_STORAGE_ROOT))
+
+
+def vendor_create(*, name: str, domain: str, actor: Actor = None) -> Vendor:
+    domain = domain.strip().lower().rstrip(".")
+    with transaction.atomic():
+        if Vendor.objects.filter(domain=domain).exists():
+            raise VendorExistsError(f"vendor with domain {domain!r} already exists")
+        vendor = Vendor.objects.create(name=name, domain=domain, uuid=suit.vendor_id(domain))
+        audit_record(
+            actor=actor,
+            action="vendor.create",
+            object_type="vendor",
+            object_id=vendor.pk,
+            details={"domain": domain, "uuid": str(vendor.uuid)},
+        )
+        return vendor
+
+
+def device_class_create(
+    *,
+    vendor: Vendor,
+    name: str,
+    component_id: Sequence[str] | None = None,
+    payload_format: str = PayloadFormat.MCUBOOT,
+    description: str = "",
+    actor: Actor = None,
+) -> DeviceClass:
+    if payload_format not in PayloadFormat.values:
+        raise ManifestComponentError(
+            f"payload format {payload_format!r} is not one of {PayloadFormat.values}"
+        )
+    component = list(component_id) if component_id else list(DEFAULT_COMPONENT_ID)
+    try:
+        for part in component:
+            bytes.fromhex(part)
+    except ValueError:
+        raise ManifestComponentError(f"component id {component!r} is not a list of hex") from None
+    with transaction.atomic():
+        if DeviceClass.objects.filter(vendor=vendor, name=name).exists():
+            raise DeviceClassExistsError(f"device class {name!r} already exists for {vendor}")
+        device_class = DeviceClass.objects.create(
+            vendor=vendor,
+            name=name,
+            uuid=suit.class_id(vendor.uuid, name),
+            component_id=component,
+            payload_format=payload_format,
+            description=description,
+        )
+        audit_record(
+            actor=actor,
+            action="device_class.create",
+            object_type="device_class",
+            object_id=device_class.pk,
+            details={
+                "vendor": vendor.domain,
+                "name": name,
+                "uuid": str(device_class.uuid),
+                "component_id": component,
+                "payload_format": payload_format,
+            },
+        )
+        return device_class
+
+
+def image_upload(
+    *, data: bytes, filename: str = "", uploaded_by: AbstractBaseUser | None = None
+) -> FirmwareImage:
+    """Parse, check and store an image; the same bytes uploaded twice give the same row."""
+    if len(data) > settings.FIRMWARE_MAX_IMAGE_SIZE:
+        raise ImageTooLargeError(
+            f"image of {len(data)} bytes exceeds the limit of {settings.FIRMWARE_MAX_IMAGE_SIZE}"
+        )
+    try:
+        info = ingest_image(data)
+    except ImageError as exc:
+        raise InvalidImageError(f"{exc} [{exc.code}]") from exc
+    existing = FirmwareImage.objects.filter(sha256=info.sha256).first()
+    if existing is not None:
+        return existing
+    # Content first, row second: a crash between the two leaves an unreferenced blob, never a
+    # row pointing at missing content.
+    image_storage().put(data)
+    try:
+        with transaction.atomic():
+            image = FirmwareImage.objects.create(
+                sha256=info.sha256,
+                size=info.size,
+                kind=info.kind,
+                version=format_version(parse_version(info.version)) if info.version else "",
+                security_counter=info.security_counter,
+                info=info.to_json_dict(),
+                filename=filename[:255],
+                uploaded_by=uploaded_by,
+            )
+            audit_record(
+                actor=uploaded_by,
+                action="image.upload",
+                object_type="image",
+                object_id=image.sha256,
+                details={"kind": image.kind, "size": image.size, "version": image.version},
+            )
+            return image
+    except IntegrityError:
+        # A concurrent upload of the same bytes won the race.
+        return FirmwareImage.objects.get(sha256=info.sha256)
+
+
+def manifest_import(
+    *, envelope: bytes, created_by: AbstractBaseUser, now: dt.datetime | None = None
+) -> Manifest:
+    """Store an author-signed envelope after every cross-check; the bytes are kept exactly.
+
+    Refuses (and writes nothing) when the envelope is malformed, names an unknown vendor/class,
+    targets a component or format the class does not use, installs an image we do not hold or
+    whose MCUboot version/security counter disagree, reuses a sequence number, or carries no
+    signature from an active key registered to ``created_by``.
+    """
+    now = now or timezone.now()
+    try:
+        env = suit.decode_envelope(envelope, max_size=settings.SUIT_MAX_ENVELOPE_SIZE)
+    except suit.SUITError as exc:
+        raise InvalidManifestError(str(exc), suit_code=exc.code) from exc
+    m = env.manifest
+    vendor = Vendor.objects.filter(uuid=m.vendor_id).first() if m.vendor_id else None
+    if vendor is None:
+        raise UnknownVendorError(f"manifest vendor-id {m.vendor_id} is not a registered vendor")
+    device_class = (
+        DeviceClass.objects.filter(uuid=m.class_id, vendor=vendor).first() if m.class_id else None
+    )
+    if device_class is None:
+        raise UnknownDeviceClassError(
+            f"manifest class-id {m.class_id} is not a device class of {vendor.domain}"
+        )
+    _check_component(env, device_class)
+    if m.image_digest is None or m.image_size is None:
+        raise InvalidManifestError(
+            "manifest carries no image digest/size", suit_code="suit.missing_key"
+        )
+    if m.sequence_number is None or m.security_counter is None or m.firmware_version is None:
+        raise InvalidManifestError(
+            "manifest needs sequence number, version and security counter",
+            suit_code="suit.missing_key",
+        )
+    image = FirmwareImage.objects.filter(sha256=m.image_digest.hex()).first()
+    if image is None or image.size != m.image_size:
+        raise ImageNotFoundError(
+            f"no stored image with digest {m.image_digest.hex()} and size {m.image_size}"
+        )
+    _check_image_agrees(env, image, device_class)
+    author_key = _author_key(env, owner=created_by, now=now)
+    with transaction.atomic():
+        if Manifest.objects.filter(manifest_digest=env.manifest_digest.hex()).exists():
+            raise DuplicateManifestError(f"manifest {env.manifest_digest.hex()} already stored")
+        if Manifest.objects.filter(
+            device_class=device_class, sequence_number=m.sequence_number
+        ).exists():
+            raise SequenceNumberConflictError(
+                f"{device_class} already has a manifest with sequence number {m.sequence_number}"
+            )
+        manifest = Manifest.objects.create(
+            envelope=bytes(envelope),
+            manifest_digest=env.manifest_digest.hex(),
+            vendor=vendor,
+            device_class=device_class,
+            image=image,
+            version=m.firmware_version,
+            version_parts=list(parse_version(m.firmware_version)),
+            sequence_number=m.sequence_number,
+            security_counter=m.security_counter,
+            expires_at=m.use_before,
+            image_digest=m.image_digest.hex(),
+            image_size=m.image_size,
+            uri=m.uri or "",
+            author_key=author_key,
+            created_by=created_by,
+        )
+        audit_record(
+            actor=created_by,
+            action="manifest.import",
+            object_type="manifest",
+            object_id=manifest.manifest_digest,
+            details={
+                "device_class": str(device_class),
+                "version": manifest.version,
+                "sequence_number": manifest.sequence_number,
+                "security_counter": manifest.security_counter,
+                "image": image.sha256,
+                "author_kid": author_key.kid,
+            },
+        )
+        return manifest
+
+
+def _check_component(env: suit.Envelope, device_class: DeviceClass) -> None:
+    components = [tuple(c) for c in env.manifest.components]
+    expected = device_class.component_id_bytes
+    if components != [expected]:
+        raise ManifestComponentError(
+            f"manifest components {[[p.hex() for p in c] for c in components]} differ from "
+            f"{device_class}'s fixed component {device_class.component_id}"
+        )
+    if env.manifest.payload_format != device_class.payload_format:
+        raise ManifestComponentError(
+            f"manifest payload format {env.manifest.payload_format!r} is not "
+            f"{device_class.payload_format!r}, the only format {device_class} installs"
+        )
+
+
+def _check_image_agrees(
+    env: suit.Envelope, image: FirmwareImage, device_class: DeviceClass
+) -> None:
+    m = env.manifest
+    if image.kind != device_class.payload_format:
+        raise ManifestImageMismatchError(
+            f"image is {image.kind!r} but {device_class} installs {device_class.payload_format!r}"
+        )
+    for field, expected in (
+        ("vendor_uuid", device_class.vendor.uuid),
+        ("class_uuid", device_class.uuid),
+    ):
+        stamped = image.info.get(field)
+        if stamped and stamped != str(expected):
+            raise ManifestImageMismatchError(
+                f"the image's MCUboot {field} TLV {stamped} is not {device_class}'s {expected}"
+            )
+    if image.kind == PayloadFormat.MCUBOOT and m.firmware_version is not None:
+        if parse_version(image.version) != parse_version(m.firmware_version):
+            raise ManifestImageMismatchError(
+                f"manifest version {m.firmware_version} differs from the image header's "
+                f"{image.version}"
+            )
+        if image.security_counter is not None and image.security_counter != m.security_counter:
+            raise ManifestImageMismatchError(
+                f"manifest security counter {m.security_counter} differs from the image's "
+                f"security-counter TLV {image.security_counter}"
+            )
+
+
+def _author_key(env: suit.Envelope, *, owner: AbstractBaseUser, now: dt.datetime) -> SigningKey:
+    kids = [sig.kid.hex() for sig in env.signatures if sig.kid]
+    candidates = SigningKey.objects.filter(kid__in=kids, owner=owner).order_by("pk")
+    for key in candidates:
+        if not key_is_usable(key, at=now):
+            continue
+        public = suit.load_public_key_pem(key.public_key_pem.encode())
+        for sig in env.signatures:
+            if (
+                sig.kid
+                and sig.kid.hex() == key.kid
+                and suit.verify_signature_block(env, sig, public)
+            ):
+                return key
+    raise UntrustedManifestError(
+        "no signature on the envelope verifies with an active key registered to "
+        f"{owner}; signer kids: {[k[:16] for k in kids] or 'none'}"
+    )

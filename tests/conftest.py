@@ -1,0 +1,74 @@
+"""Shared fixtures: personas with different rights, their keys, a vendor and device class."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manifests import suit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_VECTORS = REPO_ROOT.parent / "shared" / "vectors" / "suit"
+
+
+@pytest.fixture(autouse=True)
+def _image_storage(settings: Any, tmp_path: Path) -> None:
+    """Every test gets its own image store; nothing leaks between tests."""
+    settings.FIRMWARE_STORAGE_ROOT = tmp_path / "images"
+
+
+@dataclass
+class Persona:
+    user: Any
+    private_key: Any
+
+    @property
+    def public_pem(self) -> str:
+        return suit.public_key_pem(self.private_key.public_key()).decode()
+
+
+def _persona(django_user_model: Any, username: str, alg: str) -> Persona:
+    user = django_user_model.objects.create_user(username=username, password="x-test-pass-1")
+    return Persona(user=user, private_key=suit.generate_private_key(alg))
+
+
+@pytest.fixture
+def author(django_user_model: Any) -> Persona:
+    return _persona(django_user_model, "alice-author", "ES256")
+
+
+@pytest.fixture
+def approver_qa(django_user_model: Any) -> Persona:
+    return _persona(django_user_model, "bob-qa", "Ed25519")
+
+
+@pytest.fixture
+def approver_security(django_user_model: Any) -> Persona:
+    return _persona(django_user_model, "carol-security", "ES256")
+
+
+@pytest.fixture
+def operator(django_user_model: Any) -> Persona:
+    return _persona(django_user_model, "dave-operator", "Ed25519")
+
+
+@pytest.fixture
+def outsider(django_user_model: Any) -> Persona:
+    return _persona(django_user_model, "eve-outsider", "ES256")
+
+
+@pytest.fixture
+def vendor(db: None) -> Any:
+    from manifests import services
+
+    return services.vendor_create(name="Acme Sensors", domain="acme.example")
+
+
+@pytest.fixture
+def device_class(vendor: Any) -> Any:
+    from manifests import services
+
+    return services.device_class_create(vendor=vendor, name="thermo-v2")
