@@ -1,0 +1,434 @@
+"""State changes of the device registry. The LwM2M gateway reports what it sees as events (through
+``workers.tasks.device_event_task``); these services turn them into rows, one transaction each.
+
+Events may arrive late, twice or out of order (several Celery workers, a gateway restarting, a
+device moving to another gateway), so every service is idempotent and guarded: a deregistration
+or expiry only takes a device offline when it names the registration the device currently holds,
+and an older observation never overwrites a newer one (``last_seen`` only moves forward).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from campaigns.models import CommandStatus, Device, DeviceCommand, DeviceEvent, DevicePSK
+from workers.lwm2m.psk import decrypt_psk, encrypt_psk
+
+
+class DeviceRegistryError(Exception):
+    """A device-registry operation was refused; nothing was written."""
+
+    code = "device.registry_error"
+
+
+class UnknownDeviceError(DeviceRegistryError):
+    """No device with that endpoint or id."""
+
+    code = "device.unknown"
+
+
+class DeviceOfflineError(DeviceRegistryError):
+    """The device holds no registration, so no gateway can reach it now."""
+
+    code = "device.offline"
+
+
+class UnknownEventError(DeviceRegistryError):
+    """The event type is not one the gateway emits."""
+
+    code = "device.unknown_event"
+
+
+def _ts(value: float | None) -> dt.datetime:
+    if value is None:
+        return timezone.now()
+    return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
+
+
+def _locked(endpoint: str) -> Device:
+    device, _ = Device.objects.select_for_update().get_or_create(endpoint=endpoint)
+    return device
+
+
+def _seen(device: Device, at: dt.datetime) -> None:
+    if device.last_seen is None or at > device.last_seen:
+        device.last_seen = at
+
+
+def _log(device: Device, kind: str, data: dict[str, Any], gateway_id: str = "") -> None:
+    DeviceEvent.objects.create(device=device, kind=kind, data=data, gateway_id=gateway_id)
+
+
+def device_register(
+    *,
+    endpoint: str,
+    gateway_id: str,
+    registration_id: str,
+    lifetime: int,
+    binding: str = "U",
+    lwm2m_version: str = "1.0",
+    queue_mode: bool = False,
+    objects: list[str] | None = None,
+    at: dt.datetime | None = None,
+) -> Device:
+    """A Register: the device is online at ``gateway_id`` under ``registration_id``."""
+    at = at or timezone.now()
+    with transaction.atomic():
+        device = _locked(endpoint)
+        if device.registered_at is not None and at < device.registered_at:
+            # A newer registration already won (e.g. at another gateway): keep it.
+            _log(device, "register_stale", {"registration_id": registration_id}, gateway_id)
+            return device
+        device.online = True
+        device.registration_id = registration_id
+        device.gateway_id = gateway_id
+        device.registered_at = at
+        device.lifetime = lifetime
+        device.registration_expires_at = at + dt.timedelta(seconds=lifetime)
+        device.binding = binding
+        device.lwm2m_version = lwm2m_version
+        device.queue_mode = queue_mode
+        device.lwm2m_objects = list(objects or [])
+        _seen(device, at)
+        device.save()
+        _log(device, "registered", {"registration_id": registration_id}, gateway_id)
+        return device
+
+
+def device_registration_update(
+    *,
+    endpoint: str,
+    registration_id: str,
+    gateway_id: str,
+    lifetime: int | None = None,
+    binding: str | None = None,
+    objects: list[str] | None = None,
+    at: dt.datetime | None = None,
+) -> Device:
+    """An Update: refreshes the lifetime (and what changed) of the current registration."""
+    at = at or timezone.now()
+    with transaction.atomic():
+        device = _locked(endpoint)
+        if device.registration_id != registration_id:
+            _log(device, "update_stale", {"registration_id": registration_id}, gateway_id)
+            return device
+        if lifetime is not None:
+            device.lifetime = lifetime
+        if binding is not None:
+            device.binding = binding
+        if objects is not None:
+            device.lwm2m_objects = list(objects)
+        if device.last_seen is None or at >= device.last_seen:
+            device.registration_expires_at = at + dt.timedelta(seconds=device.lifetime)
+        device.online = True
+        device.gateway_id = gateway_id
+        _seen(device, at)
+        device.save()
+        return device
+
+
+def device_registration_end(
+    *, endpoint: str, registration_id: str, reason: str, at: dt.datetime | None = None
+) -> Device | None:
+    """De-register or lifetime expiry: offline only if this is still the current registration."""
+    at = at or timezone.now()
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(endpoint=endpoint).first()
+        if device is None:
+            return None
+        if device.registration_id == registration_id and device.online:
+            device.online = False
+            device.save(update_fields=["online", "updated_at"])
+        _log(device, reason, {"registration_id": registration_id})
+        return device
+
+
+def _map_vendor_class(manufacturer: str, model: str) -> tuple[Any, Any]:
+    from manifests.models import DeviceClass, Vendor
+
+    vendor = (
+        Vendor.objects.filter(Q(name__iexact=manufacturer) | Q(domain__iexact=manufacturer))
+        .order_by("pk")
+        .first()
+        if manufacturer
+        else None
+    )
+    device_class = (
+        DeviceClass.objects.filter(vendor=vendor, name__iexact=model).order_by("pk").first()
+        if vendor is not None and model
+        else None
+    )
+    return vendor, device_class
+
+
+def device_info_record(
+    *,
+    endpoint: str,
+    manufacturer: str = "",
+    model: str = "",
+    serial: str = "",
+    firmware_version: str = "",
+    device_time: float | None = None,
+    protocols: list[int] | None = None,
+    delivery_method: int | None = None,
+    at: dt.datetime | None = None,
+) -> Device:
+    """What the gateway read from /3/0 and /5/0 after a registration."""
+    from manifests.models import Manifest
+
+    at = at or timezone.now()
+    with transaction.atomic():
+        device = _locked(endpoint)
+        device.manufacturer = manufacturer[:255]
+        device.model = model[:255]
+        device.serial = serial[:255]
+        vendor, device_class = _map_vendor_class(device.manufacturer, device.model)
+        device.vendor = vendor
+        device.device_class = device_class
+        if firmware_version and firmware_version != device.firmware_version:
+            device.firmware_version = firmware_version[:64]
+            device.sequence_number = None
+        if device_class is not None and device.firmware_version:
+            manifest = (
+                Manifest.objects.filter(device_class=device_class, version=device.firmware_version)
+                .order_by("-sequence_number")
+                .first()
+            )
+            if manifest is not None:
+                device.sequence_number = max(device.sequence_number or 0, manifest.sequence_number)
+                device.security_counter = max(device.security_counter, manifest.security_counter)
+        if device_time is not None:
+            device.clock_offset_seconds = float(device_time) - at.timestamp()
+        if protocols is not None:
+            device.fw_protocols = sorted({int(p) for p in protocols})
+        if delivery_method is not None:
+            device.fw_delivery_method = int(delivery_method)
+        _seen(device, at)
+        device.save()
+        return device
+
+
+def device_fw_status_record(
+    *, endpoint: str, state: int, result: int, gateway_id: str = "", at: dt.datetime | None = None
+) -> Device:
+    """An Object 5 State/Update Result report; an older report never overwrites a newer one."""
+    at = at or timezone.now()
+    with transaction.atomic():
+        device = _locked(endpoint)
+        if device.fw_reported_at is None or at >= device.fw_reported_at:
+            device.fw_state, device.fw_result, device.fw_reported_at = state, result, at
+        _seen(device, at)
+        device.save()
+        _log(device, "fw_status", {"state": state, "result": result}, gateway_id)
+        return device
+
+
+def device_fw_installed(
+    *,
+    endpoint: str,
+    manifest_digest: str,
+    gateway_id: str = "",
+    at: dt.datetime | None = None,
+) -> Device:
+    """A dispatched update succeeded: the device now runs that manifest's firmware."""
+    from manifests.models import Manifest
+
+    at = at or timezone.now()
+    with transaction.atomic():
+        device = _locked(endpoint)
+        manifest = Manifest.objects.filter(manifest_digest=manifest_digest).first()
+        if manifest is not None:
+            device.firmware_version = manifest.version
+            device.sequence_number = max(device.sequence_number or 0, manifest.sequence_number)
+            device.security_counter = max(device.security_counter, manifest.security_counter)
+        _seen(device, at)
+        device.save()
+        _log(device, "fw_installed", {"manifest_digest": manifest_digest}, gateway_id)
+        return device
+
+
+def device_command_create(
+    *, endpoint: str, operation: str, args: dict[str, Any] | None = None
+) -> DeviceCommand:
+    """Ask the gateway holding the device for an operation; sent after commit by a task."""
+    from workers.tasks import device_command_task
+
+    with transaction.atomic():
+        device = Device.objects.filter(endpoint=endpoint).first()
+        if device is None:
+            raise UnknownDeviceError(f"no device {endpoint!r}")
+        command = DeviceCommand.objects.create(
+            device=device, operation=operation, args=dict(args or {})
+        )
+        command_id = str(command.pk)
+        transaction.on_commit(lambda: device_command_task.delay(command_id))
+        return command
+
+
+def device_command_claim(*, command_id: str) -> tuple[DeviceCommand, str] | None:
+    """Claim a pending command for sending; returns it and the gateway id, or None if taken."""
+    with transaction.atomic():
+        command = (
+            DeviceCommand.objects.select_for_update()
+            .select_related("device")
+            .filter(pk=command_id)
+            .first()
+        )
+        if command is None or command.status != CommandStatus.PENDING:
+            return None
+        device = command.device
+        if not device.online or not device.gateway_id:
+            command.status = CommandStatus.FAILED
+            command.error_code = DeviceOfflineError.code
+            command.error = f"{device.endpoint} is offline"
+            command.completed_at = timezone.now()
+            command.save()
+            return None
+        command.status = CommandStatus.SENT
+        command.gateway_id = device.gateway_id
+        command.attempts += 1
+        command.save()
+        return command, device.gateway_id
+
+
+def device_command_complete(
+    *,
+    command_id: str,
+    ok: bool,
+    result: dict[str, Any] | None = None,
+    error_code: str = "",
+    error: str = "",
+    at: dt.datetime | None = None,
+) -> DeviceCommand | None:
+    """The gateway finished a command; a second report of the same command changes nothing."""
+    at = at or timezone.now()
+    with transaction.atomic():
+        command = (
+            DeviceCommand.objects.select_for_update()
+            .select_related("device")
+            .filter(pk=command_id)
+            .first()
+        )
+        if command is None or command.status in (CommandStatus.SUCCEEDED, CommandStatus.FAILED):
+            return command
+        command.status = CommandStatus.SUCCEEDED if ok else CommandStatus.FAILED
+        command.result = dict(result or {})
+        command.error_code, command.error = error_code[:64], error
+        command.completed_at = at
+        command.save()
+        _log(
+            command.device,
+            "command_result",
+            {
+                "command": str(command.pk),
+                "operation": command.operation,
+                "ok": ok,
+                **command.result,
+            },
+            command.gateway_id,
+        )
+        return command
+
+
+def _psk_secret() -> str:
+    return settings.LWM2M_PSK_ENCRYPTION_KEY or settings.SECRET_KEY
+
+
+def device_psk_set(*, endpoint: str, key: bytes) -> DevicePSK:
+    """Provision (or rotate) a device's DTLS PSK; the identity is its endpoint name."""
+    with transaction.atomic():
+        device = _locked(endpoint)
+        psk, _ = DevicePSK.objects.update_or_create(
+            device=device,
+            defaults={
+                "identity": endpoint,
+                "key_encrypted": encrypt_psk(key, secret=_psk_secret()),
+            },
+        )
+        return psk
+
+
+def device_psk_lookup(*, identity: str) -> bytes | None:
+    """The PSK for a DTLS identity, or None (unknown identities are refused by the caller)."""
+    psk = DevicePSK.objects.filter(identity=identity).first()
+    if psk is None:
+        return None
+    return decrypt_psk(bytes(psk.key_encrypted), secret=_psk_secret())
+
+
+def device_event_apply(*, event: dict[str, Any]) -> None:
+    """Apply one gateway event (the payload of ``device_event_task``)."""
+    kind = event.get("type")
+    at = _ts(event.get("at"))
+    endpoint = str(event.get("endpoint", ""))
+    gateway_id = str(event.get("gateway_id", ""))
+    if kind == "registered":
+        device_register(
+            endpoint=endpoint,
+            gateway_id=gateway_id,
+            registration_id=event["registration_id"],
+            lifetime=int(event["lifetime"]),
+            binding=event.get("binding", "U"),
+            lwm2m_version=event.get("lwm2m_version", "1.0"),
+            queue_mode=bool(event.get("queue_mode", False)),
+            objects=event.get("objects"),
+            at=at,
+        )
+    elif kind == "updated":
+        device_registration_update(
+            endpoint=endpoint,
+            registration_id=event["registration_id"],
+            gateway_id=gateway_id,
+            lifetime=event.get("lifetime"),
+            binding=event.get("binding"),
+            objects=event.get("objects"),
+            at=at,
+        )
+    elif kind in ("deregistered", "expired"):
+        device_registration_end(
+            endpoint=endpoint, registration_id=event["registration_id"], reason=kind, at=at
+        )
+    elif kind == "device_info":
+        device_info_record(
+            endpoint=endpoint,
+            manufacturer=event.get("manufacturer", ""),
+            model=event.get("model", ""),
+            serial=event.get("serial", ""),
+            firmware_version=event.get("firmware_version", ""),
+            device_time=event.get("device_time"),
+            protocols=event.get("protocols"),
+            delivery_method=event.get("delivery_method"),
+            at=at,
+        )
+    elif kind == "fw_status":
+        device_fw_status_record(
+            endpoint=endpoint,
+            state=int(event["state"]),
+            result=int(event["result"]),
+            gateway_id=gateway_id,
+            at=at,
+        )
+    elif kind == "fw_installed":
+        device_fw_installed(
+            endpoint=endpoint,
+            manifest_digest=event["manifest_digest"],
+            gateway_id=gateway_id,
+            at=at,
+        )
+    elif kind == "command_result":
+        device_command_complete(
+            command_id=event["command_id"],
+            ok=bool(event["ok"]),
+            result=event.get("result"),
+            error_code=event.get("error_code", ""),
+            error=event.get("error", ""),
+            at=at,
+        )
+    else:
+        raise UnknownEventError(f"unknown device event type {kind!r}")

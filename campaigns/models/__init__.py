@@ -1,0 +1,1 @@
+from campaigns.models.devices import *  # noqa

@@ -1,0 +1,138 @@
+"""The device registry: one row per LwM2M endpoint, as last reported by the gateways.
+
+Rows are written only by ``campaigns.device_services`` (the gateway reaches them through Celery
+tasks), so two gateway processes never race on the same fields without a transaction. Nothing the
+gateway needs after a restart lives only in its memory: which gateway holds a device, its
+registration id and lifetime are here, and a device that re-registers elsewhere simply moves.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+__all__ = ["CommandStatus", "Device", "DeviceCommand", "DeviceEvent", "DevicePSK"]
+
+
+class Device(models.Model):
+    endpoint = models.CharField(max_length=255, unique=True)
+    # Mapped from /3/0/0 Manufacturer and /3/0/1 Model Number; null until a match exists.
+    vendor = models.ForeignKey(
+        "manifests.Vendor", null=True, blank=True, on_delete=models.PROTECT, related_name="devices"
+    )
+    device_class = models.ForeignKey(
+        "manifests.DeviceClass",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="devices",
+    )
+    manufacturer = models.CharField(max_length=255, blank=True)
+    model = models.CharField(max_length=255, blank=True)
+    serial = models.CharField(max_length=255, blank=True)
+    # Installed firmware as last reported (/3/0/3); sequence number and security counter are
+    # derived from the manifest of that version (or the one last installed through us).
+    firmware_version = models.CharField(max_length=64, blank=True)
+    sequence_number = models.PositiveBigIntegerField(null=True, blank=True)
+    security_counter = models.PositiveBigIntegerField(default=0)
+    # Object 5 as last reported: /5/0/3 State, /5/0/5 Update Result, /5/0/8, /5/0/9.
+    fw_state = models.PositiveSmallIntegerField(null=True, blank=True)
+    fw_result = models.PositiveSmallIntegerField(null=True, blank=True)
+    fw_reported_at = models.DateTimeField(null=True, blank=True)
+    fw_protocols = models.JSONField(default=list, blank=True)
+    fw_delivery_method = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Device clock minus server clock in seconds (from /3/0/13), for expiry reasoning.
+    clock_offset_seconds = models.FloatField(null=True, blank=True)
+    # Registration interface state.
+    online = models.BooleanField(default=False)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    registration_id = models.CharField(max_length=64, blank=True, db_index=True)
+    registered_at = models.DateTimeField(null=True, blank=True)
+    registration_expires_at = models.DateTimeField(null=True, blank=True)
+    lifetime = models.PositiveIntegerField(default=86400)
+    binding = models.CharField(max_length=16, blank=True)
+    lwm2m_version = models.CharField(max_length=8, blank=True)
+    queue_mode = models.BooleanField(default=False)
+    gateway_id = models.CharField(max_length=128, blank=True, db_index=True)
+    # Object links from the registration payload, e.g. ["/3/0", "/5/0"].
+    lwm2m_objects = models.JSONField(default=list, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["endpoint"]
+        indexes = [
+            models.Index(fields=["device_class", "online"]),
+            models.Index(fields=["gateway_id", "online"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.endpoint
+
+
+class DevicePSK(models.Model):
+    """DTLS pre-shared key of one device; the identity is bound to the device's endpoint."""
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="psk")
+    identity = models.CharField(max_length=255, unique=True)
+    # Fernet token (AES-128-CBC + HMAC-SHA256) of the key, under LWM2M_PSK_ENCRYPTION_KEY.
+    key_encrypted = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"PSK {self.identity}"
+
+
+class CommandStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENT = "sent", "Sent to gateway"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class DeviceCommand(models.Model):
+    """One operation asked of a device through the gateway that holds it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
+    # read | write | execute | observe | fw_update | fw_cancel
+    operation = models.CharField(max_length=32)
+    args = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=16, choices=CommandStatus.choices, default=CommandStatus.PENDING
+    )
+    gateway_id = models.CharField(max_length=128, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [models.Index(fields=["device", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.operation} on {self.device_id} ({self.status})"
+
+
+class DeviceEvent(models.Model):
+    """Append-only log of what the gateway saw (registrations, Object 5 reports, results)."""
+
+    device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="events")
+    kind = models.CharField(max_length=32)
+    data = models.JSONField(default=dict, blank=True)
+    gateway_id = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["device", "kind", "id"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.device_id}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# System packages the test suite needs beyond Python: libcoap's command-line client for the
+# LwM2M/CoAP interop tests (coap-client, coap-client-openssl for the DTLS-PSK variant).
+# Idempotent: does nothing when everything is already installed; runs `apt-get update` only when
+# a package is missing. Runs as root (CI and developer machines are root here).
+set -euo pipefail
+
+PACKAGES=(libcoap3-bin)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-system-deps: all present (${PACKAGES[*]})"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+
+echo "install-system-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y --no-install-recommends "${missing[@]}"

@@ -1,0 +1,192 @@
+"""Command bus between Celery tasks (producers) and gateway processes (consumers).
+
+A device is reachable only through the gateway that holds its registration, so commands are
+routed by ``Device.gateway_id`` into that gateway's own queue:
+
+* :class:`RedisCommandBus`: one Redis stream per gateway (``fwupd:lwm2m:gw:<id>:cmd``) read
+  through a consumer group, acknowledged only after the command finished, so a gateway that
+  restarts under the same id picks up what it had not completed.
+* :class:`InMemoryCommandBus`: the embedded default (no Redis). Same interface, backed by an
+  ``asyncio.Queue`` owned by the gateway's event loop; producers in other threads hand commands
+  over with ``call_soon_threadsafe``.
+
+Device events travel the other way as Celery tasks (``workers.tasks.device_event_task``), not on
+this bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from workers.lwm2m.errors import DeviceNotConnectedError
+
+log = logging.getLogger(__name__)
+
+Command = dict[str, Any]
+
+
+class CommandBus(Protocol):
+    def publish(self, gateway_id: str, command: Command) -> None:
+        """Queue ``command`` for ``gateway_id``; callable from any thread, never blocks long."""
+
+    def consume(self, gateway_id: str) -> AsyncIterator[tuple[str, Command]]:
+        """Yield (ack token, command) pairs for this gateway, forever."""
+
+    async def ack(self, gateway_id: str, token: str) -> None:
+        """Mark a command finished so it is not redelivered."""
+
+    async def close(self) -> None: ...
+
+
+class InMemoryCommandBus:
+    """In-process bus: gateways in this process attach a queue on their event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Command]]] = {}
+        self._counter = 0
+
+    def attach(self, gateway_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._queues[gateway_id] = (loop, asyncio.Queue())
+
+    def detach(self, gateway_id: str) -> None:
+        with self._lock:
+            self._queues.pop(gateway_id, None)
+
+    def publish(self, gateway_id: str, command: Command) -> None:
+        with self._lock:
+            entry = self._queues.get(gateway_id)
+        if entry is None:
+            raise DeviceNotConnectedError(f"no gateway {gateway_id!r} in this process")
+        loop, queue = entry
+        # Round-trip through JSON: the same contract as the Redis bus (no live objects).
+        loop.call_soon_threadsafe(queue.put_nowait, json.loads(json.dumps(command)))
+
+    async def consume(self, gateway_id: str) -> AsyncIterator[tuple[str, Command]]:
+        with self._lock:
+            entry = self._queues.get(gateway_id)
+        if entry is None:
+            self.attach(gateway_id)
+            entry = self._queues[gateway_id]
+        queue = entry[1]
+        while True:
+            command = await queue.get()
+            self._counter += 1
+            yield str(self._counter), command
+
+    async def ack(self, gateway_id: str, token: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisCommandBus:
+    """Per-gateway Redis stream with a consumer group; at-least-once delivery."""
+
+    GROUP = "gateway"
+    MAXLEN = 100_000  # bounded: a gateway gone for good must not grow Redis without limit
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._sync: Any = None
+        self._async: Any = None
+
+    @staticmethod
+    def stream(gateway_id: str) -> str:
+        return f"fwupd:lwm2m:gw:{gateway_id}:cmd"
+
+    def publish(self, gateway_id: str, command: Command) -> None:
+        import redis
+
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url)
+        self._sync.xadd(
+            self.stream(gateway_id),
+            {"c": json.dumps(command)},
+            maxlen=self.MAXLEN,
+            approximate=True,
+        )
+
+    async def _client(self) -> Any:
+        import redis.asyncio as aioredis
+
+        if self._async is None:
+            self._async = aioredis.Redis.from_url(self.url)
+        return self._async
+
+    async def consume(self, gateway_id: str) -> AsyncIterator[tuple[str, Command]]:
+        import redis
+
+        client = await self._client()
+        stream = self.stream(gateway_id)
+        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: already there
+            await client.xgroup_create(stream, self.GROUP, id="0", mkstream=True)
+        # First what this gateway had received but not finished (a restart), then new entries.
+        cursor = "0"
+        while True:
+            entries = await client.xreadgroup(
+                self.GROUP, gateway_id, {stream: cursor}, count=32, block=1000
+            )
+            messages = entries[0][1] if entries else []
+            if cursor == "0" and not messages:
+                cursor = ">"
+                continue
+            for message_id, fields in messages:
+                token = message_id.decode() if isinstance(message_id, bytes) else message_id
+                raw = fields.get(b"c") or fields.get("c")
+                try:
+                    command = json.loads(raw)
+                except (TypeError, ValueError):
+                    log.warning("dropping undecodable command %s on %s", token, stream)
+                    await client.xack(stream, self.GROUP, token)
+                    continue
+                yield token, command
+
+    async def ack(self, gateway_id: str, token: str) -> None:
+        client = await self._client()
+        await client.xack(self.stream(gateway_id), self.GROUP, token)
+
+    async def close(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+
+_memory_bus = InMemoryCommandBus()
+_redis_buses: dict[str, RedisCommandBus] = {}
+
+
+def bus_for_url(url: str | None) -> InMemoryCommandBus | RedisCommandBus:
+    """The bus for a URL: ``memory://`` (or None) is the one process-wide in-memory bus."""
+    if not url or url.startswith("memory:"):
+        return _memory_bus
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        bus = _redis_buses.get(url)
+        if bus is None:
+            bus = _redis_buses[url] = RedisCommandBus(url)
+        return bus
+    raise ValueError(f"unsupported command bus URL {url!r} (redis://... or memory://)")
+
+
+def configured_bus_url() -> str:
+    """LWM2M_COMMAND_BUS_URL, else the Celery broker when it is Redis, else memory://."""
+    from django.conf import settings
+
+    if settings.LWM2M_COMMAND_BUS_URL:
+        return str(settings.LWM2M_COMMAND_BUS_URL)
+    broker = settings.CELERY_BROKER_URL or ""
+    if broker.startswith(("redis://", "rediss://")) and not settings.CELERY_TASK_ALWAYS_EAGER:
+        return str(broker)
+    return "memory://"

@@ -1,0 +1,218 @@
+"""What a device checks before installing an update, as pure functions (no Django, no clock).
+
+These are the device half of DESIGN.md section 3 and of the threat table in section 4: the
+simulator runs them exactly as a SUIT processor on MCUboot would, and the campaign engine can
+reuse them to predict a device's answer before dispatch. Each refusal is a specific
+:class:`DeviceCheckError` whose ``fw_result`` is the LwM2M Object 5 Update Result the device
+reports for it (5 integrity, 6 unsupported package, 2 not enough flash).
+
+Invariants enforced, in order: the envelope carries a signature that verifies against a trust
+anchor (checked by the caller with the SUIT codec, reported here through
+:func:`require_signature`); vendor and class IDs equal the device's; the manifest installs only
+into the device's fixed component with its payload format; the sequence number is strictly above
+the installed one; the security counter is not below the device's; the manifest has not expired
+by the device's own clock; the payload fits the slot; the downloaded payload has the declared size
+and SHA-256 digest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from workers.lwm2m.errors import LwM2MError
+from workers.lwm2m.object5 import FwResult
+
+
+class DeviceCheckError(LwM2MError):
+    """The device refuses the update; ``fw_result`` is what it reports in /5/0/5."""
+
+    code = "device.check_failed"
+    fw_result = FwResult.UNSUPPORTED_PACKAGE_TYPE
+
+
+class SignatureCheckError(DeviceCheckError):
+    """No signature on the envelope verifies against the device's trust anchors."""
+
+    code = "device.untrusted_manifest"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
+class VendorMismatchError(DeviceCheckError):
+    """The manifest's vendor ID is not the device's."""
+
+    code = "device.vendor_mismatch"
+
+
+class ClassMismatchError(DeviceCheckError):
+    """The manifest's class ID is not the device's."""
+
+    code = "device.class_mismatch"
+
+
+class ComponentMismatchError(DeviceCheckError):
+    """The manifest targets another component (slot) or payload format than the device uses."""
+
+    code = "device.component_mismatch"
+
+
+class RollbackError(DeviceCheckError):
+    """The sequence number is not above the installed one (rollback or replay)."""
+
+    code = "device.rollback"
+
+
+class SecurityCounterError(DeviceCheckError):
+    """The security counter is below the device's (MCUboot would refuse to boot it)."""
+
+    code = "device.security_counter"
+
+
+class ExpiredManifestError(DeviceCheckError):
+    """The manifest's use-before time has passed by the device's clock."""
+
+    code = "device.manifest_expired"
+
+
+class MissingFieldError(DeviceCheckError):
+    """The manifest lacks a field the device needs (digest, size, sequence, counter)."""
+
+    code = "device.manifest_incomplete"
+
+
+class NoSpaceError(DeviceCheckError):
+    """The payload does not fit the device's update slot."""
+
+    code = "device.no_space"
+    fw_result = FwResult.NOT_ENOUGH_FLASH
+
+
+class ImageSizeMismatchError(DeviceCheckError):
+    """The downloaded payload's size differs from the manifest's image size."""
+
+    code = "device.image_size_mismatch"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
+class ImageDigestMismatchError(DeviceCheckError):
+    """The downloaded payload's SHA-256 differs from the manifest's image digest."""
+
+    code = "device.image_digest_mismatch"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
+@dataclass(frozen=True)
+class DeviceIdentity:
+    vendor_id: uuid.UUID
+    class_id: uuid.UUID
+    component_id: tuple[bytes, ...] = (b"00",)
+    payload_format: str = "mcuboot"
+    slot_size: int = 0x100000
+
+
+@dataclass(frozen=True)
+class InstalledFirmware:
+    version: str
+    sequence_number: int
+    security_counter: int
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """The manifest fields a device acts on (decoded from the signed envelope)."""
+
+    vendor_id: uuid.UUID | None
+    class_id: uuid.UUID | None
+    sequence_number: int | None
+    security_counter: int | None
+    firmware_version: str | None
+    use_before: dt.datetime | None
+    image_digest: bytes | None
+    image_size: int | None
+    components: tuple[tuple[bytes, ...], ...]
+    payload_format: str | None
+    uri: str | None
+
+
+def facts_from_manifest(manifest: Any) -> ManifestFacts:
+    """Adapter from the SUIT codec's decoded ``Manifest`` (duck-typed: no codec import here)."""
+    return ManifestFacts(
+        vendor_id=manifest.vendor_id,
+        class_id=manifest.class_id,
+        sequence_number=manifest.sequence_number,
+        security_counter=manifest.security_counter,
+        firmware_version=manifest.firmware_version,
+        use_before=manifest.use_before,
+        image_digest=manifest.image_digest,
+        image_size=manifest.image_size,
+        components=tuple(tuple(c) for c in manifest.components),
+        payload_format=manifest.payload_format,
+        uri=manifest.uri,
+    )
+
+
+def require_signature(valid_kids: Sequence[bytes], *, threshold: int = 1) -> None:
+    """Refuse unless at least ``threshold`` distinct trust anchors verified the envelope."""
+    if len(set(valid_kids)) < threshold:
+        raise SignatureCheckError(
+            f"{len(set(valid_kids))} of the required {threshold} trust-anchor signatures verify"
+        )
+
+
+def check_manifest(
+    facts: ManifestFacts,
+    *,
+    device: DeviceIdentity,
+    installed: InstalledFirmware,
+    now: dt.datetime,
+) -> None:
+    """Every pre-download check; raises the first failing one."""
+    if facts.vendor_id != device.vendor_id:
+        raise VendorMismatchError(f"vendor {facts.vendor_id} is not {device.vendor_id}")
+    if facts.class_id != device.class_id:
+        raise ClassMismatchError(f"class {facts.class_id} is not {device.class_id}")
+    if list(facts.components) != [device.component_id]:
+        raise ComponentMismatchError(
+            f"components {[[p.hex() for p in c] for c in facts.components]} are not "
+            f"[{[p.hex() for p in device.component_id]}]"
+        )
+    if facts.payload_format != device.payload_format:
+        raise ComponentMismatchError(
+            f"payload format {facts.payload_format!r} is not {device.payload_format!r}"
+        )
+    if facts.sequence_number is None or facts.security_counter is None:
+        raise MissingFieldError("manifest has no sequence number or security counter")
+    if facts.image_digest is None or facts.image_size is None:
+        raise MissingFieldError("manifest has no image digest or size")
+    if facts.sequence_number <= installed.sequence_number:
+        raise RollbackError(
+            f"sequence {facts.sequence_number} is not above installed {installed.sequence_number}"
+        )
+    if facts.security_counter < installed.security_counter:
+        raise SecurityCounterError(
+            f"security counter {facts.security_counter} is below the device's "
+            f"{installed.security_counter}"
+        )
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if facts.use_before is not None and now >= facts.use_before:
+        raise ExpiredManifestError(f"manifest expired at {facts.use_before.isoformat()}")
+    if facts.image_size > device.slot_size:
+        raise NoSpaceError(f"image of {facts.image_size} bytes exceeds slot {device.slot_size}")
+
+
+def check_payload(payload: bytes, facts: ManifestFacts) -> None:
+    """Size then SHA-256 of the downloaded payload against the signed manifest."""
+    if facts.image_digest is None or facts.image_size is None:
+        raise MissingFieldError("manifest has no image digest or size")
+    if len(payload) != facts.image_size:
+        raise ImageSizeMismatchError(
+            f"payload is {len(payload)} bytes, manifest says {facts.image_size}"
+        )
+    if not hmac.compare_digest(hashlib.sha256(payload).digest(), facts.image_digest):
+        raise ImageDigestMismatchError("payload SHA-256 differs from the manifest's image digest")

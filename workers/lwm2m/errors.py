@@ -1,0 +1,95 @@
+"""Errors of the LwM2M layer, as a small tree with stable codes.
+
+Every decoder raises only subclasses of :class:`LwM2MError` on bad input (the fuzz tests hold it to
+that), so the gateway can map any refusal to a CoAP error code and keep serving.
+"""
+
+from __future__ import annotations
+
+
+class LwM2MError(Exception):
+    """Base of every refusal by the LwM2M codecs, state machine and gateway."""
+
+    code = "lwm2m.error"
+    #: CoAP response code name (aiocoap.numbers.codes.Code attribute) used when this reaches a peer.
+    coap_code = "BAD_REQUEST"
+
+
+class LinkFormatError(LwM2MError):
+    """The registration payload is not valid CoRE link format (RFC 6690) for LwM2M."""
+
+    code = "lwm2m.link_format"
+
+
+class TLVError(LwM2MError):
+    """The payload is not valid OMA LwM2M TLV."""
+
+    code = "lwm2m.tlv"
+
+
+class SenMLError(LwM2MError):
+    """The payload is not valid SenML JSON/CBOR as LwM2M uses it."""
+
+    code = "lwm2m.senml"
+
+
+class ContentFormatError(LwM2MError):
+    """The content format is unsupported for the operation, or the value does not fit it."""
+
+    code = "lwm2m.content_format"
+    coap_code = "UNSUPPORTED_CONTENT_FORMAT"
+
+
+class PathError(LwM2MError):
+    """An LwM2M path (/object/instance/resource[/ri]) is malformed or out of range."""
+
+    code = "lwm2m.path"
+
+
+class RegistrationError(LwM2MError):
+    """A registration request has missing or invalid parameters."""
+
+    code = "lwm2m.registration"
+
+
+class UnknownRegistrationError(LwM2MError):
+    """The registration id is not held by this gateway (expired, or never existed)."""
+
+    code = "lwm2m.unknown_registration"
+    coap_code = "NOT_FOUND"
+
+
+class PayloadTooLargeError(LwM2MError):
+    """The request payload exceeds the gateway's limit."""
+
+    code = "lwm2m.payload_too_large"
+    coap_code = "REQUEST_ENTITY_TOO_LARGE"
+
+
+class Object5TransitionError(LwM2MError):
+    """A Firmware Update (Object 5) transition the LwM2M 1.1 state machine does not allow."""
+
+    code = "lwm2m.object5_transition"
+    coap_code = "METHOD_NOT_ALLOWED"
+
+
+class DeviceOperationError(LwM2MError):
+    """A device operation (read/write/execute) failed; ``permanent`` says whether to retry."""
+
+    code = "lwm2m.device_operation"
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class DeviceNotConnectedError(DeviceOperationError):
+    """The target device holds no registration on this gateway (transient: it may come back)."""
+
+    code = "lwm2m.device_not_connected"
+
+
+class UnsupportedProtocolError(DeviceOperationError):
+    """The package URI scheme is not in the device's /5/0/8 Firmware Update Protocol Support."""
+
+    code = "lwm2m.unsupported_protocol"

@@ -1,0 +1,929 @@
+"""The LwM2M server process: registration interface, firmware server, Object 5 control.
+
+One asyncio loop runs an aiocoap server context. Devices register at ``/rd``; the gateway keeps
+the live part of each registration (the device's address, its lifetime deadline) in memory,
+because only this process can reach the device, and reports everything else as events through
+an :class:`EventSink` (Celery ``device_event_task`` -> ``campaigns.device_services``) so that the
+database, not this process, holds fleet state. Commands arrive on the command bus
+(:mod:`workers.lwm2m.bus`) for the devices this gateway holds.
+
+Firmware is served from ``/fw/m/<manifest digest>`` (the exact stored SUIT envelope) and
+``/fw/i/<image sha256>`` (the payload), with hand-rolled Block2 so any block can be requested
+directly (resumable), Size2 on every block and an ETag derived from the content digest. Content
+is immutable, so caching it in memory is always correct.
+
+Bad input never stops the server: every handler maps :class:`LwM2MError` to its CoAP code and
+logs one line; unexpected exceptions become 5.00 with a traceback in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiocoap
+from aiocoap import resource
+from aiocoap.numbers.codes import Code
+
+from workers.lwm2m import content
+from workers.lwm2m.blocks import block_slice
+from workers.lwm2m.bus import InMemoryCommandBus, RedisCommandBus
+from workers.lwm2m.errors import (
+    DeviceNotConnectedError,
+    DeviceOperationError,
+    LwM2MError,
+    PayloadTooLargeError,
+    RegistrationError,
+    UnknownRegistrationError,
+    UnsupportedProtocolError,
+)
+from workers.lwm2m.linkformat import RegisteredObjects, parse_registration_payload
+from workers.lwm2m.object5 import PROTOCOL_SCHEMES, FwState, Phase, UpdateTracker, Verdict
+
+log = logging.getLogger("workers.lwm2m.gateway")
+
+SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
+BINDING_CHARS = set("UQSTN")
+# A queue-mode device listens for about MAX_TRANSMIT_WAIT (RFC 7252) after each message it sends.
+QUEUE_AWAKE_SECONDS = 93.0
+DEFAULT_BLOCK_SZX = 6
+# Attempts to hand one event to the sink before giving up (with exponential backoff).
+EMIT_ATTEMPTS = 5
+
+
+# --- collaborators ----------------------------------------------------------------------------
+
+
+class EventSink(Protocol):
+    def emit(self, event: dict[str, Any]) -> None:
+        """Deliver one device event (blocking is fine: called on the gateway's event thread)."""
+
+
+class CeleryEventSink:
+    """Events as ``device_event_task`` (runs inline when Celery is eager: the embedded default)."""
+
+    def emit(self, event: dict[str, Any]) -> None:
+        from workers.tasks import device_event_task
+
+        device_event_task.delay(event)
+
+
+class FirmwareSource(Protocol):
+    def envelope(self, manifest_digest: str) -> bytes | None: ...
+
+    def image(self, sha256: str) -> bytes | None: ...
+
+
+class DjangoFirmwareSource:
+    """Envelopes from ``Manifest.envelope`` (exact bytes), payloads from the image store."""
+
+    def envelope(self, manifest_digest: str) -> bytes | None:
+        from manifests.models import Manifest
+
+        row = Manifest.objects.filter(manifest_digest=manifest_digest).only("envelope").first()
+        return bytes(row.envelope) if row is not None else None
+
+    def image(self, sha256: str) -> bytes | None:
+        from manifests.services import image_storage
+
+        store = image_storage()
+        if not store.exists(sha256):
+            return None
+        data: bytes = store.read(sha256)
+        return data
+
+
+@dataclass
+class GatewayConfig:
+    gateway_id: str
+    host: str = "127.0.0.1"
+    port: int = 5683
+    public_uri: str | None = None
+    min_lifetime: int = 1
+    max_lifetime: int = 7 * 86400
+    max_payload: int = 16 * 1024
+    request_timeout: float = 30.0
+    fw_poll_seconds: float = 10.0
+    fw_update_timeout: float = 3600.0
+    expiry_sweep_seconds: float = 1.0
+    write_format: int = content.CT_TLV
+
+    @property
+    def base_uri(self) -> str:
+        if self.public_uri:
+            return self.public_uri.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"coap://{host}:{self.port}"
+
+    @classmethod
+    def from_settings(cls, *, bind: str | None = None, gateway_id: str | None = None) -> Any:
+        import socket
+
+        from django.conf import settings
+
+        host, port = parse_bind(bind or settings.LWM2M_BIND)
+        return cls(
+            gateway_id=gateway_id
+            or settings.LWM2M_GATEWAY_ID
+            or f"{socket.gethostname()}-{port}-{secrets.token_hex(3)}",
+            host=host,
+            port=port,
+            public_uri=settings.LWM2M_PUBLIC_URI,
+            min_lifetime=settings.LWM2M_MIN_LIFETIME,
+            max_lifetime=settings.LWM2M_MAX_LIFETIME,
+            max_payload=settings.LWM2M_MAX_PAYLOAD,
+            request_timeout=settings.LWM2M_REQUEST_TIMEOUT,
+            fw_poll_seconds=settings.LWM2M_FW_POLL_SECONDS,
+            fw_update_timeout=settings.LWM2M_FW_UPDATE_TIMEOUT,
+            expiry_sweep_seconds=settings.LWM2M_EXPIRY_SWEEP_SECONDS,
+        )
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[v6]:PORT' -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bind address {text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)  # noqa: S104 - explicit bind-all
+
+
+# --- registrations ----------------------------------------------------------------------------
+
+
+@dataclass
+class Registration:
+    reg_id: str
+    endpoint: str
+    remote: Any
+    lifetime: int
+    binding: str
+    version: str
+    queue_mode: bool
+    objects: RegisteredObjects
+    deadline: float  # monotonic
+    created: float = field(default_factory=time.time)
+    awake_until: float = 0.0  # monotonic
+    awake: asyncio.Event = field(default_factory=asyncio.Event)
+    protocols: list[int] | None = None
+    replaced: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def touch(self, now: float) -> None:
+        self.deadline = now + self.lifetime
+        self.awake_until = now + QUEUE_AWAKE_SECONDS
+        self.awake.set()
+
+    def object_links(self) -> list[str]:
+        return [
+            f"/{o.object_id}" + (f"/{o.instance_id}" if o.instance_id is not None else "")
+            for o in self.objects.objects
+        ]
+
+
+def _query(request: aiocoap.Message) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for item in request.opt.uri_query:
+        key, eq, value = item.partition("=")
+        if key in out:
+            raise RegistrationError(f"query parameter {key!r} given twice")
+        out[key] = value if eq else None
+    return out
+
+
+def _lifetime(text: str | None, config: GatewayConfig) -> int:
+    if text is None or not text.isascii() or not text.isdigit() or len(text) > 10:
+        raise RegistrationError(f"lifetime {text!r} is not a number of seconds")
+    value = int(text)
+    if not config.min_lifetime <= value <= config.max_lifetime:
+        raise RegistrationError(
+            f"lifetime {value} outside {config.min_lifetime}..{config.max_lifetime}"
+        )
+    return value
+
+
+def _binding(text: str | None) -> tuple[str, bool]:
+    """LwM2M 1.0 binding 'UQ' means UDP + queue mode; 1.1 moves queue mode to the Q parameter."""
+    binding = text or "U"
+    if not binding or len(binding) > 8 or not set(binding) <= BINDING_CHARS:
+        raise RegistrationError(f"binding {binding[:10]!r} is not one of U, Q, S, T, N")
+    return binding.replace("Q", "") or "U", "Q" in binding
+
+
+def _error_response(exc: LwM2MError) -> aiocoap.Message:
+    code = getattr(Code, exc.coap_code, Code.BAD_REQUEST)
+    return aiocoap.Message(code=code, payload=f"{exc.code}: {exc}"[:200].encode())
+
+
+class _Handler(resource.Resource, resource.PathCapable):
+    """Base: routes paths itself and turns errors into CoAP codes plus one log line."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__()
+        self.gateway = gateway
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        try:
+            return await self.handle(request)
+        except LwM2MError as exc:
+            log.warning(
+                "refused %s %s from %s: %s [%s]",
+                request.code,
+                "/".join(request.opt.uri_path),
+                request.remote.hostinfo,
+                exc,
+                exc.code,
+            )
+            return _error_response(exc)
+        except Exception:
+            log.exception("internal error on %s %s", request.code, request.opt.uri_path)
+            return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
+
+    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+        raise NotImplementedError
+
+
+class RegistrationResource(_Handler):
+    """/rd (Register) and /rd/<id> (Update, De-register)."""
+
+    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+        if len(request.payload) > self.gateway.config.max_payload:
+            raise PayloadTooLargeError(f"payload of {len(request.payload)} bytes")
+        path = request.opt.uri_path
+        if path == () and request.code == Code.POST:
+            return await self.gateway.register(request)
+        if len(path) == 1 and request.code == Code.POST:
+            return await self.gateway.update(path[0], request)
+        if len(path) == 1 and request.code == Code.DELETE:
+            return await self.gateway.deregister(path[0], request)
+        if len(path) > 1:
+            raise UnknownRegistrationError("no such registration resource")
+        return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+
+
+class FirmwareResource(_Handler):
+    """/fw/m/<manifest digest> and /fw/i/<sha256>: immutable, Block2 by block number."""
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return False  # we answer Block2 ourselves so any block can be asked for directly
+
+    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+        if request.code != Code.GET:
+            return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+        path = request.opt.uri_path
+        if len(path) != 2 or path[0] not in ("m", "i"):
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        digest = path[1].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        data = await self.gateway.firmware_bytes(path[0], digest)
+        if data is None:
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        etag = hashlib.sha256(data).digest()[:8]
+        if request.opt.block2 is not None:
+            num, szx = request.opt.block2.block_number, request.opt.block2.size_exponent
+        else:
+            num, szx = 0, DEFAULT_BLOCK_SZX
+        part = block_slice(len(data), num, min(szx, DEFAULT_BLOCK_SZX))
+        response = aiocoap.Message(code=Code.CONTENT, payload=data[part.start : part.end])
+        response.opt.content_format = content.CT_OPAQUE
+        response.opt.etag = etag
+        response.opt.size2 = len(data)
+        response.opt.max_age = 86400
+        if part.more or request.opt.block2 is not None or num > 0:
+            response.opt.block2 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(
+                part.num, part.more, part.szx
+            )
+        return response
+
+
+class _Root(resource.Resource, resource.PathCapable):
+    """Routes /rd... and /fw... (aiocoap's Site cannot serve both /rd and /rd/<id>)."""
+
+    def __init__(self, rd: RegistrationResource, fw: FirmwareResource) -> None:
+        super().__init__()
+        self.children: dict[str, _Handler] = {"rd": rd, "fw": fw}
+
+    def _route(self, request: aiocoap.Message) -> tuple[_Handler, aiocoap.Message] | None:
+        path = request.opt.uri_path
+        child = self.children.get(path[0]) if path else None
+        if child is None:
+            return None
+        return child, request.copy(uri_path=path[1:])
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        routed = self._route(request)
+        return True if routed is None else await routed[0].needs_blockwise_assembly(routed[1])
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        routed = self._route(request)
+        if routed is None:
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        return await routed[0].render(routed[1])
+
+
+# --- the gateway --------------------------------------------------------------------------------
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        bus: InMemoryCommandBus | RedisCommandBus,
+        sink: EventSink | None = None,
+        firmware: FirmwareSource | None = None,
+    ) -> None:
+        self.config = config
+        self.bus = bus
+        self.sink = sink or CeleryEventSink()
+        self.firmware = firmware or DjangoFirmwareSource()
+        self.by_id: dict[str, Registration] = {}
+        self.by_endpoint: dict[str, Registration] = {}
+        self.context: aiocoap.Context | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lwm2m-events")
+        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lwm2m-io")
+        self._fw_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._fw_cache_bytes = 0
+        self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
+
+    # lifecycle
+
+    async def start(self) -> None:
+        site = _Root(RegistrationResource(self), FirmwareResource(self))
+        self.context = await aiocoap.Context.create_server_context(
+            site, bind=(self.config.host, self.config.port), transports=["udp6"]
+        )
+        if self.config.port == 0:
+            self.config.port = self._bound_port()
+        if isinstance(self.bus, InMemoryCommandBus):
+            self.bus.attach(self.config.gateway_id)
+        self._spawn(self._expiry_loop())
+        self._spawn(self._command_loop())
+        log.info("gateway %s listening on %s", self.config.gateway_id, self.config.base_uri)
+
+    def _bound_port(self) -> int:
+        if self.context is None:
+            raise RuntimeError("gateway not started")
+        for transport in self.context.request_interfaces:
+            inner = getattr(transport, "token_interface", transport)
+            inner = getattr(inner, "message_interface", inner)
+            sock_transport = getattr(inner, "transport", None)
+            if sock_transport is not None:
+                sock = sock_transport.get_extra_info("socket")
+                if sock is not None:
+                    return int(sock.getsockname()[1])
+        raise RuntimeError("could not determine the bound port")
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if isinstance(self.bus, InMemoryCommandBus):
+            self.bus.detach(self.config.gateway_id)
+        if self.context is not None:
+            await self.context.shutdown()
+            self.context = None
+        self._events.shutdown(wait=True)
+        self._io.shutdown(wait=False)
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("gateway task failed", exc_info=task.exception())
+
+    async def emit(self, event: dict[str, Any]) -> None:
+        """Hand an event to the sink on the single event thread (keeps per-gateway order)."""
+        event = {"gateway_id": self.config.gateway_id, "at": time.time(), **event}
+        loop = asyncio.get_running_loop()
+        for attempt in range(EMIT_ATTEMPTS):
+            try:
+                await loop.run_in_executor(self._events, self.sink.emit, event)
+                return
+            except Exception as exc:
+                # Transient (broker hiccup, SQLite lock): retry a few times, then log it.
+                if attempt == EMIT_ATTEMPTS - 1:
+                    log.error("event sink failed for %s: %r", event.get("type"), exc)
+                    return
+                await asyncio.sleep(0.05 * (2**attempt))
+
+    # registration interface
+
+    async def register(self, request: aiocoap.Message) -> aiocoap.Message:
+        query = _query(request)
+        endpoint = query.get("ep")
+        if not endpoint or len(endpoint) > 255 or not endpoint.isprintable():
+            raise RegistrationError("missing or invalid endpoint name (ep)")
+        lifetime = _lifetime(query.get("lt", "86400"), self.config)
+        version = query.get("lwm2m") or "1.0"
+        if version not in SUPPORTED_VERSIONS:
+            raise RegistrationError(f"LwM2M version {version[:8]!r} not supported")
+        binding, queue = _binding(query.get("b"))
+        if "Q" in query:
+            if query["Q"] is not None:
+                raise RegistrationError("Q takes no value")
+            queue = True
+        if request.opt.content_format not in (None, content.CT_LINK_FORMAT):
+            raise RegistrationError("registration payload must be link format")
+        objects = parse_registration_payload(request.payload)
+        now = time.monotonic()
+        reg = Registration(
+            reg_id=secrets.token_hex(8),
+            endpoint=endpoint,
+            remote=request.remote,
+            lifetime=lifetime,
+            binding=binding,
+            version=version,
+            queue_mode=queue,
+            objects=objects,
+            deadline=now + lifetime,
+        )
+        reg.touch(now)
+        old = self.by_endpoint.get(endpoint)
+        if old is not None:
+            self.by_id.pop(old.reg_id, None)
+            old.replaced.set()
+        self.by_id[reg.reg_id] = reg
+        self.by_endpoint[endpoint] = reg
+        self.stats["registrations"] += 1
+        self._spawn(self._after_register(reg))
+        return aiocoap.Message(code=Code.CREATED, location_path=("rd", reg.reg_id))
+
+    async def _after_register(self, reg: Registration) -> None:
+        await self.emit(
+            {
+                "type": "registered",
+                "endpoint": reg.endpoint,
+                "registration_id": reg.reg_id,
+                "lifetime": reg.lifetime,
+                "binding": reg.binding,
+                "lwm2m_version": reg.version,
+                "queue_mode": reg.queue_mode,
+                "objects": reg.object_links(),
+            }
+        )
+        await self.read_device_info(reg)
+
+    async def read_device_info(self, reg: Registration) -> None:
+        """Read /3/0/{0,1,2,3,13} and /5/0/{8,9}; report what answered."""
+        wanted: list[content.Path] = [(3, 0, 0), (3, 0, 1), (3, 0, 2), (3, 0, 3), (3, 0, 13)]
+        if reg.objects.has_object(5):
+            wanted += [(5, 0, 8), (5, 0, 9)]
+        results = await asyncio.gather(
+            *(self.read(reg, path) for path in wanted), return_exceptions=True
+        )
+        values: dict[content.Path, content.Value] = {}
+        for path, result in zip(wanted, results, strict=True):
+            if isinstance(result, BaseException):
+                log.info(
+                    "read %s on %s failed: %s", content.format_path(path), reg.endpoint, result
+                )
+                continue
+            values.update(result)
+        protocols = sorted(
+            int(v) for p, v in values.items() if p[:3] == (5, 0, 8) and isinstance(v, int)
+        )
+        if (5, 0, 8) in [p[:3] for p in values]:
+            reg.protocols = protocols
+        event: dict[str, Any] = {
+            "type": "device_info",
+            "endpoint": reg.endpoint,
+            "manufacturer": _text(values.get((3, 0, 0))),
+            "model": _text(values.get((3, 0, 1))),
+            "serial": _text(values.get((3, 0, 2))),
+            "firmware_version": _text(values.get((3, 0, 3))),
+            "device_time": values.get((3, 0, 13)),
+            "protocols": protocols if reg.protocols is not None else None,
+            "delivery_method": values.get((5, 0, 9)),
+        }
+        await self.emit(event)
+
+    async def update(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
+        reg = self.by_id.get(reg_id)
+        if reg is None:
+            raise UnknownRegistrationError(f"registration {reg_id[:20]!r} is not held here")
+        query = _query(request)
+        unknown = set(query) - {"lt", "b", "sms", "Q"}
+        if unknown:
+            raise RegistrationError(f"unknown update parameters {sorted(unknown)[:5]}")
+        if "lt" in query:
+            reg.lifetime = _lifetime(query["lt"], self.config)
+        if "b" in query:
+            reg.binding, queue = _binding(query["b"])
+            reg.queue_mode = queue or "Q" in query
+        objects_changed = False
+        if request.payload:
+            reg.objects = parse_registration_payload(request.payload)
+            objects_changed = True
+        reg.remote = request.remote  # NAT rebinding: answer where the device is now
+        reg.touch(time.monotonic())
+        self.stats["updates"] += 1
+        self._spawn(
+            self.emit(
+                {
+                    "type": "updated",
+                    "endpoint": reg.endpoint,
+                    "registration_id": reg.reg_id,
+                    "lifetime": reg.lifetime if "lt" in query else None,
+                    "binding": reg.binding if "b" in query else None,
+                    "objects": reg.object_links() if objects_changed else None,
+                }
+            )
+        )
+        return aiocoap.Message(code=Code.CHANGED)
+
+    async def deregister(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
+        reg = self.by_id.pop(reg_id, None)
+        if reg is None:
+            raise UnknownRegistrationError(f"registration {reg_id[:20]!r} is not held here")
+        if self.by_endpoint.get(reg.endpoint) is reg:
+            del self.by_endpoint[reg.endpoint]
+        reg.replaced.set()
+        self._spawn(
+            self.emit(
+                {"type": "deregistered", "endpoint": reg.endpoint, "registration_id": reg.reg_id}
+            )
+        )
+        return aiocoap.Message(code=Code.DELETED)
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.expiry_sweep_seconds)
+            now = time.monotonic()
+            for reg in [r for r in self.by_id.values() if r.deadline < now]:
+                self.by_id.pop(reg.reg_id, None)
+                if self.by_endpoint.get(reg.endpoint) is reg:
+                    del self.by_endpoint[reg.endpoint]
+                reg.replaced.set()
+                log.info("registration of %s expired", reg.endpoint)
+                await self.emit(
+                    {"type": "expired", "endpoint": reg.endpoint, "registration_id": reg.reg_id}
+                )
+
+    # device management interface (server -> device)
+
+    async def _wait_reachable(self, reg: Registration) -> None:
+        if not reg.queue_mode:
+            return
+        while time.monotonic() >= reg.awake_until:
+            reg.awake.clear()
+            # Queue mode: the request waits for the device's next Update (or Register).
+            await asyncio.wait_for(reg.awake.wait(), timeout=reg.lifetime + 5)
+
+    async def _request(
+        self, reg: Registration, code: Code, path: content.Path, **kwargs: Any
+    ) -> aiocoap.Message:
+        if self.context is None:
+            raise DeviceNotConnectedError("gateway is stopped")
+        await self._wait_reachable(reg)
+        root = [s for s in reg.objects.root_path.strip("/").split("/") if s]
+        message = aiocoap.Message(code=code, uri_path=[*root, *map(str, path)], **kwargs)
+        message.remote = reg.remote
+        try:
+            response = await asyncio.wait_for(
+                self.context.request(message).response, timeout=self.config.request_timeout
+            )
+        except TimeoutError:
+            raise DeviceOperationError(f"{reg.endpoint} did not answer in time") from None
+        except aiocoap.error.Error as exc:
+            raise DeviceOperationError(f"{reg.endpoint}: {exc}") from None
+        return response
+
+    async def read(self, reg: Registration, path: content.Path) -> dict[content.Path, Any]:
+        response = await self._request(reg, Code.GET, path)
+        if response.code != Code.CONTENT:
+            raise DeviceOperationError(
+                f"read {content.format_path(path)} on {reg.endpoint}: {response.code}",
+                permanent=response.code.is_client_error(),
+            )
+        return content.decode(response.opt.content_format, response.payload, path)
+
+    async def write(self, reg: Registration, path: content.Path, value: content.Value) -> None:
+        fmt = self.config.write_format
+        payload = content.encode(fmt, {path: value}, path)
+        response = await self._request(reg, Code.PUT, path, payload=payload, content_format=fmt)
+        if response.code != Code.CHANGED:
+            raise DeviceOperationError(
+                f"write {content.format_path(path)} on {reg.endpoint}: {response.code}",
+                permanent=response.code.is_client_error(),
+            )
+
+    async def execute(self, reg: Registration, path: content.Path) -> None:
+        response = await self._request(reg, Code.POST, path)
+        if response.code != Code.CHANGED:
+            raise DeviceOperationError(
+                f"execute {content.format_path(path)} on {reg.endpoint}: {response.code}",
+                permanent=response.code.is_client_error(),
+            )
+
+    # firmware server
+
+    async def firmware_bytes(self, kind: str, digest: str) -> bytes | None:
+        key = (kind, digest)
+        cached = self._fw_cache.get(key)
+        if cached is not None:
+            self._fw_cache.move_to_end(key)
+            return cached
+        loop = asyncio.get_running_loop()
+        getter = self.firmware.envelope if kind == "m" else self.firmware.image
+        data = await loop.run_in_executor(self._io, getter, digest)
+        if data is None:
+            return None
+        if kind == "i" and hashlib.sha256(data).hexdigest() != digest:
+            log.error("stored image %s does not match its digest; not serving it", digest)
+            return None
+        self._fw_cache[key] = data
+        self._fw_cache_bytes += len(data)
+        while self._fw_cache_bytes > 256 * 1024 * 1024 and len(self._fw_cache) > 1:
+            _, dropped = self._fw_cache.popitem(last=False)
+            self._fw_cache_bytes -= len(dropped)
+        return data
+
+    def package_uri(self, manifest_digest: str) -> str:
+        return f"{self.config.base_uri}/fw/m/{manifest_digest}"
+
+    # commands
+
+    async def _command_loop(self) -> None:
+        async for token, command in self.bus.consume(self.config.gateway_id):
+            self.stats["commands"] += 1
+            self._spawn(self._run_command(token, command))
+
+    async def _run_command(self, token: str, command: dict[str, Any]) -> None:
+        command_id = str(command.get("command_id", ""))
+        try:
+            result = await self.run_operation(
+                str(command.get("endpoint", "")),
+                str(command.get("operation", "")),
+                dict(command.get("args") or {}),
+            )
+            outcome: dict[str, Any] = {"ok": True, "result": result}
+        except LwM2MError as exc:
+            outcome = {"ok": False, "error_code": exc.code, "error": str(exc)}
+            result = getattr(exc, "result", None)
+            if result is not None:
+                outcome["result"] = result
+        except Exception as exc:
+            log.exception("command %s failed", command_id)
+            outcome = {"ok": False, "error_code": "lwm2m.internal", "error": repr(exc)}
+        if command_id:
+            await self.emit({"type": "command_result", "command_id": command_id, **outcome})
+        await self.bus.ack(self.config.gateway_id, token)
+
+    def registration(self, endpoint: str) -> Registration:
+        reg = self.by_endpoint.get(endpoint)
+        if reg is None:
+            raise DeviceNotConnectedError(f"{endpoint!r} holds no registration on this gateway")
+        return reg
+
+    async def run_operation(
+        self, endpoint: str, operation: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        """One device operation; raises LwM2MError subclasses on refusal or failure."""
+        handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "read": self._op_read,
+            "execute": self._op_execute,
+            "write_uri": self._op_write_uri,
+            "fw_update": self._op_fw_update,
+            "fw_cancel": self._op_fw_cancel,
+        }
+        handler = handlers.get(operation)
+        if handler is None:
+            raise DeviceOperationError(f"unknown operation {operation!r}", permanent=True)
+        return await handler(endpoint, args)
+
+    async def _op_read(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
+        path = content.parse_path(str(args.get("path", "")))
+        values = await self.read(self.registration(endpoint), path)
+        return {"values": {content.format_path(p): _jsonable(v) for p, v in values.items()}}
+
+    async def _op_execute(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
+        path = content.parse_path(str(args.get("path", "")))
+        if path == (5, 0, 2):
+            raise DeviceOperationError("use fw_update to trigger /5/0/2", permanent=True)
+        await self.execute(self.registration(endpoint), path)
+        return {}
+
+    def _check_scheme(self, reg: Registration, uri: str) -> None:
+        scheme = uri.partition(":")[0].lower()
+        allowed = {PROTOCOL_SCHEMES.get(p) for p in (reg.protocols or [])}
+        if reg.protocols is None:
+            # /5/0/8 is optional (LwM2M 1.0 clients): plain CoAP is the one protocol they must
+            # support, since a client with Object 5 must do block-wise CoAP.
+            allowed = {"coap"}
+        if scheme not in allowed:
+            raise UnsupportedProtocolError(
+                f"{reg.endpoint} supports {sorted(a for a in allowed if a)}, not {scheme!r}",
+                permanent=True,
+            )
+
+    async def _op_write_uri(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
+        reg = self.registration(endpoint)
+        uri = str(args.get("uri", ""))
+        if uri:
+            self._check_scheme(reg, uri)
+        await self.write(reg, (5, 0, 1), uri)
+        return {"uri": uri}
+
+    async def _op_fw_cancel(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
+        reg = self.registration(endpoint)
+        try:
+            await self.write(reg, (5, 0, 1), "")
+        except DeviceOperationError:
+            await self.execute(reg, (5, 0, 10))
+        return {"cancelled": True}
+
+    async def _fw_status(self, reg: Registration) -> tuple[int, int]:
+        state = await self.read(reg, (5, 0, 3))
+        result = await self.read(reg, (5, 0, 5))
+        return int(state[(5, 0, 3)]), int(result[(5, 0, 5)])  # type: ignore[arg-type]
+
+    async def _op_fw_update(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Pull-mode update: write URI, follow State/Result, execute in Downloaded, confirm."""
+        digest = str(args.get("manifest_digest", "")).lower()
+        if len(digest) != 64:
+            raise DeviceOperationError("fw_update needs manifest_digest", permanent=True)
+        reg = self.registration(endpoint)
+        uri = str(args.get("uri") or self.package_uri(digest))
+        self._check_scheme(reg, uri)
+        tracker = UpdateTracker()
+        deadline = time.monotonic() + float(args.get("timeout", self.config.fw_update_timeout))
+        state, result = await self._fw_status(reg)
+        if state != FwState.IDLE:
+            current = await self.read(reg, (5, 0, 1))
+            if current.get((5, 0, 1)) != uri:
+                raise DeviceOperationError(
+                    f"{endpoint} is busy with another update (state {state})", permanent=False
+                )
+            tracker.phase = Phase.URI_WRITTEN  # a redelivered command: adopt the attempt
+        else:
+            await self.write(reg, (5, 0, 1), uri)
+            tracker.uri_written()
+        changed = asyncio.Event()
+        observer = self._spawn(self._observe_fw(reg, tracker, changed))
+        try:
+            while not tracker.phase.terminal:
+                if time.monotonic() > deadline:
+                    raise DeviceOperationError(
+                        f"{endpoint}: update timed out in {tracker.phase.name}"
+                    )
+                current_reg = self.by_endpoint.get(endpoint)
+                if current_reg is not None and current_reg is not reg:
+                    reg = current_reg  # rebooted and re-registered: follow the new registration
+                    observer.cancel()
+                    observer = self._spawn(self._observe_fw(reg, tracker, changed))
+                if current_reg is not None:
+                    with contextlib.suppress(LwM2MError):
+                        state, result = await self._fw_status(reg)
+                        await self._apply_report(reg, tracker, state, result, None)
+                if tracker.can_execute:
+                    state, _ = await self._fw_status(reg)
+                    if state == FwState.DOWNLOADED:
+                        await self.execute(reg, (5, 0, 2))
+                        tracker.update_executed()
+                        continue
+                changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=self.config.fw_poll_seconds)
+        finally:
+            observer.cancel()
+        outcome = {
+            "phase": tracker.phase.name.lower(),
+            "result": int(tracker.result) if tracker.result is not None else None,
+            "manifest_digest": digest,
+        }
+        if tracker.phase is Phase.SUCCEEDED:
+            await self.emit(
+                {"type": "fw_installed", "endpoint": endpoint, "manifest_digest": digest}
+            )
+            return outcome
+        error = DeviceOperationError(
+            f"{endpoint}: update {tracker.phase.name.lower()} with result {outcome['result']}",
+            permanent=True,
+        )
+        error.result = outcome  # type: ignore[attr-defined]
+        error.code = "lwm2m.fw_update_failed"
+        raise error
+
+    async def _apply_report(
+        self,
+        reg: Registration,
+        tracker: UpdateTracker,
+        state: int,
+        result: int,
+        observe: int | None,
+    ) -> None:
+        verdict = tracker.report(state, result, observe=observe)
+        if verdict is Verdict.ADVANCED:
+            await self.emit(
+                {"type": "fw_status", "endpoint": reg.endpoint, "state": state, "result": result}
+            )
+
+    async def _observe_fw(
+        self, reg: Registration, tracker: UpdateTracker, changed: asyncio.Event
+    ) -> None:
+        """Observe /5/0/3 (and read /5/0/5 on each change): faster than polling, best effort."""
+        if self.context is None:
+            return
+        root = [s for s in reg.objects.root_path.strip("/").split("/") if s]
+        message = aiocoap.Message(code=Code.GET, uri_path=[*root, "5", "0", "3"], observe=0)
+        message.remote = reg.remote
+        request = self.context.request(message)
+        try:
+            first = await asyncio.wait_for(request.response, timeout=self.config.request_timeout)
+            if first.code != Code.CONTENT or first.opt.observe is None:
+                return
+            async for notification in request.observation:
+                if notification.code != Code.CONTENT:
+                    break
+                with contextlib.suppress(LwM2MError):
+                    state = content.decode(
+                        notification.opt.content_format, notification.payload, (5, 0, 3)
+                    )[(5, 0, 3)]
+                    res = await self.read(reg, (5, 0, 5))
+                    await self._apply_report(
+                        reg,
+                        tracker,
+                        int(state),
+                        int(res[(5, 0, 5)]),
+                        None,  # type: ignore[arg-type]
+                    )
+                    changed.set()
+        except (TimeoutError, aiocoap.error.Error, LwM2MError) as exc:
+            log.debug("observation of %s ended: %s", reg.endpoint, exc)
+        finally:
+            if not request.observation.cancelled:
+                request.observation.cancel()
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, content.ObjLink):
+        return str(value)
+    return value
+
+
+# --- embedding ------------------------------------------------------------------------------------
+
+
+class GatewayThread:
+    """Runs a gateway on its own event loop in a daemon thread (tests, the embedded demo)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="lwm2m-gateway", daemon=True)
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self.gateway.start())
+        except BaseException as exc:
+            self._error = exc
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+
+    def start(self) -> GatewayThread:
+        self._thread.start()
+        self._started.wait(10)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def call(self, coro: Awaitable[Any], timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            self.call(self.gateway.stop(), timeout=15)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()

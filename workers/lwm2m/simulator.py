@@ -1,0 +1,651 @@
+"""A fleet of simulated LwM2M devices that update like SUIT processors on MCUboot.
+
+Each device is an aiocoap context on its own UDP port (the server must be able to reach each one
+separately, as through a NAT), all in one asyncio loop, so thousands fit in one process. A device
+registers, answers reads/writes/executes on /3 and /5 in text/plain, opaque, TLV, SenML JSON and
+SenML CBOR, lets the server observe /5/0/3 and /5/0/5, and on a Package URI write downloads the
+SUIT envelope and payload block by block (Block2), then checks them as DESIGN.md section 3 says
+(signature against its trust anchors, vendor, class, sequence, security counter, expiry by its own
+clock, size and digest: :mod:`workers.lwm2m.device_checks`). Execute Update installs, reboots
+(re-registers with the new version) and raises the security counter after a good boot, or reverts
+on an injected boot failure. Object 5 State and Result follow :class:`DeviceFirmwareObject`.
+
+Faults (per device, or drawn per device from rates with a seeded RNG): ``download_drop`` (result
+4), ``digest_mismatch`` (5), ``no_space`` (2), ``boot_fail`` (8 after a revert), ``offline``
+(silent for a while after registering), ``slow_link`` (delay per block), ``clock_skew`` (seconds
+added to its clock), ``wrong_class`` (its class ID differs from the one it claims).
+
+State persists to a JSON file (atomically replaced) so a fleet survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiocoap
+from aiocoap import resource
+from aiocoap.numbers.codes import Code
+
+from workers.lwm2m import content, device_checks
+from workers.lwm2m.errors import LwM2MError, Object5TransitionError
+from workers.lwm2m.linkformat import ObjectLink, format_registration_payload
+from workers.lwm2m.object5 import (
+    PROTOCOL_SCHEMES,
+    DeviceFirmwareObject,
+    FwResult,
+    FwState,
+)
+
+log = logging.getLogger("workers.lwm2m.simulator")
+
+FAULTS = (
+    "download_drop",
+    "digest_mismatch",
+    "no_space",
+    "boot_fail",
+    "offline",
+    "slow_link",
+    "clock_skew",
+    "wrong_class",
+)
+
+
+class DownloadError(LwM2MError):
+    """The device could not fetch the package (maps to Update Result 4)."""
+
+    code = "device.download_failed"
+
+
+@dataclass
+class Faults:
+    download_drop: bool = False
+    digest_mismatch: bool = False
+    no_space: bool = False
+    boot_fail: bool = False
+    offline_seconds: float = 0.0
+    slow_link_seconds: float = 0.0
+    clock_skew_seconds: float = 0.0
+    wrong_class: bool = False
+
+    @classmethod
+    def parse(cls, specs: list[str]) -> Faults:
+        """'download_drop', 'offline=5', 'slow_link=0.05', 'clock_skew=-86400', ..."""
+        faults = cls()
+        for spec in specs:
+            name, _, value = spec.partition("=")
+            name = name.strip().replace("-", "_")
+            if name not in FAULTS:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+            if name == "offline":
+                faults.offline_seconds = float(value or 30)
+            elif name == "slow_link":
+                faults.slow_link_seconds = float(value or 0.05)
+            elif name == "clock_skew":
+                faults.clock_skew_seconds = float(value or 3600)
+            else:
+                setattr(faults, name, True)
+        return faults
+
+
+@dataclass
+class DeviceState:
+    """What a device keeps in flash; exactly what the JSON state file stores."""
+
+    endpoint: str
+    manufacturer: str
+    model: str
+    serial: str
+    vendor_id: str
+    class_id: str
+    version: str = "1.0.0"
+    sequence_number: int = 0
+    security_counter: int = 0
+    component_id: list[str] = field(default_factory=lambda: ["00"])
+    payload_format: str = "mcuboot"
+    slot_size: int = 0x100000
+    fw_state: int = 0
+    fw_result: int = 0
+    package_uri: str = ""
+    protocols: list[int] = field(default_factory=lambda: [0])
+    lwm2m_version: str = "1.1"
+    lifetime: int = 300
+    queue_mode: bool = False
+    faults: Faults = field(default_factory=Faults)
+    staged: dict[str, Any] | None = None  # the verified, downloaded update awaiting Execute
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeviceState:
+        data = dict(data)
+        data["faults"] = Faults(**data.get("faults", {}))
+        return cls(**data)
+
+
+class _DeviceResource(resource.ObservableResource, resource.PathCapable):
+    """The device's whole data model behind one resource (it parses paths itself)."""
+
+    def __init__(self, device: SimulatedDevice) -> None:
+        super().__init__()
+        self.device = device
+        self._observers: dict[tuple[str, ...], set[Any]] = {}
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return True
+
+    async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
+        path = tuple(request.opt.uri_path)
+        if path not in (("5", "0", "3"), ("5", "0", "5")):
+            return
+        observers = self._observers.setdefault(path, set())
+        observers.add(serverobservation)
+        serverobservation.accept(lambda: observers.discard(serverobservation))
+
+    def notify(self) -> None:
+        for observers in list(self._observers.values()):
+            for observation in list(observers):
+                observation.trigger()
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        try:
+            path = content.parse_path("/" + "/".join(request.opt.uri_path))
+        except LwM2MError:
+            return aiocoap.Message(code=Code.BAD_REQUEST)
+        try:
+            if request.code == Code.GET:
+                return self.device.handle_read(path, request.opt.accept)
+            if request.code == Code.PUT:
+                return self.device.handle_write(path, request)
+            if request.code == Code.POST:
+                return self.device.handle_execute(path)
+        except Object5TransitionError:
+            return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+        except LwM2MError as exc:
+            return aiocoap.Message(code=Code.BAD_REQUEST, payload=str(exc)[:100].encode())
+        return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+
+
+class SimulatedDevice:
+    def __init__(
+        self,
+        state: DeviceState,
+        *,
+        server_uri: str,
+        trust_anchors: list[Any],
+        on_change: Callable[[], None] | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.state = state
+        self.server_uri = server_uri.rstrip("/")
+        self.trust_anchors = trust_anchors
+        self.on_change = on_change or (lambda: None)
+        self.host = host
+        self.fw = DeviceFirmwareObject(
+            FwState(state.fw_state), FwResult(state.fw_result), state.package_uri
+        )
+        if self.fw.state in (FwState.DOWNLOADING, FwState.UPDATING):
+            # Power loss mid-download/update: a real device restarts the attempt; ours gives up.
+            self.fw = DeviceFirmwareObject(FwState.IDLE, FwResult.CONNECTION_LOST, "")
+        self.context: aiocoap.Context | None = None
+        self.resource = _DeviceResource(self)
+        self.location: tuple[str, ...] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.registered = asyncio.Event()
+        self.boots = 0
+        self.events: list[str] = []
+
+    # lifecycle
+
+    async def start(self) -> None:
+        self.context = await aiocoap.Context.create_server_context(
+            self.resource, bind=(self.host, 0), transports=["udp6"]
+        )
+        self._spawn(self._registration_loop())
+
+    async def stop(self, *, deregister: bool = True) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if deregister and self.location and self.context is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.context.request(
+                        aiocoap.Message(code=Code.DELETE, uri=self._uri("/".join(self.location)))
+                    ).response,
+                    timeout=2,
+                )
+        if self.context is not None:
+            await self.context.shutdown()
+            self.context = None
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _uri(self, path: str) -> str:
+        return f"{self.server_uri}/{path.lstrip('/')}"
+
+    def now(self) -> dt.datetime:
+        """The device's own clock (skewed when the fault says so)."""
+        return dt.datetime.fromtimestamp(
+            time.time() + self.state.faults.clock_skew_seconds, tz=dt.UTC
+        )
+
+    def _persist(self) -> None:
+        self.state.fw_state = int(self.fw.state)
+        self.state.fw_result = int(self.fw.result)
+        self.state.package_uri = self.fw.package_uri
+        self.on_change()
+        self.resource.notify()
+
+    # registration
+
+    def _objects(self) -> list[ObjectLink]:
+        ver = "1.1" if self.state.lwm2m_version != "1.0" else None
+        return [
+            ObjectLink(1, 0),
+            ObjectLink(3, 0),
+            ObjectLink(5, None, ver),
+            ObjectLink(5, 0),
+        ]
+
+    async def register(self) -> None:
+        if self.context is None:
+            raise LwM2MError("device is not started")
+        query = [
+            f"ep={self.state.endpoint}",
+            f"lt={self.state.lifetime}",
+            f"lwm2m={self.state.lwm2m_version}",
+        ]
+        if self.state.lwm2m_version == "1.0":
+            query.append("b=UQ" if self.state.queue_mode else "b=U")
+        else:
+            query.append("b=U")
+            if self.state.queue_mode:
+                query.append("Q")
+        message = aiocoap.Message(
+            code=Code.POST,
+            uri=self._uri("rd"),
+            payload=format_registration_payload(self._objects()),
+            content_format=content.CT_LINK_FORMAT,
+        )
+        message.opt.uri_query = query
+        response = await asyncio.wait_for(self.context.request(message).response, timeout=30)
+        if response.code != Code.CREATED:
+            raise LwM2MError(f"registration refused: {response.code} {response.payload[:80]!r}")
+        self.location = tuple(response.opt.location_path)
+        self.registered.set()
+        self.events.append("registered")
+
+    async def _registration_loop(self) -> None:
+        if self.state.faults.offline_seconds:
+            await asyncio.sleep(self.state.faults.offline_seconds)
+        while True:
+            try:
+                await self.register()
+                break
+            except (LwM2MError, aiocoap.error.Error, TimeoutError, OSError) as exc:
+                log.info("%s: registration failed (%s), retrying", self.state.endpoint, exc)
+                await asyncio.sleep(1)
+        interval = max(self.state.lifetime * 0.5, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            if self.location is None or self.context is None:
+                continue
+            message = aiocoap.Message(code=Code.POST, uri=self._uri("/".join(self.location)))
+            try:
+                response = await asyncio.wait_for(
+                    self.context.request(message).response, timeout=30
+                )
+            except (aiocoap.error.Error, TimeoutError, OSError):
+                continue
+            if response.code == Code.NOT_FOUND:
+                self.registered.clear()
+                with contextlib.suppress(LwM2MError, aiocoap.error.Error, TimeoutError, OSError):
+                    await self.register()
+
+    # data model
+
+    def values(self) -> dict[content.Path, content.Value]:
+        s = self.state
+        values: dict[content.Path, content.Value] = {
+            (3, 0, 0): s.manufacturer,
+            (3, 0, 1): s.model,
+            (3, 0, 2): s.serial,
+            (3, 0, 3): s.version,
+            (3, 0, 13): int(self.now().timestamp()),
+            (3, 0, 16): "U",
+            (5, 0, 1): self.fw.package_uri,
+            (5, 0, 3): int(self.fw.state),
+            (5, 0, 5): int(self.fw.result),
+            (5, 0, 9): 0,
+        }
+        for i, proto in enumerate(s.protocols):
+            values[(5, 0, 8, i)] = proto
+        return values
+
+    def handle_read(self, path: content.Path, accept: int | None) -> aiocoap.Message:
+        selected = {p: v for p, v in self.values().items() if p[: len(path)] == path}
+        if not selected:
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        single = len(path) >= 3 and list(selected) == [path]
+        fmt = (content.CT_TEXT if single else content.CT_TLV) if accept is None else accept
+        if fmt in (content.CT_TEXT, content.CT_OPAQUE) and not single:
+            return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
+        try:
+            payload = content.encode(fmt, selected, path)
+        except LwM2MError:
+            return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
+        return aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=fmt)
+
+    def handle_write(self, path: content.Path, request: aiocoap.Message) -> aiocoap.Message:
+        if path != (5, 0, 1):
+            return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+        values = content.decode(request.opt.content_format, request.payload, path)
+        uri = values.get(path)
+        if not isinstance(uri, str) or len(uri.encode()) > 255:
+            return aiocoap.Message(code=Code.BAD_REQUEST)
+        self.fw.write_uri(uri)
+        self.events.append(f"write_uri {uri!r}")
+        if uri:
+            scheme = urlsplit(uri).scheme
+            if scheme not in {PROTOCOL_SCHEMES.get(p) for p in self.state.protocols}:
+                self.fw.reject_uri(FwResult.UNSUPPORTED_PROTOCOL)
+            elif not urlsplit(uri).hostname:
+                self.fw.reject_uri(FwResult.INVALID_URI)
+            else:
+                self._spawn(self._download(uri))
+        self._persist()
+        return aiocoap.Message(code=Code.CHANGED)
+
+    def handle_execute(self, path: content.Path) -> aiocoap.Message:
+        if path == (5, 0, 2):
+            self.fw.execute_update()
+            self._persist()
+            self._spawn(self._install_and_reboot())
+            return aiocoap.Message(code=Code.CHANGED)
+        if path == (5, 0, 10):
+            self.fw.cancel()
+            self.state.staged = None
+            self._persist()
+            return aiocoap.Message(code=Code.CHANGED)
+        return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+
+    # update
+
+    async def fetch(self, uri: str, *, drop_after: int | None = None) -> bytes:
+        """GET with Block2, block by block (resumable by number); checks ETag stays the same."""
+        if self.context is None:
+            raise DownloadError("device is not started")
+        szx, num, etag, total = 6, 0, None, None
+        buffer = bytearray()
+        while True:
+            if drop_after is not None and num >= drop_after:
+                raise DownloadError("link dropped")
+            if self.state.faults.slow_link_seconds:
+                await asyncio.sleep(self.state.faults.slow_link_seconds)
+            message = aiocoap.Message(code=Code.GET, uri=uri)
+            message.opt.block2 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(num, False, szx)
+            try:
+                response = await asyncio.wait_for(
+                    self.context.request(message, handle_blockwise=False).response, timeout=30
+                )
+            except (aiocoap.error.Error, TimeoutError, OSError) as exc:
+                raise DownloadError(f"{uri}: {exc}") from None
+            if response.code != Code.CONTENT:
+                raise DownloadError(f"{uri}: {response.code}")
+            if etag is None:
+                etag, total = response.opt.etag, response.opt.size2
+            elif response.opt.etag != etag:
+                raise DownloadError("resource changed during download")
+            block = response.opt.block2
+            if block is None:
+                return bytes(response.payload)
+            if block.block_number != num:
+                raise DownloadError("unexpected block")
+            buffer += response.payload
+            if total is not None and len(buffer) > total:
+                raise DownloadError("more data than Size2 announced")
+            if not block.more:
+                return bytes(buffer)
+            szx = block.size_exponent
+            num = len(buffer) >> (szx + 4)
+
+    def _identity(self) -> device_checks.DeviceIdentity:
+        class_id = uuid.UUID(self.state.class_id)
+        if self.state.faults.wrong_class:
+            class_id = uuid.uuid5(class_id, "another-class")
+        return device_checks.DeviceIdentity(
+            vendor_id=uuid.UUID(self.state.vendor_id),
+            class_id=class_id,
+            component_id=tuple(bytes.fromhex(p) for p in self.state.component_id),
+            payload_format=self.state.payload_format,
+            slot_size=1024 if self.state.faults.no_space else self.state.slot_size,
+        )
+
+    async def _download(self, uri: str) -> None:
+        from manifests import suit
+
+        faults = self.state.faults
+        try:
+            envelope_bytes = await self.fetch(uri)
+            try:
+                envelope = suit.decode_envelope(envelope_bytes)
+            except suit.SUITError as exc:
+                raise device_checks.SignatureCheckError(
+                    f"envelope does not decode: {exc}"
+                ) from None
+            verdict = suit.verify_envelope(envelope, self.trust_anchors, threshold=1)
+            device_checks.require_signature(list(verdict.valid_kids))
+            facts = device_checks.facts_from_manifest(envelope.manifest)
+            device_checks.check_manifest(
+                facts,
+                device=self._identity(),
+                installed=device_checks.InstalledFirmware(
+                    self.state.version, self.state.sequence_number, self.state.security_counter
+                ),
+                now=self.now(),
+            )
+            payload_uri = self._payload_uri(uri, facts)
+            payload = await self.fetch(payload_uri, drop_after=2 if faults.download_drop else None)
+            if faults.digest_mismatch and payload:
+                payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
+            device_checks.check_payload(payload, facts)
+        except device_checks.DeviceCheckError as exc:
+            self.events.append(f"refused {exc.code}")
+            log.info("%s refuses update: %s [%s]", self.state.endpoint, exc, exc.code)
+            self._fail_download(exc.fw_result)
+            return
+        except DownloadError as exc:
+            self.events.append("download failed")
+            log.info("%s download failed: %s", self.state.endpoint, exc)
+            self._fail_download(FwResult.CONNECTION_LOST)
+            return
+        if self.fw.state is not FwState.DOWNLOADING or self.fw.package_uri != uri:
+            return  # cancelled meanwhile
+        self.state.staged = {
+            "version": facts.firmware_version,
+            "sequence_number": facts.sequence_number,
+            "security_counter": facts.security_counter,
+        }
+        self.fw.download_succeeded()
+        self.events.append("downloaded")
+        self._persist()
+
+    def _fail_download(self, result: FwResult) -> None:
+        if self.fw.state is FwState.DOWNLOADING:
+            self.fw.download_failed(result)
+            self._persist()
+
+    @staticmethod
+    def _payload_uri(package_uri: str, facts: device_checks.ManifestFacts) -> str:
+        """The manifest's URI when it is an absolute CoAP URI, else the server's digest path."""
+        if facts.uri and urlsplit(facts.uri).scheme in ("coap", "coaps"):
+            return facts.uri
+        if facts.image_digest is None:
+            raise device_checks.MissingFieldError("manifest has no image digest")
+        return urljoin(package_uri, f"/fw/i/{facts.image_digest.hex()}")
+
+    async def _install_and_reboot(self) -> None:
+        staged = self.state.staged
+        await asyncio.sleep(0.05)  # the 2.04 goes out before the "reboot"
+        self.registered.clear()
+        self.boots += 1
+        if staged is None or self.state.faults.boot_fail:
+            # MCUboot test boot failed: revert to the old image, report failure.
+            self.fw.update_failed()
+            self.events.append("boot failed, reverted")
+        else:
+            self.state.version = str(staged["version"])
+            self.state.sequence_number = int(staged["sequence_number"])
+            # Raised only after the new image booted and confirmed itself.
+            self.state.security_counter = max(
+                self.state.security_counter, int(staged["security_counter"])
+            )
+            self.fw.update_succeeded()
+            self.events.append(f"booted {self.state.version}")
+        self.state.staged = None
+        self._persist()
+        await self.register()
+
+
+@dataclass
+class FleetSpec:
+    count: int
+    manufacturer: str
+    model: str
+    vendor_id: str
+    class_id: str
+    prefix: str = "sim"
+    version: str = "1.0.0"
+    sequence_number: int = 0
+    security_counter: int = 0
+    lifetime: int = 300
+    payload_format: str = "mcuboot"
+    component_id: list[str] = field(default_factory=lambda: ["00"])
+
+
+class Fleet:
+    """Many devices in one loop, with their state in one JSON file."""
+
+    def __init__(
+        self,
+        *,
+        server_uri: str,
+        trust_anchors: list[Any],
+        state_file: Path | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.server_uri = server_uri
+        self.trust_anchors = trust_anchors
+        self.state_file = state_file
+        self.host = host
+        self.devices: dict[str, SimulatedDevice] = {}
+        self._dirty = False
+
+    def load_or_create(
+        self,
+        spec: FleetSpec,
+        *,
+        faults: Faults | None = None,
+        fault_rates: dict[str, float] | None = None,
+        seed: int = 0,
+    ) -> list[DeviceState]:
+        """Devices from the state file when it has them, else new ones from ``spec``."""
+        states: dict[str, DeviceState] = {}
+        if self.state_file is not None and self.state_file.exists():
+            raw = json.loads(self.state_file.read_text())
+            for item in raw.get("devices", []):
+                state = DeviceState.from_json(item)
+                states[state.endpoint] = state
+        rng = random.Random(seed)  # noqa: S311 - fault injection, not cryptography
+        for i in range(spec.count):
+            endpoint = f"{spec.prefix}-{i:05d}"
+            if endpoint in states:
+                continue
+            device_faults = dataclasses.replace(faults) if faults else Faults()
+            for name, rate in (fault_rates or {}).items():
+                if rng.random() < rate:
+                    extra = Faults.parse([name])
+                    for f in dataclasses.fields(Faults):
+                        default = getattr(Faults(), f.name)
+                        if getattr(extra, f.name) != default:
+                            setattr(device_faults, f.name, getattr(extra, f.name))
+            states[endpoint] = DeviceState(
+                endpoint=endpoint,
+                manufacturer=spec.manufacturer,
+                model=spec.model,
+                serial=f"SN{i:08d}",
+                vendor_id=spec.vendor_id,
+                class_id=spec.class_id,
+                version=spec.version,
+                sequence_number=spec.sequence_number,
+                security_counter=spec.security_counter,
+                lifetime=spec.lifetime,
+                payload_format=spec.payload_format,
+                component_id=list(spec.component_id),
+                faults=device_faults,
+            )
+        for state in states.values():
+            self.devices[state.endpoint] = SimulatedDevice(
+                state,
+                server_uri=self.server_uri,
+                trust_anchors=self.trust_anchors,
+                on_change=self._mark_dirty,
+                host=self.host,
+            )
+        self.save()
+        return [d.state for d in self.devices.values()]
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+        self.save()
+
+    def save(self) -> None:
+        if self.state_file is None:
+            return
+        data = {"devices": [d.state.to_json() for d in self.devices.values()]}
+        tmp = self.state_file.with_suffix(self.state_file.suffix + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, self.state_file)
+        self._dirty = False
+
+    async def start(self, *, concurrency: int = 200) -> None:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def _one(device: SimulatedDevice) -> None:
+            async with semaphore:
+                await device.start()
+
+        await asyncio.gather(*(_one(d) for d in self.devices.values()))
+
+    async def wait_registered(self, timeout: float = 30) -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(d.registered.wait() for d in self.devices.values())), timeout
+        )
+
+    async def stop(self, *, deregister: bool = True) -> None:
+        await asyncio.gather(
+            *(d.stop(deregister=deregister) for d in self.devices.values()),
+            return_exceptions=True,
+        )
+        self.save()

@@ -1,0 +1,110 @@
+"""Run a simulated device fleet: ``manage.py simulate_fleet --devices N --class NAME``.
+
+Vendor and class come from the registry (``--class`` is a DeviceClass name); the devices' trust
+anchors are the active signing keys' public keys, as a vendor would provision them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Simulate N LwM2M devices that update like SUIT processors on MCUboot."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--devices", type=int, default=10)
+        parser.add_argument("--class", dest="class_name", required=True)
+        parser.add_argument("--server", default=None, help="coap://host:port of the gateway")
+        parser.add_argument("--state-file", default=None, help="JSON state (survives restarts)")
+        parser.add_argument("--prefix", default="sim")
+        parser.add_argument("--fw-version", dest="fw_version", default="1.0.0")
+        parser.add_argument("--lifetime", type=int, default=300)
+        parser.add_argument(
+            "--fault",
+            action="append",
+            default=[],
+            help="fault for every device (download_drop, digest_mismatch, no_space, boot_fail, "
+            "offline=SECONDS, slow_link=SECONDS, clock_skew=SECONDS, wrong_class); "
+            "NAME@RATE draws it per device with that probability",
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--duration", type=float, default=0, help="seconds; 0 = until ^C")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from django.conf import settings
+
+        from manifests import suit
+        from manifests.models import DeviceClass, KeyStatus, SigningKey
+        from workers.lwm2m.simulator import Faults, Fleet, FleetSpec
+
+        device_class = (
+            DeviceClass.objects.select_related("vendor")
+            .filter(name=options["class_name"])
+            .order_by("pk")
+            .first()
+        )
+        if device_class is None:
+            raise CommandError(f"no device class named {options['class_name']!r}")
+        anchors = [
+            suit.load_public_key_pem(k.public_key_pem.encode())
+            for k in SigningKey.objects.filter(status=KeyStatus.ACTIVE).order_by("pk")
+        ]
+        fixed, rates = [], {}
+        for spec in options["fault"]:
+            name, at, rate = spec.partition("@")
+            if at:
+                rates[name] = float(rate)
+            else:
+                fixed.append(name)
+        try:
+            faults = Faults.parse(fixed)
+            for name in rates:
+                Faults.parse([name])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        server = options["server"] or f"coap://127.0.0.1:{settings.LWM2M_BIND.rpartition(':')[2]}"
+        state_file = Path(
+            options["state_file"] or Path(settings.VAR_DIR) / f"fleet-{options['prefix']}.json"
+        )
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        fleet = Fleet(server_uri=server, trust_anchors=anchors, state_file=state_file)
+        fleet.load_or_create(
+            FleetSpec(
+                count=options["devices"],
+                manufacturer=device_class.vendor.name,
+                model=device_class.name,
+                vendor_id=str(device_class.vendor.uuid),
+                class_id=str(device_class.uuid),
+                prefix=options["prefix"],
+                version=options["fw_version"],
+                lifetime=options["lifetime"],
+                payload_format=device_class.payload_format,
+                component_id=list(device_class.component_id) or ["00"],
+            ),
+            faults=faults,
+            fault_rates=rates,
+            seed=options["seed"],
+        )
+
+        async def main() -> None:
+            await fleet.start()
+            self.stdout.write(f"{len(fleet.devices)} devices started against {server}")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, stop.set)
+            if options["duration"]:
+                loop.call_later(options["duration"], stop.set)
+            await stop.wait()
+            await fleet.stop()
+            self.stdout.write(f"state saved to {state_file}")
+
+        asyncio.run(main())
