@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -22,6 +25,27 @@ def service_errors() -> Iterator[None]:
         yield
     except ManifestError as exc:
         raise CommandError(f"{exc} [{exc.code}]", returncode=1) from exc
+
+
+def write_output(path: str, data: bytes, *, private: bool = False) -> None:
+    """Write a file atomically (temp file + rename); ``private`` files are 0600 whatever existed
+    before. Failures exit 1 with the reason, never a traceback."""
+    target = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            dir=target.parent if str(target.parent) else ".", prefix=f".{target.name}."
+        )
+        try:
+            os.fchmod(fd, 0o600 if private else 0o644)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}", returncode=1) from exc
 
 
 def parse_time(text: str, flag: str) -> dt.datetime:

@@ -6,6 +6,7 @@ and the periodic release re-evaluation notices releases that lost approval throu
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -14,7 +15,7 @@ from django.utils import timezone
 from audit.services import audit_record
 from manifests import suit
 from manifests.errors import InvalidKeyError, KeyExistsError, KeyStateError
-from manifests.models import KeyStatus, SigningAlgorithm, SigningKey
+from manifests.models import KeyStatus, Role, SigningAlgorithm, SigningKey
 from manifests.policy import KeyFact
 
 # A rotation keeps the old key valid this long unless told otherwise, so approvals in flight
@@ -81,6 +82,15 @@ def signing_key_register(
         return record
 
 
+def _require_key_authority(actor: Any, key: SigningKey, *, at: dt.datetime) -> None:
+    """Only the key's owner, or security / admin, may rotate or revoke it."""
+    if isinstance(actor, AbstractBaseUser) and actor.pk == key.owner_id and actor.is_active:
+        return
+    from manifests.services.releases import require_role
+
+    require_role(actor, Role.SECURITY, Role.ADMIN, at=at)
+
+
 def key_rotate(
     *,
     key: SigningKey,
@@ -95,6 +105,7 @@ def key_rotate(
         raise KeyStateError("rotation overlap cannot be negative")
     with transaction.atomic():
         old = SigningKey.objects.select_for_update().get(pk=key.pk)
+        _require_key_authority(actor, old, at=now)
         if old.status != KeyStatus.ACTIVE:
             raise KeyStateError(f"key {old.kid[:16]}… is {old.status}; only active keys rotate")
         new = signing_key_register(
@@ -141,6 +152,7 @@ def key_revoke(
     effective = effective_at or now
     with transaction.atomic():
         locked = SigningKey.objects.select_for_update().get(pk=key.pk)
+        _require_key_authority(actor, locked, at=now)
         if locked.status == KeyStatus.REVOKED:
             raise KeyStateError(f"key {locked.kid[:16]}… is already revoked")
         SigningKey.objects.filter(pk=locked.pk).update(

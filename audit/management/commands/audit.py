@@ -36,11 +36,16 @@ class Command(BaseCommand):
                 )
             self.stdout.write(f"audit chain OK: {verdict.checked} events, head {verdict.head}")
         elif action == "export":
-            handle: Any = (
-                open(options["out"], "w", encoding="utf-8")  # noqa: SIM115 - closed below
-                if options["out"]
-                else self.stdout
-            )
+            try:
+                handle: Any = (
+                    open(options["out"], "w", encoding="utf-8")  # noqa: SIM115 - closed below
+                    if options["out"]
+                    else self.stdout
+                )
+            except OSError as exc:
+                raise CommandError(
+                    f"cannot write {options['out']}: {exc.strerror}", returncode=1
+                ) from exc
             try:
                 for link in iter_links():
                     record = {

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from manifests import services, suit
-from manifests.management.cli import service_errors, user_named
+from manifests.management.cli import service_errors, user_named, write_output
 from manifests.models import Manifest, Release, ReleaseKind, Role
 from manifests.policy import Verdict
 
@@ -48,6 +49,8 @@ def signature_blocks(data: bytes) -> list[bytes]:
 
 def verdict_dict(release: Release, verdict: Verdict) -> dict[str, Any]:
     approvals = {a.pk: a for a in release.approvals.select_related("signer", "key")}
+    credited = {c.person for t in verdict.tally.values() for c in t.credited}
+    people = get_user_model().objects.in_bulk(list(credited))
     return {
         "release": release.name,
         "status": release.status,
@@ -65,9 +68,9 @@ def verdict_dict(release: Release, verdict: Verdict) -> dict[str, Any]:
                 "missing": t.missing,
                 "credited": [
                     {
-                        "person": approvals[c.signatures[0]].signer.get_username()
-                        if c.via == "direct"
-                        else c.via,
+                        "person": people[c.person].get_username()
+                        if c.person in people
+                        else str(c.person),
                         "via": c.via,
                         "signatures": [
                             {
@@ -231,6 +234,6 @@ class Command(BaseCommand):
     def _envelope(self, options: dict[str, Any]) -> None:
         with service_errors():
             envelope = services.released_envelope(_release(options["name"]))
-        Path(options["out"]).write_bytes(envelope)
+        write_output(options["out"], envelope)
         count = len(suit.decode_envelope(envelope).signatures)
         self.stdout.write(f"wrote {options['out']} ({len(envelope)} bytes, {count} signatures)")

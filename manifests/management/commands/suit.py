@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from manifests import suit
 from manifests.images import ImageError, ingest_image
+from manifests.management.cli import write_output
 from manifests.versions import VersionError, parse_version
 
 
@@ -29,16 +29,7 @@ def _read(path: str) -> bytes:
 
 
 def _write(path: str, data: bytes, *, private: bool = False) -> None:
-    target = Path(path)
-    try:
-        if private:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-        else:
-            target.write_bytes(data)
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror}") from exc
+    write_output(path, data, private=private)
 
 
 def public_path_for(private_path: str) -> str:
@@ -185,8 +176,7 @@ class Command(BaseCommand):
         )
 
     def _sign(self, options: dict[str, Any]) -> None:
-        raw = suit.read_envelope_input(_read(options["input"]))
-        _load_envelope(options["input"])
+        raw = _load_envelope(options["input"]).raw
         key = _load_private(options["key"])
         try:
             block = suit.sign_manifest_digest(raw, key=key)

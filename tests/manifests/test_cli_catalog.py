@@ -1,0 +1,308 @@
+"""``manage.py vendor|devclass|image|manifest``: the catalog CLI reports what it stored, and a
+refused command exits 1 with the service's stable code and writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from audit.models import AuditEvent
+from manifests import services, suit
+from manifests.models import DeviceClass, FirmwareImage, Manifest, Vendor
+from tests.helpers.imgtool import DEFAULT_HEADER_SIZE, build_mcuboot_image
+
+pytestmark = pytest.mark.django_db
+
+COUNTED = (Vendor, DeviceClass, FirmwareImage, Manifest, AuditEvent)
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: Any) -> None:
+    """The personas' passwords are never checked here, and PBKDF2 costs ~0.2 s per user."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def cli(*args: str) -> str:
+    out = io.StringIO()
+    call_command(*args, stdout=out, stderr=io.StringIO())
+    return out.getvalue()
+
+
+def counts() -> dict[str, int]:
+    return {model.__name__: model.objects.count() for model in COUNTED}
+
+
+def refused(*args: str, code: str) -> str:
+    """The command exits 1 with ``[code]`` in its message and changes no row."""
+    before = counts()
+    with pytest.raises(CommandError) as caught:
+        cli(*args)
+    assert caught.value.returncode == 1
+    assert f"[{code}]" in str(caught.value)
+    assert counts() == before
+    return str(caught.value)
+
+
+@pytest.fixture
+def image_file(tmp_path: Path) -> Path:
+    path = tmp_path / "app-1.4.0.bin"
+    path.write_bytes(
+        build_mcuboot_image(tmp_path, payload=b"\x5a" * 4096, version="1.4.0+7", security_counter=3)
+    )
+    return path
+
+
+@pytest.fixture
+def author_files(tmp_path: Path, author: Any) -> tuple[Path, Path]:
+    priv, pub = tmp_path / "alice.pem", tmp_path / "alice.pub.pem"
+    priv.write_bytes(suit.private_key_pem(author.private_key))
+    pub.write_text(author.public_pem)
+    return priv, pub
+
+
+@pytest.fixture
+def author_key(author: Any, author_files: tuple[Path, Path]) -> Any:
+    cli("key", "add", "--user", author.user.username, "--public-key", str(author_files[1]))
+    return author.user.signing_keys.get()
+
+
+def make_envelope(
+    tmp_path: Path, image: Path, key: Path, *, name: str = "app.suit", **overrides: str
+) -> Path:
+    out = tmp_path / name
+    values = {
+        "--vendor-domain": "acme.example",
+        "--class": "thermo-v2",
+        "--version": "1.4.0+7",
+        "--sequence": "12",
+        "--security-counter": "3",
+        "--image": str(image),
+        "--uri": "coap://fw.example/app.bin",
+        "--key": str(key),
+        "--out": str(out),
+    }
+    values.update(overrides)
+    cli("suit", "create", *[part for item in values.items() for part in item])
+    return out
+
+
+# --- vendor / devclass ----------------------------------------------------------------------
+def test_vendor_add_derives_the_uuid_from_the_domain_and_lists_it():
+    output = cli("vendor", "add", "--name", "Acme Sensors", "--domain", "Acme.Example.")
+    uuid = suit.vendor_id("acme.example")
+    assert output.strip() == f"vendor acme.example id {uuid}"
+    assert Vendor.objects.get().uuid == uuid
+    assert str(uuid) in cli("vendor", "list") and "Acme Sensors" in cli("vendor", "list")
+    assert AuditEvent.objects.filter(action="vendor.create").count() == 1
+
+
+def test_duplicate_vendor_is_refused(vendor: Any):
+    refused(
+        "vendor",
+        "add",
+        "--name",
+        "Again",
+        "--domain",
+        "ACME.example",
+        code="manifest.vendor_exists",
+    )
+
+
+def test_devclass_add_derives_the_class_uuid_and_lists_it(vendor: Any):
+    output = cli(
+        "devclass", "add", "--vendor-domain", "acme.example", "--name", "thermo-v3",
+        "--component", "01", "--payload-format", "raw",
+    )  # fmt: skip
+    device_class = DeviceClass.objects.get(name="thermo-v3")
+    assert device_class.uuid == suit.class_id(vendor.uuid, "thermo-v3")
+    assert str(device_class.uuid) in output
+    assert (device_class.component_id, device_class.payload_format) == (["01"], "raw")
+    listing = cli("devclass", "list")
+    assert str(device_class.uuid) in listing and "raw" in listing
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--vendor-domain", "nobody.example", "--name", "x"], "manifest.unknown_vendor"),
+        (
+            ["--vendor-domain", "acme.example", "--name", "thermo-v2"],
+            "manifest.device_class_exists",
+        ),
+        (
+            ["--vendor-domain", "acme.example", "--name", "y", "--component", "zz"],
+            "manifest.component_mismatch",
+        ),
+    ],
+    ids=["unknown-vendor", "duplicate", "bad-component"],
+)
+def test_devclass_add_refusals(device_class: Any, args: list[str], code: str):
+    refused("devclass", "add", *args, code=code)
+
+
+# --- image ----------------------------------------------------------------------------------
+def test_image_upload_parses_the_mcuboot_header_and_is_idempotent(image_file: Path, author: Any):
+    output = cli("image", "upload", str(image_file), "--user", author.user.username)
+    digest = hashlib.sha256(image_file.read_bytes()).hexdigest()
+    assert output.strip() == (
+        f"image {digest} mcuboot {image_file.stat().st_size} bytes version 1.4.0+7 "
+        "security counter 3"
+    )
+    again = cli("image", "upload", str(image_file), "--user", author.user.username)
+    assert again == output
+    image = FirmwareImage.objects.get()
+    assert (image.filename, image.uploaded_by) == ("app-1.4.0.bin", author.user)
+    assert services.image_storage().read(digest) == image_file.read_bytes()
+    assert f"app-1.4.0.bin 1.4.0+7 ({digest[:12]})" in cli("image", "list")
+
+
+def test_tampered_image_upload_is_refused_and_nothing_is_stored(
+    tmp_path: Path, image_file: Path, author: Any
+):
+    tampered = bytearray(image_file.read_bytes())
+    tampered[DEFAULT_HEADER_SIZE + 10] ^= 0xFF
+    bad = tmp_path / "tampered.bin"
+    bad.write_bytes(bytes(tampered))
+    message = refused(
+        "image", "upload", str(bad), "--user", author.user.username, code="manifest.invalid_image"
+    )
+    assert "hash" in message
+    assert not services.image_storage().exists(hashlib.sha256(bytes(tampered)).hexdigest())
+
+
+def test_oversized_image_upload_is_refused(settings: Any, tmp_path: Path, author: Any):
+    settings.FIRMWARE_MAX_IMAGE_SIZE = 1024
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * 1025)
+    refused(
+        "image", "upload", str(big), "--user", author.user.username, code="manifest.image_too_large"
+    )
+
+
+def test_image_upload_of_a_missing_file_or_by_an_unknown_user_is_refused(
+    tmp_path: Path, image_file: Path, author: Any
+):
+    with pytest.raises(CommandError, match="cannot read") as caught:
+        cli("image", "upload", str(tmp_path / "nope.bin"), "--user", author.user.username)
+    assert caught.value.returncode == 1
+    with pytest.raises(CommandError, match="no user named 'mallory'"):
+        cli("image", "upload", str(image_file), "--user", "mallory")
+    assert FirmwareImage.objects.count() == 0
+
+
+# --- manifest -------------------------------------------------------------------------------
+def test_manifest_import_keeps_the_exact_bytes_and_show_decodes_them(
+    tmp_path: Path, device_class: Any, image_file: Path, author: Any, author_files, author_key
+):
+    cli("image", "upload", str(image_file), "--user", author.user.username)
+    envelope = make_envelope(tmp_path, image_file, author_files[0])
+    digest = suit.decode_envelope(envelope.read_bytes()).manifest_digest.hex()
+    output = cli("manifest", "import", str(envelope), "--user", author.user.username)
+    assert output.startswith(f"manifest {digest} ")
+    manifest = Manifest.objects.get()
+    assert manifest.envelope_bytes == envelope.read_bytes()
+    assert (manifest.version, manifest.sequence_number, manifest.security_counter) == (
+        "1.4.0+7",
+        12,
+        3,
+    )
+    assert manifest.author_key == author_key
+    assert digest[:16] in cli("manifest", "list")
+    shown = json.loads(cli("manifest", "show", digest[:10]))
+    assert shown == json.loads(cli("suit", "inspect", str(envelope), "--json"))
+
+
+def test_manifest_import_accepts_hex_text(
+    tmp_path: Path, device_class: Any, image_file: Path, author: Any, author_files, author_key
+):
+    cli("image", "upload", str(image_file), "--user", author.user.username)
+    envelope = make_envelope(tmp_path, image_file, author_files[0])
+    as_hex = tmp_path / "app.suit.hex"
+    as_hex.write_text(envelope.read_bytes().hex() + "\n")
+    cli("manifest", "import", str(as_hex), "--user", author.user.username)
+    assert Manifest.objects.get().envelope_bytes == envelope.read_bytes()
+
+
+def test_manifest_show_of_an_unknown_or_ambiguous_prefix_is_refused(device_class: Any):
+    with pytest.raises(CommandError, match="no manifests match") as caught:
+        cli("manifest", "show", "abcdef")
+    assert caught.value.returncode == 1
+
+
+def _other_key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "stranger.pem"
+    path.write_bytes(suit.private_key_pem(suit.generate_private_key("ES256")))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [
+        ("garbage", "suit.input"),
+        ("untrusted", "manifest.untrusted"),
+        ("image-missing", "manifest.image_not_found"),
+        ("unknown-vendor", "manifest.unknown_vendor"),
+        ("unknown-class", "manifest.unknown_device_class"),
+        ("wrong-component", "manifest.component_mismatch"),
+        ("duplicate", "manifest.duplicate"),
+        ("sequence-reused", "manifest.sequence_conflict"),
+    ],
+)
+def test_manifest_import_refusals_write_nothing(
+    tmp_path: Path,
+    device_class: Any,
+    image_file: Path,
+    author: Any,
+    author_files,
+    author_key,
+    case: str,
+    code: str,
+):
+    cli("image", "upload", str(image_file), "--user", author.user.username)
+    key = author_files[0]
+    if case == "garbage":
+        envelope = tmp_path / "garbage.suit"
+        envelope.write_bytes(b"not a manifest")
+    elif case == "untrusted":
+        envelope = make_envelope(tmp_path, image_file, _other_key_file(tmp_path))
+    elif case == "image-missing":
+        other = tmp_path / "never-uploaded.bin"
+        other.write_bytes(
+            build_mcuboot_image(
+                tmp_path, payload=b"\1" * 128, version="1.4.0+7", security_counter=3
+            )
+        )
+        envelope = make_envelope(tmp_path, other, key)
+    elif case == "unknown-vendor":
+        envelope = make_envelope(tmp_path, image_file, key, **{"--vendor-domain": "x.example"})
+    elif case == "unknown-class":
+        envelope = make_envelope(tmp_path, image_file, key, **{"--class": "thermo-v9"})
+    elif case == "wrong-component":
+        envelope = make_envelope(tmp_path, image_file, key, **{"--component": "01"})
+    else:
+        first = make_envelope(tmp_path, image_file, key, name="first.suit")
+        cli("manifest", "import", str(first), "--user", author.user.username)
+        envelope = (
+            first
+            if case == "duplicate"
+            else make_envelope(tmp_path, image_file, key, **{"--uri": "coap://fw.example/b"})
+        )
+    refused("manifest", "import", str(envelope), "--user", author.user.username, code=code)
+
+
+def test_manifest_import_by_someone_else_than_the_key_owner_is_untrusted(
+    tmp_path: Path, device_class: Any, image_file: Path, author: Any, outsider: Any, author_files
+):
+    cli("image", "upload", str(image_file), "--user", author.user.username)
+    cli("key", "add", "--user", author.user.username, "--public-key", str(author_files[1]))
+    envelope = make_envelope(tmp_path, image_file, author_files[0])
+    refused(
+        "manifest", "import", str(envelope), "--user", outsider.user.username,
+        code="manifest.untrusted",
+    )  # fmt: skip
