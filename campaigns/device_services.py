@@ -243,8 +243,9 @@ def device_fw_installed(
     with transaction.atomic():
         device = _locked(endpoint)
         manifest = Manifest.objects.filter(manifest_digest=manifest_digest).first()
-        if manifest is not None:
-            device.firmware_version = manifest.version
+        # The version is what the device itself reports (/3/0/3 after its reboot), never
+        # assumed from the manifest: success must be confirmed by the device.
+        if manifest is not None and device.firmware_version == manifest.version:
             device.sequence_number = max(device.sequence_number or 0, manifest.sequence_number)
             device.security_counter = max(device.security_counter, manifest.security_counter)
         _seen(device, at)

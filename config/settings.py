@@ -113,6 +113,14 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# How often running campaigns are moved forward (seconds).
+CAMPAIGN_RECONCILE_SECONDS = envint("CAMPAIGN_RECONCILE_SECONDS", 5, minimum=1)
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-campaigns": {
+        "task": "workers.tasks.campaigns_reconcile_all_task",
+        "schedule": float(CAMPAIGN_RECONCILE_SECONDS),
+    },
+}
 
 if not DEBUG and SECRET_KEY != _INSECURE_DEV_KEY:
     SESSION_COOKIE_SECURE = True

@@ -15,8 +15,33 @@ from campaigns import device_services
 
 @shared_task(acks_late=True)
 def device_event_task(event: dict[str, Any]) -> None:
-    """Apply one gateway event. Idempotent: the services ignore stale and repeated events."""
+    """Apply one gateway event to the registry, then to the device's rollout. Idempotent: the
+    services ignore stale and repeated events."""
+    from campaigns.engine import rollouts_apply_event
+
     device_services.device_event_apply(event=event)
+    rollouts_apply_event(event=event)
+
+
+@shared_task(acks_late=True)
+def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
+    """One reconcile pass of one campaign (skipped if another worker holds it)."""
+    from campaigns.engine import campaign_reconcile
+
+    report = campaign_reconcile(campaign_id)
+    return None if report is None else {"campaign": report.campaign, "status": report.status,
+                                        "stage": report.stage, "dispatched": report.dispatched}
+
+
+@shared_task(acks_late=True)
+def campaigns_reconcile_all_task() -> int:
+    """Beat entry point: fan out one reconcile task per running campaign."""
+    from campaigns.models import Campaign, CampaignStatus
+
+    ids = list(Campaign.objects.filter(status=CampaignStatus.RUNNING).values_list("pk", flat=True))
+    for campaign_id in ids:
+        campaign_reconcile_task.delay(campaign_id)
+    return len(ids)
 
 
 @shared_task(acks_late=True)

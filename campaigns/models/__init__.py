@@ -1,1 +1,2 @@
-from campaigns.models.devices import *  # noqa
+from campaigns.models.campaigns import *  # noqa: F403
+from campaigns.models.devices import *  # noqa: F403

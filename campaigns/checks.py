@@ -1,0 +1,125 @@
+"""The checks every dispatch runs, as pure functions (time is a parameter).
+
+The device-side rules (vendor, class, component, payload format, sequence number, security
+counter, expiry, slot size) are the very functions the simulated devices run
+(``workers.lwm2m.device_checks.check_manifest``), applied here to what the registry knows of the
+device, so the server refuses what a correct device would refuse — before it costs a download.
+On top come the rules only the server can apply: the release's approval evaluated now, its
+revocation, the device's clock skew, and downgrades outside rollback releases.
+
+Every refusal is a ``Refusal`` with a machine-readable ``reason`` (stored on the rollout) and a
+human message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from workers.lwm2m import device_checks as dc
+
+# reason codes, stable: stored on rollouts, counted in plans and reports
+NOT_APPROVED = "not_approved"
+RELEASE_REVOKED = "release_revoked"
+UNMAPPED_DEVICE = "unknown_device_class"
+VENDOR_MISMATCH = "vendor_mismatch"
+CLASS_MISMATCH = "class_mismatch"
+COMPONENT_MISMATCH = "component_mismatch"
+ALREADY_CURRENT = "already_current"
+ROLLBACK_SEQUENCE = "rollback_refused_sequence"
+ROLLBACK_COUNTER = "rollback_refused_counter"
+VERSION_DOWNGRADE = "version_downgrade"
+EXPIRED = "expired_release"
+CLOCK_SKEW = "clock_skew"
+MISSING_FIELD = "manifest_incomplete"
+NO_SPACE = "no_space"
+
+_DEVICE_RULES: dict[type[dc.DeviceCheckError], str] = {
+    dc.VendorMismatchError: VENDOR_MISMATCH,
+    dc.ClassMismatchError: CLASS_MISMATCH,
+    dc.ComponentMismatchError: COMPONENT_MISMATCH,
+    dc.RollbackError: ROLLBACK_SEQUENCE,
+    dc.SecurityCounterError: ROLLBACK_COUNTER,
+    dc.ExpiredManifestError: EXPIRED,
+    dc.MissingFieldError: MISSING_FIELD,
+    dc.NoSpaceError: NO_SPACE,
+}
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the registry knows of a device; identity is None until mapped to a class."""
+
+    endpoint: str
+    identity: dc.DeviceIdentity | None
+    installed: dc.InstalledFirmware
+    installed_version: tuple[int, int, int, int] | None
+    clock_offset_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ReleaseState:
+    revoked: bool
+    approved: bool
+    approval_summary: str
+    rollback: bool  # a rollback release, approved under the incident policy
+
+
+def check_dispatch(
+    manifest: dc.ManifestFacts,
+    manifest_version: tuple[int, int, int, int],
+    *,
+    device: DeviceFacts,
+    release: ReleaseState,
+    now: dt.datetime,
+    max_clock_skew: dt.timedelta,
+) -> Refusal | None:
+    """None when the device may receive this manifest now, else the first rule it breaks."""
+    if release.revoked:
+        return Refusal(RELEASE_REVOKED, "the release has been revoked")
+    if not release.approved:
+        return Refusal(NOT_APPROVED, f"the release is not approved now: {release.approval_summary}")
+    if device.identity is None:
+        return Refusal(UNMAPPED_DEVICE, f"{device.endpoint} is not mapped to a device class")
+    if (
+        manifest.sequence_number is not None
+        and device.installed.sequence_number == manifest.sequence_number
+    ):
+        return Refusal(ALREADY_CURRENT, f"{device.endpoint} already runs this manifest")
+    try:
+        dc.check_manifest(manifest, device=device.identity, installed=device.installed, now=now)
+    except dc.DeviceCheckError as exc:
+        return Refusal(_reason(exc), str(exc))
+    if device.clock_offset_seconds is not None:
+        skew = dt.timedelta(seconds=abs(device.clock_offset_seconds))
+        if skew > max_clock_skew:
+            return Refusal(
+                CLOCK_SKEW,
+                f"device clock is off by {skew} (limit {max_clock_skew}); it would judge expiry "
+                "wrongly",
+            )
+    if (
+        not release.rollback
+        and device.installed_version is not None
+        and manifest_version < device.installed_version
+    ):
+        return Refusal(
+            VERSION_DOWNGRADE,
+            f"{'.'.join(map(str, manifest_version))} is older than the installed "
+            f"{'.'.join(map(str, device.installed_version))}; only a rollback release may "
+            "install an older version",
+        )
+    return None
+
+
+def _reason(exc: dc.DeviceCheckError) -> str:
+    for cls, reason in _DEVICE_RULES.items():
+        if isinstance(exc, cls):
+            return reason
+    return exc.code

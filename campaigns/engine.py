@@ -1,0 +1,626 @@
+"""The reconcile loop and the per-device rollout state machine.
+
+``campaign_reconcile`` moves one running campaign forward: it applies timeouts and retries,
+confirms successes, evaluates the current stage's thresholds (pausing, aborting or advancing),
+then dispatches the next batch. It holds the campaign row lock for the whole pass
+(``skip_locked``: a second worker skips the campaign instead of waiting), and every rollout
+change is a conditional update on the state it expects, so a pass that runs twice, or a worker
+killed half-way (the transaction rolls back), never dispatches a device twice.
+
+Success means the device rebooted into the new firmware and reported it: Object 5 Update Result
+1 *and* the firmware version it reports (/3/0/3) equals the manifest's. "Downloaded" is not
+success.
+
+Rollout states: pending → queued (claimed, command written) → dispatched (command sent to the
+gateway) → downloading → downloaded → updating → succeeded; failed(reason, result),
+timed_out, unreachable, skipped(reason), cancelled(reason). Reports only move a rollout forward;
+late, duplicate and out-of-order reports are ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from audit.services import audit_record
+from campaigns import checks, ramp, stages, windows
+from campaigns.models import (
+    IN_FLIGHT_STATES,
+    Campaign,
+    CampaignStage,
+    CampaignStatus,
+    CommandStatus,
+    Device,
+    DeviceCommand,
+    Rollout,
+    RolloutState,
+    StageStatus,
+)
+from campaigns.spec import FAILURE_REASON_BY_UPDATE_RESULT, parse_spec
+from manifests.versions import VersionError, parse_version
+
+ENGINE = "engine"
+# Rollouts claimed per dispatch round: bounds the transaction (and the row locks it holds) while
+# keeping per-device query cost amortised over the batch.
+DISPATCH_BATCH = 500
+# A command still unsent after this long (its task was lost with a worker) is sent again.
+COMMAND_RESEND_AFTER = dt.timedelta(seconds=60)
+# Margin the gateway gets beyond the device timeout before the engine gives up on a command.
+GATEWAY_TIMEOUT_MARGIN = dt.timedelta(seconds=30)
+
+FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
+_ORDER = {
+    s: i
+    for i, s in enumerate(
+        [
+            RolloutState.QUEUED,
+            RolloutState.DISPATCHED,
+            RolloutState.DOWNLOADING,
+            RolloutState.DOWNLOADED,
+            RolloutState.UPDATING,
+        ]
+    )
+}
+_FW_STATE_TO_ROLLOUT = {
+    1: RolloutState.DOWNLOADING,
+    2: RolloutState.DOWNLOADED,
+    3: RolloutState.UPDATING,
+}
+
+
+@dataclass
+class ReconcileReport:
+    campaign: str
+    status: str
+    stage: int
+    dispatched: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    decision: str = ""
+
+
+def spec_of(campaign: Campaign) -> Any:
+    return parse_spec(campaign.spec, source=f"campaign {campaign.name} r{campaign.revision}")
+
+
+# --- event intake -----------------------------------------------------------------------------
+def rollouts_apply_event(*, event: dict[str, Any], now: dt.datetime | None = None) -> None:
+    """Fold one gateway event into the device's rollout (called after the registry update)."""
+    now = now or timezone.now()
+    kind = event.get("type")
+    if kind == "command_result":
+        _on_command_result(event, now=now)
+    elif kind == "fw_status":
+        _on_fw_status(
+            str(event.get("endpoint", "")), int(event["state"]), int(event["result"]), now=now
+        )
+    elif kind in ("device_info", "fw_installed", "registered"):
+        device = Device.objects.filter(endpoint=str(event.get("endpoint", ""))).first()
+        if device is not None:
+            confirm_successes(Rollout.objects.filter(device=device), now=now)
+
+
+def _on_command_result(event: dict[str, Any], *, now: dt.datetime) -> None:
+    rollout = Rollout.objects.filter(command_id=event.get("command_id")).first()
+    if rollout is None or rollout.state not in IN_FLIGHT_STATES:
+        return
+    if event.get("ok"):
+        Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
+            state=RolloutState.UPDATING, fw_result=1
+        )
+        confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
+        return
+    result = (event.get("result") or {}).get("result")
+    if isinstance(result, int) and result in FW_RESULT_REASONS:
+        reason = FW_RESULT_REASONS[result]
+    elif "timed out" in str(event.get("error", "")):
+        reason = "timed_out"
+    else:
+        reason = "dispatch_failed"
+    fail_rollout(
+        rollout,
+        reason=reason,
+        fw_result=result if isinstance(result, int) else None,
+        detail=str(event.get("error", ""))[:500],
+        now=now,
+    )
+
+
+def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -> None:
+    rollout = (
+        Rollout.objects.filter(device__endpoint=endpoint, state__in=IN_FLIGHT_STATES)
+        .order_by("-dispatched_at")
+        .first()
+    )
+    if rollout is None:
+        return
+    if state == 0 and result >= 2:
+        fail_rollout(
+            rollout,
+            reason=FW_RESULT_REASONS.get(result, "update_failed"),
+            fw_result=result,
+            detail=f"device reported Update Result {result}",
+            now=now,
+        )
+        return
+    target = (
+        RolloutState.UPDATING if (state == 0 and result == 1) else _FW_STATE_TO_ROLLOUT.get(state)
+    )
+    if target is None:
+        return
+    earlier = [s for s, i in _ORDER.items() if i < _ORDER[target]]
+    updates: dict[str, Any] = {"state": target}
+    if result == 1:
+        updates["fw_result"] = 1
+    Rollout.objects.filter(pk=rollout.pk, state__in=earlier).update(**updates)
+    if result == 1:
+        confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
+
+
+def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
+    """Updating rollouts whose device reports the manifest's version with result 1 succeed."""
+    confirmed = 0
+    candidates = rollouts.filter(state=RolloutState.UPDATING, fw_result=1).select_related(
+        "device", "manifest"
+    )
+    for rollout in candidates:
+        try:
+            same = parse_version(rollout.device.firmware_version or "") == parse_version(
+                rollout.manifest.version
+            )
+        except VersionError:
+            same = False
+        if same:
+            confirmed += Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
+                state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail=""
+            )
+    return confirmed
+
+
+def fail_rollout(
+    rollout: Rollout,
+    *,
+    reason: str,
+    now: dt.datetime,
+    fw_result: int | None = None,
+    detail: str = "",
+    expected: tuple[str, ...] = IN_FLIGHT_STATES,
+) -> bool:
+    """Record a failure; retry later (back to pending after a backoff) when the campaign's retry
+    policy covers the reason and attempts remain. Conditional on the expected states."""
+    campaign = rollout.campaign
+    retries = spec_of(campaign).retries
+    final = RolloutState.TIMED_OUT if reason == "timed_out" else RolloutState.FAILED
+    if retries.retryable(reason, attempt=rollout.attempts):
+        delay = retries.delay(max(1, rollout.attempts))
+        changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
+            state=RolloutState.PENDING,
+            reason=reason,
+            detail=detail,
+            fw_result=fw_result,
+            next_attempt_at=now + delay,
+            command_id=None,
+        )
+    else:
+        changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
+            state=final, reason=reason, detail=detail, fw_result=fw_result, finished_at=now
+        )
+    return bool(changed)
+
+
+def cancel_rollouts(rollouts: Any, *, reason: str, now: dt.datetime, requeue: bool = False) -> int:
+    """Cancel pending and in-flight work; in-flight devices get an empty Package URI. With
+    ``requeue`` (emergency stop) the rollouts go back to pending, to be dispatched again once
+    the stop is lifted. Devices already installing (Updating) cannot be stopped and are left."""
+    from campaigns import device_services
+
+    cancellable = [
+        RolloutState.QUEUED,
+        RolloutState.DISPATCHED,
+        RolloutState.DOWNLOADING,
+        RolloutState.DOWNLOADED,
+    ]
+    in_flight = list(
+        rollouts.filter(state__in=cancellable)
+        .select_related("device")
+        .values_list("pk", "device__endpoint", "device__online")
+    )
+    for _pk, endpoint, online in in_flight:
+        if online:
+            device_services.device_command_create(endpoint=endpoint, operation="fw_cancel")
+    ids = [pk for pk, _, _ in in_flight]
+    if requeue:
+        changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
+            state=RolloutState.PENDING, reason=reason, command_id=None, next_attempt_at=None
+        )
+    else:
+        changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
+            state=RolloutState.CANCELLED, reason=reason, finished_at=now
+        )
+        changed += rollouts.filter(state=RolloutState.PENDING).update(
+            state=RolloutState.CANCELLED, reason=reason, finished_at=now
+        )
+    return changed
+
+
+# --- reconcile --------------------------------------------------------------------------------
+def reconcile_all(*, now: dt.datetime | None = None) -> list[ReconcileReport]:
+    reports = []
+    for campaign_id in Campaign.objects.filter(status=CampaignStatus.RUNNING).values_list(
+        "pk", flat=True
+    ):
+        report = campaign_reconcile(campaign_id, now=now)
+        if report is not None:
+            reports.append(report)
+    return reports
+
+
+def campaign_reconcile(
+    campaign_id: int, *, now: dt.datetime | None = None
+) -> ReconcileReport | None:
+    now = now or timezone.now()
+    from campaigns.services import abort_campaign, active_stops, release_state
+
+    with transaction.atomic():
+        campaign = (
+            Campaign.objects.select_for_update(skip_locked=True)
+            .select_related("release__manifest", "device_class__vendor")
+            .filter(pk=campaign_id)
+            .first()
+        )
+        if campaign is None or campaign.status != CampaignStatus.RUNNING:
+            return None
+        spec = spec_of(campaign)
+        report = ReconcileReport(campaign.name, campaign.status, campaign.current_stage)
+        release = release_state(campaign.release, now=now)
+        if release.revoked:
+            abort_campaign(campaign, actor=ENGINE, reason="release revoked", now=now)
+            report.status, report.decision = CampaignStatus.ABORTED, "release revoked"
+            return report
+        if not release.approved:
+            engine_pause(campaign, f"release no longer approved: {release.approval_summary}", now)
+            report.status, report.decision = CampaignStatus.PAUSED, "approval lost"
+            return report
+
+        rollouts = Rollout.objects.filter(campaign=campaign)
+        _progress_commands(rollouts, now=now)
+        _apply_timeouts(campaign, spec, now=now)
+        confirm_successes(rollouts, now=now)
+        _mark_unreachable(campaign, spec, now=now)
+
+        stage = campaign.stages.select_for_update().get(index=campaign.current_stage)
+        decision = _evaluate(campaign, spec, stage, now=now)
+        report.decision = decision.reason
+        if decision.action == "fail":
+            action = spec.stages[stage.index].failure_action
+            if action == "abort":
+                abort_campaign(
+                    campaign, actor=ENGINE, reason=f"stage {stage.name}: {decision.reason}", now=now
+                )
+                report.status = CampaignStatus.ABORTED
+            else:
+                engine_pause(campaign, f"stage {stage.name}: {decision.reason}", now)
+                report.status = CampaignStatus.PAUSED
+            return report
+        if decision.action == "advance":
+            if not _advance(campaign, stage, now=now):
+                report.status = CampaignStatus.COMPLETED
+                return report
+            report.stage = campaign.current_stage
+        if not active_stops(campaign):
+            report.dispatched, report.skipped = _dispatch(campaign, spec, release, now=now)
+        return report
+
+
+def engine_pause(campaign: Campaign, reason: str, now: dt.datetime) -> None:
+    Campaign.objects.filter(pk=campaign.pk, status=CampaignStatus.RUNNING).update(
+        status=CampaignStatus.PAUSED, pause_reason=reason, paused_by_engine=True
+    )
+    campaign.status = CampaignStatus.PAUSED
+    audit_record(
+        actor=ENGINE,
+        action="campaign.pause",
+        object_type="campaign",
+        object_id=campaign.name,
+        details={"reason": reason, "by": "engine"},
+        now=now,
+    )
+
+
+def stage_tally(campaign: Campaign, index: int) -> stages.StageTally:
+    counts = dict(
+        Rollout.objects.filter(campaign=campaign, stage=index)
+        .values_list("state")
+        .annotate(n=Count("pk"))
+        .values_list("state", "n")
+    )
+    return stages.StageTally(
+        total=sum(counts.values()),
+        pending=counts.get(RolloutState.PENDING, 0),
+        in_flight=sum(counts.get(s, 0) for s in IN_FLIGHT_STATES),
+        succeeded=counts.get(RolloutState.SUCCEEDED, 0),
+        failed=counts.get(RolloutState.FAILED, 0),
+        timed_out=counts.get(RolloutState.TIMED_OUT, 0),
+        unreachable=counts.get(RolloutState.UNREACHABLE, 0),
+        skipped=counts.get(RolloutState.SKIPPED, 0),
+        cancelled=counts.get(RolloutState.CANCELLED, 0),
+    )
+
+
+def _evaluate(
+    campaign: Campaign, spec: Any, stage: CampaignStage, *, now: dt.datetime
+) -> stages.StageDecision:
+    from campaigns.services import stage_rules
+
+    rules = stage_rules(spec.stages[stage.index])
+    tally = stage_tally(campaign, stage.index)
+    decision = stages.evaluate_stage(
+        rules,
+        tally,
+        now=now,
+        success_since=stage.success_since,
+        gate_approved=stage.gate_approved_at is not None,
+    )
+    if decision.success_reached and stage.success_since is None:
+        stage.success_since = now
+        stage.save(update_fields=["success_since"])
+    status = {"soak": StageStatus.SOAKING, "gate": StageStatus.WAITING_GATE}.get(
+        decision.action, StageStatus.RUNNING
+    )
+    if stage.status != status and decision.action != "advance":
+        stage.status = status
+        stage.save(update_fields=["status"])
+    return decision
+
+
+def _advance(campaign: Campaign, stage: CampaignStage, *, now: dt.datetime) -> bool:
+    """Complete the stage; start the next one. False when the campaign is complete."""
+    stage.status, stage.completed_at = StageStatus.COMPLETED, now
+    stage.save(update_fields=["status", "completed_at"])
+    audit_record(
+        actor=ENGINE,
+        action="campaign.stage_completed",
+        object_type="campaign",
+        object_id=campaign.name,
+        details={"stage": stage.name, "tally": stage_tally(campaign, stage.index).__dict__},
+        now=now,
+    )
+    following = campaign.stages.filter(index=stage.index + 1).first()
+    if following is None:
+        Campaign.objects.filter(pk=campaign.pk).update(
+            status=CampaignStatus.COMPLETED, finished_at=now
+        )
+        campaign.status = CampaignStatus.COMPLETED
+        audit_record(
+            actor=ENGINE,
+            action="campaign.complete",
+            object_type="campaign",
+            object_id=campaign.name,
+            now=now,
+        )
+        return False
+    following.status, following.started_at = StageStatus.RUNNING, now
+    following.save(update_fields=["status", "started_at"])
+    campaign.current_stage = following.index
+    campaign.ramp_started_at = now
+    campaign.save(update_fields=["current_stage", "ramp_started_at"])
+    return True
+
+
+def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
+    """Queued rollouts whose command was sent become dispatched; a command that failed before
+    reaching a gateway fails the rollout; a command lost with a worker is sent again."""
+    from workers.tasks import device_command_task
+
+    queued = {
+        r.command_id: r
+        for r in rollouts.filter(state=RolloutState.QUEUED).select_related("campaign")
+        if r.command_id
+    }
+    if not queued:
+        return
+    for command in DeviceCommand.objects.filter(pk__in=list(queued)):
+        rollout = queued[command.pk]
+        if command.status == CommandStatus.SENT:
+            Rollout.objects.filter(pk=rollout.pk, state=RolloutState.QUEUED).update(
+                state=RolloutState.DISPATCHED
+            )
+        elif command.status == CommandStatus.FAILED:
+            fail_rollout(
+                rollout,
+                reason="dispatch_failed",
+                detail=command.error[:500],
+                now=now,
+                expected=(RolloutState.QUEUED,),
+            )
+        elif (
+            command.status == CommandStatus.PENDING
+            and now - command.created_at > COMMAND_RESEND_AFTER
+        ):
+            command_id = str(command.pk)
+            transaction.on_commit(lambda c=command_id: device_command_task.delay(c))
+
+
+def _apply_timeouts(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
+    """In-flight rollouts past their deadline count as timed out (or retry), and the device is
+    told to drop the download (empty Package URI)."""
+    from campaigns import device_services
+
+    overdue = Rollout.objects.filter(
+        campaign=campaign, state__in=IN_FLIGHT_STATES, deadline_at__lt=now
+    ).select_related("campaign", "device")
+    for rollout in overdue:
+        timed_out = fail_rollout(
+            rollout,
+            reason="timed_out",
+            detail="no confirmed success before the device timeout",
+            now=now,
+        )
+        if timed_out and rollout.device.online:
+            device_services.device_command_create(
+                endpoint=rollout.device.endpoint, operation="fw_cancel"
+            )
+
+
+def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
+    """Offline devices cannot stall a stage: once the stage has run ``unreachable_after`` and a
+    pending device has not been seen for that long, it counts as unreachable (reported apart).
+    A device that comes back online while the campaign runs is pending again, in the stage
+    running now."""
+    after = spec.timeouts.unreachable_after
+    stage = campaign.stages.get(index=campaign.current_stage)
+    if after is not None and stage.started_at is not None and now - stage.started_at >= after:
+        Rollout.objects.filter(
+            campaign=campaign,
+            stage__lte=campaign.current_stage,
+            state=RolloutState.PENDING,
+            device__online=False,
+        ).filter(Q(device__last_seen__lt=now - after) | Q(device__last_seen__isnull=True)).update(
+            state=RolloutState.UNREACHABLE, reason="unreachable", finished_at=now
+        )
+    Rollout.objects.filter(
+        campaign=campaign, state=RolloutState.UNREACHABLE, device__online=True
+    ).update(state=RolloutState.PENDING, stage=campaign.current_stage, reason="", finished_at=None)
+
+
+def _dispatch(
+    campaign: Campaign, spec: Any, release: checks.ReleaseState, *, now: dt.datetime
+) -> tuple[int, dict[str, int]]:
+    from campaigns.services import device_facts, manifest_facts
+    from workers.tasks import device_command_task
+
+    stage_spec = spec.stages[campaign.current_stage]
+    in_flight = Rollout.objects.filter(campaign=campaign, state__in=IN_FLIGHT_STATES).count()
+    room = DISPATCH_BATCH
+    if stage_spec.max_in_flight:
+        room = min(room, stage_spec.max_in_flight - in_flight)
+    last_minute = Rollout.objects.filter(
+        campaign=campaign, dispatched_at__gte=now - dt.timedelta(minutes=1)
+    ).count()
+    recent = Rollout.objects.filter(
+        campaign=campaign, finished_at__gte=now - dt.timedelta(minutes=10)
+    )
+    recent_total = recent.filter(
+        state__in=[RolloutState.SUCCEEDED, RolloutState.FAILED, RolloutState.TIMED_OUT]
+    ).count()
+    recent_failed = recent.filter(state__in=[RolloutState.FAILED, RolloutState.TIMED_OUT]).count()
+    share = Fraction(recent_failed, recent_total) if recent_total else Fraction(0)
+    if spec.rate is not None:
+        exponent = ramp.ramp_exponent(
+            spec.rate,
+            started_at=campaign.ramp_started_at or now,
+            now=now,
+            recent_failure_share=share,
+            last_exponent=campaign.ramp_exponent,
+        )
+        if exponent != campaign.ramp_exponent:
+            campaign.ramp_exponent = exponent
+            campaign.save(update_fields=["ramp_exponent"])
+    room = min(
+        room,
+        ramp.allowed_now(
+            spec.rate,
+            started_at=campaign.ramp_started_at or now,
+            now=now,
+            dispatched_last_minute=last_minute,
+            recent_failure_share=share,
+            last_exponent=campaign.ramp_exponent,
+        ),
+    )
+    if room <= 0:
+        return 0, {}
+    candidates = list(
+        Rollout.objects.filter(
+            campaign=campaign,
+            state=RolloutState.PENDING,
+            stage__lte=campaign.current_stage,
+            device__online=True,
+        )
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .select_related("device__device_class__vendor")
+        .order_by("stage", "bucket")[: room * 2]
+    )
+    from campaigns.services import in_flight_elsewhere
+
+    busy = in_flight_elsewhere([r.device_id for r in candidates], campaign)
+    manifest, manifest_version = manifest_facts(campaign.release)
+    timeout = spec.timeouts.device
+    skipped: dict[str, int] = {}
+    chosen: list[Rollout] = []
+    for rollout in candidates:
+        if len(chosen) >= room:
+            break
+        if rollout.device_id in busy:
+            continue
+        if spec.windows and not windows.window_open(
+            spec.windows, now=now, tags=frozenset(rollout.device.tags or [])
+        ):
+            continue
+        refusal = checks.check_dispatch(
+            manifest,
+            manifest_version,
+            device=device_facts(rollout.device, campaign.device_class),
+            release=release,
+            now=now,
+            max_clock_skew=spec.freshness.max_clock_skew,
+        )
+        if refusal is None:
+            chosen.append(rollout)
+            continue
+        if refusal.reason == checks.CLOCK_SKEW:
+            # Transient: the device may fix its clock; keep it pending, say why.
+            Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PENDING).update(
+                reason=refusal.reason, detail=refusal.message[:500]
+            )
+        else:
+            Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PENDING).update(
+                state=RolloutState.SKIPPED,
+                reason=refusal.reason,
+                detail=refusal.message[:500],
+                finished_at=now,
+            )
+        skipped[refusal.reason] = skipped.get(refusal.reason, 0) + 1
+    if not chosen:
+        return 0, skipped
+    commands = [
+        DeviceCommand(
+            device_id=r.device_id,
+            operation="fw_update",
+            args={
+                "manifest_digest": campaign.release.manifest.manifest_digest,
+                **({"timeout": timeout.total_seconds()} if timeout else {}),
+            },
+        )
+        for r in chosen
+    ]
+    deadline = now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None
+    try:
+        with transaction.atomic():
+            DeviceCommand.objects.bulk_create(commands)
+            for rollout, command in zip(chosen, commands, strict=True):
+                claimed = Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PENDING).update(
+                    state=RolloutState.QUEUED,
+                    manifest=campaign.release.manifest,
+                    command_id=command.pk,
+                    dispatched_at=now,
+                    deadline_at=deadline,
+                    attempts=rollout.attempts + 1,
+                    next_attempt_at=None,
+                    reason="",
+                    detail="",
+                )
+                if not claimed:
+                    raise IntegrityError(f"rollout {rollout.pk} changed under the dispatcher")
+    except IntegrityError:
+        # A device became busy in another campaign at the same moment: leave the batch pending
+        # and let the next pass retry with fresh data.
+        return 0, skipped
+    for command in commands:
+        command_id = str(command.pk)
+        transaction.on_commit(lambda c=command_id: device_command_task.delay(c))
+    return len(chosen), skipped

@@ -1,0 +1,77 @@
+"""Errors of the campaign side. Pure: no Django import, so the spec parser and the engine share it.
+
+Each class carries a stable ``code`` the API and CLI report; messages say what was refused and why.
+"""
+
+from __future__ import annotations
+
+
+class CampaignError(Exception):
+    """A campaign operation was refused; nothing was written."""
+
+    code = "campaign.error"
+
+
+class SpecError(CampaignError):
+    """The campaign spec is invalid: names the source, the field path and the reason."""
+
+    code = "campaign.spec_invalid"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        source: str = "<api>",
+        path: str = "",
+        errors: list[SpecError] | None = None,
+    ) -> None:
+        self.source = source
+        self.path = path
+        self.reason = reason
+        # Every problem found, sorted by path; a single-problem error lists itself so callers
+        # can always iterate ``errors``.
+        self.errors: list[SpecError] = errors if errors else [self]
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.path or '<root>'}: {self.reason}"
+
+    def as_dict(self) -> dict[str, str]:
+        """The API's shape of one problem."""
+        return {"code": self.code, "path": self.path, "reason": self.reason}
+
+
+class UnknownReleaseError(CampaignError):
+    """The spec names a release this server does not know."""
+
+    code = "campaign.unknown_release"
+
+
+class UnknownTargetError(CampaignError):
+    """The spec's target names a vendor or device class this server does not know."""
+
+    code = "campaign.unknown_target"
+
+
+class CampaignStateError(CampaignError):
+    """The operation is not allowed in the campaign's current state."""
+
+    code = "campaign.state"
+
+
+class CampaignConflictError(CampaignError):
+    """Another campaign already targets the same devices or holds the same name."""
+
+    code = "campaign.conflict"
+
+
+class GateError(CampaignError):
+    """A manual gate blocks the stage: approval missing or given by the wrong role."""
+
+    code = "campaign.gate"
+
+
+class EmergencyStopError(CampaignError):
+    """An emergency stop is in force for this scope; dispatching is halted."""
+
+    code = "campaign.emergency_stop"

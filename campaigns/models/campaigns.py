@@ -1,0 +1,237 @@
+"""Campaigns, their stages and revisions, per-device rollouts, and emergency stops.
+
+The rollout row is the unit of work: one per (campaign, device), created at plan/apply time or
+when a matching device registers later, moved through its state machine only by
+``campaigns.services`` with conditional updates, so workers that run twice or die mid-way never
+dispatch a device twice for the same campaign.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+__all__ = [
+    "ACTIVE_ROLLOUT_STATES",
+    "IN_FLIGHT_STATES",
+    "TERMINAL_ROLLOUT_STATES",
+    "Campaign",
+    "CampaignRevision",
+    "CampaignStage",
+    "CampaignStatus",
+    "EmergencyStop",
+    "Rollout",
+    "RolloutState",
+    "StageStatus",
+]
+
+
+class CampaignStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused"
+    COMPLETED = "completed", "Completed"
+    ABORTED = "aborted", "Aborted"
+
+
+class Campaign(models.Model):
+    name = models.CharField(max_length=63, unique=True)
+    release = models.ForeignKey(
+        "manifests.Release", on_delete=models.PROTECT, related_name="campaigns"
+    )
+    device_class = models.ForeignKey(
+        "manifests.DeviceClass", on_delete=models.PROTECT, related_name="campaigns"
+    )
+    status = models.CharField(
+        max_length=16, choices=CampaignStatus.choices, default=CampaignStatus.RUNNING
+    )
+    # The normalised spec document of the current revision and its digest.
+    spec = models.JSONField()
+    spec_digest = models.CharField(max_length=64)
+    revision = models.PositiveIntegerField(default=1)
+    # Random per campaign: the stage assignment hash is salted with it.
+    salt = models.CharField(max_length=32)
+    current_stage = models.PositiveSmallIntegerField(default=0)
+    pause_reason = models.TextField(blank=True)
+    # Set when the engine (not a person) paused it: thresholds, approval loss, revocation.
+    paused_by_engine = models.BooleanField(default=False)
+    # When the current stage's dispatch started, for the rate ramp.
+    ramp_started_at = models.DateTimeField(null=True, blank=True)
+    # The rate ramp's exponent in use; frozen while the recent failure share is too high.
+    ramp_exponent = models.PositiveSmallIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="campaigns"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CampaignRevision(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="revisions")
+    revision = models.PositiveIntegerField()
+    spec = models.JSONField()
+    spec_digest = models.CharField(max_length=64)
+    source = models.CharField(max_length=255, blank=True)
+    diff = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["campaign", "revision"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "revision"], name="uniq_campaign_revision")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id} r{self.revision}"
+
+
+class StageStatus(models.TextChoices):
+    PENDING = "pending", "Not started"
+    RUNNING = "running", "Running"
+    SOAKING = "soaking", "Soaking"
+    WAITING_GATE = "waiting_gate", "Waiting at gate"
+    COMPLETED = "completed", "Completed"
+
+
+class CampaignStage(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="stages")
+    index = models.PositiveSmallIntegerField()
+    name = models.CharField(max_length=100)
+    # Exclusive upper bound of the stage's bucket range (0..2**64), fixed at plan time.
+    bucket_upper = models.DecimalField(max_digits=21, decimal_places=0)
+    planned_devices = models.PositiveIntegerField(default=0)
+    status = models.CharField(
+        max_length=16, choices=StageStatus.choices, default=StageStatus.PENDING
+    )
+    started_at = models.DateTimeField(null=True, blank=True)
+    success_since = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    gate_approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    gate_approved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["campaign", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "index"], name="uniq_stage_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign}/{self.name}"
+
+
+class RolloutState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SKIPPED = "skipped", "Skipped"
+    QUEUED = "queued", "Queued"
+    DISPATCHED = "dispatched", "Dispatched"
+    DOWNLOADING = "downloading", "Downloading"
+    DOWNLOADED = "downloaded", "Downloaded"
+    UPDATING = "updating", "Updating"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    TIMED_OUT = "timed_out", "Timed out"
+    UNREACHABLE = "unreachable", "Unreachable"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+IN_FLIGHT_STATES = (
+    RolloutState.QUEUED,
+    RolloutState.DISPATCHED,
+    RolloutState.DOWNLOADING,
+    RolloutState.DOWNLOADED,
+    RolloutState.UPDATING,
+)
+TERMINAL_ROLLOUT_STATES = (
+    RolloutState.SKIPPED,
+    RolloutState.SUCCEEDED,
+    RolloutState.FAILED,
+    RolloutState.TIMED_OUT,
+    RolloutState.UNREACHABLE,
+    RolloutState.CANCELLED,
+)
+ACTIVE_ROLLOUT_STATES = (RolloutState.PENDING, *IN_FLIGHT_STATES)
+
+
+class Rollout(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="rollouts")
+    device = models.ForeignKey(
+        "campaigns.Device", on_delete=models.PROTECT, related_name="rollouts"
+    )
+    stage = models.PositiveSmallIntegerField()
+    bucket = models.DecimalField(max_digits=21, decimal_places=0)
+    state = models.CharField(
+        max_length=16, choices=RolloutState.choices, default=RolloutState.PENDING
+    )
+    # Machine-readable reason for skipped / failed / cancelled (e.g. "class_mismatch").
+    reason = models.CharField(max_length=64, blank=True)
+    detail = models.TextField(blank=True)
+    fw_result = models.PositiveSmallIntegerField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # The manifest actually sent (the newest approved release of the campaign at dispatch).
+    manifest = models.ForeignKey(
+        "manifests.Manifest", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    command_id = models.UUIDField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "device"], name="uniq_rollout_per_device"),
+            # The conflict rule: a device is in flight in at most one campaign at a time.
+            models.UniqueConstraint(
+                fields=["device"],
+                condition=models.Q(state__in=IN_FLIGHT_STATES),
+                name="one_in_flight_rollout_per_device",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "stage", "state"]),
+            models.Index(fields=["device", "state"]),
+            models.Index(fields=["state", "deadline_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.campaign_id}:{self.device_id} {self.state}"
+
+
+class EmergencyStop(models.Model):
+    """While active, nothing in scope is dispatched and in-flight downloads are cancelled."""
+
+    SCOPES = (("global", "Everything"), ("release", "One release"), ("device_class", "One class"))
+    scope = models.CharField(max_length=16, choices=SCOPES)
+    release = models.ForeignKey(
+        "manifests.Release", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    device_class = models.ForeignKey(
+        "manifests.DeviceClass", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    reason = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    lifted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    lifted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["lifted_at"])]
+
+    def __str__(self) -> str:
+        return f"emergency stop ({self.scope}) {'lifted' if self.lifted_at else 'ACTIVE'}"

@@ -1,0 +1,67 @@
+"""Read-side views of campaigns (status, per-stage tallies, reasons, timeline); queries only."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from django.db.models import Count
+
+from audit.models import AuditEvent
+from campaigns.engine import stage_tally
+from campaigns.models import Campaign, Rollout
+
+
+def stage_reasons(campaign: Campaign) -> dict[int, dict[str, int]]:
+    """Per stage: count of rollouts by ``state:reason`` for everything not succeeded."""
+    rows = (
+        Rollout.objects.filter(campaign=campaign)
+        .exclude(reason="")
+        .values_list("stage", "state", "reason")
+        .annotate(n=Count("pk"))
+    )
+    reasons: dict[int, dict[str, int]] = defaultdict(dict)
+    for stage, state, reason, n in rows:
+        reasons[stage][f"{state}:{reason}"] = n
+    return reasons
+
+
+def campaign_status(campaign: Campaign) -> dict[str, Any]:
+    reasons = stage_reasons(campaign)
+    return {
+        "campaign": campaign.name,
+        "status": campaign.status,
+        "release": campaign.release.name,
+        "revision": campaign.revision,
+        "current_stage": campaign.current_stage,
+        "pause_reason": campaign.pause_reason,
+        "stages": [
+            {
+                "name": stage.name,
+                "index": stage.index,
+                "status": stage.status,
+                "current": stage.index == campaign.current_stage,
+                "planned": stage.planned_devices,
+                "tally": stage_tally(campaign, stage.index).__dict__,
+                "reasons": dict(sorted(reasons.get(stage.index, {}).items())),
+                "gate_approved_by": stage.gate_approved_by.get_username()
+                if stage.gate_approved_by
+                else None,
+            }
+            for stage in campaign.stages.order_by("index").select_related("gate_approved_by")
+        ],
+    }
+
+
+def campaign_timeline(campaign: Campaign) -> list[dict[str, Any]]:
+    """The incident report: every audited event of the campaign, in order."""
+    return [
+        {
+            "seq": e.seq,
+            "at": e.created_at.isoformat(),
+            "actor": e.actor,
+            "action": e.action,
+            "details": e.details,
+        }
+        for e in AuditEvent.objects.filter(object_type="campaign", object_id=campaign.name)
+    ]
