@@ -22,7 +22,6 @@ from .decode import (
     DEFAULT_MAX_SIZE,
     clear_decode_cache,
     decode_envelope,
-    format_version,
     read_envelope_input,
 )
 from .errors import (
@@ -78,6 +77,7 @@ from .model import (
     SeveredMember,
     SignatureBlock,
     VerificationResult,
+    format_version,
 )
 from .verify import verify_envelope, verify_signature_block
 

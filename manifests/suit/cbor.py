@@ -56,12 +56,14 @@ SEMANTIC_TAGS: tuple[int, ...] = (
 _RAW_TAGS = {tag: _keep_tag(tag) for tag in (*SEMANTIC_TAGS, 18, 107, 112)}
 
 
+# Heads of byte strings shorter than 256 bytes (every digest, header and signature).
+_SHORT_BSTR_HEADS = tuple(bytes((0x40 | n,)) if n < 24 else bytes((0x58, n)) for n in range(256))
+
+
 def bstr_header(length: int) -> bytes:
     """The preferred-form CBOR head of a byte string of ``length`` bytes."""
-    if length < 24:
-        return bytes((0x40 | length,))
     if length < 0x100:
-        return bytes((0x58, length))
+        return _SHORT_BSTR_HEADS[length]
     if length < 0x10000:
         return b"\x59" + length.to_bytes(2, "big")
     if length < 0x100000000:

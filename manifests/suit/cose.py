@@ -13,12 +13,9 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.hazmat.primitives.asymmetric.utils import (
-    decode_dss_signature,
-    encode_dss_signature,
-)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from .cbor import CBORTag, decode_item, dumps, encode_bstr
+from .cbor import CBORTag, bstr_header, decode_item, dumps
 from .constants import (
     ALG_EDDSA,
     ALG_ES256,
@@ -51,7 +48,49 @@ _UNDERSTOOD_CRIT = frozenset({HDR_ALG, HDR_KID})
 
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
     """Encoded ``["Signature1", protected, h'', payload]`` (built directly, no re-encoding)."""
-    return _SIG1_PREFIX + encode_bstr(protected) + b"\x40" + encode_bstr(payload)
+    return b"".join(
+        (
+            _SIG1_PREFIX,
+            bstr_header(len(protected)),
+            protected,
+            b"\x40",
+            bstr_header(len(payload)),
+            payload,
+        )
+    )
+
+
+# DER heads for r || s when neither has a leading zero byte (all but ~1/128 of signatures),
+# indexed by (r's top bit set) * 2 + (s's top bit set): SEQUENCE, INTEGER r (0-padded when its
+# top bit is set, as DER integers are signed), then the head of INTEGER s.
+_DER_PARTS = (
+    (b"\x30\x44\x02\x20", b"\x02\x20"),
+    (b"\x30\x45\x02\x20", b"\x02\x21\x00"),
+    (b"\x30\x45\x02\x21\x00", b"\x02\x20"),
+    (b"\x30\x46\x02\x21\x00", b"\x02\x21\x00"),
+)
+
+
+def _der_signature(raw: bytes) -> bytes:
+    """DER ``ECDSA-Sig-Value`` of a raw P-256 ``r || s`` (what OpenSSL verifies).
+
+    Same bytes as ``encode_dss_signature`` of the two integers (a test compares them), built
+    with byte operations: each INTEGER is minimal, with a 0 byte when its top bit is set.
+    """
+    r0 = raw[0]
+    s0 = raw[32]
+    if r0 and s0:
+        head, middle = _DER_PARTS[(r0 >= 0x80) * 2 + (s0 >= 0x80)]
+        return b"".join((head, raw[:32], middle, raw[32:]))
+    r = raw[:32].lstrip(b"\0")
+    s = raw[32:].lstrip(b"\0")
+    if not r or r[0] >= 0x80:
+        r = b"\0" + r
+    if not s or s[0] >= 0x80:
+        s = b"\0" + s
+    lr = len(r)
+    ls = len(s)
+    return b"".join((bytes((0x30, lr + ls + 4, 2, lr)), r, bytes((2, ls)), s))
 
 
 def _check_labels(header: dict[Any, Any], where: str) -> None:
@@ -181,15 +220,11 @@ def check_alg_for_key(alg: int, info: KeyInfo) -> None:
 def verify_raw(block: SignatureBlock, payload: bytes, info: KeyInfo) -> bool:
     """Cryptographic check of ``block`` over ``payload`` with a key already matched to its alg."""
     tbs = sig_structure(block.protected, payload)
-    sig = block.signature
     try:
         if info.family == "ES256":
-            der = encode_dss_signature(
-                int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
-            )
-            info.public.verify(der, tbs, _ECDSA_SHA256)  # type: ignore[call-arg]
+            info.public.verify(_der_signature(block.signature), tbs, _ECDSA_SHA256)  # type: ignore[call-arg]
         else:
-            info.public.verify(sig, tbs)  # type: ignore[call-arg]
+            info.public.verify(block.signature, tbs)  # type: ignore[call-arg]
     except InvalidSignature:
         return False
     return True

@@ -12,9 +12,21 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from .constants import SIGNATURE_ALGS
+from .constants import PRERELEASE, SIGNATURE_ALGS
+
+_T = TypeVar("_T")
+
+
+def build_frozen(cls: type[_T], values: dict[str, Any]) -> _T:
+    """An instance of the frozen dataclass ``cls`` holding exactly ``values``, for the codec's
+    hot paths (no defaults filled in, no checks: callers pass every field, and tests compare
+    the result with the constructor's). The generated frozen ``__init__`` sets each field
+    through ``object.__setattr__``, which is most of the cost of a 21-field Manifest."""
+    out = object.__new__(cls)
+    out.__dict__.update(values)
+    return out
 
 
 @dataclass(frozen=True)
@@ -179,3 +191,21 @@ class VerificationResult:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+def format_version(parts: tuple[int, ...]) -> str:
+    """``(1, 2, 3)`` -> ``"1.2.3"``; ``(1, 2, 3, 4)`` -> ``"1.2.3+4"`` (MCUboot build number);
+    a negative part starts a pre-release (``-1`` rc, ``-2`` beta, ``-3`` alpha)."""
+    release: list[int] = []
+    for part in parts:
+        if part < 0:
+            break
+        release.append(part)
+    rest = parts[len(release) :]
+    if rest:
+        label = PRERELEASE.get(rest[0], f"pre{-rest[0]}")
+        tail = "".join(f".{x}" for x in rest[1:])
+        return ".".join(map(str, release)) + f"-{label}{tail}"
+    if len(release) == 4:
+        return f"{release[0]}.{release[1]}.{release[2]}+{release[3]}"
+    return ".".join(map(str, release))

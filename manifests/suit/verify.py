@@ -13,7 +13,7 @@ from .constants import EC_ALGS, ED_ALGS
 from .cose import check_alg_for_key, verify_raw
 from .errors import SUITError, SUITInternalError, SUITKeyMismatchError, SUITSignatureError
 from .keys import KeyInfo, key_info
-from .model import Envelope, SignatureBlock, VerificationResult
+from .model import Envelope, SignatureBlock, VerificationResult, build_frozen
 
 
 def verify_signature_block(envelope: Envelope, block: SignatureBlock, public_key: Any) -> bool:
@@ -56,30 +56,36 @@ def verify_envelope(
         reasons: list[str] = []
         if not envelope.signatures:
             reasons.append("the envelope carries no signature")
+        payload = envelope.digest_bstr
         for block in envelope.signatures:
-            label = f"signature[{block.index}]"
+            alg = block.alg
+            candidates: Sequence[KeyInfo]
             if block.kid is not None:
                 named = keys.get(block.kid)
                 if named is None:
-                    reasons.append(f"{label}: kid {block.kid.hex()[:16]}… is not among the keys")
+                    reasons.append(
+                        f"signature[{block.index}]: kid {block.kid.hex()[:16]}… is not among "
+                        "the keys"
+                    )
                     continue
-                candidates = [named]
+                candidates = (named,)
             else:
-                candidates = [i for i in keys.values() if _family_ok(block.alg, i)]
+                candidates = [i for i in keys.values() if _family_ok(alg, i)]
                 if not candidates:
-                    reasons.append(f"{label}: no key of the type alg {block.alg} needs")
+                    reasons.append(f"signature[{block.index}]: no key of the type alg {alg} needs")
                     continue
             tried = 0
             for info in candidates:
                 if info.kid in valid:
                     continue  # this key already counts; a second block from it adds nothing
-                try:
-                    check_alg_for_key(block.alg, info)
-                except SUITKeyMismatchError as exc:
-                    reasons.append(f"{label}: {exc}")
-                    continue
+                if not _family_ok(alg, info):
+                    try:
+                        check_alg_for_key(alg, info)  # raises the specific mismatch
+                    except SUITKeyMismatchError as exc:
+                        reasons.append(f"signature[{block.index}]: {exc}")
+                        continue
                 tried += 1
-                if verify_raw(block, envelope.digest_bstr, info):
+                if verify_raw(block, payload, info):
                     valid.append(info.kid)
                     break
             else:
@@ -89,12 +95,20 @@ def verify_envelope(
                         if block.kid is not None
                         else f"any of {tried} uncounted key(s)"
                     )
-                    reasons.append(f"{label}: signature does not verify with {who}")
+                    reasons.append(
+                        f"signature[{block.index}]: signature does not verify with {who}"
+                    )
         ok = len(valid) >= threshold
         if not ok:
             reasons.append(f"{len(valid)} of {threshold} required distinct keys signed")
-        return VerificationResult(
-            ok=ok, threshold=threshold, valid_kids=tuple(valid), reasons=tuple(reasons)
+        return build_frozen(
+            VerificationResult,
+            {
+                "ok": ok,
+                "threshold": threshold,
+                "valid_kids": tuple(valid),
+                "reasons": tuple(reasons),
+            },
         )
     except SUITError:
         raise
