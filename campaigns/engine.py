@@ -49,6 +49,8 @@ ENGINE = "engine"
 # Rollouts claimed per dispatch round: bounds the transaction (and the row locks it holds) while
 # keeping per-device query cost amortised over the batch.
 DISPATCH_BATCH = 500
+# Newly registered devices examined per reconcile pass (the rest join on the next passes).
+ENROLL_BATCH = 1000
 # A command still unsent after this long (its task was lost with a worker) is sent again.
 COMMAND_RESEND_AFTER = dt.timedelta(seconds=60)
 # Margin the gateway gets beyond the device timeout before the engine gives up on a command.
@@ -288,6 +290,7 @@ def campaign_reconcile(
             return report
 
         rollouts = Rollout.objects.filter(campaign=campaign)
+        enroll_new_devices(campaign, spec, now=now)
         _progress_commands(rollouts, now=now)
         _apply_timeouts(campaign, spec, now=now)
         confirm_successes(rollouts, now=now)
@@ -315,6 +318,60 @@ def campaign_reconcile(
         if not active_stops(campaign):
             report.dispatched, report.skipped = _dispatch(campaign, spec, release, now=now)
         return report
+
+
+def enroll_new_devices(campaign: Campaign, spec: Any, *, now: dt.datetime) -> int:
+    """Devices that registered (or were mapped to the class) after the campaign started and
+    match its selector join it: in the stage their bucket falls in, but never one already
+    finished (``max(assigned, current)``); excluded ones are recorded as skipped with reasons."""
+    from campaigns.services import PlanRow, _write_rows, classify_device, resolve
+
+    newcomers = (
+        Device.objects.filter(device_class=campaign.device_class)
+        .exclude(rollouts__campaign=campaign)
+        .select_related("device_class__vendor")
+        .order_by("pk")[:ENROLL_BATCH]
+    )
+    newcomers = [
+        d
+        for d in newcomers
+        if spec.target.tags_match(frozenset(d.tags or []))
+        and spec.target.endpoint_match(d.endpoint)
+    ]
+    if not newcomers:
+        return 0
+    from campaigns.services import manifest_facts, release_state
+
+    resolved = resolve(spec)
+    release = release_state(campaign.release, now=now)
+    manifest, version = manifest_facts(campaign.release)
+    bounds = [
+        int(b) for b in campaign.stages.order_by("index").values_list("bucket_upper", flat=True)
+    ]
+    rows = []
+    for device in newcomers:
+        refusal = classify_device(
+            device,
+            resolved=resolved,
+            manifest=manifest,
+            manifest_version=version,
+            release=release,
+            now=now,
+        )
+        value = stages.bucket(campaign.salt, device.endpoint)
+        index = stages.stage_for(value, bounds, current=campaign.current_stage)
+        row = PlanRow(
+            device_id=device.pk,
+            bucket=value,
+            stage=campaign.current_stage if index is None else index,
+        )
+        if refusal is not None:
+            row.reason, row.detail = refusal.reason, refusal.message
+        elif index is None:
+            row.reason, row.detail = "not_in_any_stage", "beyond the last stage's share"
+        rows.append(row)
+    _write_rows(campaign, rows)
+    return len(rows)
 
 
 def engine_pause(campaign: Campaign, reason: str, now: dt.datetime) -> None:

@@ -202,15 +202,6 @@ def _candidates(spec: CampaignSpec, device_class: DeviceClass) -> Any:
     return devices.select_related("device_class__vendor").order_by("pk")
 
 
-def _tags_match(spec: CampaignSpec, tags: set[str]) -> bool:
-    target = spec.target
-    if target.tags_any and not tags & set(target.tags_any):
-        return False
-    if target.tags_all and not set(target.tags_all) <= tags:
-        return False
-    return not (target.exclude_tags and tags & set(target.exclude_tags))
-
-
 def classify_device(
     device: Device,
     *,
@@ -287,7 +278,7 @@ def campaign_plan(
     salt = salt or ""
     eligible: list[PlanRow] = []
     for device in _iter_devices(_candidates(spec, resolved.device_class)):
-        if not _tags_match(spec, set(device.tags or [])):
+        if not spec.target.tags_match(frozenset(device.tags or [])):
             continue
         refusal = release_refusal or classify_device(
             device,

@@ -12,7 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from campaigns import engine, services
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign
-from campaigns.reports import campaign_status
+from campaigns.reports import campaign_status, campaign_timeline
 from campaigns.spec import load_spec_file
 from manifests.errors import ManifestError
 from manifests.management.cli import user_named
@@ -44,7 +44,7 @@ class Command(BaseCommand):
         p = sub.add_parser("apply", help="create or revise the campaign (idempotent)")
         p.add_argument("file")
         p.add_argument("--user", required=True)
-        for name in ("status", "pause", "resume", "abort", "promote", "reconcile"):
+        for name in ("status", "pause", "resume", "abort", "promote", "reconcile", "report"):
             p = sub.add_parser(name)
             p.add_argument("name")
             if name == "status":
@@ -75,6 +75,8 @@ class Command(BaseCommand):
                     self.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str))
                 else:
                     self._print_status(data)
+            elif action == "report":
+                self._report(_campaign(options["name"]))
             elif action == "reconcile":
                 report = engine.campaign_reconcile(_campaign(options["name"]).pk)
                 self.stdout.write(str(report))
@@ -116,6 +118,21 @@ class Command(BaseCommand):
             services.campaign_promote(campaign=campaign, actor=actor)
         campaign.refresh_from_db()
         self.stdout.write(f"campaign {campaign.name}: {campaign.status}")
+
+    def _report(self, campaign: Campaign) -> None:
+        """Incident report: the campaign's timeline (who did what, thresholds crossed)."""
+        self._print_status(campaign_status(campaign))
+        self.stdout.write("timeline:")
+        for event in campaign_timeline(campaign):
+            details = {
+                k: v
+                for k, v in event["details"].items()
+                if k in ("reason", "stage", "revision", "requeued", "by", "cohort", "diff")
+            }
+            self.stdout.write(
+                f"  #{event['seq']:<5} {event['at']} {event['actor']:14} "
+                f"{event['action']:26} {json.dumps(details, default=str)}"
+            )
 
     def _print_status(self, data: dict[str, Any]) -> None:
         self.stdout.write(
