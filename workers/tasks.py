@@ -29,8 +29,16 @@ def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
     from campaigns.engine import campaign_reconcile
 
     report = campaign_reconcile(campaign_id)
-    return None if report is None else {"campaign": report.campaign, "status": report.status,
-                                        "stage": report.stage, "dispatched": report.dispatched}
+    return (
+        None
+        if report is None
+        else {
+            "campaign": report.campaign,
+            "status": report.status,
+            "stage": report.stage,
+            "dispatched": report.dispatched,
+        }
+    )
 
 
 @shared_task(acks_late=True)
