@@ -14,8 +14,10 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
+# The demo starts from an empty database of its own each time (var/demo.sqlite3).
 demo: $(STAMP)
-	$(PY) manage.py demo
+	rm -rf var/demo var/demo.sqlite3 var/demo-images
+	FWUPD_SQLITE_PATH=var/demo.sqlite3 FIRMWARE_STORAGE_ROOT=var/demo-images $(PY) manage.py demo
 
 # System packages some tests use (libcoap's coap-client); tests that need them say so if absent.
 sysdeps:
