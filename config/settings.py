@@ -72,7 +72,11 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": envstr("FWUPD_SQLITE_PATH", str(VAR_DIR / "fwupd.sqlite3")),
-            "OPTIONS": {"timeout": 30},
+            "OPTIONS": {
+                "timeout": 30,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
         }
     }
 

@@ -38,6 +38,18 @@ def _quiet_late_responses(loop: asyncio.AbstractEventLoop, context: dict[str, An
     loop.default_exception_handler(context)
 
 
+class _LateResponseFilter(logging.Filter):
+    """Drops aiocoap's log record for the same harmless race (see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, asyncio.InvalidStateError)
+
+
+for _name in ("coap-server", "coap"):
+    logging.getLogger(_name).addFilter(_LateResponseFilter())
+
+
 @dataclass
 class EmbeddedFleet:
     trust_anchors: list[Any]
