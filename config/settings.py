@@ -72,6 +72,10 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": envstr("FWUPD_SQLITE_PATH", str(VAR_DIR / "fwupd.sqlite3")),
+            # Several threads write at once in the embedded default (the gateway's event thread,
+            # the reconcile loop): WAL lets readers run beside the writer, and IMMEDIATE
+            # transactions take the write lock up front instead of upgrading a read lock,
+            # which is what deadlocks two writers until the busy timeout.
             "OPTIONS": {
                 "timeout": 30,
                 "transaction_mode": "IMMEDIATE",
@@ -123,6 +127,11 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-campaigns": {
         "task": "workers.tasks.campaigns_reconcile_all_task",
         "schedule": float(CAMPAIGN_RECONCILE_SECONDS),
+    },
+    # Key expiry has no event: re-evaluate live releases every minute.
+    "reevaluate-releases": {
+        "task": "workers.tasks.releases_reevaluate_task",
+        "schedule": 60.0,
     },
 }
 

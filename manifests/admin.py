@@ -8,7 +8,18 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from manifests.models import DeviceClass, FirmwareImage, Manifest, SigningKey, Vendor
+from manifests.models import (
+    Approval,
+    Delegation,
+    DeviceClass,
+    FirmwareImage,
+    Manifest,
+    Release,
+    ReleasePolicy,
+    RoleAssignment,
+    SigningKey,
+    Vendor,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -71,3 +82,36 @@ class SigningKeyAdmin(ReadOnlyAdmin):
     list_display = ("kid", "owner", "algorithm", "status", "valid_from", "valid_until")
     list_filter = ("algorithm", "status")
     search_fields = ("kid", "owner__username", "name")
+
+
+@admin.register(Release)
+class ReleaseAdmin(ReadOnlyAdmin):
+    """Read-only: releases change only through the release services (approval is evaluated
+    from signatures; revocation is audited)."""
+
+    list_display = ("name", "kind", "status", "manifest", "created_by", "approved_at")
+    list_filter = ("kind", "status")
+    search_fields = ("name",)
+
+
+@admin.register(Approval)
+class ApprovalAdmin(ReadOnlyAdmin):
+    list_display = ("release", "signer", "role", "key", "signed_at")
+    list_filter = ("role",)
+    exclude = ("cose",)
+
+
+@admin.register(RoleAssignment)
+class RoleAssignmentAdmin(ReadOnlyAdmin):
+    list_display = ("user", "role", "granted_by", "granted_at", "revoked_at")
+    list_filter = ("role",)
+
+
+@admin.register(ReleasePolicy)
+class ReleasePolicyAdmin(ReadOnlyAdmin):
+    list_display = ("device_class", "kind", "rules", "updated_by", "updated_at")
+
+
+@admin.register(Delegation)
+class DelegationAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "delegator", "role", "threshold", "expires_at", "revoked_at")

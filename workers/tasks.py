@@ -42,6 +42,15 @@ def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
 
 
 @shared_task(acks_late=True)
+def releases_reevaluate_task() -> int:
+    """Beat entry point: keys expire without an event, so live releases are re-evaluated
+    periodically; one that lost approval is marked and its campaigns pause (signal)."""
+    from manifests.services import releases_reevaluate
+
+    return releases_reevaluate(actor="system:expiry-check")
+
+
+@shared_task(acks_late=True)
 def campaigns_reconcile_all_task() -> int:
     """Beat entry point: fan out one reconcile task per running campaign."""
     from campaigns.models import Campaign, CampaignStatus

@@ -398,3 +398,27 @@ def test_concurrent_approvals_are_both_counted_exactly_once(release, team):
     assert services.release_evaluate(release, now=NOW).approved
     assert AuditEvent.objects.filter(action="release.approved").count() == 1
     assert audit_verify().ok
+
+
+@pytest.mark.django_db
+def test_key_expiry_is_noticed_by_the_periodic_re_evaluation(release, team):
+    from workers.tasks import releases_reevaluate_task
+
+    approve(release, team["qa"], "qa")
+    approve(release, team["security"], "security")
+    key = team["qa"].user.signing_keys.get()
+    key.valid_until = NOW + dt.timedelta(minutes=1)
+    key.save()
+    lost: list[str] = []
+    release_approval_lost.connect(
+        lambda **kw: lost.append(kw["release"].name), weak=False, dispatch_uid="t-expiry"
+    )
+    try:
+        import time_machine
+
+        with time_machine.travel(NOW + dt.timedelta(minutes=2), tick=False):
+            assert releases_reevaluate_task() == 1
+    finally:
+        release_approval_lost.disconnect(dispatch_uid="t-expiry")
+    release.refresh_from_db()
+    assert release.status == ReleaseStatus.PENDING and lost == [release.name]
