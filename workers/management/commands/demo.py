@@ -99,98 +99,156 @@ class Command(BaseCommand):
         self._step("People, roles and signing keys (private keys stay in var/demo/keys)")
         people = self._people(now)
         self._step("Vendor and device classes (IDs are UUIDv5, as SUIT specifies)")
-        vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example",
-                                                actor=people["admin"][0])
-        thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2",
-                                                      actor=people["admin"][0])
-        release_services.device_class_create(vendor=vendor, name="thermo-v1",
-                                             actor=people["admin"][0])
+        vendor = release_services.vendor_create(
+            name="Acme Sensors", domain="acme.example", actor=people["admin"][0]
+        )
+        thermo = release_services.device_class_create(
+            vendor=vendor, name="thermo-v2", actor=people["admin"][0]
+        )
+        release_services.device_class_create(
+            vendor=vendor, name="thermo-v1", actor=people["admin"][0]
+        )
         self._line(f"vendor acme.example {vendor.uuid}; class thermo-v2 {thermo.uuid}")
 
         self._step("Firmware 1.1.0: MCUboot image built with imgtool, signed SUIT manifest")
         author, author_key = people["alice"]
         image = release_services.image_upload(
-            data=imgtool.build_image((b"thermo-v2 firmware 1.1.0\n" * 2000)[:32768],
-                                     version="1.1.0", security_counter=1,
-                                     vendor_id=str(vendor.uuid), class_id=str(thermo.uuid)),
-            filename="thermo-1.1.0.bin", uploaded_by=author,
+            data=imgtool.build_image(
+                (b"thermo-v2 firmware 1.1.0\n" * 2000)[:32768],
+                version="1.1.0",
+                security_counter=1,
+                vendor_id=str(vendor.uuid),
+                class_id=str(thermo.uuid),
+            ),
+            filename="thermo-1.1.0.bin",
+            uploaded_by=author,
         )
         envelope = suit.create_envelope(
             suit.ManifestParams(
-                vendor_id=vendor.uuid, class_id=thermo.uuid, sequence_number=2, version="1.1.0",
-                security_counter=1, image_digest=bytes.fromhex(image.sha256),
-                image_size=image.size, uri=None, use_before=now + dt.timedelta(days=30),
-                component_id=thermo.component_id_bytes, payload_format="mcuboot",
+                vendor_id=vendor.uuid,
+                class_id=thermo.uuid,
+                sequence_number=2,
+                version="1.1.0",
+                security_counter=1,
+                image_digest=bytes.fromhex(image.sha256),
+                image_size=image.size,
+                uri=None,
+                use_before=now + dt.timedelta(days=30),
+                component_id=thermo.component_id_bytes,
+                payload_format="mcuboot",
             ),
             keys=[author_key],
         )
         manifest = release_services.manifest_import(envelope=envelope, created_by=author)
-        self._line(f"image {image.size} bytes sha256 {image.sha256[:16]}…; manifest "
-                   f"{manifest.manifest_digest[:16]}… seq {manifest.sequence_number} "
-                   f"counter {manifest.security_counter}")
+        self._line(
+            f"image {image.size} bytes sha256 {image.sha256[:16]}…; manifest "
+            f"{manifest.manifest_digest[:16]}… seq {manifest.sequence_number} "
+            f"counter {manifest.security_counter}"
+        )
 
         self._step("Release approval: policy {author: 1, qa: 1, security: 1}")
-        release = release_services.release_create(manifest=manifest, name="thermo-1.1.0",
-                                                  actor=author)
+        release = release_services.release_create(
+            manifest=manifest, name="thermo-1.1.0", actor=author
+        )
         verdict = release_services.release_submit(release=release, actor=author)
         self._line(f"submitted by alice: {verdict.summary()}")
         for name, role in (("bob", "qa"), ("carol", "security")):
             user, key = people[name]
             block = suit.sign_manifest_digest(envelope, key=key)
-            _, verdict = release_services.release_approve(release=release, signer=user, role=role,
-                                                          cose=block)
+            _, verdict = release_services.release_approve(
+                release=release, signer=user, role=role, cose=block
+            )
             self._line(f"{name} signed as {role}: {verdict.summary()}")
 
-        self._step(f"LwM2M gateway on loopback and {options['devices'] + WRONG_CLASS} simulated "
-                   "devices")
+        self._step(
+            f"LwM2M gateway on loopback and {options['devices'] + WRONG_CLASS} simulated devices"
+        )
         fleet = EmbeddedFleet(trust_anchors=[author_key.public_key()])
-        common = {"manufacturer": "Acme Sensors", "vendor_id": str(vendor.uuid),
-                  "sequence_number": 1, "security_counter": 1, "lifetime": 600}
-        fleet.add(FleetSpec(count=options["devices"], model="thermo-v2",
-                            class_id=str(thermo.uuid), **common))
-        fleet.add(FleetSpec(count=WRONG_CLASS, model="thermo-v1", prefix="legacy",
-                            class_id=str(suit.class_id(vendor.uuid, "thermo-v1")), **common))
+        common = {
+            "manufacturer": "Acme Sensors",
+            "vendor_id": str(vendor.uuid),
+            "sequence_number": 1,
+            "security_counter": 1,
+            "lifetime": 600,
+        }
+        fleet.add(
+            FleetSpec(
+                count=options["devices"], model="thermo-v2", class_id=str(thermo.uuid), **common
+            )
+        )
+        fleet.add(
+            FleetSpec(
+                count=WRONG_CLASS,
+                model="thermo-v1",
+                prefix="legacy",
+                class_id=str(suit.class_id(vendor.uuid, "thermo-v1")),
+                **common,
+            )
+        )
         fleet.start(register_timeout=120)
         try:
-            self._wait(lambda: Device.objects.filter(online=True).exclude(firmware_version="")
-                       .count() >= options["devices"] + WRONG_CLASS, 60)
-            self._line(f"{Device.objects.filter(online=True).count()} devices registered "
-                       f"through {fleet.gateway_id}")
+            self._wait(
+                lambda: (
+                    Device.objects.filter(online=True).exclude(firmware_version="").count()
+                    >= options["devices"] + WRONG_CLASS
+                ),
+                60,
+            )
+            self._line(
+                f"{Device.objects.filter(online=True).count()} devices registered "
+                f"through {fleet.gateway_id}"
+            )
             self._rollout(people, fleet, options)
         finally:
             fleet.stop()
         verdict = audit_verify()
         self._step("Audit trail")
-        self._line(f"hash chain {'OK' if verdict.ok else 'BROKEN'}: {verdict.checked} events, "
-                   f"head {verdict.head[:16]}…")
-        self._line("people (password for all: " + DEMO_PASSWORD + "): "
-                   + ", ".join(f"{n} ({r})" for n, r, _ in PEOPLE) + ", admin (admin)")
+        self._line(
+            f"hash chain {'OK' if verdict.ok else 'BROKEN'}: {verdict.checked} events, "
+            f"head {verdict.head[:16]}…"
+        )
+        self._line(
+            "people (password for all: "
+            + DEMO_PASSWORD
+            + "): "
+            + ", ".join(f"{n} ({r})" for n, r, _ in PEOPLE)
+            + ", admin (admin)"
+        )
 
     # --- the rollout ---------------------------------------------------------------------------
-    def _rollout(self, people: dict[str, Any], fleet: EmbeddedFleet, options: dict[str, Any]) -> None:
+    def _rollout(
+        self, people: dict[str, Any], fleet: EmbeddedFleet, options: dict[str, Any]
+    ) -> None:
         ops = people["dave"][0]
         spec = parse_spec(SPEC, source="demo spec")
         self._step("campaign plan (nothing written)")
         call_command("campaign", "plan", self._spec_file(), stdout=self.stdout)
         campaign, _ = services.campaign_apply(spec=spec, actor=ops, source="demo spec")
-        canary = list(Rollout.objects.filter(campaign=campaign, stage=0,
-                                             state=RolloutState.PENDING)
-                      .order_by("device__endpoint").values_list("device__endpoint", flat=True))
+        canary = list(
+            Rollout.objects.filter(campaign=campaign, stage=0, state=RolloutState.PENDING)
+            .order_by("device__endpoint")
+            .values_list("device__endpoint", flat=True)
+        )
         faulty = canary[:FAULTY_IN_CANARY]
         fleet.set_faults(faulty, Faults(boot_fail=True))
-        self._line(f"applied; {len(faulty)} canary devices have a bad power rail and will fail "
-                   f"to boot the update: {', '.join(faulty)}")
+        self._line(
+            f"applied; {len(faulty)} canary devices have a bad power rail and will fail "
+            f"to boot the update: {', '.join(faulty)}"
+        )
         self._step("Rolling out (the engine reconciles; devices download, verify, install, reboot)")
         deadline = time.monotonic() + options["timeout"]
         resumed = False
+        campaign_id = campaign.pk
         while time.monotonic() < deadline:
-            _retry(lambda: engine.campaign_reconcile(campaign.pk))
-            campaign = _retry(lambda: Campaign.objects.get(pk=campaign.pk))
+            _retry(lambda: engine.campaign_reconcile(campaign_id))
+            campaign = _retry(lambda: Campaign.objects.get(pk=campaign_id))
             self._bars(campaign)
             if campaign.status == CampaignStatus.PAUSED and not resumed:
                 self._line(f"\nPAUSED by the engine: {campaign.pause_reason}")
-                self._line("operator replaces the faulty power rails, then resumes "
-                           "(failed canary devices are retried)")
+                self._line(
+                    "operator replaces the faulty power rails, then resumes "
+                    "(failed canary devices are retried)"
+                )
                 fleet.set_faults(faulty, Faults())
                 services.campaign_resume(campaign=campaign, actor=ops)
                 resumed = True
@@ -215,9 +273,11 @@ class Command(BaseCommand):
             bar = "#" * ok + "x" * bad + ">" * fly
             bar = (bar + "." * width)[:width]
             marker = ">" if stage["current"] and data["status"] == "running" else " "
-            lines.append(f" {marker} {stage['name']:7} [{bar}] ok {t['succeeded']:3} "
-                         f"failed {t['failed'] + t['timed_out']:2} in-flight {t['in_flight']:3} "
-                         f"pending {t['pending']:3} skipped {t['skipped']:2}  {stage['status']}")
+            lines.append(
+                f" {marker} {stage['name']:7} [{bar}] ok {t['succeeded']:3} "
+                f"failed {t['failed'] + t['timed_out']:2} in-flight {t['in_flight']:3} "
+                f"pending {t['pending']:3} skipped {t['skipped']:2}  {stage['status']}"
+            )
         header = f"   campaign {data['campaign']}: {data['status']}"
         block = [header, *lines]
         if self.tty:
@@ -237,14 +297,20 @@ class Command(BaseCommand):
         for stage in campaign.stages.order_by("index"):
             rows = Rollout.objects.filter(campaign=campaign, stage=stage.index)
             by_state = Counter(rows.values_list("state", flat=True))
-            failed = Counter(rows.filter(state__in=[RolloutState.FAILED, RolloutState.TIMED_OUT])
-                             .values_list("reason", flat=True))
-            skipped = Counter(rows.filter(state=RolloutState.SKIPPED)
-                              .values_list("reason", flat=True))
+            failed = Counter(
+                rows.filter(state__in=[RolloutState.FAILED, RolloutState.TIMED_OUT]).values_list(
+                    "reason", flat=True
+                )
+            )
+            skipped = Counter(
+                rows.filter(state=RolloutState.SKIPPED).values_list("reason", flat=True)
+            )
             retried = rows.filter(attempts__gt=1).count()
-            self._line(f"{stage.name:7} succeeded {by_state.get(RolloutState.SUCCEEDED, 0):3}"
-                       f"  failed {dict(failed) or 0}  skipped {dict(skipped) or 0}"
-                       f"  retried after resume {retried}")
+            self._line(
+                f"{stage.name:7} succeeded {by_state.get(RolloutState.SUCCEEDED, 0):3}"
+                f"  failed {dict(failed) or 0}  skipped {dict(skipped) or 0}"
+                f"  retried after resume {retried}"
+            )
         on_new = Device.objects.filter(firmware_version="1.1.0").count()
         self._line(f"{on_new} devices now report firmware 1.1.0 (confirmed after reboot)")
 
@@ -257,8 +323,9 @@ class Command(BaseCommand):
         keys_dir.mkdir(parents=True, exist_ok=True)
         for name, role, alg in PEOPLE:
             user = user_model.objects.create_user(username=name, password=DEMO_PASSWORD)
-            release_services.role_grant(user=user, role=role, actor=admin,
-                                        now=now - dt.timedelta(minutes=5))
+            release_services.role_grant(
+                user=user, role=role, actor=admin, now=now - dt.timedelta(minutes=5)
+            )
             key = None
             if alg:
                 key = suit.generate_private_key(alg)
@@ -266,7 +333,8 @@ class Command(BaseCommand):
                 path.write_bytes(suit.private_key_pem(key))
                 path.chmod(0o600)
                 release_services.signing_key_register(
-                    owner=user, public_key_pem=suit.public_key_pem(key.public_key()).decode(),
+                    owner=user,
+                    public_key_pem=suit.public_key_pem(key.public_key()).decode(),
                     valid_from=now - dt.timedelta(minutes=5),
                 )
             people[name] = (user, key)
