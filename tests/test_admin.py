@@ -20,8 +20,16 @@ def test_admin_changelist_loads(client: Any, django_user_model: Any, model: Any)
     assert client.get(url).status_code == 200
 
 
-@pytest.mark.parametrize("name", ["manifests.manifest", "manifests.firmwareimage",
-                                  "audit.auditevent", "manifests.approval", "campaigns.rollout"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "manifests.manifest",
+        "manifests.firmwareimage",
+        "audit.auditevent",
+        "manifests.approval",
+        "campaigns.rollout",
+    ],
+)
 def test_immutable_records_are_read_only_in_admin(rf: Any, name: str):
     from django.apps import apps
 
