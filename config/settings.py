@@ -173,3 +173,68 @@ LWM2M_FW_UPDATE_TIMEOUT = envint("LWM2M_FW_UPDATE_TIMEOUT", 3600, minimum=1)
 # Secret the DTLS PSKs are encrypted under at rest (HKDF input); defaults to SECRET_KEY.
 LWM2M_PSK_ENCRYPTION_KEY = envopt("LWM2M_PSK_ENCRYPTION_KEY")
 # --- end LwM2M gateway --------------------------------------------------------------------
+
+# --- REST API -------------------------------------------------------------------------------
+# Owned by the api app: DRF, OpenAPI schema (drf-spectacular, Swagger UI from local static
+# files), django-filter, token + session auth, the role matrix and outbound webhooks.
+INSTALLED_APPS += [
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "api",
+]
+REST_FRAMEWORK = {
+    # Token first: its WWW-Authenticate header makes anonymous requests 401, not 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    # Every endpoint is checked against the one table in api/permissions.py.
+    "DEFAULT_PERMISSION_CLASSES": ["api.permissions.RoleMatrixPermission"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": envint("API_PAGE_SIZE", 50, minimum=1),
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "fwupd campaign manager API",
+    "DESCRIPTION": "Releases, approvals, devices, staged campaigns and the audit trail.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and the docs page are endpoints like any other: in the role matrix.
+    "SERVE_PERMISSIONS": ["api.permissions.RoleMatrixPermission"],
+    # Swagger UI from drf-spectacular-sidecar's bundled files: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "RoleEnum": "manifests.models.Role",
+        "ApprovingRoleEnum": "api.serializers.APPROVING_ROLES",
+        "ReleaseKindEnum": "manifests.models.ReleaseKind",
+        "PolicyKindEnum": "manifests.models.PolicyKind",
+        "PayloadFormatEnum": "manifests.models.PayloadFormat",
+        "ReleaseStatusEnum": "manifests.models.ReleaseStatus",
+        "CampaignStatusEnum": "campaigns.models.CampaignStatus",
+        "WebhookDeliveryStatusEnum": "api.models.DeliveryStatus",
+    },
+}
+# Outbound webhooks: HTTP timeout per attempt (seconds), attempts before a delivery is marked
+# failed, and the backoff between attempts (base * 2**n seconds, capped).
+WEBHOOK_TIMEOUT_SECONDS = envint("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
+WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WEBHOOK_BACKOFF_BASE_SECONDS = envint("WEBHOOK_BACKOFF_BASE_SECONDS", 10, minimum=0)
+WEBHOOK_BACKOFF_MAX_SECONDS = envint("WEBHOOK_BACKOFF_MAX_SECONDS", 3600, minimum=1)
+# --- end REST API -------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""The API's permission matrix: ONE table, endpoint (URL name) x method -> roles allowed.
+
+Enforced on every endpoint by ``RoleMatrixPermission`` (the project-wide default permission
+class) before the view runs; the services' own role checks stay authoritative behind it, so the
+table can only narrow what a service would allow, never widen it. Anything not in the table is
+refused (fail closed); a method the view does not implement answers 405. Anonymous requests get
+401, signed-in users without a listed role 403 with code ``api.forbidden``.
+``tests/api/test_permission_matrix.py`` walks the whole table and checks every URL is in it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+
+from api.errors import RoleForbidden
+from manifests.models import Role
+from manifests.services import roles_of
+
+AUTHOR, QA, SECURITY = Role.AUTHOR.value, Role.QA.value, Role.SECURITY.value
+OPERATOR, AUDITOR, ADMIN = Role.FLEET_OPERATOR.value, Role.AUDITOR.value, Role.ADMIN.value
+
+# Auditor is read-only everywhere; every role may read everything except webhook settings.
+READ = frozenset({AUTHOR, QA, SECURITY, OPERATOR, AUDITOR, ADMIN})
+CATALOG_WRITE = frozenset({AUTHOR, ADMIN})  # vendors, device classes, images, manifests
+RELEASE_WRITE = frozenset({AUTHOR, ADMIN})  # release_create / release_submit
+APPROVERS = frozenset({AUTHOR, QA, SECURITY, OPERATOR})  # release_approve refuses admin/auditor
+KEY_HOLDERS = frozenset({AUTHOR, QA, SECURITY, OPERATOR, ADMIN})  # own keys; sec/admin: any
+REVOKERS = frozenset({SECURITY, ADMIN})  # release_revoke
+ADMINS = frozenset({ADMIN})  # policy_set, role_grant / role_revoke, webhooks
+DELEGATORS = frozenset({AUTHOR, QA, SECURITY, OPERATOR})  # delegation_create (own role)
+DELEGATION_REVOKERS = frozenset({AUTHOR, QA, SECURITY, OPERATOR, ADMIN})  # delegator/sec/admin
+OPERATORS = frozenset({OPERATOR, ADMIN})  # campaign_apply / pause / resume / abort
+GATEKEEPERS = frozenset({OPERATOR, QA, SECURITY, ADMIN})  # campaign_promote (gate roles)
+STOPPERS = frozenset({OPERATOR, SECURITY, ADMIN})  # emergency_stop
+LIFTERS = frozenset({SECURITY, ADMIN})  # emergency_lift
+WEBHOOK_READ = frozenset({ADMIN, AUDITOR})
+
+MATRIX: dict[str, dict[str, frozenset[str]]] = {
+    # schema, docs, who am I
+    "schema": {"GET": READ},
+    "swagger-ui": {"GET": READ},
+    "me": {"GET": READ},
+    # catalog
+    "vendor-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "vendor-detail": {"GET": READ},
+    "deviceclass-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "deviceclass-detail": {"GET": READ},
+    "image-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "image-detail": {"GET": READ},
+    "manifest-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "manifest-detail": {"GET": READ},
+    "manifest-envelope": {"GET": READ},
+    # releases and approvals
+    "release-list": {"GET": READ, "POST": RELEASE_WRITE},
+    "release-detail": {"GET": READ},
+    "release-submit": {"POST": RELEASE_WRITE},
+    "release-approvals": {"POST": APPROVERS},
+    "release-revoke": {"POST": REVOKERS},
+    "release-envelope": {"GET": READ},
+    # keys, policies, roles, delegations
+    "key-list": {"GET": READ, "POST": KEY_HOLDERS},
+    "key-detail": {"GET": READ},
+    "key-rotate": {"POST": KEY_HOLDERS},
+    "key-revoke": {"POST": KEY_HOLDERS},
+    "policy-list": {"GET": READ, "POST": ADMINS},
+    "policy-detail": {"GET": READ},
+    "policy-effective": {"GET": READ},
+    "role-list": {"GET": READ, "POST": ADMINS},
+    "role-detail": {"GET": READ, "DELETE": ADMINS},
+    "delegation-list": {"GET": READ, "POST": DELEGATORS},
+    "delegation-detail": {"GET": READ},
+    "delegation-revoke": {"POST": DELEGATION_REVOKERS},
+    # fleet
+    "device-list": {"GET": READ},
+    "device-detail": {"GET": READ},
+    "campaign-list": {"GET": READ, "POST": OPERATORS},
+    "campaign-detail": {"GET": READ, "PUT": OPERATORS},
+    "campaign-plan": {"POST": READ},  # a preview: validates and counts, writes nothing
+    "campaign-status": {"GET": READ},
+    "campaign-timeline": {"GET": READ},
+    "campaign-revisions": {"GET": READ},
+    "rollout-list": {"GET": READ},
+    "rollout-detail": {"GET": READ},
+    "campaign-pause": {"POST": OPERATORS},
+    "campaign-resume": {"POST": OPERATORS},
+    "campaign-abort": {"POST": OPERATORS},
+    "campaign-promote": {"POST": GATEKEEPERS},
+    "emergencystop-list": {"GET": READ, "POST": STOPPERS},
+    "emergencystop-detail": {"GET": READ},
+    "emergencystop-lift": {"POST": LIFTERS},
+    "rollback-prepare": {"POST": READ},  # computes parameters, writes nothing
+    "rollback-launch": {"POST": OPERATORS},
+    # audit
+    "auditevent-list": {"GET": READ},
+    "auditevent-detail": {"GET": READ},
+    "auditevent-export": {"GET": READ},
+    "auditevent-verify": {"GET": READ},
+    # webhooks
+    "webhook-list": {"GET": WEBHOOK_READ, "POST": ADMINS},
+    "webhook-detail": {
+        "GET": WEBHOOK_READ,
+        "PUT": ADMINS,
+        "PATCH": ADMINS,
+        "DELETE": ADMINS,
+    },
+    "webhookdelivery-list": {"GET": WEBHOOK_READ},
+    "webhookdelivery-detail": {"GET": WEBHOOK_READ},
+}
+
+# Read-only methods share GET's row.
+_ALIASES = {"HEAD": "GET", "OPTIONS": "GET"}
+
+
+def allowed_roles(url_name: str | None, method: str) -> frozenset[str]:
+    method = _ALIASES.get(method.upper(), method.upper())
+    return MATRIX.get(url_name or "", {}).get(method, frozenset())
+
+
+def request_roles(request: Request) -> frozenset[str]:
+    """``roles_of`` once per request (views reuse it)."""
+    cached = getattr(request, "_fwupd_roles", None)
+    if cached is None:
+        cached = roles_of(request.user)
+        request._fwupd_roles = cached  # type: ignore[attr-defined]
+    return cached
+
+
+class RoleMatrixPermission(BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False  # DRF turns this into 401 (NotAuthenticated) with WWW-Authenticate
+        method = request.method or "GET"
+        if method.lower() not in view.http_method_names or not hasattr(view, method.lower()):
+            return True  # not implemented here: the view answers 405
+        match = getattr(request, "resolver_match", None)
+        url_name = match.url_name if match else None
+        needed = allowed_roles(url_name, method)
+        if not needed:
+            raise RoleForbidden(f"{method} {request.path} is not open to any role")
+        held = request_roles(request)
+        if not held & needed:
+            raise RoleForbidden(
+                f"{user.get_username()} holds {sorted(held) or 'no role'}; "
+                f"{method} here needs one of {sorted(needed)}"
+            )
+        return True

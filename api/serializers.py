@@ -1,0 +1,745 @@
+"""Shapes of the API's requests and responses. Read serializers mirror rows; input serializers
+validate what a service needs and nothing more (the services hold every business rule)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from rest_framework import serializers
+
+from api.models import Webhook, WebhookDelivery
+from audit.models import AuditEvent
+from campaigns.models import (
+    Campaign,
+    CampaignRevision,
+    Device,
+    EmergencyStop,
+    Rollout,
+)
+from manifests.models import (
+    Delegation,
+    DeviceClass,
+    FirmwareImage,
+    Manifest,
+    PolicyKind,
+    Release,
+    ReleaseKind,
+    ReleasePolicy,
+    Role,
+    RoleAssignment,
+    SigningKey,
+    Vendor,
+)
+
+APPROVING_ROLES = [r for r in Role.values if r not in (Role.AUDITOR, Role.ADMIN)]
+
+
+class UsernameField(serializers.SlugRelatedField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("slug_field", "username")
+        if not kwargs.get("read_only"):
+            kwargs.setdefault("queryset", get_user_model().objects.filter(is_active=True))
+        super().__init__(**kwargs)
+
+
+# --- catalog -------------------------------------------------------------------------------------
+class VendorSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Vendor
+        fields = ["id", "name", "domain", "uuid", "created_at"]
+        read_only_fields = ["id", "uuid", "created_at"]
+        extra_kwargs = {"domain": {"validators": []}}  # duplicates: the service says 409
+
+
+class DeviceClassSerializer(serializers.ModelSerializer):
+    vendor_domain = serializers.CharField(source="vendor.domain", read_only=True)
+    component_id = serializers.ListField(
+        child=serializers.CharField(max_length=64), required=False, allow_empty=False
+    )
+
+    class Meta:
+        model = DeviceClass
+        fields = [
+            "id",
+            "vendor",
+            "vendor_domain",
+            "name",
+            "uuid",
+            "component_id",
+            "payload_format",
+            "description",
+            "created_at",
+        ]
+        read_only_fields = ["id", "uuid", "created_at"]
+        validators: list[Any] = []  # duplicates: the service says 409
+
+
+class ImageSerializer(serializers.ModelSerializer):
+    uploaded_by = UsernameField(read_only=True)
+
+    class Meta:
+        model = FirmwareImage
+        fields = [
+            "sha256",
+            "size",
+            "kind",
+            "version",
+            "security_counter",
+            "info",
+            "filename",
+            "uploaded_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class ImageUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="the raw or MCUboot-signed firmware image")
+
+
+class ManifestSerializer(serializers.ModelSerializer):
+    device_class_name = serializers.CharField(source="device_class.__str__", read_only=True)
+    author_kid = serializers.CharField(source="author_key.kid", read_only=True)
+    created_by = UsernameField(read_only=True)
+    release = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Manifest
+        fields = [
+            "manifest_digest",
+            "vendor",
+            "device_class",
+            "device_class_name",
+            "image",
+            "version",
+            "sequence_number",
+            "security_counter",
+            "expires_at",
+            "image_digest",
+            "image_size",
+            "uri",
+            "author_kid",
+            "created_by",
+            "created_at",
+            "release",
+        ]
+        read_only_fields = fields
+
+    def get_release(self, obj: Manifest) -> str | None:
+        # The reverse one-to-one raises (an AttributeError subclass) when there is no release.
+        release = getattr(obj, "release", None)
+        return release.name if release else None
+
+
+class ManifestDetailSerializer(ManifestSerializer):
+    decoded = serializers.JSONField(read_only=True, help_text="the envelope decoded (to_json)")
+
+    class Meta(ManifestSerializer.Meta):
+        fields = [*ManifestSerializer.Meta.fields, "decoded"]
+        read_only_fields = fields
+
+
+class ManifestUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="the author-signed SUIT envelope (CBOR or hex)")
+
+
+# --- releases ------------------------------------------------------------------------------------
+class ReleaseSerializer(serializers.ModelSerializer):
+    manifest = serializers.CharField(source="manifest.manifest_digest", read_only=True)
+    device_class = serializers.CharField(source="manifest.device_class.__str__", read_only=True)
+    version = serializers.CharField(source="manifest.version", read_only=True)
+    created_by = UsernameField(read_only=True)
+    revoked_by = UsernameField(read_only=True)
+
+    class Meta:
+        model = Release
+        fields = [
+            "name",
+            "kind",
+            "status",
+            "manifest",
+            "device_class",
+            "version",
+            "target_groups",
+            "notes",
+            "created_by",
+            "created_at",
+            "approved_at",
+            "revoked_at",
+            "revoked_by",
+            "revoke_reason",
+        ]
+        read_only_fields = fields
+
+
+class SignatureRefSerializer(serializers.Serializer):
+    signer = serializers.CharField()
+    kid = serializers.CharField()
+    at = serializers.DateTimeField()
+
+
+class CreditSerializer(serializers.Serializer):
+    person = serializers.CharField()
+    via = serializers.CharField(help_text='"direct" or "delegation:<id>"')
+    signatures = SignatureRefSerializer(many=True)
+
+
+class RoleTallySerializer(serializers.Serializer):
+    required = serializers.IntegerField()
+    missing = serializers.IntegerField()
+    credited = CreditSerializer(many=True)
+
+
+class IgnoredSignatureSerializer(serializers.Serializer):
+    signer = serializers.CharField()
+    role = serializers.CharField()
+    kid = serializers.CharField()
+    why = serializers.CharField()
+
+
+class ApprovalTallySerializer(serializers.Serializer):
+    """``manage.py release show --json``: the verdict evaluated now from the signatures."""
+
+    release = serializers.CharField()
+    status = serializers.CharField()
+    kind = serializers.CharField()
+    approved_now = serializers.BooleanField()
+    manifest_digest = serializers.CharField()
+    device_class = serializers.CharField()
+    version = serializers.CharField()
+    sequence_number = serializers.IntegerField()
+    security_counter = serializers.IntegerField()
+    expires = serializers.CharField(allow_null=True)
+    summary = serializers.CharField()
+    tally = serializers.DictField(child=RoleTallySerializer())
+    ignored = IgnoredSignatureSerializer(many=True)
+
+
+class ReleaseDetailSerializer(ReleaseSerializer):
+    approval = ApprovalTallySerializer(read_only=True)
+
+    class Meta(ReleaseSerializer.Meta):
+        fields = [*ReleaseSerializer.Meta.fields, "approval"]
+        read_only_fields = fields
+
+
+class ReleaseCreateSerializer(serializers.Serializer):
+    manifest = serializers.CharField(
+        min_length=8, max_length=64, help_text="manifest digest (hex, or a unique prefix)"
+    )
+    name = serializers.CharField(max_length=200)
+    kind = serializers.ChoiceField(choices=ReleaseKind.choices, default=ReleaseKind.NORMAL)
+    target_groups = serializers.ListField(child=serializers.CharField(max_length=100), default=list)
+    notes = serializers.CharField(allow_blank=True, default="")
+    submit = serializers.BooleanField(default=False, help_text="submit for approval at once")
+
+
+class ApprovalUploadSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=APPROVING_ROLES)
+    signature = serializers.CharField(help_text="the COSE_Sign1 bytes, base64")
+
+    def validate_signature(self, value: str) -> bytes:
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise serializers.ValidationError("not valid base64") from None
+
+
+class ApprovalResultSerializer(serializers.Serializer):
+    approval = serializers.IntegerField()
+    approved = serializers.BooleanField()
+    summary = serializers.CharField()
+    release = ReleaseDetailSerializer()
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+
+
+class OptionalReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+# --- keys, policies, roles, delegations ----------------------------------------------------------
+class KeySerializer(serializers.ModelSerializer):
+    owner = UsernameField(read_only=True)
+    replaced_by = serializers.SlugRelatedField(slug_field="kid", read_only=True)
+
+    class Meta:
+        model = SigningKey
+        fields = [
+            "kid",
+            "owner",
+            "name",
+            "algorithm",
+            "public_key_pem",
+            "status",
+            "valid_from",
+            "valid_until",
+            "revoked_at",
+            "revocation_reason",
+            "replaced_by",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class KeyRegisterSerializer(serializers.Serializer):
+    public_key_pem = serializers.CharField(max_length=10_000)
+    name = serializers.CharField(max_length=200, allow_blank=True, default="")
+    valid_from = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    valid_until = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    owner = UsernameField(
+        required=False, allow_null=True, default=None, help_text="default: you (admin only)"
+    )
+
+
+class KeyRotateSerializer(serializers.Serializer):
+    new_public_key_pem = serializers.CharField(max_length=10_000)
+    overlap_seconds = serializers.IntegerField(
+        min_value=0, default=7 * 86400, help_text="how long the old key stays valid"
+    )
+
+
+class KeyRevokeSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+    effective_at = serializers.DateTimeField(
+        required=False, allow_null=True, default=None, help_text="default now; may be past"
+    )
+
+
+class PolicySerializer(serializers.ModelSerializer):
+    updated_by = UsernameField(read_only=True)
+
+    class Meta:
+        model = ReleasePolicy
+        fields = ["id", "device_class", "kind", "rules", "updated_by", "updated_at"]
+        read_only_fields = ["id", "updated_by", "updated_at"]
+        validators: list[Any] = []
+
+
+class PolicySetSerializer(serializers.Serializer):
+    device_class = serializers.PrimaryKeyRelatedField(
+        queryset=DeviceClass.objects.all(), allow_null=True, default=None
+    )
+    kind = serializers.ChoiceField(choices=PolicyKind.choices, default=PolicyKind.NORMAL)
+    rules = serializers.DictField(child=serializers.IntegerField(), allow_empty=False)
+
+
+class EffectivePolicySerializer(serializers.Serializer):
+    device_class = serializers.IntegerField()
+    kind = serializers.CharField()
+    rules = serializers.DictField(child=serializers.IntegerField())
+    source = serializers.CharField(help_text='"device class", "default" or "built-in"')
+
+
+class RoleAssignmentSerializer(serializers.ModelSerializer):
+    user = UsernameField(read_only=True)
+    granted_by = UsernameField(read_only=True)
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RoleAssignment
+        fields = ["id", "user", "role", "granted_by", "granted_at", "revoked_at", "active"]
+        read_only_fields = fields
+
+    def get_active(self, obj: RoleAssignment) -> bool:
+        return obj.revoked_at is None
+
+
+class RoleGrantSerializer(serializers.Serializer):
+    user = UsernameField()
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class DelegationSerializer(serializers.ModelSerializer):
+    delegator = UsernameField(read_only=True)
+    delegatees = UsernameField(many=True, read_only=True)
+
+    class Meta:
+        model = Delegation
+        fields = [
+            "id",
+            "delegator",
+            "role",
+            "delegatees",
+            "threshold",
+            "scope_device_classes",
+            "scope_groups",
+            "parent",
+            "expires_at",
+            "revoked_at",
+            "revoke_reason",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class DelegationCreateSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=APPROVING_ROLES)
+    delegatees = UsernameField(many=True)
+    threshold = serializers.IntegerField(min_value=1, default=1)
+    expires_at = serializers.DateTimeField()
+    scope_device_classes = serializers.PrimaryKeyRelatedField(
+        queryset=DeviceClass.objects.all(), many=True, allow_null=True, default=None
+    )
+    scope_groups = serializers.ListField(
+        child=serializers.CharField(max_length=100), allow_null=True, default=None
+    )
+    parent = serializers.PrimaryKeyRelatedField(
+        queryset=Delegation.objects.all(), allow_null=True, default=None
+    )
+
+
+class MeSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    roles = serializers.ListField(child=serializers.ChoiceField(choices=Role.choices))
+
+
+# --- fleet ---------------------------------------------------------------------------------------
+class DeviceSerializer(serializers.ModelSerializer):
+    device_class_name = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Device
+        fields = [
+            "id",
+            "endpoint",
+            "vendor",
+            "device_class",
+            "device_class_name",
+            "manufacturer",
+            "model",
+            "serial",
+            "firmware_version",
+            "sequence_number",
+            "security_counter",
+            "fw_state",
+            "fw_result",
+            "fw_reported_at",
+            "clock_offset_seconds",
+            "online",
+            "last_seen",
+            "registered_at",
+            "registration_expires_at",
+            "lifetime",
+            "binding",
+            "lwm2m_version",
+            "queue_mode",
+            "gateway_id",
+            "tags",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    def get_device_class_name(self, obj: Device) -> str | None:
+        return str(obj.device_class) if obj.device_class_id else None
+
+
+class RolloutSerializer(serializers.ModelSerializer):
+    campaign = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    device = serializers.SlugRelatedField(slug_field="endpoint", read_only=True)
+
+    class Meta:
+        model = Rollout
+        fields = [
+            "id",
+            "campaign",
+            "device",
+            "stage",
+            "state",
+            "reason",
+            "detail",
+            "fw_result",
+            "attempts",
+            "next_attempt_at",
+            "dispatched_at",
+            "deadline_at",
+            "finished_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+
+class DeviceDetailSerializer(DeviceSerializer):
+    rollouts = RolloutSerializer(many=True, read_only=True, source="recent_rollouts")
+
+    class Meta(DeviceSerializer.Meta):
+        fields = [*DeviceSerializer.Meta.fields, "rollouts"]
+        read_only_fields = fields
+
+
+class CampaignSerializer(serializers.ModelSerializer):
+    release = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    device_class_name = serializers.CharField(source="device_class.__str__", read_only=True)
+    created_by = UsernameField(read_only=True)
+
+    class Meta:
+        model = Campaign
+        fields = [
+            "name",
+            "release",
+            "device_class",
+            "device_class_name",
+            "status",
+            "revision",
+            "current_stage",
+            "pause_reason",
+            "paused_by_engine",
+            "spec",
+            "spec_digest",
+            "created_by",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class SpecInputSerializer(serializers.Serializer):
+    """A campaign spec: ``spec`` (the mapping) or ``document`` (YAML or JSON text)."""
+
+    spec = serializers.DictField(required=False, help_text="the spec as a JSON object")
+    document = serializers.CharField(
+        required=False, trim_whitespace=False, help_text="the spec as YAML or JSON text"
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("spec" in attrs) == ("document" in attrs):
+            raise serializers.ValidationError("give exactly one of spec or document")
+        return attrs
+
+
+class StageStatusSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    index = serializers.IntegerField()
+    status = serializers.CharField()
+    current = serializers.BooleanField()
+    planned = serializers.IntegerField()
+    tally = serializers.DictField(child=serializers.IntegerField())
+    reasons = serializers.DictField(child=serializers.IntegerField())
+    gate_approved_by = serializers.CharField(allow_null=True)
+
+
+class CampaignStatusSerializer(serializers.Serializer):
+    campaign = serializers.CharField()
+    status = serializers.CharField()
+    release = serializers.CharField()
+    revision = serializers.IntegerField()
+    current_stage = serializers.IntegerField()
+    pause_reason = serializers.CharField(allow_blank=True)
+    stages = StageStatusSerializer(many=True)
+
+
+class CampaignApplyResultSerializer(serializers.Serializer):
+    outcome = serializers.ChoiceField(choices=["created", "revised", "unchanged"])
+    campaign = CampaignSerializer()
+    status = CampaignStatusSerializer()
+
+
+class PlanStageSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    devices = serializers.IntegerField()
+
+
+class PlanBlockSerializer(serializers.Serializer):
+    reason = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class PlanSerializer(serializers.Serializer):
+    campaign = serializers.CharField()
+    release = serializers.CharField()
+    device_class = serializers.CharField()
+    release_blocked = PlanBlockSerializer(allow_null=True)
+    cohort = serializers.IntegerField()
+    stages = PlanStageSerializer(many=True)
+    excluded = serializers.DictField(child=serializers.IntegerField())
+
+
+class TimelineEntrySerializer(serializers.Serializer):
+    seq = serializers.IntegerField()
+    at = serializers.CharField()
+    actor = serializers.CharField()
+    action = serializers.CharField()
+    details = serializers.JSONField()
+
+
+class CampaignRevisionSerializer(serializers.ModelSerializer):
+    created_by = UsernameField(read_only=True)
+
+    class Meta:
+        model = CampaignRevision
+        fields = ["revision", "spec", "spec_digest", "source", "diff", "created_by", "created_at"]
+        read_only_fields = fields
+
+
+class ResumeSerializer(serializers.Serializer):
+    retry_failed = serializers.BooleanField(default=True)
+
+
+class EmergencyStopSerializer(serializers.ModelSerializer):
+    release = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    created_by = UsernameField(read_only=True)
+    lifted_by = UsernameField(read_only=True)
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = EmergencyStop
+        fields = [
+            "id",
+            "scope",
+            "release",
+            "device_class",
+            "reason",
+            "active",
+            "created_by",
+            "created_at",
+            "lifted_by",
+            "lifted_at",
+        ]
+        read_only_fields = fields
+
+    def get_active(self, obj: EmergencyStop) -> bool:
+        return obj.lifted_at is None
+
+
+class EmergencyStopCreateSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+    release = serializers.SlugRelatedField(
+        slug_field="name", queryset=Release.objects.all(), allow_null=True, default=None
+    )
+    device_class = serializers.PrimaryKeyRelatedField(
+        queryset=DeviceClass.objects.all(), allow_null=True, default=None
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs.get("release") and attrs.get("device_class"):
+            raise serializers.ValidationError("scope by release or by device_class, not both")
+        return attrs
+
+
+class RollbackPrepareSerializer(serializers.Serializer):
+    from_release = serializers.SlugRelatedField(slug_field="name", queryset=Release.objects.all())
+    image_sha256 = serializers.SlugRelatedField(
+        slug_field="sha256",
+        queryset=FirmwareImage.objects.all(),
+        allow_null=True,
+        default=None,
+        help_text="a re-signed image of the good firmware (default: the good release's image)",
+    )
+    use_before = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class ManifestParamsSerializer(serializers.Serializer):
+    vendor_id = serializers.UUIDField()
+    class_id = serializers.UUIDField()
+    component_id = serializers.ListField(child=serializers.CharField())
+    payload_format = serializers.CharField()
+    sequence_number = serializers.IntegerField()
+    version = serializers.CharField()
+    security_counter = serializers.IntegerField()
+    image_digest = serializers.CharField()
+    image_size = serializers.IntegerField()
+    use_before = serializers.DateTimeField()
+
+
+class RollbackPlanSerializer(serializers.Serializer):
+    from_release = serializers.CharField()
+    roll_forward_to = serializers.CharField()
+    image = serializers.CharField()
+    sequence_number = serializers.IntegerField()
+    security_counter = serializers.IntegerField()
+    affected_devices = serializers.IntegerField()
+    affected_endpoints = serializers.ListField(child=serializers.CharField())
+    manifest_params = ManifestParamsSerializer()
+
+
+class RollbackLaunchSerializer(serializers.Serializer):
+    release = serializers.SlugRelatedField(
+        slug_field="name", queryset=Release.objects.all(), help_text="the approved rollback"
+    )
+    from_release = serializers.SlugRelatedField(slug_field="name", queryset=Release.objects.all())
+    campaign = serializers.CharField(max_length=63, required=False, default="")
+
+
+# --- audit ---------------------------------------------------------------------------------------
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "seq",
+            "actor",
+            "action",
+            "object_type",
+            "object_id",
+            "details",
+            "created_at",
+            "prev_hash",
+            "hash",
+        ]
+        read_only_fields = fields
+
+
+class ChainVerdictSerializer(serializers.Serializer):
+    ok = serializers.BooleanField()
+    checked = serializers.IntegerField()
+    head = serializers.CharField()
+    broken_seq = serializers.IntegerField(allow_null=True)
+    problem = serializers.CharField(allow_blank=True)
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+class WebhookSerializer(serializers.ModelSerializer):
+    secret = serializers.CharField(
+        write_only=True,
+        required=False,
+        min_length=16,
+        max_length=200,
+        help_text="HMAC key; generated when omitted and returned once, on creation",
+    )
+    events = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        help_text='fnmatch patterns over audit actions, e.g. ["campaign.*"]; empty: all',
+    )
+
+    class Meta:
+        model = Webhook
+        fields = ["id", "name", "url", "secret", "events", "active", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate_url(self, value: str) -> str:
+        if not value.lower().startswith(("http://", "https://")):
+            raise serializers.ValidationError("only http:// and https:// URLs")
+        return value
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    signing_secret = serializers.CharField(read_only=True, source="secret")
+
+    class Meta(WebhookSerializer.Meta):
+        fields = [*WebhookSerializer.Meta.fields, "signing_secret"]
+
+
+class WebhookDeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = [
+            "id",
+            "webhook",
+            "event_seq",
+            "event_action",
+            "payload",
+            "status",
+            "attempts",
+            "response_status",
+            "last_error",
+            "created_at",
+            "last_attempt_at",
+            "delivered_at",
+        ]
+        read_only_fields = fields
