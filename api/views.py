@@ -35,7 +35,6 @@ from campaigns.models import Campaign, Device, EmergencyStop, Rollout
 from campaigns.spec import parse_spec
 from manifests import services, suit
 from manifests.errors import PermissionDeniedError
-from manifests.management.commands.release import verdict_dict
 from manifests.models import (
     Delegation,
     DeviceClass,
@@ -49,6 +48,7 @@ from manifests.models import (
     SigningKey,
     Vendor,
 )
+from manifests.selectors import verdict_dict
 
 # Where the API says a spec came from (it appears in spec error messages and revisions).
 SPEC_SOURCE = "api"

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from manifests import services, suit
 from manifests.management.cli import service_errors, user_named, write_output
 from manifests.models import Manifest, Release, ReleaseKind, Role
-from manifests.policy import Verdict
+from manifests.selectors import verdict_dict
 
 
 def _release(name: str) -> Release:
@@ -45,57 +44,6 @@ def signature_blocks(data: bytes) -> list[bytes]:
     except suit.SUITError:
         return [data]
     return [block.raw for block in env.signatures]
-
-
-def verdict_dict(release: Release, verdict: Verdict) -> dict[str, Any]:
-    approvals = {a.pk: a for a in release.approvals.select_related("signer", "key")}
-    credited = {c.person for t in verdict.tally.values() for c in t.credited}
-    people = get_user_model().objects.in_bulk(list(credited))
-    return {
-        "release": release.name,
-        "status": release.status,
-        "kind": release.kind,
-        "approved_now": verdict.approved,
-        "manifest_digest": release.manifest.manifest_digest,
-        "device_class": str(release.manifest.device_class),
-        "version": release.manifest.version,
-        "sequence_number": release.manifest.sequence_number,
-        "security_counter": release.manifest.security_counter,
-        "expires": release.manifest.expires_at.isoformat() if release.manifest.expires_at else None,
-        "tally": {
-            role: {
-                "required": t.required,
-                "missing": t.missing,
-                "credited": [
-                    {
-                        "person": people[c.person].get_username()
-                        if c.person in people
-                        else str(c.person),
-                        "via": c.via,
-                        "signatures": [
-                            {
-                                "signer": approvals[s].signer.get_username(),
-                                "kid": approvals[s].key.kid,
-                                "at": approvals[s].signed_at.isoformat(),
-                            }
-                            for s in c.signatures
-                        ],
-                    }
-                    for c in t.credited
-                ],
-            }
-            for role, t in verdict.tally.items()
-        },
-        "ignored": [
-            {
-                "signer": approvals[s].signer.get_username(),
-                "role": approvals[s].role,
-                "kid": approvals[s].key.kid,
-                "why": why,
-            }
-            for s, why in sorted(verdict.ignored.items())
-        ],
-    }
 
 
 def _signed_by(signatures: list[dict[str, str]]) -> str:
