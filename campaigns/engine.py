@@ -20,12 +20,15 @@ late, duplicate and out-of-order reports are ignored.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, CharField, Count, F, Q, TextField, UUIDField, Value, When
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -548,24 +551,27 @@ def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> Non
 def _dispatch(
     campaign: Campaign, spec: Any, release: checks.ReleaseState, *, now: dt.datetime
 ) -> tuple[int, dict[str, int]]:
-    from campaigns.services import device_facts, manifest_facts
+    """Dispatch the next batch: a constant number of queries per pass whatever its size (one
+    aggregate for the counters, one candidate read, one conflict check, at most two updates for
+    refusals, one command insert, one claim). The checks run once per group of devices that
+    agree on what they read (``services.DispatchChecker``)."""
+    from campaigns.services import DispatchChecker, PlanDevice, manifest_facts
     from workers.tasks import device_command_task
 
     stage_spec = spec.stages[campaign.current_stage]
-    in_flight = Rollout.objects.filter(campaign=campaign, state__in=IN_FLIGHT_STATES).count()
+    failed = [RolloutState.FAILED, RolloutState.TIMED_OUT]
+    recent = Q(finished_at__gte=now - dt.timedelta(minutes=10))
+    counters = Rollout.objects.filter(campaign=campaign).aggregate(
+        in_flight=Count("pk", filter=Q(state__in=IN_FLIGHT_STATES)),
+        last_minute=Count("pk", filter=Q(dispatched_at__gte=now - dt.timedelta(minutes=1))),
+        recent_total=Count("pk", filter=recent & Q(state__in=[RolloutState.SUCCEEDED, *failed])),
+        recent_failed=Count("pk", filter=recent & Q(state__in=failed)),
+    )
+    in_flight, last_minute = counters["in_flight"], counters["last_minute"]
+    recent_total, recent_failed = counters["recent_total"], counters["recent_failed"]
     room = DISPATCH_BATCH
     if stage_spec.max_in_flight:
         room = min(room, stage_spec.max_in_flight - in_flight)
-    last_minute = Rollout.objects.filter(
-        campaign=campaign, dispatched_at__gte=now - dt.timedelta(minutes=1)
-    ).count()
-    recent = Rollout.objects.filter(
-        campaign=campaign, finished_at__gte=now - dt.timedelta(minutes=10)
-    )
-    recent_total = recent.filter(
-        state__in=[RolloutState.SUCCEEDED, RolloutState.FAILED, RolloutState.TIMED_OUT]
-    ).count()
-    recent_failed = recent.filter(state__in=[RolloutState.FAILED, RolloutState.TIMED_OUT]).count()
     share = Fraction(recent_failed, recent_total) if recent_total else Fraction(0)
     if spec.rate is not None:
         exponent = ramp.ramp_exponent(
@@ -591,6 +597,7 @@ def _dispatch(
     )
     if room <= 0:
         return 0, {}
+    # Narrow rows, not Rollout/Device/DeviceClass/Vendor instances: what the checks read.
     candidates = list(
         Rollout.objects.filter(
             campaign=campaign,
@@ -599,80 +606,104 @@ def _dispatch(
             device__online=True,
         )
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-        .select_related("device__device_class__vendor")
-        .order_by("stage", "bucket")[: room * 2]
+        .order_by("stage", "bucket")
+        .values_list(
+            "pk",
+            "device_id",
+            "device__endpoint",
+            "device__device_class_id",
+            "device__firmware_version",
+            "device__sequence_number",
+            "device__security_counter",
+            "device__clock_offset_seconds",
+            "device__tags",
+        )[: room * 2]
     )
     from campaigns.services import in_flight_elsewhere
 
-    busy = in_flight_elsewhere([r.device_id for r in candidates], campaign)
+    busy = in_flight_elsewhere([c[1] for c in candidates], campaign)
     manifest, manifest_version = manifest_facts(campaign.release)
+    checker = DispatchChecker(
+        manifest,
+        manifest_version,
+        device_class=campaign.device_class,
+        release=release,
+        now=now,
+        max_clock_skew=spec.freshness.max_clock_skew,
+    )
+    window_by_tags: dict[tuple[str, ...], bool] = {}
     timeout = spec.timeouts.device
     skipped: dict[str, int] = {}
-    chosen: list[Rollout] = []
-    for rollout in candidates:
+    refused: list[tuple[int, checks.Refusal]] = []
+    chosen: list[tuple[int, int]] = []  # (rollout id, device id)
+    for pk, device_id, endpoint, class_id, version, sequence, counter, offset, tags in candidates:
         if len(chosen) >= room:
             break
-        if rollout.device_id in busy:
+        if device_id in busy:
             continue
-        if spec.windows and not windows.window_open(
-            spec.windows, now=now, tags=frozenset(rollout.device.tags or [])
-        ):
-            continue
-        refusal = checks.check_dispatch(
-            manifest,
-            manifest_version,
-            device=device_facts(rollout.device, campaign.device_class),
-            release=release,
-            now=now,
-            max_clock_skew=spec.freshness.max_clock_skew,
-        )
+        if spec.windows:
+            tag_key = tuple(tags or ())
+            is_open = window_by_tags.get(tag_key)
+            if is_open is None:
+                is_open = window_by_tags[tag_key] = windows.window_open(
+                    spec.windows, now=now, tags=frozenset(tag_key)
+                )
+            if not is_open:
+                continue
+        refusal = checker.check(
+            PlanDevice(
+                device_id, endpoint, class_id, None, version, sequence, counter, offset,
+                True, None, None,
+            )
+        )  # fmt: skip
         if refusal is None:
-            chosen.append(rollout)
+            chosen.append((pk, device_id))
             continue
-        if refusal.reason == checks.CLOCK_SKEW:
-            # Transient: the device may fix its clock; keep it pending, say why.
-            Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PENDING).update(
-                reason=refusal.reason, detail=refusal.message[:500]
-            )
-        else:
-            Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PENDING).update(
-                state=RolloutState.SKIPPED,
-                reason=refusal.reason,
-                detail=refusal.message[:500],
-                finished_at=now,
-            )
+        refused.append((pk, refusal))
         skipped[refusal.reason] = skipped.get(refusal.reason, 0) + 1
+    # Refusals: clock skew is transient (the device may fix its clock), so those stay pending
+    # with the reason; every other refusal skips the rollout. One update each.
+    for transient, rows in itertools.groupby(
+        sorted(refused, key=lambda r: r[1].reason == checks.CLOCK_SKEW),
+        key=lambda r: r[1].reason == checks.CLOCK_SKEW,
+    ):
+        batch = list(rows)
+        fields: dict[str, Any] = {
+            "reason": _per_row(batch, lambda r: r.reason, CharField()),
+            "detail": _per_row(batch, lambda r: r.message[:500], TextField()),
+        }
+        if not transient:
+            fields.update(state=RolloutState.SKIPPED, finished_at=now)
+        Rollout.objects.filter(pk__in=[pk for pk, _ in batch], state=RolloutState.PENDING).update(
+            **fields
+        )
     if not chosen:
         return 0, skipped
     commands = [
         DeviceCommand(
-            device_id=r.device_id,
+            device_id=device_id,
             operation="fw_update",
             args={
                 "manifest_digest": campaign.release.manifest.manifest_digest,
                 **({"timeout": timeout.total_seconds()} if timeout else {}),
             },
         )
-        for r in chosen
+        for _, device_id in chosen
     ]
     deadline = now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None
     try:
         with transaction.atomic():
-            DeviceCommand.objects.bulk_create(commands)
-            for rollout, command in zip(chosen, commands, strict=True):
-                claimed = Rollout.objects.filter(pk=rollout.pk, state=RolloutState.PENDING).update(
-                    state=RolloutState.QUEUED,
-                    manifest=campaign.release.manifest,
-                    command_id=command.pk,
-                    dispatched_at=now,
-                    deadline_at=deadline,
-                    attempts=rollout.attempts + 1,
-                    next_attempt_at=None,
-                    reason="",
-                    detail="",
-                )
-                if not claimed:
-                    raise IntegrityError(f"rollout {rollout.pk} changed under the dispatcher")
+            _insert_commands(commands)
+            # Claim the whole batch with one conditional update (a constant number of queries
+            # per batch, not one per device); any row that left PENDING meanwhile voids it.
+            claimed = _claim(
+                campaign,
+                [(pk, command.pk) for (pk, _), command in zip(chosen, commands, strict=True)],
+                now=now,
+                deadline=deadline,
+            )
+            if claimed != len(chosen):
+                raise IntegrityError("rollouts changed under the dispatcher")
     except IntegrityError:
         # A device became busy in another campaign at the same moment: leave the batch pending
         # and let the next pass retry with fresh data.
@@ -681,3 +712,96 @@ def _dispatch(
         command_id = str(command.pk)
         transaction.on_commit(lambda c=command_id: device_command_task.delay(c))
     return len(chosen), skipped
+
+
+def _per_row(
+    rows: list[tuple[int, checks.Refusal]], value: Callable[[checks.Refusal], str], field: Any
+) -> Any:
+    """One value per rollout in a single UPDATE: the constant itself when every row shares it,
+    else a CASE on the primary key."""
+    values = {pk: value(refusal) for pk, refusal in rows}
+    distinct = set(values.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    return Case(*(When(pk=pk, then=Value(v)) for pk, v in values.items()), output_field=field)
+
+
+def _claim(
+    campaign: Campaign,
+    claims: list[tuple[int, Any]],
+    *,
+    now: dt.datetime,
+    deadline: dt.datetime | None,
+) -> int:
+    """Pending rollouts -> queued with their command, in one UPDATE; returns the rows claimed.
+    On PostgreSQL the (rollout, command) pairs travel as two arrays (``unnest``): a CASE of
+    one branch per row costs more to build in the ORM than the whole pass's SQL."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE campaigns_rollout AS r SET state = %s, manifest_id = %s,"
+                " command_id = v.command_id, dispatched_at = %s, deadline_at = %s,"
+                " attempts = r.attempts + 1, next_attempt_at = NULL, reason = '', detail = ''"
+                " FROM unnest(%s::bigint[], %s::uuid[]) AS v(id, command_id)"
+                " WHERE r.id = v.id AND r.state = %s",
+                [
+                    RolloutState.QUEUED.value,
+                    campaign.release.manifest_id,
+                    now,
+                    deadline,
+                    [pk for pk, _ in claims],
+                    [command_id for _, command_id in claims],
+                    RolloutState.PENDING.value,
+                ],
+            )
+            return int(cursor.rowcount)
+    return Rollout.objects.filter(
+        pk__in=[pk for pk, _ in claims], state=RolloutState.PENDING
+    ).update(
+        state=RolloutState.QUEUED,
+        manifest=campaign.release.manifest,
+        command_id=Case(
+            *(When(pk=pk, then=Value(command_id)) for pk, command_id in claims),
+            output_field=UUIDField(),
+        ),
+        dispatched_at=now,
+        deadline_at=deadline,
+        attempts=F("attempts") + 1,
+        next_attempt_at=None,
+        reason="",
+        detail="",
+    )
+
+
+def _insert_commands(commands: list[DeviceCommand]) -> None:
+    """``bulk_create`` of fresh commands; on PostgreSQL one COPY (the same columns and values:
+    the ORM's per-row parameter binding was the largest cost of a dispatch pass)."""
+    if connection.vendor != "postgresql" or not commands:
+        DeviceCommand.objects.bulk_create(commands)
+        return
+    stamp = timezone.now()
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(
+            "COPY campaigns_devicecommand (id, device_id, operation, args, status, gateway_id,"
+            " result, error_code, error, attempts, created_at, updated_at) FROM STDIN"
+        ) as copy,
+    ):
+        for command in commands:
+            command.created_at = command.updated_at = stamp
+            copy.write_row(
+                (
+                    command.pk,
+                    command.device_id,
+                    command.operation,
+                    json.dumps(command.args),
+                    command.status,
+                    command.gateway_id,
+                    json.dumps(command.result),
+                    command.error_code,
+                    command.error,
+                    command.attempts,
+                    stamp,
+                    stamp,
+                )
+            )

@@ -352,6 +352,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lwm2m-events")
         self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lwm2m-io")
+        self._fw_attempts: dict[str, asyncio.Task[Any]] = {}
+        self._fw_cancelled: set[str] = set()
         self._fw_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._fw_cache_bytes = 0
         self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
@@ -611,7 +613,7 @@ class Gateway:
         if response.code != Code.CONTENT:
             raise DeviceOperationError(
                 f"read {content.format_path(path)} on {reg.endpoint}: {response.code}",
-                permanent=response.code.is_client_error(),
+                permanent=_client_error(response.code),
             )
         return content.decode(response.opt.content_format, response.payload, path)
 
@@ -622,7 +624,7 @@ class Gateway:
         if response.code != Code.CHANGED:
             raise DeviceOperationError(
                 f"write {content.format_path(path)} on {reg.endpoint}: {response.code}",
-                permanent=response.code.is_client_error(),
+                permanent=_client_error(response.code),
             )
 
     async def execute(self, reg: Registration, path: content.Path) -> None:
@@ -630,7 +632,7 @@ class Gateway:
         if response.code != Code.CHANGED:
             raise DeviceOperationError(
                 f"execute {content.format_path(path)} on {reg.endpoint}: {response.code}",
-                permanent=response.code.is_client_error(),
+                permanent=_client_error(response.code),
             )
 
     # firmware server
@@ -748,6 +750,12 @@ class Gateway:
             await self.write(reg, (5, 0, 1), "")
         except DeviceOperationError:
             await self.execute(reg, (5, 0, 10))
+        # Stop following the cancelled attempt: the device is Idle again (result 0), which the
+        # tracker would otherwise wait out until the timeout, racing a later attempt.
+        attempt = self._fw_attempts.pop(endpoint, None)
+        if attempt is not None and not attempt.done():
+            self._fw_cancelled.add(endpoint)
+            attempt.cancel()
         return {"cancelled": True}
 
     async def _fw_status(self, reg: Registration) -> tuple[int, int]:
@@ -763,6 +771,28 @@ class Gateway:
         reg = self.registration(endpoint)
         uri = str(args.get("uri") or self.package_uri(digest))
         self._check_scheme(reg, uri)
+        this = asyncio.current_task()
+        if this is not None:
+            self._fw_attempts[endpoint] = this
+        try:
+            return await self._fw_update_attempt(endpoint, reg, digest, uri, args)
+        except asyncio.CancelledError:
+            if endpoint not in self._fw_cancelled:
+                raise  # the gateway is stopping
+            self._fw_cancelled.discard(endpoint)
+            if this is not None:
+                this.uncancel()
+            error = DeviceOperationError(f"{endpoint}: update cancelled", permanent=True)
+            error.result = {"phase": "cancelled", "result": 10, "manifest_digest": digest}  # type: ignore[attr-defined]
+            error.code = "lwm2m.fw_update_cancelled"
+            raise error from None
+        finally:
+            if self._fw_attempts.get(endpoint) is this:
+                self._fw_attempts.pop(endpoint, None)
+
+    async def _fw_update_attempt(
+        self, endpoint: str, reg: Registration, digest: str, uri: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
         tracker = UpdateTracker()
         deadline = time.monotonic() + float(args.get("timeout", self.config.fw_update_timeout))
         state, result = await self._fw_status(reg)
@@ -871,6 +901,11 @@ class Gateway:
         finally:
             if not request.observation.cancelled:
                 request.observation.cancel()
+
+
+def _client_error(code: Any) -> bool:
+    """4.xx: the device refused the request itself; retrying the same request will not help."""
+    return int(code) >> 5 == 4
 
 
 def _text(value: Any) -> str:
