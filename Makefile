@@ -14,10 +14,13 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $(STAMP)
 
-# The demo starts from an empty database of its own each time (var/demo.sqlite3).
+# The demo starts from an empty database of its own each time (var/demo.sqlite3), then serves
+# the console on DEMO_ADDR (DEMO_SERVE=0 to stop after the story).
+DEMO_ADDR ?= 127.0.0.1:8000
 demo: $(STAMP)
 	rm -rf var/demo var/demo.sqlite3 var/demo-images
-	FWUPD_SQLITE_PATH=var/demo.sqlite3 FIRMWARE_STORAGE_ROOT=var/demo-images $(PY) manage.py demo
+	FWUPD_SQLITE_PATH=var/demo.sqlite3 FIRMWARE_STORAGE_ROOT=var/demo-images DJANGO_DEBUG=1 \
+	  $(PY) manage.py demo $(if $(filter 0,$(DEMO_SERVE)),,--serve $(DEMO_ADDR))
 
 # System packages some tests use (libcoap's coap-client); tests that need them say so if absent.
 sysdeps:

@@ -238,3 +238,41 @@ WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 WEBHOOK_BACKOFF_BASE_SECONDS = envint("WEBHOOK_BACKOFF_BASE_SECONDS", 10, minimum=0)
 WEBHOOK_BACKOFF_MAX_SECONDS = envint("WEBHOOK_BACKOFF_MAX_SECONDS", 3600, minimum=1)
 # --- end REST API -------------------------------------------------------------------------
+
+# --- Console ----------------------------------------------------------------------------------
+# Owned by the console app (docs/console.md): server-rendered operator pages with Django's
+# login, and the cookie and transport settings a browser-facing site needs in production.
+INSTALLED_APPS += ["console"]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "console:dashboard"
+LOGOUT_REDIRECT_URL = "login"
+# Production = DEBUG off and a real secret key (the test the cookie lines above use). Each
+# setting below can still be set on its own through the environment, e.g. to run behind a proxy.
+_PRODUCTION = not DEBUG and SECRET_KEY != _INSECURE_DEV_KEY
+SESSION_COOKIE_SECURE = envbool("DJANGO_SESSION_COOKIE_SECURE", _PRODUCTION)
+CSRF_COOKIE_SECURE = envbool("DJANGO_CSRF_COOKIE_SECURE", _PRODUCTION)
+SESSION_COOKIE_HTTPONLY = True
+# Forms carry the CSRF token in a hidden field and htmx only GETs: no script reads the cookie.
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+# A console session lasts a working day (seconds).
+SESSION_COOKIE_AGE = envint("DJANGO_SESSION_COOKIE_AGE", 8 * 3600, minimum=60)
+SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", _PRODUCTION)
+# HSTS: one year with subdomains and preload in production; DJANGO_SECURE_HSTS_SECONDS=0 while
+# trying TLS out (browsers remember HSTS, so start small on a new host name).
+SECURE_HSTS_SECONDS = envint(
+    "DJANGO_SECURE_HSTS_SECONDS", 365 * 86400 if _PRODUCTION else 0, minimum=0
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", _PRODUCTION)
+SECURE_HSTS_PRELOAD = envbool("DJANGO_SECURE_HSTS_PRELOAD", _PRODUCTION)
+# Behind a TLS-terminating proxy that sets it: DJANGO_SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO
+_proxy_ssl_header = envopt("DJANGO_SECURE_PROXY_SSL_HEADER")
+if _proxy_ssl_header:
+    SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header, "https")
+# Origins (scheme://host[:port]) a form may be posted from when they differ from the Host.
+CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# --- end Console ------------------------------------------------------------------------------

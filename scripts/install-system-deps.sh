@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # System packages the test suite needs beyond Python: libcoap's command-line client for the
-# LwM2M/CoAP interop tests (coap-client, coap-client-openssl for the DTLS-PSK variant).
+# LwM2M/CoAP interop tests (coap-client, coap-client-openssl for the DTLS-PSK variant), and
+# Debian's chromium for the console's browser tests (Playwright drives /usr/bin/chromium; it never
+# downloads a browser of its own).
 # Idempotent: does nothing when everything is already installed; runs `apt-get update` only when
 # a package is missing. Runs as root (CI and developer machines are root here).
 set -euo pipefail
 
-PACKAGES=(libcoap3-bin)
+PACKAGES=(libcoap3-bin chromium)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

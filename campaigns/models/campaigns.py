@@ -201,6 +201,8 @@ class Rollout(models.Model):
         ]
         indexes = [
             models.Index(fields=["campaign", "stage", "state"]),
+            # The dispatcher's candidate scan: pending rollouts in (stage, bucket) order.
+            models.Index(fields=["campaign", "state", "stage", "bucket"]),
             models.Index(fields=["device", "state"]),
             models.Index(fields=["state", "deadline_at"]),
         ]

@@ -88,6 +88,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--devices", type=int, default=FLEET)
         parser.add_argument("--timeout", type=float, default=300, help="seconds for the rollout")
+        parser.add_argument(
+            "--serve",
+            default="",
+            metavar="HOST:PORT",
+            help="afterwards, serve the console here (e.g. 127.0.0.1:8000)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.tty = sys.stdout.isatty()
@@ -214,6 +220,12 @@ class Command(BaseCommand):
             + ", ".join(f"{n} ({r})" for n, r, _ in PEOPLE)
             + ", admin (admin)"
         )
+        if options["serve"]:
+            self._step(
+                f"Console: http://{options['serve']}/ (sign in as any of the people above; "
+                "Ctrl-C stops it)"
+            )
+            call_command("runserver", options["serve"], use_reloader=False)
 
     # --- the rollout ---------------------------------------------------------------------------
     def _rollout(

@@ -1,0 +1,200 @@
+"""Shared set-up for ``bench_campaigns.py``: a throwaway PostgreSQL database per section, an
+approved release, and fleets of devices generated in SQL (``INSERT ... SELECT generate_series``).
+
+Only imported by the benchmark (and its child processes); nothing here is product code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+TEMPLATE_DB = "fwupd_bench_tmpl"
+
+
+def db_url(name: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def drop_db(name: str) -> None:
+    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create_template() -> None:
+    """A migrated database the sections clone (``CREATE DATABASE ... TEMPLATE``): one migrate."""
+    drop_db(TEMPLATE_DB)
+    _admin(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    env = {**os.environ, "DATABASE_URL": db_url(TEMPLATE_DB)}
+    subprocess.run(
+        [sys.executable, str(REPO / "manage.py"), "migrate", "--verbosity", "0"],
+        check=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def clone_db(name: str) -> None:
+    drop_db(name)
+    _admin(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+
+
+@dataclass
+class World:
+    ops: Any
+    vendor: Any
+    thermo: Any
+    thermo_v1: Any
+    release: Any
+    author_key: Any
+    image_size: int
+
+
+def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> World:
+    """Users with roles and keys, a vendor with two classes, an approved release (sequence 5,
+    version 1.1.0, security counter 2) of thermo-v2; as the end-to-end test builds it."""
+    from django.contrib.auth import get_user_model
+    from django.utils import timezone
+
+    from manifests import services as release_services
+    from manifests import suit
+    from manifests.images import imgtool
+
+    now = now or timezone.now()
+    earlier = now - dt.timedelta(hours=1)
+    users = get_user_model()
+    admin = users.objects.create_superuser(username="admin", password="x-pass-1")  # noqa: S106
+    people = {}
+    for name, role in [
+        ("author", "author"),
+        ("qa", "qa"),
+        ("sec", "security"),
+        ("ops", "fleet_operator"),
+    ]:
+        user = users.objects.create_user(username=name, password="x-pass-1")  # noqa: S106
+        key = suit.generate_private_key("ES256")
+        release_services.role_grant(user=user, role=role, actor=admin, now=earlier)
+        release_services.signing_key_register(
+            owner=user,
+            public_key_pem=suit.public_key_pem(key.public_key()).decode(),
+            valid_from=earlier,
+        )
+        people[name] = (user, key)
+    vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example")
+    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2")
+    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1")
+    image = release_services.image_upload(
+        data=imgtool.build_image(b"\x42" * image_payload, version="1.1.0", security_counter=2),
+        uploaded_by=people["author"][0],
+    )
+    envelope = suit.create_envelope(
+        suit.ManifestParams(
+            vendor_id=vendor.uuid,
+            class_id=thermo.uuid,
+            sequence_number=5,
+            version="1.1.0",
+            security_counter=2,
+            image_digest=bytes.fromhex(image.sha256),
+            image_size=image.size,
+            uri=None,
+            use_before=now + dt.timedelta(days=30),
+            component_id=thermo.component_id_bytes,
+            payload_format="mcuboot",
+        ),
+        keys=[people["author"][1]],
+    )
+    manifest = release_services.manifest_import(envelope=envelope, created_by=people["author"][0])
+    release = release_services.release_create(
+        manifest=manifest, name="thermo-1.1.0", actor=people["author"][0]
+    )
+    release_services.release_submit(release=release, actor=people["author"][0])
+    for name, role in [("qa", "qa"), ("sec", "security")]:
+        block = suit.sign_manifest_digest(envelope, key=people[name][1])
+        release_services.release_approve(
+            release=release, signer=people[name][0], role=role, cose=block
+        )
+    return World(
+        ops=people["ops"][0],
+        vendor=vendor,
+        thermo=thermo,
+        thermo_v1=thermo_v1,
+        release=release,
+        author_key=people["author"][1],
+        image_size=image.size,
+    )
+
+
+def insert_devices(
+    world: World,
+    *,
+    count: int,
+    prefix: str = "dev",
+    mix: bool = True,
+    tags: list[str] | None = None,
+    start: int = 0,
+) -> None:
+    """``count`` devices in one ``INSERT ... SELECT generate_series``. With ``mix``, 1% each are
+    of the other class, unmapped, on a newer security counter, already current, and with a
+    clock off by two hours; the rest are eligible (clock offsets within a second, as the
+    gateway measures them, so no two devices need share one)."""
+    import json
+
+    from django.db import connection
+
+    thermo, v1, vendor = world.thermo.pk, world.thermo_v1.pk, world.vendor.pk
+    m = "i %% 100" if mix else "-1"
+    # {m} is one of two constants, not input.
+    sql = f"""
+        INSERT INTO campaigns_device (
+            endpoint, vendor_id, device_class_id, manufacturer, model, serial, firmware_version,
+            sequence_number, security_counter, fw_protocols, clock_offset_seconds, online,
+            last_seen, registration_id, lifetime, binding, lwm2m_version, queue_mode,
+            gateway_id, lwm2m_objects, tags, created_at, updated_at)
+        SELECT
+            %(prefix)s || '-' || lpad(i::text, 7, '0'),
+            CASE WHEN {m} = 4 THEN NULL ELSE %(vendor)s END,
+            CASE WHEN {m} = 0 THEN %(v1)s WHEN {m} = 4 THEN NULL ELSE %(thermo)s END,
+            'Acme Sensors', 'thermo-v2', 'SN' || i::text,
+            CASE WHEN {m} = 2 THEN '1.1.0' ELSE '1.0.0' END,
+            CASE WHEN {m} = 2 THEN 5 ELSE 1 END,
+            CASE WHEN {m} = 1 THEN 9 ELSE 1 END,
+            '[0]'::jsonb,
+            CASE WHEN {m} = 3 THEN 7200 + (i %% 977) ELSE ((i %% 1999) - 999) / 1000.0 END,
+            true, now(), 'r' || i::text, 300, 'U', '1.1', false, 'gw-bench',
+            '["/3/0", "/5/0"]'::jsonb, %(tags)s::jsonb, now(), now()
+        FROM generate_series(%(start)s, %(stop)s) AS i
+    """  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            {
+                "prefix": prefix,
+                "vendor": vendor,
+                "v1": v1,
+                "thermo": thermo,
+                "tags": json.dumps(tags or []),
+                "start": start,
+                "stop": start + count - 1,
+            },
+        )
+        cursor.execute("ANALYZE campaigns_device")
+
+
+def rusage_maxrss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,537 @@
+"""Campaign engine benchmarks (issue 5, "Benchmarks"), on throwaway PostgreSQL databases.
+
+Plain script: ``python benchmarks/bench_campaigns.py [--sections plan,dispatch,queries,fleet]
+[--devices N] [--dispatch-rollouts N] [--fleet N] [--keep-db]``. Defaults are the issue's sizes.
+Each section runs in its own child process (so its peak RSS is its own) on its own database,
+cloned from one migrated template; every database is dropped at the end.
+
+* plan     - ``campaign_apply`` of a 3-stage campaign over N devices (default 1,000,000; 1% each
+             of five exclusion reasons): wall time and peak RSS of the process, against one raw
+             ``INSERT INTO campaigns_rollout ... SELECT ... FROM campaigns_device`` producing the
+             same rows (bucket = first 8 bytes of sha256(salt:endpoint) in SQL, stage from the
+             planner's stored bounds, state and reason from a CASE mirroring the checks). The
+             raw insert runs before and after the planner (the table then holds 1M and 2M rows,
+             so the two bracket the planner's conditions); the ratio is to their mean. The rows
+             are compared (device, stage, bucket, state, reason): they must be identical.
+             Goal: ratio <= 3.
+* dispatch - ``engine._dispatch`` passes (DISPATCH_BATCH each, each in its own transaction
+             holding the campaign row lock as the reconcile does, commit included) until N
+             pending rollouts (default 50,000; 2% refused at dispatch) are decided. Celery's
+             ``device_command_task.delay`` is replaced in this process by a counter: what is
+             timed is the engine (checks, rollout and command writes), not a broker or gateway.
+             Goal: >= 5,000 decisions (dispatched + skipped) per second.
+* queries  - SQL queries of one dispatch pass deciding 10, 100 and 1000 devices (DISPATCH_BATCH
+             raised to the size). Goal: the same count for every size.
+* fleet    - N simulated devices (default 10,000) through a 3-stage campaign with a 64 KiB image
+             (embedded gateway + simulated fleet in-process, eager Celery, reconcile ticking),
+             against the same devices downloading the same envelope and image from the same
+             gateway with no campaign. Prints N and both wall times; no goal is set by the issue
+             beyond reporting the ratio.
+
+Exit status 1 when a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _campaign_world as cw
+
+PLAN_GOAL = 3.0
+DISPATCH_GOAL = 5000.0
+SECTIONS = ("plan", "dispatch", "queries", "fleet")
+
+PLAN_SPEC = """
+apiVersion: fwupd/v1
+kind: Campaign
+name: {name}
+release: thermo-1.1.0
+target:
+  device_class: acme.example/thermo-v2
+  {tags}
+stages:
+  - name: canary
+    size: 1%
+  - name: wave
+    size: 25%
+  - name: all
+    size: rest
+"""
+
+
+def _spec(name: str, tags: list[str] | None = None) -> Any:
+    from campaigns.spec import parse_spec
+
+    tag_line = f"tags_all: {json.dumps(tags)}" if tags else ""
+    return parse_spec(PLAN_SPEC.format(name=name, tags=tag_line), source=f"{name}.yaml")
+
+
+# --- child side -------------------------------------------------------------------------------
+def _setup_django(db: str, storage: str) -> None:
+    os.environ["DATABASE_URL"] = cw.db_url(db)
+    os.environ["FIRMWARE_STORAGE_ROOT"] = storage
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    os.environ["CELERY_TASK_ALWAYS_EAGER"] = "true"
+    os.environ["LWM2M_COMMAND_BUS_URL"] = "memory://"
+    import django
+
+    django.setup()
+    from config.celery import app
+
+    # Tasks run in-process (the embedded default), as the end-to-end tests run them.
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+
+
+def _log(msg: str) -> None:
+    print(f"   [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+RAW_INSERT = """
+INSERT INTO campaigns_rollout
+    (campaign_id, device_id, stage, bucket, state, reason, detail, attempts, updated_at)
+SELECT %(campaign)s, d.id,
+       CASE WHEN b.bucket < %(b0)s THEN 0 WHEN b.bucket < %(b1)s THEN 1 ELSE 2 END,
+       b.bucket,
+       CASE WHEN r.reason = '' THEN 'pending' ELSE 'skipped' END,
+       r.reason,
+       CASE WHEN r.reason = '' THEN '' ELSE d.endpoint || ': ' || r.reason END,
+       0, now()
+FROM campaigns_device d
+CROSS JOIN LATERAL (
+    SELECT ('x' || substr(encode(sha256(convert_to(%(salt)s || ':' || d.endpoint, 'UTF8')),
+                                 'hex'), 1, 16))::bit(64)::bigint AS signed
+) h
+CROSS JOIN LATERAL (
+    SELECT h.signed::numeric + CASE WHEN h.signed < 0 THEN 18446744073709551616 ELSE 0 END
+        AS bucket
+) b
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN d.device_class_id IS DISTINCT FROM %(thermo)s THEN 'class_mismatch'
+        WHEN d.sequence_number = 5 THEN 'already_current'
+        WHEN d.sequence_number > 5 THEN 'rollback_refused_sequence'
+        WHEN d.security_counter > 2 THEN 'rollback_refused_counter'
+        WHEN abs(d.clock_offset_seconds) > 300 THEN 'clock_skew'
+        ELSE '' END AS reason
+) r
+WHERE d.vendor_id = %(vendor)s OR d.vendor_id IS NULL OR d.device_class_id = %(thermo)s
+"""
+
+
+def child_plan(args: argparse.Namespace) -> dict[str, Any]:
+    from django.db import connection, transaction
+
+    from campaigns import services
+    from campaigns.models import Campaign, CampaignStage, Rollout
+
+    world = cw.make_world()
+    t = time.perf_counter()
+    cw.insert_devices(world, count=args.devices)
+    _log(f"{args.devices} devices generated in {time.perf_counter() - t:.1f}s")
+    spec = _spec("bench-plan")
+
+    def raw(name: str, salt: str, bounds: list[int]) -> float:
+        base = Campaign.objects.get(name="bench-plan")
+        twin = Campaign.objects.create(
+            name=name,
+            release=base.release,
+            device_class=base.device_class,
+            spec=base.spec,
+            spec_digest=base.spec_digest,
+            salt=salt,
+            created_by=base.created_by,
+        )
+        start = time.perf_counter()
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                RAW_INSERT,
+                {
+                    "campaign": twin.pk,
+                    "salt": salt,
+                    "b0": bounds[0],
+                    "b1": bounds[1],
+                    "thermo": world.thermo.pk,
+                    "vendor": world.vendor.pk,
+                },
+            )
+        return time.perf_counter() - start
+
+    rss_before = cw.rusage_maxrss_mib()
+    start = time.perf_counter()
+    campaign, outcome = services.campaign_apply(spec=spec, actor=world.ops, source="bench")
+    planner = time.perf_counter() - start
+    rss_after = cw.rusage_maxrss_mib()
+    assert outcome == "created"
+    _log(f"campaign_apply {planner:.2f}s, peak RSS {rss_after:.0f} MiB")
+    bounds = [
+        int(b)
+        for b in CampaignStage.objects.filter(campaign=campaign)
+        .order_by("index")
+        .values_list("bucket_upper", flat=True)
+    ]
+    # The raw insert runs before (on the table as the planner found it) and after.
+    with connection.cursor() as cursor:
+        cursor.execute("CHECKPOINT")
+    raw_b = raw("bench-raw-b", campaign.salt, bounds)
+    _log(f"raw INSERT ... SELECT after: {raw_b:.2f}s")
+    # The planner's rows moved aside so the 'before' raw insert sees an equally empty table
+    # would cost a 1M-row copy; instead it runs on a fresh clone of the device table state:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM campaigns_rollout WHERE campaign_id = %s", [campaign.pk]
+        )
+        (rows,) = cursor.fetchone()
+        twin = Campaign.objects.get(name="bench-raw-b").pk
+        cursor.execute(
+            """SELECT count(*) FROM (
+                 (SELECT device_id, stage, bucket, state, reason FROM campaigns_rollout
+                  WHERE campaign_id = %s
+                  EXCEPT ALL
+                  SELECT device_id, stage, bucket, state, reason FROM campaigns_rollout
+                  WHERE campaign_id = %s)
+                 UNION ALL
+                 (SELECT device_id, stage, bucket, state, reason FROM campaigns_rollout
+                  WHERE campaign_id = %s
+                  EXCEPT ALL
+                  SELECT device_id, stage, bucket, state, reason FROM campaigns_rollout
+                  WHERE campaign_id = %s)) x""",
+            [campaign.pk, twin, twin, campaign.pk],
+        )
+        (differences,) = cursor.fetchone()
+        cursor.execute(
+            "SELECT state, reason, count(*) FROM campaigns_rollout WHERE campaign_id = %s "
+            "GROUP BY 1, 2 ORDER BY 1, 2",
+            [campaign.pk],
+        )
+        by_reason = {f"{s}:{r}" if r else s: n for s, r, n in cursor.fetchall()}
+        # Remove everything and measure the raw insert on an empty table too.
+        cursor.execute("TRUNCATE campaigns_rollout")
+        cursor.execute("CHECKPOINT")
+    Rollout.objects.none()
+    raw_a = raw("bench-raw-a", campaign.salt, bounds)
+    _log(f"raw INSERT ... SELECT on an empty table: {raw_a:.2f}s")
+    return {
+        "devices": args.devices,
+        "rows": rows,
+        "planner_s": planner,
+        "raw_empty_s": raw_a,
+        "raw_after_s": raw_b,
+        "rss_before_mib": rss_before,
+        "rss_peak_mib": rss_after,
+        "differences": differences,
+        "by_reason": by_reason,
+        "stage_counts": list(
+            CampaignStage.objects.filter(campaign=campaign)
+            .order_by("index")
+            .values_list("planned_devices", flat=True)
+        ),
+    }
+
+
+def _dispatch_campaign(world: Any, name: str, count: int, refused: int, tags: list[str]) -> Any:
+    """A one-stage campaign with ``count`` pending rollouts of online devices, ``refused`` of
+    which turn out to be on a newer security counter at dispatch (skipped then)."""
+    from campaigns import services
+    from campaigns.models import Device, Rollout
+
+    spec_text = f"""
+apiVersion: fwupd/v1
+kind: Campaign
+name: {name}
+release: thermo-1.1.0
+target:
+  device_class: acme.example/thermo-v2
+  tags_all: {json.dumps(tags)}
+stages:
+  - name: all
+    size: rest
+timeouts:
+  device: 10m
+"""
+    from campaigns.spec import parse_spec
+
+    spec = parse_spec(spec_text, source=f"{name}.yaml")
+    start = Device.objects.count()
+    cw.insert_devices(world, count=count, prefix=name, mix=False, tags=tags, start=start)
+    campaign, _ = services.campaign_apply(spec=spec, actor=world.ops, source="bench")
+    if refused:
+        ordered = Rollout.objects.filter(campaign=campaign).order_by("bucket")
+        ids = list(ordered.values_list("device_id", flat=True))[:: max(1, count // refused)]
+        ids = ids[:refused]
+        Device.objects.filter(pk__in=ids).update(security_counter=9)
+    return campaign, spec
+
+
+def _patch_delay() -> list[str]:
+    from workers import tasks
+
+    sent: list[str] = []
+    tasks.device_command_task.delay = sent.append  # type: ignore[method-assign]
+    return sent
+
+
+def _one_pass(campaign_id: int, spec: Any, release: Any, now: Any) -> tuple[int, int]:
+    from django.db import transaction
+
+    from campaigns import engine
+    from campaigns.models import Campaign
+
+    with transaction.atomic():
+        campaign = (
+            Campaign.objects.select_for_update()
+            .select_related("release__manifest", "device_class__vendor")
+            .get(pk=campaign_id)
+        )
+        dispatched, skipped = engine._dispatch(campaign, spec, release, now=now)
+    return dispatched, sum(skipped.values())
+
+
+def child_dispatch(args: argparse.Namespace) -> dict[str, Any]:
+    from django.utils import timezone
+
+    from campaigns import services
+
+    world = cw.make_world()
+    refused = args.dispatch_rollouts // 50
+    campaign, spec = _dispatch_campaign(
+        world, "bench-dispatch", args.dispatch_rollouts, refused, ["dispatch"]
+    )
+    sent = _patch_delay()
+    now = timezone.now()
+    release = services.release_state(campaign.release, now=now)
+    dispatched = skipped = passes = 0
+    start = time.perf_counter()
+    while True:
+        d, s = _one_pass(campaign.pk, spec, release, now)
+        if not d and not s:
+            break
+        dispatched, skipped, passes = dispatched + d, skipped + s, passes + 1
+    elapsed = time.perf_counter() - start
+    assert len(sent) == dispatched, (len(sent), dispatched)
+    return {
+        "rollouts": args.dispatch_rollouts,
+        "dispatched": dispatched,
+        "skipped": skipped,
+        "passes": passes,
+        "seconds": elapsed,
+        "per_second": (dispatched + skipped) / elapsed,
+    }
+
+
+def child_queries(args: argparse.Namespace) -> dict[str, Any]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from campaigns import engine, services
+
+    world = cw.make_world()
+    _patch_delay()
+    results = []
+    for size in (10, 100, 1000):
+        refused = size // 10
+        campaign, spec = _dispatch_campaign(
+            world, f"bench-q{size}", size + refused, refused, [f"q{size}"]
+        )
+        engine.DISPATCH_BATCH = size + refused
+        now = timezone.now()
+        release = services.release_state(campaign.release, now=now)
+        with CaptureQueriesContext(connection) as ctx:
+            dispatched, skipped = _one_pass(campaign.pk, spec, release, now)
+        results.append(
+            {"size": size, "dispatched": dispatched, "skipped": skipped, "queries": len(ctx)}
+        )
+    return {"passes": results}
+
+
+def child_fleet(args: argparse.Namespace) -> dict[str, Any]:
+    import fleet_bench
+
+    return fleet_bench.run(args, cw, _log)
+
+
+CHILDREN = {
+    "plan": child_plan,
+    "dispatch": child_dispatch,
+    "queries": child_queries,
+    "fleet": child_fleet,
+}
+
+
+# --- parent side ------------------------------------------------------------------------------
+def run_child(section: str, args: argparse.Namespace, storage: str) -> dict[str, Any] | None:
+    db = f"fwupd_bench_{section}"
+    cw.clone_db(db)
+    try:
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            section,
+            "--db",
+            db,
+            "--storage",
+            storage,
+            "--devices",
+            str(args.devices),
+            "--dispatch-rollouts",
+            str(args.dispatch_rollouts),
+            "--fleet",
+            str(args.fleet),
+            "--image-kib",
+            str(args.image_kib),
+            "--fleet-timeout",
+            str(args.fleet_timeout),
+        ]
+        proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            print(f"!! section {section} failed (exit {proc.returncode})")
+            print(proc.stdout)
+            return None
+        return json.loads(lines[-1][len("RESULT ") :])
+    finally:
+        if not args.keep_db:
+            cw.drop_db(db)
+
+
+def report_plan(r: dict[str, Any]) -> bool:
+    raw = (r["raw_empty_s"] + r["raw_after_s"]) / 2
+    ratio = r["planner_s"] / raw
+    print(f"plan+persist {r['devices']:,} devices -> {r['rows']:,} rollouts")
+    print(f"  campaign_apply            {r['planner_s']:8.2f} s")
+    print(
+        f"  raw INSERT ... SELECT     {raw:8.2f} s  (empty table {r['raw_empty_s']:.2f} s, "
+        f"after the planner's rows {r['raw_after_s']:.2f} s)"
+    )
+    print(
+        f"  peak RSS                  {r['rss_peak_mib']:8.0f} MiB (process before apply: "
+        f"{r['rss_before_mib']:.0f} MiB; planner's own: "
+        f"{r['rss_peak_mib'] - r['rss_before_mib']:.0f} MiB)"
+    )
+    print(f"  stages {r['stage_counts']}  rows by state/reason {r['by_reason']}")
+    same = r["differences"] == 0
+    print(f"  rows identical to the raw insert (device, stage, bucket, state, reason): {same}")
+    ok = ratio <= PLAN_GOAL and same
+    print(
+        f"{'PASS' if ok else 'MISS'} plan: campaign_apply / raw INSERT ... SELECT = {ratio:.2f} "
+        f"(goal <= {PLAN_GOAL}){'' if same else ' - ROWS DIFFER'}"
+    )
+    return ok
+
+
+def report_dispatch(r: dict[str, Any]) -> bool:
+    print(
+        f"dispatch {r['rollouts']:,} pending rollouts: {r['dispatched']:,} dispatched + "
+        f"{r['skipped']:,} skipped in {r['passes']} passes, {r['seconds']:.2f} s"
+    )
+    ok = r["per_second"] >= DISPATCH_GOAL
+    print(
+        f"{'PASS' if ok else 'MISS'} dispatch: {r['per_second']:,.0f} decisions/s "
+        f"(goal >= {DISPATCH_GOAL:,.0f})"
+    )
+    return ok
+
+
+def report_queries(r: dict[str, Any]) -> bool:
+    for p in r["passes"]:
+        decided = p["dispatched"] + p["skipped"]
+        print(
+            f"  pass deciding {decided:5} ({p['dispatched']} dispatched, {p['skipped']} skipped): "
+            f"{p['queries']:3} queries ({p['queries'] / max(1, decided):.3f} per device)"
+        )
+    counts = {p["queries"] for p in r["passes"]}
+    ok = len(counts) == 1
+    print(
+        f"{'PASS' if ok else 'MISS'} queries per dispatch pass: "
+        f"{sorted(counts)} (goal: constant, independent of the batch size)"
+    )
+    return ok
+
+
+def report_fleet(r: dict[str, Any]) -> bool:
+    print(
+        f"fleet of {r['devices']:,} simulated devices, image {r['image_bytes']:,} B, "
+        f"envelope {r['envelope_bytes']:,} B"
+    )
+    for line in r.get("notes", []):
+        print(f"  {line}")
+    print(f"  campaign (3 stages) wall time      {r['campaign_s']:8.1f} s")
+    print(f"  plain download of the same bytes   {r['download_s']:8.1f} s")
+    print(f"  succeeded {r['succeeded']:,} of {r['devices']:,}")
+    ratio = r["campaign_s"] / r["download_s"]
+    ok = r["succeeded"] == r["devices"]
+    print(
+        f"{'INFO' if ok else 'MISS'} fleet: campaign / plain download = {ratio:.2f} "
+        f"(N = {r['devices']:,}; the issue sets no goal for this ratio)"
+    )
+    return ok
+
+
+REPORTS = {
+    "plan": report_plan,
+    "dispatch": report_dispatch,
+    "queries": report_queries,
+    "fleet": report_fleet,
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS))
+    parser.add_argument("--devices", type=int, default=1_000_000)
+    parser.add_argument("--dispatch-rollouts", type=int, default=50_000)
+    parser.add_argument("--fleet", type=int, default=10_000)
+    parser.add_argument("--image-kib", type=int, default=64)
+    parser.add_argument(
+        "--fleet-timeout", type=float, default=900, help="seconds the fleet campaign may take"
+    )
+    parser.add_argument("--keep-db", action="store_true", help="leave the databases for a look")
+    parser.add_argument("--child", choices=SECTIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    parser.add_argument("--storage", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _setup_django(args.db, args.storage)
+        result = CHILDREN[args.child](args)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    ok = True
+    start = time.perf_counter()
+    cw.create_template()
+    try:
+        with tempfile.TemporaryDirectory(prefix="fwupd-bench-") as storage:
+            results = {}
+            for section in sections:
+                print(f"-- {section}", flush=True)
+                results[section] = run_child(section, args, storage)
+                if results[section] is None:
+                    ok = False
+                else:
+                    ok &= REPORTS[section](results[section])
+                sys.stdout.flush()
+    finally:
+        if not args.keep_db:
+            cw.drop_db(cw.TEMPLATE_DB)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+"""The fleet section of ``bench_campaigns.py``: N simulated devices through a 3-stage campaign
+with a 64 KiB image (embedded gateway + fleet in this process, eager Celery, the reconcile
+called in a loop as beat would), then the same devices downloading the same envelope and image
+from the same gateway with no campaign at all.
+
+The plain download runs at most DISPATCH_BATCH devices at once: the campaign never has more
+than one batch per reconcile pass in flight either, so both sides get the same concurrency.
+It fetches only (no signature check, no install, no reboot): the ratio therefore prices the
+whole campaign path - commands, Object 5 writes and observations, device checks, reboots,
+event intake, reconcile - against moving the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+REGISTER_WAVE = 20
+
+SPEC = """
+apiVersion: fwupd/v1
+kind: Campaign
+name: bench-fleet
+release: thermo-1.1.0
+target:
+  device_class: acme.example/thermo-v2
+stages:
+  - name: canary
+    size: 10%
+  - name: wave
+    size: 40%
+  - name: all
+    size: rest
+timeouts:
+  device: 10m
+"""
+
+
+def run(args: Any, cw: Any, log: Any) -> dict[str, Any]:
+    from campaigns import engine, services
+    from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
+    from campaigns.spec import parse_spec
+    from workers.embedded import EmbeddedFleet
+    from workers.lwm2m.simulator import FleetSpec
+
+    n = args.fleet
+    world = cw.make_world(image_payload=args.image_kib * 1024)
+    embedded = EmbeddedFleet(trust_anchors=[world.author_key.public_key()], fw_poll_seconds=1.0)
+    embedded.add(
+        FleetSpec(
+            count=n,
+            manufacturer="Acme Sensors",
+            model="thermo-v2",
+            vendor_id=str(world.vendor.uuid),
+            class_id=str(world.thermo.uuid),
+            sequence_number=1,
+            security_counter=1,
+            lifetime=3600,
+        )
+    )
+    start = time.perf_counter()
+    _start(embedded, timeout=max(120, n / 5))
+    deadline = time.monotonic() + max(120, n / 5)
+    while Device.objects.filter(online=True, firmware_version="1.0.0").count() < n:
+        if time.monotonic() > deadline:
+            raise SystemExit("the fleet did not register in time")
+        time.sleep(0.5)
+    log(f"{n} devices registered in {time.perf_counter() - start:.1f}s")
+    notes = []
+    try:
+        spec = parse_spec(SPEC, source="bench-fleet.yaml")
+        start = time.perf_counter()
+        campaign, _ = services.campaign_apply(spec=spec, actor=world.ops, source="bench")
+        limit = time.monotonic() + args.fleet_timeout
+        status = campaign.status
+        while status == CampaignStatus.RUNNING and time.monotonic() < limit:
+            report = engine.campaign_reconcile(campaign.pk)
+            if report is None or not report.dispatched:
+                time.sleep(0.2)
+            status = Campaign.objects.get(pk=campaign.pk).status
+        campaign_s = time.perf_counter() - start
+        succeeded = Rollout.objects.filter(campaign=campaign, state=RolloutState.SUCCEEDED).count()
+        if status != CampaignStatus.COMPLETED:
+            notes.append(f"campaign {status} after {campaign_s:.0f}s (not completed)")
+        log(f"campaign {status} in {campaign_s:.1f}s, {succeeded} succeeded")
+
+        gateway = embedded.thread.gateway if embedded.thread else None
+        assert gateway is not None and embedded.fleet is not None
+        manifest = world.release.manifest
+        uris = [
+            gateway.package_uri(manifest.manifest_digest),
+            f"{gateway.config.base_uri}/fw/i/{manifest.image.sha256}",
+        ]
+        envelope_bytes = len(bytes(manifest.envelope))
+
+        async def plain() -> int:
+            semaphore = asyncio.Semaphore(engine.DISPATCH_BATCH)
+
+            async def one(device: Any) -> int:
+                async with semaphore:
+                    return sum([len(await device.fetch(uri)) for uri in uris])
+
+            sizes = await asyncio.gather(*(one(d) for d in embedded.fleet.devices.values()))
+            return sum(sizes)
+
+        start = time.perf_counter()
+        moved = embedded.thread.call(plain(), timeout=args.fleet_timeout)
+        download_s = time.perf_counter() - start
+        log(f"plain download of {moved:,} B in {download_s:.1f}s")
+    finally:
+        embedded.stop()
+    return {
+        "devices": n,
+        "image_bytes": world.image_size,
+        "envelope_bytes": envelope_bytes,
+        "campaign_s": campaign_s,
+        "download_s": download_s,
+        "succeeded": succeeded,
+        "notes": notes,
+    }
+
+
+def _start(embedded: Any, *, timeout: float) -> None:
+    """``EmbeddedFleet.start`` with timeouts that scale with the fleet (its own are sized for
+    the demo's hundred devices: thousands of devices take longer to open their sockets and
+    register, the gateway applying each registration's events in its loop)."""
+    from workers.lwm2m.bus import bus_for_url, configured_bus_url
+    from workers.lwm2m.gateway import (
+        CeleryEventSink,
+        DjangoFirmwareSource,
+        Gateway,
+        GatewayConfig,
+        GatewayThread,
+    )
+    from workers.lwm2m.simulator import Fleet
+
+    gateway = Gateway(
+        GatewayConfig(
+            gateway_id=embedded.gateway_id,
+            port=0,
+            fw_poll_seconds=embedded.fw_poll_seconds,
+            request_timeout=30,
+        ),
+        bus=bus_for_url(configured_bus_url()),
+        sink=CeleryEventSink(),
+        firmware=DjangoFirmwareSource(),
+    )
+    embedded.thread = GatewayThread(gateway).start()
+    embedded.fleet = Fleet(server_uri=gateway.config.base_uri, trust_anchors=embedded.trust_anchors)
+    for seed, (spec, faults, rates) in enumerate(embedded.specs):
+        embedded.fleet.load_or_create(spec, faults=faults, fault_rates=rates, seed=seed)
+    # Registrations in small waves: a burst of hundreds starves the shared loop (CoAP
+    # retransmissions pile up and registration collapses).
+    embedded.thread.call(embedded.fleet.start(concurrency=REGISTER_WAVE), timeout=timeout)
+    embedded.thread.call(embedded.fleet.wait_registered(timeout), timeout=timeout + 5)

@@ -1,0 +1,28 @@
+"""Console routes (mounted at the site root by config/urls.py)."""
+
+from django.urls import path
+
+from console import views
+
+app_name = "console"
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("partials/campaigns/", views.dashboard_campaigns, name="dashboard-campaigns"),
+    path("campaigns/", views.campaign_list, name="campaigns"),
+    path("campaigns/new/", views.campaign_new, name="campaign-new"),
+    path("campaigns/<str:name>/", views.campaign_detail, name="campaign"),
+    path("campaigns/<str:name>/live/", views.campaign_live, name="campaign-live"),
+    path("campaigns/<str:name>/<str:action>/", views.campaign_action, name="campaign-action"),
+    path("releases/", views.release_list, name="releases"),
+    path("releases/<str:name>/", views.release_detail, name="release"),
+    path("releases/<str:name>/approve/", views.release_approve, name="release-approve"),
+    path("releases/<str:name>/revoke/", views.release_revoke, name="release-revoke"),
+    path("incident/", views.incident, name="incident"),
+    path("incident/stop/", views.emergency_stop, name="emergency-stop"),
+    path("incident/revoke/", views.incident_revoke, name="incident-revoke"),
+    path("incident/stops/<int:pk>/lift/", views.emergency_lift, name="emergency-lift"),
+    path("audit/", views.audit_log, name="audit"),
+    path("devices/", views.device_list, name="devices"),
+    path("devices/<str:endpoint>/", views.device_detail, name="device"),
+]

@@ -1,0 +1,435 @@
+"""Console pages. Each view finds rows, calls one service (the same functions the CLI and the
+API call), and renders; refusals come back as messages. Who may do what is
+``console.access.console_view`` with the API's role sets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from django.conf import settings
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+
+from api.permissions import APPROVERS, GATEKEEPERS, LIFTERS, OPERATORS, REVOKERS, STOPPERS
+from audit.models import AuditEvent
+from audit.services import audit_verify
+from campaigns import reports
+from campaigns import services as campaign_services
+from campaigns.models import (
+    Campaign,
+    Device,
+    EmergencyStop,
+    Rollout,
+    RolloutState,
+)
+from campaigns.spec import parse_spec
+from console import selectors
+from console.access import SERVICE_ERRORS, console_view, report_refusal
+from manifests import services as release_services
+from manifests import suit
+from manifests.management.commands.release import signature_blocks
+from manifests.models import DeviceClass, Release, ReleaseStatus
+from manifests.services import roles_of
+
+DEVICE_ROWS = 200  # device table of a campaign, device list: first rows only
+AUDIT_ROWS = 200  # audit viewer: latest events
+HISTORY_ROWS = 20  # a device's rollout history, recent stops
+SPEC_SOURCE = "console"  # where revisions and spec errors say a spec came from
+
+
+def _page(request: HttpRequest, template: str, context: dict[str, Any], **kw: Any) -> HttpResponse:
+    """Render with what every page's frame shows: the user's roles and any stop in force."""
+    roles = roles_of(request.user)
+    context = {
+        "roles": sorted(roles),
+        "can": {
+            "operate": bool(roles & OPERATORS),
+            "promote": bool(roles & GATEKEEPERS),
+            "stop": bool(roles & STOPPERS),
+            "lift": bool(roles & LIFTERS),
+            "revoke": bool(roles & REVOKERS),
+            "approve": bool(roles & APPROVERS),
+        },
+        "stops": selectors.active_stops(),
+        "inbox_count": len(selectors.approvals_inbox(request.user)),
+        **context,
+    }
+    return render(request, template, context, **kw)
+
+
+# --- dashboard ------------------------------------------------------------------------------
+@console_view()
+def dashboard(request: HttpRequest) -> HttpResponse:
+    recent = Campaign.objects.exclude(status__in=selectors.LIVE_STATUSES).select_related("release")
+    return _page(
+        request,
+        "console/dashboard.html",
+        {
+            "campaigns": selectors.live_campaigns(),
+            "alerts": selectors.alerts(request.user),
+            "recent": recent.order_by("-created_at")[:10],
+        },
+    )
+
+
+@console_view()
+def dashboard_campaigns(request: HttpRequest) -> HttpResponse:
+    """The live block of the dashboard (htmx polls it every 2 s)."""
+    return render(
+        request,
+        "console/_campaign_cards.html",
+        {"campaigns": selectors.live_campaigns(), "stops": selectors.active_stops()},
+    )
+
+
+# --- campaigns ------------------------------------------------------------------------------
+def _campaign(name: str) -> Campaign:
+    return get_object_or_404(
+        Campaign.objects.select_related("release", "device_class__vendor", "created_by"), name=name
+    )
+
+
+def _live_context(campaign: Campaign) -> dict[str, Any]:
+    return {
+        "campaign": campaign,
+        "stages": selectors.stage_rows(campaign),
+        "reasons": selectors.reason_breakdown(campaign),
+        "campaign_stops": campaign_services.active_stops(campaign),
+    }
+
+
+@console_view()
+def campaign_list(request: HttpRequest) -> HttpResponse:
+    campaigns = Campaign.objects.select_related("release", "device_class__vendor")
+    return _page(
+        request, "console/campaigns.html", {"campaigns": campaigns.order_by("-created_at")[:200]}
+    )
+
+
+@console_view()
+def campaign_detail(request: HttpRequest, name: str) -> HttpResponse:
+    campaign = _campaign(name)
+    state = request.GET.get("state", "")
+    rollouts = Rollout.objects.filter(campaign=campaign).select_related("device")
+    if state in RolloutState.values:
+        rollouts = rollouts.filter(state=state)
+    else:
+        state = ""
+    return _page(
+        request,
+        "console/campaign.html",
+        {
+            **_live_context(campaign),
+            "state": state,
+            "states": RolloutState.choices,
+            "rollouts": rollouts.order_by("stage", "device__endpoint")[:DEVICE_ROWS],
+            "rollout_count": rollouts.count(),
+            "device_rows": DEVICE_ROWS,
+            "spec_yaml": yaml.safe_dump(campaign.spec, sort_keys=False, allow_unicode=True),
+            "revisions": campaign.revisions.select_related("created_by").order_by("-revision"),
+            "timeline": reports.campaign_timeline(campaign)[-50:],
+            "stage_names": {i: s["name"] for i, s in enumerate(campaign.spec.get("stages", []))},
+        },
+    )
+
+
+@console_view()
+def campaign_live(request: HttpRequest, name: str) -> HttpResponse:
+    """The campaign page's live block (status, stages, reasons), polled every 2 s."""
+    return render(request, "console/_campaign_live.html", _live_context(_campaign(name)))
+
+
+CAMPAIGN_ACTIONS = {"pause", "resume", "abort", "promote"}
+
+
+@console_view(get=None, post=OPERATORS | GATEKEEPERS)
+def campaign_action(request: HttpRequest, name: str, action: str) -> HttpResponse:
+    campaign = _campaign(name)
+    if action not in CAMPAIGN_ACTIONS:
+        messages.error(request, f"unknown action {action!r}")
+        return redirect("console:campaign", name=name)
+    if action != "promote" and not roles_of(request.user) & OPERATORS:
+        # Only promote is open to gatekeepers (qa/security) beyond the operators.
+        return _page(
+            request,
+            "console/forbidden.html",
+            {"reason": f"{action} needs one of the roles {sorted(OPERATORS)}"},
+            status=403,
+        )
+    reason = request.POST.get("reason", "").strip()
+    try:
+        if action == "pause":
+            campaign_services.campaign_pause(campaign=campaign, actor=request.user, reason=reason)
+        elif action == "resume":
+            campaign_services.campaign_resume(
+                campaign=campaign,
+                actor=request.user,
+                retry_failed=request.POST.get("retry_failed", "on") == "on",
+            )
+        elif action == "abort":
+            campaign_services.campaign_abort(
+                campaign=campaign, actor=request.user, reason=reason or "aborted in the console"
+            )
+        else:
+            campaign_services.campaign_promote(campaign=campaign, actor=request.user)
+    except SERVICE_ERRORS as exc:
+        report_refusal(request, exc)
+    else:
+        messages.success(request, f"campaign {campaign.name}: {action} done")
+    return redirect("console:campaign", name=name)
+
+
+@console_view(post=OPERATORS)
+def campaign_new(request: HttpRequest) -> HttpResponse:
+    """Paste a spec; "Plan" validates and counts (writes nothing), "Apply" creates the campaign
+    (or revises the one of that name)."""
+    text = request.POST.get("spec", "")
+    context: dict[str, Any] = {"spec_text": text, "plan": None, "errors": []}
+    if request.method == "POST":
+        try:
+            spec = parse_spec(text, source=SPEC_SOURCE)
+            if request.POST.get("action") == "apply":
+                campaign, outcome = campaign_services.campaign_apply(
+                    spec=spec, actor=request.user, source=SPEC_SOURCE
+                )
+                messages.success(request, f"campaign {campaign.name} {outcome}")
+                return redirect("console:campaign", name=campaign.name)
+            context["plan"] = campaign_services.campaign_plan(
+                spec=spec, source=SPEC_SOURCE
+            ).as_dict()
+        except SERVICE_ERRORS as exc:
+            errors = getattr(exc, "errors", None) or [exc]
+            context["errors"] = [
+                {"path": getattr(e, "path", "") or "", "reason": getattr(e, "reason", str(e))}
+                for e in errors
+            ]
+            context["error_code"] = getattr(exc, "code", "error")
+    return _page(request, "console/campaign_new.html", context)
+
+
+# --- releases -------------------------------------------------------------------------------
+def _release(name: str) -> Release:
+    return get_object_or_404(
+        Release.objects.select_related(
+            "manifest__device_class__vendor", "manifest__image", "manifest__author_key"
+        ),
+        name=name,
+    )
+
+
+@console_view()
+def release_list(request: HttpRequest) -> HttpResponse:
+    releases = Release.objects.select_related("manifest__device_class__vendor")
+    return _page(
+        request,
+        "console/releases.html",
+        {
+            "inbox": selectors.approvals_inbox(request.user),
+            "releases": releases.order_by("-created_at")[:200],
+        },
+    )
+
+
+@console_view()
+def release_detail(request: HttpRequest, name: str) -> HttpResponse:
+    release = _release(name)
+    held = set(roles_of(request.user))
+    return _page(
+        request,
+        "console/release.html",
+        {
+            "release": release,
+            "manifest": release.manifest,
+            **selectors.release_view(release),
+            "approve_roles": [r for r in selectors.APPROVING_ROLES if r in held],
+            "campaigns": selectors.campaigns_for_release(release),
+        },
+    )
+
+
+@console_view(get=None, post=APPROVERS)
+def release_approve(request: HttpRequest, name: str) -> HttpResponse:
+    """Upload a signature file: a raw COSE_Sign1, or an envelope from ``suit sign`` whose
+    blocks by the signer's registered keys are taken (as ``manage.py release approve``)."""
+    release = _release(name)
+    upload = request.FILES.get("signature")
+    role = request.POST.get("role", "")
+    if upload is None:
+        messages.error(request, "choose a signature file to upload")
+        return redirect("console:release", name=name)
+    if upload.size is not None and upload.size > settings.SUIT_MAX_ENVELOPE_SIZE:
+        messages.error(request, f"the file is larger than {settings.SUIT_MAX_ENVELOPE_SIZE} bytes")
+        return redirect("console:release", name=name)
+    data = upload.read()
+    registered = set(request.user.signing_keys.values_list("kid", flat=True))
+    blocks = []
+    for raw in signature_blocks(data):
+        try:
+            kid = suit.parse_signature_block(raw).kid
+        except suit.SUITError:
+            kid = None
+        if kid is None or kid.hex() in registered:
+            blocks.append(raw)
+    if not blocks:
+        messages.error(request, f"the file carries no signature by a key of {request.user}")
+        return redirect("console:release", name=name)
+    try:
+        for block in blocks:
+            _, verdict = release_services.release_approve(
+                release=release, signer=request.user, role=role, cose=block
+            )
+    except SERVICE_ERRORS as exc:
+        report_refusal(request, exc)
+    else:
+        messages.success(request, f"approval recorded as {role}: {verdict.summary()}")
+    return redirect("console:release", name=name)
+
+
+def _revoke(request: HttpRequest, release: Release) -> None:
+    try:
+        release_services.release_revoke(
+            release=release, reason=request.POST.get("reason", ""), actor=request.user
+        )
+    except SERVICE_ERRORS as exc:
+        report_refusal(request, exc)
+    else:
+        messages.success(request, f"release {release.name} revoked; its campaigns are aborted")
+
+
+@console_view(get=None, post=REVOKERS)
+def release_revoke(request: HttpRequest, name: str) -> HttpResponse:
+    _revoke(request, _release(name))
+    return redirect("console:release", name=name)
+
+
+# --- incidents ------------------------------------------------------------------------------
+@console_view()
+def incident(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "console/incident.html",
+        {
+            "history": EmergencyStop.objects.select_related(
+                "release", "device_class__vendor", "created_by", "lifted_by"
+            ).order_by("-created_at")[:HISTORY_ROWS],
+            "releases": Release.objects.exclude(status=ReleaseStatus.REVOKED).order_by("name"),
+            "device_classes": DeviceClass.objects.select_related("vendor"),
+            "running": Campaign.objects.filter(status__in=selectors.LIVE_STATUSES).count(),
+        },
+    )
+
+
+@console_view(get=None, post=STOPPERS)
+def emergency_stop(request: HttpRequest) -> HttpResponse:
+    """Halt dispatching: everything, one release or one device class."""
+    scope = request.POST.get("scope", "global")
+    release = device_class = None
+    if scope == "release":
+        release = Release.objects.filter(pk=request.POST.get("release") or None).first()
+        if release is None:
+            messages.error(request, "choose the release to stop")
+            return redirect("console:incident")
+    elif scope == "device_class":
+        device_class = DeviceClass.objects.filter(pk=request.POST.get("device_class") or None)
+        device_class = device_class.first()
+        if device_class is None:
+            messages.error(request, "choose the device class to stop")
+            return redirect("console:incident")
+    try:
+        stop = campaign_services.emergency_stop(
+            actor=request.user,
+            reason=request.POST.get("reason", ""),
+            release=release,
+            device_class=device_class,
+        )
+    except SERVICE_ERRORS as exc:
+        report_refusal(request, exc)
+    else:
+        messages.warning(
+            request, f"EMERGENCY STOP ({stop.get_scope_display()}) in force: dispatch halted"
+        )
+    return redirect("console:incident")
+
+
+@console_view(get=None, post=REVOKERS)
+def incident_revoke(request: HttpRequest) -> HttpResponse:
+    release = Release.objects.filter(pk=request.POST.get("release") or None).first()
+    if release is None:
+        messages.error(request, "choose the release to revoke")
+    else:
+        _revoke(request, release)
+    return redirect("console:incident")
+
+
+@console_view(get=None, post=LIFTERS)
+def emergency_lift(request: HttpRequest, pk: int) -> HttpResponse:
+    stop = get_object_or_404(EmergencyStop, pk=pk)
+    try:
+        campaign_services.emergency_lift(stop=stop, actor=request.user)
+    except SERVICE_ERRORS as exc:
+        report_refusal(request, exc)
+    else:
+        messages.success(request, f"emergency stop {stop.pk} lifted")
+    return redirect("console:incident")
+
+
+# --- audit, devices -------------------------------------------------------------------------
+@console_view()
+def audit_log(request: HttpRequest) -> HttpResponse:
+    events = AuditEvent.objects.all()
+    filters = {k: request.GET.get(k, "").strip() for k in ("action", "object_type", "object_id")}
+    for field, value in filters.items():
+        if value:
+            events = events.filter(**{field: value})
+    return _page(
+        request,
+        "console/audit.html",
+        {
+            "verdict": audit_verify(),
+            "events": events.order_by("-seq")[:AUDIT_ROWS],
+            "filters": filters,
+            "audit_rows": AUDIT_ROWS,
+        },
+    )
+
+
+@console_view()
+def device_list(request: HttpRequest) -> HttpResponse:
+    devices = Device.objects.select_related("device_class__vendor")
+    q = request.GET.get("q", "").strip()
+    online = request.GET.get("online", "")
+    if q:
+        devices = devices.filter(endpoint__icontains=q)
+    if online in ("yes", "no"):
+        devices = devices.filter(online=online == "yes")
+    return _page(
+        request,
+        "console/devices.html",
+        {
+            "devices": devices.order_by("endpoint")[:DEVICE_ROWS],
+            "count": devices.count(),
+            "q": q,
+            "online": online,
+            "device_rows": DEVICE_ROWS,
+        },
+    )
+
+
+@console_view()
+def device_detail(request: HttpRequest, endpoint: str) -> HttpResponse:
+    device = get_object_or_404(
+        Device.objects.select_related("device_class__vendor", "vendor"), endpoint=endpoint
+    )
+    return _page(
+        request,
+        "console/device.html",
+        {
+            "device": device,
+            "rollouts": Rollout.objects.filter(device=device)
+            .select_related("campaign", "manifest")
+            .order_by("-updated_at")[:HISTORY_ROWS],
+            "events": device.events.order_by("-id")[:HISTORY_ROWS],
+        },
+    )

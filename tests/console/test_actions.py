@@ -1,0 +1,215 @@
+"""The console's forms call the services: campaign create (plan, then apply), lifecycle actions,
+signature upload, emergency stop and lift, revocation; refusals show as messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from campaigns.models import Campaign, CampaignStatus, EmergencyStop, Rollout
+from manifests import suit
+from manifests.models import Release, ReleaseStatus
+from tests.console.world import make_devices, signature, spec_text
+
+
+def _messages(response: Any) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_plan_preview_writes_nothing_then_apply_creates_the_campaign(login: Any, world: Any):
+    make_devices(world, 20)
+    make_devices(world, 2, prefix="old", device_class=world.thermo_v1)
+    client = login("ops")
+    text = spec_text("from-console")
+    plan = client.post("/campaigns/new/", {"spec": text, "action": "plan"})
+    assert plan.status_code == 200
+    assert plan.context["plan"]["cohort"] == 20
+    assert plan.context["plan"]["excluded"] == {"class_mismatch": 2}
+    assert b'id="apply-button"' in plan.content
+    assert not Campaign.objects.exists()
+    applied = client.post("/campaigns/new/", {"spec": text, "action": "apply"}, follow=True)
+    campaign = Campaign.objects.get(name="from-console")
+    assert applied.redirect_chain[-1][0] == "/campaigns/from-console/"
+    assert "campaign from-console created" in _messages(applied)
+    assert campaign.revisions.get().source == "console"
+    assert b"canary" in applied.content and b"size 25%" in applied.content
+
+
+def test_spec_errors_are_listed_with_their_field_paths(login: Any, world: Any):
+    bad = spec_text("bad", stages="  - name: canary\n    size: 250%\n    colour: red\n")
+    response = login("ops").post("/campaigns/new/", {"spec": bad, "action": "plan"})
+    assert response.status_code == 200
+    assert [e["path"] for e in response.context["errors"]] == ["stages[0].colour"]
+    assert b"campaign.spec_invalid" in response.content
+    assert b"<code>stages[0].colour</code>" in response.content
+    over = spec_text("bad", stages="  - name: canary\n    size: 250%\n")
+    response = login("ops").post("/campaigns/new/", {"spec": over, "action": "apply"})
+    assert [e["path"] for e in response.context["errors"]] == ["stages[0].size"]
+    assert not Campaign.objects.exists()
+
+
+def test_unknown_release_is_a_message_not_a_500(login: Any, world: Any):
+    response = login("ops").post(
+        "/campaigns/new/", {"spec": spec_text("x", release="nope-9"), "action": "apply"}
+    )
+    assert response.status_code == 200
+    assert b"no release named" in response.content
+
+
+def test_pause_resume_abort_through_the_console(login: Any, campaign: Any):
+    client = login("ops")
+    client.post("/campaigns/thermo-rollout/pause/", {"reason": "looking into it"})
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.PAUSED and campaign.pause_reason == "looking into it"
+    # Pausing again: the service refuses; the page says why.
+    again = client.post("/campaigns/thermo-rollout/pause/", {}, follow=True)
+    assert any("campaign.state" in m for m in _messages(again))
+    client.post("/campaigns/thermo-rollout/resume/", {"retry_failed": ["on", "off"]})
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.RUNNING
+    client.post("/campaigns/thermo-rollout/abort/", {"reason": "wrong build"})
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.ABORTED
+    assert not Rollout.objects.filter(campaign=campaign, state="pending").exists()
+
+
+def test_promote_by_the_wrong_gate_role_is_a_message(login: Any, campaign: Any):
+    # The canary's gate needs a fleet operator: QA may promote in general, not this gate.
+    response = login("qa").post("/campaigns/thermo-rollout/promote/", follow=True)
+    assert response.status_code == 200
+    assert any("campaign.gate" in m for m in _messages(response))
+    # QA may not pause at all (operators only): refused before the service.
+    assert login("qa").post("/campaigns/thermo-rollout/pause/").status_code == 403
+
+
+def test_uploading_a_raw_cose_signature_completes_the_approval(login: Any, world: Any):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    release = world.releases["thermo-1.2.0"]
+    client = login("qa")
+    inbox = client.get("/releases/")
+    assert [i["release"].name for i in inbox.context["inbox"]] == ["thermo-1.2.0"]
+    page = client.get("/releases/thermo-1.2.0/")
+    assert page.context["missing"] == {"qa": 1}
+    upload = SimpleUploadedFile("qa.cose", signature(world, release, "qa"))
+    done = client.post(
+        "/releases/thermo-1.2.0/approve/", {"signature": upload, "role": "qa"}, follow=True
+    )
+    assert Release.objects.get(pk=release.pk).status == ReleaseStatus.APPROVED
+    assert any("approval recorded as qa" in m for m in _messages(done))
+    assert b"Approved now" in done.content
+    tally = done.context["data"]["tally"]["qa"]["credited"][0]["signatures"][0]
+    assert tally["signer"] == "qa" and tally["kid"] == world.users["qa"].signing_keys.get().kid
+    assert client.get("/releases/").context["inbox"] == []
+
+
+def test_uploading_an_envelope_from_suit_sign_takes_the_signers_block(login: Any, world: Any):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    release = world.releases["thermo-1.2.0"]
+    envelope = suit.add_signatures(
+        bytes(release.manifest.envelope_bytes), [signature(world, release, "qa")]
+    )
+    login("qa").post(
+        "/releases/thermo-1.2.0/approve/",
+        {"signature": SimpleUploadedFile("signed.suit", envelope), "role": "qa"},
+    )
+    assert Release.objects.get(pk=release.pk).status == ReleaseStatus.APPROVED
+
+
+def test_bad_and_duplicate_signatures_are_refused_with_their_codes(login: Any, world: Any):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    release = world.releases["thermo-1.1.0"]
+    client = login("sec")
+    garbage = client.post(
+        "/releases/thermo-1.1.0/approve/",
+        {"signature": SimpleUploadedFile("x.cose", b"\x00garbage"), "role": "security"},
+        follow=True,
+    )
+    assert any("approval.bad_signature" in m for m in _messages(garbage))
+    again = client.post(
+        "/releases/thermo-1.1.0/approve/",
+        {
+            "signature": SimpleUploadedFile("s.cose", signature(world, release, "sec")),
+            "role": "security",
+        },
+        follow=True,
+    )
+    # sec already approved thermo-1.1.0 as security with this key
+    assert any("approval.duplicate" in m for m in _messages(again))
+    # The author cannot approve their own release as QA (and holds no QA role).
+    author = login("author").post(
+        "/releases/thermo-1.2.0/approve/",
+        {
+            "signature": SimpleUploadedFile("a.cose", signature(world, release, "author")),
+            "role": "qa",
+        },
+        follow=True,
+    )
+    assert any("approval." in m for m in _messages(author))
+
+
+def test_emergency_stop_shows_everywhere_and_only_security_lifts(login: Any, campaign: Any):
+    ops = login("ops")
+    stopped = ops.post(
+        "/incident/stop/", {"scope": "global", "reason": "bricked units in the field"}, follow=True
+    )
+    stop = EmergencyStop.objects.get()
+    assert stop.scope == "global" and stop.created_by.username == "ops"
+    assert b"EMERGENCY STOP in force" in stopped.content
+    page = ops.get("/campaigns/thermo-rollout/live/")
+    assert b'id="campaign-stopped"' in page.content
+    assert b"emergency stop" in ops.get("/").content
+    assert ops.post(f"/incident/stops/{stop.pk}/lift/").status_code == 403
+    login("sec").post(f"/incident/stops/{stop.pk}/lift/")
+    stop.refresh_from_db()
+    assert stop.lifted_at is not None and stop.lifted_by.username == "sec"
+    assert b"EMERGENCY STOP in force" not in ops.get("/").content
+
+
+def test_a_stop_without_a_reason_is_refused_with_a_message(login: Any, campaign: Any):
+    response = login("ops").post("/incident/stop/", {"scope": "global", "reason": " "}, follow=True)
+    assert any("campaign.emergency_stop" in m for m in _messages(response))
+    assert not EmergencyStop.objects.exists()
+
+
+def test_revoking_a_release_aborts_its_campaign(login: Any, campaign: Any, world: Any):
+    release = world.releases["thermo-1.1.0"]
+    assert login("ops").post("/incident/revoke/", {"release": release.pk}).status_code == 403
+    login("sec").post("/incident/revoke/", {"release": release.pk, "reason": "bad flash driver"})
+    assert Release.objects.get(pk=release.pk).status == ReleaseStatus.REVOKED
+    assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.ABORTED
+
+
+def test_audit_page_reports_the_verified_chain(login: Any, campaign: Any):
+    response = login("auditor").get("/audit/")
+    assert response.context["verdict"].ok
+    assert b"Hash chain <strong>verified</strong>" in response.content
+    assert len(response.context["events"]) <= 200
+    assert response.context["events"][0].action == "campaign.create"
+
+
+def test_device_page_shows_identity_and_rollout_history(login: Any, campaign: Any):
+    response = login("auditor").get("/devices/dev-00003/")
+    assert response.context["device"].firmware_version == "1.0.0"
+    assert [r.campaign.name for r in response.context["rollouts"]] == ["thermo-rollout"]
+    assert login("auditor").get("/devices/nope/").status_code == 404
+
+
+def test_dashboard_alerts_name_the_paused_campaign_gate_and_pending_release(
+    login: Any, campaign: Any
+):
+    from campaigns import services
+
+    services.campaign_pause(campaign=campaign, actor=campaign.created_by, reason="threshold")
+    alerts = login("qa").get("/").context["alerts"]
+    kinds = {(a["kind"], a["arg"]) for a in alerts}
+    assert ("paused", "thermo-rollout") in kinds
+    assert ("approval", "thermo-1.2.0") in kinds
+    assert any("yours is needed" in a["text"] for a in alerts)
+
+
+def test_dashboard_query_count_is_bounded(login: Any, campaign: Any, django_assert_max_num_queries):
+    client = login("ops")
+    with django_assert_max_num_queries(40):
+        client.get("/partials/campaigns/")
