@@ -84,13 +84,59 @@ def active_stops() -> list[EmergencyStop]:
     )
 
 
+CHART_WIDTH, CHART_HEIGHT = 320, 60
+
+
+def progress_chart(campaign: Campaign) -> dict[str, Any]:
+    """Cumulative successes and failures per minute since the campaign began, as SVG polyline
+    points (server-rendered; one aggregate query whatever the fleet size)."""
+    from django.db.models import Count
+    from django.db.models.functions import TruncMinute
+
+    from campaigns.models import Rollout, RolloutState
+
+    rows = (
+        Rollout.objects.filter(
+            campaign=campaign,
+            finished_at__isnull=False,
+            state__in=[RolloutState.SUCCEEDED, RolloutState.FAILED, RolloutState.TIMED_OUT],
+        )
+        .annotate(minute=TruncMinute("finished_at"))
+        .values_list("minute", "state")
+        .annotate(n=Count("pk"))
+        .order_by("minute")
+    )
+    per_minute: dict[Any, list[int]] = {}
+    for minute, state, n in rows:
+        slot = per_minute.setdefault(minute, [0, 0])
+        slot[0 if state == RolloutState.SUCCEEDED else 1] += n
+    total = campaign.rollouts.exclude(state=RolloutState.SKIPPED).count() or 1
+    minutes = sorted(per_minute)
+    ok = bad = 0
+    ok_points, bad_points = [f"0,{CHART_HEIGHT}"], [f"0,{CHART_HEIGHT}"]
+    for i, minute in enumerate(minutes, start=1):
+        ok += per_minute[minute][0]
+        bad += per_minute[minute][1]
+        x = round(CHART_WIDTH * i / max(1, len(minutes)), 1)
+        ok_points.append(f"{x},{round(CHART_HEIGHT * (1 - ok / total), 1)}")
+        bad_points.append(f"{x},{round(CHART_HEIGHT * (1 - bad / total), 1)}")
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "succeeded": " ".join(ok_points),
+        "failed": " ".join(bad_points),
+        "minutes": len(minutes),
+        "total": total,
+    }
+
+
 def live_campaigns() -> list[dict[str, Any]]:
     campaigns = (
         Campaign.objects.filter(status__in=LIVE_STATUSES)
         .select_related("release", "device_class__vendor")
         .order_by("-created_at")
     )
-    return [{"campaign": c, "stages": stage_rows(c)} for c in campaigns]
+    return [{"campaign": c, "stages": stage_rows(c), "chart": progress_chart(c)} for c in campaigns]
 
 
 def alerts(user: AbstractBaseUser) -> list[dict[str, str]]:

@@ -127,3 +127,32 @@ def test_htmx_and_styles_are_served_locally_no_cdn(login: Any, campaign: Any):
     assert 'src="/static/console/htmx.min.js"' in html
     assert "https://" not in html and "http://" not in html
     assert 'hx-get="/partials/campaigns/" hx-trigger="every 2s"' in html
+
+
+def test_progress_chart_counts_successes_and_failures_per_minute(login: Any, campaign: Any):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from campaigns.models import Rollout, RolloutState
+    from console.selectors import CHART_HEIGHT, CHART_WIDTH, progress_chart
+
+    live = Rollout.objects.filter(campaign=campaign).exclude(state=RolloutState.SKIPPED)
+    total = live.count()
+    first, second, third = list(live.order_by("pk")[:3])
+    t0 = timezone.now().replace(second=0, microsecond=0) - dt.timedelta(minutes=5)
+    for rollout, state, at in [
+        (first, RolloutState.SUCCEEDED, t0),
+        (second, RolloutState.SUCCEEDED, t0),
+        (third, RolloutState.FAILED, t0 + dt.timedelta(minutes=1)),
+    ]:
+        Rollout.objects.filter(pk=rollout.pk).update(state=state, finished_at=at)
+    chart = progress_chart(campaign)
+    assert chart["minutes"] == 2 and chart["total"] == total
+    ok = chart["succeeded"].split()
+    bad = chart["failed"].split()
+    assert ok[-1] == f"{float(CHART_WIDTH)},{round(CHART_HEIGHT * (1 - 2 / total), 1)}"
+    assert bad[1] == f"{CHART_WIDTH / 2},{float(CHART_HEIGHT)}"
+    assert bad[-1] == f"{float(CHART_WIDTH)},{round(CHART_HEIGHT * (1 - 1 / total), 1)}"
+    page = login("ops").get("/").content.decode()
+    assert 'class="progress-chart"' in page and chart["succeeded"] in page
