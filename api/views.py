@@ -709,15 +709,11 @@ class RollbackViewSet(viewsets.GenericViewSet):
     @action(detail=False, methods=["post"])
     def launch(self, request: Request) -> Response:
         data = _validated(s.RollbackLaunchSerializer, request)
-        release = data["release"]
-        plan = rollback.rollback_prepare(
-            bad_release=data["from_release"], image=release.manifest.image
-        )
-        name = data["campaign"] or f"{release.name}-campaign"[:63]
-        document = rollback.rollback_spec(plan=plan, rollback_release=release, name=name)
-        spec = parse_spec(document, source="rollback")
-        campaign, outcome = campaign_services.campaign_apply(
-            spec=spec, actor=request.user, source="rollback"
+        campaign, outcome, _plan = rollback.rollback_launch(
+            rollback_release=data["release"],
+            bad_release=data["from_release"],
+            actor=request.user,
+            name=data["campaign"] or None,
         )
         campaign = Campaign.objects.select_related("release", "device_class__vendor").get(
             pk=campaign.pk

@@ -151,3 +151,22 @@ def rollback_spec(*, plan: RollbackPlan, rollback_release: Release, name: str) -
 
 def default_use_before(now: dt.datetime | None = None) -> dt.datetime:
     return (now or timezone.now()) + DEFAULT_ROLLBACK_VALIDITY
+
+
+def rollback_launch(
+    *, rollback_release: Release, bad_release: Release, actor: Any, name: str | None = None
+) -> tuple[Any, str, RollbackPlan]:
+    """Campaign of an approved rollback release to the devices the bad release reached (one
+    path for the CLI, the API and the console). Returns (campaign, outcome, plan)."""
+    from campaigns.services import campaign_apply
+    from campaigns.spec import parse_spec
+
+    if rollback_release.kind != ReleaseKind.ROLLBACK:
+        raise CampaignStateError(f"{rollback_release.name} is not a rollback release")
+    plan = rollback_prepare(bad_release=bad_release, image=rollback_release.manifest.image)
+    campaign_name = name or f"{rollback_release.name}-campaign"[:63]
+    document = rollback_spec(plan=plan, rollback_release=rollback_release, name=campaign_name)
+    campaign, outcome = campaign_apply(
+        spec=parse_spec(document, source="rollback"), actor=actor, source="rollback"
+    )
+    return campaign, outcome, plan

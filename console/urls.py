@@ -21,6 +21,7 @@ urlpatterns = [
     path("incident/", views.incident, name="incident"),
     path("incident/stop/", views.emergency_stop, name="emergency-stop"),
     path("incident/revoke/", views.incident_revoke, name="incident-revoke"),
+    path("incident/rollback/", views.rollback_launch, name="rollback-launch"),
     path("incident/stops/<int:pk>/lift/", views.emergency_lift, name="emergency-lift"),
     path("audit/", views.audit_log, name="audit"),
     path("devices/", views.device_list, name="devices"),

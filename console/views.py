@@ -15,7 +15,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from api.permissions import APPROVERS, GATEKEEPERS, LIFTERS, OPERATORS, REVOKERS, STOPPERS
 from audit.models import AuditEvent
 from audit.services import audit_verify
-from campaigns import reports
+from campaigns import reports, rollback
 from campaigns import services as campaign_services
 from campaigns.models import (
     Campaign,
@@ -30,7 +30,7 @@ from console.access import SERVICE_ERRORS, console_view, report_refusal
 from manifests import services as release_services
 from manifests import suit
 from manifests.management.commands.release import signature_blocks
-from manifests.models import DeviceClass, Release, ReleaseStatus
+from manifests.models import DeviceClass, Release, ReleaseKind, ReleaseStatus
 from manifests.services import roles_of
 
 DEVICE_ROWS = 200  # device table of a campaign, device list: first rows only
@@ -315,10 +315,37 @@ def incident(request: HttpRequest) -> HttpResponse:
                 "release", "device_class__vendor", "created_by", "lifted_by"
             ).order_by("-created_at")[:HISTORY_ROWS],
             "releases": Release.objects.exclude(status=ReleaseStatus.REVOKED).order_by("name"),
+            "all_releases": Release.objects.order_by("name"),
+            "rollback_releases": Release.objects.filter(kind=ReleaseKind.ROLLBACK)
+            .exclude(status=ReleaseStatus.REVOKED)
+            .order_by("name"),
             "device_classes": DeviceClass.objects.select_related("vendor"),
             "running": Campaign.objects.filter(status__in=selectors.LIVE_STATUSES).count(),
         },
     )
+
+
+@console_view(get=None, post=OPERATORS)
+def rollback_launch(request: HttpRequest) -> HttpResponse:
+    """Launch an approved rollback release to the devices the bad release reached."""
+    rollback_release = Release.objects.filter(pk=request.POST.get("rollback") or None).first()
+    bad_release = Release.objects.filter(pk=request.POST.get("from_release") or None).first()
+    if rollback_release is None or bad_release is None:
+        messages.error(request, "choose the rollback release and the release it replaces")
+        return redirect("console:incident")
+    try:
+        campaign, outcome, plan = rollback.rollback_launch(
+            rollback_release=rollback_release, bad_release=bad_release, actor=request.user
+        )
+    except SERVICE_ERRORS as exc:
+        report_refusal(request, exc)
+        return redirect("console:incident")
+    messages.success(
+        request,
+        f"rollback campaign {campaign.name} {outcome} for "
+        f"{len(plan.affected_endpoints)} affected devices",
+    )
+    return redirect("console:campaign", campaign.name)
 
 
 @console_view(get=None, post=STOPPERS)

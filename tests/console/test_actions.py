@@ -181,6 +181,19 @@ def test_revoking_a_release_aborts_its_campaign(login: Any, campaign: Any, world
     assert Campaign.objects.get(pk=campaign.pk).status == CampaignStatus.ABORTED
 
 
+def test_rollback_launch_refuses_a_release_that_is_not_a_rollback(
+    login: Any, campaign: Any, world: Any
+):
+    release = world.releases["thermo-1.1.0"]
+    form = {"rollback": release.pk, "from_release": release.pk}
+    assert login("qa").post("/incident/rollback/", form).status_code == 403
+    response = login("ops").post("/incident/rollback/", form, follow=True)
+    assert any("is not a rollback release" in m for m in _messages(response))
+    assert Campaign.objects.count() == 1
+    page = login("ops").get("/incident/").content.decode()
+    assert 'action="/incident/rollback/"' in page
+
+
 def test_audit_page_reports_the_verified_chain(login: Any, campaign: Any):
     response = login("auditor").get("/audit/")
     assert response.context["verdict"].ok

@@ -44,6 +44,7 @@ POSTS = [
     ("/releases/thermo-1.2.0/revoke/", {"reason": "r"}),
     ("/incident/stop/", {"reason": "r", "scope": "global"}),
     ("/incident/revoke/", {"reason": "r"}),
+    ("/incident/rollback/", {}),
     ("/incident/stops/1/lift/", {}),
 ]
 

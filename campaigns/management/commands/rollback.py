@@ -8,9 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from campaigns import rollback, services
+from campaigns import rollback
 from campaigns.management.commands.campaign import refusals
-from campaigns.spec import parse_spec
 from manifests import services as release_services
 from manifests import suit
 from manifests.management.cli import parse_time, user_named
@@ -105,15 +104,11 @@ class Command(BaseCommand):
         )
 
     def _launch(self, options: dict[str, Any]) -> None:
-        release = _release(options["release"])
-        plan = rollback.rollback_prepare(
-            bad_release=_release(options["from_release"]), image=release.manifest.image
-        )
-        name = options["campaign"] or f"{release.name}-campaign"[:63]
-        document = rollback.rollback_spec(plan=plan, rollback_release=release, name=name)
-        spec = parse_spec(document, source="rollback")
-        campaign, outcome = services.campaign_apply(
-            spec=spec, actor=user_named(options["user"]), source="rollback"
+        campaign, outcome, plan = rollback.rollback_launch(
+            rollback_release=_release(options["release"]),
+            bad_release=_release(options["from_release"]),
+            actor=user_named(options["user"]),
+            name=options["campaign"],
         )
         self.stdout.write(
             f"campaign {campaign.name}: {outcome}, {len(plan.affected_endpoints)} affected devices"
