@@ -17,6 +17,7 @@ message texts except as the last resort for problems the walker cannot see.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import cbor2
@@ -260,12 +261,10 @@ def check_map_order(mapping: dict[Any, Any], where: str) -> None:
     if len(mapping) < 2:
         return
     keys = list(mapping)
-    try:
-        # Common case: non-negative integer keys, where numeric order is the bytewise order.
+    # Common case: non-negative integer keys, where numeric order is the bytewise order.
+    with contextlib.suppress(TypeError):  # mixed key types do not sort; checked below
         if type(keys[0]) is int and keys[0] >= 0 and keys == sorted(keys):
             return
-    except TypeError:
-        pass
     if all(type(k) is int for k in keys):
         if _int_order_ok(keys):
             return

@@ -248,7 +248,8 @@ class _Handler(resource.Resource, resource.PathCapable):
             return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
 
     async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
-        raise NotImplementedError
+        """Answer one request; each resource below implements it (this base only maps errors)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement handle()")
 
 
 class RegistrationResource(_Handler):
