@@ -73,6 +73,7 @@ def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> 
     from manifests import services as release_services
     from manifests import suit
     from manifests.images import imgtool
+    from manifests.selectors import manifest_params
 
     now = now or timezone.now()
     earlier = now - dt.timedelta(hours=1)
@@ -102,18 +103,12 @@ def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> 
         uploaded_by=people["author"][0],
     )
     envelope = suit.create_envelope(
-        suit.ManifestParams(
-            vendor_id=vendor.uuid,
-            class_id=thermo.uuid,
+        manifest_params(
+            device_class=thermo,
+            image=image,
             sequence_number=5,
-            version="1.1.0",
             security_counter=2,
-            image_digest=bytes.fromhex(image.sha256),
-            image_size=image.size,
-            uri=None,
             use_before=now + dt.timedelta(days=30),
-            component_id=thermo.component_id_bytes,
-            payload_format="mcuboot",
         ),
         keys=[people["author"][1]],
     )

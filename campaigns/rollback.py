@@ -20,6 +20,7 @@ from campaigns.errors import CampaignStateError
 from campaigns.models import Device, Rollout, RolloutState
 from manifests import suit
 from manifests.models import FirmwareImage, Manifest, Release, ReleaseKind, ReleaseStatus
+from manifests.selectors import manifest_params
 from manifests.versions import parse_version
 
 # The roll-forward manifest's lifetime when the operator gives none.
@@ -46,19 +47,13 @@ class RollbackPlan:
     affected_endpoints: tuple[str, ...]
 
     def params(self, *, use_before: dt.datetime) -> suit.ManifestParams:
-        device_class = self.bad_release.manifest.device_class
-        return suit.ManifestParams(
-            vendor_id=device_class.vendor.uuid,
-            class_id=device_class.uuid,
+        return manifest_params(
+            device_class=self.bad_release.manifest.device_class,
+            image=self.image,
             sequence_number=self.sequence_number,
-            version=self.version,
             security_counter=self.security_counter,
-            image_digest=bytes.fromhex(self.image.sha256),
-            image_size=self.image.size,
-            uri=None,
+            version=self.version,
             use_before=use_before,
-            component_id=device_class.component_id_bytes,
-            payload_format=device_class.payload_format,
         )
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from manifests.models import Release
+from manifests import suit
+from manifests.models import DeviceClass, FirmwareImage, Release
 from manifests.policy import Verdict
 
 
@@ -59,3 +61,32 @@ def verdict_dict(release: Release, verdict: Verdict) -> dict[str, Any]:
             for s, why in sorted(verdict.ignored.items())
         ],
     }
+
+
+def manifest_params(
+    *,
+    device_class: DeviceClass,
+    image: FirmwareImage,
+    sequence_number: int,
+    security_counter: int,
+    version: str | None = None,
+    use_before: dt.datetime | None = None,
+    uri: str | None = None,
+) -> suit.ManifestParams:
+    """What a manifest installing ``image`` on ``device_class`` must say: vendor, class,
+    component and payload format come from the class (fixed per class, never chosen per
+    manifest), digest and size from the stored image, the version from its header unless given.
+    Signing stays with the author's tool."""
+    return suit.ManifestParams(
+        vendor_id=device_class.vendor.uuid,
+        class_id=device_class.uuid,
+        sequence_number=sequence_number,
+        version=version or image.version,
+        security_counter=security_counter,
+        image_digest=bytes.fromhex(image.sha256),
+        image_size=image.size,
+        uri=uri,
+        use_before=use_before,
+        component_id=device_class.component_id_bytes,
+        payload_format=device_class.payload_format,
+    )

@@ -20,6 +20,7 @@ from django.utils import timezone
 from manifests import services as release_services
 from manifests import suit
 from manifests.images import imgtool
+from manifests.selectors import manifest_params
 
 GOOD_PAYLOAD = b"\x42" * 8192
 PERSONAS = [
@@ -124,18 +125,13 @@ def make_release(
             uploaded_by=author,
         )
     envelope = suit.create_envelope(
-        suit.ManifestParams(
-            vendor_id=catalog.vendor.uuid,
-            class_id=catalog.thermo.uuid,
+        manifest_params(
+            device_class=catalog.thermo,
+            image=image,
             sequence_number=sequence,
-            version=version,
             security_counter=counter,
-            image_digest=bytes.fromhex(image.sha256),
-            image_size=image.size,
-            uri=None,
+            version=version,
             use_before=use_before or timezone.now() + dt.timedelta(days=30),
-            component_id=catalog.thermo.component_id_bytes,
-            payload_format="mcuboot",
         ),
         keys=[catalog.keys["author"]],
     )

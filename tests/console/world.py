@@ -13,6 +13,7 @@ from django.utils import timezone
 from manifests import services as release_services
 from manifests import suit
 from manifests.images import imgtool
+from manifests.selectors import manifest_params
 
 PASSWORD = "console-test-pass-1"
 PEOPLE = [  # username, role, key algorithm (None: no key)
@@ -77,18 +78,13 @@ def make_release(
         uploaded_by=author,
     )
     envelope = suit.create_envelope(
-        suit.ManifestParams(
-            vendor_id=world.vendor.uuid,
-            class_id=world.thermo.uuid,
+        manifest_params(
+            device_class=world.thermo,
+            image=image,
             sequence_number=sequence,
-            version=version,
             security_counter=counter,
-            image_digest=bytes.fromhex(image.sha256),
-            image_size=image.size,
-            uri=None,
+            version=version,
             use_before=timezone.now() + dt.timedelta(days=30),
-            component_id=world.thermo.component_id_bytes,
-            payload_format="mcuboot",
         ),
         keys=[world.keys["author"]],
     )

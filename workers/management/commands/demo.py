@@ -30,6 +30,7 @@ from campaigns.spec import parse_spec
 from manifests import services as release_services
 from manifests import suit
 from manifests.images import imgtool
+from manifests.selectors import manifest_params
 from workers.embedded import EmbeddedFleet
 from workers.lwm2m.simulator import Faults, FleetSpec
 
@@ -130,18 +131,12 @@ class Command(BaseCommand):
             uploaded_by=author,
         )
         envelope = suit.create_envelope(
-            suit.ManifestParams(
-                vendor_id=vendor.uuid,
-                class_id=thermo.uuid,
+            manifest_params(
+                device_class=thermo,
+                image=image,
                 sequence_number=2,
-                version="1.1.0",
                 security_counter=1,
-                image_digest=bytes.fromhex(image.sha256),
-                image_size=image.size,
-                uri=None,
                 use_before=now + dt.timedelta(days=30),
-                component_id=thermo.component_id_bytes,
-                payload_format="mcuboot",
             ),
             keys=[author_key],
         )
