@@ -8,8 +8,6 @@ a newer counter are excluded with their reasons.
 
 from __future__ import annotations
 
-import pytest
-
 from campaigns import engine, services
 from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
 from campaigns.spec import parse_spec
@@ -117,9 +115,6 @@ stages:
 """
 
 
-# Slow, and on PostgreSQL the in-process gateway + simulator loses registrations above ~100
-# devices registering at once (docs/lwm2m.md, "Known limits"); run with `-m slow`.
-@pytest.mark.slow
 def test_a_few_hundred_devices_through_three_stages(fleet_factory, catalog):
     """The issue's scale: a few hundred devices, faulty canary devices pause the campaign, and
     after the fault clears and the operator resumes, every device is updated exactly once."""

@@ -49,6 +49,7 @@ from workers.lwm2m.errors import (
 )
 from workers.lwm2m.linkformat import RegisteredObjects, parse_registration_payload
 from workers.lwm2m.object5 import PROTOCOL_SCHEMES, FwState, Phase, UpdateTracker, Verdict
+from workers.lwm2m.ports import claim_udp_port, release_udp_port
 
 log = logging.getLogger("workers.lwm2m.gateway")
 
@@ -57,6 +58,10 @@ BINDING_CHARS = set("UQSTN")
 # A queue-mode device listens for about MAX_TRANSMIT_WAIT (RFC 7252) after each message it sends.
 QUEUE_AWAKE_SECONDS = 93.0
 DEFAULT_BLOCK_SZX = 6
+# One event thread keeps a gateway's events in order; I/O threads read firmware from the store.
+EVENT_THREADS = 1
+IO_THREADS = 4
+
 # Attempts to hand one event to the sink before giving up (with exponential backoff).
 EMIT_ATTEMPTS = 5
 
@@ -351,41 +356,33 @@ class Gateway:
         self.by_endpoint: dict[str, Registration] = {}
         self.context: aiocoap.Context | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._events = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lwm2m-events")
-        self._io = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lwm2m-io")
+        self._events = ThreadPoolExecutor(
+            max_workers=EVENT_THREADS, thread_name_prefix="lwm2m-events"
+        )
+        self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="lwm2m-io")
         self._fw_attempts: dict[str, asyncio.Task[Any]] = {}
         self._fw_cancelled: set[str] = set()
         self._fw_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._fw_cache_bytes = 0
         self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
+        self._claimed_port: int | None = None
 
     # lifecycle
 
     async def start(self) -> None:
         site = _Root(RegistrationResource(self), FirmwareResource(self))
+        if self.config.port == 0:
+            # Port 0 asks for any free port: claim an exclusive one (workers.lwm2m.ports).
+            self.config.port = claim_udp_port(self.config.host)
+            self._claimed_port = self.config.port
         self.context = await aiocoap.Context.create_server_context(
             site, bind=(self.config.host, self.config.port), transports=["udp6"]
         )
-        if self.config.port == 0:
-            self.config.port = self._bound_port()
         if isinstance(self.bus, InMemoryCommandBus):
             self.bus.attach(self.config.gateway_id)
         self._spawn(self._expiry_loop())
         self._spawn(self._command_loop())
         log.info("gateway %s listening on %s", self.config.gateway_id, self.config.base_uri)
-
-    def _bound_port(self) -> int:
-        if self.context is None:
-            raise RuntimeError("gateway not started")
-        for transport in self.context.request_interfaces:
-            inner = getattr(transport, "token_interface", transport)
-            inner = getattr(inner, "message_interface", inner)
-            sock_transport = getattr(inner, "transport", None)
-            if sock_transport is not None:
-                sock = sock_transport.get_extra_info("socket")
-                if sock is not None:
-                    return int(sock.getsockname()[1])
-        raise RuntimeError("could not determine the bound port")
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -398,6 +395,11 @@ class Gateway:
         if self.context is not None:
             await self.context.shutdown()
             self.context = None
+        if self._claimed_port is not None:
+            release_udp_port(self.config.host, self._claimed_port)
+            self._claimed_port = None
+        await _close_db_connections(self._events, EVENT_THREADS)
+        await _close_db_connections(self._io, IO_THREADS)
         self._events.shutdown(wait=True)
         self._io.shutdown(wait=False)
 
@@ -902,6 +904,23 @@ class Gateway:
         finally:
             if not request.observation.cancelled:
                 request.observation.cancel()
+
+
+async def _close_db_connections(executor: ThreadPoolExecutor, threads: int) -> None:
+    """Close the database connection of every thread of ``executor`` (Django keeps one per
+    thread; left open, a stopped gateway would hold server sessions until the process exits).
+    A barrier makes each of the ``threads`` workers take exactly one of the close calls."""
+    from django.db import connections
+
+    barrier = threading.Barrier(threads)
+
+    def close() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=5)
+        connections.close_all()
+
+    loop = asyncio.get_running_loop()
+    await asyncio.gather(*(loop.run_in_executor(executor, close) for _ in range(threads)))
 
 
 def _client_error(code: Any) -> bool:

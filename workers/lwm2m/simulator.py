@@ -49,6 +49,7 @@ from workers.lwm2m.object5 import (
     FwResult,
     FwState,
 )
+from workers.lwm2m.ports import claim_udp_port, release_udp_port
 
 log = logging.getLogger("workers.lwm2m.simulator")
 
@@ -202,6 +203,7 @@ class SimulatedDevice:
             # Power loss mid-download/update: a real device restarts the attempt; ours gives up.
             self.fw = DeviceFirmwareObject(FwState.IDLE, FwResult.CONNECTION_LOST, "")
         self.context: aiocoap.Context | None = None
+        self.port: int | None = None
         self.resource = _DeviceResource(self)
         self.location: tuple[str, ...] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -212,8 +214,10 @@ class SimulatedDevice:
     # lifecycle
 
     async def start(self) -> None:
+        # An exclusive port, not port 0: see workers.lwm2m.ports for why.
+        self.port = claim_udp_port(self.host)
         self.context = await aiocoap.Context.create_server_context(
-            self.resource, bind=(self.host, 0), transports=["udp6"]
+            self.resource, bind=(self.host, self.port), transports=["udp6"]
         )
         self._spawn(self._registration_loop())
 
@@ -234,6 +238,9 @@ class SimulatedDevice:
         if self.context is not None:
             await self.context.shutdown()
             self.context = None
+        if self.port is not None:
+            release_udp_port(self.host, self.port)
+            self.port = None
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
