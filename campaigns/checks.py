@@ -31,6 +31,9 @@ ROLLBACK_COUNTER = "rollback_refused_counter"
 VERSION_DOWNGRADE = "version_downgrade"
 EXPIRED = "expired_release"
 CLOCK_SKEW = "clock_skew"
+# Refusals that may pass later without any change to the release or the campaign (the device
+# fixes its clock): the rollout stays pending with the reason instead of being skipped.
+TRANSIENT_REASONS = frozenset({CLOCK_SKEW})
 MISSING_FIELD = "manifest_incomplete"
 NO_SPACE = "no_space"
 

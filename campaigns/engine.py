@@ -58,6 +58,10 @@ ENROLL_BATCH = 1000
 COMMAND_RESEND_AFTER = dt.timedelta(seconds=60)
 # Margin the gateway gets beyond the device timeout before the engine gives up on a command.
 GATEWAY_TIMEOUT_MARGIN = dt.timedelta(seconds=30)
+# A pending device that cannot go now for a passing reason (clock skew, busy in another
+# campaign, its group's window closed) is looked at again after this, so that such devices
+# never fill the candidate window and starve the devices behind them.
+DEFER_RECHECK = dt.timedelta(seconds=30)
 
 FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
 _ORDER = {
@@ -529,7 +533,8 @@ def _apply_timeouts(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
 
 def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
     """Offline devices cannot stall a stage: once the stage has run ``unreachable_after`` and a
-    pending device has not been seen for that long, it counts as unreachable (reported apart).
+    pending device has not been seen for that long, it counts as unreachable (reported apart);
+    a device still refused for a transient reason (clock skew) by then is skipped.
     A device that comes back online while the campaign runs is pending again, in the stage
     running now."""
     after = spec.timeouts.unreachable_after
@@ -543,6 +548,14 @@ def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> Non
         ).filter(Q(device__last_seen__lt=now - after) | Q(device__last_seen__isnull=True)).update(
             state=RolloutState.UNREACHABLE, reason="unreachable", finished_at=now
         )
+        # Nor can an online device held back by a passing refusal (its clock still off after
+        # the same time): it is skipped with that reason, and its stage can finish.
+        Rollout.objects.filter(
+            campaign=campaign,
+            stage__lte=campaign.current_stage,
+            state=RolloutState.PENDING,
+            reason__in=checks.TRANSIENT_REASONS,
+        ).update(state=RolloutState.SKIPPED, finished_at=now)
     Rollout.objects.filter(
         campaign=campaign, state=RolloutState.UNREACHABLE, device__online=True
     ).update(state=RolloutState.PENDING, stage=campaign.current_stage, reason="", finished_at=None)
@@ -635,11 +648,13 @@ def _dispatch(
     timeout = spec.timeouts.device
     skipped: dict[str, int] = {}
     refused: list[tuple[int, checks.Refusal]] = []
+    deferred: list[int] = []  # rollout ids: busy elsewhere or outside their group's window
     chosen: list[tuple[int, int]] = []  # (rollout id, device id)
     for pk, device_id, endpoint, class_id, version, sequence, counter, offset, tags in candidates:
         if len(chosen) >= room:
             break
         if device_id in busy:
+            deferred.append(pk)
             continue
         if spec.windows:
             tag_key = tuple(tags or ())
@@ -649,6 +664,7 @@ def _dispatch(
                     spec.windows, now=now, tags=frozenset(tag_key)
                 )
             if not is_open:
+                deferred.append(pk)
                 continue
         refusal = checker.check(
             PlanDevice(
@@ -662,20 +678,27 @@ def _dispatch(
         refused.append((pk, refusal))
         skipped[refusal.reason] = skipped.get(refusal.reason, 0) + 1
     # Refusals: clock skew is transient (the device may fix its clock), so those stay pending
-    # with the reason; every other refusal skips the rollout. One update each.
+    # with the reason and are looked at again later; every other refusal skips the rollout.
+    # One update each.
     for transient, rows in itertools.groupby(
-        sorted(refused, key=lambda r: r[1].reason == checks.CLOCK_SKEW),
-        key=lambda r: r[1].reason == checks.CLOCK_SKEW,
+        sorted(refused, key=lambda r: r[1].reason in checks.TRANSIENT_REASONS),
+        key=lambda r: r[1].reason in checks.TRANSIENT_REASONS,
     ):
         batch = list(rows)
         fields: dict[str, Any] = {
             "reason": _per_row(batch, lambda r: r.reason, CharField()),
             "detail": _per_row(batch, lambda r: r.message[:500], TextField()),
         }
-        if not transient:
+        if transient:
+            fields.update(next_attempt_at=now + DEFER_RECHECK)
+        else:
             fields.update(state=RolloutState.SKIPPED, finished_at=now)
         Rollout.objects.filter(pk__in=[pk for pk, _ in batch], state=RolloutState.PENDING).update(
             **fields
+        )
+    if deferred:
+        Rollout.objects.filter(pk__in=deferred, state=RolloutState.PENDING).update(
+            next_attempt_at=now + DEFER_RECHECK
         )
     if not chosen:
         return 0, skipped

@@ -754,7 +754,7 @@ def _write_rows(campaign: Campaign, rows: Iterable[PlanRow], *, fresh: bool = Fa
     for row in rows:
         if row.device_id in existing:
             continue
-        skipped = bool(row.reason)
+        skipped = bool(row.reason) and row.reason not in checks.TRANSIENT_REASONS
         batch.append(
             Rollout(
                 campaign=campaign,
@@ -798,8 +798,9 @@ def _copy_rows(campaign: Campaign, rows: PlanRows, existing: set[int]) -> None:
             if existing and device_id in existing:
                 continue
             if reason:
+                state = pending if reason in checks.TRANSIENT_REASONS else skipped
                 chunk.append(
-                    f"{head}{device_id}\t{stage or 0}\t{value}\t{skipped}\t{_copy_text(reason)}\t"
+                    f"{head}{device_id}\t{stage or 0}\t{value}\t{state}\t{_copy_text(reason)}\t"
                     f"{_copy_text(detail[:500])}{tail}"
                 )
             else:

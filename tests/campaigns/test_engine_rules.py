@@ -107,10 +107,14 @@ def test_plan_excludes_devices_with_their_reasons(catalog: Catalog) -> None:
         "v1-00001": "class_mismatch",
         "newer-counter-00000": "rollback_refused_counter",
         "current-00000": "already_current",
-        "skewed-00000": "clock_skew",
         "gone-00000": "offline_too_long",
     }
     assert all(Rollout.objects.get(campaign=campaign, device__endpoint=e).detail for e in skipped)
+    # A clock that is off may be fixed: counted as excluded by the plan, the rollout is kept
+    # pending with its reason, as the dispatcher does, and goes once the clock is right.
+    skewed = Rollout.objects.get(campaign=campaign, device__endpoint="skewed-00000")
+    assert (skewed.state, skewed.reason) == (RolloutState.PENDING, "clock_skew")
+    assert "clock" in skewed.detail
 
 
 def test_expired_manifest_blocks_the_plan_and_apply_refuses(catalog: Catalog) -> None:
@@ -161,10 +165,56 @@ def test_clock_skew_at_dispatch_keeps_the_device_pending_with_its_reason(
     assert "clock" in skewed.detail
     assert not DeviceCommand.objects.filter(device=skewed.device).exists()
     Device.objects.filter(endpoint="dev-00002").update(clock_offset_seconds=1.0)
+    # Looked at again once the recheck delay has passed (not on every pass).
     report = engine.campaign_reconcile(campaign.pk, now=now + dt.timedelta(seconds=5))
+    assert report is not None and report.dispatched == 0
+    report = engine.campaign_reconcile(campaign.pk, now=now + engine.DEFER_RECHECK)
     assert report is not None and report.dispatched == 1
     skewed.refresh_from_db()
     assert (skewed.state, skewed.reason) == (RolloutState.QUEUED, "")
+
+
+def test_devices_held_back_do_not_starve_the_devices_behind_them(catalog: Catalog) -> None:
+    """More skewed devices at the front of the order than the candidate window holds: each
+    pass still reaches the devices behind them, and the skewed ones are looked at again
+    only after the recheck delay."""
+    now = timezone.now()
+    make_devices(catalog, 12)
+    text = spec_text("starve", stages="  - name: all\n    size: 100%\n    max_in_flight: 2\n")
+    campaign = apply(catalog, text, now=now)
+    order = list(
+        Rollout.objects.filter(campaign=campaign)
+        .order_by("stage", "bucket")
+        .values_list("device__endpoint", flat=True)
+    )
+    front = order[:6]  # three times the window of a pass with room for 2 (room * 2 = 4)
+    Device.objects.filter(endpoint__in=front).update(clock_offset_seconds=7200.0)
+    dispatched = 0
+    for second in range(0, 6):
+        report = engine.campaign_reconcile(campaign.pk, now=now + dt.timedelta(seconds=second))
+        assert report is not None
+        dispatched += report.dispatched
+    assert dispatched == 2  # the room: devices behind the skewed ones went
+    queued = set(
+        Rollout.objects.filter(campaign=campaign, state=RolloutState.QUEUED).values_list(
+            "device__endpoint", flat=True
+        )
+    )
+    assert queued and not queued & set(front)
+
+
+def test_a_clock_that_stays_off_cannot_stall_the_stage(catalog: Catalog) -> None:
+    now = timezone.now()
+    make_devices(catalog, 3)
+    Device.objects.filter(endpoint="dev-00001").update(clock_offset_seconds=7200.0)
+    text = spec_text("stall", extra="timeouts:\n  unreachable_after: 1h\n")
+    campaign = apply(catalog, text, now=now)
+    engine.campaign_reconcile(campaign.pk, now=now)
+    skewed = Rollout.objects.get(campaign=campaign, device__endpoint="dev-00001")
+    assert skewed.state == RolloutState.PENDING
+    engine.campaign_reconcile(campaign.pk, now=now + dt.timedelta(hours=1))
+    skewed.refresh_from_db()
+    assert (skewed.state, skewed.reason) == (RolloutState.SKIPPED, "clock_skew")
 
 
 # --- 5. idempotency -----------------------------------------------------------------------------
