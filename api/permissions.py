@@ -5,6 +5,11 @@ class) before the view runs; the services' own role checks stay authoritative be
 table can only narrow what a service would allow, never widen it. Anything not in the table is
 refused (fail closed); a method the view does not implement answers 405. Anonymous requests get
 401, signed-in users without a listed role 403 with code ``api.forbidden``.
+
+A few rows (``DELEGABLE``) also admit a user who holds a listed role only through a live
+delegation naming them (``manifests.services.releases.delegated_roles``): the service accepts
+such a signer, so the table must not be stricter than it; the service still decides per release
+(the delegation's scope, the release's policy, separation of duties).
 ``tests/api/test_permission_matrix.py`` walks the whole table and checks every URL is in it.
 """
 
@@ -18,6 +23,7 @@ from rest_framework.request import Request
 from api.errors import RoleForbidden
 from manifests.models import Role
 from manifests.services import roles_of
+from manifests.services.releases import delegated_roles
 
 AUTHOR, QA, SECURITY = Role.AUTHOR.value, Role.QA.value, Role.SECURITY.value
 OPERATOR, AUDITOR, ADMIN = Role.FLEET_OPERATOR.value, Role.AUDITOR.value, Role.ADMIN.value
@@ -110,6 +116,10 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
     "webhookdelivery-detail": {"GET": WEBHOOK_READ},
 }
 
+# (URL name, method) where a role held through a live delegation counts as holding it:
+# release_approve accepts a delegatee's signature in the delegated role.
+DELEGABLE: frozenset[tuple[str, str]] = frozenset({("release-approvals", "POST")})
+
 # Read-only methods share GET's row.
 _ALIASES = {"HEAD": "GET", "OPTIONS": "GET"}
 
@@ -117,6 +127,10 @@ _ALIASES = {"HEAD": "GET", "OPTIONS": "GET"}
 def allowed_roles(url_name: str | None, method: str) -> frozenset[str]:
     method = _ALIASES.get(method.upper(), method.upper())
     return MATRIX.get(url_name or "", {}).get(method, frozenset())
+
+
+def is_delegable(url_name: str | None, method: str) -> bool:
+    return (url_name or "", _ALIASES.get(method.upper(), method.upper())) in DELEGABLE
 
 
 def request_roles(request: Request) -> frozenset[str]:
@@ -142,9 +156,17 @@ class RoleMatrixPermission(BasePermission):
         if not needed:
             raise RoleForbidden(f"{method} {request.path} is not open to any role")
         held = request_roles(request)
-        if not held & needed:
+        if held & needed:
+            return True
+        if is_delegable(url_name, method):
+            if delegated_roles(user) & needed:
+                return True
             raise RoleForbidden(
-                f"{user.get_username()} holds {sorted(held) or 'no role'}; "
-                f"{method} here needs one of {sorted(needed)}"
+                f"{user.get_username()} holds {sorted(held) or 'no role'} and no live "
+                f"delegation of one; {method} here needs one of {sorted(needed)}, held or "
+                "delegated"
             )
-        return True
+        raise RoleForbidden(
+            f"{user.get_username()} holds {sorted(held) or 'no role'}; "
+            f"{method} here needs one of {sorted(needed)}"
+        )

@@ -6,6 +6,11 @@ check again behind this, so a page can only be narrower than the service, never 
 page needs a signed-in user holding some role; the auditor holds only read rights, so each of
 its POSTs is answered 403 before any service runs. Refusals from the services themselves
 (``ManifestError`` / ``CampaignError``) become messages on the page, never a 500.
+
+The release pages a delegatee needs (the inbox, a release, the signature upload) are
+``delegable``, as the API's approve endpoint is: there a role held only through a live delegation
+naming the user counts too (``delegated_roles``), because ``release_approve`` accepts such a
+signer; the service still decides per release.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from api.permissions import READ
 from campaigns.errors import CampaignError, SpecError
 from manifests.errors import ManifestError, PermissionDeniedError
 from manifests.services import require_role, roles_of
+from manifests.services.releases import delegated_roles
 
 View = Callable[..., HttpResponse]
 # What a console page may refuse with: the release side's and the campaign side's error trees.
@@ -30,11 +36,15 @@ SERVICE_ERRORS = (ManifestError, CampaignError)
 
 
 def console_view(
-    *, get: Iterable[str] | None = READ, post: Iterable[str] | None = None
+    *,
+    get: Iterable[str] | None = READ,
+    post: Iterable[str] | None = None,
+    delegable: bool = False,
 ) -> Callable[[View], View]:
-    """Allow GET (and HEAD) to holders of ``get`` roles and POST to holders of ``post`` roles;
-    any other method is 405. Anonymous users go to the login page (htmx requests are told to
-    navigate there, so a fragment never swaps a login form into a page)."""
+    """Allow GET (and HEAD) to holders of ``get`` roles and POST to holders of ``post`` roles
+    (held, or with ``delegable`` also delegated to them); any other method is 405. Anonymous
+    users go to the login page (htmx requests are told to navigate there, so a fragment never
+    swaps a login form into a page)."""
     allowed = {"GET": frozenset(get or ()), "POST": frozenset(post or ())}
     allowed["HEAD"] = allowed["GET"]
     methods = [m for m, roles in allowed.items() if roles]
@@ -50,15 +60,22 @@ def console_view(
                     response["HX-Redirect"] = f"/login/?next={request.path}"
                     return response
                 return redirect_to_login(request.get_full_path())
+            needed = allowed[request.method or "GET"]
             try:
-                require_role(request.user, *allowed[request.method or "GET"])
+                require_role(request.user, *needed)
             except PermissionDeniedError as exc:
-                return render(
-                    request,
-                    "console/forbidden.html",
-                    {"reason": str(exc), "roles": sorted(roles_of(request.user))},
-                    status=403,
-                )
+                delegated = delegated_roles(request.user)
+                if not (delegable and request.user.is_active and delegated & needed):
+                    return render(
+                        request,
+                        "console/forbidden.html",
+                        {
+                            "reason": str(exc),
+                            "roles": sorted(roles_of(request.user)),
+                            "delegated": sorted(delegated),
+                        },
+                        status=403,
+                    )
             return view(request, *args, **kwargs)
 
         return wrapper

@@ -9,7 +9,9 @@ import math
 from fractions import Fraction
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
 
 from campaigns import reports
 from campaigns.models import Campaign, CampaignStage, CampaignStatus, EmergencyStop, StageStatus
@@ -18,6 +20,7 @@ from manifests.models import Release, ReleaseStatus, Role
 from manifests.policy import Verdict
 from manifests.selectors import verdict_dict
 from manifests.services import release_evaluate, roles_of
+from manifests.services.releases import approval_capacities, delegated_roles
 
 APPROVING_ROLES = (Role.AUTHOR, Role.QA, Role.SECURITY, Role.FLEET_OPERATOR)
 LIVE_STATUSES = (CampaignStatus.RUNNING, CampaignStatus.PAUSED)
@@ -196,26 +199,75 @@ def alerts(user: AbstractBaseUser) -> list[dict[str, str]]:
 
 
 def approvals_inbox(user: AbstractBaseUser) -> list[dict[str, Any]]:
-    """Pending releases where a role the user holds is still short and the user has not yet
-    signed in that role (authors only count as authors). Delegated rights are not listed here:
-    a delegatee opens the release page and uploads from there."""
-    held = roles_of(user) & set(APPROVING_ROLES)
-    if not held:
+    """Pending releases where the user can still add a signature that counts: a role the policy
+    still lacks, in which ``release_approve`` would accept them (``approval_capacities``: held,
+    or delegated by a live, in-scope delegation; the author only as author), and which they
+    have not signed yet. Left out, because the evaluator would ignore the signature: a person
+    already counted for the release, a delegation whose chain above it is broken, and one whose
+    delegator already counts. Delegated items name the delegators."""
+    if not user.is_authenticated:
         return []
+    now = timezone.now()
+    if not (roles_of(user, at=now) & set(APPROVING_ROLES) or delegated_roles(user, at=now)):
+        return []  # cheap way out on every page for auditors and admins
     items = []
     pending = Release.objects.filter(status=ReleaseStatus.PENDING).select_related(
         "manifest__device_class__vendor"
     )
     for release in pending.order_by("created_at"):
+        capacities = approval_capacities(signer=user, release=release, now=now)
+        if not capacities:
+            continue
+        verdict = release_evaluate(release, now=now)
+        counted = {c.person for tally in verdict.tally.values() for c in tally.credited}
+        if user.pk in counted:
+            continue
         signed = set(release.approvals.filter(signer=user).values_list("role", flat=True))
-        verdict = release_evaluate(release)
-        for role, tally in verdict.tally.items():
-            if role not in held or role in signed or tally.missing <= 0:
+        by_role: dict[str, list[int]] = {}  # role -> delegators ([] when held directly)
+        for cap in capacities:
+            tally = verdict.tally.get(cap.role)
+            if tally is None or tally.missing <= 0 or cap.role in signed or not cap.counts:
                 continue
-            if release.created_by_id == user.pk and role != Role.AUTHOR:
-                continue
-            items.append({"release": release, "role": role, "missing": tally.missing})
+            if cap.delegation is None:
+                by_role[cap.role] = []
+            elif cap.delegation.delegator not in counted and by_role.get(cap.role) != []:
+                by_role.setdefault(cap.role, []).append(cap.delegation.delegator)
+        names = _usernames({pk for delegators in by_role.values() for pk in delegators})
+        for role, delegators in by_role.items():
+            items.append(
+                {
+                    "release": release,
+                    "role": role,
+                    "missing": verdict.tally[role].missing,
+                    "delegators": sorted({names[pk] for pk in delegators}),
+                }
+            )
     return items
+
+
+def _usernames(pks: set[int]) -> dict[int, str]:
+    if not pks:
+        return {}
+    return {u.pk: u.get_username() for u in get_user_model().objects.filter(pk__in=pks)}
+
+
+def approve_choices(user: AbstractBaseUser, release: Release) -> list[dict[str, Any]]:
+    """The roles the release page offers for an upload: those ``release_approve`` would accept
+    from the user, one per role, naming the delegators where the role is delegated only."""
+    if not user.is_authenticated:
+        return []
+    choices: dict[str, list[int]] = {}
+    for cap in approval_capacities(signer=user, release=release):
+        if cap.delegation is None:
+            choices[cap.role] = []
+        elif choices.get(cap.role) != []:
+            choices.setdefault(cap.role, []).append(cap.delegation.delegator)
+    names = _usernames({pk for delegators in choices.values() for pk in delegators})
+    return [
+        {"role": role, "delegators": sorted({names[pk] for pk in choices[role]})}
+        for role in APPROVING_ROLES
+        if role in choices
+    ]
 
 
 def release_view(release: Release) -> dict[str, Any]:

@@ -10,9 +10,12 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("partials/campaigns/", views.dashboard_campaigns, name="dashboard-campaigns"),
     path("campaigns/", views.campaign_list, name="campaigns"),
-    path("campaigns/new/", views.campaign_new, name="campaign-new"),
+    # "+new" is outside the campaign-name grammar (^[a-z0-9][a-z0-9-]{0,62}$), so no campaign
+    # can shadow the form, whatever it is called (docs/console.md).
+    path("campaigns/+new/", views.campaign_new, name="campaign-new"),
     path("campaigns/<str:name>/", views.campaign_detail, name="campaign"),
     path("campaigns/<str:name>/live/", views.campaign_live, name="campaign-live"),
+    path("campaigns/<str:name>/devices/", views.campaign_devices, name="campaign-devices"),
     path("campaigns/<str:name>/<str:action>/", views.campaign_action, name="campaign-action"),
     path("releases/", views.release_list, name="releases"),
     path("releases/<str:name>/", views.release_detail, name="release"),

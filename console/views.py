@@ -4,12 +4,15 @@ API call), and renders; refusals come back as messages. Who may do what is
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 from django.conf import settings
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 
 from api.permissions import APPROVERS, GATEKEEPERS, LIFTERS, OPERATORS, REVOKERS, STOPPERS
@@ -33,7 +36,7 @@ from manifests.management.commands.release import signature_blocks
 from manifests.models import DeviceClass, Release, ReleaseKind, ReleaseStatus
 from manifests.services import roles_of
 
-DEVICE_ROWS = 200  # device table of a campaign, device list: first rows only
+DEVICE_ROWS = 200  # device table of a campaign (per page), device list (first rows only)
 AUDIT_ROWS = 200  # audit viewer: latest events
 HISTORY_ROWS = 20  # a device's rollout history, recent stops
 SPEC_SOURCE = "console"  # where revisions and spec errors say a spec came from
@@ -108,25 +111,63 @@ def campaign_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+class BadQuery(ValueError):
+    """A filter or page number in the query string that the console never produces."""
+
+
+def _device_table(request: HttpRequest, campaign: Campaign) -> dict[str, Any]:
+    """One page of the campaign's device table, filtered by state: two queries (the count and
+    the rows with their device joined) whatever the fleet size. An unknown state or a page that
+    is not a positive number is refused; a page past the end (the filter's set shrank since the
+    last refresh) shows the last page."""
+    state = request.GET.get("state", "")
+    if state and state not in RolloutState.values:
+        raise BadQuery(f"unknown state {state!r}; states are {', '.join(RolloutState.values)}")
+    number = request.GET.get("page", "1")
+    if not re.fullmatch(r"[1-9][0-9]{0,8}", number):
+        raise BadQuery(f"page must be a whole number from 1, not {number!r}")
+    rollouts = Rollout.objects.filter(campaign=campaign).select_related("device")
+    if state:
+        rollouts = rollouts.filter(state=state)
+    paginator = Paginator(rollouts.order_by("stage", "device__endpoint", "pk"), DEVICE_ROWS)
+    page = paginator.get_page(int(number))
+
+    def query(n: int) -> str:
+        return urlencode({"state": state, "page": n} if state else {"page": n})
+
+    links = []
+    if page.has_previous():
+        links += [("first", query(1)), ("previous", query(page.previous_page_number()))]
+    if page.has_next():
+        links += [("next", query(page.next_page_number())), ("last", query(paginator.num_pages))]
+    return {
+        "campaign": campaign,
+        "state": state,
+        "page": page,
+        "rollouts": page.object_list,
+        "query": query(page.number),
+        "page_links": links,
+    }
+
+
+def _bad_query(exc: BadQuery) -> HttpResponse:
+    return HttpResponseBadRequest(f"{exc}\n", content_type="text/plain; charset=utf-8")
+
+
 @console_view()
 def campaign_detail(request: HttpRequest, name: str) -> HttpResponse:
     campaign = _campaign(name)
-    state = request.GET.get("state", "")
-    rollouts = Rollout.objects.filter(campaign=campaign).select_related("device")
-    if state in RolloutState.values:
-        rollouts = rollouts.filter(state=state)
-    else:
-        state = ""
+    try:
+        devices = _device_table(request, campaign)
+    except BadQuery as exc:
+        return _bad_query(exc)
     return _page(
         request,
         "console/campaign.html",
         {
             **_live_context(campaign),
-            "state": state,
+            **devices,
             "states": RolloutState.choices,
-            "rollouts": rollouts.order_by("stage", "device__endpoint")[:DEVICE_ROWS],
-            "rollout_count": rollouts.count(),
-            "device_rows": DEVICE_ROWS,
             "spec_yaml": yaml.safe_dump(campaign.spec, sort_keys=False, allow_unicode=True),
             "revisions": campaign.revisions.select_related("created_by").order_by("-revision"),
             "timeline": reports.campaign_timeline(campaign)[-50:],
@@ -139,6 +180,18 @@ def campaign_detail(request: HttpRequest, name: str) -> HttpResponse:
 def campaign_live(request: HttpRequest, name: str) -> HttpResponse:
     """The campaign page's live block (status, stages, reasons), polled every 2 s."""
     return render(request, "console/_campaign_live.html", _live_context(_campaign(name)))
+
+
+@console_view()
+def campaign_devices(request: HttpRequest, name: str) -> HttpResponse:
+    """The campaign page's device table for the page's filter and page number, polled every
+    2 s; the fragment carries its own polling URL, so it keeps both."""
+    campaign = _campaign(name)
+    try:
+        devices = _device_table(request, campaign)
+    except BadQuery as exc:
+        return _bad_query(exc)
+    return render(request, "console/_campaign_devices.html", devices)
 
 
 CAMPAIGN_ACTIONS = {"pause", "resume", "abort", "promote"}
@@ -219,7 +272,7 @@ def _release(name: str) -> Release:
     )
 
 
-@console_view()
+@console_view(delegable=True)
 def release_list(request: HttpRequest) -> HttpResponse:
     releases = Release.objects.select_related("manifest__device_class__vendor")
     return _page(
@@ -232,10 +285,9 @@ def release_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@console_view()
+@console_view(delegable=True)
 def release_detail(request: HttpRequest, name: str) -> HttpResponse:
     release = _release(name)
-    held = set(roles_of(request.user))
     return _page(
         request,
         "console/release.html",
@@ -243,13 +295,13 @@ def release_detail(request: HttpRequest, name: str) -> HttpResponse:
             "release": release,
             "manifest": release.manifest,
             **selectors.release_view(release),
-            "approve_roles": [r for r in selectors.APPROVING_ROLES if r in held],
+            "approve_choices": selectors.approve_choices(request.user, release),
             "campaigns": selectors.campaigns_for_release(release),
         },
     )
 
 
-@console_view(get=None, post=APPROVERS)
+@console_view(get=None, post=APPROVERS, delegable=True)
 def release_approve(request: HttpRequest, name: str) -> HttpResponse:
     """Upload a signature file: a raw COSE_Sign1, or an envelope from ``suit sign`` whose
     blocks by the signer's registered keys are taken (as ``manage.py release approve``)."""

@@ -200,7 +200,7 @@ def evaluate(
         for delegation in delegation_list:
             if delegation.role != role or delegation.delegator in credited:
                 continue
-            if not _chain_valid(delegation, by_id=by_id, roles=roles, release=release, now=now):
+            if not chain_valid(delegation, by_id=by_id, roles=roles, release=release, now=now):
                 continue
             voters = sorted(p for p in delegation.delegatees if p in signers and p not in credited)
             if len(voters) >= delegation.threshold:
@@ -253,7 +253,7 @@ def _signature_problem(
     return None
 
 
-def _chain_valid(
+def chain_valid(
     delegation: DelegationFact,
     *,
     by_id: Mapping[int, DelegationFact],

@@ -47,6 +47,7 @@ from manifests.models import (
     SigningKey,
 )
 from manifests.policy import (
+    APPROVING_ROLES,
     MAX_DELEGATION_DEPTH,
     DelegationFact,
     PolicyError,
@@ -54,6 +55,7 @@ from manifests.policy import (
     Scope,
     SignatureFact,
     Verdict,
+    chain_valid,
     evaluate,
     validate_policy,
 )
@@ -544,9 +546,14 @@ def _roles_at(people: set[int], now: dt.datetime) -> dict[int, frozenset[str]]:
     return {user: frozenset(r) for user, r in roles.items()}
 
 
-def _delegation_facts(roles: set[str]) -> list[DelegationFact]:
+def _delegation_facts(
+    roles: set[str], *, delegatee: AbstractBaseUser | None = None
+) -> list[DelegationFact]:
+    rows = Delegation.objects.filter(role__in=roles)
+    if delegatee is not None:
+        rows = rows.filter(delegatees=delegatee)
     facts = []
-    for d in Delegation.objects.filter(role__in=roles).prefetch_related("delegatees"):
+    for d in rows.prefetch_related("delegatees"):
         facts.append(
             DelegationFact(
                 id=d.pk,
@@ -583,18 +590,78 @@ def _signature_valid(env: suit.Envelope, block: suit.SignatureBlock, key: Signin
 def _may_approve(
     signer: AbstractBaseUser, role: str, release: Release, *, now: dt.datetime
 ) -> bool:
-    if role in roles_of(signer, at=now):
-        return True
-    facts = load_release_facts(release, now=now)
-    for d in facts.delegations:
-        if (
-            d.role == role
-            and signer.pk in d.delegatees
-            and d.live_at(now)
-            and d.scope.covers(device_class=facts.release.device_class, groups=facts.release.groups)
-        ):
-            return True
-    return False
+    return any(c.role == role for c in approval_capacities(signer=signer, release=release, now=now))
+
+
+# --- who may sign what: one answer for this service, the console and the API -----------------
+@dataclass(frozen=True)
+class ApprovalCapacity:
+    """A role in which ``release_approve`` accepts someone's signature on a release: held
+    directly (``delegation`` None), or through a live, in-scope delegation naming them.
+
+    ``counts`` is False when the service accepts the signature (it checks the delegation naming
+    the signer, as it always has) but the policy evaluator will ignore it, because a link above
+    that delegation is expired, revoked or out of scope, or the chain is too long."""
+
+    role: str
+    delegation: DelegationFact | None = None
+    counts: bool = True
+
+
+def delegated_roles(user: AbstractBaseUser, *, at: dt.datetime | None = None) -> frozenset[str]:
+    """The approving roles ``user`` holds through a live (unrevoked, unexpired) delegation naming
+    them, whatever its scope. An upper bound for gates that run before a release is known (the
+    API's permission matrix, the console's pages); per release, ``approval_capacities``."""
+    at = at or timezone.now()
+    facts = _delegation_facts(set(APPROVING_ROLES), delegatee=user)
+    return frozenset(d.role for d in facts if d.live_at(at))
+
+
+def approval_capacities(
+    *, signer: AbstractBaseUser, release: Release, now: dt.datetime | None = None
+) -> list[ApprovalCapacity]:
+    """Every role in which ``release_approve`` would accept ``signer``'s signature on
+    ``release`` (given one that verifies, by a usable key of theirs), and through what.
+
+    The rules are the service's own, and ``release_approve`` decides with this function: nothing
+    unless the release is pending or approved; the author only as ``author`` (separation of
+    duties); any approving role they hold; a role the release's policy requires, delegated to
+    them by a live delegation whose scope covers the release. A person may appear more than
+    once for a role (held and delegated, or several delegations)."""
+    now = now or timezone.now()
+    if release.status not in (ReleaseStatus.PENDING, ReleaseStatus.APPROVED):
+        return []
+    held = roles_of(signer, at=now)
+    found = [ApprovalCapacity(role=role) for role in APPROVING_ROLES if role in held]
+    manifest = release.manifest
+    policy, _ = policy_for(manifest.device_class, _policy_kind(release))
+    delegations = _delegation_facts(set(policy))
+    target = ReleaseFacts(
+        author=release.created_by_id,
+        device_class=manifest.device_class_id,
+        groups=frozenset(release.target_groups),
+    )
+    mine = [
+        d
+        for d in delegations
+        if signer.pk in d.delegatees
+        and d.live_at(now)
+        and d.scope.covers(device_class=target.device_class, groups=target.groups)
+    ]
+    if mine:
+        by_id = {d.id: d for d in delegations}
+        roots = _roles_at({d.delegator for d in delegations}, now)
+        found += [
+            ApprovalCapacity(
+                role=d.role,
+                delegation=d,
+                counts=chain_valid(d, by_id=by_id, roles=roots, release=target, now=now),
+            )
+            for d in mine
+        ]
+    if signer.pk == release.created_by_id:
+        found = [c for c in found if c.role == Role.AUTHOR]
+    return found
 
 
 # --- delegation -------------------------------------------------------------------------------

@@ -5,17 +5,24 @@ Allowed means the role matrix let the request through: any answer but 401/403 (t
 deliberately empty or names a missing object, so it stops at validation or lookup: 400/404/415,
 or succeeds for reads). Refused means 403 with code ``api.forbidden`` for a signed-in user and
 401 for anonymous. A method an endpoint does not implement answers 405 to every signed-in user.
+
+Three more roleless callers: the delegatee of a live ``qa`` delegation (allowed exactly where the
+row is ``DELEGABLE`` and lists ``qa``), and the delegatees of a revoked and of an expired one
+(refused everywhere, like a user without any role).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
-from api.permissions import MATRIX
-from tests.api.conftest import ROLES
+from api.permissions import DELEGABLE, MATRIX
+from manifests import services
+from tests.api.conftest import ROLES, ApiUser, client_for
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # Path parameters that match each route's regex but name nothing that exists.
@@ -47,6 +54,34 @@ def api_routes() -> dict[str, list[str]]:
 
 
 ROUTES = api_routes()
+DELEGATED_ROLE = "qa"  # what the live delegation below hands to its delegatee
+
+
+@pytest.fixture
+def delegatees(people: dict[str, ApiUser], django_user_model: Any) -> dict[str, Any]:
+    """Roleless users named by a live, a revoked and an expired delegation of qa."""
+    qa = people[DELEGATED_ROLE].user
+    now = timezone.now()
+    clients = {}
+    for kind in ("delegatee", "revoked-delegatee", "expired-delegatee"):
+        user = django_user_model.objects.create_user(username=f"u-{kind}", password=None)
+        then = now - dt.timedelta(minutes=30) if kind == "expired-delegatee" else now
+        delegation = services.delegation_create(
+            delegator=qa,
+            role=DELEGATED_ROLE,
+            delegatees=[user],
+            threshold=1,
+            expires_at=then + dt.timedelta(minutes=20 if kind == "expired-delegatee" else 600),
+            now=then,
+        )
+        if kind == "revoked-delegatee":
+            services.delegation_revoke(delegation=delegation, reason="gone", actor=qa)
+        clients[kind] = client_for(user)
+    return clients
+
+
+def test_the_delegable_rows_are_in_the_matrix() -> None:
+    assert DELEGABLE and all(method in MATRIX[name] for name, method in DELEGABLE)
 
 
 def test_every_api_route_is_in_the_matrix_and_nothing_else() -> None:
@@ -55,12 +90,15 @@ def test_every_api_route_is_in_the_matrix_and_nothing_else() -> None:
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("url_name", sorted(ROUTES))
-def test_role_matrix(url_name: str, people: dict[str, Any], anon: Any) -> None:
+def test_role_matrix(
+    url_name: str, people: dict[str, Any], delegatees: dict[str, Any], anon: Any
+) -> None:
     path = reverse(url_name, kwargs={k: MISSING[k] for k in ROUTES[url_name] if k != "format"})
     row = MATRIX[url_name]
     wrong: list[str] = []
     for method in METHODS:
-        callers = [(role, people[role].client) for role in (*ROLES, "none")] + [("anon", anon)]
+        callers = [(role, people[role].client) for role in (*ROLES, "none")]
+        callers += [*delegatees.items(), ("anon", anon)]
         for who, client in callers:
             response = getattr(client, method.lower())(path, {}, format="json")
             code = response.status_code
@@ -71,7 +109,11 @@ def test_role_matrix(url_name: str, people: dict[str, Any], anon: Any) -> None:
             elif method not in row:
                 ok = code == 405
                 want = "405"
-            elif who in row[method]:
+            elif who in row[method] or (
+                who == "delegatee"
+                and (url_name, method) in DELEGABLE
+                and DELEGATED_ROLE in row[method]
+            ):
                 ok = code not in (401, 403, 405) and code < 500
                 want = "allowed"
             else:

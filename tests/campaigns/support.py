@@ -1,34 +1,51 @@
 """Helpers shared by the campaign tests (the fixtures built on them live in ``conftest.py``).
 
-A ``Catalog`` is the release side of a small deployment: personas with their roles and keys, a
-vendor with two device classes, and an approved release ``thermo-1.1.0`` (sequence 5, security
-counter 2). ``make_release`` adds more releases signed by the same author, so simulated devices
-trusting the author's key accept them.
+A ``Catalog`` is the release side of a small deployment (``tests/helpers/deployment.py``):
+personas with their roles and keys, a vendor with two device classes, and an approved release
+``thermo-1.1.0`` (sequence 5, security counter 2). ``make_release`` adds more releases signed by
+the same author, so simulated devices trusting the author's key accept them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import OperationalError
-from django.utils import timezone
 
-from manifests import services as release_services
-from manifests import suit
-from manifests.images import imgtool
-from manifests.selectors import manifest_params
+from tests.helpers.deployment import (
+    GOOD_PAYLOAD,
+    Deployment,
+    approve,
+    build_deployment,
+    make_devices,
+    make_release,
+    release_from_envelope,
+)
 
-GOOD_PAYLOAD = b"\x42" * 8192
-PERSONAS = [
-    ("author", "author"),
-    ("qa", "qa"),
-    ("sec", "security"),
-    ("sec2", "security"),
-    ("ops", "fleet_operator"),
+__all__ = [
+    "GOOD_PAYLOAD",
+    "Catalog",
+    "approve",
+    "build_catalog",
+    "committed",
+    "deliver_pending_commands",
+    "make_devices",
+    "make_release",
+    "release_from_envelope",
+    "retry_locked",
+    "spec_text",
+    "wait_for",
+]
+
+PERSONAS = [  # username, role, key algorithm
+    ("author", "author", "ES256"),
+    ("qa", "qa", "ES256"),
+    ("sec", "security", "ES256"),
+    ("sec2", "security", "ES256"),
+    ("ops", "fleet_operator", "ES256"),
 ]
 
 
@@ -59,143 +76,20 @@ def wait_for(
 
 
 @dataclass
-class Catalog:
-    admin: Any
-    users: dict[str, Any]
-    keys: dict[str, Any]
-    vendor: Any
-    thermo: Any
-    thermo_v1: Any
-    release: Any
-    releases: dict[str, Any] = field(default_factory=dict)
+class Catalog(Deployment):
+    release: Any = None  # thermo-1.1.0, approved
 
     @property
     def ops(self) -> Any:
         return self.users["ops"]
 
-    @property
-    def author_public_key(self) -> Any:
-        return self.keys["author"].public_key()
-
 
 def build_catalog(django_user_model: Any) -> Catalog:
-    now = timezone.now()
-    earlier = now - dt.timedelta(hours=1)
-    admin = django_user_model.objects.create_superuser(username="admin", password="x-pass-1")
-    users, keys = {}, {}
-    for name, role in PERSONAS:
-        user = django_user_model.objects.create_user(username=name, password="x-pass-1")
-        key = suit.generate_private_key("ES256")
-        release_services.role_grant(user=user, role=role, actor=admin, now=earlier)
-        release_services.signing_key_register(
-            owner=user,
-            public_key_pem=suit.public_key_pem(key.public_key()).decode(),
-            valid_from=earlier,
-        )
-        users[name], keys[name] = user, key
-    vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example")
-    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2")
-    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1")
-    catalog = Catalog(admin, users, keys, vendor, thermo, thermo_v1, release=None)
+    catalog = build_deployment(django_user_model, PERSONAS, password="x-pass-1", cls=Catalog)
     catalog.release = make_release(
         catalog, name="thermo-1.1.0", version="1.1.0", sequence=5, counter=2
     )
     return catalog
-
-
-def make_release(
-    catalog: Catalog,
-    *,
-    name: str,
-    version: str,
-    sequence: int,
-    counter: int,
-    payload: bytes = GOOD_PAYLOAD,
-    use_before: dt.datetime | None = None,
-    kind: str = "normal",
-    approvers: Iterable[tuple[str, str]] = (("qa", "qa"), ("sec", "security")),
-    image: Any = None,
-) -> Any:
-    """A release of ``payload`` as an MCUboot image, signed by the author and approved by
-    ``approvers`` ((persona, role) pairs) through the release services."""
-    author = catalog.users["author"]
-    if image is None:
-        image = release_services.image_upload(
-            data=imgtool.build_image(payload, version=version, security_counter=counter),
-            uploaded_by=author,
-        )
-    envelope = suit.create_envelope(
-        manifest_params(
-            device_class=catalog.thermo,
-            image=image,
-            sequence_number=sequence,
-            security_counter=counter,
-            version=version,
-            use_before=use_before or timezone.now() + dt.timedelta(days=30),
-        ),
-        keys=[catalog.keys["author"]],
-    )
-    return release_from_envelope(catalog, envelope, name=name, kind=kind, approvers=approvers)
-
-
-def release_from_envelope(
-    catalog: Catalog,
-    envelope: bytes,
-    *,
-    name: str,
-    kind: str = "normal",
-    approvers: Iterable[tuple[str, str]] = (),
-) -> Any:
-    author = catalog.users["author"]
-    manifest = release_services.manifest_import(envelope=envelope, created_by=author)
-    release = release_services.release_create(manifest=manifest, name=name, kind=kind, actor=author)
-    release_services.release_submit(release=release, actor=author)
-    for persona, role in approvers:
-        approve(catalog, release, persona, role)
-    release.refresh_from_db()
-    catalog.releases[name] = release
-    return release
-
-
-def approve(catalog: Catalog, release: Any, persona: str, role: str) -> Any:
-    block = suit.sign_manifest_digest(
-        bytes(release.manifest.envelope_bytes), key=catalog.keys[persona]
-    )
-    _, verdict = release_services.release_approve(
-        release=release, signer=catalog.users[persona], role=role, cose=block
-    )
-    release.refresh_from_db()
-    return verdict
-
-
-def make_devices(
-    catalog: Catalog,
-    count: int,
-    *,
-    prefix: str = "dev",
-    device_class: Any = None,
-    **fields: Any,
-) -> list[Any]:
-    """Registry rows without a gateway behind them: for tests of the engine alone."""
-    from campaigns.models import Device
-
-    now = timezone.now()
-    values = {
-        "vendor": catalog.vendor,
-        "device_class": device_class or catalog.thermo,
-        "manufacturer": "Acme Sensors",
-        "firmware_version": "1.0.0",
-        "sequence_number": 1,
-        "security_counter": 1,
-        "online": True,
-        "last_seen": now,
-        "gateway_id": "gw-none",
-        "clock_offset_seconds": 0.0,
-    }
-    values.update(fields)
-    return Device.objects.bulk_create(
-        [Device(endpoint=f"{prefix}-{i:05d}", **values) for i in range(count)]
-    )
 
 
 def spec_text(

@@ -20,13 +20,13 @@ def test_plan_preview_writes_nothing_then_apply_creates_the_campaign(login: Any,
     make_devices(world, 2, prefix="old", device_class=world.thermo_v1)
     client = login("ops")
     text = spec_text("from-console")
-    plan = client.post("/campaigns/new/", {"spec": text, "action": "plan"})
+    plan = client.post("/campaigns/+new/", {"spec": text, "action": "plan"})
     assert plan.status_code == 200
     assert plan.context["plan"]["cohort"] == 20
     assert plan.context["plan"]["excluded"] == {"class_mismatch": 2}
     assert b'id="apply-button"' in plan.content
     assert not Campaign.objects.exists()
-    applied = client.post("/campaigns/new/", {"spec": text, "action": "apply"}, follow=True)
+    applied = client.post("/campaigns/+new/", {"spec": text, "action": "apply"}, follow=True)
     campaign = Campaign.objects.get(name="from-console")
     assert applied.redirect_chain[-1][0] == "/campaigns/from-console/"
     assert "campaign from-console created" in _messages(applied)
@@ -36,20 +36,20 @@ def test_plan_preview_writes_nothing_then_apply_creates_the_campaign(login: Any,
 
 def test_spec_errors_are_listed_with_their_field_paths(login: Any, world: Any):
     bad = spec_text("bad", stages="  - name: canary\n    size: 250%\n    colour: red\n")
-    response = login("ops").post("/campaigns/new/", {"spec": bad, "action": "plan"})
+    response = login("ops").post("/campaigns/+new/", {"spec": bad, "action": "plan"})
     assert response.status_code == 200
     assert [e["path"] for e in response.context["errors"]] == ["stages[0].colour"]
     assert b"campaign.spec_invalid" in response.content
     assert b"<code>stages[0].colour</code>" in response.content
     over = spec_text("bad", stages="  - name: canary\n    size: 250%\n")
-    response = login("ops").post("/campaigns/new/", {"spec": over, "action": "apply"})
+    response = login("ops").post("/campaigns/+new/", {"spec": over, "action": "apply"})
     assert [e["path"] for e in response.context["errors"]] == ["stages[0].size"]
     assert not Campaign.objects.exists()
 
 
 def test_unknown_release_is_a_message_not_a_500(login: Any, world: Any):
     response = login("ops").post(
-        "/campaigns/new/", {"spec": spec_text("x", release="nope-9"), "action": "apply"}
+        "/campaigns/+new/", {"spec": spec_text("x", release="nope-9"), "action": "apply"}
     )
     assert response.status_code == 200
     assert b"no release named" in response.content

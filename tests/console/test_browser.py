@@ -247,7 +247,7 @@ def test_approve_create_watch_and_emergency_stop_in_the_browser(
 
     # --- the fleet operator creates a campaign from a spec --------------------------------------
     _sign_in(page, "ops")
-    page.goto("/campaigns/new/")
+    page.goto("/campaigns/+new/")
     page.fill(
         "#spec-input",
         spec_text("thermo-browser"),  # canary 25% behind a fleet_operator gate, then the rest
@@ -270,6 +270,10 @@ def test_approve_create_watch_and_emergency_stop_in_the_browser(
     ).to_contain_text("waiting_gate", timeout=TIMEOUT_MS)
     assert _count(page, "all", "pending") == DEVICES - CANARY
     assert _count(page, "all", "in_flight") == 0
+    # The device table refreshes itself too: no reload since the campaign was created.
+    expect(page.locator("#devices td[data-role='state']", has_text="succeeded")).to_have_count(
+        CANARY, timeout=TIMEOUT_MS
+    )
     _shot(page, "campaign")
     page.goto("/")
     expect(page.locator("#alerts")).to_contain_text("waiting at its gate")

@@ -19,10 +19,12 @@ PAGES = [
     "/",
     "/partials/campaigns/",
     "/campaigns/",
-    "/campaigns/new/",
+    "/campaigns/+new/",
     "/campaigns/thermo-rollout/",
     "/campaigns/thermo-rollout/?state=pending",
     "/campaigns/thermo-rollout/live/",
+    "/campaigns/thermo-rollout/devices/",
+    "/campaigns/thermo-rollout/devices/?state=pending&page=1",
     "/releases/",
     "/releases/thermo-1.1.0/",
     "/releases/thermo-1.2.0/",
@@ -35,7 +37,7 @@ PAGES = [
 ]
 # Every POST the console accepts (its forms); the auditor gets 403 on each.
 POSTS = [
-    ("/campaigns/new/", {"spec": "x", "action": "plan"}),
+    ("/campaigns/+new/", {"spec": "x", "action": "plan"}),
     ("/campaigns/thermo-rollout/pause/", {"reason": "r"}),
     ("/campaigns/thermo-rollout/resume/", {}),
     ("/campaigns/thermo-rollout/abort/", {"reason": "r"}),
