@@ -10,6 +10,7 @@ and an older observation never overwrites a newer one (``last_seen`` only moves 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -18,7 +19,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from campaigns.models import CommandStatus, Device, DeviceCommand, DeviceEvent, DevicePSK
-from workers.lwm2m.psk import decrypt_psk, encrypt_psk
+from workers.lwm2m.errors import LwM2MError
+from workers.lwm2m.psk import (
+    MAX_IDENTITY_BYTES,
+    MAX_PSK_BYTES,
+    PSKError,
+    decrypt_psk,
+    encrypt_psk,
+)
 
 
 class DeviceRegistryError(Exception):
@@ -272,8 +280,19 @@ def device_command_create(
         return command
 
 
-def device_command_claim(*, command_id: str) -> tuple[DeviceCommand, str] | None:
-    """Claim a pending command for sending; returns it and the gateway id, or None if taken."""
+def device_command_send(*, command_id: str, publish: Callable[[str, dict[str, Any]], None]) -> str:
+    """Send a pending command to the gateway holding its device, at least once.
+
+    The command row stays locked while ``publish(gateway_id, message)`` runs and is marked sent
+    only after it returned, in the same transaction: a worker that dies before the commit
+    leaves the command pending, and it is sent again (by the task's redelivery or the
+    reconcile's resend), never silently dropped. Gateways skip a command id they have already
+    run, so a second delivery does nothing twice. A refusal from the bus (``LwM2MError``)
+    fails the command; any other error propagates and leaves it pending.
+
+    Returns "sent", "offline" (device holds no registration: failed), "refused" (bus refused:
+    failed) or "skipped" (unknown, or no longer pending).
+    """
     with transaction.atomic():
         command = (
             DeviceCommand.objects.select_for_update()
@@ -282,20 +301,35 @@ def device_command_claim(*, command_id: str) -> tuple[DeviceCommand, str] | None
             .first()
         )
         if command is None or command.status != CommandStatus.PENDING:
-            return None
+            return "skipped"
         device = command.device
         if not device.online or not device.gateway_id:
-            command.status = CommandStatus.FAILED
-            command.error_code = DeviceOfflineError.code
-            command.error = f"{device.endpoint} is offline"
-            command.completed_at = timezone.now()
-            command.save()
-            return None
+            _command_failed(command, DeviceOfflineError.code, f"{device.endpoint} is offline")
+            return "offline"
+        message = {
+            "command_id": str(command.pk),
+            "endpoint": device.endpoint,
+            "operation": command.operation,
+            "args": command.args,
+        }
+        try:
+            publish(device.gateway_id, message)
+        except LwM2MError as exc:
+            _command_failed(command, exc.code, str(exc))
+            return "refused"
         command.status = CommandStatus.SENT
         command.gateway_id = device.gateway_id
         command.attempts += 1
         command.save()
-        return command, device.gateway_id
+        return "sent"
+
+
+def _command_failed(command: DeviceCommand, code: str, error: str) -> None:
+    command.status = CommandStatus.FAILED
+    command.error_code = code
+    command.error = error
+    command.completed_at = timezone.now()
+    command.save()
 
 
 def device_command_complete(
@@ -337,19 +371,36 @@ def device_command_complete(
         return command
 
 
-def _psk_secret() -> str:
-    return settings.LWM2M_PSK_ENCRYPTION_KEY or settings.SECRET_KEY
+def psk_secret() -> str:
+    """The deployment secret DTLS PSKs are encrypted under at rest."""
+    secret: str = settings.LWM2M_PSK_ENCRYPTION_KEY or settings.SECRET_KEY
+    return secret
+
+
+def psk_tokens() -> dict[str, bytes]:
+    """Every stored PSK as identity -> encrypted token (decrypt with ``psk_secret()``)."""
+    return {
+        identity: bytes(token)
+        for identity, token in DevicePSK.objects.values_list("identity", "key_encrypted")
+    }
 
 
 def device_psk_set(*, endpoint: str, key: bytes) -> DevicePSK:
     """Provision (or rotate) a device's DTLS PSK; the identity is its endpoint name."""
+    if not 1 <= len(key) <= MAX_PSK_BYTES:
+        raise PSKError(f"a PSK is 1..{MAX_PSK_BYTES} bytes (the DTLS transport's limit)")
+    if len(endpoint.encode("utf-8")) > MAX_IDENTITY_BYTES:
+        raise PSKError(
+            f"endpoint {endpoint!r} is longer than {MAX_IDENTITY_BYTES} bytes, the longest "
+            "DTLS PSK identity the transport sends"
+        )
     with transaction.atomic():
         device = _locked(endpoint)
         psk, _ = DevicePSK.objects.update_or_create(
             device=device,
             defaults={
                 "identity": endpoint,
-                "key_encrypted": encrypt_psk(key, secret=_psk_secret()),
+                "key_encrypted": encrypt_psk(key, secret=psk_secret()),
             },
         )
         return psk
@@ -360,7 +411,7 @@ def device_psk_lookup(*, identity: str) -> bytes | None:
     psk = DevicePSK.objects.filter(identity=identity).first()
     if psk is None:
         return None
-    return decrypt_psk(bytes(psk.key_encrypted), secret=_psk_secret())
+    return decrypt_psk(bytes(psk.key_encrypted), secret=psk_secret())
 
 
 def device_event_apply(*, event: dict[str, Any]) -> None:

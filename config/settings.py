@@ -172,6 +172,21 @@ LWM2M_FW_POLL_SECONDS = envint("LWM2M_FW_POLL_SECONDS", 10, minimum=1)
 LWM2M_FW_UPDATE_TIMEOUT = envint("LWM2M_FW_UPDATE_TIMEOUT", 3600, minimum=1)
 # Secret the DTLS PSKs are encrypted under at rest (HKDF input); defaults to SECRET_KEY.
 LWM2M_PSK_ENCRYPTION_KEY = envopt("LWM2M_PSK_ENCRYPTION_KEY")
+# DTLS (PSK) listener HOST:PORT next to LWM2M_BIND; unset = no DTLS. Needs a specific address (the
+# DTLS transport answers from the address it is bound to, so not 0.0.0.0 or ::). docs/lwm2m.md.
+LWM2M_DTLS_BIND = envopt("LWM2M_DTLS_BIND")
+# coaps://host:port devices use for DTLS downloads; derived from LWM2M_DTLS_BIND when unset.
+LWM2M_DTLS_PUBLIC_URI = envopt("LWM2M_DTLS_PUBLIC_URI")
+# Whether plain-CoAP (NoSec) registrations are accepted; 0 = DTLS devices only. An endpoint that
+# has a PSK is refused over NoSec either way (when the DTLS listener is on).
+LWM2M_ACCEPT_NOSEC = envbool("LWM2M_ACCEPT_NOSEC", True)
+# How often the gateway reloads DevicePSK rows into its in-memory key cache (seconds); a handshake
+# with an unknown identity or a failed key also brings the next reload forward.
+LWM2M_PSK_REFRESH_SECONDS = envint("LWM2M_PSK_REFRESH_SECONDS", 60, minimum=1)
+# A DTLS handshake not completed after this long is dropped and logged (seconds).
+LWM2M_DTLS_HANDSHAKE_TIMEOUT = envint("LWM2M_DTLS_HANDSHAKE_TIMEOUT", 10, minimum=1)
+# Most DTLS sessions one gateway keeps; past it the least recently active one is closed.
+LWM2M_DTLS_MAX_SESSIONS = envint("LWM2M_DTLS_MAX_SESSIONS", 10000, minimum=1)
 # --- end LwM2M gateway --------------------------------------------------------------------
 
 # --- REST API -------------------------------------------------------------------------------

@@ -2,12 +2,14 @@
 # System packages the test suite needs beyond Python: libcoap's command-line client for the
 # LwM2M/CoAP interop tests (coap-client, coap-client-openssl for the DTLS-PSK variant), and
 # Debian's chromium for the console's browser tests (Playwright drives /usr/bin/chromium; it never
-# downloads a browser of its own).
+# downloads a browser of its own), and autoconf, automake and libtool, which pip needs to build
+# DTLSSocket (requirements.txt, sdist only: its setup runs tinydtls's autogen.sh and configure),
+# so run this before `pip install -r requirements.txt`.
 # Idempotent: does nothing when everything is already installed; runs `apt-get update` only when
 # a package is missing. Runs as root (CI and developer machines are root here).
 set -euo pipefail
 
-PACKAGES=(libcoap3-bin chromium)
+PACKAGES=(libcoap3-bin chromium autoconf automake libtool)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

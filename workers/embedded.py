@@ -71,13 +71,21 @@ class EmbeddedFleet:
     ) -> None:
         self.specs.append((spec, faults, fault_rates))
 
-    def start(self, *, register_timeout: float = 60) -> EmbeddedFleet:
+    def start(
+        self,
+        *,
+        register_timeout: float = 60,
+        register_concurrency: int = 200,
+        request_timeout: float = 5,
+    ) -> EmbeddedFleet:
+        """Start the gateway, then the devices (``register_concurrency`` opening their sockets
+        and registering at once), and wait until every device holds a registration."""
         gateway = Gateway(
             GatewayConfig(
                 gateway_id=self.gateway_id,
                 port=0,
                 fw_poll_seconds=self.fw_poll_seconds,
-                request_timeout=5,
+                request_timeout=request_timeout,
             ),
             bus=bus_for_url(configured_bus_url()),
             sink=CeleryEventSink(),
@@ -93,7 +101,9 @@ class EmbeddedFleet:
         )
         for seed, (spec, faults, rates) in enumerate(self.specs):
             self.fleet.load_or_create(spec, faults=faults, fault_rates=rates, seed=seed)
-        self.thread.call(self.fleet.start())
+        self.thread.call(
+            self.fleet.start(concurrency=register_concurrency), timeout=register_timeout
+        )
         self.thread.call(self.fleet.wait_registered(register_timeout), timeout=register_timeout + 5)
         return self
 

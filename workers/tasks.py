@@ -1,26 +1,59 @@
 """Celery tasks of the device side: thin shells over ``campaigns.device_services``.
 
-``device_event_task`` is how gateways report (registrations, Object 5 status, command results);
+``device_events_task`` is how gateways report (registrations, Object 5 status, command results),
+a batch of one gateway's events at a time; ``device_event_task`` applies a single event;
 ``device_command_task`` routes a stored command to the gateway holding the device.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task
+from django.db import transaction
 
 from campaigns import device_services
 
+logger = logging.getLogger(__name__)
 
-@shared_task(acks_late=True)
-def device_event_task(event: dict[str, Any]) -> None:
-    """Apply one gateway event to the registry, then to the device's rollout. Idempotent: the
-    services ignore stale and repeated events."""
+
+def _apply_event(event: dict[str, Any]) -> None:
     from campaigns.engine import rollouts_apply_event
 
     device_services.device_event_apply(event=event)
     rollouts_apply_event(event=event)
+
+
+@shared_task(acks_late=True)
+def device_event_task(event: dict[str, Any]) -> None:
+    """Apply one gateway event to the registry, then to the device's rollout, in one
+    transaction. Idempotent: the services ignore stale and repeated events."""
+    with transaction.atomic():
+        _apply_event(event)
+
+
+@shared_task(acks_late=True)
+def device_events_task(events: list[dict[str, Any]]) -> int:
+    """Apply a batch of one gateway's events, in their order, in one transaction: one commit
+    for the batch instead of several per event (a commit waits for the disk). Each event runs
+    in its own savepoint, so one that fails is rolled back alone and logged while the others
+    are kept; the first such error is raised after the commit, and the sender retries the
+    batch (applying an event again changes nothing). Returns the number of events."""
+    error: Exception | None = None
+    with transaction.atomic():
+        for event in events:
+            try:
+                with transaction.atomic():
+                    _apply_event(event)
+            except Exception as exc:
+                logger.exception(
+                    "device event %s for %r failed", event.get("type"), event.get("endpoint")
+                )
+                error = error or exc
+    if error is not None:
+        raise error
+    return len(events)
 
 
 @shared_task(acks_late=True)
@@ -62,24 +95,9 @@ def campaigns_reconcile_all_task() -> int:
 
 
 @shared_task(acks_late=True)
-def device_command_task(command_id: str) -> None:
-    """Send a pending command to its gateway; a command already claimed is left alone."""
+def device_command_task(command_id: str) -> str:
+    """Send a pending command to its gateway (at least once; see ``device_command_send``)."""
     from workers.lwm2m.bus import bus_for_url, configured_bus_url
-    from workers.lwm2m.errors import LwM2MError
 
-    claimed = device_services.device_command_claim(command_id=command_id)
-    if claimed is None:
-        return
-    command, gateway_id = claimed
-    message = {
-        "command_id": str(command.pk),
-        "endpoint": command.device.endpoint,
-        "operation": command.operation,
-        "args": command.args,
-    }
-    try:
-        bus_for_url(configured_bus_url()).publish(gateway_id, message)
-    except LwM2MError as exc:
-        device_services.device_command_complete(
-            command_id=command_id, ok=False, error_code=exc.code, error=str(exc)
-        )
+    bus = bus_for_url(configured_bus_url())
+    return device_services.device_command_send(command_id=command_id, publish=bus.publish)

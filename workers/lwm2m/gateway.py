@@ -35,7 +35,7 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
-from workers.lwm2m import content
+from workers.lwm2m import content, dtls
 from workers.lwm2m.blocks import block_slice
 from workers.lwm2m.bus import InMemoryCommandBus, RedisCommandBus
 from workers.lwm2m.errors import (
@@ -58,9 +58,17 @@ BINDING_CHARS = set("UQSTN")
 # A queue-mode device listens for about MAX_TRANSMIT_WAIT (RFC 7252) after each message it sends.
 QUEUE_AWAKE_SECONDS = 93.0
 DEFAULT_BLOCK_SZX = 6
+# Package URI schemes a device that registered over DTLS may be sent to.
+SECURE_SCHEMES = frozenset({"coaps", "https", "coaps+tcp"})
 # One event thread keeps a gateway's events in order; I/O threads read firmware from the store.
 EVENT_THREADS = 1
 IO_THREADS = 4
+
+# Firmware bytes kept in memory by a gateway (least recently used dropped beyond this).
+FW_CACHE_BYTES = 256 * 1024 * 1024
+
+# Command ids a gateway remembers to recognise a repeated delivery.
+COMMANDS_REMEMBERED = 10_000
 
 # Attempts to hand one event to the sink before giving up (with exponential backoff).
 EMIT_ATTEMPTS = 5
@@ -81,6 +89,14 @@ class CeleryEventSink:
         from workers.tasks import device_event_task
 
         device_event_task.delay(event)
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """Bytes served under /fw and their ETag (first 8 bytes of their SHA-256, computed once)."""
+
+    data: bytes
+    etag: bytes
 
 
 class FirmwareSource(Protocol):
@@ -122,6 +138,16 @@ class GatewayConfig:
     fw_update_timeout: float = 3600.0
     expiry_sweep_seconds: float = 1.0
     write_format: int = content.CT_TLV
+    # DTLS (PSK) listener: off when dtls_host is None; port 0 claims a free port.
+    dtls_host: str | None = None
+    dtls_port: int = 5684
+    dtls_public_uri: str | None = None
+    # Plain-CoAP (NoSec) registrations accepted; False: DTLS devices only.
+    accept_nosec: bool = True
+    psk_refresh_seconds: float = 60.0
+    psk_miss_refresh_seconds: float = 2.0
+    dtls_handshake_timeout: float = 10.0
+    dtls_max_sessions: int = 10000
 
     @property
     def base_uri(self) -> str:
@@ -130,13 +156,33 @@ class GatewayConfig:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"coap://{host}:{self.port}"
 
+    @property
+    def dtls_base_uri(self) -> str | None:
+        """coaps://host:port devices use for DTLS (None when the DTLS listener is off)."""
+        if self.dtls_host is None:
+            return None
+        if self.dtls_public_uri:
+            return self.dtls_public_uri.rstrip("/")
+        host = f"[{self.dtls_host}]" if ":" in self.dtls_host else self.dtls_host
+        return f"coaps://{host}:{self.dtls_port}"
+
     @classmethod
-    def from_settings(cls, *, bind: str | None = None, gateway_id: str | None = None) -> Any:
+    def from_settings(
+        cls,
+        *,
+        bind: str | None = None,
+        gateway_id: str | None = None,
+        dtls_bind: str | None = None,
+    ) -> Any:
         import socket
 
         from django.conf import settings
 
         host, port = parse_bind(bind or settings.LWM2M_BIND)
+        dtls_host: str | None = None
+        dtls_port = 5684
+        if dtls_bind or settings.LWM2M_DTLS_BIND:
+            dtls_host, dtls_port = parse_bind(dtls_bind or settings.LWM2M_DTLS_BIND)
         return cls(
             gateway_id=gateway_id
             or settings.LWM2M_GATEWAY_ID
@@ -151,6 +197,13 @@ class GatewayConfig:
             fw_poll_seconds=settings.LWM2M_FW_POLL_SECONDS,
             fw_update_timeout=settings.LWM2M_FW_UPDATE_TIMEOUT,
             expiry_sweep_seconds=settings.LWM2M_EXPIRY_SWEEP_SECONDS,
+            dtls_host=dtls_host,
+            dtls_port=dtls_port,
+            dtls_public_uri=settings.LWM2M_DTLS_PUBLIC_URI,
+            accept_nosec=settings.LWM2M_ACCEPT_NOSEC,
+            psk_refresh_seconds=settings.LWM2M_PSK_REFRESH_SECONDS,
+            dtls_handshake_timeout=settings.LWM2M_DTLS_HANDSHAKE_TIMEOUT,
+            dtls_max_sessions=settings.LWM2M_DTLS_MAX_SESSIONS,
         )
 
 
@@ -181,6 +234,7 @@ class Registration:
     awake: asyncio.Event = field(default_factory=asyncio.Event)
     protocols: list[int] | None = None
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
+    identity: str | None = None  # authenticated DTLS PSK identity; None: registered in NoSec
 
     def touch(self, now: float) -> None:
         self.deadline = now + self.lifetime
@@ -235,9 +289,10 @@ class _Handler(resource.Resource, resource.PathCapable):
         super().__init__()
         self.gateway = gateway
 
-    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def serve(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
+        """Answer ``request`` whose path below this resource is ``path``."""
         try:
-            return await self.handle(request)
+            return await self.handle(request, path)
         except LwM2MError as exc:
             log.warning(
                 "refused %s %s from %s: %s [%s]",
@@ -252,7 +307,7 @@ class _Handler(resource.Resource, resource.PathCapable):
             log.exception("internal error on %s %s", request.code, request.opt.uri_path)
             return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
 
-    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         """Answer one request; each resource below implements it (this base only maps errors)."""
         raise NotImplementedError(f"{type(self).__name__} must implement handle()")
 
@@ -260,10 +315,9 @@ class _Handler(resource.Resource, resource.PathCapable):
 class RegistrationResource(_Handler):
     """/rd (Register) and /rd/<id> (Update, De-register)."""
 
-    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if len(request.payload) > self.gateway.config.max_payload:
             raise PayloadTooLargeError(f"payload of {len(request.payload)} bytes")
-        path = request.opt.uri_path
         if path == () and request.code == Code.POST:
             return await self.gateway.register(request)
         if len(path) == 1 and request.code == Code.POST:
@@ -281,19 +335,18 @@ class FirmwareResource(_Handler):
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
         return False  # we answer Block2 ourselves so any block can be asked for directly
 
-    async def handle(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if request.code != Code.GET:
             return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
-        path = request.opt.uri_path
         if len(path) != 2 or path[0] not in ("m", "i"):
             return aiocoap.Message(code=Code.NOT_FOUND)
         digest = path[1].lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             return aiocoap.Message(code=Code.NOT_FOUND)
-        data = await self.gateway.firmware_bytes(path[0], digest)
-        if data is None:
+        published = await self.gateway.published_file(path[0], digest)
+        if published is None:
             return aiocoap.Message(code=Code.NOT_FOUND)
-        etag = hashlib.sha256(data).digest()[:8]
+        data = published.data
         if request.opt.block2 is not None:
             num, szx = request.opt.block2.block_number, request.opt.block2.size_exponent
         else:
@@ -301,7 +354,7 @@ class FirmwareResource(_Handler):
         part = block_slice(len(data), num, min(szx, DEFAULT_BLOCK_SZX))
         response = aiocoap.Message(code=Code.CONTENT, payload=data[part.start : part.end])
         response.opt.content_format = content.CT_OPAQUE
-        response.opt.etag = etag
+        response.opt.etag = published.etag
         response.opt.size2 = len(data)
         response.opt.max_age = 86400
         if part.more or request.opt.block2 is not None or num > 0:
@@ -318,22 +371,21 @@ class _Root(resource.Resource, resource.PathCapable):
         super().__init__()
         self.children: dict[str, _Handler] = {"rd": rd, "fw": fw}
 
-    def _route(self, request: aiocoap.Message) -> tuple[_Handler, aiocoap.Message] | None:
+    def _child(self, request: aiocoap.Message) -> _Handler | None:
         path = request.opt.uri_path
-        child = self.children.get(path[0]) if path else None
-        if child is None:
-            return None
-        return child, request.copy(uri_path=path[1:])
+        return self.children.get(path[0]) if path else None
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
-        routed = self._route(request)
-        return True if routed is None else await routed[0].needs_blockwise_assembly(routed[1])
+        child = self._child(request)
+        return True if child is None else await child.needs_blockwise_assembly(request)
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
-        routed = self._route(request)
-        if routed is None:
+        # The sub-path is passed along rather than set on a copy of the request: copying a
+        # message deep-copies it, which cost a tenth of the loop under a fleet's downloads.
+        child = self._child(request)
+        if child is None:
             return aiocoap.Message(code=Code.NOT_FOUND)
-        return await routed[0].render(routed[1])
+        return await child.serve(request, tuple(request.opt.uri_path[1:]))
 
 
 # --- the gateway --------------------------------------------------------------------------------
@@ -347,11 +399,21 @@ class Gateway:
         bus: InMemoryCommandBus | RedisCommandBus,
         sink: EventSink | None = None,
         firmware: FirmwareSource | None = None,
+        psk_source: dtls.PSKSource | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
         self.sink = sink or CeleryEventSink()
         self.firmware = firmware or DjangoFirmwareSource()
+        self.psk_cache: dtls.PSKCache | None = None
+        if config.dtls_host is not None:
+            self.psk_cache = dtls.PSKCache(
+                psk_source or dtls.DjangoPSKSource(),
+                refresh_seconds=config.psk_refresh_seconds,
+                miss_refresh_seconds=config.psk_miss_refresh_seconds,
+            )
+        self.dtls: dtls.DTLSListener | None = None
+        self._claimed_dtls_port: int | None = None
         self.by_id: dict[str, Registration] = {}
         self.by_endpoint: dict[str, Registration] = {}
         self.context: aiocoap.Context | None = None
@@ -362,8 +424,10 @@ class Gateway:
         self._io = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="lwm2m-io")
         self._fw_attempts: dict[str, asyncio.Task[Any]] = {}
         self._fw_cancelled: set[str] = set()
-        self._fw_cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._fw_cache: OrderedDict[tuple[str, str], PublishedFile] = OrderedDict()
         self._fw_cache_bytes = 0
+        # Command ids run lately (None while running, else the outcome), oldest first.
+        self._commands_seen: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
         self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
         self._claimed_port: int | None = None
 
@@ -378,11 +442,43 @@ class Gateway:
         self.context = await aiocoap.Context.create_server_context(
             site, bind=(self.config.host, self.config.port), transports=["udp6"]
         )
+        if self.psk_cache is not None:
+            await self._start_dtls(self.psk_cache)
         if isinstance(self.bus, InMemoryCommandBus):
             self.bus.attach(self.config.gateway_id)
         self._spawn(self._expiry_loop())
         self._spawn(self._command_loop())
-        log.info("gateway %s listening on %s", self.config.gateway_id, self.config.base_uri)
+        log.info(
+            "gateway %s listening on %s%s (NoSec registrations %s)",
+            self.config.gateway_id,
+            self.config.base_uri,
+            f" and {self.config.dtls_base_uri}" if self.dtls is not None else "",
+            "accepted" if self.config.accept_nosec else "refused",
+        )
+
+    async def _start_dtls(self, cache: dtls.PSKCache) -> None:
+        """Load the PSKs (off the loop), then open the coaps listener on the same context."""
+        if self.context is None or self.config.dtls_host is None:
+            raise RuntimeError("the DTLS listener needs the started context and a DTLS host")
+        loop = asyncio.get_running_loop()
+
+        def run(fn: Callable[[], Any]) -> Awaitable[Any]:
+            return loop.run_in_executor(self._io, fn)
+
+        await cache.refresh(run)
+        if self.config.dtls_port == 0:
+            # Port 0 asks for any free port: claim an exclusive one (workers.lwm2m.ports).
+            self.config.dtls_port = claim_udp_port(self.config.dtls_host)
+            self._claimed_dtls_port = self.config.dtls_port
+        self.dtls = await dtls.open_listener(
+            self.context,
+            host=self.config.dtls_host,
+            port=self.config.dtls_port,
+            keys=cache,
+            handshake_timeout=self.config.dtls_handshake_timeout,
+            max_sessions=self.config.dtls_max_sessions,
+        )
+        self._spawn(cache.run_forever(run))
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -398,6 +494,10 @@ class Gateway:
         if self._claimed_port is not None:
             release_udp_port(self.config.host, self._claimed_port)
             self._claimed_port = None
+        if self._claimed_dtls_port is not None and self.config.dtls_host is not None:
+            release_udp_port(self.config.dtls_host, self._claimed_dtls_port)
+            self._claimed_dtls_port = None
+        self.dtls = None
         await _close_db_connections(self._events, EVENT_THREADS)
         await _close_db_connections(self._io, IO_THREADS)
         self._events.shutdown(wait=True)
@@ -436,6 +536,7 @@ class Gateway:
         endpoint = query.get("ep")
         if not endpoint or len(endpoint) > 255 or not endpoint.isprintable():
             raise RegistrationError("missing or invalid endpoint name (ep)")
+        identity = self._check_endpoint_security(endpoint, request)
         lifetime = _lifetime(query.get("lt", "86400"), self.config)
         version = query.get("lwm2m") or "1.0"
         if version not in SUPPORTED_VERSIONS:
@@ -459,6 +560,7 @@ class Gateway:
             queue_mode=queue,
             objects=objects,
             deadline=now + lifetime,
+            identity=identity,
         )
         reg.touch(now)
         old = self.by_endpoint.get(endpoint)
@@ -470,6 +572,40 @@ class Gateway:
         self.stats["registrations"] += 1
         self._spawn(self._after_register(reg))
         return aiocoap.Message(code=Code.CREATED, location_path=("rd", reg.reg_id))
+
+    def _check_endpoint_security(self, endpoint: str, request: aiocoap.Message) -> str | None:
+        """The DTLS identity that may register ``endpoint``, or an error (4.03) saying why not.
+
+        A DTLS peer may register only the endpoint named by its PSK identity. A NoSec peer may
+        register only when NoSec is accepted, and never an endpoint that has a PSK (else anyone
+        could replace a DTLS device's registration over plain CoAP).
+        """
+        identity = dtls.peer_identity(request.remote)
+        if identity is None:
+            if not self.config.accept_nosec:
+                raise dtls.NoSecRefusedError(
+                    f"plain CoAP registration of {endpoint[:64]!r} refused: this gateway "
+                    "accepts DTLS (coaps) registrations only"
+                )
+            if self.psk_cache is not None and self.psk_cache.has(endpoint):
+                raise dtls.IdentityMismatchError(
+                    f"{endpoint[:64]!r} has a PSK: it must register over DTLS"
+                )
+        elif identity != endpoint:
+            raise dtls.IdentityMismatchError(
+                f"DTLS identity {identity!r} may not register endpoint {endpoint[:64]!r}"
+            )
+        return identity
+
+    @staticmethod
+    def _check_same_peer(reg: Registration, request: aiocoap.Message, action: str) -> None:
+        """Update and De-register must come from the identity that registered (4.03 if not)."""
+        identity = dtls.peer_identity(request.remote)
+        if identity != reg.identity:
+            raise dtls.IdentityMismatchError(
+                f"{action} of {reg.endpoint!r}'s registration from "
+                f"{'DTLS identity ' + repr(identity) if identity else 'a NoSec peer'} refused"
+            )
 
     async def _after_register(self, reg: Registration) -> None:
         await self.emit(
@@ -524,6 +660,7 @@ class Gateway:
         reg = self.by_id.get(reg_id)
         if reg is None:
             raise UnknownRegistrationError(f"registration {reg_id[:20]!r} is not held here")
+        self._check_same_peer(reg, request, "update")
         query = _query(request)
         unknown = set(query) - {"lt", "b", "sms", "Q"}
         if unknown:
@@ -555,9 +692,11 @@ class Gateway:
         return aiocoap.Message(code=Code.CHANGED)
 
     async def deregister(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
-        reg = self.by_id.pop(reg_id, None)
+        reg = self.by_id.get(reg_id)
         if reg is None:
             raise UnknownRegistrationError(f"registration {reg_id[:20]!r} is not held here")
+        self._check_same_peer(reg, request, "de-registration")
+        self.by_id.pop(reg_id, None)
         if self.by_endpoint.get(reg.endpoint) is reg:
             del self.by_endpoint[reg.endpoint]
         reg.replaced.set()
@@ -598,6 +737,8 @@ class Gateway:
         if self.context is None:
             raise DeviceNotConnectedError("gateway is stopped")
         await self._wait_reachable(reg)
+        if dtls.session_closed(reg.remote):
+            raise DeviceOperationError(f"{reg.endpoint}: DTLS session closed; awaiting reconnect")
         root = [s for s in reg.objects.root_path.strip("/").split("/") if s]
         message = aiocoap.Message(code=code, uri_path=[*root, *map(str, path)], **kwargs)
         message.remote = reg.remote
@@ -609,7 +750,25 @@ class Gateway:
             raise DeviceOperationError(f"{reg.endpoint} did not answer in time") from None
         except aiocoap.error.Error as exc:
             raise DeviceOperationError(f"{reg.endpoint}: {exc}") from None
+        self._check_response_peer(reg, response)
         return response
+
+    @staticmethod
+    def _check_response_peer(reg: Registration, response: aiocoap.Message) -> None:
+        """A DTLS device's answers must come over a session of its own identity.
+
+        aiocoap already matches a response by token *and* remote; this states the rule where it
+        matters, so a change below cannot let another session answer for this device.
+        """
+        identity = dtls.peer_identity(response.remote)
+        if identity != reg.identity:
+            log.warning(
+                "response for %s came from %s (identity %r): ignored",
+                reg.endpoint,
+                response.remote.hostinfo,
+                identity,
+            )
+            raise DeviceOperationError(f"{reg.endpoint}: response from another peer ignored")
 
     async def read(self, reg: Registration, path: content.Path) -> dict[content.Path, Any]:
         response = await self._request(reg, Code.GET, path)
@@ -640,7 +799,9 @@ class Gateway:
 
     # firmware server
 
-    async def firmware_bytes(self, kind: str, digest: str) -> bytes | None:
+    async def published_file(self, kind: str, digest: str) -> PublishedFile | None:
+        """A firmware file by kind ("m" envelope, "i" image) and digest, with its ETag; cached
+        (the bytes never change once published), least recently used dropped first."""
         key = (kind, digest)
         cached = self._fw_cache.get(key)
         if cached is not None:
@@ -654,20 +815,38 @@ class Gateway:
         if kind == "i" and hashlib.sha256(data).hexdigest() != digest:
             log.error("stored image %s does not match its digest; not serving it", digest)
             return None
-        self._fw_cache[key] = data
+        published = PublishedFile(data=data, etag=hashlib.sha256(data).digest()[:8])
+        self._fw_cache[key] = published
         self._fw_cache_bytes += len(data)
-        while self._fw_cache_bytes > 256 * 1024 * 1024 and len(self._fw_cache) > 1:
+        while self._fw_cache_bytes > FW_CACHE_BYTES and len(self._fw_cache) > 1:
             _, dropped = self._fw_cache.popitem(last=False)
-            self._fw_cache_bytes -= len(dropped)
-        return data
+            self._fw_cache_bytes -= len(dropped.data)
+        return published
 
-    def package_uri(self, manifest_digest: str) -> str:
-        return f"{self.config.base_uri}/fw/m/{manifest_digest}"
+    def package_uri(self, manifest_digest: str, *, secure: bool = False) -> str:
+        """Where a device downloads the envelope; ``secure``: over this gateway's coaps listener."""
+        base = self.config.dtls_base_uri if secure else self.config.base_uri
+        if base is None:
+            raise DeviceOperationError("no DTLS listener for a coaps Package URI", permanent=True)
+        return f"{base}/fw/m/{manifest_digest}"
 
     # commands
 
     async def _command_loop(self) -> None:
         async for token, command in self.bus.consume(self.config.gateway_id):
+            command_id = str(command.get("command_id", ""))
+            if command_id and command_id in self._commands_seen:
+                # Delivered again (the sender or the bus is at-least-once): never run twice.
+                # A finished one has its outcome reported again (applying it is idempotent).
+                outcome = self._commands_seen[command_id]
+                if outcome is not None:
+                    await self.emit({"type": "command_result", "command_id": command_id, **outcome})
+                await self.bus.ack(self.config.gateway_id, token)
+                continue
+            if command_id:
+                self._commands_seen[command_id] = None
+                while len(self._commands_seen) > COMMANDS_REMEMBERED:
+                    self._commands_seen.popitem(last=False)
             self.stats["commands"] += 1
             self._spawn(self._run_command(token, command))
 
@@ -689,6 +868,8 @@ class Gateway:
             log.exception("command %s failed", command_id)
             outcome = {"ok": False, "error_code": "lwm2m.internal", "error": repr(exc)}
         if command_id:
+            if command_id in self._commands_seen:
+                self._commands_seen[command_id] = outcome
             await self.emit({"type": "command_result", "command_id": command_id, **outcome})
         await self.bus.ack(self.config.gateway_id, token)
 
@@ -738,6 +919,12 @@ class Gateway:
                 f"{reg.endpoint} supports {sorted(a for a in allowed if a)}, not {scheme!r}",
                 permanent=True,
             )
+        if reg.identity is not None and scheme not in SECURE_SCHEMES:
+            # A device that authenticated over DTLS is not sent to a plaintext download.
+            raise UnsupportedProtocolError(
+                f"{reg.endpoint} registered over DTLS: refusing a plaintext {scheme!r} URI",
+                permanent=True,
+            )
 
     async def _op_write_uri(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
         reg = self.registration(endpoint)
@@ -772,7 +959,7 @@ class Gateway:
         if len(digest) != 64:
             raise DeviceOperationError("fw_update needs manifest_digest", permanent=True)
         reg = self.registration(endpoint)
-        uri = str(args.get("uri") or self.package_uri(digest))
+        uri = str(args.get("uri") or self.package_uri(digest, secure=reg.identity is not None))
         self._check_scheme(reg, uri)
         this = asyncio.current_task()
         if this is not None:
@@ -886,6 +1073,7 @@ class Gateway:
             async for notification in request.observation:
                 if notification.code != Code.CONTENT:
                     break
+                self._check_response_peer(reg, notification)
                 with contextlib.suppress(LwM2MError):
                     state = content.decode(
                         notification.opt.content_format, notification.payload, (5, 0, 3)

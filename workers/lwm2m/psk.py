@@ -18,6 +18,11 @@ from workers.lwm2m.errors import LwM2MError
 
 _INFO = b"fwupd lwm2m psk at rest v1"
 
+# The DTLS transport (tinydtls) copies a PSK into a 16-byte buffer and sends identities of at
+# most 32 bytes; keys and identities beyond that are refused when provisioned.
+MAX_PSK_BYTES = 16
+MAX_IDENTITY_BYTES = 32
+
 
 class PSKError(LwM2MError):
     """A stored PSK cannot be decrypted (wrong deployment secret or tampered row)."""

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -40,7 +41,8 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
-from workers.lwm2m import content, device_checks
+from workers.lwm2m import content, device_checks, dtls
+from workers.lwm2m.dtls import MAX_PSK_BYTES
 from workers.lwm2m.errors import LwM2MError, Object5TransitionError
 from workers.lwm2m.linkformat import ObjectLink, format_registration_payload
 from workers.lwm2m.object5 import (
@@ -127,6 +129,7 @@ class DeviceState:
     queue_mode: bool = False
     faults: Faults = field(default_factory=Faults)
     staged: dict[str, Any] | None = None  # the verified, downloaded update awaiting Execute
+    psk: str = ""  # DTLS pre-shared key (hex; identity = endpoint); empty: NoSec only
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,16 +213,50 @@ class SimulatedDevice:
         self.registered = asyncio.Event()
         self.boots = 0
         self.events: list[str] = []
+        # aiocoap keeps a DTLS client session only while something references it.
+        self._dtls_session: Any = None
 
     # lifecycle
 
+    @property
+    def secure(self) -> bool:
+        """Whether this device talks to its server over DTLS (a coaps server URI)."""
+        return urlsplit(self.server_uri).scheme == "coaps"
+
     async def start(self) -> None:
-        # An exclusive port, not port 0: see workers.lwm2m.ports for why.
-        self.port = claim_udp_port(self.host)
-        self.context = await aiocoap.Context.create_server_context(
-            self.resource, bind=(self.host, self.port), transports=["udp6"]
-        )
+        if self.secure:
+            await self._start_dtls()
+        else:
+            # An exclusive port, not port 0: see workers.lwm2m.ports for why.
+            self.port = claim_udp_port(self.host)
+            self.context = await aiocoap.Context.create_server_context(
+                self.resource, bind=(self.host, self.port), transports=["udp6"]
+            )
         self._spawn(self._registration_loop())
+
+    async def _start_dtls(self) -> None:
+        """DTLS client with the device's PSK; the server's requests come back on its session,
+        so the device listens on no port of its own."""
+        if not self.state.psk:
+            raise LwM2MError(f"{self.state.endpoint}: a coaps server needs a PSK (FleetSpec.dtls)")
+        self.context = await dtls.client_context(self.resource)
+        self.context.client_credentials.load_from_dict(
+            {
+                f"{self.server_uri}/*": {
+                    "dtls": {
+                        "psk": bytes.fromhex(self.state.psk),
+                        "client-identity": self.state.endpoint.encode(),
+                    }
+                }
+            }
+        )
+
+    def _drop_dtls_session(self) -> None:
+        """Forget a DTLS session that stopped working; the next request shakes hands anew."""
+        session, self._dtls_session = self._dtls_session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.shutdown()
 
     async def stop(self, *, deregister: bool = True) -> None:
         for task in list(self._tasks):
@@ -238,6 +275,7 @@ class SimulatedDevice:
         if self.context is not None:
             await self.context.shutdown()
             self.context = None
+        self._dtls_session = None
         if self.port is not None:
             release_udp_port(self.host, self.port)
             self.port = None
@@ -300,6 +338,8 @@ class SimulatedDevice:
         if response.code != Code.CREATED:
             raise LwM2MError(f"registration refused: {response.code} {response.payload[:80]!r}")
         self.location = tuple(response.opt.location_path)
+        if self.secure:
+            self._dtls_session = response.remote
         self.registered.set()
         self.events.append("registered")
 
@@ -324,6 +364,7 @@ class SimulatedDevice:
                     self.context.request(message).response, timeout=30
                 )
             except (aiocoap.error.Error, TimeoutError, OSError):
+                self._drop_dtls_session()
                 continue
             if response.code == Code.NOT_FOUND:
                 self.registered.clear()
@@ -405,6 +446,9 @@ class SimulatedDevice:
             raise DownloadError("device is not started")
         szx, num, etag, total = 6, 0, None, None
         buffer = bytearray()
+        # The server's address as resolved for the first block, reused for the rest (aiocoap
+        # otherwise resolves the URI's host again, through the executor, for every block).
+        remote = None
         while True:
             if drop_after is not None and num >= drop_after:
                 raise DownloadError("link dropped")
@@ -412,6 +456,8 @@ class SimulatedDevice:
                 await asyncio.sleep(self.state.faults.slow_link_seconds)
             message = aiocoap.Message(code=Code.GET, uri=uri)
             message.opt.block2 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(num, False, szx)
+            if remote is not None:
+                message.remote = remote
             try:
                 response = await asyncio.wait_for(
                     self.context.request(message, handle_blockwise=False).response, timeout=30
@@ -422,6 +468,7 @@ class SimulatedDevice:
                 raise DownloadError(f"{uri}: {response.code}")
             if etag is None:
                 etag, total = response.opt.etag, response.opt.size2
+                remote = response.remote
             elif response.opt.etag != etag:
                 raise DownloadError("resource changed during download")
             block = response.opt.block2
@@ -549,6 +596,8 @@ class FleetSpec:
     lifetime: int = 300
     payload_format: str = "mcuboot"
     component_id: list[str] = field(default_factory=lambda: ["00"])
+    # Give each device a random DTLS PSK (kept in its state) and coaps in /5/0/8.
+    dtls: bool = False
 
 
 class Fleet:
@@ -612,6 +661,12 @@ class Fleet:
                 component_id=list(spec.component_id),
                 faults=device_faults,
             )
+        if spec.dtls:
+            for state in states.values():
+                if not state.psk:
+                    state.psk = secrets.token_hex(MAX_PSK_BYTES)
+                if 1 not in state.protocols:
+                    state.protocols = [*state.protocols, 1]  # coaps
         for state in states.values():
             self.devices[state.endpoint] = SimulatedDevice(
                 state,
@@ -622,6 +677,14 @@ class Fleet:
             )
         self.save()
         return [d.state for d in self.devices.values()]
+
+    def psks(self) -> dict[str, bytes]:
+        """Endpoint -> PSK of the devices that have one (to provision them on the server)."""
+        return {
+            endpoint: bytes.fromhex(device.state.psk)
+            for endpoint, device in self.devices.items()
+            if device.state.psk
+        }
 
     def _mark_dirty(self) -> None:
         self._dirty = True

@@ -138,3 +138,83 @@ def test_command_for_offline_device_fails_at_once(
     command.refresh_from_db()
     assert command.status == CommandStatus.FAILED
     assert command.error_code == "device.offline"
+
+
+def test_command_send_marks_sent_only_after_publishing(
+    transactional_db: None, eager_celery: None
+) -> None:
+    from workers.lwm2m.errors import DeviceNotConnectedError
+
+    Device.objects.create(endpoint="dev-1", online=True, gateway_id="gw-x")
+    command = DeviceCommand.objects.create(device=Device.objects.get(), operation="read")
+    published: list[tuple[str, dict[str, Any]]] = []
+
+    def broken(gateway_id: str, message: dict[str, Any]) -> None:
+        raise ConnectionError("broker down")
+
+    # A failure that is not a refusal (the broker is down, the worker dies) leaves it pending.
+    with pytest.raises(ConnectionError):
+        device_services.device_command_send(command_id=str(command.pk), publish=broken)
+    command.refresh_from_db()
+    assert command.status == CommandStatus.PENDING and command.attempts == 0
+
+    outcome = device_services.device_command_send(
+        command_id=str(command.pk), publish=lambda g, m: published.append((g, m))
+    )
+    command.refresh_from_db()
+    assert outcome == "sent" and command.status == CommandStatus.SENT and command.attempts == 1
+    assert published == [
+        (
+            "gw-x",
+            {"command_id": str(command.pk), "endpoint": "dev-1", "operation": "read", "args": {}},
+        )
+    ]
+    # Sent already: a second task for it publishes nothing.
+    assert (
+        device_services.device_command_send(
+            command_id=str(command.pk), publish=lambda g, m: published.append((g, m))
+        )
+        == "skipped"
+    )
+    assert len(published) == 1
+
+    refused = DeviceCommand.objects.create(device=Device.objects.get(), operation="read")
+
+    def refuse(gateway_id: str, message: dict[str, Any]) -> None:
+        raise DeviceNotConnectedError("no gateway 'gw-x' in this process")
+
+    assert device_services.device_command_send(command_id=str(refused.pk), publish=refuse) == (
+        "refused"
+    )
+    refused.refresh_from_db()
+    assert (
+        refused.status == CommandStatus.FAILED
+        and refused.error_code == "lwm2m.device_not_connected"
+    )
+
+
+def test_gateway_runs_a_command_delivered_twice_once(gateway_with_fleet: Any) -> None:
+    thread, fleet, release = gateway_with_fleet
+    wait_for(lambda: Device.objects.filter(online=True).count() == 2)
+    gateway = thread.gateway
+    command = DeviceCommand.objects.create(
+        device=Device.objects.get(endpoint="sim-00001"),
+        operation="fw_update",
+        args={"manifest_digest": release.digest},
+    )
+    message = {
+        "command_id": str(command.pk),
+        "endpoint": "sim-00001",
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+    before = gateway.stats["commands"]
+    device_services.device_command_send(command_id=str(command.pk), publish=gateway.bus.publish)
+    gateway.bus.publish("gw-db", message)  # redelivered while the first is running
+    wait_for(lambda: DeviceCommand.objects.get(pk=command.pk).status == CommandStatus.SUCCEEDED, 20)
+    gateway.bus.publish("gw-db", message)  # and once more after it finished
+    wait_for(lambda: Device.objects.get(endpoint="sim-00001").firmware_version == "1.1.0")
+    time.sleep(0.5)
+    assert gateway.stats["commands"] == before + 1
+    assert fleet.devices["sim-00001"].boots == 1
+    assert DeviceCommand.objects.get(pk=command.pk).status == CommandStatus.SUCCEEDED

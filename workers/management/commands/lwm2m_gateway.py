@@ -1,4 +1,8 @@
-"""Run one LwM2M gateway process: ``manage.py lwm2m_gateway --bind HOST:PORT``."""
+"""Run one LwM2M gateway process: ``manage.py lwm2m_gateway --bind HOST:PORT``.
+
+``--dtls-bind HOST:PORT`` adds a DTLS (PSK) listener; ``--refuse-nosec`` accepts DTLS
+registrations only (docs/lwm2m.md, "DTLS").
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import contextlib
 import signal
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -17,26 +21,63 @@ class Command(BaseCommand):
         parser.add_argument("--bind", default=None, help="HOST:PORT (default: LWM2M_BIND)")
         parser.add_argument("--gateway-id", default=None, help="default: LWM2M_GATEWAY_ID")
         parser.add_argument("--public-uri", default=None, help="coap://host:port devices use")
+        parser.add_argument(
+            "--dtls-bind",
+            default=None,
+            help="HOST:PORT of the DTLS (PSK) listener, a specific address (default: "
+            "LWM2M_DTLS_BIND; unset: no DTLS)",
+        )
+        parser.add_argument(
+            "--dtls-public-uri", default=None, help="coaps://host:port devices use for DTLS"
+        )
+        parser.add_argument(
+            "--refuse-nosec",
+            action="store_true",
+            help="refuse plain-CoAP registrations (default: LWM2M_ACCEPT_NOSEC)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         from workers.lwm2m.bus import bus_for_url, configured_bus_url
+        from workers.lwm2m.dtls import DTLSUnavailableError, dtls_missing
         from workers.lwm2m.gateway import Gateway, GatewayConfig
 
-        config = GatewayConfig.from_settings(bind=options["bind"], gateway_id=options["gateway_id"])
+        try:
+            config = GatewayConfig.from_settings(
+                bind=options["bind"],
+                gateway_id=options["gateway_id"],
+                dtls_bind=options["dtls_bind"],
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
         if options["public_uri"]:
             config.public_uri = options["public_uri"]
+        if options["dtls_public_uri"]:
+            config.dtls_public_uri = options["dtls_public_uri"]
+        if options["refuse_nosec"]:
+            config.accept_nosec = False
+        if config.dtls_host is not None and dtls_missing():
+            raise CommandError(f"DTLS listener requested but unavailable: {dtls_missing()}")
+        if not config.accept_nosec and config.dtls_host is None:
+            raise CommandError("NoSec refused but no DTLS listener: no device could register")
         bus_url = configured_bus_url()
         gateway = Gateway(config, bus=bus_for_url(bus_url))
 
         async def main() -> None:
-            await gateway.start()
+            try:
+                await gateway.start()
+            except DTLSUnavailableError as exc:
+                await gateway.stop()
+                raise CommandError(str(exc)) from None
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError):
                     loop.add_signal_handler(sig, stop.set)
             bus_host = bus_url.split("@")[-1]  # never print credentials
-            self.stdout.write(f"gateway {config.gateway_id} on {config.base_uri} (bus {bus_host})")
+            dtls = f" and {config.dtls_base_uri}" if config.dtls_base_uri else ""
+            self.stdout.write(
+                f"gateway {config.gateway_id} on {config.base_uri}{dtls} (bus {bus_host})"
+            )
             await stop.wait()
             await gateway.stop()
 

@@ -2,6 +2,10 @@
 
 Vendor and class come from the registry (``--class`` is a DeviceClass name); the devices' trust
 anchors are the active signing keys' public keys, as a vendor would provision them.
+
+``--dtls``: each device gets a random PSK (kept in the state file, like a key in the device's
+flash; identity = endpoint), provisioned on the server through ``device_psk_set``, and talks
+to the gateway's DTLS listener (``--server coaps://...``, default from LWM2M_DTLS_BIND).
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ class Command(BaseCommand):
             "NAME@RATE draws it per device with that probability",
         )
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument(
+            "--dtls",
+            action="store_true",
+            help="per-device PSKs (provisioned as DevicePSK), register and download over coaps",
+        )
         parser.add_argument("--duration", type=float, default=0, help="seconds; 0 = until ^C")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -69,7 +78,16 @@ class Command(BaseCommand):
                 Faults.parse([name])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        server = options["server"] or f"coap://127.0.0.1:{settings.LWM2M_BIND.rpartition(':')[2]}"
+        if options["dtls"]:
+            server = options["server"] or (
+                f"coaps://{settings.LWM2M_DTLS_BIND}" if settings.LWM2M_DTLS_BIND else None
+            )
+            if server is None or not server.startswith("coaps://"):
+                raise CommandError("--dtls needs --server coaps://HOST:PORT or LWM2M_DTLS_BIND")
+        else:
+            server = (
+                options["server"] or f"coap://127.0.0.1:{settings.LWM2M_BIND.rpartition(':')[2]}"
+            )
         state_file = Path(
             options["state_file"] or Path(settings.VAR_DIR) / f"fleet-{options['prefix']}.json"
         )
@@ -87,11 +105,19 @@ class Command(BaseCommand):
                 lifetime=options["lifetime"],
                 payload_format=device_class.payload_format,
                 component_id=list(device_class.component_id) or ["00"],
+                dtls=options["dtls"],
             ),
             faults=faults,
             fault_rates=rates,
             seed=options["seed"],
         )
+        if options["dtls"]:
+            from campaigns.device_services import device_psk_set
+
+            psks = fleet.psks()
+            for endpoint, key in psks.items():
+                device_psk_set(endpoint=endpoint, key=key)
+            self.stdout.write(f"{len(psks)} DTLS PSKs provisioned (identity = endpoint)")
 
         async def main() -> None:
             await fleet.start()

@@ -1,0 +1,681 @@
+"""DTLS with per-device pre-shared keys for the gateway: the key cache and the coaps listener.
+
+Transport: aiocoap's tinydtls server (``aiocoap.transports.tinydtls_server``, marked experimental
+upstream) on the ``DTLSSocket`` binding of tinydtls, which offers TLS_PSK_WITH_AES_128_CCM_8,
+the cipher suite LwM2M mandates for PSK mode. We do not use it as aiocoap configures it; this
+module subclasses it to fix what a gateway needs (docs/architecture.md, "DTLS"):
+
+* it binds exactly the configured port (aiocoap adds 1 to the port it is given, so port 0
+  became port 1) without ``SO_REUSEPORT`` (a second gateway on the same port fails loudly);
+* the gateway can send requests over a device's session (aiocoap's server transport did not
+  recognise its own session objects as remotes, so server-initiated reads would have failed);
+* only a DTLS handshake record opens a session, sessions are capped (least recently active
+  dropped first), and a handshake that does not complete within a timeout is dropped with a log
+  line: tinydtls silently discards the records of a client that used the wrong key, so a
+  timeout is the only sign of a wrong key;
+* the peer closing the session (close_notify) or a fatal alert removes the session.
+
+Invariants the gateway relies on:
+
+* :func:`peer_identity` returns the PSK identity only once the handshake has completed with the
+  key stored for that identity; requests never arrive before that (tinydtls passes application
+  data only on an established session), and one session never changes identity.
+* Keys are looked up synchronously in tinydtls's handshake callback on the event loop, so they
+  come from :class:`PSKCache`, an in-memory map rebuilt off the loop (on a thread: query and
+  decryption) and swapped in on the loop. It is loaded before the listener opens, refreshed
+  every ``refresh_seconds``, and early (at most every ``miss_refresh_seconds``) after a handshake
+  names an unknown identity or fails for a known one (a device provisioned or a key rotated since
+  the last refresh gets in at its next attempt).
+* tinydtls limits: a PSK of at most 16 bytes (it copies the key into a 16-byte buffer, and
+  DTLSSocket does not check the length, so a longer key is refused here, never handed over) and
+  an identity of at most 32 bytes (tinydtls refuses a longer one itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from workers.lwm2m.errors import LwM2MError
+from workers.lwm2m.psk import MAX_IDENTITY_BYTES, MAX_PSK_BYTES, PSKError, decrypt_psk
+
+log = logging.getLogger("workers.lwm2m.dtls")
+
+# tinydtls (as built by DTLSSocket 0.2.3): DTLS_PSK_MAX_KEY_LEN and
+# DTLS_PSK_MAX_CLIENT_IDENTITY_LEN.
+# Bytes of a hostile identity shown in a log line.
+_LOG_IDENTITY_CHARS = 40
+
+# DTLS record content type of a handshake message (RFC 6347 4.1): only these open a session.
+_HANDSHAKE_RECORD = 22
+_RECORD_HEADER_BYTES = 13
+# How often a session with a handshake flight pending asks tinydtls whether a retransmission is
+# due (tinydtls's first timeout is 1 s). See _poll_retransmissions for why we poll.
+RETRANSMIT_POLL_SECONDS = 0.2
+
+
+class DTLSError(LwM2MError):
+    """Base of the refusals that come from DTLS security (identity binding, NoSec policy)."""
+
+    code = "lwm2m.dtls"
+    coap_code = "FORBIDDEN"
+
+
+class IdentityMismatchError(DTLSError):
+    """The authenticated DTLS identity (or its absence) does not own this endpoint/registration."""
+
+    code = "lwm2m.identity_mismatch"
+
+
+class NoSecRefusedError(DTLSError):
+    """A plain-CoAP (NoSec) registration while the gateway accepts DTLS registrations only."""
+
+    code = "lwm2m.nosec_refused"
+
+
+class DTLSUnavailableError(LwM2MError):
+    """DTLS is configured but cannot run here (binding missing or bad listener address)."""
+
+    code = "lwm2m.dtls_unavailable"
+
+
+def dtls_missing() -> str | None:
+    """Why the DTLS transport cannot load here, or None when it can."""
+    try:
+        from aiocoap.transports import tinydtls_server  # noqa: F401
+        from DTLSSocket import dtls  # noqa: F401
+    except ImportError as exc:
+        return (
+            f"{exc}: install DTLSSocket (requirements.txt; building it needs Debian's autoconf, "
+            "automake and libtool: scripts/install-system-deps.sh)"
+        )
+    return None
+
+
+def _shown(identity: bytes | str) -> str:
+    text = identity if isinstance(identity, str) else identity.decode("utf-8", "replace")
+    return repr(text[:_LOG_IDENTITY_CHARS])
+
+
+# --- the key cache --------------------------------------------------------------------------------
+
+
+class PSKSource(Protocol):
+    """Where the encrypted keys live (the database in production, a dict in unit tests)."""
+
+    def tokens(self) -> dict[str, bytes]:
+        """Every identity with its encrypted key (a Fernet token, :mod:`workers.lwm2m.psk`)."""
+
+    def secret(self) -> str:
+        """The deployment secret the tokens are encrypted under."""
+
+
+class DjangoPSKSource:
+    """``DevicePSK`` rows and their secret, through ``campaigns.device_services``."""
+
+    def tokens(self) -> dict[str, bytes]:
+        from campaigns.device_services import psk_tokens
+
+        return psk_tokens()
+
+    def secret(self) -> str:
+        from campaigns.device_services import psk_secret
+
+        return psk_secret()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    token: bytes
+    key: bytes
+
+
+class PSKCache:
+    """Identity -> PSK in memory, for tinydtls's synchronous key lookup on the event loop.
+
+    :meth:`build` runs on a worker thread (database query, decryption of changed rows only) and
+    returns a new map; :meth:`install` swaps it in on the loop. The map is never mutated in
+    place, so a lookup always sees one consistent snapshot.
+    """
+
+    def __init__(
+        self,
+        source: PSKSource,
+        *,
+        refresh_seconds: float = 60.0,
+        miss_refresh_seconds: float = 2.0,
+    ) -> None:
+        self.source = source
+        self.refresh_seconds = refresh_seconds
+        self.miss_refresh_seconds = miss_refresh_seconds
+        self._entries: Mapping[str, _Entry] = {}
+        self._refused: frozenset[str] = frozenset()
+        self._early = asyncio.Event()
+        self.loaded_at: float | None = None
+        self.refreshes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def has(self, identity: str) -> bool:
+        """Whether a key is provisioned for ``identity`` (usable or not)."""
+        return identity in self._entries or identity in self._refused
+
+    def key(self, identity: bytes) -> bytes | None:
+        """The PSK for a DTLS identity, or None; a miss asks for an early refresh."""
+        try:
+            name = identity.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        entry = self._entries.get(name)
+        if entry is None:
+            self.request_refresh()
+            return None
+        return entry.key
+
+    def request_refresh(self) -> None:
+        """Refresh soon (debounced to ``miss_refresh_seconds``); call on the loop's thread."""
+        self._early.set()
+
+    def build(self) -> tuple[dict[str, _Entry], frozenset[str]]:
+        """Read and decrypt (blocking: run it on a worker thread, never on the loop)."""
+        tokens = self.source.tokens()
+        current = self._entries
+        secret: str | None = None
+        entries: dict[str, _Entry] = {}
+        refused: set[str] = set()
+        for identity, token in tokens.items():
+            old = current.get(identity)
+            if old is not None and old.token == token:
+                entries[identity] = old
+                continue
+            if len(identity.encode("utf-8")) > MAX_IDENTITY_BYTES:
+                log.error(
+                    "PSK identity %s is longer than %d bytes (tinydtls's limit): refused",
+                    _shown(identity),
+                    MAX_IDENTITY_BYTES,
+                )
+                refused.add(identity)
+                continue
+            if secret is None:
+                secret = self.source.secret()
+            try:
+                key = decrypt_psk(token, secret=secret)
+            except PSKError as exc:
+                log.error("PSK of %s refused: %s", _shown(identity), exc)
+                refused.add(identity)
+                continue
+            if len(key) > MAX_PSK_BYTES:
+                log.error(
+                    "PSK of %s is %d bytes; tinydtls takes at most %d: refused until rotated",
+                    _shown(identity),
+                    len(key),
+                    MAX_PSK_BYTES,
+                )
+                refused.add(identity)
+                continue
+            entries[identity] = _Entry(token, key)
+        return entries, frozenset(refused)
+
+    def install(self, built: tuple[dict[str, _Entry], frozenset[str]]) -> None:
+        entries, refused = built
+        added = len(entries.keys() - self._entries.keys())
+        removed = len(self._entries.keys() - entries.keys())
+        self._entries, self._refused = entries, refused
+        self.loaded_at = time.monotonic()
+        self.refreshes += 1
+        if added or removed or refused:
+            log.info(
+                "PSK cache: %d identities (%d new, %d removed, %d refused)",
+                len(entries),
+                added,
+                removed,
+                len(refused),
+            )
+
+    async def refresh(self, run: Callable[[Callable[[], Any]], Awaitable[Any]]) -> None:
+        """One refresh; ``run`` executes a blocking callable off the loop (an executor)."""
+        self._early.clear()
+        self.install(await run(self.build))
+
+    async def run_forever(self, run: Callable[[Callable[[], Any]], Awaitable[Any]]) -> None:
+        """Refresh every ``refresh_seconds``, or early when asked; failures keep the old map."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._early.wait(), timeout=self.refresh_seconds)
+            if self._early.is_set() and self.loaded_at is not None:
+                # Debounce: a stream of unknown identities costs one reload per interval.
+                wait = self.loaded_at + self.miss_refresh_seconds - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                await self.refresh(run)
+            except Exception:
+                log.exception("PSK cache refresh failed; keeping the previous keys")
+                self._early.clear()
+
+
+# --- the coaps listener ---------------------------------------------------------------------------
+
+
+def peer_identity(remote: Any) -> str | None:
+    """The authenticated PSK identity of a request's or response's sender; None for NoSec."""
+    if isinstance(remote, _session_class()):
+        identity: str | None = remote.authenticated_identity
+        return identity
+    return None
+
+
+def session_closed(remote: Any) -> bool:
+    """Whether ``remote`` is a DTLS session that has ended (the device must reconnect)."""
+    return isinstance(remote, _session_class()) and bool(remote.closed)
+
+
+_classes: dict[str, type] = {}
+
+
+async def _poll_retransmissions(socket: Callable[[], Any]) -> None:
+    """Let tinydtls retransmit handshake flights until none is pending.
+
+    aiocoap sleeps until the time ``checkRetransmit()`` names, but that time is on tinydtls's
+    clock, whose origin DTLSSocket resets to the current second whenever any DTLS context is
+    created (``dtls_init`` per object). Compared with aiocoap's own clock the sleep came out
+    negative, so every handshake in progress spun the event loop (measured: 300 simulated
+    devices could not all register within 2 minutes; polling: all in about 6 s). Polling only
+    asks; tinydtls decides what is due on its own clock.
+    """
+    while True:
+        dtls_socket = socket()
+        if dtls_socket is None or dtls_socket.checkRetransmit() == 0:
+            return
+        await asyncio.sleep(RETRANSMIT_POLL_SECONDS)
+
+
+async def client_context(site: Any) -> Any:
+    """An aiocoap context that reaches coaps servers (and serves ``site`` over those sessions)
+    through aiocoap's tinydtls client with :func:`_poll_retransmissions`; no socket of its own.
+    """
+    missing = dtls_missing()
+    if missing is not None:
+        raise DTLSUnavailableError(missing)
+    import aiocoap
+
+    _session_class()
+    interface_class = _classes["client"]
+    loop = asyncio.get_running_loop()
+    context = aiocoap.Context(loop=loop, serversite=site, loggername="coap-dtls-client")
+    await context._append_tokenmanaged_messagemanaged_transport(
+        lambda mman: interface_class.create_client_transport_endpoint(
+            mman, log=context.log, loop=loop
+        )
+    )
+    return context
+
+
+def _session_class() -> type:
+    """The session class, or a class nothing is an instance of when DTLS is not installed."""
+    if "session" not in _classes:
+        if dtls_missing() is None:
+            _define_transport()
+        else:
+            _classes["session"] = type("_NoDTLS", (), {})
+    return _classes["session"]
+
+
+@dataclass
+class DTLSListener:
+    """What :func:`open_listener` returns: the bound address and the live session table."""
+
+    host: str
+    port: int
+    interface: Any
+
+    @property
+    def sessions(self) -> dict[Any, Any]:
+        pool = self.interface._pool
+        return dict(pool._connections)
+
+
+async def open_listener(
+    context: Any,
+    *,
+    host: str,
+    port: int,
+    keys: PSKCache,
+    handshake_timeout: float,
+    max_sessions: int,
+) -> DTLSListener:
+    """Add a coaps listener to an existing aiocoap server context (same site, same requests)."""
+    missing = dtls_missing()
+    if missing is not None:
+        raise DTLSUnavailableError(missing)
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - refusing the any-address, not binding it
+        raise DTLSUnavailableError(
+            "the DTLS listener needs a specific address, not the any-address: it answers "
+            "from the address it is bound to (LWM2M_DTLS_BIND=192.0.2.10:5684, say)"
+        )
+    _session_class()
+    interface_class = _classes["interface"]
+    loop = asyncio.get_running_loop()
+    holder: list[Any] = []
+
+    async def construct(mman: Any) -> Any:
+        interface = await interface_class.open(
+            (host, port),
+            mman,
+            log=context.log,
+            loop=loop,
+            keys=keys,
+            handshake_timeout=handshake_timeout,
+            max_sessions=max_sessions,
+        )
+        holder.append(interface)
+        return interface
+
+    # The same constructor aiocoap uses for its own transports (pinned aiocoap: requirements.txt).
+    await context._append_tokenmanaged_messagemanaged_transport(construct)
+    return DTLSListener(host=host, port=port, interface=holder[0])
+
+
+def _define_transport() -> None:
+    """Define the transport classes (only once DTLSSocket is known to import)."""
+    from aiocoap import error
+    from aiocoap.transports import simplesocketserver, tinydtls, tinydtls_server
+    from aiocoap.transports.generic_udp import GenericMessageInterface
+    from aiocoap.util import hostportjoin
+    from DTLSSocket import dtls
+
+    class _SessionKeys:
+        """The mapping DTLSSocket asks for a key (``in`` then ``[]``), bound to one session."""
+
+        def __init__(self, session: _Session) -> None:
+            self.session = session
+
+        def keys(self) -> _SessionKeys:
+            return self
+
+        def __contains__(self, identity: object) -> bool:
+            return isinstance(identity, bytes) and self.session.key_for(identity) is not None
+
+        def __getitem__(self, identity: bytes) -> bytes:
+            key = self.session.key_for(identity)
+            if key is None:
+                raise KeyError(identity)
+            return key
+
+    class _Session(tinydtls_server._AddressDTLS):  # type: ignore[misc]
+        """One peer address's DTLS state; the remote of every message on that session."""
+
+        def __init__(self, pool: _SessionPool, sockaddr: Any) -> None:
+            self._protocol = pool
+            self._underlying_address = simplesocketserver._Address(pool, sockaddr)
+            self.log = pool.log
+            self.keys = pool.keys
+            self.offered: str | None = None  # identity whose key the handshake asked for
+            self.connected = False
+            self.closed = False
+            self.started = time.monotonic()
+            self._dtls_socket = dtls.DTLS(
+                read=self._read,
+                write=self._write,
+                event=self._event,
+                pskId=b"-",  # a client's field; the server never sends it
+                pskStore=_SessionKeys(self),
+            )
+            self._dtls_session = dtls.Session(
+                tinydtls_server._SENTINEL_ADDRESS, tinydtls_server._SENTINEL_PORT
+            )
+            self._retransmission_task = asyncio.create_task(self._run_retransmissions())
+
+        @property
+        def authenticated_identity(self) -> str | None:
+            # Still answered once closed: messages that arrived on the session were authentic.
+            return self.offered if self.connected else None
+
+        @property
+        def authenticated_claims(self) -> list[str]:
+            identity = self.authenticated_identity
+            return [identity] if identity is not None else []
+
+        @property
+        def blockwise_key(self) -> Any:
+            return (self._underlying_address.blockwise_key, self.offered)
+
+        def key_for(self, identity: bytes) -> bytes | None:
+            name = identity.decode("utf-8", "replace")
+            if self.offered is not None and self.offered != name:
+                log.warning(
+                    "DTLS session from %s switched identity %s -> %s: refused",
+                    self.hostinfo,
+                    _shown(self.offered),
+                    _shown(identity),
+                )
+                return None
+            key = self.keys.key(identity)
+            if key is None:
+                log.warning(
+                    "DTLS handshake from %s refused: %s %s",
+                    self.hostinfo,
+                    "unusable stored PSK (see above) for" if self.keys.has(name) else "unknown",
+                    f"PSK identity {_shown(identity)}",
+                )
+                asyncio.get_running_loop().call_soon(
+                    self.close, tinydtls.FatalDTLSError("unknown identity")
+                )
+                return None
+            self.offered = name
+            return key
+
+        def send(self, message: bytes) -> None:
+            if self.closed:
+                log.debug("not sending to closed DTLS session %s", self.hostinfo)
+                return
+            self._dtls_socket.write(self._dtls_session, message)
+
+        def _event(self, level: int, code: int) -> None:
+            if (level, code) == (tinydtls.LEVEL_NOALERT, tinydtls.DTLS_EVENT_CONNECTED):
+                self.connected = True
+                log.info(
+                    "DTLS session with %s established for identity %s",
+                    self.hostinfo,
+                    _shown(self.offered or ""),
+                )
+            elif level == tinydtls.LEVEL_NOALERT:
+                return
+            elif code == tinydtls.CODE_CLOSE_NOTIFY:
+                log.info("DTLS session with %s closed by the peer", self.hostinfo)
+                self.close(tinydtls.CloseNotifyReceived())
+            elif level == tinydtls.LEVEL_FATAL:
+                log.warning(
+                    "DTLS fatal alert %d from %s (identity %s): session dropped",
+                    code,
+                    self.hostinfo,
+                    _shown(self.offered or ""),
+                )
+                self.close(tinydtls.FatalDTLSError(code))
+            else:
+                log.info("DTLS alert level %d code %d from %s", level, code, self.hostinfo)
+
+        def _inject_error(self, exc: BaseException) -> None:
+            self.close(exc)
+
+        async def _run_retransmissions(self) -> None:
+            await _poll_retransmissions(lambda: self._dtls_socket)
+
+        def close(self, exc: BaseException) -> None:
+            """End the session (idempotent): pending requests to it fail with ``exc``; a
+            connected peer gets a close_notify."""
+            if self.closed:
+                return
+            self.closed = True
+            self._retransmission_task.cancel()
+            connections = self._protocol._connections
+            if connections.get(self._underlying_address.address) is self:
+                del connections[self._underlying_address.address]
+            plaintext = self._protocol._message_interface._plaintext_interface
+            if plaintext._mman is not None:
+                plaintext._received_exception(self, exc)
+            # Not now: close() may run inside a tinydtls callback of this very context.
+            asyncio.get_running_loop().call_soon(self._teardown)
+
+        def _teardown(self) -> None:
+            """Free the tinydtls context now, not whenever the cyclic GC gets to it: freeing
+            it sends close_notify through the static send buffer that every tinydtls context
+            shares, which must not happen in the middle of another context's work."""
+            self._retransmission_task.cancel()
+            socket, self._dtls_socket = self._dtls_socket, None
+            if socket is not None:
+                with contextlib.suppress(Exception):
+                    socket.resetPeer(self._dtls_session)
+
+    class _SessionPool(tinydtls_server._DatagramServerSocketSimpleDTLS):  # type: ignore[misc]
+        """The listening socket and its sessions, keyed by peer address, least recent first."""
+
+        _Address = _Session
+
+        keys: PSKCache
+        max_sessions: int
+        handshake_timeout: float
+
+        @classmethod
+        async def open(
+            cls,
+            bind: tuple[str, int],
+            log: Any,
+            loop: asyncio.AbstractEventLoop,
+            message_interface: Any,
+            *,
+            keys: PSKCache,
+            max_sessions: int,
+            handshake_timeout: float,
+        ) -> _SessionPool:
+            wrapped = tinydtls_server.GoingThroughMessageDecryption(message_interface)
+            ready: asyncio.Future[_SessionPool] = loop.create_future()
+            # No SO_REUSEPORT: a second process on this port must fail, not share the traffic.
+            await loop.create_datagram_endpoint(
+                lambda: cls(ready.set_result, wrapped, log), local_addr=bind
+            )
+            self = await ready
+            self.hostinfo_local = hostportjoin(bind[0], bind[1])
+            self._loop = loop
+            self.keys = keys
+            self.max_sessions = max_sessions
+            self.handshake_timeout = handshake_timeout
+            self._sweeper = loop.create_task(self._sweep())
+            return self
+
+        def datagram_received(self, data: bytes, sockaddr: Any) -> None:
+            session = self._connections.get(sockaddr)
+            if session is None:
+                if len(data) < _RECORD_HEADER_BYTES or data[0] != _HANDSHAKE_RECORD:
+                    return  # not a handshake: no session to open, nothing to answer
+                while len(self._connections) >= self.max_sessions:
+                    _, oldest = next(iter(self._connections.items()))
+                    log.info(
+                        "DTLS session limit (%d) reached: dropping the least recently "
+                        "active one (%s)",
+                        self.max_sessions,
+                        oldest.hostinfo,
+                    )
+                    oldest.close(error.LibraryShutdown("DTLS session evicted"))
+                session = _Session(self, sockaddr)
+                self._connections[sockaddr] = session
+            else:
+                self._connections.move_to_end(sockaddr)
+            self._message_interface._received_datagram(session, data)
+
+        async def _sweep(self) -> None:
+            """Drop handshakes that never completed (wrong key, lost peer, spoofed hello)."""
+            interval = max(min(self.handshake_timeout / 2, 5.0), 0.05)
+            while True:
+                await asyncio.sleep(interval)
+                cutoff = time.monotonic() - self.handshake_timeout
+                for session in list(self._connections.values()):
+                    if session.connected or session.started > cutoff:
+                        continue
+                    if session.offered is not None:
+                        log.warning(
+                            "DTLS handshake from %s for identity %s not completed in %.0f s "
+                            "(wrong key?): dropped",
+                            session.hostinfo,
+                            _shown(session.offered),
+                            self.handshake_timeout,
+                        )
+                        self.keys.request_refresh()  # the key may have been rotated
+                    else:
+                        log.info(
+                            "DTLS handshake from %s not completed in %.0f s: dropped",
+                            session.hostinfo,
+                            self.handshake_timeout,
+                        )
+                    session.close(tinydtls.FatalDTLSError("handshake timeout"))
+
+        async def shutdown(self) -> None:
+            self._sweeper.cancel()
+            self._transport.abort()
+
+    class _DTLSServerInterface(tinydtls_server.MessageInterfaceTinyDTLSServer):  # type: ignore[misc]
+        """coaps server transport; sends only over sessions that peers opened."""
+
+        @classmethod
+        async def open(
+            cls,
+            bind: tuple[str, int],
+            mman: Any,
+            *,
+            log: Any,
+            loop: asyncio.AbstractEventLoop,
+            keys: PSKCache,
+            handshake_timeout: float,
+            max_sessions: int,
+        ) -> _DTLSServerInterface:
+            self = cls(mman, log, loop)
+            self._pool = await _SessionPool.open(
+                bind,
+                log,
+                loop,
+                self,
+                keys=keys,
+                max_sessions=max_sessions,
+                handshake_timeout=handshake_timeout,
+            )
+            return self
+
+        async def recognize_remote(self, remote: Any) -> bool:
+            return isinstance(remote, _Session) and remote._protocol is self._pool
+
+        async def determine_remote(self, request: Any) -> None:
+            return None  # a DTLS server cannot open a session; devices connect to it
+
+        async def shutdown(self) -> None:
+            for session in list(self._pool._connections.values()):
+                session.close(error.LibraryShutdown("gateway stopping"))
+            await asyncio.sleep(0)  # the sessions' teardown (close_notify) before the socket closes
+            await GenericMessageInterface.shutdown(self)
+
+    class _ClientConnection(tinydtls.DTLSClientConnection):  # type: ignore[misc]
+        async def _run_retransmissions(self) -> None:
+            await _poll_retransmissions(lambda: getattr(self, "_dtls_socket", None))
+
+    class _ClientInterface(tinydtls.MessageInterfaceTinyDTLS):  # type: ignore[misc]
+        """aiocoap's DTLS client transport, building :class:`_ClientConnection` sessions."""
+
+        def _connection_for_address(self, host: str, port: int, psk_id: bytes, psk: bytes) -> Any:
+            key = (host, port, psk_id)
+            connection = self._pool.get(key)
+            if connection is None:
+                connection = _ClientConnection(host, port, psk_id, psk, self)
+                self._pool[key] = connection
+            return connection
+
+    _classes.update(
+        session=_Session,
+        pool=_SessionPool,
+        interface=_DTLSServerInterface,
+        client=_ClientInterface,
+    )
