@@ -162,6 +162,8 @@ LWM2M_COMMAND_BUS_URL = envopt("LWM2M_COMMAND_BUS_URL")
 LWM2M_MIN_LIFETIME = envint("LWM2M_MIN_LIFETIME", 1, minimum=1)
 LWM2M_MAX_LIFETIME = envint("LWM2M_MAX_LIFETIME", 7 * 86400, minimum=1)
 LWM2M_EXPIRY_SWEEP_SECONDS = envint("LWM2M_EXPIRY_SWEEP_SECONDS", 1, minimum=1)
+# Receive buffer asked for the gateway's CoAP socket, bytes (capped by net.core.rmem_max).
+LWM2M_RECV_BUFFER_BYTES = envint("LWM2M_RECV_BUFFER_BYTES", 4 * 1024 * 1024, minimum=65536)
 # Largest registration payload accepted (bytes); larger gets 4.13.
 LWM2M_MAX_PAYLOAD = envint("LWM2M_MAX_PAYLOAD", 16 * 1024, minimum=256)
 # How long the gateway waits for a device to answer one request (seconds) and how often it polls

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -70,6 +71,9 @@ FW_CACHE_BYTES = 256 * 1024 * 1024
 # Command ids a gateway remembers to recognise a repeated delivery.
 COMMANDS_REMEMBERED = 10_000
 
+# Most events handed to the sink at once (one task, one transaction).
+EVENT_BATCH = 100
+
 # Attempts to hand one event to the sink before giving up (with exponential backoff).
 EMIT_ATTEMPTS = 5
 
@@ -83,7 +87,13 @@ class EventSink(Protocol):
 
 
 class CeleryEventSink:
-    """Events as ``device_event_task`` (runs inline when Celery is eager: the embedded default)."""
+    """Events as ``device_events_task`` batches, or one ``device_event_task`` (run inline when
+    Celery is eager: the embedded default)."""
+
+    def emit_many(self, events: list[dict[str, Any]]) -> None:
+        from workers.tasks import device_events_task
+
+        device_events_task.delay(events)
 
     def emit(self, event: dict[str, Any]) -> None:
         from workers.tasks import device_event_task
@@ -138,6 +148,9 @@ class GatewayConfig:
     fw_update_timeout: float = 3600.0
     expiry_sweep_seconds: float = 1.0
     write_format: int = content.CT_TLV
+    # Receive buffer asked for the CoAP socket (the kernel caps it at net.core.rmem_max): a
+    # fleet's burst of requests must not overflow it, or datagrams are dropped and retransmitted.
+    recv_buffer_bytes: int = 4 * 1024 * 1024
     # DTLS (PSK) listener: off when dtls_host is None; port 0 claims a free port.
     dtls_host: str | None = None
     dtls_port: int = 5684
@@ -174,8 +187,6 @@ class GatewayConfig:
         gateway_id: str | None = None,
         dtls_bind: str | None = None,
     ) -> Any:
-        import socket
-
         from django.conf import settings
 
         host, port = parse_bind(bind or settings.LWM2M_BIND)
@@ -197,6 +208,7 @@ class GatewayConfig:
             fw_poll_seconds=settings.LWM2M_FW_POLL_SECONDS,
             fw_update_timeout=settings.LWM2M_FW_UPDATE_TIMEOUT,
             expiry_sweep_seconds=settings.LWM2M_EXPIRY_SWEEP_SECONDS,
+            recv_buffer_bytes=settings.LWM2M_RECV_BUFFER_BYTES,
             dtls_host=dtls_host,
             dtls_port=dtls_port,
             dtls_public_uri=settings.LWM2M_DTLS_PUBLIC_URI,
@@ -428,6 +440,7 @@ class Gateway:
         self._fw_cache_bytes = 0
         # Command ids run lately (None while running, else the outcome), oldest first.
         self._commands_seen: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        self._event_queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] | None = None
         self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
         self._claimed_port: int | None = None
 
@@ -442,6 +455,9 @@ class Gateway:
         self.context = await aiocoap.Context.create_server_context(
             site, bind=(self.config.host, self.config.port), transports=["udp6"]
         )
+        self._size_receive_buffer()
+        self._event_queue = asyncio.Queue()
+        self._spawn(self._event_pump(self._event_queue))
         if self.psk_cache is not None:
             await self._start_dtls(self.psk_cache)
         if isinstance(self.bus, InMemoryCommandBus):
@@ -514,20 +530,75 @@ class Gateway:
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway task failed", exc_info=task.exception())
 
+    def _size_receive_buffer(self) -> None:
+        """Ask for ``recv_buffer_bytes`` of socket receive buffer (aiocoap keeps the default,
+        about 200 KiB: a few hundred devices' requests at once overflowed it and the dropped
+        datagrams cost each device a CoAP retransmission timeout)."""
+        if self.context is None:
+            return
+        for transport in self.context.request_interfaces:
+            inner = getattr(transport, "token_interface", transport)
+            inner = getattr(inner, "message_interface", inner)
+            sock_transport = getattr(inner, "transport", None)
+            sock = sock_transport.get_extra_info("socket") if sock_transport else None
+            if sock is None:
+                continue
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.recv_buffer_bytes)
+            log.debug(
+                "receive buffer of %s: %d bytes",
+                sock.getsockname(),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            )
+
     async def emit(self, event: dict[str, Any]) -> None:
-        """Hand an event to the sink on the single event thread (keeps per-gateway order)."""
+        """Queue an event for the sink and wait until it was handed over (or given up on).
+
+        One pump hands queued events to the sink in batches, on the single event thread, in
+        the order they were emitted (so per-gateway order holds)."""
         event = {"gateway_id": self.config.gateway_id, "at": time.time(), **event}
+        if self._event_queue is None:
+            raise RuntimeError("gateway not started")
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._event_queue.put_nowait((event, delivered))
+        await asyncio.shield(delivered)
+
+    async def _event_pump(
+        self, queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]]
+    ) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < EVENT_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await self._deliver([event for event, _ in batch])
+            finally:
+                for _, delivered in batch:
+                    if not delivered.done():
+                        delivered.set_result(None)
+
+    async def _deliver(self, events: list[dict[str, Any]]) -> None:
         loop = asyncio.get_running_loop()
         for attempt in range(EMIT_ATTEMPTS):
             try:
-                await loop.run_in_executor(self._events, self.sink.emit, event)
+                await loop.run_in_executor(self._events, self._sink_emit, events)
                 return
             except Exception as exc:
-                # Transient (broker hiccup, SQLite lock): retry a few times, then log it.
+                # Transient (broker hiccup, SQLite lock): retry a few times, then log it. The
+                # events are idempotent, so a batch applied in part may be applied again.
                 if attempt == EMIT_ATTEMPTS - 1:
-                    log.error("event sink failed for %s: %r", event.get("type"), exc)
+                    kinds = sorted({str(e.get("type")) for e in events})
+                    log.error("event sink failed for %d events %s: %r", len(events), kinds, exc)
                     return
                 await asyncio.sleep(0.05 * (2**attempt))
+
+    def _sink_emit(self, events: list[dict[str, Any]]) -> None:
+        emit_many = getattr(self.sink, "emit_many", None)
+        if emit_many is not None and len(events) > 1:
+            emit_many(events)
+            return
+        for event in events:
+            self.sink.emit(event)
 
     # registration interface
 
