@@ -598,6 +598,9 @@ class FleetSpec:
     component_id: list[str] = field(default_factory=lambda: ["00"])
     # Give each device a random DTLS PSK (kept in its state) and coaps in /5/0/8.
     dtls: bool = False
+    # Queue mode: the device registers with UQ (1.0) or Q (1.1) and sleeps between updates.
+    queue_mode: bool = False
+    lwm2m_version: str = "1.1"
 
 
 class Fleet:
@@ -660,6 +663,8 @@ class Fleet:
                 payload_format=spec.payload_format,
                 component_id=list(spec.component_id),
                 faults=device_faults,
+                queue_mode=spec.queue_mode,
+                lwm2m_version=spec.lwm2m_version,
             )
         if spec.dtls:
             for state in states.values():

@@ -31,6 +31,11 @@ class Command(BaseCommand):
         parser.add_argument("--fw-version", dest="fw_version", default="1.0.0")
         parser.add_argument("--lifetime", type=int, default=300)
         parser.add_argument(
+            "--queue-mode",
+            action="store_true",
+            help="devices register in queue mode (they sleep between registration updates)",
+        )
+        parser.add_argument(
             "--fault",
             action="append",
             default=[],
@@ -106,6 +111,7 @@ class Command(BaseCommand):
                 payload_format=device_class.payload_format,
                 component_id=list(device_class.component_id) or ["00"],
                 dtls=options["dtls"],
+                queue_mode=options["queue_mode"],
             ),
             faults=faults,
             fault_rates=rates,
