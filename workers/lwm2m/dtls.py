@@ -46,8 +46,6 @@ from workers.lwm2m.psk import MAX_IDENTITY_BYTES, MAX_PSK_BYTES, PSKError, decry
 
 log = logging.getLogger("workers.lwm2m.dtls")
 
-# tinydtls (as built by DTLSSocket 0.2.3): DTLS_PSK_MAX_KEY_LEN and
-# DTLS_PSK_MAX_CLIENT_IDENTITY_LEN.
 # Bytes of a hostile identity shown in a log line.
 _LOG_IDENTITY_CHARS = 40
 

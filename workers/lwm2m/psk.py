@@ -18,8 +18,9 @@ from workers.lwm2m.errors import LwM2MError
 
 _INFO = b"fwupd lwm2m psk at rest v1"
 
-# The DTLS transport (tinydtls) copies a PSK into a 16-byte buffer and sends identities of at
-# most 32 bytes; keys and identities beyond that are refused when provisioned.
+# The DTLS transport (tinydtls as DTLSSocket 0.2.3 builds it: DTLS_PSK_MAX_KEY_LEN and
+# DTLS_PSK_MAX_CLIENT_IDENTITY_LEN) copies a PSK into a 16-byte buffer and sends identities of
+# at most 32 bytes; keys and identities beyond that are refused when provisioned.
 MAX_PSK_BYTES = 16
 MAX_IDENTITY_BYTES = 32
 
