@@ -1,0 +1,295 @@
+"""LwM2M gateway benchmarks (issue 4, "Benchmark"): registrations per second one gateway process
+sustains, devices downloading at once, and payload bytes per second through the gateway against
+a bare aiocoap Block2 server serving the same file to the same simulated devices in the same run.
+
+Plain script: ``python benchmarks/bench_gateway.py [--devices N] [--image-kib K] [--rounds R]``.
+Three processes share the machine's two cores:
+
+* the gateway, ``manage.py lwm2m_gateway`` as in production: device events go to Celery through
+  Redis (database 15 here, emptied before and after; no worker consumes them during the run),
+  firmware comes from a throwaway image store;
+* a bare aiocoap server (a child of this script): one resource answering GET with the whole
+  file, aiocoap slicing it into Block2 blocks itself;
+* this process, running N simulated devices (``workers/lwm2m/simulator.py``) in one asyncio loop:
+  the same client code for both servers.
+
+Figures:
+
+* registrations: the N devices start and register at once; "registered" is every 2.01 back,
+  "sustained" is every device having also answered the gateway's device-information reads
+  (/3/0/0..3, /3/0/13, /5/0/8, /5/0/9) that follow each registration. Registrations per second
+  = N / the sustained time.
+* downloads: all N devices download the image at once, block by block (1 KiB blocks), from the
+  gateway's /fw/i/<sha256> and from the bare server, alternately, ``--rounds`` times each; a
+  round's rate is N x image size / its wall time; the median round of each side is compared.
+  Goal: gateway / bare >= 0.8. Every byte is checked against the image's SHA-256.
+
+Exit status 1 when the goal is missed or a device fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+RATIO_GOAL = 0.8
+REDIS_URL = "redis://127.0.0.1:6379/15"
+# Requests the gateway sends each device after it registers (workers/lwm2m/gateway.py).
+DEVICE_INFO_READS = 7
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Wait until something answers CoAP on 127.0.0.1:port (a GET of /.well-known/core)."""
+    import aiocoap
+
+    async def probe() -> None:
+        context = await aiocoap.Context.create_client_context()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"server exited with {proc.returncode}")
+                try:
+                    request = aiocoap.Message(
+                        code=aiocoap.GET, uri=f"coap://127.0.0.1:{port}/.well-known/core"
+                    )
+                    await asyncio.wait_for(context.request(request).response, 2)
+                    return
+                except (TimeoutError, aiocoap.error.Error, OSError):
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"nothing answers on port {port}") from None
+                    await asyncio.sleep(0.2)
+        finally:
+            await context.shutdown()
+
+    asyncio.run(probe())
+
+
+def bare_server(port: int, path: str) -> None:
+    """The comparison: aiocoap's own Block2 handling of one resource holding the file."""
+    import aiocoap
+    from aiocoap import resource
+
+    data = Path(path).read_bytes()
+
+    class File(resource.Resource):
+        async def render_get(self, request: aiocoap.Message) -> aiocoap.Message:
+            return aiocoap.Message(payload=data, content_format=42)
+
+    async def main() -> None:
+        site = resource.Site()
+        site.add_resource(["file"], File())
+        site.add_resource(
+            [".well-known", "core"], resource.WKCResource(site.get_resources_as_linkheader)
+        )
+        await aiocoap.Context.create_server_context(
+            site, bind=("127.0.0.1", port), transports=["udp6"]
+        )
+        await asyncio.get_running_loop().create_future()
+
+    asyncio.run(main())
+
+
+async def _run_devices(
+    args: argparse.Namespace, gateway_uri: str, uris: dict[str, str], image: bytes
+) -> dict[str, Any]:
+    from workers.lwm2m.simulator import Fleet, FleetSpec
+
+    digest = hashlib.sha256(image).digest()
+    fleet = Fleet(server_uri=gateway_uri, trust_anchors=[])
+    fleet.load_or_create(
+        FleetSpec(
+            count=args.devices,
+            manufacturer="Acme Sensors",
+            model="thermo-v2",
+            vendor_id="fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe",
+            class_id="1492af14-2569-5e48-bf42-9b2d51f2ab45",
+            lifetime=3600,
+        )
+    )
+    answered = {endpoint: 0 for endpoint in fleet.devices}
+    for endpoint, device in fleet.devices.items():
+        render = device.resource.render
+
+        async def counting(request: Any, _e: str = endpoint, _r: Any = render) -> Any:
+            answered[_e] += 1
+            return await _r(request)
+
+        device.resource.render = counting
+
+    result: dict[str, Any] = {"devices": args.devices, "image_bytes": len(image)}
+    start = time.perf_counter()
+    await fleet.start(concurrency=args.devices)
+    await fleet.wait_registered(timeout=600)
+    result["registered_s"] = time.perf_counter() - start
+    while min(answered.values()) < DEVICE_INFO_READS:
+        if time.perf_counter() - start > 600:
+            raise SystemExit("the gateway did not read every device in time")
+        await asyncio.sleep(0.05)
+    result["sustained_s"] = time.perf_counter() - start
+    gc.freeze()
+
+    async def download_round(uri: str) -> tuple[float, int]:
+        failures = 0
+
+        async def one(device: Any) -> None:
+            nonlocal failures
+            try:
+                data = await device.fetch(uri)
+            except Exception:
+                failures += 1
+                return
+            if hashlib.sha256(data).digest() != digest:
+                failures += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(d) for d in fleet.devices.values()))
+        return time.perf_counter() - began, failures
+
+    rounds: dict[str, list[float]] = {name: [] for name in uris}
+    failures = 0
+    for _ in range(args.rounds):
+        for name, uri in uris.items():
+            seconds, failed = await download_round(uri)
+            rounds[name].append(seconds)
+            failures += failed
+            print(f"  round {name:8} {seconds:6.2f} s, {failed} failed", flush=True)
+    result["rounds"] = rounds
+    result["download_failures"] = failures
+    await fleet.stop(deregister=False)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--image-kib", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bare", nargs=2, metavar=("PORT", "FILE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.bare:
+        bare_server(int(args.bare[0]), args.bare[1])
+        return 0
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import redis
+
+    from workers.lwm2m.ports import claim_udp_port
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    image = os.urandom(args.image_kib * 1024)
+    sha = hashlib.sha256(image).hexdigest()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="fwupd-gwbench-") as tmp:
+        store = Path(tmp) / "images"
+        env = {
+            **os.environ,
+            "CELERY_BROKER_URL": REDIS_URL,
+            "FIRMWARE_STORAGE_ROOT": str(store),
+            "FWUPD_SQLITE_PATH": str(Path(tmp) / "gateway.sqlite3"),
+            "LOG_LEVEL": "ERROR",
+        }
+        env.pop("DATABASE_URL", None)
+        subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"],
+            env=env,
+            check=True,
+        )
+        # The store's own layout (content-addressed), written through its API.
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import django, sys; django.setup();"
+                "from manifests.services.catalog import image_storage;"
+                "print(image_storage().put(sys.stdin.buffer.read()))",
+            ],
+            input=image,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        file_path = Path(tmp) / "image.bin"
+        file_path.write_bytes(image)
+        gw_port, bare_port = claim_udp_port("127.0.0.1"), claim_udp_port("127.0.0.1")
+        try:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "manage.py"),
+                        "lwm2m_gateway",
+                        "--bind",
+                        f"127.0.0.1:{gw_port}",
+                        "--gateway-id",
+                        "bench-gw",
+                    ],
+                    env=env,
+                )
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--bare", str(bare_port), str(file_path)], env=env
+                )
+            )
+            _wait_port(gw_port, procs[0])
+            _wait_port(bare_port, procs[1])
+            gateway_uri = f"coap://127.0.0.1:{gw_port}"
+            uris = {
+                "gateway": f"{gateway_uri}/fw/i/{sha}",
+                "bare": f"coap://127.0.0.1:{bare_port}/file",
+            }
+            print(f"{args.devices:,} simulated devices, image {len(image):,} B", flush=True)
+            r = asyncio.run(_run_devices(args, gateway_uri, uris, image))
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            redis.Redis.from_url(REDIS_URL).flushdb()
+
+    n = r["devices"]
+    print(
+        f"registrations: {n:,} devices registered in {r['registered_s']:.2f} s, "
+        f"read by the gateway in {r['sustained_s']:.2f} s"
+    )
+    print(
+        f"INFO registrations sustained by one gateway process: {n / r['sustained_s']:,.0f}/s "
+        f"(2.01 answered: {n / r['registered_s']:,.0f}/s)"
+    )
+    medians = {name: statistics.median(times) for name, times in r["rounds"].items()}
+    rates = {name: n * r["image_bytes"] / seconds for name, seconds in medians.items()}
+    for name in ("gateway", "bare"):
+        print(
+            f"  {name:8} median {medians[name]:6.2f} s for {n:,} devices at once: "
+            f"{rates[name] / 1e6:6.2f} MB/s"
+        )
+    ratio = rates["gateway"] / rates["bare"]
+    ok = ratio >= RATIO_GOAL and r["download_failures"] == 0
+    print(f"INFO devices downloading at once: {n:,} ({r['download_failures']} failed downloads)")
+    print(
+        f"{'PASS' if ok else 'MISS'} payload bytes/s gateway / bare aiocoap = {ratio:.2f} "
+        f"(goal >= {RATIO_GOAL})"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
