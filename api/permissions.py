@@ -84,7 +84,7 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
     "device-detail": {"GET": READ},
     "campaign-list": {"GET": READ, "POST": OPERATORS},
     "campaign-detail": {"GET": READ, "PUT": OPERATORS},
-    "campaign-plan": {"POST": READ},  # a preview: validates and counts, writes nothing
+    "campaignplan-list": {"POST": READ},  # a preview: validates and counts, writes nothing
     "campaign-status": {"GET": READ},
     "campaign-timeline": {"GET": READ},
     "campaign-revisions": {"GET": READ},

@@ -504,6 +504,24 @@ SPEC_REQUEST = {
 }
 
 
+class CampaignPlanViewSet(viewsets.GenericViewSet):
+    """A plan preview of a spec: validated and counted, nothing written. Its own collection
+    (not /campaigns/plan/), so that no campaign name can collide with it."""
+
+    queryset = Campaign.objects.none()
+    serializer_class = s.PlanSerializer
+    parser_classes = [parsers.JSONParser, SpecTextParser]
+    pagination_class = None
+    filter_backends: list[Any] = []
+
+    @extend_schema(
+        request=SPEC_REQUEST, responses=s.PlanSerializer, summary="Validate and plan; no writes"
+    )
+    def create(self, request: Request) -> Response:
+        spec = _spec_from(request)
+        return Response(campaign_services.campaign_plan(spec=spec, source=SPEC_SOURCE).as_dict())
+
+
 class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = Campaign.objects.select_related("release", "device_class__vendor", "created_by")
     serializer_class = s.CampaignSerializer
@@ -548,14 +566,6 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
                 {"name": [f"the spec names {spec.name!r}, not {campaign.name!r}"]}
             )
         return self._apply(request, spec)
-
-    @extend_schema(
-        request=SPEC_REQUEST, responses=s.PlanSerializer, summary="Validate and plan; no writes"
-    )
-    @action(detail=False, methods=["post"], filterset_class=None, pagination_class=None)
-    def plan(self, request: Request) -> Response:
-        spec = _spec_from(request)
-        return Response(campaign_services.campaign_plan(spec=spec, source=SPEC_SOURCE).as_dict())
 
     @extend_schema(responses=s.CampaignStatusSerializer)
     @action(detail=True, methods=["get"], url_path="status", url_name="status")

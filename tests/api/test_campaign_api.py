@@ -31,7 +31,7 @@ def test_device_filters(people: dict[str, Any], world: dict[str, Any], device_cl
 
 def test_plan_then_apply_yaml_then_actions(people: dict[str, Any], world: dict[str, Any]) -> None:
     ops = people["fleet_operator"]
-    plan = people["qa"].client.post("/api/campaigns/plan/", {"document": MINIMAL_SPEC})
+    plan = people["qa"].client.post("/api/campaign-plans/", {"document": MINIMAL_SPEC})
     assert plan.status_code == 200, plan.json()
     assert plan.json()["cohort"] == 6 and plan.json()["release_blocked"] is None
     assert not Campaign.objects.exists()  # a preview writes nothing
@@ -104,11 +104,11 @@ def test_spec_errors_list_every_problem_with_its_path(
     assert body["message"] == "api: 3 problems"
     unknown = MINIMAL_SPEC.replace("release: thermo-2.0.0", "release: nope")
     response = people["fleet_operator"].client.post(
-        "/api/campaigns/plan/", {"document": unknown}, format="json"
+        "/api/campaign-plans/", {"document": unknown}, format="json"
     )
     assert response.status_code == 400 and response.json()["code"] == "campaign.unknown_release"
     both = people["fleet_operator"].client.post(
-        "/api/campaigns/plan/", {"document": MINIMAL_SPEC, "spec": {}}, format="json"
+        "/api/campaign-plans/", {"document": MINIMAL_SPEC, "spec": {}}, format="json"
     )
     assert both.status_code == 400 and both.json()["code"] == "invalid"
 
@@ -198,3 +198,18 @@ def test_campaign_status_value_is_stable_for_the_console(
         "reasons",
         "gate_approved_by",
     }
+
+
+def test_a_campaign_named_plan_is_an_ordinary_campaign(
+    people: dict[str, Any], world: dict[str, Any]
+) -> None:
+    ops = people["fleet_operator"]
+    spec = MINIMAL_SPEC.replace("name: thermo-rollout", "name: plan")
+    created = ops.client.post("/api/campaigns/", {"document": spec}, format="json")
+    assert created.status_code == 201, created.json()
+    detail = ops.client.get("/api/campaigns/plan/")
+    assert detail.status_code == 200 and detail.json()["name"] == "plan"
+    assert ops.client.get("/api/campaigns/plan/status/").status_code == 200
+    # The preview lives in its own collection and still writes nothing.
+    preview = ops.client.post("/api/campaign-plans/", {"document": spec}, format="json")
+    assert preview.status_code == 200 and Campaign.objects.count() == 1
