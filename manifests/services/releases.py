@@ -330,10 +330,19 @@ def release_approve(
                 "the signature does not verify over this release's manifest digest "
                 "(forged, or made for another manifest)"
             )
-        if not _may_approve(signer, role, locked, now=now):
+        capacities = [
+            c for c in approval_capacities(signer=signer, release=locked, now=now) if c.role == role
+        ]
+        if not capacities:
             raise NotAuthorizedToApproveError(
                 f"{signer.get_username()} holds no {role!r} role and no live delegation of it "
                 f"covers {locked.manifest.device_class}"
+            )
+        if not any(c.counts for c in capacities):
+            # Accepting it would store a signature the policy then ignores.
+            raise NotAuthorizedToApproveError(
+                f"the delegation of {role!r} to {signer.get_username()} hangs from a link that "
+                "is revoked, expired, out of scope or too deep: the signature would not count"
             )
         try:
             with transaction.atomic():
@@ -585,12 +594,6 @@ def _signature_valid(env: suit.Envelope, block: suit.SignatureBlock, key: Signin
         return bool(suit.verify_signature_block(env, block, public))
     except suit.SUITError:
         return False
-
-
-def _may_approve(
-    signer: AbstractBaseUser, role: str, release: Release, *, now: dt.datetime
-) -> bool:
-    return any(c.role == role for c in approval_capacities(signer=signer, release=release, now=now))
 
 
 # --- who may sign what: one answer for this service, the console and the API -----------------

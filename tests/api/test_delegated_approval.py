@@ -144,3 +144,28 @@ def test_a_delegated_author_still_cannot_approve_their_own_release(
     _delegate(people, "qa", people["author"])
     response = _approve(people["author"], pending, "qa")
     assert response.status_code == 403 and response.json()["code"] == "approval.self_approval"
+
+
+def test_a_sub_delegatee_under_a_revoked_delegation_is_refused(
+    people: dict[str, ApiUser], pending: Release, django_user_model: Any
+) -> None:
+    """The link naming erin is live, the one above it is revoked: the policy would ignore her
+    signature, so the service refuses it rather than store a signature that counts for nothing."""
+    dana = _roleless(django_user_model, "dana")
+    erin = _roleless(django_user_model, "erin")
+    parent = _delegate(people, "security", dana)
+    services.delegation_create(
+        delegator=dana.user,
+        role="security",
+        delegatees=[erin.user],
+        threshold=1,
+        parent=parent,
+        expires_at=timezone.now() + dt.timedelta(hours=12),
+    )
+    services.delegation_revoke(delegation=parent, reason="left", actor=people["security"].user)
+    before = Approval.objects.count()
+    response = _approve(erin, pending, "security")
+    assert response.status_code == 403, response.json()
+    assert response.json()["code"] == "approval.not_authorized"
+    assert "would not count" in response.json()["message"]
+    assert Approval.objects.count() == before
