@@ -3,8 +3,9 @@ with a 64 KiB image (embedded gateway + fleet in this process, eager Celery, the
 called in a loop as beat would), then the same devices downloading the same envelope and image
 from the same gateway with no campaign at all.
 
-The plain download runs at most DISPATCH_BATCH devices at once: the campaign never has more
-than one batch per reconcile pass in flight either, so both sides get the same concurrency.
+The campaign keeps at most 500 devices in flight (``max_in_flight`` of every stage: one loop
+serves the gateway and all the devices, and thousands of downloads at once only time out), and
+the plain download runs at most DISPATCH_BATCH (500) devices at once: the same concurrency.
 It fetches only (no signature check, no install, no reboot): the ratio therefore prices the
 whole campaign path - commands, Object 5 writes and observations, device checks, reboots,
 event intake, reconcile - against moving the bytes.
@@ -29,10 +30,13 @@ target:
 stages:
   - name: canary
     size: 10%
+    max_in_flight: 500
   - name: wave
     size: 40%
+    max_in_flight: 500
   - name: all
     size: rest
+    max_in_flight: 500
 timeouts:
   device: 10m
 """
