@@ -187,15 +187,19 @@ def device_info_record(
     delivery_method: int | None = None,
     at: dt.datetime | None = None,
 ) -> Device:
-    """What the gateway read from /3/0 and /5/0 after a registration."""
+    """What the gateway read from /3/0 and /5/0 after a registration. A value the gateway could
+    not read comes as "" (or None) and leaves what the registry knows unchanged."""
     from manifests.models import Manifest
 
     at = at or timezone.now()
     with transaction.atomic():
         device = _locked(endpoint)
-        device.manufacturer = manufacturer[:255]
-        device.model = model[:255]
-        device.serial = serial[:255]
+        if manufacturer:
+            device.manufacturer = manufacturer[:255]
+        if model:
+            device.model = model[:255]
+        if serial:
+            device.serial = serial[:255]
         vendor, device_class = _map_vendor_class(device.manufacturer, device.model)
         device.vendor = vendor
         device.device_class = device_class

@@ -71,6 +71,11 @@ FW_CACHE_BYTES = 256 * 1024 * 1024
 # Command ids a gateway remembers to recognise a repeated delivery.
 COMMANDS_REMEMBERED = 10_000
 
+# Device-information reads after a registration: attempts, and the first pause between them
+# (doubling each time).
+DEVICE_INFO_ATTEMPTS = 4
+DEVICE_INFO_RETRY_SECONDS = 1.0
+
 # Most events handed to the sink at once (one task, one transaction).
 EVENT_BATCH = 100
 
@@ -247,6 +252,7 @@ class Registration:
     protocols: list[int] | None = None
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
     identity: str | None = None  # authenticated DTLS PSK identity; None: registered in NoSec
+    info_incomplete: bool = False  # some device-information reads never answered
 
     def touch(self, now: float) -> None:
         self.deadline = now + self.lifetime
@@ -694,21 +700,47 @@ class Gateway:
         await self.read_device_info(reg)
 
     async def read_device_info(self, reg: Registration) -> None:
-        """Read /3/0/{0,1,2,3,13} and /5/0/{8,9}; report what answered."""
+        """Read /3/0/{0,1,2,3,13} and /5/0/{8,9}; report what answered.
+
+        A read that failed for a passing reason (no answer in time: a device busy, a burst of
+        registrations) is tried again, DEVICE_INFO_ATTEMPTS times in all with a growing pause;
+        a definite answer (4.04 for a resource the device lacks) is not. What is still missing
+        then is read again at the device's next registration update."""
         wanted: list[content.Path] = [(3, 0, 0), (3, 0, 1), (3, 0, 2), (3, 0, 3), (3, 0, 13)]
         if reg.objects.has_object(5):
             wanted += [(5, 0, 8), (5, 0, 9)]
-        results = await asyncio.gather(
-            *(self.read(reg, path) for path in wanted), return_exceptions=True
-        )
         values: dict[content.Path, content.Value] = {}
-        for path, result in zip(wanted, results, strict=True):
-            if isinstance(result, BaseException):
-                log.info(
-                    "read %s on %s failed: %s", content.format_path(path), reg.endpoint, result
-                )
-                continue
-            values.update(result)
+        missing = wanted
+        for attempt in range(DEVICE_INFO_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(DEVICE_INFO_RETRY_SECONDS * 2 ** (attempt - 1))
+                if self.by_id.get(reg.reg_id) is not reg:
+                    return  # re-registered or gone: the new registration reads for itself
+            results = await asyncio.gather(
+                *(self.read(reg, path) for path in missing), return_exceptions=True
+            )
+            retry: list[content.Path] = []
+            for path, result in zip(missing, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.info(
+                        "read %s on %s failed: %s", content.format_path(path), reg.endpoint, result
+                    )
+                    if not getattr(result, "permanent", False):
+                        retry.append(path)
+                    continue
+                values.update(result)
+            missing = retry
+            if not missing:
+                break
+        reg.info_incomplete = bool(missing)
+        if missing:
+            log.warning(
+                "device information of %s incomplete after %d attempts (%s); read again at its "
+                "next update",
+                reg.endpoint,
+                DEVICE_INFO_ATTEMPTS,
+                ", ".join(content.format_path(p) for p in missing),
+            )
         protocols = sorted(
             int(v) for p, v in values.items() if p[:3] == (5, 0, 8) and isinstance(v, int)
         )
@@ -748,6 +780,9 @@ class Gateway:
         reg.remote = request.remote  # NAT rebinding: answer where the device is now
         reg.touch(time.monotonic())
         self.stats["updates"] += 1
+        if reg.info_incomplete:
+            reg.info_incomplete = False
+            self._spawn(self.read_device_info(reg))
         self._spawn(
             self.emit(
                 {

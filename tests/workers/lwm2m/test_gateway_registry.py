@@ -218,3 +218,21 @@ def test_gateway_runs_a_command_delivered_twice_once(gateway_with_fleet: Any) ->
     assert gateway.stats["commands"] == before + 1
     assert fleet.devices["sim-00001"].boots == 1
     assert DeviceCommand.objects.get(pk=command.pk).status == CommandStatus.SUCCEEDED
+
+
+def test_a_partial_device_information_report_keeps_what_the_registry_knows(
+    acme_class: Any,
+) -> None:
+    device_services.device_info_record(
+        endpoint="dev-p", manufacturer="Acme Sensors", model="thermo-v2", serial="SN1",
+        firmware_version="1.0.0",
+    )  # fmt: skip
+    # The next registration's reads of /3/0/0..3 went unanswered: blanks change nothing.
+    device_services.device_info_record(endpoint="dev-p", device_time=time.time())
+    device = Device.objects.get(endpoint="dev-p")
+    assert (device.manufacturer, device.model, device.serial) == (
+        "Acme Sensors",
+        "thermo-v2",
+        "SN1",
+    )
+    assert device.device_class == acme_class and device.firmware_version == "1.0.0"
