@@ -22,12 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Case, CharField, Count, F, Q, TextField, UUIDField, Value, When
 from django.utils import timezone
 
@@ -48,6 +50,8 @@ from campaigns.models import (
 from campaigns.spec import FAILURE_REASON_BY_UPDATE_RESULT, parse_spec
 from manifests.versions import VersionError, parse_version
 
+log = logging.getLogger(__name__)
+
 ENGINE = "engine"
 # Rollouts claimed per dispatch round: bounds the transaction (and the row locks it holds) while
 # keeping per-device query cost amortised over the batch.
@@ -62,6 +66,8 @@ GATEWAY_TIMEOUT_MARGIN = dt.timedelta(seconds=30)
 # campaign, its group's window closed) is looked at again after this, so that such devices
 # never fill the candidate window and starve the devices behind them.
 DEFER_RECHECK = dt.timedelta(seconds=30)
+# Runs of a reconcile pass that lost a deadlock or serialization conflict.
+RECONCILE_ATTEMPTS = 3
 
 FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
 _ORDER = {
@@ -272,7 +278,32 @@ def reconcile_all(*, now: dt.datetime | None = None) -> list[ReconcileReport]:
 def campaign_reconcile(
     campaign_id: int, *, now: dt.datetime | None = None
 ) -> ReconcileReport | None:
-    now = now or timezone.now()
+    """One reconcile pass of a campaign, in one transaction. The pass is idempotent, so when
+    the database picks it as the victim of a deadlock or a serialization conflict (event
+    intake locks the same rollouts in another order) it is run again, a few times."""
+    for attempt in range(RECONCILE_ATTEMPTS):
+        try:
+            return _reconcile_once(campaign_id, now=now or timezone.now())
+        except OperationalError as exc:
+            if not transient_conflict(exc) or attempt == RECONCILE_ATTEMPTS - 1:
+                raise
+            log.warning(
+                "reconcile of campaign %s lost a lock conflict, again: %s", campaign_id, exc
+            )
+            time.sleep(0.05 * 2**attempt)
+    return None  # not reached: the last attempt returns or raises
+
+
+def transient_conflict(exc: BaseException) -> bool:
+    """A database error that running the same transaction again may not meet: a deadlock or
+    serialization failure (PostgreSQL), a busy database (SQLite)."""
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) in ("40P01", "40001"):
+        return True
+    return "database is locked" in str(exc)
+
+
+def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | None:
     from campaigns.services import abort_campaign, active_stops, release_state
 
     with transaction.atomic():
@@ -488,12 +519,11 @@ def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
     }
     if not queued:
         return
+    sent: list[int] = []
     for command in DeviceCommand.objects.filter(pk__in=list(queued)):
         rollout = queued[command.pk]
         if command.status == CommandStatus.SENT:
-            Rollout.objects.filter(pk=rollout.pk, state=RolloutState.QUEUED).update(
-                state=RolloutState.DISPATCHED
-            )
+            sent.append(rollout.pk)
         elif command.status == CommandStatus.FAILED:
             fail_rollout(
                 rollout,
@@ -508,6 +538,11 @@ def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
         ):
             command_id = str(command.pk)
             transaction.on_commit(lambda c=command_id: device_command_task.delay(c))
+    if sent:
+        # One statement for the batch (not one per rollout: fewer, shorter lock waits).
+        Rollout.objects.filter(pk__in=sent, state=RolloutState.QUEUED).update(
+            state=RolloutState.DISPATCHED
+        )
 
 
 def _apply_timeouts(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
