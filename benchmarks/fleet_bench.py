@@ -39,6 +39,10 @@ stages:
     max_in_flight: 500
 timeouts:
   device: 10m
+retries:
+  max: 2
+  backoff: 5s
+  on: [connection_lost, dispatch_failed, timed_out]
 """
 
 
