@@ -46,7 +46,8 @@ class _LateResponseFilter(logging.Filter):
         return not isinstance(exc, asyncio.InvalidStateError)
 
 
-for _name in ("coap-server", "coap"):
+# Filters apply where a record is made, not to records of child loggers: each one by name.
+for _name in ("coap-server", "coap", "coap-server.blockwise-requester", "coap.blockwise-requester"):
     logging.getLogger(_name).addFilter(_LateResponseFilter())
 
 
