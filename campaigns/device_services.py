@@ -1,5 +1,5 @@
 """State changes of the device registry. The LwM2M gateway reports what it sees as events (through
-``workers.tasks.device_event_task``); these services turn them into rows, one transaction each.
+``workers.tasks.device_events_task``); these services turn them into rows, one transaction each.
 
 Events may arrive late, twice or out of order (several Celery workers, a gateway restarting, a
 device moving to another gateway), so every service is idempotent and guarded: a deregistration
@@ -419,7 +419,7 @@ def device_psk_lookup(*, identity: str) -> bytes | None:
 
 
 def device_event_apply(*, event: dict[str, Any]) -> None:
-    """Apply one gateway event (the payload of ``device_event_task``)."""
+    """Apply one gateway event (one of the batch of ``device_events_task``)."""
     kind = event.get("type")
     at = _ts(event.get("at"))
     endpoint = str(event.get("endpoint", ""))

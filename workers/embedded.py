@@ -2,7 +2,7 @@
 
 ``make demo`` and the end-to-end tests use this to exercise the real paths: the aiocoap gateway
 on loopback serving firmware from the database and image store, device events applied through
-``device_event_task`` (eager without a broker), and simulated devices doing real block-wise
+``device_events_task`` (eager without a broker), and simulated devices doing real block-wise
 downloads, signature checks and reboots.
 """
 

@@ -2,7 +2,7 @@
 with no device lost and none dispatched twice.
 
 Everything crosses process boundaries as in production: the worker process runs
-``campaign_reconcile_task``, ``device_command_task`` and ``device_event_task`` against the
+``campaign_reconcile_task``, ``device_command_task`` and ``device_events_task`` against the
 pytest-django PostgreSQL test database; the gateway (in this process, with the simulated fleet)
 consumes its commands from the Redis bus and reports device events as Celery tasks through the
 Redis broker. This process plays Celery beat.

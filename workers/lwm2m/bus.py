@@ -10,7 +10,7 @@ routed by ``Device.gateway_id`` into that gateway's own queue:
   ``asyncio.Queue`` owned by the gateway's event loop; producers in other threads hand commands
   over with ``call_soon_threadsafe``.
 
-Device events travel the other way as Celery tasks (``workers.tasks.device_event_task``), not on
+Device events travel the other way as Celery tasks (``workers.tasks.device_events_task``), not on
 this bus.
 """
 

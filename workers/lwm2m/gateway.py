@@ -3,7 +3,7 @@
 One asyncio loop runs an aiocoap server context. Devices register at ``/rd``; the gateway keeps
 the live part of each registration (the device's address, its lifetime deadline) in memory,
 because only this process can reach the device, and reports everything else as events through
-an :class:`EventSink` (Celery ``device_event_task`` -> ``campaigns.device_services``) so that the
+an :class:`EventSink` (Celery ``device_events_task`` -> ``campaigns.device_services``) so that the
 database, not this process, holds fleet state. Commands arrive on the command bus
 (:mod:`workers.lwm2m.bus`) for the devices this gateway holds.
 
