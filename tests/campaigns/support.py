@@ -140,3 +140,86 @@ def deliver_pending_commands() -> None:
     )
     for command_id in pending:
         retry_locked(lambda c=command_id: device_command_task.run(c))
+
+
+FLEET_SPEC = """
+apiVersion: fwupd/v1
+kind: Campaign
+name: fleet-rollout
+release: thermo-1.1.0
+target:
+  device_class: acme.example/thermo-v2
+stages:
+  - name: canary
+    size: 5%
+    failure_threshold: 20%
+    min_finished: 5
+  - name: wave
+    size: 30%
+    failure_threshold: 10%
+    min_finished: 10
+  - name: all
+    size: rest
+    failure_threshold: 10%
+    min_finished: 20
+"""
+
+
+def few_hundred_scenario(
+    embedded: Any,
+    catalog: Catalog,
+    *,
+    fleet_size: int,
+    reconcile: Callable[[int], Any],
+    interval: float = 0.2,
+) -> None:
+    """The issue's scale scenario on a started fleet of ``fleet_size`` thermo-v2 devices and 4
+    of another class: three faulty canary devices trip the canary's failure threshold and pause
+    the campaign, nothing beyond the canary moves; the fault clears, the operator resumes, and
+    the campaign completes with every device updated exactly once (twice for the faulty ones).
+    ``reconcile(campaign_id)`` is the beat's tick (in process, or a task sent to a worker)."""
+    from campaigns import services
+    from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
+    from campaigns.spec import parse_spec
+    from workers.lwm2m.simulator import Faults
+
+    spec = parse_spec(FLEET_SPEC, source="fleet.yaml")
+    campaign, _ = services.campaign_apply(spec=spec, actor=catalog.ops, source="fleet.yaml")
+    rollouts = Rollout.objects.filter(campaign=campaign)
+    canary = sorted(
+        rollouts.filter(stage=0, state=RolloutState.PENDING).values_list(
+            "device__endpoint", flat=True
+        )
+    )
+    assert len(canary) == -(-fleet_size * 5 // 100)  # ceil(5%)
+    embedded.set_faults(canary[:3], Faults(boot_fail=True))
+
+    def status() -> str:
+        return str(Campaign.objects.get(pk=campaign.pk).status)
+
+    def tick() -> None:
+        reconcile(campaign.pk)
+
+    wait_for(
+        lambda: status() == CampaignStatus.PAUSED,
+        timeout=120, tick=tick, interval=interval, what="canary pause",
+    )  # fmt: skip
+    assert (
+        not rollouts.filter(stage__gt=0)
+        .exclude(state__in=[RolloutState.PENDING, RolloutState.SKIPPED])
+        .exists()
+    )
+    embedded.set_faults(canary[:3], Faults())
+    services.campaign_resume(campaign=Campaign.objects.get(pk=campaign.pk), actor=catalog.ops)
+    wait_for(
+        lambda: status() == CampaignStatus.COMPLETED,
+        timeout=300, tick=tick, interval=interval, what="campaign completed",
+    )  # fmt: skip
+    assert rollouts.filter(state=RolloutState.SUCCEEDED).count() == fleet_size
+    assert rollouts.filter(state=RolloutState.SKIPPED, reason="class_mismatch").count() == 4
+    assert Device.objects.filter(firmware_version="1.1.0").count() == fleet_size
+    for endpoint, attempts in rollouts.filter(state=RolloutState.SUCCEEDED).values_list(
+        "device__endpoint", "attempts"
+    ):
+        assert attempts == (2 if endpoint in canary[:3] else 1), endpoint
+        assert embedded.fleet.devices[endpoint].state.version == "1.1.0", endpoint

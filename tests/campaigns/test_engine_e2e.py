@@ -12,7 +12,7 @@ from campaigns import engine, services
 from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
 from campaigns.spec import parse_spec
 from tests.campaigns.conftest import DEVICES
-from tests.campaigns.support import wait_for
+from tests.campaigns.support import few_hundred_scenario, wait_for
 from workers.lwm2m.simulator import Faults
 
 SPEC = """
@@ -92,71 +92,10 @@ def test_staged_rollout_pauses_on_canary_failures_and_completes_after_resume(wor
         assert rollout.device.commands.filter(operation="fw_update").count() == rollout.attempts
 
 
-FLEET_SPEC = """
-apiVersion: fwupd/v1
-kind: Campaign
-name: fleet-rollout
-release: thermo-1.1.0
-target:
-  device_class: acme.example/thermo-v2
-stages:
-  - name: canary
-    size: 5%
-    failure_threshold: 20%
-    min_finished: 5
-  - name: wave
-    size: 30%
-    failure_threshold: 10%
-    min_finished: 10
-  - name: all
-    size: rest
-    failure_threshold: 10%
-    min_finished: 20
-"""
-
-
 def test_a_few_hundred_devices_through_three_stages(fleet_factory, catalog):
-    """The issue's scale: a few hundred devices, faulty canary devices pause the campaign, and
-    after the fault clears and the operator resumes, every device is updated exactly once."""
-    fleet_size = 240
-    embedded = fleet_factory(catalog, count=fleet_size, wrong_class=4)
-    spec = parse_spec(FLEET_SPEC, source="fleet.yaml")
-    campaign, _ = services.campaign_apply(spec=spec, actor=catalog.ops, source="fleet.yaml")
-    canary = sorted(
-        Rollout.objects.filter(campaign=campaign, stage=0, state=RolloutState.PENDING).values_list(
-            "device__endpoint", flat=True
-        )
-    )
-    assert len(canary) == 12  # ceil(5% of 240)
-    embedded.set_faults(canary[:3], Faults(boot_fail=True))
-
-    def status() -> str:
-        return Campaign.objects.get(pk=campaign.pk).status
-
-    wait_for(
-        lambda: status() == CampaignStatus.PAUSED,
-        timeout=120,
-        tick=lambda: engine.campaign_reconcile(campaign.pk),
-        what="canary pause",
-    )
-    assert (
-        not Rollout.objects.filter(campaign=campaign, stage__gt=0)
-        .exclude(state__in=[RolloutState.PENDING, RolloutState.SKIPPED])
-        .exists()
-    )
-    embedded.set_faults(canary[:3], Faults())
-    services.campaign_resume(campaign=Campaign.objects.get(pk=campaign.pk), actor=catalog.ops)
-    wait_for(
-        lambda: status() == CampaignStatus.COMPLETED,
-        timeout=300,
-        tick=lambda: engine.campaign_reconcile(campaign.pk),
-        what="campaign completed",
-    )
-    rollouts = Rollout.objects.filter(campaign=campaign)
-    assert rollouts.filter(state=RolloutState.SUCCEEDED).count() == fleet_size
-    assert rollouts.filter(state=RolloutState.SKIPPED, reason="class_mismatch").count() == 4
-    assert Device.objects.filter(firmware_version="1.1.0").count() == fleet_size
-    for endpoint, attempts in rollouts.filter(state=RolloutState.SUCCEEDED).values_list(
-        "device__endpoint", "attempts"
-    ):
-        assert attempts == (2 if endpoint in canary[:3] else 1), endpoint
+    """The issue's scale in one process (eager Celery): a few hundred devices, faulty canary
+    devices pause the campaign, and after the fault clears and the operator resumes, every
+    device is updated exactly once. The same scenario through a worker process and Redis is in
+    test_worker_killed_e2e."""
+    embedded = fleet_factory(catalog, count=240, wrong_class=4)
+    few_hundred_scenario(embedded, catalog, fleet_size=240, reconcile=engine.campaign_reconcile)

@@ -35,7 +35,7 @@ from campaigns.models import (
 )
 from campaigns.spec import parse_spec
 from tests.campaigns.conftest import start_fleet
-from tests.campaigns.support import Catalog, spec_text, wait_for
+from tests.campaigns.support import Catalog, few_hundred_scenario, spec_text, wait_for
 from workers.tasks import campaign_reconcile_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -208,3 +208,30 @@ def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
         client = redis.Redis.from_url(BROKER)
         client.delete(f"fwupd:lwm2m:gw:{gateway_id}:cmd")
         client.close()
+
+
+def test_a_few_hundred_devices_through_three_stages_with_a_worker(
+    transactional_db: None, broker_queue: str, catalog: Catalog, tmp_path: Path
+) -> None:
+    """The issue's end-to-end scale across processes: a Celery worker applies the gateway's
+    events and runs the reconcile and command tasks sent through Redis while 240 simulated
+    devices update (scenario: tests/campaigns/support.py, few_hundred_scenario)."""
+    workers = Workers(broker_queue, tmp_path)
+    embedded = None
+    try:
+        workers.start()
+        embedded = start_fleet(catalog, count=240, wrong_class=4, gateway_id=f"gw-{broker_queue}")
+        few_hundred_scenario(
+            embedded,
+            catalog,
+            fleet_size=240,
+            reconcile=lambda campaign_id: campaign_reconcile_task.delay(campaign_id),
+            interval=0.5,
+        )
+    except BaseException:
+        print(workers.logs())
+        raise
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        workers.stop_all()
