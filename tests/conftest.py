@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,18 @@ SHARED_VECTORS = REPO_ROOT.parent / "shared" / "vectors" / "suit"
 def _image_storage(settings: Any, tmp_path: Path) -> None:
     """Every test gets its own image store; nothing leaks between tests."""
     settings.FIRMWARE_STORAGE_ROOT = tmp_path / "images"
+
+
+@pytest.fixture
+def eager_celery(settings: Any) -> Iterator[None]:
+    """Celery tasks run in this process (as in the embedded default), the command bus in memory."""
+    from config.celery import app
+
+    old = app.conf.task_always_eager, app.conf.task_eager_propagates
+    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
+    settings.LWM2M_COMMAND_BUS_URL = "memory://"
+    yield
+    app.conf.task_always_eager, app.conf.task_eager_propagates = old
 
 
 @dataclass

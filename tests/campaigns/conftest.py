@@ -21,17 +21,6 @@ WRONG_CLASS = 2
 
 
 @pytest.fixture
-def eager_celery(settings: Any) -> Iterator[None]:
-    from config.celery import app
-
-    old = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    settings.LWM2M_COMMAND_BUS_URL = "memory://"
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = old
-
-
-@pytest.fixture
 def catalog(db: None, django_user_model: Any) -> Catalog:
     return build_catalog(django_user_model)
 

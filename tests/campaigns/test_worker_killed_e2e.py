@@ -10,6 +10,7 @@ Redis broker. This process plays Celery beat.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -139,15 +141,46 @@ def broker_queue(settings: Any) -> Iterator[str]:
     client.close()
 
 
+@dataclass
+class CrossProcess:
+    """Worker processes, and the gateway + fleet in this process reporting to them."""
+
+    workers: Workers
+    gateway_id: str
+    embedded: Any = None
+
+    def start_fleet(self, catalog: Catalog, **kwargs: Any) -> Any:
+        self.embedded = start_fleet(catalog, gateway_id=self.gateway_id, **kwargs)
+        return self.embedded
+
+
+@contextlib.contextmanager
+def cross_process(queue: str, tmp_path: Path) -> Iterator[CrossProcess]:
+    """Stops the fleet and every worker afterwards, drops the gateway's command stream, and
+    prints the workers' logs when the test fails."""
+    run = CrossProcess(Workers(queue, tmp_path), gateway_id=f"gw-{queue}")
+    try:
+        yield run
+    except BaseException:
+        print(run.workers.logs())
+        raise
+    finally:
+        if run.embedded is not None:
+            run.embedded.stop()
+        run.workers.stop_all()
+        import redis
+
+        client = redis.Redis.from_url(BROKER)
+        client.delete(f"fwupd:lwm2m:gw:{run.gateway_id}:cmd")
+        client.close()
+
+
 def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
     transactional_db: None, broker_queue: str, catalog: Catalog, tmp_path: Path
 ) -> None:
-    workers = Workers(broker_queue, tmp_path)
-    gateway_id = f"gw-{broker_queue}"
-    embedded = None
-    try:
-        first = workers.start()
-        embedded = start_fleet(catalog, count=FLEET, wrong_class=0, gateway_id=gateway_id)
+    with cross_process(broker_queue, tmp_path) as run:
+        first = run.workers.start()
+        embedded = run.start_fleet(catalog, count=FLEET, wrong_class=0)
         stages = (
             "  - name: canary\n    size: 25%\n    max_in_flight: 3\n"
             "  - name: wave\n    size: 50%\n    max_in_flight: 4\n"
@@ -175,7 +208,7 @@ def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
             beat()
             time.sleep(0.25)
 
-        workers.start()
+        run.workers.start()
 
         def completed() -> bool:
             status = Campaign.objects.get(pk=campaign.pk).status
@@ -196,18 +229,6 @@ def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
             commands = DeviceCommand.objects.filter(device=rollout.device, operation="fw_update")
             assert commands.count() == rollout.attempts, rollout.device.endpoint
             assert str(commands.get().pk) == str(rollout.command_id)
-    except BaseException:
-        print(workers.logs())
-        raise
-    finally:
-        if embedded is not None:
-            embedded.stop()
-        workers.stop_all()
-        import redis
-
-        client = redis.Redis.from_url(BROKER)
-        client.delete(f"fwupd:lwm2m:gw:{gateway_id}:cmd")
-        client.close()
 
 
 def test_a_few_hundred_devices_through_three_stages_with_a_worker(
@@ -216,22 +237,12 @@ def test_a_few_hundred_devices_through_three_stages_with_a_worker(
     """The issue's end-to-end scale across processes: a Celery worker applies the gateway's
     events and runs the reconcile and command tasks sent through Redis while 240 simulated
     devices update (scenario: tests/campaigns/support.py, few_hundred_scenario)."""
-    workers = Workers(broker_queue, tmp_path)
-    embedded = None
-    try:
-        workers.start()
-        embedded = start_fleet(catalog, count=240, wrong_class=4, gateway_id=f"gw-{broker_queue}")
+    with cross_process(broker_queue, tmp_path) as run:
+        run.workers.start()
         few_hundred_scenario(
-            embedded,
+            run.start_fleet(catalog, count=240, wrong_class=4),
             catalog,
             fleet_size=240,
             reconcile=lambda campaign_id: campaign_reconcile_task.delay(campaign_id),
             interval=0.5,
         )
-    except BaseException:
-        print(workers.logs())
-        raise
-    finally:
-        if embedded is not None:
-            embedded.stop()
-        workers.stop_all()

@@ -101,17 +101,6 @@ class Beat(threading.Thread):
 
 
 @pytest.fixture
-def eager_celery(settings: Any) -> Iterator[None]:
-    from config.celery import app
-
-    old = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    settings.LWM2M_COMMAND_BUS_URL = "memory://"
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = old
-
-
-@pytest.fixture
 def deployment(
     live_server: Any, eager_celery: None, django_user_model: Any
 ) -> Iterator[dict[str, Any]]:

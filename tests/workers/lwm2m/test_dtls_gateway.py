@@ -21,7 +21,13 @@ from aiocoap.numbers.codes import Code
 
 from campaigns import device_services
 from campaigns.models import CommandStatus, Device, DeviceCommand, DevicePSK
-from tests.workers.lwm2m.conftest import DictFirmware, ListSink, fleet_spec, make_release
+from tests.workers.lwm2m.conftest import (
+    DictFirmware,
+    ListSink,
+    fleet_spec,
+    make_release,
+    wait_for,
+)
 from workers.lwm2m import content
 from workers.lwm2m.bus import bus_for_url
 from workers.lwm2m.dtls import dtls_missing
@@ -34,27 +40,6 @@ pytestmark = pytest.mark.skipif(dtls_missing() is not None, reason=str(dtls_miss
 KEY_A = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
 KEY_B = bytes.fromhex("f0e0d0c0b0a090807060504030201000")
 LINKS = b"</1/0>,</3/0>,</5/0>"
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def eager_celery(settings: Any) -> Iterator[None]:
-    from config.celery import app
-
-    old = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    settings.LWM2M_COMMAND_BUS_URL = "memory://"
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = old
 
 
 @pytest.fixture

@@ -10,43 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from campaigns import device_services
 from campaigns.models import CommandStatus, Device, DeviceCommand
-from tests.workers.lwm2m.conftest import DictFirmware, fleet_spec, make_release
+from tests.workers.lwm2m.conftest import DictFirmware, fleet_spec, make_release, wait_for
 from workers.lwm2m.bus import bus_for_url
 from workers.lwm2m.gateway import CeleryEventSink, Gateway, GatewayConfig, GatewayThread
 from workers.lwm2m.simulator import Fleet
-
-
-@pytest.fixture
-def eager_celery(settings: Any) -> Iterator[None]:
-    from config.celery import app
-
-    old = app.conf.task_always_eager, app.conf.task_eager_propagates
-    app.conf.task_always_eager, app.conf.task_eager_propagates = True, True
-    settings.LWM2M_COMMAND_BUS_URL = "memory://"
-    yield
-    app.conf.task_always_eager, app.conf.task_eager_propagates = old
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    from django.db import OperationalError
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except OperationalError:
-            pass  # SQLite's shared in-memory test database locks whole tables briefly
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
