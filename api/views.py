@@ -29,7 +29,7 @@ from api.permissions import request_roles
 from audit.chain import canonical_time
 from audit.models import AuditEvent
 from audit.services import audit_verify
-from campaigns import reports, rollback
+from campaigns import planning, rollback, selectors
 from campaigns import services as campaign_services
 from campaigns.models import Campaign, Device, EmergencyStop, Rollout
 from campaigns.spec import parse_spec
@@ -519,7 +519,7 @@ class CampaignPlanViewSet(viewsets.GenericViewSet):
     )
     def create(self, request: Request) -> Response:
         spec = _spec_from(request)
-        return Response(campaign_services.campaign_plan(spec=spec, source=SPEC_SOURCE).as_dict())
+        return Response(planning.campaign_plan(spec=spec, source=SPEC_SOURCE).as_dict())
 
 
 class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -540,7 +540,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
             {
                 "outcome": outcome,
                 "campaign": s.CampaignSerializer(campaign).data,
-                "status": reports.campaign_status(campaign),
+                "status": selectors.campaign_status(campaign),
             },
             status=201 if outcome == "created" else 200,
         )
@@ -570,12 +570,12 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     @extend_schema(responses=s.CampaignStatusSerializer)
     @action(detail=True, methods=["get"], url_path="status", url_name="status")
     def status_view(self, request: Request, name: str) -> Response:
-        return Response(reports.campaign_status(self.get_object()))
+        return Response(selectors.campaign_status(self.get_object()))
 
     @extend_schema(responses=s.TimelineEntrySerializer(many=True))
     @action(detail=True, methods=["get"])
     def timeline(self, request: Request, name: str) -> Response:
-        return Response(reports.campaign_timeline(self.get_object()))
+        return Response(selectors.campaign_timeline(self.get_object()))
 
     @extend_schema(responses=s.CampaignRevisionSerializer(many=True))
     @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
@@ -732,7 +732,7 @@ class RollbackViewSet(viewsets.GenericViewSet):
             {
                 "outcome": outcome,
                 "campaign": s.CampaignSerializer(campaign).data,
-                "status": reports.campaign_status(campaign),
+                "status": selectors.campaign_status(campaign),
             },
             status=201 if outcome == "created" else 200,
         )

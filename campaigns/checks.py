@@ -2,7 +2,7 @@
 
 The device-side rules (vendor, class, component, payload format, sequence number, security
 counter, expiry, slot size) are the very functions the simulated devices run
-(``workers.lwm2m.device_checks.check_manifest``), applied here to what the registry knows of the
+(``manifests.device_rules.check_manifest``), applied here to what the registry knows of the
 device, so the server refuses what a correct device would refuse — before it costs a download.
 On top come the rules only the server can apply: the release's approval evaluated now, its
 revocation, the device's clock skew, and downgrades outside rollback releases.
@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from workers.lwm2m import device_checks as dc
+from manifests import device_rules as dc
 
 # reason codes, stable: stored on rollouts, counted in plans and reports
 NOT_APPROVED = "not_approved"

@@ -19,14 +19,17 @@ from django.db.models import Q
 from django.utils import timezone
 
 from campaigns.models import CommandStatus, Device, DeviceCommand, DeviceEvent, DevicePSK
-from workers.lwm2m.errors import LwM2MError
-from workers.lwm2m.psk import (
+from campaigns.psk import (
     MAX_IDENTITY_BYTES,
     MAX_PSK_BYTES,
     PSKError,
     decrypt_psk,
     encrypt_psk,
 )
+
+# The task that sends a stored command to its gateway, by its registered name: the worker side
+# defines it, the fleet side only queues it (``command_queue``).
+DEVICE_COMMAND_TASK = "workers.tasks.device_command_task"
 
 
 class DeviceRegistryError(Exception):
@@ -51,6 +54,26 @@ class UnknownEventError(DeviceRegistryError):
     """The event type is not one the gateway emits."""
 
     code = "device.unknown_event"
+
+
+class CommandRefusedError(DeviceRegistryError):
+    """The command bus refused a command (no such gateway, message too large): it fails."""
+
+    code = "device.command_refused"
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+def command_queue(command_id: str) -> None:
+    """Send a stored command once the current transaction commits (at once outside one), through
+    the task registered under ``DEVICE_COMMAND_TASK``."""
+    from celery import current_app
+
+    task = current_app.tasks[DEVICE_COMMAND_TASK]
+    transaction.on_commit(lambda: task.delay(command_id))
 
 
 def _ts(value: float | None) -> dt.datetime:
@@ -270,8 +293,6 @@ def device_command_create(
     *, endpoint: str, operation: str, args: dict[str, Any] | None = None
 ) -> DeviceCommand:
     """Ask the gateway holding the device for an operation; sent after commit by a task."""
-    from workers.tasks import device_command_task
-
     with transaction.atomic():
         device = Device.objects.filter(endpoint=endpoint).first()
         if device is None:
@@ -279,8 +300,7 @@ def device_command_create(
         command = DeviceCommand.objects.create(
             device=device, operation=operation, args=dict(args or {})
         )
-        command_id = str(command.pk)
-        transaction.on_commit(lambda: device_command_task.delay(command_id))
+        command_queue(str(command.pk))
         return command
 
 
@@ -291,8 +311,8 @@ def device_command_send(*, command_id: str, publish: Callable[[str, dict[str, An
     only after it returned, in the same transaction: a worker that dies before the commit
     leaves the command pending, and it is sent again (by the task's redelivery or the
     reconcile's resend), never silently dropped. Gateways skip a command id they have already
-    run, so a second delivery does nothing twice. A refusal from the bus (``LwM2MError``)
-    fails the command; any other error propagates and leaves it pending.
+    run, so a second delivery does nothing twice. A refusal from the bus
+    (``CommandRefusedError``) fails the command; any other error propagates and leaves it pending.
 
     Returns "sent", "offline" (device holds no registration: failed), "refused" (bus refused:
     failed) or "skipped" (unknown, or no longer pending).
@@ -318,7 +338,7 @@ def device_command_send(*, command_id: str, publish: Callable[[str, dict[str, An
         }
         try:
             publish(device.gateway_id, message)
-        except LwM2MError as exc:
+        except CommandRefusedError as exc:
             _command_failed(command, exc.code, str(exc))
             return "refused"
         command.status = CommandStatus.SENT

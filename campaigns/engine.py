@@ -1,20 +1,17 @@
-"""The reconcile loop and the per-device rollout state machine.
+"""The reconcile loop.
 
-``campaign_reconcile`` moves one running campaign forward: it applies timeouts and retries,
-confirms successes, evaluates the current stage's thresholds (pausing, aborting or advancing),
-then dispatches the next batch. It holds the campaign row lock for the whole pass
-(``skip_locked``: a second worker skips the campaign instead of waiting), and every rollout
-change is a conditional update on the state it expects, so a pass that runs twice, or a worker
-killed half-way (the transaction rolls back), never dispatches a device twice.
-
-Success means the device rebooted into the new firmware and reported it: Object 5 Update Result
-1 *and* the firmware version it reports (/3/0/3) equals the manifest's. "Downloaded" is not
-success.
+``campaign_reconcile`` moves one running campaign forward: it re-checks the release, enrols late
+joiners, applies timeouts and retries, confirms successes, evaluates the current stage's
+thresholds (pausing, aborting or advancing), then dispatches the next batch. It holds the
+campaign row lock for the whole pass (``skip_locked``: a second worker skips the campaign instead
+of waiting), and every rollout change is a conditional update on the state it expects, so a pass
+that runs twice, or a worker killed half-way (the transaction rolls back), never dispatches a
+device twice. What happens to one device between passes (events, failures, cancels) is
+``campaigns.rollouts``.
 
 Rollout states: pending → queued (claimed, command written) → dispatched (command sent to the
 gateway) → downloading → downloaded → updating → succeeded; failed(reason, result),
-timed_out, unreachable, skipped(reason), cancelled(reason). Reports only move a rollout forward;
-late, duplicate and out-of-order reports are ignored.
+timed_out, unreachable, skipped(reason), cancelled(reason).
 """
 
 from __future__ import annotations
@@ -30,11 +27,32 @@ from fractions import Fraction
 from typing import Any
 
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Case, CharField, Count, F, Q, TextField, UUIDField, Value, When
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    F,
+    Q,
+    TextField,
+    UUIDField,
+    Value,
+    When,
+)
 from django.utils import timezone
 
 from audit.services import audit_record
 from campaigns import checks, ramp, stages, windows
+from campaigns.device_services import command_queue, device_command_create
+from campaigns.eligibility import (
+    DispatchChecker,
+    PlanDevice,
+    active_stops,
+    classify_device,
+    in_flight_elsewhere,
+    manifest_facts,
+    release_state,
+    resolve,
+)
 from campaigns.models import (
     IN_FLIGHT_STATES,
     Campaign,
@@ -47,8 +65,10 @@ from campaigns.models import (
     RolloutState,
     StageStatus,
 )
-from campaigns.spec import FAILURE_REASON_BY_UPDATE_RESULT, parse_spec
-from manifests.versions import VersionError, parse_version
+from campaigns.planning import PlanRow, write_rows
+from campaigns.rollouts import confirm_successes, fail_rollout
+from campaigns.selectors import spec_of, stage_tally
+from campaigns.services import abort_campaign
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +89,6 @@ DEFER_RECHECK = dt.timedelta(seconds=30)
 # Runs of a reconcile pass that lost a deadlock or serialization conflict.
 RECONCILE_ATTEMPTS = 3
 
-FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
-_ORDER = {
-    s: i
-    for i, s in enumerate(
-        [
-            RolloutState.QUEUED,
-            RolloutState.DISPATCHED,
-            RolloutState.DOWNLOADING,
-            RolloutState.DOWNLOADED,
-            RolloutState.UPDATING,
-        ]
-    )
-}
-_FW_STATE_TO_ROLLOUT = {
-    1: RolloutState.DOWNLOADING,
-    2: RolloutState.DOWNLOADED,
-    3: RolloutState.UPDATING,
-}
-
 
 @dataclass
 class ReconcileReport:
@@ -97,182 +98,6 @@ class ReconcileReport:
     dispatched: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     decision: str = ""
-
-
-def spec_of(campaign: Campaign) -> Any:
-    return parse_spec(campaign.spec, source=f"campaign {campaign.name} r{campaign.revision}")
-
-
-# --- event intake -----------------------------------------------------------------------------
-def rollouts_apply_event(*, event: dict[str, Any], now: dt.datetime | None = None) -> None:
-    """Fold one gateway event into the device's rollout (called after the registry update)."""
-    now = now or timezone.now()
-    kind = event.get("type")
-    if kind == "command_result":
-        _on_command_result(event, now=now)
-    elif kind == "fw_status":
-        _on_fw_status(
-            str(event.get("endpoint", "")), int(event["state"]), int(event["result"]), now=now
-        )
-    elif kind in ("device_info", "fw_installed", "registered"):
-        device = Device.objects.filter(endpoint=str(event.get("endpoint", ""))).first()
-        if device is not None:
-            confirm_successes(Rollout.objects.filter(device=device), now=now)
-
-
-def _on_command_result(event: dict[str, Any], *, now: dt.datetime) -> None:
-    rollout = Rollout.objects.filter(command_id=event.get("command_id")).first()
-    if rollout is None or rollout.state not in IN_FLIGHT_STATES:
-        return
-    if event.get("ok"):
-        Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
-            state=RolloutState.UPDATING, fw_result=1
-        )
-        confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
-        return
-    result = (event.get("result") or {}).get("result")
-    if isinstance(result, int) and result in FW_RESULT_REASONS:
-        reason = FW_RESULT_REASONS[result]
-    elif "timed out" in str(event.get("error", "")):
-        reason = "timed_out"
-    else:
-        reason = "dispatch_failed"
-    fail_rollout(
-        rollout,
-        reason=reason,
-        fw_result=result if isinstance(result, int) else None,
-        detail=str(event.get("error", ""))[:500],
-        now=now,
-    )
-
-
-def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -> None:
-    rollout = (
-        Rollout.objects.filter(device__endpoint=endpoint, state__in=IN_FLIGHT_STATES)
-        .order_by("-dispatched_at")
-        .first()
-    )
-    if rollout is None:
-        return
-    if state == 0 and result >= 2:
-        fail_rollout(
-            rollout,
-            reason=FW_RESULT_REASONS.get(result, "update_failed"),
-            fw_result=result,
-            detail=f"device reported Update Result {result}",
-            now=now,
-        )
-        return
-    target = (
-        RolloutState.UPDATING if (state == 0 and result == 1) else _FW_STATE_TO_ROLLOUT.get(state)
-    )
-    if target is None:
-        return
-    earlier = [s for s, i in _ORDER.items() if i < _ORDER[target]]
-    updates: dict[str, Any] = {"state": target}
-    if result == 1:
-        updates["fw_result"] = 1
-    Rollout.objects.filter(pk=rollout.pk, state__in=earlier).update(**updates)
-    if result == 1:
-        confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
-
-
-def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
-    """Updating rollouts whose device reports the manifest's version with result 1 succeed."""
-    confirmed = 0
-    candidates = rollouts.filter(state=RolloutState.UPDATING, fw_result=1).select_related(
-        "device", "manifest"
-    )
-    for rollout in candidates:
-        try:
-            same = parse_version(rollout.device.firmware_version or "") == parse_version(
-                rollout.manifest.version
-            )
-        except VersionError:
-            same = False
-        if same:
-            confirmed += Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
-                state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail=""
-            )
-    return confirmed
-
-
-def fail_rollout(
-    rollout: Rollout,
-    *,
-    reason: str,
-    now: dt.datetime,
-    fw_result: int | None = None,
-    detail: str = "",
-    expected: tuple[str, ...] = IN_FLIGHT_STATES,
-) -> bool:
-    """Record a failure; retry later (back to pending after a backoff) when the campaign's retry
-    policy covers the reason and attempts remain. Conditional on the expected states."""
-    campaign = rollout.campaign
-    retries = spec_of(campaign).retries
-    final = RolloutState.TIMED_OUT if reason == "timed_out" else RolloutState.FAILED
-    if retries.retryable(reason, attempt=rollout.attempts):
-        delay = retries.delay(max(1, rollout.attempts))
-        changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
-            state=RolloutState.PENDING,
-            reason=reason,
-            detail=detail,
-            fw_result=fw_result,
-            next_attempt_at=now + delay,
-            command_id=None,
-        )
-    else:
-        changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
-            state=final, reason=reason, detail=detail, fw_result=fw_result, finished_at=now
-        )
-    return bool(changed)
-
-
-def cancel_rollouts(rollouts: Any, *, reason: str, now: dt.datetime, requeue: bool = False) -> int:
-    """Cancel pending and in-flight work; in-flight devices get an empty Package URI. With
-    ``requeue`` (emergency stop) the rollouts go back to pending, to be dispatched again once
-    the stop is lifted. Devices already installing (Updating) cannot be stopped and are left."""
-    from campaigns import device_services
-
-    cancellable = [
-        RolloutState.QUEUED,
-        RolloutState.DISPATCHED,
-        RolloutState.DOWNLOADING,
-        RolloutState.DOWNLOADED,
-    ]
-    in_flight = list(
-        rollouts.filter(state__in=cancellable)
-        .select_related("device")
-        .values_list("pk", "device__endpoint", "device__online")
-    )
-    for _pk, endpoint, online in in_flight:
-        if online:
-            device_services.device_command_create(endpoint=endpoint, operation="fw_cancel")
-    ids = [pk for pk, _, _ in in_flight]
-    if requeue:
-        changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
-            state=RolloutState.PENDING, reason=reason, command_id=None, next_attempt_at=None
-        )
-    else:
-        changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
-            state=RolloutState.CANCELLED, reason=reason, finished_at=now
-        )
-        changed += rollouts.filter(state=RolloutState.PENDING).update(
-            state=RolloutState.CANCELLED, reason=reason, finished_at=now
-        )
-    return changed
-
-
-# --- reconcile --------------------------------------------------------------------------------
-def reconcile_all(*, now: dt.datetime | None = None) -> list[ReconcileReport]:
-    reports = []
-    for campaign_id in Campaign.objects.filter(status=CampaignStatus.RUNNING).values_list(
-        "pk", flat=True
-    ):
-        report = campaign_reconcile(campaign_id, now=now)
-        if report is not None:
-            reports.append(report)
-    return reports
 
 
 def campaign_reconcile(
@@ -304,7 +129,6 @@ def transient_conflict(exc: BaseException) -> bool:
 
 
 def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | None:
-    from campaigns.services import abort_campaign, active_stops, release_state
 
     with transaction.atomic():
         campaign = (
@@ -362,7 +186,6 @@ def enroll_new_devices(campaign: Campaign, spec: Any, *, now: dt.datetime) -> in
     """Devices that registered (or were mapped to the class) after the campaign started and
     match its selector join it: in the stage their bucket falls in, but never one already
     finished (``max(assigned, current)``); excluded ones are recorded as skipped with reasons."""
-    from campaigns.services import PlanRow, _write_rows, classify_device, resolve
 
     newcomers = (
         Device.objects.filter(device_class=campaign.device_class)
@@ -378,7 +201,6 @@ def enroll_new_devices(campaign: Campaign, spec: Any, *, now: dt.datetime) -> in
     ]
     if not newcomers:
         return 0
-    from campaigns.services import manifest_facts, release_state
 
     resolved = resolve(spec)
     release = release_state(campaign.release, now=now)
@@ -408,7 +230,7 @@ def enroll_new_devices(campaign: Campaign, spec: Any, *, now: dt.datetime) -> in
         elif index is None:
             row.reason, row.detail = "not_in_any_stage", "beyond the last stage's share"
         rows.append(row)
-    _write_rows(campaign, rows)
+    write_rows(campaign, rows)
     return len(rows)
 
 
@@ -427,30 +249,20 @@ def engine_pause(campaign: Campaign, reason: str, now: dt.datetime) -> None:
     )
 
 
-def stage_tally(campaign: Campaign, index: int) -> stages.StageTally:
-    counts = dict(
-        Rollout.objects.filter(campaign=campaign, stage=index)
-        .values_list("state")
-        .annotate(n=Count("pk"))
-        .values_list("state", "n")
-    )
-    return stages.StageTally(
-        total=sum(counts.values()),
-        pending=counts.get(RolloutState.PENDING, 0),
-        in_flight=sum(counts.get(s, 0) for s in IN_FLIGHT_STATES),
-        succeeded=counts.get(RolloutState.SUCCEEDED, 0),
-        failed=counts.get(RolloutState.FAILED, 0),
-        timed_out=counts.get(RolloutState.TIMED_OUT, 0),
-        unreachable=counts.get(RolloutState.UNREACHABLE, 0),
-        skipped=counts.get(RolloutState.SKIPPED, 0),
-        cancelled=counts.get(RolloutState.CANCELLED, 0),
+def stage_rules(stage: Any) -> stages.StageRules:
+    return stages.StageRules(
+        success_threshold=stage.success_threshold,
+        failure_threshold=stage.failure_threshold,
+        min_finished=stage.min_finished,
+        soak=stage.soak,
+        failure_action=stage.failure_action,
+        gate=stage.gate,
     )
 
 
 def _evaluate(
     campaign: Campaign, spec: Any, stage: CampaignStage, *, now: dt.datetime
 ) -> stages.StageDecision:
-    from campaigns.services import stage_rules
 
     rules = stage_rules(spec.stages[stage.index])
     tally = stage_tally(campaign, stage.index)
@@ -510,7 +322,6 @@ def _advance(campaign: Campaign, stage: CampaignStage, *, now: dt.datetime) -> b
 def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
     """Queued rollouts whose command was sent become dispatched; a command that failed before
     reaching a gateway fails the rollout; a command lost with a worker is sent again."""
-    from workers.tasks import device_command_task
 
     queued = {
         r.command_id: r
@@ -537,7 +348,7 @@ def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
             and now - command.created_at > COMMAND_RESEND_AFTER
         ):
             command_id = str(command.pk)
-            transaction.on_commit(lambda c=command_id: device_command_task.delay(c))
+            command_queue(command_id)
     if sent:
         # One statement for the batch (not one per rollout: fewer, shorter lock waits).
         Rollout.objects.filter(pk__in=sent, state=RolloutState.QUEUED).update(
@@ -548,7 +359,6 @@ def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
 def _apply_timeouts(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
     """In-flight rollouts past their deadline count as timed out (or retry), and the device is
     told to drop the download (empty Package URI)."""
-    from campaigns import device_services
 
     overdue = Rollout.objects.filter(
         campaign=campaign, state__in=IN_FLIGHT_STATES, deadline_at__lt=now
@@ -561,9 +371,7 @@ def _apply_timeouts(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
             now=now,
         )
         if timed_out and rollout.device.online:
-            device_services.device_command_create(
-                endpoint=rollout.device.endpoint, operation="fw_cancel"
-            )
+            device_command_create(endpoint=rollout.device.endpoint, operation="fw_cancel")
 
 
 def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
@@ -603,8 +411,6 @@ def _dispatch(
     aggregate for the counters, one candidate read, one conflict check, at most two updates for
     refusals, one command insert, one claim). The checks run once per group of devices that
     agree on what they read (``services.DispatchChecker``)."""
-    from campaigns.services import DispatchChecker, PlanDevice, manifest_facts
-    from workers.tasks import device_command_task
 
     stage_spec = spec.stages[campaign.current_stage]
     failed = [RolloutState.FAILED, RolloutState.TIMED_OUT]
@@ -667,7 +473,6 @@ def _dispatch(
             "device__tags",
         )[: room * 2]
     )
-    from campaigns.services import in_flight_elsewhere
 
     busy = in_flight_elsewhere([c[1] for c in candidates], campaign)
     manifest, manifest_version = manifest_facts(campaign.release)
@@ -768,7 +573,7 @@ def _dispatch(
         return 0, skipped
     for command in commands:
         command_id = str(command.pk)
-        transaction.on_commit(lambda c=command_id: device_command_task.delay(c))
+        command_queue(command_id)
     return len(chosen), skipped
 
 

@@ -6,13 +6,13 @@ from typing import Any
 
 from django.utils import timezone
 
+from campaigns.engine import engine_pause
 from campaigns.models import Campaign, CampaignStatus
+from campaigns.services import abort_campaign
 
 
 def on_release_revoked(*, release: Any, reason: str, **_: Any) -> None:
     """Revocation stops the release's campaigns and cancels their in-flight work."""
-    from campaigns.services import abort_campaign
-
     now = timezone.now()
     for campaign in Campaign.objects.filter(
         release=release, status__in=[CampaignStatus.RUNNING, CampaignStatus.PAUSED]
@@ -22,8 +22,6 @@ def on_release_revoked(*, release: Any, reason: str, **_: Any) -> None:
 
 def on_release_approval_lost(*, release: Any, reason: str, **_: Any) -> None:
     """A release that no longer meets its policy pauses its running campaigns."""
-    from campaigns.engine import engine_pause
-
     now = timezone.now()
     for campaign in Campaign.objects.filter(release=release, status=CampaignStatus.RUNNING):
         engine_pause(campaign, f"release approval lost: {reason}", now)

@@ -18,6 +18,8 @@ from django.utils import timezone
 
 from campaigns.errors import CampaignStateError
 from campaigns.models import Device, Rollout, RolloutState
+from campaigns.services import campaign_apply
+from campaigns.spec import parse_spec
 from manifests import suit
 from manifests.models import FirmwareImage, Manifest, Release, ReleaseKind, ReleaseStatus
 from manifests.selectors import manifest_params
@@ -153,9 +155,6 @@ def rollback_launch(
 ) -> tuple[Any, str, RollbackPlan]:
     """Campaign of an approved rollback release to the devices the bad release reached (one
     path for the CLI, the API and the console). Returns (campaign, outcome, plan)."""
-    from campaigns.services import campaign_apply
-    from campaigns.spec import parse_spec
-
     if rollback_release.kind != ReleaseKind.ROLLBACK:
         raise CampaignStateError(f"{rollback_release.name} is not a rollback release")
     plan = rollback_prepare(bad_release=bad_release, image=rollback_release.manifest.image)

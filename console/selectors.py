@@ -1,5 +1,5 @@
 """Read-side queries for the console pages (no state changes): progress bars, alerts, the
-approvals inbox. Counts come from ``campaigns.reports`` and the approval tally from
+approvals inbox. Counts come from ``campaigns.selectors`` and the approval tally from
 ``manifests.selectors.verdict_dict`` (the CLI's ``release show``), so the console shows exactly
 what the CLI and the API report."""
 
@@ -13,7 +13,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
 
-from campaigns import reports
+from campaigns import selectors as campaign_selectors
 from campaigns.models import Campaign, CampaignStage, CampaignStatus, EmergencyStop, StageStatus
 from campaigns.spec import parse_percent
 from manifests.models import Release, ReleaseStatus, Role
@@ -33,7 +33,7 @@ def _pct(part: int, whole: int) -> float:
 def stage_rows(campaign: Campaign) -> list[dict[str, Any]]:
     """Per stage: the report's tally and reasons, the spec's thresholds, where the stage stands
     against them, and the widths of its progress bar (shares of the eligible devices)."""
-    status = reports.campaign_status(campaign)
+    status = campaign_selectors.campaign_status(campaign)
     specs = campaign.spec.get("stages", [])
     rows = []
     for stage in status["stages"]:
@@ -72,7 +72,7 @@ def reason_breakdown(campaign: Campaign) -> list[tuple[str, str, int]]:
     """(state, reason, count) over all stages, largest first: why devices failed or were
     skipped."""
     totals: dict[str, int] = {}
-    for per_stage in reports.stage_reasons(campaign).values():
+    for per_stage in campaign_selectors.stage_reasons(campaign).values():
         for key, n in per_stage.items():
             totals[key] = totals.get(key, 0) + n
     rows = [(*key.split(":", 1), n) for key, n in totals.items()]

@@ -18,7 +18,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from api.permissions import APPROVERS, GATEKEEPERS, LIFTERS, OPERATORS, REVOKERS, STOPPERS
 from audit.models import AuditEvent
 from audit.services import audit_verify
-from campaigns import reports, rollback
+from campaigns import eligibility, planning, rollback
+from campaigns import selectors as campaign_selectors
 from campaigns import services as campaign_services
 from campaigns.models import (
     Campaign,
@@ -99,7 +100,7 @@ def _live_context(campaign: Campaign) -> dict[str, Any]:
         "campaign": campaign,
         "stages": selectors.stage_rows(campaign),
         "reasons": selectors.reason_breakdown(campaign),
-        "campaign_stops": campaign_services.active_stops(campaign),
+        "campaign_stops": eligibility.active_stops(campaign),
     }
 
 
@@ -170,7 +171,7 @@ def campaign_detail(request: HttpRequest, name: str) -> HttpResponse:
             "states": RolloutState.choices,
             "spec_yaml": yaml.safe_dump(campaign.spec, sort_keys=False, allow_unicode=True),
             "revisions": campaign.revisions.select_related("created_by").order_by("-revision"),
-            "timeline": reports.campaign_timeline(campaign)[-50:],
+            "timeline": campaign_selectors.campaign_timeline(campaign)[-50:],
             "stage_names": {i: s["name"] for i, s in enumerate(campaign.spec.get("stages", []))},
         },
     )
@@ -249,9 +250,7 @@ def campaign_new(request: HttpRequest) -> HttpResponse:
                 )
                 messages.success(request, f"campaign {campaign.name} {outcome}")
                 return redirect("console:campaign", name=campaign.name)
-            context["plan"] = campaign_services.campaign_plan(
-                spec=spec, source=SPEC_SOURCE
-            ).as_dict()
+            context["plan"] = planning.campaign_plan(spec=spec, source=SPEC_SOURCE).as_dict()
         except SERVICE_ERRORS as exc:
             errors = getattr(exc, "errors", None) or [exc]
             context["errors"] = [

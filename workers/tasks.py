@@ -14,13 +14,14 @@ from celery import shared_task
 from django.db import transaction
 
 from campaigns import device_services
+from campaigns.engine import campaign_reconcile
+from campaigns.rollouts import rollouts_apply_event
+from workers.lwm2m.errors import LwM2MError
 
 logger = logging.getLogger(__name__)
 
 
 def _apply_event(event: dict[str, Any]) -> None:
-    from campaigns.engine import rollouts_apply_event
-
     device_services.device_event_apply(event=event)
     rollouts_apply_event(event=event)
 
@@ -59,8 +60,6 @@ def device_events_task(events: list[dict[str, Any]]) -> int:
 @shared_task(acks_late=True)
 def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
     """One reconcile pass of one campaign (skipped if another worker holds it)."""
-    from campaigns.engine import campaign_reconcile
-
     report = campaign_reconcile(campaign_id)
     return (
         None
@@ -100,4 +99,11 @@ def device_command_task(command_id: str) -> str:
     from workers.lwm2m.bus import bus_for_url, configured_bus_url
 
     bus = bus_for_url(configured_bus_url())
-    return device_services.device_command_send(command_id=command_id, publish=bus.publish)
+
+    def publish(gateway_id: str, message: dict[str, Any]) -> None:
+        try:
+            bus.publish(gateway_id, message)
+        except LwM2MError as exc:  # the bus refused it: the command fails, no retry
+            raise device_services.CommandRefusedError(str(exc), code=exc.code) from exc
+
+    return device_services.device_command_send(command_id=command_id, publish=publish)

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from campaigns import checks
-from workers.lwm2m import device_checks as dc
+from manifests import device_rules as dc
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "acme.example")

@@ -8,7 +8,7 @@ a newer counter are excluded with their reasons.
 
 from __future__ import annotations
 
-from campaigns import engine, services
+from campaigns import engine, planning, services
 from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
 from campaigns.spec import parse_spec
 from tests.campaigns.conftest import DEVICES
@@ -41,7 +41,7 @@ def test_staged_rollout_pauses_on_canary_failures_and_completes_after_resume(wor
     # One device already carries a newer security counter: rollback refused, excluded.
     Device.objects.filter(endpoint="sim-00023").update(security_counter=9)
     spec = parse_spec(SPEC, source="spec.yaml")
-    plan = services.campaign_plan(spec=spec)
+    plan = planning.campaign_plan(spec=spec)
     assert plan.cohort == DEVICES - 1
     assert plan.excluded == {"rollback_refused_counter": 1, "class_mismatch": 2}
     campaign, outcome = services.campaign_apply(spec=spec, actor=ops, source="spec.yaml")

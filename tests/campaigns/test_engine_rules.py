@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from campaigns import engine, services
+from campaigns import engine, planning, rollouts, selectors, services
 from campaigns.errors import CampaignStateError, GateError
 from campaigns.models import (
     Campaign,
@@ -33,7 +33,7 @@ from campaigns.models import (
     RolloutState,
     StageStatus,
 )
-from campaigns.reports import campaign_status
+from campaigns.selectors import campaign_status
 from campaigns.spec import parse_spec
 from tests.campaigns.support import Catalog, make_devices, make_release, spec_text
 
@@ -52,7 +52,7 @@ def confirm(rollout: Rollout, *, now: dt.datetime | None = None) -> None:
     """The device rebooted into the manifest's version and the gateway reported success."""
     rollout.refresh_from_db()
     Device.objects.filter(pk=rollout.device_id).update(firmware_version=rollout.manifest.version)
-    engine.rollouts_apply_event(
+    rollouts.rollouts_apply_event(
         event={"type": "command_result", "command_id": str(rollout.command_id), "ok": True},
         now=now,
     )
@@ -86,7 +86,7 @@ def test_plan_excludes_devices_with_their_reasons(catalog: Catalog) -> None:
     make_devices(catalog, 1, prefix="skewed", clock_offset_seconds=3600.0)
     make_devices(catalog, 1, prefix="gone", online=False, last_seen=now - dt.timedelta(days=3))
     text = spec_text("excl", target_extra="  offline_max: 1d\n")
-    plan = services.campaign_plan(spec=parse_spec(text), now=now)
+    plan = planning.campaign_plan(spec=parse_spec(text), now=now)
     assert plan.release_refusal is None
     assert plan.cohort == 5
     assert dict(plan.excluded) == {
@@ -131,7 +131,7 @@ def test_expired_manifest_blocks_the_plan_and_apply_refuses(catalog: Catalog) ->
     )
     text = spec_text("expired", release="thermo-1.2.0")
     later = now + dt.timedelta(hours=2)
-    plan = services.campaign_plan(spec=parse_spec(text), now=later)
+    plan = planning.campaign_plan(spec=parse_spec(text), now=later)
     blocked = plan.as_dict()["release_blocked"]
     assert blocked is not None and blocked["reason"] == "expired_release"
     assert plan.cohort == 0 and plan.excluded == {"expired_release": 3}
@@ -415,7 +415,7 @@ def test_gate_waits_for_security_and_timeouts_and_unreachable_do_not_stall(
     silent.refresh_from_db()
     assert (silent.state, silent.reason) == (RolloutState.TIMED_OUT, "timed_out")
     assert DeviceCommand.objects.filter(device=silent.device, operation="fw_cancel").count() == 1
-    assert engine.stage_tally(campaign, 0).failures == 1
+    assert selectors.stage_tally(campaign, 0).failures == 1
     stage = CampaignStage.objects.get(campaign=campaign, index=0)
     assert stage.status == StageStatus.RUNNING  # the offline pair still pending
 

@@ -41,8 +41,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from campaigns.psk import MAX_IDENTITY_BYTES, MAX_PSK_BYTES, PSKError, decrypt_psk
 from workers.lwm2m.errors import LwM2MError
-from workers.lwm2m.psk import MAX_IDENTITY_BYTES, MAX_PSK_BYTES, PSKError, decrypt_psk
 
 log = logging.getLogger("workers.lwm2m.dtls")
 

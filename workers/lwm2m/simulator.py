@@ -41,7 +41,8 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
-from workers.lwm2m import content, device_checks, dtls
+from manifests import device_rules
+from workers.lwm2m import content, dtls
 from workers.lwm2m.dtls import MAX_PSK_BYTES
 from workers.lwm2m.errors import LwM2MError, Object5TransitionError
 from workers.lwm2m.linkformat import ObjectLink, format_registration_payload
@@ -484,11 +485,11 @@ class SimulatedDevice:
             szx = block.size_exponent
             num = len(buffer) >> (szx + 4)
 
-    def _identity(self) -> device_checks.DeviceIdentity:
+    def _identity(self) -> device_rules.DeviceIdentity:
         class_id = uuid.UUID(self.state.class_id)
         if self.state.faults.wrong_class:
             class_id = uuid.uuid5(class_id, "another-class")
-        return device_checks.DeviceIdentity(
+        return device_rules.DeviceIdentity(
             vendor_id=uuid.UUID(self.state.vendor_id),
             class_id=class_id,
             component_id=tuple(bytes.fromhex(p) for p in self.state.component_id),
@@ -505,16 +506,14 @@ class SimulatedDevice:
             try:
                 envelope = suit.decode_envelope(envelope_bytes)
             except suit.SUITError as exc:
-                raise device_checks.SignatureCheckError(
-                    f"envelope does not decode: {exc}"
-                ) from None
+                raise device_rules.SignatureCheckError(f"envelope does not decode: {exc}") from None
             verdict = suit.verify_envelope(envelope, self.trust_anchors, threshold=1)
-            device_checks.require_signature(list(verdict.valid_kids))
-            facts = device_checks.facts_from_manifest(envelope.manifest)
-            device_checks.check_manifest(
+            device_rules.require_signature(list(verdict.valid_kids))
+            facts = device_rules.facts_from_manifest(envelope.manifest)
+            device_rules.check_manifest(
                 facts,
                 device=self._identity(),
-                installed=device_checks.InstalledFirmware(
+                installed=device_rules.InstalledFirmware(
                     self.state.version, self.state.sequence_number, self.state.security_counter
                 ),
                 now=self.now(),
@@ -523,8 +522,8 @@ class SimulatedDevice:
             payload = await self.fetch(payload_uri, drop_after=2 if faults.download_drop else None)
             if faults.digest_mismatch and payload:
                 payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
-            device_checks.check_payload(payload, facts)
-        except device_checks.DeviceCheckError as exc:
+            device_rules.check_payload(payload, facts)
+        except device_rules.DeviceCheckError as exc:
             self.events.append(f"refused {exc.code}")
             log.info("%s refuses update: %s [%s]", self.state.endpoint, exc, exc.code)
             self._fail_download(exc.fw_result)
@@ -551,12 +550,12 @@ class SimulatedDevice:
             self._persist()
 
     @staticmethod
-    def _payload_uri(package_uri: str, facts: device_checks.ManifestFacts) -> str:
+    def _payload_uri(package_uri: str, facts: device_rules.ManifestFacts) -> str:
         """The manifest's URI when it is an absolute CoAP URI, else the server's digest path."""
         if facts.uri and urlsplit(facts.uri).scheme in ("coap", "coaps"):
             return facts.uri
         if facts.image_digest is None:
-            raise device_checks.MissingFieldError("manifest has no image digest")
+            raise device_rules.MissingFieldError("manifest has no image digest")
         return urljoin(package_uri, f"/fw/i/{facts.image_digest.hex()}")
 
     async def _install_and_reboot(self) -> None:

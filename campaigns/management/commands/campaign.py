@@ -9,10 +9,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from campaigns import engine, services
+from campaigns import engine, planning, services
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign
-from campaigns.reports import campaign_status, campaign_timeline
+from campaigns.selectors import campaign_status, campaign_timeline
 from campaigns.spec import load_spec_file
 from manifests.errors import ManifestError
 from manifests.management.cli import user_named
@@ -85,7 +85,7 @@ class Command(BaseCommand):
 
     def _plan(self, options: dict[str, Any]) -> None:
         spec = load_spec_file(options["file"])
-        plan = services.campaign_plan(spec=spec, source=options["file"])
+        plan = planning.campaign_plan(spec=spec, source=options["file"])
         data = plan.as_dict()
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2, sort_keys=True))

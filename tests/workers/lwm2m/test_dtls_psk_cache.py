@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from campaigns.psk import MAX_IDENTITY_BYTES, MAX_PSK_BYTES, encrypt_psk
 from workers.lwm2m.dtls import PSKCache
-from workers.lwm2m.psk import MAX_IDENTITY_BYTES, MAX_PSK_BYTES, encrypt_psk
 
 SECRET = "test-deployment-secret"
 
@@ -154,7 +154,7 @@ def test_miss_brings_the_refresh_forward_and_failures_keep_old_keys(
 def test_provisioning_refuses_what_the_transport_cannot_take() -> None:
     from campaigns import device_services
     from campaigns.models import Device, DevicePSK
-    from workers.lwm2m.psk import PSKError
+    from campaigns.psk import PSKError
 
     Device.objects.create(endpoint="dev-1")
     Device.objects.create(endpoint="d" * (MAX_IDENTITY_BYTES + 1))

@@ -155,7 +155,9 @@ def test_command_send_marks_sent_only_after_publishing(
     refused = DeviceCommand.objects.create(device=Device.objects.get(), operation="read")
 
     def refuse(gateway_id: str, message: dict[str, Any]) -> None:
-        raise DeviceNotConnectedError("no gateway 'gw-x' in this process")
+        # What device_command_task makes of the bus's refusal (DeviceNotConnectedError).
+        refusal = DeviceNotConnectedError("no gateway 'gw-x' in this process")
+        raise device_services.CommandRefusedError(str(refusal), code=refusal.code)
 
     assert device_services.device_command_send(command_id=str(refused.pk), publish=refuse) == (
         "refused"

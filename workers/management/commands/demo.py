@@ -266,7 +266,7 @@ class Command(BaseCommand):
         self._summary(campaign)
 
     def _bars(self, campaign: Campaign) -> None:
-        from campaigns.reports import campaign_status
+        from campaigns.selectors import campaign_status
 
         data = _retry(lambda: campaign_status(campaign))
         lines = []

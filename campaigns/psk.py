@@ -14,8 +14,6 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from workers.lwm2m.errors import LwM2MError
-
 _INFO = b"fwupd lwm2m psk at rest v1"
 
 # The DTLS transport (tinydtls as DTLSSocket 0.2.3 builds it: DTLS_PSK_MAX_KEY_LEN and
@@ -25,8 +23,9 @@ MAX_PSK_BYTES = 16
 MAX_IDENTITY_BYTES = 32
 
 
-class PSKError(LwM2MError):
-    """A stored PSK cannot be decrypted (wrong deployment secret or tampered row)."""
+class PSKError(ValueError):
+    """A PSK cannot be stored (too long for the DTLS transport) or a stored one cannot be
+    decrypted (wrong deployment secret or tampered row)."""
 
     code = "lwm2m.psk"
 

@@ -1,15 +1,45 @@
-"""Read-side views of campaigns (status, per-stage tallies, reasons, timeline); queries only."""
+"""Campaign queries: the parsed spec of a campaign, stage tallies, and the reports the CLI, API and
+console show (status per stage with failure reasons, the incident timeline from the audit log).
+Read-only; nothing here changes a row.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-from django.db.models import Count
+from django.db.models import (
+    Count,
+)
 
 from audit.models import AuditEvent
-from campaigns.engine import stage_tally
-from campaigns.models import Campaign, Rollout
+from campaigns import stages
+from campaigns.models import IN_FLIGHT_STATES, Campaign, Rollout, RolloutState
+from campaigns.spec import parse_spec
+
+
+def spec_of(campaign: Campaign) -> Any:
+    return parse_spec(campaign.spec, source=f"campaign {campaign.name} r{campaign.revision}")
+
+
+def stage_tally(campaign: Campaign, index: int) -> stages.StageTally:
+    counts = dict(
+        Rollout.objects.filter(campaign=campaign, stage=index)
+        .values_list("state")
+        .annotate(n=Count("pk"))
+        .values_list("state", "n")
+    )
+    return stages.StageTally(
+        total=sum(counts.values()),
+        pending=counts.get(RolloutState.PENDING, 0),
+        in_flight=sum(counts.get(s, 0) for s in IN_FLIGHT_STATES),
+        succeeded=counts.get(RolloutState.SUCCEEDED, 0),
+        failed=counts.get(RolloutState.FAILED, 0),
+        timed_out=counts.get(RolloutState.TIMED_OUT, 0),
+        unreachable=counts.get(RolloutState.UNREACHABLE, 0),
+        skipped=counts.get(RolloutState.SKIPPED, 0),
+        cancelled=counts.get(RolloutState.CANCELLED, 0),
+    )
 
 
 def stage_reasons(campaign: Campaign) -> dict[int, dict[str, int]]:

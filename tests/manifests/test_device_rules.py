@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from workers.lwm2m import device_checks as dc
-from workers.lwm2m.object5 import FwResult
+from manifests import device_rules as dc
+from manifests.device_rules import FwResult
 
 VENDOR, CLASS = uuid.uuid4(), uuid.uuid4()
 PAYLOAD = b"image" * 100

@@ -1,8 +1,9 @@
 """What a device checks before installing an update, as pure functions (no Django, no clock).
 
-These are the device half of DESIGN.md section 3 and of the threat table in section 4: the
-simulator runs them exactly as a SUIT processor on MCUboot would, and the campaign engine can
-reuse them to predict a device's answer before dispatch. Each refusal is a specific
+These are the device half of DESIGN.md section 3 and of the threat table in section 4, the SUIT
+rules a device applies to a release, so they live on the release side: the simulated devices run
+them exactly as a SUIT processor on MCUboot would, and the campaign checks reuse them to predict
+a device's answer before dispatch. Each refusal is a specific
 :class:`DeviceCheckError` whose ``fw_result`` is the LwM2M Object 5 Update Result the device
 reports for it (5 integrity, 6 unsupported package, 2 not enough flash).
 
@@ -18,6 +19,7 @@ and SHA-256 digest.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import hmac
 import uuid
@@ -25,11 +27,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from workers.lwm2m.errors import LwM2MError
-from workers.lwm2m.object5 import FwResult
+
+class FwResult(enum.IntEnum):
+    """The LwM2M Object 5 Update Result (/5/0/5) values a refusal is reported with."""
+
+    NOT_ENOUGH_FLASH = 2
+    INTEGRITY_CHECK_FAILURE = 5
+    UNSUPPORTED_PACKAGE_TYPE = 6
 
 
-class DeviceCheckError(LwM2MError):
+class DeviceCheckError(Exception):
     """The device refuses the update; ``fw_result`` is what it reports in /5/0/5."""
 
     code = "device.check_failed"

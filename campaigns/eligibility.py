@@ -1,0 +1,291 @@
+"""Who may receive a campaign's release, and when: the spec's names resolved, the release as
+dispatch sees it (approval re-evaluated from its signatures), the device facts the checks read,
+the exclusion rules of planning and the dispatch checker, emergency stops, and devices busy in
+another campaign. The rules themselves are pure (``campaigns.checks`` on top of
+``manifests.device_rules``); this module feeds them from the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import (
+    Q,
+)
+
+from campaigns import checks
+from campaigns.errors import SpecError, UnknownReleaseError, UnknownTargetError
+from campaigns.models import IN_FLIGHT_STATES, Campaign, Device, EmergencyStop, Rollout
+from campaigns.spec import CampaignSpec
+from manifests import device_rules as dc
+from manifests import suit
+from manifests.models import DeviceClass, Release, ReleaseKind, ReleaseStatus
+from manifests.services import release_evaluate
+from manifests.versions import VersionError, parse_version
+
+EXCLUDED_BY_SPEC = "excluded_by_spec"
+OFFLINE_TOO_LONG = "offline_too_long"
+VERSION_CONSTRAINT = "version_constraint"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    spec: CampaignSpec
+    release: Release
+    device_class: DeviceClass
+
+
+def resolve(spec: CampaignSpec, *, source: str = "<api>") -> Resolved:
+    """Look the spec's names up; unknown ones are refused with the field path."""
+    vendor_domain, _, class_name = spec.target.device_class.partition("/")
+    device_class = (
+        DeviceClass.objects.select_related("vendor")
+        .filter(vendor__domain=vendor_domain.lower(), name=class_name)
+        .first()
+    )
+    if device_class is None:
+        raise UnknownTargetError(
+            f"{source}: target.device_class: no device class {spec.target.device_class!r}"
+        )
+    release = (
+        Release.objects.select_related("manifest__device_class__vendor", "manifest__image")
+        .filter(name=spec.release)
+        .first()
+    )
+    if release is None:
+        raise UnknownReleaseError(f"{source}: release: no release named {spec.release!r}")
+    if release.manifest.device_class_id != device_class.pk:
+        raise SpecError(
+            source=source,
+            path="release",
+            reason=f"release {release.name} is for {release.manifest.device_class}, "
+            f"not {device_class}",
+        )
+    return Resolved(spec=spec, release=release, device_class=device_class)
+
+
+def release_state(release: Release, *, now: dt.datetime) -> checks.ReleaseState:
+    """The release as dispatch sees it now: approval re-evaluated from its signatures."""
+    if release.status == ReleaseStatus.REVOKED:
+        return checks.ReleaseState(True, False, "revoked", release.kind == ReleaseKind.ROLLBACK)
+    verdict = release_evaluate(release, now=now)
+    approved = verdict.approved and release.status != ReleaseStatus.DRAFT
+    return checks.ReleaseState(
+        False, approved, verdict.summary(), release.kind == ReleaseKind.ROLLBACK
+    )
+
+
+def manifest_facts(release: Release) -> tuple[dc.ManifestFacts, tuple[int, int, int, int]]:
+    env = suit.decode_envelope(release.manifest.envelope_bytes)
+    return dc.facts_from_manifest(env.manifest), parse_version(release.manifest.version)
+
+
+def device_facts(
+    device: Device | PlanDevice, device_class: DeviceClass | None
+) -> checks.DeviceFacts:
+    identity = None
+    if device.device_class_id is not None and device_class is not None:
+        cls = device_class if device.device_class_id == device_class.pk else device.device_class
+        identity = _identity(cls)
+    try:
+        installed_version = (
+            parse_version(device.firmware_version) if device.firmware_version else None
+        )
+    except VersionError:
+        installed_version = None
+    return checks.DeviceFacts(
+        endpoint=device.endpoint,
+        identity=identity,
+        installed=dc.InstalledFirmware(
+            version=device.firmware_version,
+            sequence_number=device.sequence_number or 0,
+            security_counter=device.security_counter,
+        ),
+        installed_version=installed_version,
+        clock_offset_seconds=device.clock_offset_seconds,
+    )
+
+
+def _identity(cls: Any) -> dc.DeviceIdentity:
+    return dc.DeviceIdentity(
+        vendor_id=cls.vendor.uuid,
+        class_id=cls.uuid,
+        component_id=cls.component_id_bytes,
+        payload_format=cls.payload_format,
+    )
+
+
+class PlanDevice:
+    """The device fields the exclusion rules read (``classify_device``, ``device_facts``),
+    loaded as one narrow row instead of a model instance."""
+
+    __slots__ = (
+        "clock_offset_seconds",
+        "created_at",
+        "device_class",
+        "device_class_id",
+        "endpoint",
+        "firmware_version",
+        "last_seen",
+        "online",
+        "pk",
+        "security_counter",
+        "sequence_number",
+    )
+
+    def __init__(
+        self,
+        pk: int,
+        endpoint: str,
+        device_class_id: int | None,
+        device_class: DeviceClass | None,
+        firmware_version: str,
+        sequence_number: int | None,
+        security_counter: int,
+        clock_offset_seconds: float | None,
+        online: bool,
+        last_seen: dt.datetime | None,
+        created_at: dt.datetime | None,
+    ) -> None:
+        self.pk, self.endpoint = pk, endpoint
+        self.device_class_id, self.device_class = device_class_id, device_class
+        self.firmware_version, self.sequence_number = firmware_version, sequence_number
+        self.security_counter, self.clock_offset_seconds = security_counter, clock_offset_seconds
+        self.online, self.last_seen, self.created_at = online, last_seen, created_at
+
+
+def classify_device(
+    device: Device | PlanDevice,
+    *,
+    resolved: Resolved,
+    manifest: dc.ManifestFacts,
+    manifest_version: tuple[int, int, int, int],
+    release: checks.ReleaseState,
+    now: dt.datetime,
+) -> checks.Refusal | None:
+    """Why a selected device is excluded from the campaign now, or None if it is eligible."""
+    spec, device_class = resolved.spec, resolved.device_class
+    if device.endpoint in spec.target.exclude:
+        return checks.Refusal(EXCLUDED_BY_SPEC, "listed under target.exclude")
+    if device.device_class_id != device_class.pk:
+        return checks.Refusal(
+            checks.CLASS_MISMATCH,
+            f"{device.endpoint} is {device.device_class or 'not mapped to a class'}",
+        )
+    if spec.target.offline_max is not None and not device.online:
+        last = device.last_seen or device.created_at
+        if last is None or now - last > spec.target.offline_max:
+            return checks.Refusal(OFFLINE_TOO_LONG, f"not seen since {last}")
+    facts = device_facts(device, device_class)
+    if spec.target.version is not None and (
+        facts.installed_version is None or not spec.target.version.matches(facts.installed_version)
+    ):
+        return checks.Refusal(
+            VERSION_CONSTRAINT, f"installed {device.firmware_version or 'unknown'} is outside it"
+        )
+    return checks.check_dispatch(
+        manifest,
+        manifest_version,
+        device=facts,
+        release=release,
+        now=now,
+        max_clock_skew=spec.freshness.max_clock_skew,
+    )
+
+
+# Stands for the endpoint in a refusal computed once for a group of devices; no real message
+# holds a NUL, so replacing it gives exactly the message the device's own endpoint would.
+_ENDPOINT = "\x00endpoint\x00"
+
+
+class DispatchChecker:
+    """``checks.check_dispatch`` for many devices of one campaign, computed once per group of
+    devices that agree on what the checks read of them (class, installed version, sequence
+    number, security counter) with the endpoint as a placeholder; a device whose clock offset
+    is beyond the tolerance (the refusal names its own skew) is checked alone. The answer is
+    the one ``check_dispatch(..., device=device_facts(device, device_class))`` gives."""
+
+    def __init__(
+        self,
+        manifest: dc.ManifestFacts,
+        manifest_version: tuple[int, int, int, int],
+        *,
+        device_class: DeviceClass,
+        release: checks.ReleaseState,
+        now: dt.datetime,
+        max_clock_skew: dt.timedelta,
+    ) -> None:
+        self.manifest, self.manifest_version = manifest, manifest_version
+        self.device_class, self.release, self.now = device_class, release, now
+        self.max_clock_skew = max_clock_skew
+        self._classes: dict[int | None, DeviceClass | None] = {
+            None: None,
+            device_class.pk: device_class,
+        }
+        self._groups: dict[tuple[Any, ...], tuple[checks.Refusal | None, bool]] = {}
+
+    def _check(self, device: PlanDevice) -> checks.Refusal | None:
+        if device.device_class_id not in self._classes:
+            self._classes[device.device_class_id] = (
+                DeviceClass.objects.select_related("vendor")
+                .filter(pk=device.device_class_id)
+                .first()
+            )
+        device.device_class = self._classes[device.device_class_id]
+        return checks.check_dispatch(
+            self.manifest,
+            self.manifest_version,
+            device=device_facts(device, self.device_class),
+            release=self.release,
+            now=self.now,
+            max_clock_skew=self.max_clock_skew,
+        )
+
+    def check(self, device: PlanDevice) -> checks.Refusal | None:
+        offset = device.clock_offset_seconds
+        if offset is not None and dt.timedelta(seconds=abs(offset)) > self.max_clock_skew:
+            return self._check(device)
+        key = (
+            device.device_class_id,
+            device.firmware_version,
+            device.sequence_number,
+            device.security_counter,
+        )
+        group = self._groups.get(key)
+        if group is None:
+            refusal = self._check(
+                PlanDevice(
+                    device.pk, _ENDPOINT, device.device_class_id, None, device.firmware_version,
+                    device.sequence_number, device.security_counter, None, True, None, None,
+                )
+            )  # fmt: skip
+            group = self._groups[key] = (
+                refusal,
+                refusal is not None and _ENDPOINT in refusal.message,
+            )
+        refusal, names_device = group
+        if names_device and refusal is not None:
+            return checks.Refusal(
+                refusal.reason, refusal.message.replace(_ENDPOINT, device.endpoint)
+            )
+        return refusal
+
+
+def active_stops(campaign: Campaign) -> list[EmergencyStop]:
+    return list(
+        EmergencyStop.objects.filter(lifted_at__isnull=True).filter(
+            Q(scope="global")
+            | Q(scope="release", release_id=campaign.release_id)
+            | Q(scope="device_class", device_class_id=campaign.device_class_id)
+        )
+    )
+
+
+def in_flight_elsewhere(device_ids: list[int], campaign: Campaign) -> set[int]:
+    return set(
+        Rollout.objects.filter(device_id__in=device_ids, state__in=IN_FLIGHT_STATES)
+        .exclude(campaign=campaign)
+        .values_list("device_id", flat=True)
+    )

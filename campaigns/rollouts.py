@@ -1,0 +1,203 @@
+"""The per-device rollout lifecycle outside the reconcile pass: device events folded into rollouts,
+successes confirmed, failures recorded with a reason (and retried when the campaign's policy
+covers it), work cancelled.
+
+Success means the device rebooted into the new firmware and reported it: Object 5 Update Result
+1 *and* the firmware version it reports (/3/0/3) equals the manifest's. "Downloaded" is not
+success. Reports only move a rollout forward; late, duplicate and out-of-order reports are
+ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.utils import timezone
+
+from campaigns.device_services import device_command_create
+from campaigns.models import IN_FLIGHT_STATES, Device, Rollout, RolloutState
+from campaigns.selectors import spec_of
+from campaigns.spec import FAILURE_REASON_BY_UPDATE_RESULT
+from manifests.versions import VersionError, parse_version
+
+FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
+
+
+_ORDER = {
+    s: i
+    for i, s in enumerate(
+        [
+            RolloutState.QUEUED,
+            RolloutState.DISPATCHED,
+            RolloutState.DOWNLOADING,
+            RolloutState.DOWNLOADED,
+            RolloutState.UPDATING,
+        ]
+    )
+}
+
+
+_FW_STATE_TO_ROLLOUT = {
+    1: RolloutState.DOWNLOADING,
+    2: RolloutState.DOWNLOADED,
+    3: RolloutState.UPDATING,
+}
+
+
+def rollouts_apply_event(*, event: dict[str, Any], now: dt.datetime | None = None) -> None:
+    """Fold one gateway event into the device's rollout (called after the registry update)."""
+    now = now or timezone.now()
+    kind = event.get("type")
+    if kind == "command_result":
+        _on_command_result(event, now=now)
+    elif kind == "fw_status":
+        _on_fw_status(
+            str(event.get("endpoint", "")), int(event["state"]), int(event["result"]), now=now
+        )
+    elif kind in ("device_info", "fw_installed", "registered"):
+        device = Device.objects.filter(endpoint=str(event.get("endpoint", ""))).first()
+        if device is not None:
+            confirm_successes(Rollout.objects.filter(device=device), now=now)
+
+
+def _on_command_result(event: dict[str, Any], *, now: dt.datetime) -> None:
+    rollout = Rollout.objects.filter(command_id=event.get("command_id")).first()
+    if rollout is None or rollout.state not in IN_FLIGHT_STATES:
+        return
+    if event.get("ok"):
+        Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
+            state=RolloutState.UPDATING, fw_result=1
+        )
+        confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
+        return
+    result = (event.get("result") or {}).get("result")
+    if isinstance(result, int) and result in FW_RESULT_REASONS:
+        reason = FW_RESULT_REASONS[result]
+    elif "timed out" in str(event.get("error", "")):
+        reason = "timed_out"
+    else:
+        reason = "dispatch_failed"
+    fail_rollout(
+        rollout,
+        reason=reason,
+        fw_result=result if isinstance(result, int) else None,
+        detail=str(event.get("error", ""))[:500],
+        now=now,
+    )
+
+
+def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -> None:
+    rollout = (
+        Rollout.objects.filter(device__endpoint=endpoint, state__in=IN_FLIGHT_STATES)
+        .order_by("-dispatched_at")
+        .first()
+    )
+    if rollout is None:
+        return
+    if state == 0 and result >= 2:
+        fail_rollout(
+            rollout,
+            reason=FW_RESULT_REASONS.get(result, "update_failed"),
+            fw_result=result,
+            detail=f"device reported Update Result {result}",
+            now=now,
+        )
+        return
+    target = (
+        RolloutState.UPDATING if (state == 0 and result == 1) else _FW_STATE_TO_ROLLOUT.get(state)
+    )
+    if target is None:
+        return
+    earlier = [s for s, i in _ORDER.items() if i < _ORDER[target]]
+    updates: dict[str, Any] = {"state": target}
+    if result == 1:
+        updates["fw_result"] = 1
+    Rollout.objects.filter(pk=rollout.pk, state__in=earlier).update(**updates)
+    if result == 1:
+        confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
+
+
+def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
+    """Updating rollouts whose device reports the manifest's version with result 1 succeed."""
+    confirmed = 0
+    candidates = rollouts.filter(state=RolloutState.UPDATING, fw_result=1).select_related(
+        "device", "manifest"
+    )
+    for rollout in candidates:
+        try:
+            same = parse_version(rollout.device.firmware_version or "") == parse_version(
+                rollout.manifest.version
+            )
+        except VersionError:
+            same = False
+        if same:
+            confirmed += Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
+                state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail=""
+            )
+    return confirmed
+
+
+def fail_rollout(
+    rollout: Rollout,
+    *,
+    reason: str,
+    now: dt.datetime,
+    fw_result: int | None = None,
+    detail: str = "",
+    expected: tuple[str, ...] = IN_FLIGHT_STATES,
+) -> bool:
+    """Record a failure; retry later (back to pending after a backoff) when the campaign's retry
+    policy covers the reason and attempts remain. Conditional on the expected states."""
+    campaign = rollout.campaign
+    retries = spec_of(campaign).retries
+    final = RolloutState.TIMED_OUT if reason == "timed_out" else RolloutState.FAILED
+    if retries.retryable(reason, attempt=rollout.attempts):
+        delay = retries.delay(max(1, rollout.attempts))
+        changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
+            state=RolloutState.PENDING,
+            reason=reason,
+            detail=detail,
+            fw_result=fw_result,
+            next_attempt_at=now + delay,
+            command_id=None,
+        )
+    else:
+        changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
+            state=final, reason=reason, detail=detail, fw_result=fw_result, finished_at=now
+        )
+    return bool(changed)
+
+
+def cancel_rollouts(rollouts: Any, *, reason: str, now: dt.datetime, requeue: bool = False) -> int:
+    """Cancel pending and in-flight work; in-flight devices get an empty Package URI. With
+    ``requeue`` (emergency stop) the rollouts go back to pending, to be dispatched again once
+    the stop is lifted. Devices already installing (Updating) cannot be stopped and are left."""
+
+    cancellable = [
+        RolloutState.QUEUED,
+        RolloutState.DISPATCHED,
+        RolloutState.DOWNLOADING,
+        RolloutState.DOWNLOADED,
+    ]
+    in_flight = list(
+        rollouts.filter(state__in=cancellable)
+        .select_related("device")
+        .values_list("pk", "device__endpoint", "device__online")
+    )
+    for _pk, endpoint, online in in_flight:
+        if online:
+            device_command_create(endpoint=endpoint, operation="fw_cancel")
+    ids = [pk for pk, _, _ in in_flight]
+    if requeue:
+        changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
+            state=RolloutState.PENDING, reason=reason, command_id=None, next_attempt_at=None
+        )
+    else:
+        changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
+            state=RolloutState.CANCELLED, reason=reason, finished_at=now
+        )
+        changed += rollouts.filter(state=RolloutState.PENDING).update(
+            state=RolloutState.CANCELLED, reason=reason, finished_at=now
+        )
+    return changed

@@ -1,0 +1,37 @@
+"""The device command task: the fleet side queues it by name, and the bus's refusal reaches the
+command as a failure with the bus's own error code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from campaigns import device_services
+from campaigns.models import CommandStatus, Device, DeviceCommand
+from workers.tasks import device_command_task
+
+
+@pytest.mark.django_db
+def test_a_command_for_a_gateway_the_bus_does_not_know_fails_with_the_bus_code() -> None:
+    device = Device.objects.create(endpoint="dev-1", online=True, gateway_id="gw-nowhere")
+    command = DeviceCommand.objects.create(device=device, operation="read")
+
+    assert device_command_task.run(str(command.pk)) == "refused"
+
+    command.refresh_from_db()
+    assert command.status == CommandStatus.FAILED
+    assert command.error_code == "lwm2m.device_not_connected"
+
+
+@pytest.mark.django_db
+def test_commands_are_queued_by_task_name_after_commit(
+    monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    queued: list[str] = []
+    monkeypatch.setattr(device_command_task, "delay", queued.append)
+    Device.objects.create(endpoint="dev-1", online=True, gateway_id="gw-x")
+    with django_capture_on_commit_callbacks(execute=True):
+        command = device_services.device_command_create(endpoint="dev-1", operation="read")
+        assert queued == []  # not before the command row is committed
+    assert queued == [str(command.pk)]
