@@ -18,6 +18,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from campaigns import events
+from campaigns.events import UnknownEventError
 from campaigns.models import CommandStatus, Device, DeviceCommand, DeviceEvent, DevicePSK
 from campaigns.psk import (
     MAX_IDENTITY_BYTES,
@@ -48,12 +50,6 @@ class DeviceOfflineError(DeviceRegistryError):
     """The device holds no registration, so no gateway can reach it now."""
 
     code = "device.offline"
-
-
-class UnknownEventError(DeviceRegistryError):
-    """The event type is not one the gateway emits."""
-
-    code = "device.unknown_event"
 
 
 class CommandRefusedError(DeviceRegistryError):
@@ -438,73 +434,98 @@ def device_psk_lookup(*, identity: str) -> bytes | None:
     return decrypt_psk(bytes(psk.key_encrypted), secret=psk_secret())
 
 
-def device_event_apply(*, event: dict[str, Any]) -> None:
-    """Apply one gateway event (one of the batch of ``device_events_task``)."""
-    kind = event.get("type")
-    at = _ts(event.get("at"))
-    endpoint = str(event.get("endpoint", ""))
-    gateway_id = str(event.get("gateway_id", ""))
-    if kind == "registered":
-        device_register(
-            endpoint=endpoint,
-            gateway_id=gateway_id,
-            registration_id=event["registration_id"],
-            lifetime=int(event["lifetime"]),
-            binding=event.get("binding", "U"),
-            lwm2m_version=event.get("lwm2m_version", "1.0"),
-            queue_mode=bool(event.get("queue_mode", False)),
-            objects=event.get("objects"),
-            at=at,
-        )
-    elif kind == "updated":
-        device_registration_update(
-            endpoint=endpoint,
-            registration_id=event["registration_id"],
-            gateway_id=gateway_id,
-            lifetime=event.get("lifetime"),
-            binding=event.get("binding"),
-            objects=event.get("objects"),
-            at=at,
-        )
-    elif kind in ("deregistered", "expired"):
-        device_registration_end(
-            endpoint=endpoint, registration_id=event["registration_id"], reason=kind, at=at
-        )
-    elif kind == "device_info":
-        device_info_record(
-            endpoint=endpoint,
-            manufacturer=event.get("manufacturer", ""),
-            model=event.get("model", ""),
-            serial=event.get("serial", ""),
-            firmware_version=event.get("firmware_version", ""),
-            device_time=event.get("device_time"),
-            protocols=event.get("protocols"),
-            delivery_method=event.get("delivery_method"),
-            at=at,
-        )
-    elif kind == "fw_status":
-        device_fw_status_record(
-            endpoint=endpoint,
-            state=int(event["state"]),
-            result=int(event["result"]),
-            gateway_id=gateway_id,
-            at=at,
-        )
-    elif kind == "fw_installed":
-        device_fw_installed(
-            endpoint=endpoint,
-            manifest_digest=event["manifest_digest"],
-            gateway_id=gateway_id,
-            at=at,
-        )
-    elif kind == "command_result":
-        device_command_complete(
-            command_id=event["command_id"],
-            ok=bool(event["ok"]),
-            result=event.get("result"),
-            error_code=event.get("error_code", ""),
-            error=event.get("error", ""),
-            at=at,
-        )
-    else:
-        raise UnknownEventError(f"unknown device event type {kind!r}")
+def _apply_registered(event: events.Registered, at: dt.datetime) -> None:
+    device_register(
+        endpoint=event.endpoint,
+        gateway_id=event.gateway_id,
+        registration_id=event.registration_id,
+        lifetime=event.lifetime,
+        binding=event.binding,
+        lwm2m_version=event.lwm2m_version,
+        queue_mode=event.queue_mode,
+        objects=list(event.objects),
+        at=at,
+    )
+
+
+def _apply_updated(event: events.Updated, at: dt.datetime) -> None:
+    device_registration_update(
+        endpoint=event.endpoint,
+        registration_id=event.registration_id,
+        gateway_id=event.gateway_id,
+        lifetime=event.lifetime,
+        binding=event.binding,
+        objects=None if event.objects is None else list(event.objects),
+        at=at,
+    )
+
+
+def _apply_ended(event: events.Deregistered | events.Expired, at: dt.datetime) -> None:
+    device_registration_end(
+        endpoint=event.endpoint, registration_id=event.registration_id, reason=event.type, at=at
+    )
+
+
+def _apply_device_info(event: events.DeviceInfo, at: dt.datetime) -> None:
+    device_info_record(
+        endpoint=event.endpoint,
+        manufacturer=event.manufacturer,
+        model=event.model,
+        serial=event.serial,
+        firmware_version=event.firmware_version,
+        device_time=event.device_time,
+        protocols=None if event.protocols is None else list(event.protocols),
+        delivery_method=event.delivery_method,
+        at=at,
+    )
+
+
+def _apply_fw_status(event: events.FwStatus, at: dt.datetime) -> None:
+    device_fw_status_record(
+        endpoint=event.endpoint,
+        state=event.state,
+        result=event.result,
+        gateway_id=event.gateway_id,
+        at=at,
+    )
+
+
+def _apply_fw_installed(event: events.FwInstalled, at: dt.datetime) -> None:
+    device_fw_installed(
+        endpoint=event.endpoint,
+        manifest_digest=event.manifest_digest,
+        gateway_id=event.gateway_id,
+        at=at,
+    )
+
+
+def _apply_command_result(event: events.CommandResult, at: dt.datetime) -> None:
+    device_command_complete(
+        command_id=event.command_id,
+        ok=event.ok,
+        result=event.result,
+        error_code=event.error_code,
+        error=event.error,
+        at=at,
+    )
+
+
+# One registry service per event class (the contract is ``campaigns.events``).
+_REGISTRY_APPLY: dict[type[events.DeviceEvent], Callable[[Any, dt.datetime], None]] = {
+    events.Registered: _apply_registered,
+    events.Updated: _apply_updated,
+    events.Deregistered: _apply_ended,
+    events.Expired: _apply_ended,
+    events.DeviceInfo: _apply_device_info,
+    events.FwStatus: _apply_fw_status,
+    events.FwInstalled: _apply_fw_installed,
+    events.CommandResult: _apply_command_result,
+}
+
+
+def device_event_apply(*, event: events.DeviceEvent) -> None:
+    """Apply one gateway event to the registry (one of the batch of ``device_events_task``)."""
+    apply = _REGISTRY_APPLY.get(type(event))
+    if apply is None:
+        raise UnknownEventError(f"unknown device event type {event.type!r}")
+    apply(event, _ts(event.at))

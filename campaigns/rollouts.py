@@ -11,10 +11,12 @@ ignored.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from django.utils import timezone
 
+from campaigns import events
 from campaigns.device_services import device_command_create
 from campaigns.models import IN_FLIGHT_STATES, Device, Rollout, RolloutState
 from campaigns.selectors import spec_of
@@ -22,6 +24,13 @@ from campaigns.spec import FAILURE_REASON_BY_UPDATE_RESULT
 from manifests.versions import VersionError, parse_version
 
 FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
+# A failed command without a device Update Result: the gateway's error code (the stable codes of
+# ``workers.lwm2m.errors``) to the rollout's reason. Any other code is ``dispatch_failed``.
+REASON_BY_ERROR_CODE: dict[str, str] = {
+    "lwm2m.fw_update_timed_out": "timed_out",
+    "lwm2m.device_busy": "device_busy",
+    "lwm2m.unsupported_protocol": "unsupported_protocol",
+}
 
 
 _ORDER = {
@@ -45,46 +54,54 @@ _FW_STATE_TO_ROLLOUT = {
 }
 
 
-def rollouts_apply_event(*, event: dict[str, Any], now: dt.datetime | None = None) -> None:
+def rollouts_apply_event(*, event: events.DeviceEvent, now: dt.datetime | None = None) -> None:
     """Fold one gateway event into the device's rollout (called after the registry update)."""
-    now = now or timezone.now()
-    kind = event.get("type")
-    if kind == "command_result":
-        _on_command_result(event, now=now)
-    elif kind == "fw_status":
-        _on_fw_status(
-            str(event.get("endpoint", "")), int(event["state"]), int(event["result"]), now=now
-        )
-    elif kind in ("device_info", "fw_installed", "registered"):
-        device = Device.objects.filter(endpoint=str(event.get("endpoint", ""))).first()
-        if device is not None:
-            confirm_successes(Rollout.objects.filter(device=device), now=now)
+    apply = _ROLLOUT_APPLY.get(type(event))
+    if apply is not None:
+        apply(event, now or timezone.now())
 
 
-def _on_command_result(event: dict[str, Any], *, now: dt.datetime) -> None:
-    rollout = Rollout.objects.filter(command_id=event.get("command_id")).first()
+def _confirm_device(event: events.DeviceEvent, now: dt.datetime) -> None:
+    """A report that may complete a success: the device's version or its registration."""
+    device = Device.objects.filter(endpoint=event.endpoint).first()
+    if device is not None:
+        confirm_successes(Rollout.objects.filter(device=device), now=now)
+
+
+def failure_reason(event: events.CommandResult) -> str:
+    """The rollout reason of a failed command: the device's own Update Result when it reported
+    one, else what the gateway's error code says, else ``dispatch_failed``."""
+    result = event.update_result
+    if result is not None and result in FW_RESULT_REASONS:
+        return FW_RESULT_REASONS[result]
+    return REASON_BY_ERROR_CODE.get(event.error_code, "dispatch_failed")
+
+
+def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
+    rollout = Rollout.objects.filter(command_id=event.command_id).first()
     if rollout is None or rollout.state not in IN_FLIGHT_STATES:
         return
-    if event.get("ok"):
+    if event.ok:
         Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
             state=RolloutState.UPDATING, fw_result=1
         )
         confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
         return
-    result = (event.get("result") or {}).get("result")
-    if isinstance(result, int) and result in FW_RESULT_REASONS:
-        reason = FW_RESULT_REASONS[result]
-    elif "timed out" in str(event.get("error", "")):
-        reason = "timed_out"
-    else:
-        reason = "dispatch_failed"
+    result = event.update_result
     fail_rollout(
         rollout,
-        reason=reason,
-        fw_result=result if isinstance(result, int) else None,
-        detail=str(event.get("error", ""))[:500],
+        reason=failure_reason(event),
+        fw_result=result,
+        detail=event.error[:500],
         now=now,
+        # The device's own Update Result is judged by the campaign's retry policy; a gateway
+        # error the gateway calls permanent (the same command cannot succeed) is not retried.
+        retry=result is not None or not event.permanent,
     )
+
+
+def _on_fw_status_event(event: events.FwStatus, now: dt.datetime) -> None:
+    _on_fw_status(event.endpoint, event.state, event.result, now=now)
 
 
 def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -> None:
@@ -146,13 +163,15 @@ def fail_rollout(
     fw_result: int | None = None,
     detail: str = "",
     expected: tuple[str, ...] = IN_FLIGHT_STATES,
+    retry: bool = True,
 ) -> bool:
-    """Record a failure; retry later (back to pending after a backoff) when the campaign's retry
-    policy covers the reason and attempts remain. Conditional on the expected states."""
+    """Record a failure; retry later (back to pending after a backoff) when ``retry`` allows it,
+    the campaign's retry policy covers the reason and attempts remain. Conditional on the
+    expected states."""
     campaign = rollout.campaign
     retries = spec_of(campaign).retries
     final = RolloutState.TIMED_OUT if reason == "timed_out" else RolloutState.FAILED
-    if retries.retryable(reason, attempt=rollout.attempts):
+    if retry and retries.retryable(reason, attempt=rollout.attempts):
         delay = retries.delay(max(1, rollout.attempts))
         changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
             state=RolloutState.PENDING,
@@ -201,3 +220,14 @@ def cancel_rollouts(rollouts: Any, *, reason: str, now: dt.datetime, requeue: bo
             state=RolloutState.CANCELLED, reason=reason, finished_at=now
         )
     return changed
+
+
+# What each event does to rollouts (the contract is ``campaigns.events``); registration ends
+# and Updates change nothing here.
+_ROLLOUT_APPLY: dict[type[events.DeviceEvent], Callable[[Any, dt.datetime], None]] = {
+    events.CommandResult: _on_command_result,
+    events.FwStatus: _on_fw_status_event,
+    events.DeviceInfo: _confirm_device,
+    events.FwInstalled: _confirm_device,
+    events.Registered: _confirm_device,
+}

@@ -51,7 +51,7 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "campaign.schema.json
 
 # Failure reasons a device rollout can end with. The first ten map LwM2M Object 5 Update Result
 # (/5/0/5) codes 2..11 as defined for Object 5 in LwM2M 1.1 (11 "deferred" arrived with the 1.1
-# object; a 1.0 client reports 0..9); the last two are the server's own.
+# object; a 1.0 client reports 0..9); the rest are the server's own.
 FAILURE_REASON_BY_UPDATE_RESULT: dict[int, str] = {
     2: "no_space",  # not enough flash memory for the new package
     3: "out_of_memory",  # out of RAM during download
@@ -68,6 +68,7 @@ FAILURE_REASONS: tuple[str, ...] = (
     *FAILURE_REASON_BY_UPDATE_RESULT.values(),
     "timed_out",  # timeouts.device elapsed between dispatch and confirmed success
     "dispatch_failed",  # the server could not hand the update to the device
+    "device_busy",  # the device was in another update and did not take this one
 )
 
 GATE_ROLES = ("qa", "security", "fleet_operator", "admin")
@@ -82,7 +83,7 @@ DEFAULT_DEVICE_TIMEOUT = timedelta(hours=1)
 DEFAULT_UNREACHABLE_AFTER = timedelta(hours=24)
 DEFAULT_RETRY_BACKOFF = timedelta(minutes=1)
 DEFAULT_RETRY_FACTOR = Fraction(2)
-DEFAULT_RETRY_ON: tuple[str, ...] = ("connection_lost", "dispatch_failed")
+DEFAULT_RETRY_ON: tuple[str, ...] = ("connection_lost", "dispatch_failed", "device_busy")
 DEFAULT_MAX_CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_TIMEZONE = "UTC"
 

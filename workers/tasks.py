@@ -15,13 +15,15 @@ from django.db import transaction
 
 from campaigns import device_services
 from campaigns.engine import campaign_reconcile
+from campaigns.events import EventError, event_from_dict
 from campaigns.rollouts import rollouts_apply_event
 from workers.lwm2m.errors import LwM2MError
 
 logger = logging.getLogger(__name__)
 
 
-def _apply_event(event: dict[str, Any]) -> None:
+def _apply_event(data: dict[str, Any]) -> None:
+    event = event_from_dict(data)  # EventError for anything outside the contract
     device_services.device_event_apply(event=event)
     rollouts_apply_event(event=event)
 
@@ -40,13 +42,18 @@ def device_events_task(events: list[dict[str, Any]]) -> int:
     for the batch instead of several per event (a commit waits for the disk). Each event runs
     in its own savepoint, so one that fails is rolled back alone and logged while the others
     are kept; the first such error is raised after the commit, and the sender retries the
-    batch (applying an event again changes nothing). Returns the number of events."""
+    batch (applying an event again changes nothing). An event outside the contract
+    (``campaigns.events.EventError``) is logged and dropped: no retry can make it valid.
+    Returns the number of events."""
     error: Exception | None = None
     with transaction.atomic():
         for event in events:
             try:
                 with transaction.atomic():
                     _apply_event(event)
+            except EventError as exc:
+                # Outside the contract: applying it again cannot help, so it is not retried.
+                logger.error("device event refused: %s", exc)
             except Exception as exc:
                 logger.exception(
                     "device event %s for %r failed", event.get("type"), event.get("endpoint")

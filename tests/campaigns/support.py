@@ -8,6 +8,7 @@ the same author, so simulated devices trusting the author's key accept them.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,18 @@ from typing import Any
 
 from django.db import OperationalError
 
+from audit.models import AuditEvent
+from campaigns import rollouts, services
+from campaigns.events import CommandResult
+from campaigns.models import (
+    Campaign,
+    CampaignRevision,
+    CampaignStage,
+    Device,
+    DeviceCommand,
+    Rollout,
+)
+from campaigns.spec import parse_spec
 from tests.helpers.deployment import (
     GOOD_PAYLOAD,
     Deployment,
@@ -223,3 +236,39 @@ def few_hundred_scenario(
     ):
         assert attempts == (2 if endpoint in canary[:3] else 1), endpoint
         assert embedded.fleet.devices[endpoint].state.version == "1.1.0", endpoint
+
+
+# --- helpers of the engine-level tests ------------------------------------------------------
+def apply(catalog: Catalog, text: str, *, now: dt.datetime | None = None) -> Campaign:
+    campaign, outcome = services.campaign_apply(
+        spec=parse_spec(text, source="spec.yaml"), actor=catalog.ops, now=now
+    )
+    assert outcome == "created"
+    return campaign
+
+
+def confirm(rollout: Rollout, *, now: dt.datetime | None = None) -> None:
+    """The device rebooted into the manifest's version and the gateway reported success."""
+    rollout.refresh_from_db()
+    Device.objects.filter(pk=rollout.device_id).update(firmware_version=rollout.manifest.version)
+    rollouts.rollouts_apply_event(
+        event=CommandResult(command_id=str(rollout.command_id), ok=True), now=now
+    )
+
+
+def states(campaign: Campaign) -> dict[str, str]:
+    return dict(Rollout.objects.filter(campaign=campaign).values_list("device__endpoint", "state"))
+
+
+def row_counts() -> dict[str, int]:
+    return {
+        model.__name__: model.objects.count()
+        for model in (
+            Campaign,
+            CampaignRevision,
+            CampaignStage,
+            Rollout,
+            DeviceCommand,
+            AuditEvent,
+        )
+    }

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from campaigns.events import FwStatus
 from campaigns.models import Device
 from workers.lwm2m import gateway as gateway_module
 from workers.lwm2m.bus import InMemoryCommandBus
@@ -49,7 +50,12 @@ def _run(sink: BatchSink, count: int) -> Gateway:
     async def main() -> None:
         await gateway.start()
         try:
-            await asyncio.gather(*(gateway.emit({"type": "n", "n": i}) for i in range(count)))
+            await asyncio.gather(
+                *(
+                    gateway.emit(FwStatus(endpoint=f"dev-{i}", state=1, result=0))
+                    for i in range(count)
+                )
+            )
         finally:
             await gateway.stop()
 
@@ -60,8 +66,8 @@ def _run(sink: BatchSink, count: int) -> Gateway:
 def test_events_reach_the_sink_in_batches_in_emitted_order() -> None:
     sink = BatchSink()
     _run(sink, 250)
-    flat = [event["n"] for batch in sink.batches for event in batch]
-    assert flat == list(range(250))
+    flat = [event["endpoint"] for batch in sink.batches for event in batch]
+    assert flat == [f"dev-{i}" for i in range(250)]
     assert all(e["gateway_id"] == "gw-batch" for batch in sink.batches for e in batch)
     assert len(sink.batches) < 250 // 10  # batched, not one call per event
     assert max(len(b) for b in sink.batches) <= gateway_module.EVENT_BATCH
@@ -70,8 +76,8 @@ def test_events_reach_the_sink_in_batches_in_emitted_order() -> None:
 def test_a_failed_hand_over_is_retried_with_the_same_batch() -> None:
     sink = BatchSink(fail_first=2)
     _run(sink, 30)
-    flat = [event["n"] for batch in sink.batches for event in batch]
-    assert flat == list(range(30))
+    flat = [event["endpoint"] for batch in sink.batches for event in batch]
+    assert flat == [f"dev-{i}" for i in range(30)]
 
 
 def _registered(endpoint: str) -> dict[str, Any]:
@@ -88,9 +94,29 @@ def _registered(endpoint: str) -> dict[str, Any]:
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_event_is_rolled_back_alone_and_raised_after_the_batch_commits() -> None:
     broken = _registered("dev-broken")
-    del broken["registration_id"]
-    with pytest.raises(KeyError, match="registration_id"):
+    broken["lifetime"] = 10**15  # its expiry time is beyond any date: applying it fails
+    with pytest.raises(OverflowError):
         device_events_task.run([_registered("dev-a"), broken, _registered("dev-b")])
     assert set(Device.objects.values_list("endpoint", flat=True)) == {"dev-a", "dev-b"}
     assert device_events_task.run([_registered("dev-a"), _registered("dev-b")]) == 2
     assert Device.objects.filter(online=True).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"type": "registred"},  # unknown type
+        {"registration_id": None},  # a required field missing its value
+        {"lifetime": "60"},  # mistyped
+        {"queue_mode": 1},  # an int is not a boolean
+    ],
+    ids=["unknown-type", "null-required", "string-for-int", "int-for-bool"],
+)
+def test_an_event_outside_the_contract_is_dropped_and_the_batch_applied(
+    change: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = {**_registered("dev-bad"), **change}
+    assert device_events_task.run([_registered("dev-a"), bad, _registered("dev-b")]) == 3
+    assert set(Device.objects.values_list("endpoint", flat=True)) == {"dev-a", "dev-b"}
+    assert "device event refused" in caplog.text

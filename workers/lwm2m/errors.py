@@ -6,6 +6,8 @@ that), so the gateway can map any refusal to a CoAP error code and keep serving.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LwM2MError(Exception):
     """Base of every refusal by the LwM2M codecs, state machine and gateway."""
@@ -74,13 +76,49 @@ class Object5TransitionError(LwM2MError):
 
 
 class DeviceOperationError(LwM2MError):
-    """A device operation (read/write/execute) failed; ``permanent`` says whether to retry."""
+    """A device operation (read/write/execute) failed; ``permanent`` says whether trying the same
+    again can help (False: a passing cause). ``result`` is what the operation got as far as
+    (an update's phase and the device's Update Result), reported with the failure."""
 
     code = "lwm2m.device_operation"
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(
+        self, message: str, *, permanent: bool = False, result: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.result = result
+
+
+class DeviceTimeoutError(DeviceOperationError):
+    """The device did not answer a request in time (transient: busy, asleep, a lossy link)."""
+
+    code = "lwm2m.device_timeout"
+
+
+class DeviceBusyError(DeviceOperationError):
+    """The device is in the middle of another firmware update and cannot take this one now."""
+
+    code = "lwm2m.device_busy"
+
+
+class UpdateFailedError(DeviceOperationError):
+    """A firmware update the gateway drove ended without success; ``result`` holds the phase it
+    reached and the Update Result the device reported."""
+
+    code = "lwm2m.fw_update_failed"
+
+
+class UpdateCancelledError(UpdateFailedError):
+    """The update was cancelled (empty Package URI) while the gateway followed it."""
+
+    code = "lwm2m.fw_update_cancelled"
+
+
+class UpdateTimedOutError(DeviceOperationError):
+    """The update did not end within its timeout (transient: the device may just be slow)."""
+
+    code = "lwm2m.fw_update_timed_out"
 
 
 class DeviceNotConnectedError(DeviceOperationError):

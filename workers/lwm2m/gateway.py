@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -36,17 +37,23 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
+from campaigns import events
 from workers.lwm2m import content, dtls
 from workers.lwm2m.blocks import block_slice
 from workers.lwm2m.bus import InMemoryCommandBus, RedisCommandBus
 from workers.lwm2m.errors import (
+    DeviceBusyError,
     DeviceNotConnectedError,
     DeviceOperationError,
+    DeviceTimeoutError,
     LwM2MError,
     PayloadTooLargeError,
     RegistrationError,
     UnknownRegistrationError,
     UnsupportedProtocolError,
+    UpdateCancelledError,
+    UpdateFailedError,
+    UpdateTimedOutError,
 )
 from workers.lwm2m.linkformat import RegisteredObjects, parse_registration_payload
 from workers.lwm2m.object5 import PROTOCOL_SCHEMES, FwState, Phase, UpdateTracker, Verdict
@@ -445,7 +452,7 @@ class Gateway:
         self._fw_cache: OrderedDict[tuple[str, str], PublishedFile] = OrderedDict()
         self._fw_cache_bytes = 0
         # Command ids run lately (None while running, else the outcome), oldest first.
-        self._commands_seen: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+        self._commands_seen: OrderedDict[str, events.CommandResult | None] = OrderedDict()
         self._event_queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] | None = None
         self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
         self._claimed_port: int | None = None
@@ -557,16 +564,20 @@ class Gateway:
                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
             )
 
-    async def emit(self, event: dict[str, Any]) -> None:
+    async def emit(self, event: events.DeviceEvent) -> None:
         """Queue an event for the sink and wait until it was handed over (or given up on).
 
-        One pump hands queued events to the sink in batches, on the single event thread, in
-        the order they were emitted (so per-gateway order holds)."""
-        event = {"gateway_id": self.config.gateway_id, "at": time.time(), **event}
+        The event is stamped with this gateway and the time, and travels in its JSON form (the
+        contract is ``campaigns.events``). One pump hands queued events to the sink in batches,
+        on the single event thread, in the order they were emitted (so per-gateway order
+        holds)."""
+        data = dataclasses.replace(
+            event, gateway_id=self.config.gateway_id, at=time.time()
+        ).to_dict()
         if self._event_queue is None:
             raise RuntimeError("gateway not started")
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._event_queue.put_nowait((event, delivered))
+        self._event_queue.put_nowait((data, delivered))
         await asyncio.shield(delivered)
 
     async def _event_pump(
@@ -686,16 +697,15 @@ class Gateway:
 
     async def _after_register(self, reg: Registration) -> None:
         await self.emit(
-            {
-                "type": "registered",
-                "endpoint": reg.endpoint,
-                "registration_id": reg.reg_id,
-                "lifetime": reg.lifetime,
-                "binding": reg.binding,
-                "lwm2m_version": reg.version,
-                "queue_mode": reg.queue_mode,
-                "objects": reg.object_links(),
-            }
+            events.Registered(
+                endpoint=reg.endpoint,
+                registration_id=reg.reg_id,
+                lifetime=reg.lifetime,
+                binding=reg.binding,
+                lwm2m_version=reg.version,
+                queue_mode=reg.queue_mode,
+                objects=tuple(reg.object_links()),
+            )
         )
         await self.read_device_info(reg)
 
@@ -746,18 +756,18 @@ class Gateway:
         )
         if (5, 0, 8) in [p[:3] for p in values]:
             reg.protocols = protocols
-        event: dict[str, Any] = {
-            "type": "device_info",
-            "endpoint": reg.endpoint,
-            "manufacturer": _text(values.get((3, 0, 0))),
-            "model": _text(values.get((3, 0, 1))),
-            "serial": _text(values.get((3, 0, 2))),
-            "firmware_version": _text(values.get((3, 0, 3))),
-            "device_time": values.get((3, 0, 13)),
-            "protocols": protocols if reg.protocols is not None else None,
-            "delivery_method": values.get((5, 0, 9)),
-        }
-        await self.emit(event)
+        await self.emit(
+            events.DeviceInfo(
+                endpoint=reg.endpoint,
+                manufacturer=_text(values.get((3, 0, 0))),
+                model=_text(values.get((3, 0, 1))),
+                serial=_text(values.get((3, 0, 2))),
+                firmware_version=_text(values.get((3, 0, 3))),
+                device_time=_number(values.get((3, 0, 13))),
+                protocols=tuple(protocols) if reg.protocols is not None else None,
+                delivery_method=_integer(values.get((5, 0, 9))),
+            )
+        )
 
     async def update(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
         reg = self.by_id.get(reg_id)
@@ -785,14 +795,13 @@ class Gateway:
             self._spawn(self.read_device_info(reg))
         self._spawn(
             self.emit(
-                {
-                    "type": "updated",
-                    "endpoint": reg.endpoint,
-                    "registration_id": reg.reg_id,
-                    "lifetime": reg.lifetime if "lt" in query else None,
-                    "binding": reg.binding if "b" in query else None,
-                    "objects": reg.object_links() if objects_changed else None,
-                }
+                events.Updated(
+                    endpoint=reg.endpoint,
+                    registration_id=reg.reg_id,
+                    lifetime=reg.lifetime if "lt" in query else None,
+                    binding=reg.binding if "b" in query else None,
+                    objects=tuple(reg.object_links()) if objects_changed else None,
+                )
             )
         )
         return aiocoap.Message(code=Code.CHANGED)
@@ -807,9 +816,7 @@ class Gateway:
             del self.by_endpoint[reg.endpoint]
         reg.replaced.set()
         self._spawn(
-            self.emit(
-                {"type": "deregistered", "endpoint": reg.endpoint, "registration_id": reg.reg_id}
-            )
+            self.emit(events.Deregistered(endpoint=reg.endpoint, registration_id=reg.reg_id))
         )
         return aiocoap.Message(code=Code.DELETED)
 
@@ -823,9 +830,7 @@ class Gateway:
                     del self.by_endpoint[reg.endpoint]
                 reg.replaced.set()
                 log.info("registration of %s expired", reg.endpoint)
-                await self.emit(
-                    {"type": "expired", "endpoint": reg.endpoint, "registration_id": reg.reg_id}
-                )
+                await self.emit(events.Expired(endpoint=reg.endpoint, registration_id=reg.reg_id))
 
     # device management interface (server -> device)
 
@@ -853,7 +858,7 @@ class Gateway:
                 self.context.request(message).response, timeout=self.config.request_timeout
             )
         except TimeoutError:
-            raise DeviceOperationError(f"{reg.endpoint} did not answer in time") from None
+            raise DeviceTimeoutError(f"{reg.endpoint} did not answer in time") from None
         except aiocoap.error.Error as exc:
             raise DeviceOperationError(f"{reg.endpoint}: {exc}") from None
         self._check_response_peer(reg, response)
@@ -946,7 +951,7 @@ class Gateway:
                 # A finished one has its outcome reported again (applying it is idempotent).
                 outcome = self._commands_seen[command_id]
                 if outcome is not None:
-                    await self.emit({"type": "command_result", "command_id": command_id, **outcome})
+                    await self.emit(outcome)
                 await self.bus.ack(self.config.gateway_id, token)
                 continue
             if command_id:
@@ -964,19 +969,27 @@ class Gateway:
                 str(command.get("operation", "")),
                 dict(command.get("args") or {}),
             )
-            outcome: dict[str, Any] = {"ok": True, "result": result}
+            outcome = events.CommandResult(command_id=command_id, ok=True, result=result)
         except LwM2MError as exc:
-            outcome = {"ok": False, "error_code": exc.code, "error": str(exc)}
-            result = getattr(exc, "result", None)
-            if result is not None:
-                outcome["result"] = result
+            outcome = events.CommandResult(
+                command_id=command_id,
+                ok=False,
+                result=getattr(exc, "result", None) or {},
+                error_code=exc.code,
+                error=str(exc),
+                # A refusal of the request itself (bad path, codec error) cannot pass by trying
+                # again; a device operation says which it is.
+                permanent=getattr(exc, "permanent", True),
+            )
         except Exception as exc:
             log.exception("command %s failed", command_id)
-            outcome = {"ok": False, "error_code": "lwm2m.internal", "error": repr(exc)}
+            outcome = events.CommandResult(
+                command_id=command_id, ok=False, error_code="lwm2m.internal", error=repr(exc)
+            )
         if command_id:
             if command_id in self._commands_seen:
                 self._commands_seen[command_id] = outcome
-            await self.emit({"type": "command_result", "command_id": command_id, **outcome})
+            await self.emit(outcome)
         await self.bus.ack(self.config.gateway_id, token)
 
     def registration(self, endpoint: str) -> Registration:
@@ -1078,10 +1091,11 @@ class Gateway:
             self._fw_cancelled.discard(endpoint)
             if this is not None:
                 this.uncancel()
-            error = DeviceOperationError(f"{endpoint}: update cancelled", permanent=True)
-            error.result = {"phase": "cancelled", "result": 10, "manifest_digest": digest}  # type: ignore[attr-defined]
-            error.code = "lwm2m.fw_update_cancelled"
-            raise error from None
+            raise UpdateCancelledError(
+                f"{endpoint}: update cancelled",
+                permanent=True,
+                result={"phase": "cancelled", "result": 10, "manifest_digest": digest},
+            ) from None
         finally:
             if self._fw_attempts.get(endpoint) is this:
                 self._fw_attempts.pop(endpoint, None)
@@ -1095,7 +1109,7 @@ class Gateway:
         if state != FwState.IDLE:
             current = await self.read(reg, (5, 0, 1))
             if current.get((5, 0, 1)) != uri:
-                raise DeviceOperationError(
+                raise DeviceBusyError(
                     f"{endpoint} is busy with another update (state {state})", permanent=False
                 )
             tracker.phase = Phase.URI_WRITTEN  # a redelivered command: adopt the attempt
@@ -1107,7 +1121,7 @@ class Gateway:
         try:
             while not tracker.phase.terminal:
                 if time.monotonic() > deadline:
-                    raise DeviceOperationError(
+                    raise UpdateTimedOutError(
                         f"{endpoint}: update timed out in {tracker.phase.name}"
                     )
                 current_reg = self.by_endpoint.get(endpoint)
@@ -1136,17 +1150,13 @@ class Gateway:
             "manifest_digest": digest,
         }
         if tracker.phase is Phase.SUCCEEDED:
-            await self.emit(
-                {"type": "fw_installed", "endpoint": endpoint, "manifest_digest": digest}
-            )
+            await self.emit(events.FwInstalled(endpoint=endpoint, manifest_digest=digest))
             return outcome
-        error = DeviceOperationError(
+        raise UpdateFailedError(
             f"{endpoint}: update {tracker.phase.name.lower()} with result {outcome['result']}",
             permanent=True,
+            result=outcome,
         )
-        error.result = outcome  # type: ignore[attr-defined]
-        error.code = "lwm2m.fw_update_failed"
-        raise error
 
     async def _apply_report(
         self,
@@ -1158,9 +1168,7 @@ class Gateway:
     ) -> None:
         verdict = tracker.report(state, result, observe=observe)
         if verdict is Verdict.ADVANCED:
-            await self.emit(
-                {"type": "fw_status", "endpoint": reg.endpoint, "state": state, "result": result}
-            )
+            await self.emit(events.FwStatus(endpoint=reg.endpoint, state=state, result=result))
 
     async def _observe_fw(
         self, reg: Registration, tracker: UpdateTracker, changed: asyncio.Event
@@ -1220,6 +1228,17 @@ async def _close_db_connections(executor: ThreadPoolExecutor, threads: int) -> N
 def _client_error(code: Any) -> bool:
     """4.xx: the device refused the request itself; retrying the same request will not help."""
     return int(code) >> 5 == 4
+
+
+def _number(value: Any) -> float | None:
+    """A device-reported time as a number of seconds, or None when it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _integer(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _text(value: Any) -> str:

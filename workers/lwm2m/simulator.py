@@ -526,7 +526,7 @@ class SimulatedDevice:
         except device_rules.DeviceCheckError as exc:
             self.events.append(f"refused {exc.code}")
             log.info("%s refuses update: %s [%s]", self.state.endpoint, exc, exc.code)
-            self._fail_download(exc.fw_result)
+            self._fail_download(FwResult(exc.fw_result))
             return
         except DownloadError as exc:
             self.events.append("download failed")

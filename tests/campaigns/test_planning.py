@@ -1,0 +1,103 @@
+"""Planning on its own (``campaigns.planning``): exclusions with their reasons, and a release that
+cannot go out blocks the plan (and so the apply).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.utils import timezone
+
+from campaigns import engine, planning, services
+from campaigns.errors import CampaignStateError
+from campaigns.models import (
+    DeviceCommand,
+    Rollout,
+    RolloutState,
+)
+from campaigns.spec import parse_spec
+from tests.campaigns.support import (
+    Catalog,
+    apply,
+    make_devices,
+    make_release,
+    row_counts,
+    spec_text,
+    states,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def test_plan_excludes_devices_with_their_reasons(catalog: Catalog) -> None:
+    now = timezone.now()
+    make_devices(catalog, 5, prefix="ok")
+    make_devices(catalog, 2, prefix="v1", device_class=catalog.thermo_v1)
+    make_devices(catalog, 1, prefix="newer-counter", security_counter=9)
+    make_devices(catalog, 1, prefix="current", firmware_version="1.1.0", sequence_number=5)
+    make_devices(catalog, 1, prefix="skewed", clock_offset_seconds=3600.0)
+    make_devices(catalog, 1, prefix="gone", online=False, last_seen=now - dt.timedelta(days=3))
+    text = spec_text("excl", target_extra="  offline_max: 1d\n")
+    plan = planning.campaign_plan(spec=parse_spec(text), now=now)
+    assert plan.release_refusal is None
+    assert plan.cohort == 5
+    assert dict(plan.excluded) == {
+        "class_mismatch": 2,
+        "rollback_refused_counter": 1,
+        "already_current": 1,
+        "clock_skew": 1,
+        "offline_too_long": 1,
+    }
+    campaign = apply(catalog, text, now=now)
+    skipped = dict(
+        Rollout.objects.filter(campaign=campaign, state=RolloutState.SKIPPED).values_list(
+            "device__endpoint", "reason"
+        )
+    )
+    assert skipped == {
+        "v1-00000": "class_mismatch",
+        "v1-00001": "class_mismatch",
+        "newer-counter-00000": "rollback_refused_counter",
+        "current-00000": "already_current",
+        "gone-00000": "offline_too_long",
+    }
+    assert all(Rollout.objects.get(campaign=campaign, device__endpoint=e).detail for e in skipped)
+    # A clock that is off may be fixed: counted as excluded by the plan, the rollout is kept
+    # pending with its reason, as the dispatcher does, and goes once the clock is right.
+    skewed = Rollout.objects.get(campaign=campaign, device__endpoint="skewed-00000")
+    assert (skewed.state, skewed.reason) == (RolloutState.PENDING, "clock_skew")
+    assert "clock" in skewed.detail
+
+
+def test_expired_manifest_blocks_the_plan_and_apply_refuses(catalog: Catalog) -> None:
+    now = timezone.now()
+    make_devices(catalog, 3)
+    make_release(
+        catalog,
+        name="thermo-1.2.0",
+        version="1.2.0",
+        sequence=6,
+        counter=2,
+        payload=b"\x43" * 4096,
+        use_before=now + dt.timedelta(hours=1),
+    )
+    text = spec_text("expired", release="thermo-1.2.0")
+    later = now + dt.timedelta(hours=2)
+    plan = planning.campaign_plan(spec=parse_spec(text), now=later)
+    blocked = plan.as_dict()["release_blocked"]
+    assert blocked is not None and blocked["reason"] == "expired_release"
+    assert plan.cohort == 0 and plan.excluded == {"expired_release": 3}
+    before = row_counts()
+    with pytest.raises(CampaignStateError, match="expired_release"):
+        services.campaign_apply(spec=parse_spec(text), actor=catalog.ops, now=later)
+    assert row_counts() == before
+    # Applied while fresh, the manifest expires before dispatch: nothing is sent.
+    campaign = apply(catalog, text, now=now)
+    report = engine.campaign_reconcile(campaign.pk, now=later)
+    assert report is not None and report.dispatched == 0
+    assert set(states(campaign).values()) == {RolloutState.SKIPPED}
+    assert set(Rollout.objects.filter(campaign=campaign).values_list("reason", flat=True)) == {
+        "expired_release"
+    }
+    assert not DeviceCommand.objects.exists()

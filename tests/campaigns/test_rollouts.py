@@ -1,0 +1,113 @@
+"""A failed command reaches its rollout as data: the reason comes from the device's Update Result
+or the gateway's error code (never from words in the message), and the gateway's permanent /
+transient verdict decides whether the campaign's retry policy may try the device again."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from campaigns import engine, rollouts, services
+from campaigns.events import CommandResult
+from campaigns.models import Campaign, Rollout, RolloutState
+from campaigns.spec import parse_spec
+from tests.campaigns.support import Catalog, make_devices, spec_text
+
+pytestmark = pytest.mark.django_db
+
+RETRY_ALL = (
+    "retries:\n  max: 3\n  backoff: 1m\n"
+    "  on: [dispatch_failed, timed_out, connection_lost, device_busy]\n"
+)
+
+
+def _dispatched(catalog: Catalog, name: str, *, extra: str = RETRY_ALL) -> tuple[Campaign, Rollout]:
+    now = timezone.now()
+    make_devices(catalog, 1)
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text(name, extra=extra)), actor=catalog.ops, now=now
+    )
+    report = engine.campaign_reconcile(campaign.pk, now=now)
+    assert report is not None and report.dispatched == 1
+    return campaign, Rollout.objects.get(campaign=campaign)
+
+
+def _fail(rollout: Rollout, **fields: Any) -> Rollout:
+    rollouts.rollouts_apply_event(
+        event=CommandResult(command_id=str(rollout.command_id), ok=False, **fields)
+    )
+    rollout.refresh_from_db()
+    return rollout
+
+
+def test_an_update_that_ran_out_of_time_is_timed_out_by_its_error_code(catalog: Catalog) -> None:
+    _, rollout = _dispatched(catalog, "slow", extra="")
+    rollout = _fail(
+        rollout,
+        error_code="lwm2m.fw_update_timed_out",
+        error="dev-0: no end in DOWNLOADING",  # the words say nothing of a timeout
+    )
+    assert (rollout.state, rollout.reason) == (RolloutState.TIMED_OUT, "timed_out")
+
+
+def test_a_message_that_mentions_a_timeout_does_not_make_one(catalog: Catalog) -> None:
+    _, rollout = _dispatched(catalog, "words", extra="")
+    rollout = _fail(
+        rollout, error_code="lwm2m.device_operation", error="read /5/0/3: timed out", permanent=True
+    )
+    assert (rollout.state, rollout.reason) == (RolloutState.FAILED, "dispatch_failed")
+
+
+def test_a_permanent_gateway_failure_is_not_retried_even_when_the_policy_covers_it(
+    catalog: Catalog,
+) -> None:
+    _, rollout = _dispatched(catalog, "permanent")
+    rollout = _fail(
+        rollout,
+        error_code="lwm2m.device_operation",
+        error="no DTLS listener for a coaps Package URI",
+        permanent=True,
+    )
+    assert (rollout.state, rollout.reason) == (RolloutState.FAILED, "dispatch_failed")
+
+
+def test_a_transient_gateway_failure_is_retried_by_the_policy(catalog: Catalog) -> None:
+    _, rollout = _dispatched(catalog, "transient")
+    rollout = _fail(
+        rollout, error_code="lwm2m.device_timeout", error="dev-0 did not answer", permanent=False
+    )
+    assert (rollout.state, rollout.reason) == (RolloutState.PENDING, "dispatch_failed")
+    assert rollout.next_attempt_at is not None
+
+
+def test_a_busy_device_is_device_busy_and_retried_by_default(catalog: Catalog) -> None:
+    _, rollout = _dispatched(catalog, "busy", extra="retries:\n  max: 2\n")
+    rollout = _fail(
+        rollout, error_code="lwm2m.device_busy", error="dev-0 is busy (state 1)", permanent=False
+    )
+    assert (rollout.state, rollout.reason) == (RolloutState.PENDING, "device_busy")
+
+
+def test_the_devices_own_update_result_is_judged_by_the_policy_not_the_verdict(
+    catalog: Catalog,
+) -> None:
+    _, rollout = _dispatched(catalog, "lost")
+    # The gateway's attempt ended for good (permanent), but the device said "connection lost"
+    # (Update Result 4): a new attempt may well succeed, and the policy covers it.
+    rollout = _fail(
+        rollout,
+        error_code="lwm2m.fw_update_failed",
+        result={"phase": "failed", "result": 4},
+        permanent=True,
+    )
+    assert (rollout.state, rollout.reason, rollout.fw_result) == (
+        RolloutState.PENDING,
+        "connection_lost",
+        4,
+    )
+    assert rollout.next_attempt_at is not None and rollout.next_attempt_at > timezone.now() - (
+        dt.timedelta(seconds=1)
+    )
