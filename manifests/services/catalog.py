@@ -40,7 +40,7 @@ from manifests.models import (
     SigningKey,
     Vendor,
 )
-from manifests.services.keys import key_is_usable
+from manifests.services.facts import key_is_usable
 from manifests.versions import format_version, parse_version
 
 DEFAULT_COMPONENT_ID = ["00"]
