@@ -22,11 +22,12 @@ from manifests.services.keys import key_revoke, key_rotate, signing_key_register
 from manifests.services.policies import policy_set
 from manifests.services.releases import (
     ApprovalCapacity,
+    ReleaseDispatchState,
     approval_capacities,
     release_approve,
     release_create,
+    release_dispatch_state,
     release_evaluate,
-    release_is_dispatchable,
     release_revoke,
     release_submit,
     released_envelope,
@@ -36,6 +37,7 @@ from manifests.services.roles import role_grant, role_revoke
 
 __all__ = [
     "ApprovalCapacity",
+    "ReleaseDispatchState",
     "approval_capacities",
     "delegated_roles",
     "delegation_create",
@@ -52,8 +54,8 @@ __all__ = [
     "policy_set",
     "release_approve",
     "release_create",
+    "release_dispatch_state",
     "release_evaluate",
-    "release_is_dispatchable",
     "release_revoke",
     "release_submit",
     "released_envelope",

@@ -2,9 +2,9 @@
 
 Authorisation is checked here, not in the callers, so the CLI, the API and the console cannot
 skip it. Approval is always computed from the stored signatures by ``manifests.policy.evaluate``
-(``release_evaluate``); ``Release.status`` only records the last result for display and
-queries. ``releases_reevaluate`` is what the key, role, policy and delegation services above
-this module call after a change.
+(``release_evaluate``); ``Release.status`` only records the last result for display and queries,
+and dispatch asks ``release_dispatch_state`` at every pass. ``releases_reevaluate`` is what the
+key, role, policy and delegation services above this module call after a change.
 """
 
 from __future__ import annotations
@@ -269,12 +269,35 @@ def release_evaluate(release: Release, *, now: dt.datetime | None = None) -> Ver
     )
 
 
-def release_is_dispatchable(release: Release, *, now: dt.datetime | None = None) -> Verdict | None:
-    """The verdict when ``release`` may go to devices now; None when revoked or in draft."""
-    if release.status in (ReleaseStatus.REVOKED, ReleaseStatus.DRAFT):
-        return None
+@dataclass(frozen=True)
+class ReleaseDispatchState:
+    """A release as dispatch sees it at one instant: approval re-evaluated from its signatures.
+
+    ``summary`` says why it is not approved (or what counted); ``rollback`` marks a rollback
+    release, approved under the incident policy, which may install an older version."""
+
+    revoked: bool
+    approved: bool
+    summary: str
+    rollback: bool
+
+
+def release_dispatch_state(release: Release, *, now: dt.datetime) -> ReleaseDispatchState:
+    """Whether ``release`` may go to devices at ``now``. The one answer the dispatch path uses:
+    re-run at every pass, so approval is never a stale flag. A revoked release is never
+    approved; a draft is not approved even when its signatures would satisfy the policy."""
+    rollback = release.kind == ReleaseKind.ROLLBACK
+    if release.status == ReleaseStatus.REVOKED:
+        return ReleaseDispatchState(
+            revoked=True, approved=False, summary="revoked", rollback=rollback
+        )
     verdict = release_evaluate(release, now=now)
-    return verdict if verdict.approved else None
+    return ReleaseDispatchState(
+        revoked=False,
+        approved=verdict.approved and release.status != ReleaseStatus.DRAFT,
+        summary=verdict.summary(),
+        rollback=rollback,
+    )
 
 
 def released_envelope(release: Release, *, now: dt.datetime | None = None) -> bytes:
