@@ -24,6 +24,7 @@ from api.errors import RoleForbidden
 from manifests.services.access import (
     ADMINS,
     APPROVERS,
+    CATALOG_ADMINS,
     CATALOG_WRITE,
     DELEGATION_REVOKERS,
     DELEGATORS,
@@ -48,9 +49,9 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
     "swagger-ui": {"GET": READ},
     "me": {"GET": READ},
     # catalog
-    "vendor-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "vendor-list": {"GET": READ, "POST": CATALOG_ADMINS},
     "vendor-detail": {"GET": READ},
-    "deviceclass-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "deviceclass-list": {"GET": READ, "POST": CATALOG_ADMINS},
     "deviceclass-detail": {"GET": READ},
     "image-list": {"GET": READ, "POST": CATALOG_WRITE},
     "image-detail": {"GET": READ},

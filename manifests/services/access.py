@@ -24,7 +24,10 @@ OPERATOR, AUDITOR, ADMIN = Role.FLEET_OPERATOR.value, Role.AUDITOR.value, Role.A
 
 # Auditor is read-only everywhere; every role may read everything except webhook settings.
 READ = frozenset({AUTHOR, QA, SECURITY, OPERATOR, AUDITOR, ADMIN})
-CATALOG_WRITE = frozenset({AUTHOR, ADMIN})  # vendors, device classes, images, manifests
+# vendor_create, device_class_create: the identities (vendor/class UUIDs, component, payload
+# format) every manifest is checked against, so not the author's to define.
+CATALOG_ADMINS = frozenset({ADMIN})
+CATALOG_WRITE = frozenset({AUTHOR, ADMIN})  # image_upload, manifest_import
 RELEASE_WRITE = frozenset({AUTHOR, ADMIN})  # release_create / release_submit
 # The approving roles (``manifests.policy.APPROVING_ROLES``): release_approve refuses
 # admin/auditor.

@@ -63,7 +63,7 @@ def _manifest(device_class, author, tmp_path: Path, *, sequence: int, version: s
     image_bytes = build_mcuboot_image(
         tmp_path, payload=version.encode() * 512, version=version, security_counter=2
     )
-    image = services.image_upload(data=image_bytes, uploaded_by=author.user)
+    image = services.image_upload(data=image_bytes, actor=author.user)
     params = suit.ManifestParams(
         vendor_id=device_class.vendor.uuid,
         class_id=device_class.uuid,
