@@ -7,7 +7,7 @@ refused (fail closed); a method the view does not implement answers 405. Anonymo
 401, signed-in users without a listed role 403 with code ``api.forbidden``.
 
 A few rows (``DELEGABLE``) also admit a user who holds a listed role only through a live
-delegation naming them (``manifests.services.releases.delegated_roles``): the service accepts
+delegation naming them (``manifests.services.access.delegated_roles``): the service accepts
 such a signer, so the table must not be stricter than it; the service still decides per release
 (the delegation's scope, the release's policy, separation of duties).
 ``tests/api/test_permission_matrix.py`` walks the whole table and checks every URL is in it.
@@ -21,38 +21,37 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from api.errors import RoleForbidden
-from manifests.models import Role
-from manifests.services import roles_of
-from manifests.services.releases import delegated_roles
+from manifests.services.access import (
+    ADMINS,
+    APPROVERS,
+    CATALOG_ADMINS,
+    CATALOG_WRITE,
+    DELEGATION_REVOKERS,
+    DELEGATORS,
+    GATEKEEPERS,
+    KEY_HOLDERS,
+    LIFTERS,
+    OPERATORS,
+    READ,
+    RELEASE_WRITE,
+    REVOKERS,
+    STOPPERS,
+    WEBHOOK_READ,
+    delegated_roles,
+    roles_of,
+)
 
-AUTHOR, QA, SECURITY = Role.AUTHOR.value, Role.QA.value, Role.SECURITY.value
-OPERATOR, AUDITOR, ADMIN = Role.FLEET_OPERATOR.value, Role.AUDITOR.value, Role.ADMIN.value
-
-# Auditor is read-only everywhere; every role may read everything except webhook settings.
-READ = frozenset({AUTHOR, QA, SECURITY, OPERATOR, AUDITOR, ADMIN})
-CATALOG_WRITE = frozenset({AUTHOR, ADMIN})  # vendors, device classes, images, manifests
-RELEASE_WRITE = frozenset({AUTHOR, ADMIN})  # release_create / release_submit
-APPROVERS = frozenset({AUTHOR, QA, SECURITY, OPERATOR})  # release_approve refuses admin/auditor
-KEY_HOLDERS = frozenset({AUTHOR, QA, SECURITY, OPERATOR, ADMIN})  # own keys; sec/admin: any
-REVOKERS = frozenset({SECURITY, ADMIN})  # release_revoke
-ADMINS = frozenset({ADMIN})  # policy_set, role_grant / role_revoke, webhooks
-DELEGATORS = frozenset({AUTHOR, QA, SECURITY, OPERATOR})  # delegation_create (own role)
-DELEGATION_REVOKERS = frozenset({AUTHOR, QA, SECURITY, OPERATOR, ADMIN})  # delegator/sec/admin
-OPERATORS = frozenset({OPERATOR, ADMIN})  # campaign_apply / pause / resume / abort
-GATEKEEPERS = frozenset({OPERATOR, QA, SECURITY, ADMIN})  # campaign_promote (gate roles)
-STOPPERS = frozenset({OPERATOR, SECURITY, ADMIN})  # emergency_stop
-LIFTERS = frozenset({SECURITY, ADMIN})  # emergency_lift
-WEBHOOK_READ = frozenset({ADMIN, AUDITOR})
-
+# The rows name the role sets of ``manifests.services.access``, the sets the services themselves
+# check (and the console gates on): what each one is for is said where it is defined.
 MATRIX: dict[str, dict[str, frozenset[str]]] = {
     # schema, docs, who am I
     "schema": {"GET": READ},
     "swagger-ui": {"GET": READ},
     "me": {"GET": READ},
     # catalog
-    "vendor-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "vendor-list": {"GET": READ, "POST": CATALOG_ADMINS},
     "vendor-detail": {"GET": READ},
-    "deviceclass-list": {"GET": READ, "POST": CATALOG_WRITE},
+    "deviceclass-list": {"GET": READ, "POST": CATALOG_ADMINS},
     "deviceclass-detail": {"GET": READ},
     "image-list": {"GET": READ, "POST": CATALOG_WRITE},
     "image-detail": {"GET": READ},

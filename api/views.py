@@ -156,7 +156,7 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     @extend_schema(request=s.ImageUploadSerializer, responses={201: s.ImageSerializer})
     def create(self, request: Request) -> Response:
         data, filename = _uploaded_bytes(request)
-        image = services.image_upload(data=data, filename=filename, uploaded_by=request.user)
+        image = services.image_upload(data=data, filename=filename, actor=request.user)
         return Response(s.ImageSerializer(image).data, status=201)
 
 

@@ -95,12 +95,12 @@ def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> 
             valid_from=earlier,
         )
         people[name] = (user, key)
-    vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example")
-    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2")
-    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1")
+    vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example", actor=admin)
+    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2", actor=admin)
+    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1", actor=admin)
     image = release_services.image_upload(
         data=imgtool.build_image(b"\x42" * image_payload, version="1.1.0", security_counter=2),
-        uploaded_by=people["author"][0],
+        actor=people["author"][0],
     )
     envelope = suit.create_envelope(
         manifest_params(

@@ -1,11 +1,12 @@
 """Who may open a console page or post a console form, and how refusals are shown.
 
-The role sets are the API's (``api.permissions``), checked with the services' own
-``require_role``: one table of who may do what, for the API and the console alike. The services
-check again behind this, so a page can only be narrower than the service, never wider. Every
-page needs a signed-in user holding some role; the auditor holds only read rights, so each of
-its POSTs is answered 403 before any service runs. Refusals from the services themselves
-(``ManifestError`` / ``CampaignError``) become messages on the page, never a 500.
+The role sets are the services' own (``manifests.services.access``, which the API's matrix uses
+too), checked with the services' ``require_role``: one table of who may do what, for the
+services, the API and the console alike. The services check again behind this, so a page can
+only be narrower than the service, never wider. Every page needs a signed-in user holding some
+role; the auditor holds only read rights, so each of its POSTs is answered 403 before any
+service runs. Refusals from the services themselves (``ManifestError`` / ``CampaignError``)
+become messages on the page, never a 500.
 
 The release pages a delegatee needs (the inbox, a release, the signature upload) are
 ``delegable``, as the API's approve endpoint is: there a role held only through a live delegation
@@ -24,11 +25,9 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import render
 
-from api.permissions import READ
 from campaigns.errors import CampaignError, SpecError
 from manifests.errors import ManifestError, PermissionDeniedError
-from manifests.services import require_role, roles_of
-from manifests.services.releases import delegated_roles
+from manifests.services.access import READ, delegated_roles, require_role, roles_of
 
 View = Callable[..., HttpResponse]
 # What a console page may refuse with: the release side's and the campaign side's error trees.

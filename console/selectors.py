@@ -19,8 +19,12 @@ from campaigns.spec import parse_percent
 from manifests.models import Release, ReleaseStatus, Role
 from manifests.policy import Verdict
 from manifests.selectors import verdict_dict
-from manifests.services import release_evaluate, roles_of
-from manifests.services.releases import approval_capacities, delegated_roles
+from manifests.services import (
+    approval_capacities,
+    delegated_roles,
+    release_evaluate,
+    roles_of,
+)
 
 APPROVING_ROLES = (Role.AUTHOR, Role.QA, Role.SECURITY, Role.FLEET_OPERATOR)
 LIVE_STATUSES = (CampaignStatus.RUNNING, CampaignStatus.PAUSED)

@@ -1,6 +1,7 @@
 """Console pages. Each view finds rows, calls one service (the same functions the CLI and the
 API call), and renders; refusals come back as messages. Who may do what is
-``console.access.console_view`` with the API's role sets."""
+``console.access.console_view`` with the role sets of ``manifests.services.access`` (the API's
+too)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 
-from api.permissions import APPROVERS, GATEKEEPERS, LIFTERS, OPERATORS, REVOKERS, STOPPERS
 from audit.models import AuditEvent
 from audit.services import audit_verify
 from campaigns import eligibility, planning, rollback
@@ -35,7 +35,15 @@ from manifests import services as release_services
 from manifests import suit
 from manifests.management.commands.release import signature_blocks
 from manifests.models import DeviceClass, Release, ReleaseKind, ReleaseStatus
-from manifests.services import roles_of
+from manifests.services.access import (
+    APPROVERS,
+    GATEKEEPERS,
+    LIFTERS,
+    OPERATORS,
+    REVOKERS,
+    STOPPERS,
+    roles_of,
+)
 
 DEVICE_ROWS = 200  # device table of a campaign (per page), device list (first rows only)
 AUDIT_ROWS = 200  # audit viewer: latest events

@@ -74,14 +74,20 @@ def outsider(django_user_model: Any) -> Persona:
 
 
 @pytest.fixture
-def vendor(db: None) -> Any:
-    from manifests import services
-
-    return services.vendor_create(name="Acme Sensors", domain="acme.example")
+def catalog_admin(django_user_model: Any) -> Any:
+    """A superuser (so an admin): vendors and device classes are registered by an admin."""
+    return django_user_model.objects.create_superuser(username="catalog-admin", password=None)
 
 
 @pytest.fixture
-def device_class(vendor: Any) -> Any:
+def vendor(catalog_admin: Any) -> Any:
     from manifests import services
 
-    return services.device_class_create(vendor=vendor, name="thermo-v2")
+    return services.vendor_create(name="Acme Sensors", domain="acme.example", actor=catalog_admin)
+
+
+@pytest.fixture
+def device_class(vendor: Any, catalog_admin: Any) -> Any:
+    from manifests import services
+
+    return services.device_class_create(vendor=vendor, name="thermo-v2", actor=catalog_admin)

@@ -1,5 +1,14 @@
-"""Release-side services; import from here."""
+"""Release-side services; import from here.
 
+The package is layered by concern; a module imports only modules on a floor below its own:
+
+    roles, policies, delegations, keys   state changes that re-evaluate releases
+    releases, catalog                    releases and approval; vendors, classes, images, manifests
+    facts                                rows turned into ``manifests.policy`` facts (reads only)
+    access                               roles_of, require_role, the named role sets (models only)
+"""
+
+from manifests.services.access import delegated_roles, require_role, roles_of
 from manifests.services.catalog import (
     device_class_create,
     image_storage,
@@ -7,28 +16,30 @@ from manifests.services.catalog import (
     manifest_import,
     vendor_create,
 )
-from manifests.services.keys import key_is_usable, key_revoke, key_rotate, signing_key_register
+from manifests.services.delegations import delegation_create, delegation_revoke
+from manifests.services.facts import key_is_usable, load_release_facts, policy_for
+from manifests.services.keys import key_revoke, key_rotate, signing_key_register
+from manifests.services.policies import policy_set
 from manifests.services.releases import (
-    delegation_create,
-    delegation_revoke,
-    load_release_facts,
-    policy_for,
-    policy_set,
+    ApprovalCapacity,
+    ReleaseDispatchState,
+    approval_capacities,
     release_approve,
     release_create,
+    release_dispatch_state,
     release_evaluate,
-    release_is_dispatchable,
     release_revoke,
     release_submit,
     released_envelope,
     releases_reevaluate,
-    require_role,
-    role_grant,
-    role_revoke,
-    roles_of,
 )
+from manifests.services.roles import role_grant, role_revoke
 
 __all__ = [
+    "ApprovalCapacity",
+    "ReleaseDispatchState",
+    "approval_capacities",
+    "delegated_roles",
     "delegation_create",
     "delegation_revoke",
     "device_class_create",
@@ -43,8 +54,8 @@ __all__ = [
     "policy_set",
     "release_approve",
     "release_create",
+    "release_dispatch_state",
     "release_evaluate",
-    "release_is_dispatchable",
     "release_revoke",
     "release_submit",
     "released_envelope",

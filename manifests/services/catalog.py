@@ -1,5 +1,9 @@
-"""Catalog services: vendors, device classes, images and manifests. Each runs in one transaction,
-writes its audit event in it, and writes nothing when it refuses."""
+"""Catalog services: vendors, device classes, images and manifests. Each checks the actor's role
+first, runs in one transaction, writes its audit event in it, and writes nothing when it refuses.
+
+Vendors and device classes are the identities every manifest and device is checked against
+(UUIDs, the class's fixed component and payload format): admin only. Images and manifests are the
+author's daily work: author or admin (``manifests.services.access``)."""
 
 from __future__ import annotations
 
@@ -40,11 +44,11 @@ from manifests.models import (
     SigningKey,
     Vendor,
 )
-from manifests.services.keys import key_is_usable
+from manifests.services.access import CATALOG_ADMINS, CATALOG_WRITE, require_role
+from manifests.services.facts import key_is_usable
 from manifests.versions import format_version, parse_version
 
 DEFAULT_COMPONENT_ID = ["00"]
-Actor = AbstractBaseUser | str | None
 
 
 @lru_cache(maxsize=1)
@@ -57,7 +61,8 @@ def image_storage() -> ImageStorage:
     return _storage_for(str(settings.FIRMWARE_STORAGE_ROOT))
 
 
-def vendor_create(*, name: str, domain: str, actor: Actor = None) -> Vendor:
+def vendor_create(*, name: str, domain: str, actor: AbstractBaseUser) -> Vendor:
+    require_role(actor, *CATALOG_ADMINS)
     domain = domain.strip().lower().rstrip(".")
     with transaction.atomic():
         if Vendor.objects.filter(domain=domain).exists():
@@ -80,8 +85,9 @@ def device_class_create(
     component_id: Sequence[str] | None = None,
     payload_format: str = PayloadFormat.MCUBOOT,
     description: str = "",
-    actor: Actor = None,
+    actor: AbstractBaseUser,
 ) -> DeviceClass:
+    require_role(actor, *CATALOG_ADMINS)
     if payload_format not in PayloadFormat.values:
         raise ManifestComponentError(
             f"payload format {payload_format!r} is not one of {PayloadFormat.values}"
@@ -119,10 +125,10 @@ def device_class_create(
         return device_class
 
 
-def image_upload(
-    *, data: bytes, filename: str = "", uploaded_by: AbstractBaseUser | None = None
-) -> FirmwareImage:
-    """Parse, check and store an image; the same bytes uploaded twice give the same row."""
+def image_upload(*, data: bytes, actor: AbstractBaseUser, filename: str = "") -> FirmwareImage:
+    """Parse, check and store an image; the same bytes uploaded twice give the same row. The
+    role is checked before anything is read or stored, a duplicate upload included."""
+    require_role(actor, *CATALOG_WRITE)
     if len(data) > settings.FIRMWARE_MAX_IMAGE_SIZE:
         raise ImageTooLargeError(
             f"image of {len(data)} bytes exceeds the limit of {settings.FIRMWARE_MAX_IMAGE_SIZE}"
@@ -147,10 +153,10 @@ def image_upload(
                 security_counter=info.security_counter,
                 info=info.to_json_dict(),
                 filename=filename[:255],
-                uploaded_by=uploaded_by,
+                uploaded_by=actor,
             )
             audit_record(
-                actor=uploaded_by,
+                actor=actor,
                 action="image.upload",
                 object_type="image",
                 object_id=image.sha256,
@@ -167,12 +173,14 @@ def manifest_import(
 ) -> Manifest:
     """Store an author-signed envelope after every cross-check; the bytes are kept exactly.
 
-    Refuses (and writes nothing) when the envelope is malformed, names an unknown vendor/class,
-    targets a component or format the class does not use, installs an image we do not hold or
-    whose MCUboot version/security counter disagree, reuses a sequence number, or carries no
-    signature from an active key registered to ``created_by``.
+    Refuses (and writes nothing) when ``created_by`` is not an author or admin, the envelope is
+    malformed, names an unknown vendor/class, targets a component or format the class does not
+    use, installs an image we do not hold or whose MCUboot version/security counter disagree,
+    reuses a sequence number, or carries no signature from an active key registered to
+    ``created_by``.
     """
     now = now or timezone.now()
+    require_role(created_by, *CATALOG_WRITE, at=now)
     try:
         env = suit.decode_envelope(envelope, max_size=settings.SUIT_MAX_ENVELOPE_SIZE)
     except suit.SUITError as exc:

@@ -15,27 +15,13 @@ from django.utils import timezone
 from audit.services import audit_record
 from manifests import suit
 from manifests.errors import InvalidKeyError, KeyExistsError, KeyStateError
-from manifests.models import KeyStatus, Role, SigningAlgorithm, SigningKey
-from manifests.policy import KeyFact
+from manifests.models import KeyStatus, SigningAlgorithm, SigningKey
+from manifests.services.access import KEY_OFFICERS, require_role
+from manifests.services.releases import releases_reevaluate
 
 # A rotation keeps the old key valid this long unless told otherwise, so approvals in flight
 # made with it still count while signers switch.
 DEFAULT_ROTATION_OVERLAP = dt.timedelta(days=7)
-
-
-def key_fact(key: SigningKey) -> KeyFact:
-    return KeyFact(
-        kid=key.kid,
-        owner=key.owner_id,
-        valid_from=key.valid_from,
-        valid_until=key.valid_until,
-        revoked_at=key.revoked_at if key.status == KeyStatus.REVOKED else None,
-    )
-
-
-def key_is_usable(key: SigningKey, *, at: dt.datetime) -> bool:
-    """Within its validity and not revoked as of ``at``."""
-    return key_fact(key).usable_at(at)
 
 
 def signing_key_register(
@@ -86,9 +72,7 @@ def _require_key_authority(actor: Any, key: SigningKey, *, at: dt.datetime) -> N
     """Only the key's owner, or security / admin, may rotate or revoke it."""
     if isinstance(actor, AbstractBaseUser) and actor.pk == key.owner_id and actor.is_active:
         return
-    from manifests.services.releases import require_role
-
-    require_role(actor, Role.SECURITY, Role.ADMIN, at=at)
+    require_role(actor, *KEY_OFFICERS, at=at)
 
 
 def key_rotate(
@@ -128,8 +112,6 @@ def key_rotate(
             object_id=old.kid,
             details={"successor": new.kid, "old_valid_until": end.isoformat()},
         )
-        from manifests.services.releases import releases_reevaluate
-
         releases_reevaluate(kids=[old.kid], now=now, actor=actor)
     return new
 
@@ -165,8 +147,6 @@ def key_revoke(
             object_id=locked.kid,
             details={"reason": reason, "effective_at": effective.isoformat()},
         )
-        from manifests.services.releases import releases_reevaluate
-
         releases_reevaluate(kids=[locked.kid], now=now, actor=actor)
     locked.refresh_from_db()
     return locked

@@ -1,8 +1,10 @@
-"""Releases, approvals, policies, roles and delegations.
+"""Releases and their approval: create, submit, approve, revoke, and the verdict.
 
 Authorisation is checked here, not in the callers, so the CLI, the API and the console cannot
-skip it. Approval is always computed from the stored signatures by ``manifests.policy.evaluate``;
-``Release.status`` only records the last result for display and queries.
+skip it. Approval is always computed from the stored signatures by ``manifests.policy.evaluate``
+(``release_evaluate``); ``Release.status`` only records the last result for display and queries,
+and dispatch asks ``release_dispatch_state`` at every pass. ``releases_reevaluate`` is what the
+key, role, policy and delegation services above this module call after a change.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -23,189 +25,43 @@ from manifests import suit
 from manifests.errors import (
     ApprovalKeyError,
     BadApprovalSignatureError,
-    DelegationError,
     DuplicateApprovalError,
-    InvalidPolicyError,
     NotAuthorizedToApproveError,
-    PermissionDeniedError,
     ReleaseExistsError,
     ReleaseStateError,
     SelfApprovalError,
 )
 from manifests.models import (
     Approval,
-    Delegation,
     DeviceClass,
     Manifest,
-    PolicyKind,
     Release,
     ReleaseKind,
-    ReleasePolicy,
     ReleaseStatus,
     Role,
-    RoleAssignment,
     SigningKey,
 )
 from manifests.policy import (
     APPROVING_ROLES,
-    MAX_DELEGATION_DEPTH,
     DelegationFact,
-    PolicyError,
     ReleaseFacts,
-    Scope,
-    SignatureFact,
     Verdict,
     chain_valid,
     evaluate,
-    validate_policy,
 )
-from manifests.services.keys import key_fact
+from manifests.services.access import RELEASE_WRITE, REVOKERS, require_role, roles_of
+from manifests.services.facts import (
+    delegation_facts,
+    key_fact,
+    load_release_facts,
+    policy_for,
+    policy_kind,
+    roles_at,
+    signature_valid,
+)
 from manifests.signals import release_approval_lost, release_revoked
 
-# Used when no policy row exists: nobody ships alone, and rollbacks need two security people.
-BUILTIN_POLICIES: dict[str, dict[str, int]] = {
-    PolicyKind.NORMAL: {"author": 1, "qa": 1, "security": 1},
-    PolicyKind.INCIDENT: {"security": 2},
-}
-REVOKE_ROLES = (Role.SECURITY, Role.ADMIN)
-POLICY_ROLES = (Role.ADMIN,)
-ROLE_ADMIN_ROLES = (Role.ADMIN,)
 
-
-# --- roles ----------------------------------------------------------------------------------
-def roles_of(user: AbstractBaseUser, *, at: dt.datetime | None = None) -> frozenset[str]:
-    at = at or timezone.now()
-    held = RoleAssignment.objects.filter(user=user, granted_at__lte=at).filter(
-        Q(revoked_at__isnull=True) | Q(revoked_at__gt=at)
-    )
-    roles = frozenset(held.values_list("role", flat=True))
-    return roles | {Role.ADMIN} if getattr(user, "is_superuser", False) else roles
-
-
-def require_role(actor: Any, *roles: str, at: dt.datetime | None = None) -> AbstractBaseUser:
-    """The actor must be a user holding one of ``roles`` (superusers hold admin)."""
-    if not isinstance(actor, AbstractBaseUser) or not actor.is_active:
-        raise PermissionDeniedError("this action needs a signed-in, active user")
-    if not roles_of(actor, at=at) & set(roles):
-        raise PermissionDeniedError(
-            f"{actor.get_username()} needs one of the roles {sorted(roles)} for this action"
-        )
-    return actor
-
-
-def role_grant(
-    *, user: AbstractBaseUser, role: str, actor: Any, now: dt.datetime | None = None
-) -> RoleAssignment:
-    now = now or timezone.now()
-    if role not in Role.values:
-        raise PermissionDeniedError(f"unknown role {role!r}; roles are {Role.values}")
-    with transaction.atomic():
-        require_role(actor, *ROLE_ADMIN_ROLES, at=now)
-        existing = RoleAssignment.objects.filter(user=user, role=role, revoked_at__isnull=True)
-        if existing.exists():
-            return existing.get()
-        assignment = RoleAssignment.objects.create(
-            user=user, role=role, granted_by=actor, granted_at=now
-        )
-        audit_record(
-            actor=actor,
-            action="role.grant",
-            object_type="user",
-            object_id=user.get_username(),
-            details={"role": role},
-            now=now,
-        )
-        return assignment
-
-
-def role_revoke(
-    *, user: AbstractBaseUser, role: str, actor: Any, now: dt.datetime | None = None
-) -> None:
-    now = now or timezone.now()
-    with transaction.atomic():
-        require_role(actor, *ROLE_ADMIN_ROLES, at=now)
-        changed = RoleAssignment.objects.filter(
-            user=user, role=role, revoked_at__isnull=True
-        ).update(revoked_at=now)
-        if not changed:
-            raise PermissionDeniedError(f"{user.get_username()} does not hold the role {role!r}")
-        audit_record(
-            actor=actor,
-            action="role.revoke",
-            object_type="user",
-            object_id=user.get_username(),
-            details={"role": role},
-            now=now,
-        )
-        releases_reevaluate(now=now, actor=actor)
-
-
-# --- policy ---------------------------------------------------------------------------------
-def policy_set(
-    *,
-    device_class: DeviceClass | None,
-    kind: str,
-    rules: dict[str, Any],
-    actor: Any,
-    now: dt.datetime | None = None,
-) -> ReleasePolicy:
-    now = now or timezone.now()
-    if kind not in PolicyKind.values:
-        raise InvalidPolicyError(f"policy kind must be one of {PolicyKind.values}, not {kind!r}")
-    try:
-        clean = validate_policy(rules)
-    except PolicyError as exc:
-        raise InvalidPolicyError(str(exc)) from exc
-    with transaction.atomic():
-        require_role(actor, *POLICY_ROLES, at=now)
-        current = (
-            ReleasePolicy.objects.select_for_update()
-            .filter(device_class=device_class, kind=kind)
-            .first()
-        )
-        before = current.rules if current else None
-        if current is None:
-            current = ReleasePolicy.objects.create(
-                device_class=device_class, kind=kind, rules=clean, updated_by=actor, updated_at=now
-            )
-        else:
-            current.rules, current.updated_by, current.updated_at = clean, actor, now
-            current.save(update_fields=["rules", "updated_by", "updated_at"])
-        audit_record(
-            actor=actor,
-            action="policy.set",
-            object_type="policy",
-            object_id=f"{kind}:{device_class.pk if device_class else 'default'}",
-            details={
-                "device_class": str(device_class) if device_class else None,
-                "kind": kind,
-                "before": before,
-                "after": clean,
-            },
-            now=now,
-        )
-        releases_reevaluate(device_class=device_class, now=now, actor=actor)
-        return current
-
-
-def policy_for(device_class: DeviceClass, kind: str) -> tuple[dict[str, int], str]:
-    """The rules that apply and where they come from (class, default or built-in)."""
-    row = (
-        ReleasePolicy.objects.filter(kind=kind)
-        .filter(Q(device_class=device_class) | Q(device_class__isnull=True))
-        .order_by(F("device_class_id").asc(nulls_last=True))  # the class's own policy first
-        .first()
-    )
-    if row is None:
-        return dict(BUILTIN_POLICIES[kind]), "built-in"
-    return dict(row.rules), ("device class" if row.device_class_id else "default")
-
-
-def _policy_kind(release: Release) -> str:
-    return PolicyKind.INCIDENT if release.kind == ReleaseKind.ROLLBACK else PolicyKind.NORMAL
-
-
-# --- releases -------------------------------------------------------------------------------
 def release_create(
     *,
     manifest: Manifest,
@@ -222,7 +78,7 @@ def release_create(
     if kind not in ReleaseKind.values:
         raise ReleaseStateError(f"release kind must be one of {ReleaseKind.values}")
     with transaction.atomic():
-        require_role(actor, Role.AUTHOR, Role.ADMIN, at=now)
+        require_role(actor, *RELEASE_WRITE, at=now)
         if Release.objects.filter(Q(manifest=manifest) | Q(name=name)).exists():
             raise ReleaseExistsError(f"a release named {name!r} or of this manifest exists")
         release = Release.objects.create(
@@ -265,7 +121,7 @@ def release_submit(*, release: Release, actor: Any, now: dt.datetime | None = No
     now = now or timezone.now()
     with transaction.atomic():
         locked = Release.objects.select_for_update().get(pk=release.pk)
-        require_role(actor, Role.AUTHOR, Role.ADMIN, at=now)
+        require_role(actor, *RELEASE_WRITE, at=now)
         if locked.status != ReleaseStatus.DRAFT:
             raise ReleaseStateError(f"release {locked.name} is {locked.status}, not draft")
         Release.objects.filter(pk=locked.pk).update(status=ReleaseStatus.PENDING)
@@ -325,7 +181,7 @@ def release_approve(
             raise ApprovalKeyError(f"key {key.kid[:16]}… is registered to someone else")
         if not key_fact(key).usable_at(now):
             raise ApprovalKeyError(f"key {key.kid[:16]}… is expired, revoked or not yet valid")
-        if not _signature_valid(env, block, key):
+        if not signature_valid(env, block, key):
             raise BadApprovalSignatureError(
                 "the signature does not verify over this release's manifest digest "
                 "(forged, or made for another manifest)"
@@ -377,7 +233,7 @@ def release_revoke(
     if not reason.strip():
         raise ReleaseStateError("a revocation needs a reason")
     with transaction.atomic():
-        require_role(actor, *REVOKE_ROLES, at=now)
+        require_role(actor, *REVOKERS, at=now)
         locked = Release.objects.select_for_update().get(pk=release.pk)
         if locked.status == ReleaseStatus.REVOKED:
             raise ReleaseStateError(f"release {locked.name} is already revoked")
@@ -413,12 +269,35 @@ def release_evaluate(release: Release, *, now: dt.datetime | None = None) -> Ver
     )
 
 
-def release_is_dispatchable(release: Release, *, now: dt.datetime | None = None) -> Verdict | None:
-    """The verdict when ``release`` may go to devices now; None when revoked or in draft."""
-    if release.status in (ReleaseStatus.REVOKED, ReleaseStatus.DRAFT):
-        return None
+@dataclass(frozen=True)
+class ReleaseDispatchState:
+    """A release as dispatch sees it at one instant: approval re-evaluated from its signatures.
+
+    ``summary`` says why it is not approved (or what counted); ``rollback`` marks a rollback
+    release, approved under the incident policy, which may install an older version."""
+
+    revoked: bool
+    approved: bool
+    summary: str
+    rollback: bool
+
+
+def release_dispatch_state(release: Release, *, now: dt.datetime) -> ReleaseDispatchState:
+    """Whether ``release`` may go to devices at ``now``. The one answer the dispatch path uses:
+    re-run at every pass, so approval is never a stale flag. A revoked release is never
+    approved; a draft is not approved even when its signatures would satisfy the policy."""
+    rollback = release.kind == ReleaseKind.ROLLBACK
+    if release.status == ReleaseStatus.REVOKED:
+        return ReleaseDispatchState(
+            revoked=True, approved=False, summary="revoked", rollback=rollback
+        )
     verdict = release_evaluate(release, now=now)
-    return verdict if verdict.approved else None
+    return ReleaseDispatchState(
+        revoked=False,
+        approved=verdict.approved and release.status != ReleaseStatus.DRAFT,
+        summary=verdict.summary(),
+        rollback=rollback,
+    )
 
 
 def released_envelope(release: Release, *, now: dt.datetime | None = None) -> bytes:
@@ -491,111 +370,6 @@ def _refresh(release: Release, *, now: dt.datetime, actor: Any) -> Verdict:
     return verdict
 
 
-# --- facts for the pure evaluator -------------------------------------------------------------
-@dataclass(frozen=True)
-class ReleaseFactSet:
-    release: ReleaseFacts
-    policy: dict[str, int]
-    policy_source: str
-    signatures: list[SignatureFact]
-    keys: dict[str, Any]
-    roles: dict[int, frozenset[str]]
-    delegations: list[DelegationFact]
-
-
-def load_release_facts(release: Release, *, now: dt.datetime) -> ReleaseFactSet:
-    manifest = release.manifest
-    policy, source = policy_for(manifest.device_class, _policy_kind(release))
-    approvals = list(release.approvals.select_related("key"))
-    env = suit.decode_envelope(manifest.envelope_bytes)
-    signatures = []
-    for approval in approvals:
-        try:
-            block = suit.parse_signature_block(bytes(approval.cose))
-            valid = _signature_valid(env, block, approval.key)
-        except suit.SUITError:
-            valid = False
-        signatures.append(
-            SignatureFact(
-                id=approval.pk,
-                kid=approval.key.kid,
-                signer=approval.signer_id,
-                role=approval.role,
-                signed_at=approval.signed_at,
-                valid=valid,
-            )
-        )
-    keys = {a.key.kid: key_fact(a.key) for a in approvals}
-    delegations = _delegation_facts(set(policy))
-    people = {a.signer_id for a in approvals} | {d.delegator for d in delegations}
-    return ReleaseFactSet(
-        release=ReleaseFacts(
-            author=release.created_by_id,
-            device_class=manifest.device_class_id,
-            groups=frozenset(release.target_groups),
-        ),
-        policy=policy,
-        policy_source=source,
-        signatures=signatures,
-        keys=keys,
-        roles=_roles_at(people, now),
-        delegations=delegations,
-    )
-
-
-def _roles_at(people: set[int], now: dt.datetime) -> dict[int, frozenset[str]]:
-    rows = (
-        RoleAssignment.objects.filter(user_id__in=people, granted_at__lte=now)
-        .filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=now))
-        .values_list("user_id", "role")
-    )
-    roles: dict[int, set[str]] = {}
-    for user_id, role in rows:
-        roles.setdefault(user_id, set()).add(role)
-    return {user: frozenset(r) for user, r in roles.items()}
-
-
-def _delegation_facts(
-    roles: set[str], *, delegatee: AbstractBaseUser | None = None
-) -> list[DelegationFact]:
-    rows = Delegation.objects.filter(role__in=roles)
-    if delegatee is not None:
-        rows = rows.filter(delegatees=delegatee)
-    facts = []
-    for d in rows.prefetch_related("delegatees"):
-        facts.append(
-            DelegationFact(
-                id=d.pk,
-                delegator=d.delegator_id,
-                role=d.role,
-                delegatees=frozenset(u.pk for u in d.delegatees.all()),
-                threshold=d.threshold,
-                scope=_scope(d),
-                expires_at=d.expires_at,
-                revoked_at=d.revoked_at,
-                parent=d.parent_id,
-            )
-        )
-    return facts
-
-
-def _scope(d: Delegation) -> Scope:
-    return Scope(
-        device_classes=None
-        if d.scope_device_classes is None
-        else frozenset(d.scope_device_classes),
-        groups=None if d.scope_groups is None else frozenset(d.scope_groups),
-    )
-
-
-def _signature_valid(env: suit.Envelope, block: suit.SignatureBlock, key: SigningKey) -> bool:
-    try:
-        public = suit.load_public_key_pem(key.public_key_pem.encode())
-        return bool(suit.verify_signature_block(env, block, public))
-    except suit.SUITError:
-        return False
-
-
 # --- who may sign what: one answer for this service, the console and the API -----------------
 @dataclass(frozen=True)
 class ApprovalCapacity:
@@ -609,15 +383,6 @@ class ApprovalCapacity:
     role: str
     delegation: DelegationFact | None = None
     counts: bool = True
-
-
-def delegated_roles(user: AbstractBaseUser, *, at: dt.datetime | None = None) -> frozenset[str]:
-    """The approving roles ``user`` holds through a live (unrevoked, unexpired) delegation naming
-    them, whatever its scope. An upper bound for gates that run before a release is known (the
-    API's permission matrix, the console's pages); per release, ``approval_capacities``."""
-    at = at or timezone.now()
-    facts = _delegation_facts(set(APPROVING_ROLES), delegatee=user)
-    return frozenset(d.role for d in facts if d.live_at(at))
 
 
 def approval_capacities(
@@ -637,8 +402,8 @@ def approval_capacities(
     held = roles_of(signer, at=now)
     found = [ApprovalCapacity(role=role) for role in APPROVING_ROLES if role in held]
     manifest = release.manifest
-    policy, _ = policy_for(manifest.device_class, _policy_kind(release))
-    delegations = _delegation_facts(set(policy))
+    policy, _ = policy_for(manifest.device_class, policy_kind(release))
+    delegations = delegation_facts(set(policy))
     target = ReleaseFacts(
         author=release.created_by_id,
         device_class=manifest.device_class_id,
@@ -653,7 +418,7 @@ def approval_capacities(
     ]
     if mine:
         by_id = {d.id: d for d in delegations}
-        roots = _roles_at({d.delegator for d in delegations}, now)
+        roots = roles_at({d.delegator for d in delegations}, now)
         found += [
             ApprovalCapacity(
                 role=d.role,
@@ -665,114 +430,3 @@ def approval_capacities(
     if signer.pk == release.created_by_id:
         found = [c for c in found if c.role == Role.AUTHOR]
     return found
-
-
-# --- delegation -------------------------------------------------------------------------------
-def delegation_create(
-    *,
-    delegator: AbstractBaseUser,
-    role: str,
-    delegatees: Sequence[AbstractBaseUser],
-    threshold: int,
-    expires_at: dt.datetime,
-    scope_device_classes: Sequence[DeviceClass] | None = None,
-    scope_groups: Sequence[str] | None = None,
-    parent: Delegation | None = None,
-    now: dt.datetime | None = None,
-) -> Delegation:
-    now = now or timezone.now()
-    people = {u.pk for u in delegatees}
-    if not people:
-        raise DelegationError("a delegation needs at least one delegatee")
-    if delegator.pk in people:
-        raise DelegationError("a person cannot delegate to themselves")
-    if not 1 <= threshold <= len(people):
-        raise DelegationError(f"threshold must be between 1 and {len(people)} (the delegatees)")
-    if expires_at <= now:
-        raise DelegationError("a delegation must expire in the future")
-    if role not in ("qa", "security", "fleet_operator", "author"):
-        raise DelegationError(f"role {role!r} cannot be delegated")
-    scope = Scope(
-        device_classes=None
-        if scope_device_classes is None
-        else frozenset(c.pk for c in scope_device_classes),
-        groups=None if scope_groups is None else frozenset(scope_groups),
-    )
-    with transaction.atomic():
-        if parent is None:
-            require_role(delegator, role, at=now)
-        else:
-            parent = Delegation.objects.select_for_update().get(pk=parent.pk)
-            depth, link = 1, parent
-            while link is not None:
-                depth += 1
-                link = link.parent
-            if depth > MAX_DELEGATION_DEPTH:
-                raise DelegationError(
-                    f"delegation chains are limited to {MAX_DELEGATION_DEPTH} links"
-                )
-            if parent.role != role:
-                raise DelegationError("a sub-delegation keeps its parent's role")
-            if not parent.delegatees.filter(pk=delegator.pk).exists():
-                raise DelegationError("only a delegatee of the parent can sub-delegate")
-            if not (parent.revoked_at is None and parent.expires_at > now):
-                raise DelegationError("the parent delegation is expired or revoked")
-            if not scope.within(_scope(parent)):
-                raise DelegationError("a sub-delegation can only narrow its parent's scope")
-            if expires_at > parent.expires_at:
-                raise DelegationError("a sub-delegation cannot outlive its parent")
-        delegation = Delegation.objects.create(
-            delegator=delegator,
-            role=role,
-            threshold=threshold,
-            scope_device_classes=None
-            if scope.device_classes is None
-            else sorted(scope.device_classes),
-            scope_groups=None if scope.groups is None else sorted(scope.groups),
-            parent=parent,
-            expires_at=expires_at,
-            created_at=now,
-        )
-        delegation.delegatees.set(list(delegatees))
-        audit_record(
-            actor=delegator,
-            action="delegation.create",
-            object_type="delegation",
-            object_id=delegation.pk,
-            details={
-                "role": role,
-                "delegatees": sorted(u.get_username() for u in delegatees),
-                "threshold": threshold,
-                "scope_device_classes": delegation.scope_device_classes,
-                "scope_groups": delegation.scope_groups,
-                "parent": parent.pk if parent else None,
-                "expires_at": expires_at.isoformat(),
-            },
-            now=now,
-        )
-        return delegation
-
-
-def delegation_revoke(
-    *, delegation: Delegation, reason: str, actor: Any, now: dt.datetime | None = None
-) -> Delegation:
-    """Revoking a delegation voids every sub-delegation under it (the chain check sees it)."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        locked = Delegation.objects.select_for_update().get(pk=delegation.pk)
-        if not (isinstance(actor, AbstractBaseUser) and actor.pk == locked.delegator_id):
-            require_role(actor, Role.ADMIN, Role.SECURITY, at=now)
-        if locked.revoked_at is not None:
-            raise DelegationError(f"delegation {locked.pk} is already revoked")
-        Delegation.objects.filter(pk=locked.pk).update(revoked_at=now, revoke_reason=reason)
-        audit_record(
-            actor=actor,
-            action="delegation.revoke",
-            object_type="delegation",
-            object_id=locked.pk,
-            details={"reason": reason},
-            now=now,
-        )
-        releases_reevaluate(now=now, actor=actor)
-        locked.refresh_from_db()
-        return locked

@@ -105,7 +105,7 @@ def world(people: dict[str, ApiUser], device_class: Any, tmp_path: Path) -> dict
     for role in ("author", "qa", "security", "fleet_operator"):
         register_key(people[role], at=earlier)
     author = people["author"]
-    image = services.image_upload(data=image_bytes(tmp_path, "2.0.0"), uploaded_by=author.user)
+    image = services.image_upload(data=image_bytes(tmp_path, "2.0.0"), actor=author.user)
     envelope = make_envelope(device_class, author, image, sequence=5, version="2.0.0")
     manifest = services.manifest_import(envelope=envelope, created_by=author.user)
     release = services.release_create(manifest=manifest, name="thermo-2.0.0", actor=author.user)

@@ -27,7 +27,7 @@ def pending(people: dict[str, ApiUser], device_class: Any, tmp_path: Path) -> Re
     for role in ("author", "qa", "security"):
         register_key(people[role], at=earlier)
     author = people["author"]
-    image = services.image_upload(data=image_bytes(tmp_path, "3.0.0"), uploaded_by=author.user)
+    image = services.image_upload(data=image_bytes(tmp_path, "3.0.0"), actor=author.user)
     envelope = make_envelope(device_class, author, image, sequence=9, version="3.0.0")
     manifest = services.manifest_import(envelope=envelope, created_by=author.user)
     release = services.release_create(manifest=manifest, name="thermo-3.0.0", actor=author.user)
@@ -124,7 +124,9 @@ def test_past_the_matrix_the_service_still_decides_role_and_scope(
     people: dict[str, ApiUser], pending: Release, django_user_model: Any, vendor: Any
 ) -> None:
     dana = _roleless(django_user_model, "dana")
-    other = services.device_class_create(vendor=vendor, name="thermo-v1")
+    other = services.device_class_create(
+        vendor=vendor, name="thermo-v1", actor=people["admin"].user
+    )
     _delegate(people, "qa", dana, scope_device_classes=[other])
     _delegate(people, "security", dana, scope_device_classes=[pending.manifest.device_class])
     # Out of the qa delegation's scope: the matrix lets dana through, the service refuses.

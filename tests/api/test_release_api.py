@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from manifests import suit
-from manifests.models import Release, ReleaseStatus, RoleAssignment, SigningKey
+from manifests.models import Release, ReleaseStatus, RoleAssignment, SigningKey, Vendor
 from tests.api.conftest import image_bytes, make_envelope, register_key
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +59,13 @@ def test_validation_errors_list_path_and_reason(people: dict[str, Any]) -> None:
 
 
 def test_catalog_create_list_and_duplicate_conflict(people: dict[str, Any]) -> None:
-    client = people["author"].client
+    # Vendors and classes are an admin's to register; an author is refused before any write.
+    refused = people["author"].client.post(
+        "/api/vendors/", {"name": "Acme", "domain": "acme.example"}
+    )
+    assert refused.status_code == 403 and refused.json()["code"] == "api.forbidden"
+    assert not Vendor.objects.exists()
+    client = people["admin"].client
     response = client.post("/api/vendors/", {"name": "Acme", "domain": "Acme.Example."})
     assert response.status_code == 201, response.json()
     vendor = response.json()
@@ -73,7 +79,7 @@ def test_catalog_create_list_and_duplicate_conflict(people: dict[str, Any]) -> N
     assert response.json()["component_id"] == ["00"]
     listing = client.get("/api/device-classes/?vendor_domain=acme.example").json()
     assert listing["count"] == 1 and listing["results"][0]["name"] == "thermo-v2"
-    assert AuditEvent.objects.filter(action="vendor.create", actor="u-author").exists()
+    assert AuditEvent.objects.filter(action="vendor.create", actor="u-admin").exists()
 
 
 def test_release_lifecycle_over_http(

@@ -250,7 +250,7 @@ def test_revoked_bad_release_is_rolled_forward_to_the_good_image_on_affected_dev
     assert "--security-counter 3" in message
     resigned = release_services.image_upload(
         data=imgtool.build_image(GOOD_PAYLOAD, version="1.1.0", security_counter=3),
-        uploaded_by=catalog.users["author"],
+        actor=catalog.users["author"],
     )
     plan = rollback.rollback_prepare(bad_release=bad, image=resigned)
     assert (plan.version, plan.sequence_number, plan.security_counter) == ("1.1.0", 7, 3)

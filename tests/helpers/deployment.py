@@ -68,9 +68,9 @@ def build_deployment(
             )
             keys[name] = key
         users[name] = user
-    vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example")
-    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2")
-    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1")
+    vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example", actor=admin)
+    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2", actor=admin)
+    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1", actor=admin)
     return cls(
         admin=admin, users=users, keys=keys, vendor=vendor, thermo=thermo, thermo_v1=thermo_v1
     )
@@ -95,7 +95,7 @@ def make_release(
     if image is None:
         image = release_services.image_upload(
             data=imgtool.build_image(payload, version=version, security_counter=counter),
-            uploaded_by=author,
+            actor=author,
         )
     envelope = suit.create_envelope(
         manifest_params(

@@ -1,8 +1,10 @@
 """``manage.py vendor|devclass|image|manifest``: the catalog CLI reports what it stored, and a
-refused command exits 1 with the service's stable code and writes nothing."""
+refused command exits 1 with the service's stable code and writes nothing. Every acting command
+names its user; vendors and classes need an admin, images and manifests an author or admin."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from manifests import services, suit
@@ -47,6 +50,18 @@ def refused(*args: str, code: str) -> str:
     assert f"[{code}]" in str(caught.value)
     assert counts() == before
     return str(caught.value)
+
+
+@pytest.fixture
+def author(author: Any, catalog_admin: Any) -> Any:
+    """The shared persona, holding the author role (images and manifests need it)."""
+    services.role_grant(
+        user=author.user,
+        role="author",
+        actor=catalog_admin,
+        now=timezone.now() - dt.timedelta(hours=1),
+    )
+    return author
 
 
 @pytest.fixture
@@ -93,8 +108,11 @@ def make_envelope(
 
 
 # --- vendor / devclass ----------------------------------------------------------------------
-def test_vendor_add_derives_the_uuid_from_the_domain_and_lists_it():
-    output = cli("vendor", "add", "--name", "Acme Sensors", "--domain", "Acme.Example.")
+def test_vendor_add_derives_the_uuid_from_the_domain_and_lists_it(catalog_admin: Any):
+    output = cli(
+        "vendor", "add", "--name", "Acme Sensors", "--domain", "Acme.Example.",
+        "--user", catalog_admin.username,
+    )  # fmt: skip
     uuid = suit.vendor_id("acme.example")
     assert output.strip() == f"vendor acme.example id {uuid}"
     assert Vendor.objects.get().uuid == uuid
@@ -102,22 +120,18 @@ def test_vendor_add_derives_the_uuid_from_the_domain_and_lists_it():
     assert AuditEvent.objects.filter(action="vendor.create").count() == 1
 
 
-def test_duplicate_vendor_is_refused(vendor: Any):
+def test_duplicate_vendor_is_refused(vendor: Any, catalog_admin: Any):
     refused(
-        "vendor",
-        "add",
-        "--name",
-        "Again",
-        "--domain",
-        "ACME.example",
+        "vendor", "add", "--name", "Again", "--domain", "ACME.example",
+        "--user", catalog_admin.username,
         code="manifest.vendor_exists",
-    )
+    )  # fmt: skip
 
 
-def test_devclass_add_derives_the_class_uuid_and_lists_it(vendor: Any):
+def test_devclass_add_derives_the_class_uuid_and_lists_it(vendor: Any, catalog_admin: Any):
     output = cli(
         "devclass", "add", "--vendor-domain", "acme.example", "--name", "thermo-v3",
-        "--component", "01", "--payload-format", "raw",
+        "--component", "01", "--payload-format", "raw", "--user", catalog_admin.username,
     )  # fmt: skip
     device_class = DeviceClass.objects.get(name="thermo-v3")
     assert device_class.uuid == suit.class_id(vendor.uuid, "thermo-v3")
@@ -142,8 +156,107 @@ def test_devclass_add_derives_the_class_uuid_and_lists_it(vendor: Any):
     ],
     ids=["unknown-vendor", "duplicate", "bad-component"],
 )
-def test_devclass_add_refusals(device_class: Any, args: list[str], code: str):
-    refused("devclass", "add", *args, code=code)
+def test_devclass_add_refusals(device_class: Any, catalog_admin: Any, args: list[str], code: str):
+    refused("devclass", "add", *args, "--user", catalog_admin.username, code=code)
+
+
+# --- who may write the catalog --------------------------------------------------------------
+@pytest.fixture
+def other_author(django_user_model: Any, catalog_admin: Any) -> Any:
+    """An author who owns no key the tests sign with."""
+    user = django_user_model.objects.create_user(username="mallory-author", password=None)
+    services.role_grant(
+        user=user, role="author", actor=catalog_admin, now=timezone.now() - dt.timedelta(hours=1)
+    )
+    return user
+
+
+def _user(persona: str, request: pytest.FixtureRequest) -> str:
+    """``outsider`` holds no role; ``author`` and ``qa`` hold a role, not the one needed."""
+    if persona == "qa":
+        qa = request.getfixturevalue("approver_qa")
+        services.role_grant(
+            user=qa.user,
+            role="qa",
+            actor=request.getfixturevalue("catalog_admin"),
+            now=timezone.now() - dt.timedelta(hours=1),
+        )
+        return str(qa.user.username)
+    return str(request.getfixturevalue(persona).user.username)
+
+
+@pytest.mark.parametrize("persona", ["outsider", "author"])
+def test_vendor_add_by_a_non_admin_is_refused_and_writes_nothing(
+    persona: str, request: pytest.FixtureRequest
+):
+    message = refused(
+        "vendor", "add", "--name", "Evil", "--domain", "evil.example",
+        "--user", _user(persona, request),
+        code="approval.permission_denied",
+    )  # fmt: skip
+    assert "['admin']" in message
+
+
+@pytest.mark.parametrize("persona", ["outsider", "author"])
+def test_devclass_add_by_a_non_admin_is_refused_and_writes_nothing(
+    vendor: Any, persona: str, request: pytest.FixtureRequest
+):
+    message = refused(
+        "devclass", "add", "--vendor-domain", "acme.example", "--name", "thermo-evil",
+        "--user", _user(persona, request),
+        code="approval.permission_denied",
+    )  # fmt: skip
+    assert "['admin']" in message
+
+
+@pytest.mark.parametrize("persona", ["outsider", "qa"])
+def test_image_upload_by_a_non_author_is_refused_and_stores_nothing(
+    image_file: Path, persona: str, request: pytest.FixtureRequest
+):
+    message = refused(
+        "image", "upload", str(image_file), "--user", _user(persona, request),
+        code="approval.permission_denied",
+    )  # fmt: skip
+    assert "['admin', 'author']" in message
+    assert not services.image_storage().exists(hashlib.sha256(image_file.read_bytes()).hexdigest())
+
+
+@pytest.mark.parametrize("persona", ["outsider", "qa"])
+def test_manifest_import_by_a_non_author_is_refused_even_when_they_signed_it(
+    tmp_path: Path,
+    device_class: Any,
+    image_file: Path,
+    author: Any,
+    persona: str,
+    request: pytest.FixtureRequest,
+):
+    username = _user(persona, request)
+    signer = request.getfixturevalue("approver_qa" if persona == "qa" else persona)
+    key_path = tmp_path / "signer.pem"
+    key_path.write_bytes(suit.private_key_pem(signer.private_key))
+    (tmp_path / "signer.pub.pem").write_text(signer.public_pem)
+    cli("key", "add", "--user", username, "--public-key", str(tmp_path / "signer.pub.pem"))
+    cli("image", "upload", str(image_file), "--user", author.user.username)
+    envelope = make_envelope(tmp_path, image_file, key_path)
+    refused(
+        "manifest", "import", str(envelope), "--user", username, code="approval.permission_denied"
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["vendor", "add", "--name", "X", "--domain", "x.example"],
+        ["devclass", "add", "--vendor-domain", "acme.example", "--name", "x"],
+    ],
+    ids=["vendor", "devclass"],
+)
+def test_catalog_add_by_an_unknown_user_is_refused(vendor: Any, command: list[str]):
+    before = counts()
+    with pytest.raises(CommandError, match="no user named 'mallory'") as caught:
+        cli(*command, "--user", "mallory")
+    assert caught.value.returncode == 1
+    assert counts() == before
 
 
 # --- image ----------------------------------------------------------------------------------
@@ -297,12 +410,12 @@ def test_manifest_import_refusals_write_nothing(
 
 
 def test_manifest_import_by_someone_else_than_the_key_owner_is_untrusted(
-    tmp_path: Path, device_class: Any, image_file: Path, author: Any, outsider: Any, author_files
+    tmp_path: Path, device_class: Any, image_file: Path, author: Any, other_author, author_files
 ):
     cli("image", "upload", str(image_file), "--user", author.user.username)
     cli("key", "add", "--user", author.user.username, "--public-key", str(author_files[1]))
     envelope = make_envelope(tmp_path, image_file, author_files[0])
     refused(
-        "manifest", "import", str(envelope), "--user", outsider.user.username,
+        "manifest", "import", str(envelope), "--user", other_author.username,
         code="manifest.untrusted",
     )  # fmt: skip

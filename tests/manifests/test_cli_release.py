@@ -113,8 +113,20 @@ def test_release_story_from_keygen_to_revocation(
     alice, bob, carol = (p.user.username for p in (author, approver_qa, approver_security))
 
     # Admin: catalog and roles.
-    cli("vendor", "add", "--name", "Acme Sensors", "--domain", "acme.example")
-    cli("devclass", "add", "--vendor-domain", "acme.example", "--name", "thermo-v2")
+    cli(
+        "vendor",
+        "add",
+        "--name",
+        "Acme Sensors",
+        "--domain",
+        "acme.example",
+        "--user",
+        admin.username,
+    )
+    cli(
+        "devclass", "add", "--vendor-domain", "acme.example", "--name", "thermo-v2",
+        "--user", admin.username,
+    )  # fmt: skip
     for username, role in ((alice, "author"), (bob, "qa"), (carol, "security")):
         assert cli("role", "grant", username, role, "--user", admin.username).strip() == (
             f"grant {role} for {username}: done"
@@ -315,7 +327,7 @@ def _import_manifest(team: Team, device_class: Any, tmp_path: Path, *, sequence:
     data = build_mcuboot_image(
         tmp_path, payload=version.encode() * 300, version=version, security_counter=2
     )
-    image = services.image_upload(data=data, uploaded_by=author.user)
+    image = services.image_upload(data=data, actor=author.user)
     params = suit.ManifestParams(
         vendor_id=device_class.vendor.uuid,
         class_id=device_class.uuid,

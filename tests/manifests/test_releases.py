@@ -23,7 +23,8 @@ from manifests.errors import (
     ReleaseStateError,
     SelfApprovalError,
 )
-from manifests.models import PolicyKind, Release, ReleaseStatus
+from manifests.models import KeyStatus, PolicyKind, Release, ReleaseStatus, SigningKey
+from manifests.services import ReleaseDispatchState
 from manifests.signals import release_approval_lost, release_revoked
 from tests.helpers.imgtool import build_mcuboot_image
 
@@ -62,7 +63,7 @@ def _manifest(device_class, author, tmp_path: Path, *, sequence: int, version: s
     image_bytes = build_mcuboot_image(
         tmp_path, payload=version.encode() * 512, version=version, security_counter=2
     )
-    image = services.image_upload(data=image_bytes, uploaded_by=author.user)
+    image = services.image_upload(data=image_bytes, actor=author.user)
     params = suit.ManifestParams(
         vendor_id=device_class.vendor.uuid,
         class_id=device_class.uuid,
@@ -226,7 +227,62 @@ def test_revoking_a_key_withdraws_approval_and_fires_the_campaign_hook(release, 
     release.refresh_from_db()
     assert release.status == ReleaseStatus.PENDING
     assert lost == [release.name]
-    assert services.release_is_dispatchable(release, now=NOW + dt.timedelta(minutes=5)) is None
+    state = services.release_dispatch_state(release, now=NOW + dt.timedelta(minutes=5))
+    assert not state.approved and not state.revoked
+
+
+@pytest.mark.django_db
+def test_dispatch_state_is_re_evaluated_and_a_draft_or_revoked_release_never_dispatches(
+    team, admin, device_class, tmp_path
+):
+    # A policy the author's own manifest signature satisfies, so only the status holds it back.
+    services.policy_set(
+        device_class=None, kind=PolicyKind.NORMAL, rules={"author": 1}, actor=admin, now=NOW
+    )
+    manifest = _manifest(device_class, team["author"], tmp_path, sequence=11)
+    release = services.release_create(
+        manifest=manifest, name="thermo-draft", actor=team["author"].user, now=NOW
+    )
+    verdict = services.release_evaluate(release, now=NOW)
+    assert verdict.approved
+    assert services.release_dispatch_state(release, now=NOW) == ReleaseDispatchState(
+        revoked=False, approved=False, summary=verdict.summary(), rollback=False
+    )
+    services.release_submit(release=release, actor=team["author"].user, now=NOW)
+    release.refresh_from_db()
+    assert services.release_dispatch_state(release, now=NOW) == ReleaseDispatchState(
+        revoked=False, approved=True, summary=verdict.summary(), rollback=False
+    )
+    # Approval is computed, not read: a key revoked behind the stored status counts at once.
+    key = team["author"].user.signing_keys.get()
+    SigningKey.objects.filter(pk=key.pk).update(status=KeyStatus.REVOKED, revoked_at=EARLIER)
+    release.refresh_from_db()
+    assert release.status == ReleaseStatus.APPROVED
+    state = services.release_dispatch_state(release, now=NOW)
+    assert not state.approved and not state.revoked and "author" in state.summary
+    services.release_revoke(release=release, reason="boot loop", actor=admin, now=NOW)
+    release.refresh_from_db()
+    assert services.release_dispatch_state(release, now=NOW) == ReleaseDispatchState(
+        revoked=True, approved=False, summary="revoked", rollback=False
+    )
+
+
+@pytest.mark.django_db
+def test_dispatch_state_marks_rollback_releases_revoked_or_not(team, admin, device_class, tmp_path):
+    manifest = _manifest(device_class, team["author"], tmp_path, sequence=12)
+    rollback = services.release_create(
+        manifest=manifest, name="rollback-2", kind="rollback", actor=team["author"].user, now=NOW
+    )
+    services.release_submit(release=rollback, actor=team["author"].user, now=NOW)
+    rollback.refresh_from_db()
+    state = services.release_dispatch_state(rollback, now=NOW)
+    assert (state.revoked, state.approved, state.rollback) == (False, False, True)
+    assert state.summary == services.release_evaluate(rollback, now=NOW).summary()
+    services.release_revoke(release=rollback, reason="wrong image", actor=admin, now=NOW)
+    rollback.refresh_from_db()
+    assert services.release_dispatch_state(rollback, now=NOW) == ReleaseDispatchState(
+        revoked=True, approved=False, summary="revoked", rollback=True
+    )
 
 
 @pytest.mark.django_db

@@ -1,4 +1,5 @@
-"""Release-side services: image upload, key registration, manifest import and its refusals."""
+"""Release-side services: the catalog (vendors, classes, images, manifests) and who may write it,
+key registration, manifest import and its refusals."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from audit.models import AuditEvent
 from manifests import services, suit
 from manifests.errors import (
     DuplicateManifestError,
@@ -23,17 +25,27 @@ from manifests.errors import (
     KeyExistsError,
     ManifestComponentError,
     ManifestImageMismatchError,
+    PermissionDeniedError,
     SequenceNumberConflictError,
     UnknownDeviceClassError,
     UnknownVendorError,
     UntrustedManifestError,
 )
-from manifests.models import FirmwareImage, KeyStatus, Manifest
+from manifests.models import DeviceClass, FirmwareImage, KeyStatus, Manifest, Vendor
 from tests.helpers.imgtool import build_mcuboot_image
 
 pytestmark = pytest.mark.django_db
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def author(author: Any, catalog_admin: Any) -> Any:
+    """The shared persona, holding the author role (images and manifests need it)."""
+    services.role_grant(
+        user=author.user, role="author", actor=catalog_admin, now=NOW - dt.timedelta(days=30)
+    )
+    return author
 
 
 @pytest.fixture
@@ -45,7 +57,7 @@ def mcuboot_bytes(tmp_path: Path) -> bytes:
 
 @pytest.fixture
 def image(mcuboot_bytes: bytes, author: Any) -> FirmwareImage:
-    return services.image_upload(data=mcuboot_bytes, filename="app.bin", uploaded_by=author.user)
+    return services.image_upload(data=mcuboot_bytes, filename="app.bin", actor=author.user)
 
 
 @pytest.fixture
@@ -74,8 +86,8 @@ def params_for(device_class: Any, image: FirmwareImage, **overrides: Any) -> sui
 
 
 def test_mcuboot_image_upload_parses_header_and_is_idempotent(mcuboot_bytes: bytes, author: Any):
-    first = services.image_upload(data=mcuboot_bytes, filename="a.bin", uploaded_by=author.user)
-    second = services.image_upload(data=mcuboot_bytes, filename="b.bin", uploaded_by=author.user)
+    first = services.image_upload(data=mcuboot_bytes, filename="a.bin", actor=author.user)
+    second = services.image_upload(data=mcuboot_bytes, filename="b.bin", actor=author.user)
     assert first.pk == second.pk
     assert first.kind == "mcuboot"
     assert first.version == "1.4.0+7"
@@ -88,7 +100,7 @@ def test_tampered_mcuboot_image_is_refused_and_not_stored(mcuboot_bytes: bytes, 
     tampered = bytearray(mcuboot_bytes)
     tampered[0x200 + 10] ^= 0xFF
     with pytest.raises(InvalidImageError, match="hash"):
-        services.image_upload(data=bytes(tampered), uploaded_by=author.user)
+        services.image_upload(data=bytes(tampered), actor=author.user)
     assert FirmwareImage.objects.count() == 0
     assert not services.image_storage().exists(hashlib.sha256(bytes(tampered)).hexdigest())
 
@@ -96,7 +108,7 @@ def test_tampered_mcuboot_image_is_refused_and_not_stored(mcuboot_bytes: bytes, 
 def test_oversized_image_is_refused(settings: Any, author: Any):
     settings.FIRMWARE_MAX_IMAGE_SIZE = 1024
     with pytest.raises(ImageTooLargeError):
-        services.image_upload(data=b"\0" * 1025, uploaded_by=author.user)
+        services.image_upload(data=b"\0" * 1025, actor=author.user)
     assert FirmwareImage.objects.count() == 0
 
 
@@ -212,7 +224,7 @@ def test_image_stamped_for_another_class_is_refused(
         vendor_id=str(device_class.vendor.uuid),
         class_id=str(other_class),
     )
-    image = services.image_upload(data=stamped, uploaded_by=author.user)
+    image = services.image_upload(data=stamped, actor=author.user)
     with pytest.raises(ManifestImageMismatchError, match="class_uuid"):
         _import(device_class, image, author.private_key, author.user)
     assert Manifest.objects.count() == 0
@@ -299,3 +311,108 @@ def test_oversized_envelope_is_refused(settings: Any, author: Any):
     settings.SUIT_MAX_ENVELOPE_SIZE = 1024
     with pytest.raises(InvalidManifestError):
         services.manifest_import(envelope=b"\0" * 2048, created_by=author.user, now=NOW)
+
+
+# --- who may write the catalog --------------------------------------------------------------
+CATALOG_ROWS = (Vendor, DeviceClass, FirmwareImage, Manifest, AuditEvent)
+
+
+def _rows() -> dict[str, int]:
+    return {model.__name__: model.objects.count() for model in CATALOG_ROWS}
+
+
+@pytest.fixture
+def actor_named(request: pytest.FixtureRequest, catalog_admin: Any) -> Any:
+    """A user by persona: ``outsider`` (no role), ``author``, ``qa``, ``operator``, ``inactive``
+    (an admin who was deactivated) or ``nobody`` (no user at all)."""
+
+    def named(persona: str) -> Any:
+        if persona == "nobody":
+            return None
+        if persona == "inactive":
+            user = request.getfixturevalue("django_user_model").objects.create_superuser(
+                username="former-admin", password=None, is_active=False
+            )
+            return user
+        fixture = {"qa": "approver_qa", "operator": "operator"}.get(persona, persona)
+        user = request.getfixturevalue(fixture).user
+        role = {"qa": "qa", "operator": "fleet_operator"}.get(persona)
+        if role:
+            services.role_grant(
+                user=user, role=role, actor=catalog_admin, now=NOW - dt.timedelta(days=30)
+            )
+        return user
+
+    return named
+
+
+@pytest.mark.parametrize("persona", ["outsider", "author", "operator", "inactive", "nobody"])
+def test_vendor_registration_by_a_non_admin_is_refused_and_writes_nothing(
+    actor_named: Any, persona: str
+):
+    actor = actor_named(persona)
+    before = _rows()
+    with pytest.raises(PermissionDeniedError):
+        services.vendor_create(name="Evil", domain="evil.example", actor=actor)
+    assert _rows() == before
+
+
+@pytest.mark.parametrize("persona", ["outsider", "author", "operator", "inactive", "nobody"])
+def test_device_class_registration_by_a_non_admin_is_refused_and_writes_nothing(
+    vendor: Any, actor_named: Any, persona: str
+):
+    actor = actor_named(persona)
+    before = _rows()
+    with pytest.raises(PermissionDeniedError):
+        services.device_class_create(
+            vendor=vendor, name="thermo-evil", payload_format="raw", actor=actor
+        )
+    assert _rows() == before
+
+
+def test_an_admin_registers_vendors_and_classes_and_is_audited(catalog_admin: Any):
+    vendor = services.vendor_create(name="Beta", domain="beta.example", actor=catalog_admin)
+    services.device_class_create(vendor=vendor, name="probe", actor=catalog_admin)
+    actors = set(
+        AuditEvent.objects.filter(action__in=["vendor.create", "device_class.create"]).values_list(
+            "actor", flat=True
+        )
+    )
+    assert actors == {catalog_admin.username}
+
+
+@pytest.mark.parametrize("persona", ["outsider", "qa", "operator", "inactive", "nobody"])
+def test_image_upload_by_a_non_author_is_refused_and_stores_nothing(
+    mcuboot_bytes: bytes, actor_named: Any, persona: str
+):
+    actor = actor_named(persona)
+    before = _rows()
+    with pytest.raises(PermissionDeniedError):
+        services.image_upload(data=mcuboot_bytes, filename="evil.bin", actor=actor)
+    assert _rows() == before
+    assert not services.image_storage().exists(hashlib.sha256(mcuboot_bytes).hexdigest())
+
+
+def test_reupload_of_stored_bytes_by_an_outsider_is_refused(
+    image: FirmwareImage, mcuboot_bytes: bytes, outsider: Any
+):
+    """The idempotent path (same bytes, same row) does not skip the role check."""
+    before = _rows()
+    with pytest.raises(PermissionDeniedError):
+        services.image_upload(data=mcuboot_bytes, actor=outsider.user)
+    assert _rows() == before
+
+
+@pytest.mark.parametrize("persona", ["outsider", "qa"])
+def test_manifest_import_by_a_non_author_is_refused_even_with_their_own_valid_signature(
+    device_class: Any, image: FirmwareImage, actor_named: Any, persona: str, request: Any
+):
+    actor = actor_named(persona)
+    signer = request.getfixturevalue("approver_qa" if persona == "qa" else persona)
+    services.signing_key_register(
+        owner=actor, public_key_pem=signer.public_pem, valid_from=NOW - dt.timedelta(days=1)
+    )
+    before = _rows()
+    with pytest.raises(PermissionDeniedError):
+        _import(device_class, image, signer.private_key, actor)
+    assert _rows() == before

@@ -19,7 +19,7 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True, parser_class=CommandParser)
         p = sub.add_parser("upload")
         p.add_argument("file")
-        p.add_argument("--user", required=True, help="username of the uploader")
+        p.add_argument("--user", required=True, help="username of the uploader (author or admin)")
         sub.add_parser("list")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -29,10 +29,9 @@ class Command(BaseCommand):
                 data = path.read_bytes()
             except OSError as exc:
                 raise CommandError(f"cannot read {path}: {exc.strerror}", returncode=1) from exc
+            actor = user_named(options["user"])
             with service_errors():
-                image = services.image_upload(
-                    data=data, filename=path.name, uploaded_by=user_named(options["user"])
-                )
+                image = services.image_upload(data=data, filename=path.name, actor=actor)
             self.stdout.write(
                 f"image {image.sha256} {image.kind} {image.size} bytes version "
                 f"{image.version or '-'} security counter {image.security_counter}"

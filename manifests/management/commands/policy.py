@@ -10,7 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from manifests import services
 from manifests.management.cli import device_class_named, service_errors, user_named
-from manifests.models import DeviceClass, PolicyKind
+from manifests.models import DeviceClass, PolicyKind, ReleasePolicy
+from manifests.services.facts import BUILTIN_POLICIES
 
 
 def _rules(text: str) -> dict[str, Any]:
@@ -75,9 +76,6 @@ class Command(BaseCommand):
     @staticmethod
     def _line(device_class: DeviceClass | None, kind: str) -> str:
         if device_class is None:
-            from manifests.models import ReleasePolicy
-            from manifests.services.releases import BUILTIN_POLICIES
-
             row = ReleasePolicy.objects.filter(device_class__isnull=True, kind=kind).first()
             rules, source = (row.rules, "default") if row else (BUILTIN_POLICIES[kind], "built-in")
             return f"{kind:9} {'(default)':30} {json.dumps(rules, sort_keys=True)} [{source}]"

@@ -128,7 +128,7 @@ class Command(BaseCommand):
                 class_id=str(thermo.uuid),
             ),
             filename="thermo-1.1.0.bin",
-            uploaded_by=author,
+            actor=author,
         )
         envelope = suit.create_envelope(
             manifest_params(
