@@ -300,7 +300,7 @@ def _one_pass(campaign_id: int, spec: Any, release: Any, now: Any) -> tuple[int,
 def child_dispatch(args: argparse.Namespace) -> dict[str, Any]:
     from django.utils import timezone
 
-    from campaigns import eligibility
+    from manifests.services import release_dispatch_state
 
     world = cw.make_world()
     refused = args.dispatch_rollouts // 50
@@ -309,7 +309,7 @@ def child_dispatch(args: argparse.Namespace) -> dict[str, Any]:
     )
     sent = _patch_delay()
     now = timezone.now()
-    release = eligibility.release_state(campaign.release, now=now)
+    release = release_dispatch_state(campaign.release, now=now)
     dispatched = skipped = passes = 0
     start = time.perf_counter()
     while True:
@@ -334,7 +334,8 @@ def child_queries(args: argparse.Namespace) -> dict[str, Any]:
     from django.test.utils import CaptureQueriesContext
     from django.utils import timezone
 
-    from campaigns import eligibility, engine
+    from campaigns import engine
+    from manifests.services import release_dispatch_state
 
     world = cw.make_world()
     _patch_delay()
@@ -346,7 +347,7 @@ def child_queries(args: argparse.Namespace) -> dict[str, Any]:
         )
         engine.DISPATCH_BATCH = size + refused
         now = timezone.now()
-        release = eligibility.release_state(campaign.release, now=now)
+        release = release_dispatch_state(campaign.release, now=now)
         with CaptureQueriesContext(connection) as ctx:
             dispatched, skipped = _one_pass(campaign.pk, spec, release, now)
         results.append(

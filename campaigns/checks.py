@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Protocol
 
 from manifests import device_rules as dc
 
@@ -66,12 +67,22 @@ class DeviceFacts:
     clock_offset_seconds: float | None
 
 
-@dataclass(frozen=True)
-class ReleaseState:
-    revoked: bool
-    approved: bool
-    approval_summary: str
-    rollback: bool  # a rollback release, approved under the incident policy
+class ReleaseState(Protocol):
+    """The release as dispatch sees it now (``manifests.services.release_dispatch_state``)."""
+
+    @property
+    def revoked(self) -> bool: ...
+
+    @property
+    def approved(self) -> bool: ...
+
+    @property
+    def summary(self) -> str:
+        """Why it is not approved (or what counted)."""
+
+    @property
+    def rollback(self) -> bool:
+        """A rollback release, approved under the incident policy."""
 
 
 def check_dispatch(
@@ -87,7 +98,7 @@ def check_dispatch(
     if release.revoked:
         return Refusal(RELEASE_REVOKED, "the release has been revoked")
     if not release.approved:
-        return Refusal(NOT_APPROVED, f"the release is not approved now: {release.approval_summary}")
+        return Refusal(NOT_APPROVED, f"the release is not approved now: {release.summary}")
     if device.identity is None:
         return Refusal(UNMAPPED_DEVICE, f"{device.endpoint} is not mapped to a device class")
     if (

@@ -21,8 +21,7 @@ from campaigns.models import IN_FLIGHT_STATES, Campaign, Device, EmergencyStop, 
 from campaigns.spec import CampaignSpec
 from manifests import device_rules as dc
 from manifests import suit
-from manifests.models import DeviceClass, Release, ReleaseKind, ReleaseStatus
-from manifests.services import release_evaluate
+from manifests.models import DeviceClass, Release
 from manifests.versions import VersionError, parse_version
 
 EXCLUDED_BY_SPEC = "excluded_by_spec"
@@ -64,17 +63,6 @@ def resolve(spec: CampaignSpec, *, source: str = "<api>") -> Resolved:
             f"not {device_class}",
         )
     return Resolved(spec=spec, release=release, device_class=device_class)
-
-
-def release_state(release: Release, *, now: dt.datetime) -> checks.ReleaseState:
-    """The release as dispatch sees it now: approval re-evaluated from its signatures."""
-    if release.status == ReleaseStatus.REVOKED:
-        return checks.ReleaseState(True, False, "revoked", release.kind == ReleaseKind.ROLLBACK)
-    verdict = release_evaluate(release, now=now)
-    approved = verdict.approved and release.status != ReleaseStatus.DRAFT
-    return checks.ReleaseState(
-        False, approved, verdict.summary(), release.kind == ReleaseKind.ROLLBACK
-    )
 
 
 def manifest_facts(release: Release) -> tuple[dc.ManifestFacts, tuple[int, int, int, int]]:

@@ -50,7 +50,6 @@ from campaigns.eligibility import (
     classify_device,
     in_flight_elsewhere,
     manifest_facts,
-    release_state,
     resolve,
 )
 from campaigns.models import (
@@ -69,6 +68,7 @@ from campaigns.planning import PlanRow, write_rows
 from campaigns.rollouts import confirm_successes, fail_rollout
 from campaigns.selectors import spec_of, stage_tally
 from campaigns.services import abort_campaign
+from manifests.services import release_dispatch_state
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +141,13 @@ def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | 
             return None
         spec = spec_of(campaign)
         report = ReconcileReport(campaign.name, campaign.status, campaign.current_stage)
-        release = release_state(campaign.release, now=now)
+        release = release_dispatch_state(campaign.release, now=now)
         if release.revoked:
             abort_campaign(campaign, actor=ENGINE, reason="release revoked", now=now)
             report.status, report.decision = CampaignStatus.ABORTED, "release revoked"
             return report
         if not release.approved:
-            engine_pause(campaign, f"release no longer approved: {release.approval_summary}", now)
+            engine_pause(campaign, f"release no longer approved: {release.summary}", now)
             report.status, report.decision = CampaignStatus.PAUSED, "approval lost"
             return report
 
@@ -203,7 +203,7 @@ def enroll_new_devices(campaign: Campaign, spec: Any, *, now: dt.datetime) -> in
         return 0
 
     resolved = resolve(spec)
-    release = release_state(campaign.release, now=now)
+    release = release_dispatch_state(campaign.release, now=now)
     manifest, version = manifest_facts(campaign.release)
     bounds = [
         int(b) for b in campaign.stages.order_by("index").values_list("bucket_upper", flat=True)

@@ -33,12 +33,12 @@ from campaigns.eligibility import (
     PlanDevice,
     classify_device,
     manifest_facts,
-    release_state,
     resolve,
 )
 from campaigns.models import Campaign, Device, Rollout, RolloutState
 from campaigns.spec import CampaignSpec
 from manifests.models import DeviceClass
+from manifests.services import release_dispatch_state
 
 # Rows written per INSERT (or per COPY write) when persisting a plan: large enough to amortise
 # round trips, small enough to keep one statement's memory and lock time modest.
@@ -198,13 +198,13 @@ def campaign_plan(
     of Python ints, ~44 bytes a device)."""
     now = now or timezone.now()
     resolved = resolve(spec, source=source)
-    release = release_state(resolved.release, now=now)
+    release = release_dispatch_state(resolved.release, now=now)
     manifest, manifest_version = manifest_facts(resolved.release)
     release_refusal = None
     if release.revoked:
         release_refusal = checks.Refusal(checks.RELEASE_REVOKED, "release revoked")
     elif not release.approved:
-        release_refusal = checks.Refusal(checks.NOT_APPROVED, release.approval_summary)
+        release_refusal = checks.Refusal(checks.NOT_APPROVED, release.summary)
     elif manifest.use_before is not None and now >= manifest.use_before:
         release_refusal = checks.Refusal(checks.EXPIRED, f"expired {manifest.use_before}")
     plan = Plan(

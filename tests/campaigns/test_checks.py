@@ -10,6 +10,7 @@ import pytest
 
 from campaigns import checks
 from manifests import device_rules as dc
+from manifests.services.releases import ReleaseDispatchState
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 VENDOR = uuid.uuid5(uuid.NAMESPACE_DNS, "acme.example")
@@ -37,7 +38,7 @@ DEVICE = checks.DeviceFacts(
     installed_version=(1, 0, 0, 0),
     clock_offset_seconds=1.5,
 )
-APPROVED = checks.ReleaseState(revoked=False, approved=True, approval_summary="ok", rollback=False)
+APPROVED = ReleaseDispatchState(revoked=False, approved=True, summary="ok", rollback=False)
 
 
 def run(manifest=MANIFEST, version=(2, 0, 0, 0), device=DEVICE, release=APPROVED):

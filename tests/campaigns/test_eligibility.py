@@ -17,10 +17,10 @@ from campaigns.eligibility import (
     active_stops,
     device_facts,
     manifest_facts,
-    release_state,
 )
 from campaigns.models import Device
 from campaigns.spec import parse_spec
+from manifests.services import release_dispatch_state
 from tests.campaigns.support import Catalog, make_devices, spec_text
 
 pytestmark = pytest.mark.django_db
@@ -49,7 +49,7 @@ def test_the_dispatch_checker_agrees_with_the_check_of_each_device_alone(catalog
     make_devices(catalog, 2, prefix="unmapped", device_class=None)
     Device.objects.filter(endpoint__startswith="unmapped").update(device_class=None)
     release = catalog.release
-    state = release_state(release, now=now)
+    state = release_dispatch_state(release, now=now)
     manifest, version = manifest_facts(release)
     checker = DispatchChecker(
         manifest,
