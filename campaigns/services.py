@@ -38,11 +38,7 @@ from campaigns.planning import campaign_plan, write_rows
 from campaigns.rollouts import cancel_rollouts
 from campaigns.spec import CampaignSpec, spec_diff
 from manifests.models import DeviceClass, Release, Role
-from manifests.services import require_role
-
-OPERATOR_ROLES = (Role.FLEET_OPERATOR, Role.ADMIN)
-STOP_ROLES = (Role.FLEET_OPERATOR, Role.SECURITY, Role.ADMIN)
-LIFT_ROLES = (Role.SECURITY, Role.ADMIN)
+from manifests.services import access, require_role
 
 
 def campaign_apply(
@@ -51,7 +47,7 @@ def campaign_apply(
     """Create the campaign, or a new revision when the spec changed; the same spec twice
     changes nothing. Returns the campaign and "created" | "revised" | "unchanged"."""
     now = now or timezone.now()
-    require_role(actor, *OPERATOR_ROLES, at=now)
+    require_role(actor, *access.OPERATORS, at=now)
     digest = spec.digest()
     document = spec.to_document()
     existing = Campaign.objects.filter(name=spec.name).first()
@@ -246,7 +242,7 @@ def campaign_pause(
     *, campaign: Campaign, actor: Any, reason: str = "", now: dt.datetime | None = None
 ) -> Campaign:
     now = now or timezone.now()
-    require_role(actor, *OPERATOR_ROLES, at=now)
+    require_role(actor, *access.OPERATORS, at=now)
     return _transition(
         campaign,
         allowed=(CampaignStatus.RUNNING,),
@@ -265,7 +261,7 @@ def campaign_resume(
     run so far are tried again: a pause on failures is followed by fixing their cause, and
     the stage's thresholds are then judged on the new attempts."""
     now = now or timezone.now()
-    require_role(actor, *OPERATOR_ROLES, at=now)
+    require_role(actor, *access.OPERATORS, at=now)
     with transaction.atomic():
         resumed = _transition(
             campaign,
@@ -302,7 +298,7 @@ def campaign_abort(
     """Stop for good: pending devices are cancelled and in-flight downloads are cancelled on
     the devices (empty Package URI)."""
     now = now or timezone.now()
-    require_role(actor, *OPERATOR_ROLES, at=now)
+    require_role(actor, *access.OPERATORS, at=now)
     return abort_campaign(campaign, actor=actor, reason=reason, now=now)
 
 
@@ -343,7 +339,7 @@ def campaign_promote(*, campaign: Campaign, actor: Any, now: dt.datetime | None 
                     f"the gate of stage {stage.name} needs a {gate} approval: {exc}"
                 ) from exc
         else:
-            require_role(actor, *OPERATOR_ROLES, at=now)
+            require_role(actor, *access.OPERATORS, at=now)
         stage.gate_approved_by, stage.gate_approved_at = actor, now
         if stage.success_since is None:
             stage.success_since = now - dt.timedelta(days=3650)  # promotion skips the soak
@@ -371,7 +367,7 @@ def emergency_stop(
     now = now or timezone.now()
     if not reason.strip():
         raise EmergencyStopError("an emergency stop needs a reason")
-    require_role(actor, *STOP_ROLES, at=now)
+    require_role(actor, *access.STOPPERS, at=now)
     scope = "release" if release else "device_class" if device_class else "global"
     with transaction.atomic():
         stop = EmergencyStop.objects.create(
@@ -412,7 +408,7 @@ def emergency_lift(
     *, stop: EmergencyStop, actor: Any, now: dt.datetime | None = None
 ) -> EmergencyStop:
     now = now or timezone.now()
-    require_role(actor, *LIFT_ROLES, at=now)
+    require_role(actor, *access.LIFTERS, at=now)
     with transaction.atomic():
         locked = EmergencyStop.objects.select_for_update().get(pk=stop.pk)
         if locked.lifted_at is not None:
