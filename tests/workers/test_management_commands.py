@@ -23,7 +23,12 @@ def test_gateway_command_serves_until_sigterm(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**__import__("os").environ, "FWUPD_VAR_DIR": str(tmp_path)},
+        env={
+            **__import__("os").environ,
+            "FWUPD_VAR_DIR": str(tmp_path),
+            "LWM2M_ACCEPT_NOSEC": "1",
+            "LWM2M_ADMISSION": "open",
+        },
     )
     try:
         assert proc.stdout is not None
