@@ -85,10 +85,8 @@ EVENT_BATCH = 100
 # Attempts to hand one event to the sink before giving up (with exponential backoff).
 EMIT_ATTEMPTS = 5
 
-# NoSec re-registration probes (workers.lwm2m.admission): at most this many at once, and a
-# positive answer is reused for this long (a stream of impostors costs the device one probe).
+# NoSec re-registration probes (workers.lwm2m.admission) in flight at once.
 MAX_PROBES = 64
-PROBE_MEMORY_SECONDS = 10.0
 
 
 # --- collaborators ----------------------------------------------------------------------------
@@ -184,6 +182,9 @@ class GatewayConfig:
     device_info_concurrency: int = 64
     # How long a NoSec registration's old address has to answer the re-registration probe.
     nosec_probe_timeout: float = 5.0
+    # A positive probe is reused this long: a stream of impostors costs the device one probe
+    # per interval (and a device that rebooted right after one waits at most this long).
+    nosec_probe_memory_seconds: float = 10.0
 
     @property
     def base_uri(self) -> str:
@@ -855,7 +856,8 @@ class Gateway:
     async def _old_peer_answers(self, reg: Registration) -> bool:
         """Whether anything answers at ``reg``'s address (one GET of /3/0/0; any CoAP answer,
         4.04 or a reset counts). One probe per endpoint at a time, a positive one remembered
-        for PROBE_MEMORY_SECONDS, at most MAX_PROBES at once (past it: assume it answers)."""
+        for ``nosec_probe_memory_seconds``, at most MAX_PROBES at once (past it: assume it
+        answers)."""
         probe = self._probes.get(reg.endpoint)
         if probe is None:
             if len(self._probes) >= MAX_PROBES or self.context is None:
@@ -882,7 +884,7 @@ class Gateway:
         finally:
             probe.set_result(answered)
             if answered:
-                await asyncio.sleep(PROBE_MEMORY_SECONDS)
+                await asyncio.sleep(self.config.nosec_probe_memory_seconds)
             self._probes.pop(reg.endpoint, None)
 
     async def _after_register(self, reg: Registration) -> None:
