@@ -47,7 +47,7 @@ UINT_OPTIONS: dict[int, int] = {
 SIZE1_OPTION = 60
 BAD_REQUEST = (4 << 5) | 0
 REQUEST_ENTITY_TOO_LARGE = (4 << 5) | 13
-TYPE_CON, TYPE_NON, TYPE_ACK = 0, 1, 2
+TYPE_CON, TYPE_NON, TYPE_ACK, TYPE_RST = 0, 1, 2, 3
 MAX_TOKEN_BYTES = 8
 # Bytes of diagnostic payload in a refusal (kept short: the reply must not outgrow the request).
 MAX_DIAGNOSTIC = 48
@@ -118,6 +118,13 @@ def screen(data: bytes, *, truncated: bool = False, limit: int = 0) -> Verdict:
         return Verdict(ok=False, kind="malformed", reason="bad token length")
     token = data[4 : 4 + token_length]
     is_request = 1 <= code <= 31
+    code_class = code >> 5
+    if code_class in (1, 6, 7):
+        return Verdict(ok=False, kind="malformed", reason=f"reserved code class {code_class}")
+    if code == 0 and (mtype == TYPE_NON or len(data) > 4):
+        return Verdict(ok=False, kind="malformed", reason="empty message with content")
+    if (is_request and mtype in (TYPE_ACK, TYPE_RST)) or (code and mtype == TYPE_RST):
+        return Verdict(ok=False, kind="malformed", reason="code and message type do not fit")
 
     def refuse(kind: str, reason: str, reply_code: int, size1: int | None = None) -> Verdict:
         reply = None
