@@ -596,6 +596,7 @@ class Gateway:
             "provisioned_endpoints": len(self.provisioned) if self.provisioned else None,
             "block1_bodies": len(self.block1),
             "device_info_passes_pending": self._info_pending,
+            "datagrams_received": self.guard.received,
             "refused": dict(self.guard.counts),
             "stats": dict(self.stats),
         }
@@ -877,7 +878,7 @@ class Gateway:
                 request = self.context.request(message)
                 await asyncio.wait_for(request.response, timeout=self.config.nosec_probe_timeout)
                 answered = True
-        except aiocoap.error.ResetReceived:
+        except aiocoap.error.MessageError:  # a reset: something listens there
             answered = True
         except (TimeoutError, aiocoap.error.Error, OSError):
             answered = False

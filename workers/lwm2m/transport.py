@@ -45,6 +45,7 @@ class InputGuard:
 
     def __init__(self, *, interval: float = 10.0, burst: int = 10) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
+        self.received = 0  # datagrams read from the socket (refused or not)
         self.limiter = logsafe.RateLimiter(interval=interval, burst=burst)
 
     def refused(self, kind: str, peer: str, reason: str) -> None:
@@ -77,6 +78,7 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
     max_datagram: int = 4096
 
     def datagram_msg_received(self, data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        self.guard.received += 1
         truncated = bool(flags & socket.MSG_TRUNC)
         verdict = wire.screen(data, truncated=truncated, limit=self.max_datagram)
         if not verdict.ok:
