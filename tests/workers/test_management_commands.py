@@ -33,13 +33,22 @@ def test_gateway_command_serves_until_sigterm(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert "gateway" in line and "coap://127.0.0.1:" in line, (
+        assert "gateway" in line and "coap://127.0.0.1:" in line and "NoSec ACCEPTED" in line, (
             proc.stderr.read() if proc.stderr else ""
         )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_gateway_command_with_production_defaults_refuses_nosec_without_dtls(
+    settings: Any,
+) -> None:
+    settings.LWM2M_ACCEPT_NOSEC = False  # the default with DEBUG off
+    settings.LWM2M_DTLS_BIND = None
+    with pytest.raises(CommandError, match="NoSec refused but no DTLS listener"):
+        call_command("lwm2m_gateway", "--bind", "127.0.0.1:0")
 
 
 def test_simulate_fleet_refuses_unknown_class(db: None) -> None:

@@ -522,6 +522,7 @@ class Gateway:
             self.config.port = claim_udp_port(self.config.host)
             self._claimed_port = self.config.port
         self._info_slots = asyncio.Semaphore(self.config.device_info_concurrency)
+        screened.quiet_transient_errors(asyncio.get_running_loop())
         if self.provisioned is not None:
             await self._start_provisioned(self.provisioned)
         self.context = await screened.open_server_context(

@@ -161,3 +161,49 @@ def take_block1(assembler: Block1Assembler, request: Message) -> tuple[Message, 
     if block1.block_number == 0:
         return request, None
     return request.copy(payload=body), None
+
+
+# --- transient errors from aiocoap's callbacks: one line, not a traceback -----------------------
+
+# What a peer that went away makes aiocoap report from a callback: a response or ICMP error for
+# a request already finished (the future is done: InvalidStateError), a network error.
+_TRANSIENT = (asyncio.InvalidStateError, aiocoap.error.NetworkError, ConnectionError)
+
+
+class TransientErrorFilter(logging.Filter):
+    """Turns an aiocoap record carrying a transient error into one INFO line (no traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, _TRANSIENT):
+            record.msg = f"{logsafe.one_line(record.getMessage())} (transient: {exc!r})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def quiet_transient_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Filter aiocoap's loggers (each by name: filters do not reach child loggers) and, unless
+    the loop already has one, install an exception handler that logs transient errors from
+    callbacks as one line."""
+    for name in (
+        "coap-server",
+        "coap",
+        "coap-server.blockwise-requester",
+        "coap.blockwise-requester",
+    ):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, TransientErrorFilter) for f in logger.filters):
+            logger.addFilter(TransientErrorFilter())
+    if loop.get_exception_handler() is None:
+        loop.set_exception_handler(_loop_exception_handler)
+
+
+def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    if isinstance(exc, _TRANSIENT):
+        log.info("transient error in a callback: %s (%r)", context.get("message"), exc)
+        return
+    loop.default_exception_handler(context)

@@ -443,3 +443,27 @@ def test_malformed_non_confirmable_datagram_is_dropped_silently() -> None:
         peer.send(request(GET, path=[b"\xff"], mtype=NON))
         assert peer.recv(0.5) is None
         assert thread.gateway.guard.counts["malformed"] == 1
+
+
+# --- 7. transient errors from peers that went away: one line, no traceback ----------------------
+
+
+def test_late_answer_from_a_closed_peer_logs_one_line_not_a_traceback(caplog: Any) -> None:
+    import asyncio
+
+    caplog.set_level(logging.INFO)
+    with gateway_thread() as thread:
+
+        async def late_errors() -> None:
+            loop = asyncio.get_running_loop()
+            loop.call_exception_handler(
+                {"message": "Exception in callback", "exception": asyncio.InvalidStateError()}
+            )
+            try:
+                raise aiocoap.error.NetworkError("Connection refused (received through errqueue)")
+            except aiocoap.error.NetworkError as exc:
+                logging.getLogger("coap-server").error("dispatch_error: %s", exc, exc_info=exc)
+
+        thread.call(late_errors())
+    assert tracebacks(caplog) == []
+    assert any("transient" in r.getMessage() for r in caplog.records)
