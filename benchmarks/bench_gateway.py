@@ -201,6 +201,9 @@ def main() -> int:
             "FIRMWARE_STORAGE_ROOT": str(store),
             "FWUPD_SQLITE_PATH": str(Path(tmp) / "gateway.sqlite3"),
             "LOG_LEVEL": "ERROR",
+            # Simulated devices over plain CoAP, unknown to the registry (labs settings).
+            "LWM2M_ACCEPT_NOSEC": "1",
+            "LWM2M_ADMISSION": "open",
         }
         env.pop("DATABASE_URL", None)
         subprocess.run(

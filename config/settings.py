@@ -180,8 +180,16 @@ LWM2M_DTLS_BIND = envopt("LWM2M_DTLS_BIND")
 # coaps://host:port devices use for DTLS downloads; derived from LWM2M_DTLS_BIND when unset.
 LWM2M_DTLS_PUBLIC_URI = envopt("LWM2M_DTLS_PUBLIC_URI")
 # Whether plain-CoAP (NoSec) registrations are accepted; 0 = DTLS devices only. An endpoint that
-# has a PSK is refused over NoSec either way (when the DTLS listener is on).
-LWM2M_ACCEPT_NOSEC = envbool("LWM2M_ACCEPT_NOSEC", True)
+# has a PSK is refused over NoSec either way (when the DTLS listener is on). Default: on only with
+# DEBUG (`make demo`, labs); a production gateway needs a DTLS listener or this set explicitly.
+LWM2M_ACCEPT_NOSEC = envbool("LWM2M_ACCEPT_NOSEC", DEBUG)
+# Who may register: "provisioned" (endpoints with a Device or DevicePSK row; others get 4.03 and
+# no row) or "open" (any well-formed name: labs, simulated fleets). Default: open only with DEBUG.
+LWM2M_ADMISSION = envstr("LWM2M_ADMISSION", "open" if DEBUG else "provisioned")
+if LWM2M_ADMISSION not in ("provisioned", "open"):
+    raise ValueError(f"LWM2M_ADMISSION={LWM2M_ADMISSION!r}: expected provisioned or open")
+# Most registrations one gateway holds; past it a new endpoint gets 5.03 (bounds memory).
+LWM2M_MAX_REGISTRATIONS = envint("LWM2M_MAX_REGISTRATIONS", 100_000, minimum=1)
 # How often the gateway reloads DevicePSK rows into its in-memory key cache (seconds); a handshake
 # with an unknown identity or a failed key also brings the next reload forward.
 LWM2M_PSK_REFRESH_SECONDS = envint("LWM2M_PSK_REFRESH_SECONDS", 60, minimum=1)

@@ -87,6 +87,8 @@ class EmbeddedFleet:
                 port=0,
                 fw_poll_seconds=self.fw_poll_seconds,
                 request_timeout=request_timeout,
+                # Simulated devices are not in the registry until they register.
+                admission="open",
             ),
             bus=bus_for_url(configured_bus_url()),
             sink=CeleryEventSink(),

@@ -44,7 +44,9 @@ class BatchSink:
 
 def _run(sink: BatchSink, count: int) -> Gateway:
     gateway = Gateway(
-        GatewayConfig(gateway_id="gw-batch", port=0), bus=InMemoryCommandBus(), sink=sink
+        GatewayConfig(gateway_id="gw-batch", port=0, admission="open"),
+        bus=InMemoryCommandBus(),
+        sink=sink,
     )
 
     async def main() -> None:

@@ -23,18 +23,32 @@ def test_gateway_command_serves_until_sigterm(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**__import__("os").environ, "FWUPD_VAR_DIR": str(tmp_path)},
+        env={
+            **__import__("os").environ,
+            "FWUPD_VAR_DIR": str(tmp_path),
+            "LWM2M_ACCEPT_NOSEC": "1",
+            "LWM2M_ADMISSION": "open",
+        },
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert "gateway" in line and "coap://127.0.0.1:" in line, (
+        assert "gateway" in line and "coap://127.0.0.1:" in line and "NoSec ACCEPTED" in line, (
             proc.stderr.read() if proc.stderr else ""
         )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_gateway_command_with_production_defaults_refuses_nosec_without_dtls(
+    settings: Any,
+) -> None:
+    settings.LWM2M_ACCEPT_NOSEC = False  # the default with DEBUG off
+    settings.LWM2M_DTLS_BIND = None
+    with pytest.raises(CommandError, match="NoSec refused but no DTLS listener"):
+        call_command("lwm2m_gateway", "--bind", "127.0.0.1:0")
 
 
 def test_simulate_fleet_refuses_unknown_class(db: None) -> None:

@@ -107,7 +107,7 @@ class PSKSource(Protocol):
     """Where the encrypted keys live (the database in production, a dict in unit tests)."""
 
     def tokens(self) -> dict[str, bytes]:
-        """Every identity with its encrypted key (a Fernet token, :mod:`workers.lwm2m.psk`)."""
+        """Every identity with its encrypted key (a Fernet token, :mod:`campaigns.psk`)."""
 
     def secret(self) -> str:
         """The deployment secret the tokens are encrypted under."""

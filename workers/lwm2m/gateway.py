@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import secrets
 import socket
@@ -38,7 +39,9 @@ from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
 from campaigns import events
-from workers.lwm2m import content, dtls
+from workers.lwm2m import admission, content, dtls, logsafe, names, selectors
+from workers.lwm2m import transport as screened
+from workers.lwm2m.block1 import Block1Assembler
 from workers.lwm2m.blocks import block_slice
 from workers.lwm2m.bus import InMemoryCommandBus, RedisCommandBus
 from workers.lwm2m.errors import (
@@ -59,7 +62,7 @@ from workers.lwm2m.linkformat import RegisteredObjects, parse_registration_paylo
 from workers.lwm2m.object5 import PROTOCOL_SCHEMES, FwState, Phase, UpdateTracker, Verdict
 from workers.lwm2m.ports import claim_udp_port, release_udp_port
 
-log = logging.getLogger("workers.lwm2m.gateway")
+log = logsafe.guard(logging.getLogger("workers.lwm2m.gateway"))
 
 SUPPORTED_VERSIONS = ("1.0", "1.1", "1.2")
 BINDING_CHARS = set("UQSTN")
@@ -88,6 +91,9 @@ EVENT_BATCH = 100
 
 # Attempts to hand one event to the sink before giving up (with exponential backoff).
 EMIT_ATTEMPTS = 5
+
+# NoSec re-registration probes (workers.lwm2m.admission) in flight at once.
+MAX_PROBES = 64
 
 
 # --- collaborators ----------------------------------------------------------------------------
@@ -173,6 +179,19 @@ class GatewayConfig:
     psk_miss_refresh_seconds: float = 2.0
     dtls_handshake_timeout: float = 10.0
     dtls_max_sessions: int = 10000
+    # Who may register (workers.lwm2m.admission): "provisioned" (the registry's endpoints only)
+    # or "open" (any well-formed name: labs, the demo, simulated fleets).
+    admission: str = "provisioned"
+    provisioned_refresh_seconds: float = 60.0
+    # Most registrations held at once; past it a new endpoint gets 5.03 (bounds memory).
+    max_registrations: int = 100_000
+    # Device-information reads in flight at once over all registrations (bounds pending state).
+    device_info_concurrency: int = 64
+    # How long a NoSec registration's old address has to answer the re-registration probe.
+    nosec_probe_timeout: float = 5.0
+    # A positive probe is reused this long: a stream of impostors costs the device one probe
+    # per interval (and a device that rebooted right after one waits at most this long).
+    nosec_probe_memory_seconds: float = 10.0
 
     @property
     def base_uri(self) -> str:
@@ -228,6 +247,8 @@ class GatewayConfig:
             psk_refresh_seconds=settings.LWM2M_PSK_REFRESH_SECONDS,
             dtls_handshake_timeout=settings.LWM2M_DTLS_HANDSHAKE_TIMEOUT,
             dtls_max_sessions=settings.LWM2M_DTLS_MAX_SESSIONS,
+            admission=admission.check_mode(settings.LWM2M_ADMISSION),
+            max_registrations=settings.LWM2M_MAX_REGISTRATIONS,
         )
 
 
@@ -319,17 +340,14 @@ class _Handler(resource.Resource, resource.PathCapable):
         try:
             return await self.handle(request, path)
         except LwM2MError as exc:
-            log.warning(
-                "refused %s %s from %s: %s [%s]",
-                request.code,
-                "/".join(request.opt.uri_path),
-                request.remote.hostinfo,
-                exc,
-                exc.code,
-            )
+            self.gateway.refused(request, exc)
             return _error_response(exc)
         except Exception:
-            log.exception("internal error on %s %s", request.code, request.opt.uri_path)
+            log.exception(
+                "internal error on %s %s",
+                request.code,
+                logsafe.shown("/".join(request.opt.uri_path)),
+            )
             return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
 
     async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
@@ -340,9 +358,22 @@ class _Handler(resource.Resource, resource.PathCapable):
 class RegistrationResource(_Handler):
     """/rd (Register) and /rd/<id> (Update, De-register)."""
 
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return False  # Block1 bodies are assembled with a size cap (workers.lwm2m.block1)
+
     async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
+        block1 = request.opt.block1
+        request, early = screened.take_block1(self.gateway.block1, request)
+        if early is not None:
+            return early  # 2.31 Continue: more blocks to come
         if len(request.payload) > self.gateway.config.max_payload:
             raise PayloadTooLargeError(f"payload of {len(request.payload)} bytes")
+        response = await self._route(request, path)
+        if block1 is not None:
+            response.opt.block1 = block1  # RFC 7959 2.3: the last block's option, acknowledged
+        return response
+
+    async def _route(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if path == () and request.code == Code.POST:
             return await self.gateway.register(request)
         if len(path) == 1 and request.code == Code.POST:
@@ -389,20 +420,36 @@ class FirmwareResource(_Handler):
         return response
 
 
+class HealthResource(_Handler):
+    """GET /health: :meth:`Gateway.health` as JSON, to loopback peers only (4.04 to others)."""
+
+    async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
+        host = admission.peer_address(request.remote)[0]
+        if path or request.code != Code.GET or dtls.peer_identity(request.remote) is not None:
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        if not (host == "::1" or host.startswith("127.")):
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        body = json.dumps(self.gateway.health(), sort_keys=True).encode()
+        return aiocoap.Message(code=Code.CONTENT, payload=body, content_format=50)
+
+
 class _Root(resource.Resource, resource.PathCapable):
     """Routes /rd... and /fw... (aiocoap's Site cannot serve both /rd and /rd/<id>)."""
 
-    def __init__(self, rd: RegistrationResource, fw: FirmwareResource) -> None:
+    def __init__(
+        self, rd: RegistrationResource, fw: FirmwareResource, health: HealthResource
+    ) -> None:
         super().__init__()
-        self.children: dict[str, _Handler] = {"rd": rd, "fw": fw}
+        self.children: dict[str, _Handler] = {"rd": rd, "fw": fw, "health": health}
 
     def _child(self, request: aiocoap.Message) -> _Handler | None:
         path = request.opt.uri_path
         return self.children.get(path[0]) if path else None
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
-        child = self._child(request)
-        return True if child is None else await child.needs_blockwise_assembly(request)
+        # Never aiocoap's spool: it buffers bodies without a limit. /rd assembles Block1 itself
+        # (bounded), /fw answers Block2 itself, anything else is 4.04 whole.
+        return False
 
     async def render(self, request: aiocoap.Message) -> aiocoap.Message:
         # The sub-path is passed along rather than set on a copy of the request: copying a
@@ -425,7 +472,9 @@ class Gateway:
         sink: EventSink | None = None,
         firmware: FirmwareSource | None = None,
         psk_source: dtls.PSKSource | None = None,
+        provisioned_source: admission.ProvisionedSource | None = None,
     ) -> None:
+        admission.check_mode(config.admission)
         self.config = config
         self.bus = bus
         self.sink = sink or CeleryEventSink()
@@ -456,17 +505,39 @@ class Gateway:
         self._event_queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] | None = None
         self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
         self._claimed_port: int | None = None
+        # Hostile-input bounds (docs/lwm2m.md, "Hostile input"): refusal counters and log
+        # limiter, Block1 bodies, the provisioned endpoints, device-information reads in flight.
+        self.guard = screened.InputGuard()
+        self.block1 = Block1Assembler(max_bytes=config.max_payload)
+        self.provisioned: admission.ProvisionedCache | None = None
+        if config.admission == "provisioned":
+            self.provisioned = admission.ProvisionedCache(
+                provisioned_source or selectors.DjangoProvisionedSource(),
+                refresh_seconds=config.provisioned_refresh_seconds,
+                miss_refresh_seconds=config.psk_miss_refresh_seconds,
+            )
+        self._info_slots: asyncio.Semaphore | None = None
+        self._info_pending = 0
+        self._probes: dict[str, asyncio.Future[bool]] = {}
 
     # lifecycle
 
     async def start(self) -> None:
-        site = _Root(RegistrationResource(self), FirmwareResource(self))
+        site = _Root(RegistrationResource(self), FirmwareResource(self), HealthResource(self))
         if self.config.port == 0:
             # Port 0 asks for any free port: claim an exclusive one (workers.lwm2m.ports).
             self.config.port = claim_udp_port(self.config.host)
             self._claimed_port = self.config.port
-        self.context = await aiocoap.Context.create_server_context(
-            site, bind=(self.config.host, self.config.port), transports=["udp6"]
+        self._info_slots = asyncio.Semaphore(self.config.device_info_concurrency)
+        screened.quiet_transient_errors(asyncio.get_running_loop())
+        if self.provisioned is not None:
+            await self._start_provisioned(self.provisioned)
+        self.context = await screened.open_server_context(
+            site,
+            host=self.config.host,
+            port=self.config.port,
+            max_datagram=self.config.max_payload + screened.DATAGRAM_OVERHEAD,
+            guard=self.guard,
         )
         self._size_receive_buffer()
         self._event_queue = asyncio.Queue()
@@ -478,12 +549,65 @@ class Gateway:
         self._spawn(self._expiry_loop())
         self._spawn(self._command_loop())
         log.info(
-            "gateway %s listening on %s%s (NoSec registrations %s)",
+            "gateway %s listening on %s%s (NoSec registrations %s, admission %s)",
             self.config.gateway_id,
             self.config.base_uri,
             f" and {self.config.dtls_base_uri}" if self.dtls is not None else "",
             "accepted" if self.config.accept_nosec else "refused",
+            self.config.admission,
         )
+        if self.config.accept_nosec:
+            log.warning(
+                "gateway %s accepts NoSec (plain CoAP, unauthenticated) registrations on %s: "
+                "a NoSec device is known only by its address (docs/lwm2m.md, Admission)",
+                self.config.gateway_id,
+                self.config.base_uri,
+            )
+
+    async def _start_provisioned(self, cache: admission.ProvisionedCache) -> None:
+        """Load the registry's endpoints (off the loop) before the listener opens; keep them
+        fresh on a worker thread."""
+        loop = asyncio.get_running_loop()
+
+        def run(fn: Callable[[], Any]) -> Awaitable[Any]:
+            return loop.run_in_executor(self._io, fn)
+
+        await cache.refresh(run)
+        self._spawn(cache.run_forever(run))
+
+    def refused(self, request: aiocoap.Message, exc: LwM2MError) -> None:
+        """Count a refused request and log it (escaped, at most a few lines per code and
+        interval: a flood of bad requests costs a line per interval, not one per request)."""
+        self.stats["refused"] += 1
+        self.guard.counts[exc.code] += 1
+        allowed, held = self.guard.limiter.allow(exc.code, now=time.monotonic())
+        if allowed:
+            log.warning(
+                "refused %s %s from %s: %s [%s]%s",
+                request.code,
+                logsafe.shown("/".join(request.opt.uri_path)),
+                request.remote.hostinfo,
+                logsafe.one_line(str(exc)),
+                exc.code,
+                f" ({held} more [{exc.code}] since the last line)" if held else "",
+            )
+
+    def health(self) -> dict[str, Any]:
+        """What an operator checks: security posture first, then load and refusals."""
+        return {
+            "gateway_id": self.config.gateway_id,
+            "nosec_accepted": self.config.accept_nosec,
+            "admission": self.config.admission,
+            "dtls": self.config.dtls_base_uri,
+            "registrations": len(self.by_id),
+            "max_registrations": self.config.max_registrations,
+            "provisioned_endpoints": len(self.provisioned) if self.provisioned else None,
+            "block1_bodies": len(self.block1),
+            "device_info_passes_pending": self._info_pending,
+            "datagrams_received": self.guard.received,
+            "refused": dict(self.guard.counts),
+            "stats": dict(self.stats),
+        }
 
     async def _start_dtls(self, cache: dtls.PSKCache) -> None:
         """Load the PSKs (off the loop), then open the coaps listener on the same context."""
@@ -621,10 +745,9 @@ class Gateway:
 
     async def register(self, request: aiocoap.Message) -> aiocoap.Message:
         query = _query(request)
-        endpoint = query.get("ep")
-        if not endpoint or len(endpoint) > 255 or not endpoint.isprintable():
-            raise RegistrationError("missing or invalid endpoint name (ep)")
+        endpoint = names.check_endpoint_name(query.get("ep"))
         identity = self._check_endpoint_security(endpoint, request)
+        self._check_admitted(endpoint, identity)
         lifetime = _lifetime(query.get("lt", "86400"), self.config)
         version = query.get("lwm2m") or "1.0"
         if version not in SUPPORTED_VERSIONS:
@@ -637,6 +760,7 @@ class Gateway:
         if request.opt.content_format not in (None, content.CT_LINK_FORMAT):
             raise RegistrationError("registration payload must be link format")
         objects = parse_registration_payload(request.payload)
+        await self._check_may_replace(endpoint, identity, request)
         now = time.monotonic()
         reg = Registration(
             reg_id=secrets.token_hex(8),
@@ -687,13 +811,94 @@ class Gateway:
 
     @staticmethod
     def _check_same_peer(reg: Registration, request: aiocoap.Message, action: str) -> None:
-        """Update and De-register must come from the identity that registered (4.03 if not)."""
+        """Update and De-register must come from the registration's own peer (4.03 if not):
+        the identity that registered over DTLS, or for NoSec the same address and port."""
         identity = dtls.peer_identity(request.remote)
         if identity != reg.identity:
             raise dtls.IdentityMismatchError(
                 f"{action} of {reg.endpoint!r}'s registration from "
                 f"{'DTLS identity ' + repr(identity) if identity else 'a NoSec peer'} refused"
             )
+        if not admission.same_peer(
+            reg_identity=reg.identity,
+            reg_address=admission.peer_address(reg.remote),
+            identity=identity,
+            address=admission.peer_address(request.remote),
+        ):
+            raise admission.NotSamePeerError(
+                f"{action} of {reg.endpoint!r}'s NoSec registration from another address than "
+                "the one that registered (a device that moved registers again)"
+            )
+
+    def _check_admitted(self, endpoint: str, identity: str | None) -> None:
+        """Provisioned admission: only endpoints the registry knows (4.03, nothing written).
+        A DTLS identity is provisioned by definition (its key is a DevicePSK row)."""
+        if self.provisioned is None or identity is not None:
+            return
+        if not self.provisioned.has(endpoint):
+            raise admission.NotProvisionedError(
+                f"endpoint {endpoint!r} is not provisioned on this server"
+            )
+
+    async def _check_may_replace(
+        self, endpoint: str, identity: str | None, request: aiocoap.Message
+    ) -> None:
+        """Room for a new endpoint (else 5.03), and the NoSec re-registration rule
+        (workers.lwm2m.admission) when the endpoint's live registration has another address."""
+        old = self.by_endpoint.get(endpoint)
+        if old is None:
+            if len(self.by_id) >= self.config.max_registrations:
+                raise admission.RegistryFullError(
+                    f"this gateway holds {len(self.by_id)} registrations, its limit"
+                )
+            return
+        if identity is not None or old.identity is not None:
+            return  # DTLS: the identity is the endpoint (checked above); the newest wins
+        rule = admission.reregistration_rule(
+            mode=self.config.admission,
+            old_address=admission.peer_address(old.remote),
+            new_address=admission.peer_address(request.remote),
+            old_expired=old.deadline < time.monotonic(),
+        )
+        if rule is admission.Rule.PROBE and await self._old_peer_answers(old):
+            raise admission.RegistrationConflictError(
+                f"{endpoint!r} is registered from another address that still answers; "
+                "it must de-register (or stop answering) first"
+            )
+
+    async def _old_peer_answers(self, reg: Registration) -> bool:
+        """Whether anything answers at ``reg``'s address (one GET of /3/0/0; any CoAP answer,
+        4.04 or a reset counts). One probe per endpoint at a time, a positive one remembered
+        for ``nosec_probe_memory_seconds``, at most MAX_PROBES at once (past it: assume it
+        answers)."""
+        probe = self._probes.get(reg.endpoint)
+        if probe is None:
+            if len(self._probes) >= MAX_PROBES or self.context is None:
+                return True
+            probe = asyncio.get_running_loop().create_future()
+            self._probes[reg.endpoint] = probe
+            self._spawn(self._probe(reg, probe))
+        return await asyncio.shield(probe)
+
+    async def _probe(self, reg: Registration, probe: asyncio.Future[bool]) -> None:
+        root = [s for s in reg.objects.root_path.strip("/").split("/") if s]
+        message = aiocoap.Message(code=Code.GET, uri_path=[*root, "3", "0", "0"])
+        message.remote = reg.remote
+        answered = False
+        try:
+            if self.context is not None:
+                request = self.context.request(message)
+                await asyncio.wait_for(request.response, timeout=self.config.nosec_probe_timeout)
+                answered = True
+        except aiocoap.error.MessageError:  # a reset: something listens there
+            answered = True
+        except (TimeoutError, aiocoap.error.Error, OSError):
+            answered = False
+        finally:
+            probe.set_result(answered)
+            if answered:
+                await asyncio.sleep(self.config.nosec_probe_memory_seconds)
+            self._probes.pop(reg.endpoint, None)
 
     async def _after_register(self, reg: Registration) -> None:
         await self.emit(
@@ -726,9 +931,7 @@ class Gateway:
                 await asyncio.sleep(DEVICE_INFO_RETRY_SECONDS * 2 ** (attempt - 1))
                 if self.by_id.get(reg.reg_id) is not reg:
                     return  # re-registered or gone: the new registration reads for itself
-            results = await asyncio.gather(
-                *(self.read(reg, path) for path in missing), return_exceptions=True
-            )
+            results = await self._bounded_reads(reg, missing)
             retry: list[content.Path] = []
             for path, result in zip(missing, results, strict=True):
                 if isinstance(result, BaseException):
@@ -768,6 +971,24 @@ class Gateway:
                 delivery_method=_integer(values.get((5, 0, 9))),
             )
         )
+
+    async def _bounded_reads(
+        self, reg: Registration, paths: list[content.Path]
+    ) -> list[dict[content.Path, Any] | BaseException]:
+        """The reads of one device-information pass, holding one of ``device_info_concurrency``
+        slots: a burst of registrations (or of hostile ones that never answer) cannot make the
+        gateway hold more than that many devices' requests in flight."""
+        self._info_pending += 1
+        try:
+            slots = self._info_slots or asyncio.Semaphore(1)
+            async with slots:
+                if self.by_id.get(reg.reg_id) is not reg:
+                    return [DeviceNotConnectedError("registration replaced")] * len(paths)
+                return await asyncio.gather(
+                    *(self.read(reg, path) for path in paths), return_exceptions=True
+                )
+        finally:
+            self._info_pending -= 1
 
     async def update(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
         reg = self.by_id.get(reg_id)
@@ -1242,7 +1463,8 @@ def _integer(value: Any) -> int | None:
 
 
 def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    """A device-reported string without control characters, bounded (workers.lwm2m.names)."""
+    return names.device_text(value)
 
 
 def _jsonable(value: Any) -> Any:

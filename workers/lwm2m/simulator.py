@@ -6,7 +6,7 @@ registers, answers reads/writes/executes on /3 and /5 in text/plain, opaque, TLV
 SenML CBOR, lets the server observe /5/0/3 and /5/0/5, and on a Package URI write downloads the
 SUIT envelope and payload block by block (Block2), then checks them as DESIGN.md section 3 says
 (signature against its trust anchors, vendor, class, sequence, security counter, expiry by its own
-clock, size and digest: :mod:`workers.lwm2m.device_checks`). Execute Update installs, reboots
+clock, size and digest: :mod:`manifests.device_rules`). Execute Update installs, reboots
 (re-registers with the new version) and raises the security counter after a good boot, or reverts
 on an injected boot failure. Object 5 State and Result follow :class:`DeviceFirmwareObject`.
 

@@ -132,6 +132,7 @@ def run_with_fleet(
                 fw_poll_seconds=0.3,
                 request_timeout=5,
                 fw_update_timeout=20,
+                admission="open",  # simulated devices the registry does not know
             ),
             bus=InMemoryCommandBus(),
             sink=sink,

@@ -34,7 +34,7 @@ DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 @pytest.fixture
 def gateway() -> GatewayThread:
     gw = Gateway(
-        GatewayConfig(gateway_id="gw-interop", port=0, request_timeout=1),
+        GatewayConfig(gateway_id="gw-interop", port=0, request_timeout=1, admission="open"),
         bus=InMemoryCommandBus(),
         sink=ListSink(),
         firmware=DictFirmware(images={DIGEST: PAYLOAD}),

@@ -60,6 +60,7 @@ def start_gateway(transactional_db: None) -> Iterator[Callable[..., GatewayThrea
                     "fw_update_timeout": 20,
                     "dtls_handshake_timeout": 1,
                     "psk_miss_refresh_seconds": 0.1,
+                    "admission": "open",
                     **config,
                 }
             ),

@@ -20,7 +20,11 @@ def test_device_re_registers_with_second_gateway_after_first_dies() -> None:
         bus = InMemoryCommandBus()
         sinks = [ListSink(), ListSink()]
         gateways = [
-            Gateway(GatewayConfig(gateway_id=f"gw-{i}", port=0, request_timeout=2), bus=bus, sink=s)
+            Gateway(
+                GatewayConfig(gateway_id=f"gw-{i}", port=0, request_timeout=2, admission="open"),
+                bus=bus,
+                sink=s,
+            )
             for i, s in enumerate(sinks)
         ]
         for gw in gateways:

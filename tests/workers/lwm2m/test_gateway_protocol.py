@@ -24,7 +24,9 @@ def run_gateway(scenario: Callable[[Gateway, aiocoap.Context, ListSink], Awaitab
     async def main() -> None:
         sink = ListSink()
         gateway = Gateway(
-            GatewayConfig(gateway_id="gw-proto", port=0, min_lifetime=1, max_payload=2048),
+            GatewayConfig(
+                gateway_id="gw-proto", port=0, min_lifetime=1, max_payload=2048, admission="open"
+            ),
             bus=InMemoryCommandBus(),
             sink=sink,
             firmware=DictFirmware(images={DIGEST: PAYLOAD}),

@@ -33,7 +33,9 @@ def gateway_with_fleet(
         images={hashlib.sha256(release.payload).hexdigest(): release.payload},
     )
     gateway = Gateway(
-        GatewayConfig(gateway_id="gw-db", port=0, fw_poll_seconds=0.3, request_timeout=5),
+        GatewayConfig(
+            gateway_id="gw-db", port=0, fw_poll_seconds=0.3, request_timeout=5, admission="open"
+        ),
         bus=bus_for_url("memory://"),
         sink=CeleryEventSink(),
         firmware=firmware,

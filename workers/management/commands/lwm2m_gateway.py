@@ -75,8 +75,10 @@ class Command(BaseCommand):
                     loop.add_signal_handler(sig, stop.set)
             bus_host = bus_url.split("@")[-1]  # never print credentials
             dtls = f" and {config.dtls_base_uri}" if config.dtls_base_uri else ""
+            nosec = "NoSec ACCEPTED" if config.accept_nosec else "NoSec refused"
             self.stdout.write(
-                f"gateway {config.gateway_id} on {config.base_uri}{dtls} (bus {bus_host})"
+                f"gateway {config.gateway_id} on {config.base_uri}{dtls} (bus {bus_host}; "
+                f"admission {config.admission}; {nosec})"
             )
             await stop.wait()
             await gateway.stop()
