@@ -15,7 +15,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, parsers, status, viewsets
+from rest_framework import mixins, parsers, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -40,7 +40,6 @@ from manifests.models import (
     DeviceClass,
     FirmwareImage,
     Manifest,
-    PolicyKind,
     Release,
     ReleasePolicy,
     Role,
@@ -92,13 +91,45 @@ def _uploaded_bytes(request: Request, field: str = "file") -> tuple[bytes, str]:
     return upload.read(), upload.name or ""
 
 
-def _binary(data: bytes, filename: str, content_type: str = "application/cbor") -> HttpResponse:
+CBOR = "application/cbor"
+
+
+class CBORRenderer(renderers.BaseRenderer):
+    """Lets a client ask for an envelope with ``Accept: application/cbor`` (the media type it
+    is served as). The bytes are passed through as stored; the view builds the response."""
+
+    media_type = CBOR
+    format = "cbor"
+    charset = None
+    render_style = "binary"
+
+    def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):
+        return data if isinstance(data, bytes) else b""
+
+
+ENVELOPE_RENDERERS = [renderers.JSONRenderer, CBORRenderer]
+
+
+class JSONErrorsMixin:
+    """An error from an envelope endpoint is the JSON error body even when the client asked
+    only for CBOR (a 404 or 409 has no CBOR form)."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(response, "exception", False) and isinstance(
+            getattr(request, "accepted_renderer", None), CBORRenderer
+        ):
+            request.accepted_renderer = renderers.JSONRenderer()
+            request.accepted_media_type = "application/json"
+        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+
+
+def _binary(data: bytes, filename: str, content_type: str = CBOR) -> HttpResponse:
     response = HttpResponse(data, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
 
-BINARY_RESPONSE = {(200, "application/octet-stream"): OpenApiTypes.BINARY}
+BINARY_RESPONSE = {(200, CBOR): OpenApiTypes.BINARY}
 
 
 # --- who am I ------------------------------------------------------------------------------------
@@ -153,14 +184,19 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     parser_classes = [parsers.MultiPartParser]
     ordering_fields = ["created_at", "version", "size"]
 
-    @extend_schema(request=s.ImageUploadSerializer, responses={201: s.ImageSerializer})
+    @extend_schema(
+        request=s.ImageUploadSerializer,
+        responses={201: s.ImageSerializer, 413: s.ErrorSerializer},
+    )
     def create(self, request: Request) -> Response:
         data, filename = _uploaded_bytes(request)
         image = services.image_upload(data=data, filename=filename, uploaded_by=request.user)
         return Response(s.ImageSerializer(image).data, status=201)
 
 
-class ManifestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class ManifestViewSet(
+    JSONErrorsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     queryset = Manifest.objects.select_related(
         "device_class__vendor", "author_key", "created_by", "release"
     ).defer("envelope")
@@ -195,7 +231,7 @@ class ManifestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return Response(body, status=201)
 
     @extend_schema(responses=BINARY_RESPONSE, summary="The exact envelope bytes as imported")
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], renderer_classes=ENVELOPE_RENDERERS)
     def envelope(self, request: Request, manifest_digest: str) -> HttpResponse:
         manifest = get_object_or_404(Manifest.objects.all(), manifest_digest=manifest_digest)
         return _binary(manifest.envelope_bytes, f"{manifest.manifest_digest[:16]}.suit")
@@ -222,7 +258,7 @@ def _manifest_by_prefix(prefix: str) -> Manifest:
     return matches[0]
 
 
-class ReleaseViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class ReleaseViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     queryset = Release.objects.select_related(
         "manifest__device_class__vendor", "created_by", "revoked_by"
     )
@@ -309,10 +345,11 @@ class ReleaseViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(_release_detail(self._release(name)))
 
     @extend_schema(
-        responses=BINARY_RESPONSE,
-        summary="The released envelope, with every counted approval signature",
+        responses={**BINARY_RESPONSE, 409: s.ErrorSerializer},
+        summary="The released envelope, with every counted approval signature (409 until "
+        "the release is approved)",
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], renderer_classes=ENVELOPE_RENDERERS)
     def envelope(self, request: Request, name: str) -> HttpResponse:
         release = self._release(name)
         return _binary(services.released_envelope(release), f"{release.name}.suit")
@@ -356,9 +393,10 @@ class KeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @extend_schema(request=s.KeyRotateSerializer, responses=s.KeySerializer)
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, kid: str) -> Response:
+        key = self.get_object()
         data = _validated(s.KeyRotateSerializer, request)
         new = services.key_rotate(
-            key=self.get_object(),
+            key=key,
             new_public_key_pem=data["new_public_key_pem"],
             overlap=dt.timedelta(seconds=data["overlap_seconds"]),
             actor=request.user,
@@ -395,23 +433,19 @@ class PolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(s.PolicySerializer(policy).data)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("device_class", int, required=True),
-            OpenApiParameter("kind", str, enum=PolicyKind.values),
-        ],
-        responses=s.EffectivePolicySerializer,
+        parameters=[s.EffectivePolicyQuerySerializer],
+        responses={200: s.EffectivePolicySerializer, 404: s.ErrorSerializer},
         summary="The rules that apply to a device class and where they come from",
         filters=False,
     )
     @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
     def effective(self, request: Request) -> Response:
-        raw_class = request.query_params.get("device_class", "")
-        kind = request.query_params.get("kind", PolicyKind.NORMAL)
-        if not raw_class.isdigit():
-            raise ValidationError({"device_class": ["a device class id is required"]})
-        if kind not in PolicyKind.values:
-            raise ValidationError({"kind": [f"one of {PolicyKind.values}"]})
-        device_class = get_object_or_404(DeviceClass.objects.all(), pk=int(raw_class))
+        query = s.EffectivePolicyQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        kind = query.validated_data["kind"]
+        device_class = get_object_or_404(
+            DeviceClass.objects.all(), pk=query.validated_data["device_class"]
+        )
         rules, source = services.policy_for(device_class, kind)
         return Response(
             {"device_class": device_class.pk, "kind": kind, "rules": rules, "source": source}
@@ -572,8 +606,11 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def status_view(self, request: Request, name: str) -> Response:
         return Response(reports.campaign_status(self.get_object()))
 
-    @extend_schema(responses=s.TimelineEntrySerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @extend_schema(
+        responses=s.TimelineEntrySerializer(many=True),
+        summary="The campaign's audit events in order (the whole list, not paginated)",
+    )
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
     def timeline(self, request: Request, name: str) -> Response:
         return Response(reports.campaign_timeline(self.get_object()))
 
@@ -587,8 +624,9 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def _done(self, campaign: Campaign) -> Response:
         return Response(s.CampaignSerializer(self.get_queryset().get(pk=campaign.pk)).data)
 
+    # The state changes read a JSON body (a reason); only apply/update read YAML specs.
     @extend_schema(request=s.OptionalReasonSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser])
     def pause(self, request: Request, name: str) -> Response:
         data = _validated(s.OptionalReasonSerializer, request)
         return self._done(
@@ -598,7 +636,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         )
 
     @extend_schema(request=s.ResumeSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser])
     def resume(self, request: Request, name: str) -> Response:
         data = _validated(s.ResumeSerializer, request)
         return self._done(
@@ -608,7 +646,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         )
 
     @extend_schema(request=s.ReasonSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser])
     def abort(self, request: Request, name: str) -> Response:
         data = _validated(s.ReasonSerializer, request)
         return self._done(

@@ -4,6 +4,7 @@ recorded. Celery runs eagerly (retries run at once, the countdown is not waited 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -50,6 +51,13 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _loopback_receivers_allowed(settings: Any) -> None:
+    """The receivers listen on loopback, which webhooks reach only when it is allow-listed
+    (refused by default: tests/api/test_webhook_targets.py)."""
+    settings.WEBHOOK_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.0/8")]
 
 
 @pytest.fixture

@@ -1,0 +1,123 @@
+"""Every operation of the live OpenAPI schema, fuzzed by Schemathesis in-process (WSGI, no
+network) as an admin, who may write, and as the read-only auditor: no server error, and every
+answer (status code, content type, body) is one the schema documents.
+
+Each operation is its own test in its own transaction (pytest-django's ``db``), so what the
+admin's examples write (a revoked role, an emergency stop, a deleted webhook) is rolled back
+before the next operation starts from the same world. The examples are bounded and derandomised
+(the same cases on every run): the run is a schema conformance check, not an open-ended fuzz.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+import schemathesis
+from django.core.wsgi import get_wsgi_application
+from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
+from hypothesis import HealthCheck, settings
+from rest_framework.authtoken.models import Token
+from schemathesis.checks import not_a_server_error
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from api import webhooks
+from campaigns import services as campaign_services
+from campaigns.spec import parse_spec
+from manifests import services, suit
+from tests.api.conftest import MINIMAL_SPEC
+
+# Examples per operation after Schemathesis's own boundary cases (coverage phase).
+MAX_EXAMPLES = 4
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def _live_schema() -> Any:
+    """The schema /api/schema/ serves (generated the same way, without a request)."""
+    generated = SchemaGenerator().get_schema(request=None, public=True)
+    document = json.loads(OpenApiJsonRenderer().render(generated))
+    loaded = schemathesis.openapi.from_dict(document, config=SchemathesisConfig())
+    loaded.app = get_wsgi_application()
+    return loaded
+
+
+schema = _live_schema()
+
+
+@pytest.fixture
+def fuller_world(world: dict[str, Any], people: dict[str, Any]) -> dict[str, Any]:
+    """The API world plus rows whose optional fields are set and unset: a rotated key, a
+    lifted global stop and an active class stop, a campaign with rollouts and a timeline, an
+    inactive webhook."""
+    admin, security = people["admin"].user, people["security"].user
+    old = services.signing_key_register(
+        owner=people["qa"].user,
+        public_key_pem=suit.public_key_pem(
+            suit.generate_private_key("ES256").public_key()
+        ).decode(),
+        valid_from=timezone.now() - dt.timedelta(hours=1),
+    )
+    services.key_rotate(
+        key=old,
+        new_public_key_pem=suit.public_key_pem(
+            suit.generate_private_key("Ed25519").public_key()
+        ).decode(),
+        actor=people["qa"].user,
+    )
+    stop = campaign_services.emergency_stop(actor=security, reason="drill")
+    campaign_services.emergency_lift(stop=stop, actor=security)
+    campaign_services.emergency_stop(
+        actor=admin, reason="class hold", device_class=world["release"].manifest.device_class
+    )
+    campaign_services.campaign_apply(
+        spec=parse_spec(MINIMAL_SPEC, source="test"), actor=people["fleet_operator"].user
+    )
+    webhooks.webhook_create(
+        actor=admin, url="https://hooks.example.com/fwupd", name="off", active=False
+    )
+    return world
+
+
+@pytest.fixture(params=["admin", "auditor"])
+def auth(request: pytest.FixtureRequest, fuller_world: Any, people: Any) -> dict[str, str]:
+    token, _ = Token.objects.get_or_create(user=people[request.param].user)
+    return {"Authorization": f"Token {token.key}"}
+
+
+@pytest.fixture(autouse=True)
+def _no_outbound_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Webhooks the admin's examples create would be delivered (tasks run in-process) to
+    whatever URL was generated: refuse every target, so nothing leaves the machine."""
+
+    def refuse(host: str, port: int, **_: Any) -> list[str]:
+        raise webhooks.WebhookDeliveryError("no outbound requests in tests", permanent=True)
+
+    monkeypatch.setattr(webhooks, "resolve_target", refuse)
+
+
+@pytest.mark.django_db
+@schema.parametrize()
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    # Fixtures are per test (operation), not per example: the examples of one operation share
+    # its world, as a client's successive requests would.
+    suppress_health_check=list(HealthCheck),
+)
+def test_api_operation_conforms_to_schema(case: Any, auth: dict[str, str]) -> None:
+    case.call_and_validate(headers=auth, checks=CHECKS)
