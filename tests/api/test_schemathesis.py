@@ -4,8 +4,10 @@ answer (status code, content type, body) is one the schema documents.
 
 Each operation is its own test in its own transaction (pytest-django's ``db``), so what the
 admin's examples write (a revoked role, an emergency stop, a deleted webhook) is rolled back
-before the next operation starts from the same world. The examples are bounded and derandomised
-(the same cases on every run): the run is a schema conformance check, not an open-ended fuzz.
+before the next operation starts from the same world. Every example is sent as both roles, and
+where the path names an object, once more for an object that exists (generated ids name
+nothing). The examples are bounded and derandomised (the same cases on every run): the run is a
+schema conformance check, not an open-ended fuzz.
 """
 
 from __future__ import annotations
@@ -92,10 +94,41 @@ def fuller_world(world: dict[str, Any], people: dict[str, Any]) -> dict[str, Any
     return world
 
 
-@pytest.fixture(params=["admin", "auditor"])
-def auth(request: pytest.FixtureRequest, fuller_world: Any, people: Any) -> dict[str, str]:
-    token, _ = Token.objects.get_or_create(user=people[request.param].user)
-    return {"Authorization": f"Token {token.key}"}
+@pytest.fixture
+def tokens(fuller_world: Any, people: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Headers per role; the auditor goes first in each example, so it also reads the world
+    before that example's admin writes."""
+    out = {}
+    for role in ("auditor", "admin"):
+        token, _ = Token.objects.get_or_create(user=people[role].user)
+        out[role] = {"Authorization": f"Token {token.key}"}
+    return out
+
+
+@pytest.fixture
+def real_ids(fuller_world: dict[str, Any], people: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    """(collection, path parameter) -> an object that exists: generated values nearly always
+    name nothing (404), so each example is also sent for a real object."""
+    from api.models import Webhook
+    from campaigns.models import EmergencyStop, Rollout
+    from manifests.models import RoleAssignment, SigningKey
+
+    release, manifest = fuller_world["release"], fuller_world["manifest"]
+    return {
+        ("vendors", "id"): manifest.vendor_id,
+        ("device-classes", "id"): manifest.device_class_id,
+        ("images", "sha256"): fuller_world["image"].sha256,
+        ("manifests", "manifest_digest"): manifest.manifest_digest,
+        ("releases", "name"): release.name,
+        ("keys", "kid"): SigningKey.objects.filter(owner=people["security"].user).first().kid,
+        ("roles", "id"): RoleAssignment.objects.filter(user=people["qa"].user).first().pk,
+        ("devices", "endpoint"): fuller_world["devices"][0].endpoint,
+        ("campaigns", "name"): "thermo-rollout",
+        ("rollouts", "id"): Rollout.objects.order_by("pk").first().pk,
+        ("emergency-stops", "id"): EmergencyStop.objects.filter(lifted_at=None).first().pk,
+        ("audit-events", "seq"): 1,
+        ("webhooks", "id"): Webhook.objects.first().pk,
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -119,5 +152,25 @@ def _no_outbound_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
     # its world, as a client's successive requests would.
     suppress_health_check=list(HealthCheck),
 )
-def test_api_operation_conforms_to_schema(case: Any, auth: dict[str, str]) -> None:
-    case.call_and_validate(headers=auth, checks=CHECKS)
+def test_api_operation_conforms_to_schema(
+    case: Any, tokens: dict[str, dict[str, str]], real_ids: dict[tuple[str, str], Any]
+) -> None:
+    collection = case.operation.path.split("/")[2]
+    real = {
+        name: real_ids[(collection, name)]
+        for name in case.path_parameters or {}
+        if (collection, name) in real_ids
+    }
+    _call_as_each_role(case, tokens)
+    if real:
+        case.path_parameters = {**case.path_parameters, **real}
+        _call_as_each_role(case, tokens)
+
+
+def _call_as_each_role(case: Any, tokens: dict[str, dict[str, str]]) -> None:
+    for role, headers in tokens.items():
+        try:
+            case.call_and_validate(headers=headers, checks=CHECKS)
+        except Exception as exc:
+            exc.add_note(f"(as {role}, path parameters {case.path_parameters})")
+            raise
