@@ -7,6 +7,7 @@ query; the strict fields below answer 400 naming the parameter instead."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -14,6 +15,7 @@ import django_filters as df
 from django import forms
 from django.db import connection
 from django.db.models import QuerySet
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 
 from api.models import DeliveryStatus, WebhookDelivery
@@ -74,6 +76,26 @@ class StrictBooleanField(forms.Field):
         return None  # False is a value, not a missing one
 
 
+class StrictIsoDateTimeField(df.fields.IsoDateTimeField):
+    """ISO 8601 with a UTC equivalent: ``9999-12-31T23:59:59-14:00`` parses but lies past
+    the last datetime in UTC, where the database compares it (an overflow, not a miss)."""
+
+    def to_python(self, value: Any) -> Any:
+        parsed = super().to_python(value)
+        if parsed is not None and timezone.is_aware(parsed):
+            try:
+                parsed.astimezone(dt.UTC)
+            except OverflowError:
+                raise forms.ValidationError(
+                    "Datetime value out of range.", code="overflow"
+                ) from None
+        return parsed
+
+
+class IsoDateTimeFilter(df.IsoDateTimeFilter):
+    field_class = StrictIsoDateTimeField
+
+
 class IntegerFilter(df.NumberFilter):
     field_class = StrictIntegerField
 
@@ -103,9 +125,11 @@ class BooleanFilter(df.BooleanFilter):
 
 class StrictFilterSet(df.FilterSet):
     """A parameter present with an empty value (``until=``, ``status=``) is refused: it would
-    otherwise mean "no filter", the opposite of what whoever wrote it asked for."""
+    otherwise mean "no filter", the opposite of what whoever wrote it asked for. So is one
+    holding a NUL character."""
 
     EMPTY_MESSAGE = "give a value, or leave the parameter out"
+    NUL_MESSAGE = "NUL characters are not accepted"
 
     def is_valid(self) -> bool:
         valid = super().is_valid()
@@ -116,7 +140,16 @@ class StrictFilterSet(df.FilterSet):
         ]
         for name in empty:
             self.form.add_error(name, forms.ValidationError(self.EMPTY_MESSAGE, code="blank"))
-        return valid and not empty
+        # PostgreSQL refuses NUL in text: a value with one can match nothing, and would fail
+        # the query instead of missing.
+        nul = [
+            name
+            for name in self.filters
+            if name not in empty and any("\x00" in v for v in self.data.getlist(name))
+        ]
+        for name in nul:
+            self.form.add_error(name, forms.ValidationError(self.NUL_MESSAGE, code="null"))
+        return valid and not empty and not nul
 
 
 class VendorFilter(StrictFilterSet):
@@ -289,8 +322,8 @@ class AuditEventFilter(StrictFilterSet):
     object_type = df.CharFilter()
     object_id = df.CharFilter()
     actor = df.CharFilter()
-    since = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     after_seq = IntegerFilter(field_name="seq", lookup_expr="gt")
 
     class Meta:

@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 from api import filters, webhooks
 from api import serializers as s
 from api.models import Webhook, WebhookDelivery
+from api.parsers import JSONParser, contains_nul
 from api.permissions import request_roles
 from audit.chain import canonical_time
 from audit.models import AuditEvent
@@ -51,7 +52,9 @@ from manifests.selectors import verdict_dict
 
 # Where the API says a spec came from (it appears in spec error messages and revisions).
 SPEC_SOURCE = "api"
-NAME_REGEX = r"[^/]+"  # names may contain dots (thermo-2.0.0); the router's default excludes them
+# Names may contain dots (thermo-2.0.0; the router's default excludes them), never a control
+# character (PostgreSQL refuses NUL in text: a lookup with one would fail, not miss).
+NAME_REGEX = r"[^/\x00-\x1f]+"
 RECENT_ROLLOUTS = 20  # rollout history rows on a device's page
 
 
@@ -312,7 +315,7 @@ class ReleaseViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVie
         responses={201: s.ApprovalResultSerializer},
         summary="Upload one COSE_Sign1 approval signature over the manifest digest",
     )
-    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser, OctetStreamParser])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser, OctetStreamParser])
     def approvals(self, request: Request, name: str) -> Response:
         release = self._release(name)
         if isinstance(request.data, bytes):
@@ -528,8 +531,13 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
 def _spec_from(request: Request) -> Any:
     data = _validated(s.SpecInputSerializer, request)
-    document = data["spec"] if "spec" in data else data["document"]
-    return parse_spec(document, source=SPEC_SOURCE)
+    field = "spec" if "spec" in data else "document"
+    spec = parse_spec(data[field], source=SPEC_SOURCE)
+    # YAML spells NUL as "\0" in a quoted string; the spec is stored as JSON, which on
+    # PostgreSQL cannot hold one (the JSON parser refuses a literal one already).
+    if contains_nul(spec.to_document()):
+        raise ValidationError({field: ["NUL characters are not accepted"]})
+    return spec
 
 
 SPEC_REQUEST = {
@@ -544,7 +552,7 @@ class CampaignPlanViewSet(viewsets.GenericViewSet):
 
     queryset = Campaign.objects.none()
     serializer_class = s.PlanSerializer
-    parser_classes = [parsers.JSONParser, SpecTextParser]
+    parser_classes = [JSONParser, SpecTextParser]
     pagination_class = None
     filter_backends: list[Any] = []
 
@@ -562,7 +570,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     filterset_class = filters.CampaignFilter
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX
-    parser_classes = [parsers.JSONParser, SpecTextParser]
+    parser_classes = [JSONParser, SpecTextParser]
     ordering_fields = ["created_at", "name", "status"]
 
     def _apply(self, request: Request, spec: Any) -> Response:
@@ -626,7 +634,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
 
     # The state changes read a JSON body (a reason); only apply/update read YAML specs.
     @extend_schema(request=s.OptionalReasonSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def pause(self, request: Request, name: str) -> Response:
         data = _validated(s.OptionalReasonSerializer, request)
         return self._done(
@@ -636,7 +644,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         )
 
     @extend_schema(request=s.ResumeSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def resume(self, request: Request, name: str) -> Response:
         data = _validated(s.ResumeSerializer, request)
         return self._done(
@@ -646,7 +654,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         )
 
     @extend_schema(request=s.ReasonSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def abort(self, request: Request, name: str) -> Response:
         data = _validated(s.ReasonSerializer, request)
         return self._done(

@@ -214,3 +214,48 @@ def test_campaign_state_changes_refuse_a_yaml_body(
         "/api/campaigns/thermo-rollout/pause/", {"reason": "lunch"}, format="json"
     ).json()
     assert paused["status"] == "paused" and paused["pause_reason"] == "lunch"
+
+
+# --- NUL characters (PostgreSQL refuses them in text and jsonb: a query would fail) -----------
+def test_nul_in_a_filter_value_is_refused(people: dict[str, Any], world: dict[str, Any]) -> None:
+    _refused(
+        people["auditor"].client.get("/api/devices/?firmware_version=1%00"), "firmware_version"
+    )
+    _refused(people["auditor"].client.get("/api/audit-events/?actor=%00"), "actor")
+
+
+def test_nul_in_a_name_in_the_path_names_nothing(people: dict[str, Any]) -> None:
+    for path in ("/api/releases/a%00b/", "/api/campaigns/%00/status/", "/api/devices/%00/"):
+        response = people["auditor"].client.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["code"] == "not_found"
+
+
+def test_nul_anywhere_in_a_json_body_is_refused(people: dict[str, Any]) -> None:
+    response = people["admin"].client.post(
+        "/api/policies/", '{"rules": {"q\\u0000a": 1}}', content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert response.json()["code"] == "parse_error"
+    assert "NUL" in response.json()["message"]
+
+
+def test_nul_escaped_in_a_yaml_spec_is_refused(
+    people: dict[str, Any], world: dict[str, Any]
+) -> None:
+    document = MINIMAL_SPEC + 'description: "evil \\0 byte"\n'
+    response = people["fleet_operator"].client.post("/api/campaigns/", {"document": document})
+    _refused(response, "document")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["since=9999-12-31T23:59:59-14:00", "until=0001-01-01T00:00:00%2B14:00"],
+    ids=["past-the-last-utc-datetime", "before-the-first-utc-datetime"],
+)
+def test_datetime_filter_with_no_utc_equivalent_is_refused_not_a_server_error(
+    people: dict[str, Any], query: str
+) -> None:
+    field = query.split("=")[0]
+    body = _refused(people["auditor"].client.get(f"/api/audit-events/?{query}"), field)
+    assert "out of range" in body["message"]
