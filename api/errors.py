@@ -13,10 +13,12 @@ from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults as django_defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from api.webhooks import WebhookTargetError
 from audit.models import AuditImmutableError
 from campaigns import errors as campaign_errors
 from campaigns.device_services import DeviceRegistryError, UnknownDeviceError
@@ -58,6 +60,8 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (SUITError, status.HTTP_400_BAD_REQUEST),
     (PolicyError, status.HTTP_400_BAD_REQUEST),
     (AuditImmutableError, status.HTTP_409_CONFLICT),
+    # outbound webhooks
+    (WebhookTargetError, status.HTTP_400_BAD_REQUEST),
 )
 
 DRF_CODES: dict[type[exceptions.APIException], str] = {
@@ -147,3 +151,44 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code_name = next((c for cls, c in DRF_CODES.items() if isinstance(exc, cls)), "error")
         body = {"code": code_name, "message": str(exc.detail)}
     return Response(body, status=exc.status_code, headers=headers)
+
+
+# --- errors Django answers itself ------------------------------------------------------------
+# A URL no route matches, or a bug (an exception no handler above turned into a response),
+# never reaches DRF's handler: Django answers with its own pages. These handlers (installed as
+# handler400/403/404/500 in config/urls.py) keep the API's promise that every error under
+# /api/ is the JSON error body, and leave the console's HTML pages alone.
+API_PREFIX = "/api/"
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(API_PREFIX)
+
+
+def _json_error(code: str, message: str, status_code: int) -> JsonResponse:
+    return JsonResponse({"code": code, "message": message}, status=status_code)
+
+
+def bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _json_error("bad_request", "bad request", 400)
+    return django_defaults.bad_request(request, exception)
+
+
+def permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _json_error("forbidden", str(exception) or "forbidden", 403)
+    return django_defaults.permission_denied(request, exception)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return _json_error("not_found", f"no API endpoint at {request.path}", 404)
+    return django_defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    # Django has logged the exception with its traceback (django.request) before calling this.
+    if _is_api(request):
+        return _json_error("server_error", "internal error; it has been logged", 500)
+    return django_defaults.server_error(request)

@@ -1,11 +1,22 @@
 """Query-string filters of the list endpoints (django-filter). Every filter declares its type
-so the OpenAPI schema documents it."""
+so the OpenAPI schema documents it, and refuses what its type does not admit: a value that is
+not an integer in the column's range, a boolean spelled otherwise than true/false, a parameter
+given with no value. django-filter's defaults ignore all three silently (``vendor=`` and
+``online=maybe`` filter nothing, ``vendor=1.9`` matches 1), so a typo would quietly widen a
+query; the strict fields below answer 400 naming the parameter instead."""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+from typing import Any
+
 import django_filters as df
+from django import forms
 from django.db import connection
 from django.db.models import QuerySet
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema_field
 
 from api.models import DeliveryStatus, WebhookDelivery
 from audit.models import AuditEvent
@@ -28,8 +39,120 @@ from manifests.models import (
     Vendor,
 )
 
+# Primary keys are 64-bit (BigAutoField); a larger number names no row and overflows the
+# database driver, so it is refused like any other malformed id.
+ID_MAX = 2**63 - 1
+SMALL_MAX = 32767  # PositiveSmallIntegerField (LwM2M states and results, stage index)
+_INTEGER = re.compile(r"-?[0-9]+")
 
-class VendorFilter(df.FilterSet):
+
+class StrictIntegerField(forms.IntegerField):
+    """An integer written as digits only: no fraction, no exponent, no whitespace padding."""
+
+    def to_python(self, value: Any) -> int | None:
+        if value in self.empty_values:
+            return None
+        if not isinstance(value, str) or not _INTEGER.fullmatch(value):
+            raise forms.ValidationError("Enter a whole number.", code="invalid")
+        if len(value) > 25:  # far beyond any bound below; int() of huge strings is slow
+            raise forms.ValidationError("Enter a whole number in range.", code="max_value")
+        return int(value)
+
+
+class StrictBooleanField(forms.Field):
+    """``true`` / ``false`` (or 1 / 0); anything else is refused, not read as "no filter"."""
+
+    MEANINGS = {"true": True, "1": True, "false": False, "0": False}
+
+    def to_python(self, value: Any) -> bool | None:
+        if value in self.empty_values:
+            return None
+        meaning = self.MEANINGS.get(str(value).lower())
+        if meaning is None:
+            raise forms.ValidationError("Enter true or false.", code="invalid")
+        return meaning
+
+    def validate(self, value: Any) -> None:
+        return None  # False is a value, not a missing one
+
+
+class StrictIsoDateTimeField(df.fields.IsoDateTimeField):
+    """ISO 8601 with a UTC equivalent: ``9999-12-31T23:59:59-14:00`` parses but lies past
+    the last datetime in UTC, where the database compares it (an overflow, not a miss)."""
+
+    def to_python(self, value: Any) -> Any:
+        parsed = super().to_python(value)
+        if parsed is not None and timezone.is_aware(parsed):
+            try:
+                parsed.astimezone(dt.UTC)
+            except OverflowError:
+                raise forms.ValidationError(
+                    "Datetime value out of range.", code="overflow"
+                ) from None
+        return parsed
+
+
+class IsoDateTimeFilter(df.IsoDateTimeFilter):
+    field_class = StrictIsoDateTimeField
+
+
+class IntegerFilter(df.NumberFilter):
+    field_class = StrictIntegerField
+
+    def __init__(self, *args: Any, min_value: int = 0, max_value: int = ID_MAX, **kwargs: Any):
+        super().__init__(*args, min_value=min_value, max_value=max_value, **kwargs)
+        # The OpenAPI parameter states the same bounds (drf-spectacular reads this override).
+        extend_schema_field(
+            {
+                "type": "integer",
+                "format": "int64" if max_value > 2**31 - 1 else "int32",
+                "minimum": min_value,
+                "maximum": max_value,
+            }
+        )(self)
+
+
+class IdFilter(IntegerFilter):
+    """A foreign key filter by the referenced row's id."""
+
+    def __init__(self, field_name: str, **kwargs: Any) -> None:
+        super().__init__(field_name=field_name, min_value=1, max_value=ID_MAX, **kwargs)
+
+
+class BooleanFilter(df.BooleanFilter):
+    field_class = StrictBooleanField
+
+
+class StrictFilterSet(df.FilterSet):
+    """A parameter present with an empty value (``until=``, ``status=``) is refused: it would
+    otherwise mean "no filter", the opposite of what whoever wrote it asked for. So is one
+    holding a NUL character."""
+
+    EMPTY_MESSAGE = "give a value, or leave the parameter out"
+    NUL_MESSAGE = "NUL characters are not accepted"
+
+    def is_valid(self) -> bool:
+        valid = super().is_valid()
+        empty = [
+            name
+            for name in self.filters
+            if name in self.data and not any(v.strip() for v in self.data.getlist(name))
+        ]
+        for name in empty:
+            self.form.add_error(name, forms.ValidationError(self.EMPTY_MESSAGE, code="blank"))
+        # PostgreSQL refuses NUL in text: a value with one can match nothing, and would fail
+        # the query instead of missing.
+        nul = [
+            name
+            for name in self.filters
+            if name not in empty and any("\x00" in v for v in self.data.getlist(name))
+        ]
+        for name in nul:
+            self.form.add_error(name, forms.ValidationError(self.NUL_MESSAGE, code="null"))
+        return valid and not empty and not nul
+
+
+class VendorFilter(StrictFilterSet):
     domain = df.CharFilter(lookup_expr="iexact")
     name = df.CharFilter(lookup_expr="icontains")
 
@@ -38,8 +161,8 @@ class VendorFilter(df.FilterSet):
         fields = ["domain", "name"]
 
 
-class DeviceClassFilter(df.FilterSet):
-    vendor = df.NumberFilter(field_name="vendor_id")
+class DeviceClassFilter(StrictFilterSet):
+    vendor = IdFilter("vendor_id")
     vendor_domain = df.CharFilter(field_name="vendor__domain", lookup_expr="iexact")
     name = df.CharFilter()
     payload_format = df.ChoiceFilter(choices=PayloadFormat.choices)
@@ -49,7 +172,7 @@ class DeviceClassFilter(df.FilterSet):
         fields = ["vendor", "vendor_domain", "name", "payload_format"]
 
 
-class ImageFilter(df.FilterSet):
+class ImageFilter(StrictFilterSet):
     kind = df.ChoiceFilter(choices=PayloadFormat.choices)
     version = df.CharFilter()
 
@@ -58,22 +181,22 @@ class ImageFilter(df.FilterSet):
         fields = ["kind", "version"]
 
 
-class ManifestFilter(df.FilterSet):
-    device_class = df.NumberFilter(field_name="device_class_id")
-    vendor = df.NumberFilter(field_name="vendor_id")
+class ManifestFilter(StrictFilterSet):
+    device_class = IdFilter("device_class_id")
+    vendor = IdFilter("vendor_id")
     version = df.CharFilter()
     image = df.CharFilter(field_name="image__sha256")
-    released = df.BooleanFilter(field_name="release", lookup_expr="isnull", exclude=True)
+    released = BooleanFilter(field_name="release", lookup_expr="isnull", exclude=True)
 
     class Meta:
         model = Manifest
         fields = ["device_class", "vendor", "version", "image", "released"]
 
 
-class ReleaseFilter(df.FilterSet):
+class ReleaseFilter(StrictFilterSet):
     status = df.ChoiceFilter(choices=ReleaseStatus.choices)
     kind = df.ChoiceFilter(choices=ReleaseKind.choices)
-    device_class = df.NumberFilter(field_name="manifest__device_class_id")
+    device_class = IdFilter("manifest__device_class_id")
     version = df.CharFilter(field_name="manifest__version")
     created_by = df.CharFilter(field_name="created_by__username")
 
@@ -82,7 +205,7 @@ class ReleaseFilter(df.FilterSet):
         fields = ["status", "kind", "device_class", "version", "created_by"]
 
 
-class KeyFilter(df.FilterSet):
+class KeyFilter(StrictFilterSet):
     owner = df.CharFilter(field_name="owner__username")
     status = df.ChoiceFilter(choices=KeyStatus.choices)
 
@@ -91,8 +214,8 @@ class KeyFilter(df.FilterSet):
         fields = ["owner", "status", "algorithm"]
 
 
-class PolicyFilter(df.FilterSet):
-    device_class = df.NumberFilter(field_name="device_class_id")
+class PolicyFilter(StrictFilterSet):
+    device_class = IdFilter("device_class_id")
     kind = df.ChoiceFilter(choices=PolicyKind.choices)
 
     class Meta:
@@ -100,34 +223,36 @@ class PolicyFilter(df.FilterSet):
         fields = ["device_class", "kind"]
 
 
-class RoleAssignmentFilter(df.FilterSet):
+class RoleAssignmentFilter(StrictFilterSet):
     user = df.CharFilter(field_name="user__username")
     role = df.ChoiceFilter(choices=Role.choices)
-    active = df.BooleanFilter(field_name="revoked_at", lookup_expr="isnull")
+    active = BooleanFilter(field_name="revoked_at", lookup_expr="isnull")
 
     class Meta:
         model = RoleAssignment
         fields = ["user", "role", "active"]
 
 
-class DelegationFilter(df.FilterSet):
+class DelegationFilter(StrictFilterSet):
     delegator = df.CharFilter(field_name="delegator__username")
     delegatee = df.CharFilter(field_name="delegatees__username")
     role = df.ChoiceFilter(choices=Role.choices)
-    revoked = df.BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
+    revoked = BooleanFilter(field_name="revoked_at", lookup_expr="isnull", exclude=True)
 
     class Meta:
         model = Delegation
         fields = ["delegator", "delegatee", "role", "revoked"]
 
 
-class DeviceFilter(df.FilterSet):
-    device_class = df.NumberFilter(field_name="device_class_id")
-    vendor = df.NumberFilter(field_name="vendor_id")
+class DeviceFilter(StrictFilterSet):
+    device_class = IdFilter("device_class_id")
+    vendor = IdFilter("vendor_id")
     firmware_version = df.CharFilter()
-    online = df.BooleanFilter()
-    fw_state = df.NumberFilter(help_text="LwM2M /5/0/3 State (0 idle .. 3 updating)")
-    fw_result = df.NumberFilter(help_text="LwM2M /5/0/5 Update Result")
+    online = BooleanFilter()
+    fw_state = IntegerFilter(
+        max_value=SMALL_MAX, help_text="LwM2M /5/0/3 State (0 idle .. 3 updating)"
+    )
+    fw_result = IntegerFilter(max_value=SMALL_MAX, help_text="LwM2M /5/0/5 Update Result")
     gateway_id = df.CharFilter()
     tag = df.CharFilter(method="filter_tag", help_text="devices carrying this tag")
     endpoint = df.CharFilter(lookup_expr="icontains")
@@ -158,19 +283,19 @@ class DeviceFilter(df.FilterSet):
         return queryset.filter(pk__in=keep)
 
 
-class CampaignFilter(df.FilterSet):
+class CampaignFilter(StrictFilterSet):
     status = df.ChoiceFilter(choices=CampaignStatus.choices)
     release = df.CharFilter(field_name="release__name")
-    device_class = df.NumberFilter(field_name="device_class_id")
+    device_class = IdFilter("device_class_id")
 
     class Meta:
         model = Campaign
         fields = ["status", "release", "device_class"]
 
 
-class RolloutFilter(df.FilterSet):
+class RolloutFilter(StrictFilterSet):
     campaign = df.CharFilter(field_name="campaign__name")
-    stage = df.NumberFilter()
+    stage = IntegerFilter(max_value=SMALL_MAX)
     state = df.ChoiceFilter(choices=RolloutState.choices)
     reason = df.CharFilter()
     device = df.CharFilter(field_name="device__endpoint")
@@ -180,8 +305,8 @@ class RolloutFilter(df.FilterSet):
         fields = ["campaign", "stage", "state", "reason", "device"]
 
 
-class EmergencyStopFilter(df.FilterSet):
-    active = df.BooleanFilter(field_name="lifted_at", lookup_expr="isnull")
+class EmergencyStopFilter(StrictFilterSet):
+    active = BooleanFilter(field_name="lifted_at", lookup_expr="isnull")
     scope = df.ChoiceFilter(choices=EmergencyStop.SCOPES)
 
     class Meta:
@@ -189,7 +314,7 @@ class EmergencyStopFilter(df.FilterSet):
         fields = ["active", "scope"]
 
 
-class AuditEventFilter(df.FilterSet):
+class AuditEventFilter(StrictFilterSet):
     action = df.CharFilter(help_text="exact action, e.g. release.approve")
     action_prefix = df.CharFilter(
         field_name="action", lookup_expr="startswith", help_text="e.g. campaign."
@@ -197,9 +322,9 @@ class AuditEventFilter(df.FilterSet):
     object_type = df.CharFilter()
     object_id = df.CharFilter()
     actor = df.CharFilter()
-    since = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = df.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-    after_seq = df.NumberFilter(field_name="seq", lookup_expr="gt")
+    since = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    after_seq = IntegerFilter(field_name="seq", lookup_expr="gt")
 
     class Meta:
         model = AuditEvent
@@ -215,8 +340,8 @@ class AuditEventFilter(df.FilterSet):
         ]
 
 
-class WebhookDeliveryFilter(df.FilterSet):
-    webhook = df.NumberFilter(field_name="webhook_id")
+class WebhookDeliveryFilter(StrictFilterSet):
+    webhook = IdFilter("webhook_id")
     status = df.ChoiceFilter(choices=DeliveryStatus.choices)
     event_action = df.CharFilter()
 

@@ -10,6 +10,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from rest_framework import serializers
 
+from api import webhooks
+from api.filters import ID_MAX
 from api.models import Webhook, WebhookDelivery
 from audit.models import AuditEvent
 from campaigns.models import (
@@ -34,15 +36,36 @@ from manifests.models import (
     Vendor,
 )
 
+# Longest overlap a key rotation grants the old key: ten years. Beyond that the old key's end
+# date would not fit a datetime (and no real rotation keeps a retired key that long).
+MAX_KEY_OVERLAP_SECONDS = 10 * 366 * 86400
 APPROVING_ROLES = [r for r in Role.values if r not in (Role.AUDITOR, Role.ADMIN)]
 
 
 class UsernameField(serializers.SlugRelatedField):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("slug_field", "username")
+        kwargs.setdefault("help_text", "a username")
         if not kwargs.get("read_only"):
             kwargs.setdefault("queryset", get_user_model().objects.filter(is_active=True))
         super().__init__(**kwargs)
+
+
+# --- errors --------------------------------------------------------------------------------------
+class ErrorItemSerializer(serializers.Serializer):
+    path = serializers.CharField(help_text="where: a field, a spec path; empty for the body")
+    reason = serializers.CharField()
+    code = serializers.CharField(required=False, help_text="the validator's code")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error body of every failing request (``api.errors``)."""
+
+    code = serializers.CharField(help_text="stable code, e.g. invalid, campaign.state")
+    message = serializers.CharField()
+    errors = ErrorItemSerializer(many=True, required=False, help_text="each problem found")
+    suit_code = serializers.CharField(required=False, help_text="the SUIT decoder's code")
+    path = serializers.CharField(required=False, help_text="where in the envelope")
 
 
 # --- catalog -------------------------------------------------------------------------------------
@@ -152,7 +175,7 @@ class ReleaseSerializer(serializers.ModelSerializer):
     device_class = serializers.CharField(source="manifest.device_class.__str__", read_only=True)
     version = serializers.CharField(source="manifest.version", read_only=True)
     created_by = UsernameField(read_only=True)
-    revoked_by = UsernameField(read_only=True)
+    revoked_by = UsernameField(read_only=True, allow_null=True)
 
     class Meta:
         model = Release
@@ -266,7 +289,9 @@ class OptionalReasonSerializer(serializers.Serializer):
 # --- keys, policies, roles, delegations ----------------------------------------------------------
 class KeySerializer(serializers.ModelSerializer):
     owner = UsernameField(read_only=True)
-    replaced_by = serializers.SlugRelatedField(slug_field="kid", read_only=True)
+    replaced_by = serializers.SlugRelatedField(
+        slug_field="kid", read_only=True, allow_null=True, help_text="the successor's kid"
+    )
 
     class Meta:
         model = SigningKey
@@ -300,7 +325,10 @@ class KeyRegisterSerializer(serializers.Serializer):
 class KeyRotateSerializer(serializers.Serializer):
     new_public_key_pem = serializers.CharField(max_length=10_000)
     overlap_seconds = serializers.IntegerField(
-        min_value=0, default=7 * 86400, help_text="how long the old key stays valid"
+        min_value=0,
+        max_value=MAX_KEY_OVERLAP_SECONDS,
+        default=7 * 86400,
+        help_text="how long the old key stays valid (at most ten years)",
     )
 
 
@@ -327,6 +355,11 @@ class PolicySetSerializer(serializers.Serializer):
     )
     kind = serializers.ChoiceField(choices=PolicyKind.choices, default=PolicyKind.NORMAL)
     rules = serializers.DictField(child=serializers.IntegerField(), allow_empty=False)
+
+
+class EffectivePolicyQuerySerializer(serializers.Serializer):
+    device_class = serializers.IntegerField(min_value=1, max_value=ID_MAX)
+    kind = serializers.ChoiceField(choices=PolicyKind.choices, default=PolicyKind.NORMAL)
 
 
 class EffectivePolicySerializer(serializers.Serializer):
@@ -582,9 +615,11 @@ class ResumeSerializer(serializers.Serializer):
 
 
 class EmergencyStopSerializer(serializers.ModelSerializer):
-    release = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    release = serializers.SlugRelatedField(
+        slug_field="name", read_only=True, allow_null=True, help_text="scope: one release"
+    )
     created_by = UsernameField(read_only=True)
-    lifted_by = UsernameField(read_only=True)
+    lifted_by = UsernameField(read_only=True, allow_null=True)
     active = serializers.SerializerMethodField()
 
     class Meta:
@@ -713,8 +748,9 @@ class WebhookSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at", "updated_at"]
 
     def validate_url(self, value: str) -> str:
-        if not value.lower().startswith(("http://", "https://")):
-            raise serializers.ValidationError("only http:// and https:// URLs")
+        refusal = webhooks.url_refusal(value)
+        if refusal is not None:
+            raise serializers.ValidationError(refusal, code="target_refused")
         return value
 
 

@@ -15,7 +15,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, parsers, status, viewsets
+from rest_framework import mixins, parsers, renderers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -25,6 +25,7 @@ from rest_framework.views import APIView
 from api import filters, webhooks
 from api import serializers as s
 from api.models import Webhook, WebhookDelivery
+from api.parsers import JSONParser, contains_nul
 from api.permissions import request_roles
 from audit.chain import canonical_time
 from audit.models import AuditEvent
@@ -40,7 +41,6 @@ from manifests.models import (
     DeviceClass,
     FirmwareImage,
     Manifest,
-    PolicyKind,
     Release,
     ReleasePolicy,
     Role,
@@ -52,7 +52,9 @@ from manifests.selectors import verdict_dict
 
 # Where the API says a spec came from (it appears in spec error messages and revisions).
 SPEC_SOURCE = "api"
-NAME_REGEX = r"[^/]+"  # names may contain dots (thermo-2.0.0); the router's default excludes them
+# Names may contain dots (thermo-2.0.0; the router's default excludes them), never a control
+# character (PostgreSQL refuses NUL in text: a lookup with one would fail, not miss).
+NAME_REGEX = r"[^/\x00-\x1f]+"
 RECENT_ROLLOUTS = 20  # rollout history rows on a device's page
 
 
@@ -92,13 +94,45 @@ def _uploaded_bytes(request: Request, field: str = "file") -> tuple[bytes, str]:
     return upload.read(), upload.name or ""
 
 
-def _binary(data: bytes, filename: str, content_type: str = "application/cbor") -> HttpResponse:
+CBOR = "application/cbor"
+
+
+class CBORRenderer(renderers.BaseRenderer):
+    """Lets a client ask for an envelope with ``Accept: application/cbor`` (the media type it
+    is served as). The bytes are passed through as stored; the view builds the response."""
+
+    media_type = CBOR
+    format = "cbor"
+    charset = None
+    render_style = "binary"
+
+    def render(self, data: Any, accepted_media_type: Any = None, renderer_context: Any = None):
+        return data if isinstance(data, bytes) else b""
+
+
+ENVELOPE_RENDERERS = [renderers.JSONRenderer, CBORRenderer]
+
+
+class JSONErrorsMixin:
+    """An error from an envelope endpoint is the JSON error body even when the client asked
+    only for CBOR (a 404 or 409 has no CBOR form)."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(response, "exception", False) and isinstance(
+            getattr(request, "accepted_renderer", None), CBORRenderer
+        ):
+            request.accepted_renderer = renderers.JSONRenderer()
+            request.accepted_media_type = "application/json"
+        return super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+
+
+def _binary(data: bytes, filename: str, content_type: str = CBOR) -> HttpResponse:
     response = HttpResponse(data, content_type=content_type)
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
 
-BINARY_RESPONSE = {(200, "application/octet-stream"): OpenApiTypes.BINARY}
+BINARY_RESPONSE = {(200, CBOR): OpenApiTypes.BINARY}
 
 
 # --- who am I ------------------------------------------------------------------------------------
@@ -153,14 +187,19 @@ class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     parser_classes = [parsers.MultiPartParser]
     ordering_fields = ["created_at", "version", "size"]
 
-    @extend_schema(request=s.ImageUploadSerializer, responses={201: s.ImageSerializer})
+    @extend_schema(
+        request=s.ImageUploadSerializer,
+        responses={201: s.ImageSerializer, 413: s.ErrorSerializer},
+    )
     def create(self, request: Request) -> Response:
         data, filename = _uploaded_bytes(request)
         image = services.image_upload(data=data, filename=filename, actor=request.user)
         return Response(s.ImageSerializer(image).data, status=201)
 
 
-class ManifestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class ManifestViewSet(
+    JSONErrorsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     queryset = Manifest.objects.select_related(
         "device_class__vendor", "author_key", "created_by", "release"
     ).defer("envelope")
@@ -195,7 +234,7 @@ class ManifestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         return Response(body, status=201)
 
     @extend_schema(responses=BINARY_RESPONSE, summary="The exact envelope bytes as imported")
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], renderer_classes=ENVELOPE_RENDERERS)
     def envelope(self, request: Request, manifest_digest: str) -> HttpResponse:
         manifest = get_object_or_404(Manifest.objects.all(), manifest_digest=manifest_digest)
         return _binary(manifest.envelope_bytes, f"{manifest.manifest_digest[:16]}.suit")
@@ -222,7 +261,7 @@ def _manifest_by_prefix(prefix: str) -> Manifest:
     return matches[0]
 
 
-class ReleaseViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+class ReleaseViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     queryset = Release.objects.select_related(
         "manifest__device_class__vendor", "created_by", "revoked_by"
     )
@@ -276,7 +315,7 @@ class ReleaseViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         responses={201: s.ApprovalResultSerializer},
         summary="Upload one COSE_Sign1 approval signature over the manifest digest",
     )
-    @action(detail=True, methods=["post"], parser_classes=[parsers.JSONParser, OctetStreamParser])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser, OctetStreamParser])
     def approvals(self, request: Request, name: str) -> Response:
         release = self._release(name)
         if isinstance(request.data, bytes):
@@ -309,10 +348,11 @@ class ReleaseViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
         return Response(_release_detail(self._release(name)))
 
     @extend_schema(
-        responses=BINARY_RESPONSE,
-        summary="The released envelope, with every counted approval signature",
+        responses={**BINARY_RESPONSE, 409: s.ErrorSerializer},
+        summary="The released envelope, with every counted approval signature (409 until "
+        "the release is approved)",
     )
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], renderer_classes=ENVELOPE_RENDERERS)
     def envelope(self, request: Request, name: str) -> HttpResponse:
         release = self._release(name)
         return _binary(services.released_envelope(release), f"{release.name}.suit")
@@ -356,9 +396,10 @@ class KeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
     @extend_schema(request=s.KeyRotateSerializer, responses=s.KeySerializer)
     @action(detail=True, methods=["post"])
     def rotate(self, request: Request, kid: str) -> Response:
+        key = self.get_object()
         data = _validated(s.KeyRotateSerializer, request)
         new = services.key_rotate(
-            key=self.get_object(),
+            key=key,
             new_public_key_pem=data["new_public_key_pem"],
             overlap=dt.timedelta(seconds=data["overlap_seconds"]),
             actor=request.user,
@@ -395,23 +436,19 @@ class PolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(s.PolicySerializer(policy).data)
 
     @extend_schema(
-        parameters=[
-            OpenApiParameter("device_class", int, required=True),
-            OpenApiParameter("kind", str, enum=PolicyKind.values),
-        ],
-        responses=s.EffectivePolicySerializer,
+        parameters=[s.EffectivePolicyQuerySerializer],
+        responses={200: s.EffectivePolicySerializer, 404: s.ErrorSerializer},
         summary="The rules that apply to a device class and where they come from",
         filters=False,
     )
     @action(detail=False, methods=["get"], filterset_class=None, pagination_class=None)
     def effective(self, request: Request) -> Response:
-        raw_class = request.query_params.get("device_class", "")
-        kind = request.query_params.get("kind", PolicyKind.NORMAL)
-        if not raw_class.isdigit():
-            raise ValidationError({"device_class": ["a device class id is required"]})
-        if kind not in PolicyKind.values:
-            raise ValidationError({"kind": [f"one of {PolicyKind.values}"]})
-        device_class = get_object_or_404(DeviceClass.objects.all(), pk=int(raw_class))
+        query = s.EffectivePolicyQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        kind = query.validated_data["kind"]
+        device_class = get_object_or_404(
+            DeviceClass.objects.all(), pk=query.validated_data["device_class"]
+        )
         rules, source = services.policy_for(device_class, kind)
         return Response(
             {"device_class": device_class.pk, "kind": kind, "rules": rules, "source": source}
@@ -494,8 +531,13 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
 def _spec_from(request: Request) -> Any:
     data = _validated(s.SpecInputSerializer, request)
-    document = data["spec"] if "spec" in data else data["document"]
-    return parse_spec(document, source=SPEC_SOURCE)
+    field = "spec" if "spec" in data else "document"
+    spec = parse_spec(data[field], source=SPEC_SOURCE)
+    # YAML spells NUL as "\0" in a quoted string; the spec is stored as JSON, which on
+    # PostgreSQL cannot hold one (the JSON parser refuses a literal one already).
+    if contains_nul(spec.to_document()):
+        raise ValidationError({field: ["NUL characters are not accepted"]})
+    return spec
 
 
 SPEC_REQUEST = {
@@ -510,7 +552,7 @@ class CampaignPlanViewSet(viewsets.GenericViewSet):
 
     queryset = Campaign.objects.none()
     serializer_class = s.PlanSerializer
-    parser_classes = [parsers.JSONParser, SpecTextParser]
+    parser_classes = [JSONParser, SpecTextParser]
     pagination_class = None
     filter_backends: list[Any] = []
 
@@ -528,7 +570,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     filterset_class = filters.CampaignFilter
     lookup_field = "name"
     lookup_value_regex = NAME_REGEX
-    parser_classes = [parsers.JSONParser, SpecTextParser]
+    parser_classes = [JSONParser, SpecTextParser]
     ordering_fields = ["created_at", "name", "status"]
 
     def _apply(self, request: Request, spec: Any) -> Response:
@@ -572,8 +614,11 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def status_view(self, request: Request, name: str) -> Response:
         return Response(selectors.campaign_status(self.get_object()))
 
-    @extend_schema(responses=s.TimelineEntrySerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @extend_schema(
+        responses=s.TimelineEntrySerializer(many=True),
+        summary="The campaign's audit events in order (the whole list, not paginated)",
+    )
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
     def timeline(self, request: Request, name: str) -> Response:
         return Response(selectors.campaign_timeline(self.get_object()))
 
@@ -587,8 +632,9 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
     def _done(self, campaign: Campaign) -> Response:
         return Response(s.CampaignSerializer(self.get_queryset().get(pk=campaign.pk)).data)
 
+    # The state changes read a JSON body (a reason); only apply/update read YAML specs.
     @extend_schema(request=s.OptionalReasonSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def pause(self, request: Request, name: str) -> Response:
         data = _validated(s.OptionalReasonSerializer, request)
         return self._done(
@@ -598,7 +644,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         )
 
     @extend_schema(request=s.ResumeSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def resume(self, request: Request, name: str) -> Response:
         data = _validated(s.ResumeSerializer, request)
         return self._done(
@@ -608,7 +654,7 @@ class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets
         )
 
     @extend_schema(request=s.ReasonSerializer, responses=s.CampaignSerializer)
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser])
     def abort(self, request: Request, name: str) -> Response:
         data = _validated(s.ReasonSerializer, request)
         return self._done(

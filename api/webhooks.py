@@ -12,6 +12,14 @@ be fed a replay; ``X-Fwupd-Delivery`` (the same id on every attempt) lets it dro
 Delivery: ``api.tasks.webhook_deliver_task``; connection errors, timeouts and 5xx are transient
 (retried with exponential backoff), any other answer (4xx, 3xx: redirects are not followed) is a
 permanent failure. Every attempt is recorded on the ``WebhookDelivery`` row.
+
+Targets: a webhook makes the server send requests where an admin says, so it must not become a
+way into the server's own network (its admin pages, the broker, a cloud metadata service): a
+loopback, private, link-local, reserved, multicast or unspecified address is refused unless it
+falls in ``WEBHOOK_ALLOWED_NETWORKS``. Checked twice: on the URL when a webhook is saved (an
+address written in it, ``localhost``), and on every address the host name resolves to at
+delivery time, when the connection is then made to the address that was checked (not resolved
+again), so a name re-pointed between check and connect (DNS rebinding) gains nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ import fnmatch
 import hashlib
 import hmac
 import http.client
+import ipaddress
 import json
 import logging
 import secrets
+import socket
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +71,124 @@ class WebhookDeliveryError(Exception):
         self.status = status
 
 
+class WebhookTargetError(ValueError):
+    """The webhook URL points at an address webhooks may not reach (loopback, private...)."""
+
+    code = "webhook.target_refused"
+
+
+# --- targets -------------------------------------------------------------------------------------
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOCAL_NAMES = ("localhost", ".localhost")  # RFC 6761: always the loopback interface
+
+
+def address_refusal(address: IPAddress, *, allowed: Sequence[IPNetwork] = ()) -> str | None:
+    """Why ``address`` may not be a webhook target, or None when it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:10.0.0.1 is 10.0.0.1
+    if any(address.version == net.version and address in net for net in allowed):
+        return None
+    kinds = (
+        ("loopback", address.is_loopback),
+        ("link-local", address.is_link_local),
+        ("multicast", address.is_multicast),
+        ("unspecified", address.is_unspecified),
+        ("private", address.is_private),
+        ("reserved", address.is_reserved),
+        ("non-public", not address.is_global),
+    )
+    kind = next((name for name, flag in kinds if flag), None)
+    if kind is None:
+        return None
+    return (
+        f"{address} is a {kind} address; webhooks reach public addresses only "
+        "(WEBHOOK_ALLOWED_NETWORKS lists exceptions)"
+    )
+
+
+def _literal_address(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:
+        # Legacy IPv4 spellings resolvers accept without DNS: 127.1, 2130706433, 0x7f.0.0.1.
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def url_refusal(url: str, *, allowed: Sequence[IPNetwork] | None = None) -> str | None:
+    """Why ``url`` cannot be a webhook target as written, or None. A host name is checked
+    when it is resolved, at delivery (``resolve_target``)."""
+    allowed = settings.WEBHOOK_ALLOWED_NETWORKS if allowed is None else allowed
+    try:
+        parts = urllib.parse.urlsplit(url)
+        hostname, _port = parts.hostname, parts.port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if parts.scheme not in ("http", "https") or not hostname:
+        return "only http:// and https:// URLs with a host"
+    host = hostname.rstrip(".").lower()
+    literal = _literal_address(host)
+    if literal is not None:
+        return address_refusal(literal, allowed=allowed)
+    if host == LOCAL_NAMES[0] or host.endswith(LOCAL_NAMES[1]):
+        return address_refusal(ipaddress.ip_address("127.0.0.1"), allowed=allowed)
+    return None
+
+
+def check_url(url: str) -> None:
+    refusal = url_refusal(url)
+    if refusal is not None:
+        raise WebhookTargetError(refusal)
+
+
+def resolve_target(host: str, port: int, *, allowed: Sequence[IPNetwork]) -> list[str]:
+    """The addresses of ``host`` to connect to, each checked; raises WebhookDeliveryError when
+    the name does not resolve (transient) or any address is refused (permanent: a name with
+    one internal address is not used at all)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise WebhookDeliveryError(f"cannot resolve {host!r}: {exc}", permanent=False) from exc
+    addresses: list[str] = []
+    for *_, sockaddr in infos:
+        text = str(sockaddr[0]).split("%", 1)[0]  # drop an IPv6 zone id
+        refusal = address_refusal(ipaddress.ip_address(text), allowed=allowed)
+        if refusal is not None:
+            raise WebhookDeliveryError(f"{host} resolves to {refusal}", permanent=True)
+        if text not in addresses:
+            addresses.append(text)
+    if not addresses:
+        raise WebhookDeliveryError(f"{host!r} has no address", permanent=False)
+    return addresses
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to an address checked beforehand; Host header from the URL's name."""
+
+    def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """The same over TLS; the certificate is verified against the URL's host name."""
+
+    def __init__(self, host: str, port: int | None, *, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
 # --- signing -------------------------------------------------------------------------------------
 def sign(secret: str, timestamp: int, body: bytes) -> str:
     mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
@@ -89,6 +218,7 @@ def webhook_create(
     events: list[str] | None = None,
     active: bool = True,
 ) -> Webhook:
+    check_url(url)
     with transaction.atomic():
         hook = Webhook.objects.create(
             name=name,
@@ -109,6 +239,8 @@ def webhook_create(
 
 def webhook_update(*, webhook: Webhook, actor: Any, **changes: Any) -> Webhook:
     allowed = {"name", "url", "secret", "events", "active"}
+    if "url" in changes:
+        check_url(changes["url"])
     with transaction.atomic():
         hook = Webhook.objects.select_for_update().get(pk=webhook.pk)
         for field, value in changes.items():
@@ -205,26 +337,49 @@ class Attempt:
     body: bytes
 
 
-def post(url: str, body: bytes, headers: dict[str, str], *, timeout: float) -> Attempt:
-    """POST without following redirects (a redirect is reported, never chased)."""
-    parts = urllib.parse.urlsplit(url)
+def post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout: float,
+    allowed: Sequence[IPNetwork] | None = None,
+) -> Attempt:
+    """POST without following redirects (a redirect is reported, never chased), to an address
+    of the URL's host that passed ``address_refusal``."""
+    allowed = settings.WEBHOOK_ALLOWED_NETWORKS if allowed is None else allowed
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookDeliveryError(f"invalid webhook URL: {exc}", permanent=True) from exc
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookDeliveryError(f"unsupported webhook URL {url!r}", permanent=True)
-    conn_cls = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    conn = conn_cls(parts.hostname, parts.port, timeout=timeout)
+    https = parts.scheme == "https"
+    port = port or (443 if https else 80)
+    addresses = resolve_target(parts.hostname, port, allowed=allowed)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    try:
-        conn.request("POST", path, body=body, headers=headers)
-        response = conn.getresponse()
-        return Attempt(status=response.status, body=response.read(ERROR_SNIPPET))
-    except (OSError, http.client.HTTPException) as exc:
-        raise WebhookDeliveryError(f"{type(exc).__name__}: {exc}", permanent=False) from exc
-    finally:
-        conn.close()
+    conn_cls = _PinnedHTTPSConnection if https else _PinnedHTTPConnection
+    last: Exception | None = None
+    for address in addresses:
+        conn = conn_cls(parts.hostname, port, address=address, timeout=timeout)
+        try:
+            conn.connect()
+        except OSError as exc:
+            last = exc
+            conn.close()
+            continue  # the next address of the name
+        try:
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            return Attempt(status=response.status, body=response.read(ERROR_SNIPPET))
+        except (OSError, http.client.HTTPException) as exc:
+            raise WebhookDeliveryError(f"{type(exc).__name__}: {exc}", permanent=False) from exc
+        finally:
+            conn.close()
+    raise WebhookDeliveryError(f"{type(last).__name__}: {last}", permanent=False) from last
 
 
 def attempt_delivery(delivery_id: str) -> WebhookDelivery | None:

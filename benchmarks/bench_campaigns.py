@@ -9,10 +9,11 @@ cloned from one migrated template; every database is dropped at the end.
              of five exclusion reasons): wall time and peak RSS of the process, against one raw
              ``INSERT INTO campaigns_rollout ... SELECT ... FROM campaigns_device`` producing the
              same rows (bucket = first 8 bytes of sha256(salt:endpoint) in SQL, stage from the
-             planner's stored bounds, state and reason from a CASE mirroring the checks). The
-             raw insert runs before and after the planner (the table then holds 1M and 2M rows,
-             so the two bracket the planner's conditions); the ratio is to their mean. The rows
-             are compared (device, stage, bucket, state, reason): they must be identical.
+             planner's stored bounds, state and reason from a CASE mirroring the checks: a
+             clock skew stays pending with its reason, as ``checks.TRANSIENT_REASONS`` says).
+             The raw insert runs before and after the planner (the table then holds 1M and 2M
+             rows, so the two bracket the planner's conditions); the ratio is to their mean. The
+             rows are compared (device, stage, bucket, state, reason): they must be identical.
              Goal: ratio <= 3.
 * dispatch - ``engine._dispatch`` passes (DISPATCH_BATCH each, each in its own transaction
              holding the campaign row lock as the reconcile does, commit included) until N
@@ -103,7 +104,9 @@ INSERT INTO campaigns_rollout
 SELECT %(campaign)s, d.id,
        CASE WHEN b.bucket < %(b0)s THEN 0 WHEN b.bucket < %(b1)s THEN 1 ELSE 2 END,
        b.bucket,
-       CASE WHEN r.reason = '' THEN 'pending' ELSE 'skipped' END,
+       -- a transient refusal (clock skew, checks.TRANSIENT_REASONS) stays pending with its
+       -- reason: the device may fix its clock; every other refusal is skipped
+       CASE WHEN r.reason IN ('', 'clock_skew') THEN 'pending' ELSE 'skipped' END,
        r.reason,
        CASE WHEN r.reason = '' THEN '' ELSE d.endpoint || ': ' || r.reason END,
        0, now()

@@ -7,6 +7,7 @@ value, so secrets can come from mounted files instead of the process environment
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -68,3 +69,16 @@ def envlist(name: str, default: list[str]) -> list[str]:
     if value is None or value == "":
         return default
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def envnetworks(
+    name: str, default: list[str]
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A comma-separated list of IP networks (CIDR, or a bare address for one host)."""
+    networks = []
+    for item in envlist(name, default):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise EnvError(f"{name}: {item!r} is not an IP network (e.g. 10.0.0.0/8)") from None
+    return networks

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from config.env import envbool, envint, envlist, envopt, envstr
+from config.env import envbool, envint, envlist, envnetworks, envopt, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("FWUPD_VAR_DIR", str(BASE_DIR / "var")))
@@ -36,6 +36,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (console CSS/JS, Swagger UI) served by the web process itself, also with
+    # DEBUG off, where django.contrib.staticfiles serves nothing (STATIC section below).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -99,7 +102,26 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = VAR_DIR / "static"
+# `manage.py collectstatic --noinput` gathers the files here before the web tier starts
+# (README, "Running for real"); WhiteNoise serves them, compressed, with long cache lifetimes.
+STATIC_ROOT = Path(envstr("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))
+# Production serves content-hashed names (safe to cache for ever) from collectstatic's
+# manifest; without a real deployment (tests, make demo) names stay plain and WhiteNoise finds
+# the files in the apps directly, so nothing needs collecting first.
+_STATIC_MANIFEST = envbool(
+    "DJANGO_STATIC_MANIFEST",
+    not DEBUG and SECRET_KEY != _INSECURE_DEV_KEY,
+)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if _STATIC_MANIFEST
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = not _STATIC_MANIFEST
+WHITENOISE_AUTOREFRESH = not _STATIC_MANIFEST  # and no STATIC_ROOT needed to exist
 
 # Firmware images are stored content-addressed by SHA-256 (manifests.images.storage).
 FIRMWARE_STORAGE_ROOT = Path(envstr("FIRMWARE_STORAGE_ROOT", str(VAR_DIR / "images")))
@@ -220,7 +242,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["api.permissions.RoleMatrixPermission"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "api.parsers.JSONParser",
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_PAGINATION_CLASS": "api.pagination.LimitOffsetPagination",
@@ -229,7 +251,7 @@ REST_FRAMEWORK = {
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "api.schema.AutoSchema",
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
@@ -262,6 +284,10 @@ WEBHOOK_TIMEOUT_SECONDS = envint("WEBHOOK_TIMEOUT_SECONDS", 5, minimum=1)
 WEBHOOK_MAX_ATTEMPTS = envint("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
 WEBHOOK_BACKOFF_BASE_SECONDS = envint("WEBHOOK_BACKOFF_BASE_SECONDS", 10, minimum=0)
 WEBHOOK_BACKOFF_MAX_SECONDS = envint("WEBHOOK_BACKOFF_MAX_SECONDS", 3600, minimum=1)
+# Networks webhooks may reach although they are not public (loopback, private, link-local...:
+# refused by default, so a webhook cannot aim the server at itself or its neighbours), e.g.
+# "10.20.0.0/16,fd00:1::/64" for receivers on an internal network. Empty: public addresses only.
+WEBHOOK_ALLOWED_NETWORKS = envnetworks("WEBHOOK_ALLOWED_NETWORKS", [])
 # --- end REST API -------------------------------------------------------------------------
 
 # --- Console ----------------------------------------------------------------------------------

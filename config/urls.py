@@ -17,3 +17,10 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("console.urls")),
 ]
+
+# Under /api/ every error is the API's JSON error body, a 404 or a 500 included (api/errors.py);
+# elsewhere these fall back to Django's own pages.
+handler400 = "api.errors.bad_request"
+handler403 = "api.errors.permission_denied"
+handler404 = "api.errors.page_not_found"
+handler500 = "api.errors.server_error"

@@ -92,10 +92,18 @@ def make_envelope(
     return suit.create_envelope(params, keys=[key or author.key])
 
 
+_IMAGES: dict[tuple[str, int], bytes] = {}
+
+
 def image_bytes(tmp_path: Path, version: str, counter: int = 2) -> bytes:
-    return build_mcuboot_image(
-        tmp_path, payload=version.encode() * 512, version=version, security_counter=counter
-    )
+    """An unsigned MCUboot image (hash TLV only: the same bytes every time), built once per
+    version and counter: imgtool runs as a subprocess, the bulk of a world's set-up time."""
+    key = (version, counter)
+    if key not in _IMAGES:
+        _IMAGES[key] = build_mcuboot_image(
+            tmp_path, payload=version.encode() * 512, version=version, security_counter=counter
+        )
+    return _IMAGES[key]
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ recorded. Celery runs eagerly (retries run at once, the countdown is not waited 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -23,7 +24,7 @@ SECRET = "s3cret-s3cret-s3cret"
 class Receiver:
     """A loopback HTTP server answering the scripted statuses in turn (then the last)."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.statuses = list(statuses)
         self.requests: list[dict[str, Any]] = []
         receiver = self
@@ -42,14 +43,21 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _loopback_receivers_allowed(settings: Any) -> None:
+    """The receivers listen on loopback, which webhooks reach only when it is allow-listed
+    (refused by default: tests/api/test_webhook_targets.py)."""
+    settings.WEBHOOK_ALLOWED_NETWORKS = [ipaddress.ip_network("127.0.0.0/8")]
 
 
 @pytest.fixture
