@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
@@ -129,6 +131,18 @@ def real_ids(fuller_world: dict[str, Any], people: dict[str, Any]) -> dict[tuple
         ("audit-events", "seq"): 1,
         ("webhooks", "id"): Webhook.objects.first().pk,
     }
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_test_connection() -> Any:
+    """The WSGI handler closes the database connection at the end of each request when it is
+    inside a transaction (Django's ``close_old_connections``); the test's own transaction would
+    go with it on PostgreSQL. Django's test client unhooks it the same way."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
 
 
 @pytest.fixture(autouse=True)
