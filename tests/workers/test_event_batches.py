@@ -13,7 +13,7 @@ import pytest
 
 from campaigns.events import FwStatus
 from campaigns.models import Device
-from workers.lwm2m import gateway as gateway_module
+from workers.lwm2m import emitter as emitter_module
 from workers.lwm2m.bus import InMemoryCommandBus
 from workers.lwm2m.gateway import Gateway, GatewayConfig
 from workers.tasks import device_events_task
@@ -72,7 +72,7 @@ def test_events_reach_the_sink_in_batches_in_emitted_order() -> None:
     assert flat == [f"dev-{i}" for i in range(250)]
     assert all(e["gateway_id"] == "gw-batch" for batch in sink.batches for e in batch)
     assert len(sink.batches) < 250 // 10  # batched, not one call per event
-    assert max(len(b) for b in sink.batches) <= gateway_module.EVENT_BATCH
+    assert max(len(b) for b in sink.batches) <= emitter_module.EVENT_BATCH
 
 
 def test_a_failed_hand_over_is_retried_with_the_same_batch() -> None:

@@ -12,7 +12,7 @@ import pytest
 from aiocoap.numbers.codes import Code
 
 from tests.workers.lwm2m.conftest import Harness, eventually, run_with_fleet
-from workers.lwm2m import gateway as gateway_module
+from workers.lwm2m import registration as registration_module
 
 
 def _busy_for(device: Any, path: tuple[str, ...], times: int) -> list[int]:
@@ -33,7 +33,7 @@ def _busy_for(device: Any, path: tuple[str, ...], times: int) -> list[int]:
 
 @pytest.fixture(autouse=True)
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway_module, "DEVICE_INFO_RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(registration_module, "DEVICE_INFO_RETRY_SECONDS", 0.05)
 
 
 def _versions(h: Harness, endpoint: str) -> list[str | None]:
@@ -57,7 +57,7 @@ def test_what_is_still_missing_is_read_at_the_next_update(signing_key: Any) -> N
     async def scenario(h: Harness) -> None:
         device = h.fleet.devices["sim-00000"]
         await eventually(lambda: _versions(h, "sim-00000") == ["1.0.0"])  # first registration
-        attempts = gateway_module.DEVICE_INFO_ATTEMPTS
+        attempts = registration_module.DEVICE_INFO_ATTEMPTS
         calls = _busy_for(device, ("3", "0", "3"), attempts)
         before = len(_versions(h, "sim-00000"))
         await device.register()

@@ -13,7 +13,7 @@ import pytest
 from aiocoap.numbers.codes import Code
 
 from tests.workers.lwm2m.conftest import Harness, run_with_fleet
-from workers.lwm2m import gateway as gateway_module
+from workers.lwm2m import registration as registration_module
 
 AWAKE = 0.3  # seconds a queue-mode device listens after each Update (QUEUE_AWAKE_SECONDS)
 
@@ -41,7 +41,7 @@ def _record_requests(device: Any) -> list[float]:
 def test_a_command_for_a_sleeping_device_waits_for_its_next_update(
     signing_key: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway_module, "QUEUE_AWAKE_SECONDS", AWAKE)
+    monkeypatch.setattr(registration_module, "QUEUE_AWAKE_SECONDS", AWAKE)
 
     async def scenario(h: Harness) -> None:
         device = h.fleet.devices["sim-00000"]

@@ -1,0 +1,147 @@
+"""The firmware server: ``/fw/m/<manifest digest>`` (the exact stored SUIT envelope) and
+``/fw/i/<image sha256>`` (the payload), with hand-rolled Block2 so any block can be requested
+directly (resumable), Size2 on every block and an ETag derived from the content digest. Content
+is immutable, so caching it in memory is always correct.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import aiocoap
+from aiocoap.numbers.codes import Code
+
+from workers.lwm2m import content, logsafe
+from workers.lwm2m.blocks import block_slice
+from workers.lwm2m.errors import (
+    DeviceOperationError,
+)
+
+if TYPE_CHECKING:
+    from workers.lwm2m.gateway import GatewayConfig
+from workers.lwm2m.resources import _Handler
+
+log = logsafe.guard(logging.getLogger("workers.lwm2m.gateway"))
+
+
+# Firmware bytes kept in memory by a gateway (least recently used dropped beyond this).
+FW_CACHE_BYTES = 256 * 1024 * 1024
+
+
+DEFAULT_BLOCK_SZX = 6
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """Bytes served under /fw and their ETag (first 8 bytes of their SHA-256, computed once)."""
+
+    data: bytes
+    etag: bytes
+
+
+class FirmwareSource(Protocol):
+    def envelope(self, manifest_digest: str) -> bytes | None: ...
+
+    def image(self, sha256: str) -> bytes | None: ...
+
+
+class DjangoFirmwareSource:
+    """Envelopes from ``Manifest.envelope`` (exact bytes), payloads from the image store."""
+
+    def envelope(self, manifest_digest: str) -> bytes | None:
+        from manifests.models import Manifest
+
+        row = Manifest.objects.filter(manifest_digest=manifest_digest).only("envelope").first()
+        return bytes(row.envelope) if row is not None else None
+
+    def image(self, sha256: str) -> bytes | None:
+        from manifests.services import image_storage
+
+        store = image_storage()
+        if not store.exists(sha256):
+            return None
+        data: bytes = store.read(sha256)
+        return data
+
+
+class FirmwareResource(_Handler):
+    """/fw/m/<manifest digest> and /fw/i/<sha256>: immutable, Block2 by block number."""
+
+    async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
+        return False  # we answer Block2 ourselves so any block can be asked for directly
+
+    async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
+        if request.code != Code.GET:
+            return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+        if len(path) != 2 or path[0] not in ("m", "i"):
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        digest = path[1].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        published = await self.gateway.published_file(path[0], digest)
+        if published is None:
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        data = published.data
+        if request.opt.block2 is not None:
+            num, szx = request.opt.block2.block_number, request.opt.block2.size_exponent
+        else:
+            num, szx = 0, DEFAULT_BLOCK_SZX
+        part = block_slice(len(data), num, min(szx, DEFAULT_BLOCK_SZX))
+        response = aiocoap.Message(code=Code.CONTENT, payload=data[part.start : part.end])
+        response.opt.content_format = content.CT_OPAQUE
+        response.opt.etag = published.etag
+        response.opt.size2 = len(data)
+        response.opt.max_age = 86400
+        if part.more or request.opt.block2 is not None or num > 0:
+            response.opt.block2 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(
+                part.num, part.more, part.szx
+            )
+        return response
+
+
+class FirmwareServer:
+    """Published firmware by kind and digest, cached; the Package URI of an envelope (mixed
+    into the Gateway)."""
+
+    config: GatewayConfig
+    firmware: FirmwareSource
+    _fw_cache: OrderedDict[tuple[str, str], PublishedFile]
+    _fw_cache_bytes: int
+    _io: ThreadPoolExecutor
+
+    async def published_file(self, kind: str, digest: str) -> PublishedFile | None:
+        """A firmware file by kind ("m" envelope, "i" image) and digest, with its ETag; cached
+        (the bytes never change once published), least recently used dropped first."""
+        key = (kind, digest)
+        cached = self._fw_cache.get(key)
+        if cached is not None:
+            self._fw_cache.move_to_end(key)
+            return cached
+        loop = asyncio.get_running_loop()
+        getter = self.firmware.envelope if kind == "m" else self.firmware.image
+        data = await loop.run_in_executor(self._io, getter, digest)
+        if data is None:
+            return None
+        if kind == "i" and hashlib.sha256(data).hexdigest() != digest:
+            log.error("stored image %s does not match its digest; not serving it", digest)
+            return None
+        published = PublishedFile(data=data, etag=hashlib.sha256(data).digest()[:8])
+        self._fw_cache[key] = published
+        self._fw_cache_bytes += len(data)
+        while self._fw_cache_bytes > FW_CACHE_BYTES and len(self._fw_cache) > 1:
+            _, dropped = self._fw_cache.popitem(last=False)
+            self._fw_cache_bytes -= len(dropped.data)
+        return published
+
+    def package_uri(self, manifest_digest: str, *, secure: bool = False) -> str:
+        """Where a device downloads the envelope; ``secure``: over this gateway's coaps listener."""
+        base = self.config.dtls_base_uri if secure else self.config.base_uri
+        if base is None:
+            raise DeviceOperationError("no DTLS listener for a coaps Package URI", permanent=True)
+        return f"{base}/fw/m/{manifest_digest}"
