@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from manifests import suit
+from tests.helpers import personas
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_VECTORS = REPO_ROOT.parent / "shared" / "vectors" / "suit"
@@ -50,33 +51,39 @@ def _persona(django_user_model: Any, username: str, alg: str) -> Persona:
 
 @pytest.fixture
 def author(django_user_model: Any) -> Persona:
-    return _persona(django_user_model, "alice-author", "ES256")
+    return _persona(django_user_model, "author", "ES256")
 
 
 @pytest.fixture
 def approver_qa(django_user_model: Any) -> Persona:
-    return _persona(django_user_model, "bob-qa", "Ed25519")
+    return _persona(django_user_model, "qa", "Ed25519")
 
 
 @pytest.fixture
 def approver_security(django_user_model: Any) -> Persona:
-    return _persona(django_user_model, "carol-security", "ES256")
+    return _persona(django_user_model, "sec", "ES256")
 
 
 @pytest.fixture
 def operator(django_user_model: Any) -> Persona:
-    return _persona(django_user_model, "dave-operator", "Ed25519")
+    return _persona(django_user_model, "ops", "Ed25519")
 
 
 @pytest.fixture
 def outsider(django_user_model: Any) -> Persona:
-    return _persona(django_user_model, "eve-outsider", "ES256")
+    return _persona(django_user_model, "outsider", "ES256")
 
 
 @pytest.fixture
-def catalog_admin(django_user_model: Any) -> Any:
-    """A superuser (so an admin): vendors and device classes are registered by an admin."""
-    return django_user_model.objects.create_superuser(username="catalog-admin", password=None)
+def admin(django_user_model: Any) -> Any:
+    """The ``admin`` superuser of tests.helpers.personas (superusers hold the admin role)."""
+    return personas.superuser(django_user_model, password="x-test-pass-1")
+
+
+@pytest.fixture
+def catalog_admin(admin: Any) -> Any:
+    """Vendors and device classes are registered by an admin."""
+    return admin
 
 
 @pytest.fixture

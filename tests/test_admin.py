@@ -13,9 +13,8 @@ from django.urls import reverse
 @pytest.mark.parametrize(
     "model", list(admin.site._registry), ids=lambda m: f"{m._meta.app_label}.{m._meta.model_name}"
 )
-def test_admin_changelist_loads(client: Any, django_user_model: Any, model: Any):
-    user = django_user_model.objects.create_superuser(username="root", password="x-pass-1")
-    client.force_login(user)
+def test_admin_changelist_loads(client: Any, admin: Any, model: Any):
+    client.force_login(admin)
     url = reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist")
     assert client.get(url).status_code == 200
 

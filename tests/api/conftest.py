@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 
 from campaigns.models import Device
 from manifests import services, suit
+from tests.helpers import personas
 from tests.helpers.imgtool import build_mcuboot_image
 
 ROLES = ("author", "qa", "security", "fleet_operator", "auditor", "admin")
@@ -44,11 +45,15 @@ def people(db: None, django_user_model: Any) -> dict[str, ApiUser]:
     """``people[role]`` holds exactly that role; ``people["none"]`` holds none."""
     earlier = timezone.now() - dt.timedelta(hours=1)
     # No passwords: token auth needs none, and hashing dominates the matrix test's time.
-    root = django_user_model.objects.create_superuser(username="root", password=None)
+    root = personas.superuser(django_user_model)
     out: dict[str, ApiUser] = {}
     for role in (*ROLES, "none"):
-        user = django_user_model.objects.create_user(username=f"u-{role}", password=None)
-        if role != "none":
+        if role == "admin":
+            user = root  # superusers hold admin
+        else:
+            username = personas.USERNAME_BY_ROLE[None if role == "none" else role]
+            user = django_user_model.objects.create_user(username=username, password=None)
+        if role not in ("none", "admin"):
             services.role_grant(user=user, role=role, actor=root, now=earlier)
         key = suit.generate_private_key("ES256")
         out[role] = ApiUser(user=user, client=client_for(user), key=key)

@@ -149,8 +149,8 @@ def test_audit_filter_export_and_verify(people: dict[str, Any], world: dict[str,
     client = people["auditor"].client
     approvals = client.get("/api/audit-events/?action=release.approve").json()
     assert approvals["count"] == 2
-    assert {e["actor"] for e in approvals["results"]} == {"u-qa", "u-security"}
-    by_actor = client.get("/api/audit-events/?actor=u-author&action_prefix=release.").json()
+    assert {e["actor"] for e in approvals["results"]} == {"qa", "sec"}
+    by_actor = client.get("/api/audit-events/?actor=author&action_prefix=release.").json()
     assert {e["action"] for e in by_actor["results"]} == {"release.create", "release.submit"}
     by_object = client.get(
         "/api/audit-events/?object_type=release&object_id=thermo-2.0.0&limit=1"

@@ -71,7 +71,7 @@ def test_a_roleless_delegatee_approves_through_the_api(
     # The delegation counts once, for its delegator; the signature is dana's.
     assert security["credited"] == [
         {
-            "person": "u-security",
+            "person": "sec",
             "via": f"delegation:{delegation.pk}",
             "signatures": [
                 {

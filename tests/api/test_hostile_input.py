@@ -78,7 +78,7 @@ def test_key_rotation_with_an_overlap_past_the_calendar_is_refused(
     people: dict[str, Any], world: dict[str, Any], overlap: int
 ) -> None:
     qa = people["qa"]
-    kid = qa.client.get("/api/keys/?owner=u-qa").json()["results"][0]["kid"]
+    kid = qa.client.get("/api/keys/?owner=qa").json()["results"][0]["kid"]
     response = qa.client.post(
         f"/api/keys/{kid}/rotate/",
         {"new_public_key_pem": people["security"].public_pem, "overlap_seconds": overlap},

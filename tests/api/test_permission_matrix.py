@@ -64,7 +64,7 @@ def delegatees(people: dict[str, ApiUser], django_user_model: Any) -> dict[str, 
     now = timezone.now()
     clients = {}
     for kind in ("delegatee", "revoked-delegatee", "expired-delegatee"):
-        user = django_user_model.objects.create_user(username=f"u-{kind}", password=None)
+        user = django_user_model.objects.create_user(username=kind, password=None)
         then = now - dt.timedelta(minutes=30) if kind == "expired-delegatee" else now
         delegation = services.delegation_create(
             delegator=qa,

@@ -37,7 +37,7 @@ def test_session_auth_works_for_the_browser(people: dict[str, Any]) -> None:
 
     client = APIClient(enforce_csrf_checks=True)
     client.force_login(people["qa"].user)
-    assert client.get("/api/me/").json() == {"username": "u-qa", "roles": ["qa"]}
+    assert client.get("/api/me/").json() == {"username": "qa", "roles": ["qa"]}
     # Writes from a session need the CSRF token, as any Django form does.
     assert client.post("/api/keys/", {}, format="json").status_code == 403
 
@@ -79,7 +79,7 @@ def test_catalog_create_list_and_duplicate_conflict(people: dict[str, Any]) -> N
     assert response.json()["component_id"] == ["00"]
     listing = client.get("/api/device-classes/?vendor_domain=acme.example").json()
     assert listing["count"] == 1 and listing["results"][0]["name"] == "thermo-v2"
-    assert AuditEvent.objects.filter(action="vendor.create", actor="u-admin").exists()
+    assert AuditEvent.objects.filter(action="vendor.create", actor="admin").exists()
 
 
 def test_release_lifecycle_over_http(
@@ -148,7 +148,7 @@ def test_release_lifecycle_over_http(
     assert response.status_code == 201, response.json()
     assert response.json()["approved"] is False
     credited = response.json()["release"]["approval"]["tally"]["qa"]["credited"][0]
-    assert credited["person"] == "u-qa"
+    assert credited["person"] == "qa"
     assert credited["signatures"][0]["kid"] == SigningKey.objects.get(owner=qa.user).kid
 
     # the author cannot approve in another role
@@ -230,11 +230,11 @@ def test_keys_register_rotate_revoke(people: dict[str, Any]) -> None:
     )
     assert response.status_code == 201, response.json()
     kid = response.json()["kid"]
-    assert response.json()["owner"] == "u-qa"
+    assert response.json()["owner"] == "qa"
     # registering for someone else needs admin
     other = suit.public_key_pem(suit.generate_private_key("Ed25519").public_key()).decode()
     response = qa.client.post(
-        "/api/keys/", {"public_key_pem": other, "owner": "u-security"}, format="json"
+        "/api/keys/", {"public_key_pem": other, "owner": "sec"}, format="json"
     )
     assert response.status_code == 403 and response.json()["code"] == "approval.permission_denied"
     bad = qa.client.post("/api/keys/", {"public_key_pem": "not a key"}, format="json")
@@ -254,7 +254,7 @@ def test_keys_register_rotate_revoke(people: dict[str, Any]) -> None:
         f"/api/keys/{new_kid}/revoke/", {"reason": "laptop stolen"}
     )
     assert response.status_code == 200 and response.json()["status"] == "revoked"
-    listing = people["auditor"].client.get("/api/keys/?owner=u-qa&status=revoked").json()
+    listing = people["auditor"].client.get("/api/keys/?owner=qa&status=revoked").json()
     assert [k["kid"] for k in listing["results"]] == [new_kid]
 
 
@@ -285,7 +285,7 @@ def test_policy_set_and_effective(people: dict[str, Any], device_class: Any) -> 
 
 def test_roles_grant_and_revoke(people: dict[str, Any]) -> None:
     admin = people["admin"]
-    response = admin.client.post("/api/roles/", {"user": "u-none", "role": "qa"}, format="json")
+    response = admin.client.post("/api/roles/", {"user": "outsider", "role": "qa"}, format="json")
     assert response.status_code == 201, response.json()
     assignment = response.json()["id"]
     assert people["none"].client.get("/api/me/").json()["roles"] == ["qa"]
@@ -293,7 +293,7 @@ def test_roles_grant_and_revoke(people: dict[str, Any]) -> None:
     assert RoleAssignment.objects.get(pk=assignment).revoked_at is not None
     again = admin.client.delete(f"/api/roles/{assignment}/")
     assert again.status_code == 403 and again.json()["code"] == "approval.permission_denied"
-    active = admin.client.get("/api/roles/?user=u-none&active=true").json()
+    active = admin.client.get("/api/roles/?user=outsider&active=true").json()
     assert active["count"] == 0
 
 
@@ -304,7 +304,7 @@ def test_delegation_create_and_revoke(people: dict[str, Any], device_class: Any)
         "/api/delegations/",
         {
             "role": "security",
-            "delegatees": ["u-qa", "u-fleet_operator"],
+            "delegatees": ["qa", "ops"],
             "threshold": 2,
             "expires_at": expires,
             "scope_device_classes": [device_class.pk],
@@ -313,12 +313,12 @@ def test_delegation_create_and_revoke(people: dict[str, Any], device_class: Any)
     )
     assert response.status_code == 201, response.json()
     delegation = response.json()
-    assert delegation["delegator"] == "u-security"
-    assert sorted(delegation["delegatees"]) == ["u-fleet_operator", "u-qa"]
+    assert delegation["delegator"] == "sec"
+    assert sorted(delegation["delegatees"]) == ["ops", "qa"]
     # qa cannot delegate the security role they do not hold
     response = people["qa"].client.post(
         "/api/delegations/",
-        {"role": "security", "delegatees": ["u-author"], "expires_at": expires},
+        {"role": "security", "delegatees": ["author"], "expires_at": expires},
         format="json",
     )
     assert response.status_code == 403

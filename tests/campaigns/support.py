@@ -28,6 +28,7 @@ from campaigns.models import (
     Rollout,
 )
 from campaigns.spec import parse_spec
+from tests.helpers import personas
 from tests.helpers.deployment import (
     GOOD_PAYLOAD,
     Deployment,
@@ -53,13 +54,7 @@ __all__ = [
     "wait_for",
 ]
 
-PERSONAS = [  # username, role, key algorithm
-    ("author", "author", "ES256"),
-    ("qa", "qa", "ES256"),
-    ("sec", "security", "ES256"),
-    ("sec2", "security", "ES256"),
-    ("ops", "fleet_operator", "ES256"),
-]
+PERSONAS = personas.people("author", "qa", "sec", "sec2", "ops")
 
 
 def retry_locked(fn: Callable[[], Any]) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.helpers import personas
 from tests.helpers.deployment import (
     Deployment,
     approve,
@@ -28,13 +29,7 @@ __all__ = [
 ]
 
 PASSWORD = "console-test-pass-1"
-PEOPLE = [  # username, role, key algorithm (None: no key)
-    ("author", "author", "ES256"),
-    ("qa", "qa", "Ed25519"),
-    ("sec", "security", "ES256"),
-    ("ops", "fleet_operator", "ES256"),
-    ("auditor", "auditor", None),
-]
+PEOPLE = personas.people("author", "qa", "sec", "ops", "auditor")
 
 
 class World(Deployment):

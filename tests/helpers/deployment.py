@@ -21,6 +21,7 @@ from manifests import suit
 from manifests.images import imgtool
 from manifests.policy import Verdict
 from manifests.selectors import manifest_params
+from tests.helpers import personas
 
 GOOD_PAYLOAD = b"\x42" * 8192
 DEFAULT_APPROVERS = (("qa", "qa"), ("sec", "security"))  # (persona, role)
@@ -54,7 +55,7 @@ def build_deployment(
     """A superuser ``admin`` and one user per (username, role, key algorithm or None), each
     holding the role since an hour ago with a key valid since then; vendor and classes."""
     earlier = timezone.now() - dt.timedelta(hours=1)
-    admin = django_user_model.objects.create_superuser(username="admin", password=password)
+    admin = personas.superuser(django_user_model, password=password)
     users, keys = {}, {}
     for name, role, alg in people:
         user = django_user_model.objects.create_user(username=name, password=password)

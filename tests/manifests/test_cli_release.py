@@ -100,11 +100,6 @@ def kid_of(pub: Path) -> str:
     return suit.kid_for_public_key(suit.load_public_key_pem(pub.read_bytes())).hex()
 
 
-@pytest.fixture
-def admin(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_superuser(username="root-admin", password="x-pass-1")
-
-
 # --- the story ------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_release_story_from_keygen_to_revocation(
@@ -598,9 +593,9 @@ def test_unknown_names_are_refused_with_exit_1(team: Team, release: Release):
     for args, message in [
         (["release", "show", "no-such-release"], "no release named 'no-such-release'"),
         (["release", "submit", RELEASE, "--user", "mallory"], "no user named 'mallory'"),
-        (["key", "revoke", "ffff", "--reason", "x", "--user", "root-admin"], "no keys match"),
-        (["delegation", "revoke", "999", "--reason", "x", "--user", "root-admin"], "no delegation"),
-        (["release", "create", "--manifest", "ffff", "--name", "x", "--user", "root-admin"],
+        (["key", "revoke", "ffff", "--reason", "x", "--user", "admin"], "no keys match"),
+        (["delegation", "revoke", "999", "--reason", "x", "--user", "admin"], "no delegation"),
+        (["release", "create", "--manifest", "ffff", "--name", "x", "--user", "admin"],
          "no manifests match"),
     ]:  # fmt: skip
         before = snapshot()
@@ -708,7 +703,7 @@ def test_delegated_security_approval_counts_for_the_delegator(
     (credit,) = data["tally"]["security"]["credited"]
     assert credit["via"] == f"delegation:{delegation.pk}"
     assert [s["signer"] for s in credit["signatures"]] == ["deputy-1", "deputy-2"]
-    cli("delegation", "revoke", str(delegation.pk), "--reason", "back", "--user", "root-admin")
+    cli("delegation", "revoke", str(delegation.pk), "--reason", "back", "--user", "admin")
     assert not show()["approved_now"]
     assert "revoked" in cli("delegation", "list")
 

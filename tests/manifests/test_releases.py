@@ -33,11 +33,6 @@ EARLIER = NOW - dt.timedelta(days=1)
 
 
 @pytest.fixture
-def admin(django_user_model: Any) -> Any:
-    return django_user_model.objects.create_superuser(username="root-admin", password="x-pass-1")
-
-
-@pytest.fixture
 def team(admin, author, approver_qa, approver_security, operator, outsider):
     for persona, role in [
         (author, "author"),
