@@ -60,6 +60,15 @@ class Protocol(enum.IntEnum):
     COAP_TLS = 5
 
 
+class DeliveryMethod(enum.IntEnum):
+    """Firmware Update Delivery Method (/5/0/9): which of Package URI (pull) and Package (push)
+    the client takes."""
+
+    PULL = 0
+    PUSH = 1
+    BOTH = 2
+
+
 PROTOCOL_SCHEMES: dict[int, str] = {
     Protocol.COAP: "coap",
     Protocol.COAPS: "coaps",
