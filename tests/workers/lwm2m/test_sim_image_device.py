@@ -450,12 +450,18 @@ def test_empty_package_uri_write_resets_a_download_in_progress_to_idle(images: I
     _run(images, scenario, faults=Faults(slow_link_seconds=0.15))
 
 
-def test_empty_package_write_resets_a_downloaded_image_to_idle(images: Images) -> None:
+@pytest.mark.parametrize("empty_package", [b"", b"\0"], ids=["empty", "null-byte"])
+def test_empty_package_write_resets_a_downloaded_image_to_idle(
+    images: Images, empty_package: bytes
+) -> None:
     async def scenario(h: Harness) -> None:
         await _push(h, images["good"], szx=6)
         assert await _read(h, "5/0/3") == str(int(FwState.DOWNLOADED))
         empty = aiocoap.Message(
-            code=Code.PUT, uri=_device_uri(h, "5/0/0"), content_format=content.CT_OPAQUE
+            code=Code.PUT,
+            uri=_device_uri(h, "5/0/0"),
+            payload=empty_package,
+            content_format=content.CT_OPAQUE,
         )
         assert (await _request(h, empty)).code == Code.CHANGED
         assert await _read(h, "5/0/3") == str(int(FwState.IDLE))
