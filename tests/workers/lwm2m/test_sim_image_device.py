@@ -105,6 +105,11 @@ def _run(
     )
 
 
+async def _rebooted(h: Harness, times: int = 1) -> None:
+    """Until the gateway has read the device's information after its ``times``-th reboot."""
+    await eventually(lambda: len(h.sink.of("device_info")) >= 1 + times)
+
+
 async def _pull(h: Harness, image: bytes) -> dict[str, Any]:
     digest = hashlib.sha256(image).hexdigest()
     return await h.gateway.run_operation(
@@ -205,6 +210,8 @@ def test_build_number_is_part_of_the_reported_version(images: Images) -> None:
     async def scenario(h: Harness) -> None:
         await _pull(h, images["good_build"])
         assert h.fleet.devices[EP].state.version == "1.1.0+3"
+        await _rebooted(h)
+        assert h.sink.of("device_info")[-1]["firmware_version"] == "1.1.0+3"
 
     _run(images, scenario)
 
@@ -278,6 +285,11 @@ def test_refused_image_is_reported_with_its_update_result_and_the_old_image_stay
         assert device.state.security_counter == 1
         assert any(e.startswith(event) for e in device.events), device.events
         assert device.slot is None
+        if expected is FwResult.UPDATE_FAILED:
+            # It rebooted and came back on the old image: registered again, reporting 1.0.0.
+            assert device.boots == 1
+            await _rebooted(h)
+            assert h.sink.of("device_info")[-1]["firmware_version"] == "1.0.0"
 
     _run(images, scenario, faults=faults, **spec)
 
@@ -287,6 +299,7 @@ def test_without_downgrade_prevention_an_older_image_installs(images: Images) ->
         outcome = await _pull(h, images["older_version"])
         assert outcome["result"] == FwResult.SUCCESS
         assert h.fleet.devices[EP].state.version == "0.9.0"
+        await _rebooted(h)
 
     _run(images, scenario, downgrade_prevention=False)
 
@@ -297,6 +310,7 @@ def test_same_version_reinstall_is_not_a_downgrade(images: Images) -> None:
         outcome = await _pull(h, images["good"])
         assert outcome["result"] == FwResult.SUCCESS
         assert h.fleet.devices[EP].boots == 2
+        await _rebooted(h, 2)
 
     _run(images, scenario)
 
@@ -331,6 +345,7 @@ def test_pushed_image_downloads_block_by_block_then_update_installs_it(
         assert await _read(h, "5/0/3") == str(int(FwState.IDLE))
         assert await _read(h, "5/0/5") == str(int(FwResult.SUCCESS))
         assert await _read(h, "3/0/3") == "1.1.0"
+        await _rebooted(h)
 
     _run(images, scenario, delivery_method=DeliveryMethod.BOTH)
 
@@ -415,6 +430,7 @@ def test_pushed_suit_envelope_is_checked_and_its_payload_fetched_from_the_server
         assert (await _execute_update(h)).code == Code.CHANGED
         await eventually(lambda: device.fw.result is FwResult.SUCCESS)
         assert device.state.version == "1.1.0" and device.state.sequence_number == 2
+        await _rebooted(h)
 
     run_with_fleet(
         scenario,
