@@ -17,6 +17,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 TEMPLATE_DB = "fwupd_bench_tmpl"
+# The image-profile class of the mixed fleet (raw MCUboot images, no SUIT envelope): its devices
+# are of the vendor but not of the campaigns' class, so the planner skips them.
+IMAGE_CLASS = "thermo-v3"
 
 
 def db_url(name: str) -> str:
@@ -59,14 +62,16 @@ class World:
     vendor: Any
     thermo: Any
     thermo_v1: Any
+    thermo_v3: Any
     release: Any
     author_key: Any
     image_size: int
 
 
 def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> World:
-    """Users with roles and keys, a vendor with two classes, an approved release (sequence 5,
-    version 1.1.0, security counter 2) of thermo-v2; as the end-to-end test builds it."""
+    """Users with roles and keys, a vendor with three classes (thermo-v3 of the image delivery
+    profile), an approved release (sequence 5, version 1.1.0, security counter 2) of thermo-v2;
+    as the end-to-end test builds it."""
     from django.contrib.auth import get_user_model
     from django.utils import timezone
 
@@ -98,6 +103,7 @@ def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> 
     vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example", actor=admin)
     thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2", actor=admin)
     thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1", actor=admin)
+    thermo_v3 = release_services.device_class_create(vendor=vendor, name=IMAGE_CLASS, actor=admin)
     image = release_services.image_upload(
         data=imgtool.build_image(b"\x42" * image_payload, version="1.1.0", security_counter=2),
         actor=people["author"][0],
@@ -127,6 +133,7 @@ def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> 
         vendor=vendor,
         thermo=thermo,
         thermo_v1=thermo_v1,
+        thermo_v3=thermo_v3,
         release=release,
         author_key=people["author"][1],
         image_size=image.size,
@@ -143,14 +150,19 @@ def insert_devices(
     start: int = 0,
 ) -> None:
     """``count`` devices in one ``INSERT ... SELECT generate_series``. With ``mix``, 1% each are
-    of the other class, unmapped, on a newer security counter, already current, and with a
-    clock off by two hours; the rest are eligible (clock offsets within a second, as the
-    gateway measures them, so no two devices need share one)."""
+    of the other class, unmapped, on a newer security counter, already current, with a clock
+    off by two hours, and of the image-profile class; the rest are eligible (clock offsets
+    within a second, as the gateway measures them, so no two devices need share one)."""
     import json
 
     from django.db import connection
 
-    thermo, v1, vendor = world.thermo.pk, world.thermo_v1.pk, world.vendor.pk
+    thermo, v1, v3, vendor = (
+        world.thermo.pk,
+        world.thermo_v1.pk,
+        world.thermo_v3.pk,
+        world.vendor.pk,
+    )
     m = "i %% 100" if mix else "-1"
     # {m} is one of two constants, not input.
     sql = f"""
@@ -162,8 +174,10 @@ def insert_devices(
         SELECT
             %(prefix)s || '-' || lpad(i::text, 7, '0'),
             CASE WHEN {m} = 4 THEN NULL ELSE %(vendor)s END,
-            CASE WHEN {m} = 0 THEN %(v1)s WHEN {m} = 4 THEN NULL ELSE %(thermo)s END,
-            'Acme Sensors', 'thermo-v2', 'SN' || i::text,
+            CASE WHEN {m} = 0 THEN %(v1)s WHEN {m} = 4 THEN NULL WHEN {m} = 5 THEN %(v3)s
+                 ELSE %(thermo)s END,
+            'Acme Sensors', CASE WHEN {m} = 5 THEN %(v3name)s ELSE 'thermo-v2' END,
+            'SN' || i::text,
             CASE WHEN {m} = 2 THEN '1.1.0' ELSE '1.0.0' END,
             CASE WHEN {m} = 2 THEN 5 ELSE 1 END,
             CASE WHEN {m} = 1 THEN 9 ELSE 1 END,
@@ -180,6 +194,8 @@ def insert_devices(
                 "prefix": prefix,
                 "vendor": vendor,
                 "v1": v1,
+                "v3": v3,
+                "v3name": IMAGE_CLASS,
                 "thermo": thermo,
                 "tags": json.dumps(tags or []),
                 "start": start,

@@ -9,6 +9,12 @@ the plain download runs at most DISPATCH_BATCH (500) devices at once: the same c
 It fetches only (no signature check, no install, no reboot): the ratio therefore prices the
 whole campaign path - commands, Object 5 writes and observations, device checks, reboots,
 event intake, reconcile - against moving the bytes.
+
+The fleet is mixed: next to the N SUIT devices of thermo-v2, one in IMAGE_SHARE devices of the
+image-profile class (``_campaign_world.IMAGE_CLASS``, raw MCUboot images checked with a bootloader
+key) registers on the same gateway. The campaign engine delivers SUIT envelopes only, so they are
+skipped by the campaign (another class) and left out of the plain download; they cost
+registrations and keep-alive traffic, as they would in a real mixed fleet.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import time
 from typing import Any
 
 REGISTER_WAVE = 20
+IMAGE_SHARE = 10  # one image-profile device per ten SUIT devices
 
 SPEC = """
 apiVersion: fwupd/v1
@@ -51,9 +58,11 @@ def run(args: Any, cw: Any, log: Any) -> dict[str, Any]:
     from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
     from campaigns.spec import parse_spec
     from workers.embedded import EmbeddedFleet
+    from workers.lwm2m.object5 import DeliveryMethod
     from workers.lwm2m.simulator import FleetSpec
 
     n = args.fleet
+    n_image = max(1, n // IMAGE_SHARE)
     world = cw.make_world(image_payload=args.image_kib * 1024)
     embedded = EmbeddedFleet(trust_anchors=[world.author_key.public_key()], fw_poll_seconds=5.0)
     embedded.add(
@@ -68,14 +77,32 @@ def run(args: Any, cw: Any, log: Any) -> dict[str, Any]:
             lifetime=3600,
         )
     )
+    embedded.add(
+        FleetSpec(
+            count=n_image,
+            manufacturer="Acme Sensors",
+            model=cw.IMAGE_CLASS,
+            prefix="zephyr",
+            vendor_id=str(world.vendor.uuid),
+            class_id=str(world.thermo_v3.uuid),
+            security_counter=1,
+            lifetime=3600,
+            delivery="image",
+            bootloader_key=_bootloader_key(),
+            delivery_method=DeliveryMethod.BOTH,
+        )
+    )
     start = time.perf_counter()
-    _start(embedded, timeout=max(120, n / 5))
-    deadline = time.monotonic() + max(120, n / 5)
-    while Device.objects.filter(online=True, firmware_version="1.0.0").count() < n:
+    _start(embedded, timeout=max(120, (n + n_image) / 5))
+    deadline = time.monotonic() + max(120, (n + n_image) / 5)
+    while Device.objects.filter(online=True, firmware_version="1.0.0").count() < n + n_image:
         if time.monotonic() > deadline:
             raise SystemExit("the fleet did not register in time")
         time.sleep(0.5)
-    log(f"{n} devices registered in {time.perf_counter() - start:.1f}s")
+    log(
+        f"{n} SUIT + {n_image} image-profile devices registered in "
+        f"{time.perf_counter() - start:.1f}s"
+    )
     notes = []
     try:
         spec = parse_spec(SPEC, source="bench-fleet.yaml")
@@ -110,7 +137,10 @@ def run(args: Any, cw: Any, log: Any) -> dict[str, Any]:
                 async with semaphore:
                     return sum([len(await device.fetch(uri)) for uri in uris])
 
-            sizes = await asyncio.gather(*(one(d) for d in embedded.fleet.devices.values()))
+            suit_devices = [
+                d for d in embedded.fleet.devices.values() if d.state.delivery == "suit"
+            ]
+            sizes = await asyncio.gather(*(one(d) for d in suit_devices))
             return sum(sizes)
 
         start = time.perf_counter()
@@ -121,6 +151,7 @@ def run(args: Any, cw: Any, log: Any) -> dict[str, Any]:
         embedded.stop()
     return {
         "devices": n,
+        "image_devices": n_image,
         "image_bytes": world.image_size,
         "envelope_bytes": envelope_bytes,
         "campaign_s": campaign_s,
@@ -128,6 +159,17 @@ def run(args: Any, cw: Any, log: Any) -> dict[str, Any]:
         "succeeded": succeeded,
         "notes": notes,
     }
+
+
+def _bootloader_key() -> str:
+    """Public PEM of a throwaway imgtool key: the image-profile devices' bootloader key."""
+    import tempfile
+    from pathlib import Path
+
+    from manifests.images import imgtool
+
+    with tempfile.TemporaryDirectory(prefix="bench-mcuboot-") as tmp:
+        return imgtool.public_key_pem(imgtool.keygen(Path(tmp) / "boot.pem")).decode()
 
 
 def _start(embedded: Any, *, timeout: float) -> None:

@@ -26,6 +26,15 @@ from manifests.images.mcuboot import (
     looks_like_mcuboot,
     parse_image,
 )
+from manifests.images.signature import (
+    BadImageSignatureError,
+    ImageSignatureError,
+    KeyMismatchError,
+    UnsignedImageError,
+    UnsupportedKeyError,
+    load_bootloader_key,
+    verify_image_signature,
+)
 from manifests.images.storage import (
     FileSystemImageStorage,
     ImageNotStoredError,
@@ -37,6 +46,7 @@ from manifests.images.storage import (
 )
 
 __all__ = [
+    "BadImageSignatureError",
     "BadMagicError",
     "BadTlvInfoMagicError",
     "BodyOverrunError",
@@ -49,9 +59,11 @@ __all__ = [
     "ImageHashMismatchError",
     "ImageInfo",
     "ImageNotStoredError",
+    "ImageSignatureError",
     "ImageStorage",
     "InvalidDigestError",
     "InvalidHeaderSizeError",
+    "KeyMismatchError",
     "MissingHashTlvError",
     "StorageError",
     "StorageIntegrityError",
@@ -64,8 +76,12 @@ __all__ = [
     "TruncatedHeaderError",
     "TruncatedTlvAreaError",
     "UnprotectedTlvError",
+    "UnsignedImageError",
+    "UnsupportedKeyError",
     "ingest_image",
+    "load_bootloader_key",
     "looks_like_mcuboot",
     "parse_image",
     "validate_digest",
+    "verify_image_signature",
 ]

@@ -44,6 +44,11 @@ def keygen(path: Path, *, key_type: str = "ecdsa-p256") -> Path:
     return path
 
 
+def public_key_pem(key_path: Path) -> bytes:
+    """The public half of an imgtool key as PEM: what a device's bootloader is built with."""
+    return run_imgtool("getpub", "--key", key_path, "--encoding", "pem").encode()
+
+
 def default_slot_size(header_size: int, payload_len: int) -> int:
     # Room for header, body, TLVs (RSA-3072 signatures are the largest) and the swap trailer
     # imgtool reserves, rounded up to a 4 KiB sector.

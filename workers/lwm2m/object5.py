@@ -14,7 +14,9 @@ Two views of the same machine:
 
 Update failure: LwM2M clients differ on where Updating goes on failure (Idle or Downloaded, both
 with Result 8). The device model here goes to Idle (an MCUboot revert leaves no staged package);
-the tracker accepts either.
+the tracker accepts either. A client that checks the staged package only at Update reports an
+integrity failure from Updating (Idle, Result 5), as Zephyr's client does; the tracker counts
+that as the attempt's failure too.
 """
 
 from __future__ import annotations
@@ -58,6 +60,15 @@ class Protocol(enum.IntEnum):
     COAP_TLS = 5
 
 
+class DeliveryMethod(enum.IntEnum):
+    """Firmware Update Delivery Method (/5/0/9): which of Package URI (pull) and Package (push)
+    the client takes."""
+
+    PULL = 0
+    PUSH = 1
+    BOTH = 2
+
+
 PROTOCOL_SCHEMES: dict[int, str] = {
     Protocol.COAP: "coap",
     Protocol.COAPS: "coaps",
@@ -96,11 +107,23 @@ class DeviceFirmwareObject:
     def write_uri(self, uri: str) -> None:
         """Write /5/0/1: a URI starts a download from Idle; an empty URI resets to Idle."""
         if uri == "":
-            self._require(FwState.IDLE, FwState.DOWNLOADING, FwState.DOWNLOADED, op="reset")
-            self.state, self.result, self.package_uri = FwState.IDLE, FwResult.INITIAL, ""
+            self.reset()
             return
         self._require(FwState.IDLE, op="write package URI")
         self.state, self.result, self.package_uri = FwState.DOWNLOADING, FwResult.INITIAL, uri
+
+    def reset(self) -> None:
+        """An empty Package URI or an empty (or NULL) Package: Idle, Result 0, from any state.
+
+        The Package and Package URI definitions put no condition on the state; in Updating the
+        device abandons the install if it has not rebooted into it yet.
+        """
+        self.state, self.result, self.package_uri = FwState.IDLE, FwResult.INITIAL, ""
+
+    def start_push(self) -> None:
+        """The first block of a Package (/5/0/0) write: Idle to Downloading, no URI."""
+        self._require(FwState.IDLE, op="write package")
+        self.state, self.result, self.package_uri = FwState.DOWNLOADING, FwResult.INITIAL, ""
 
     def reject_uri(self, result: FwResult) -> None:
         """The URI is unusable (bad scheme/syntax) before any download: Idle with a result."""
@@ -128,10 +151,16 @@ class DeviceFirmwareObject:
         self._require(FwState.UPDATING, op="update success")
         self.state, self.result, self.package_uri = FwState.IDLE, FwResult.SUCCESS, ""
 
-    def update_failed(self, *, keep_package: bool = False) -> None:
+    def update_failed(
+        self, *, keep_package: bool = False, result: FwResult = FwResult.UPDATE_FAILED
+    ) -> None:
+        """Updating ends without the new firmware: Result 8, or 5 when the device's own check of
+        the staged package failed at Update (Zephyr's client reports that from Updating)."""
+        if result not in (FwResult.UPDATE_FAILED, FwResult.INTEGRITY_CHECK_FAILURE):
+            raise Object5TransitionError(f"{result.name} is not an update failure")
         self._require(FwState.UPDATING, op="update failure")
         self.state = FwState.DOWNLOADED if keep_package else FwState.IDLE
-        self.result = FwResult.UPDATE_FAILED
+        self.result = result
         if not keep_package:
             self.package_uri = ""
 
@@ -258,6 +287,10 @@ class UpdateTracker:
             return Phase.FAILED if executed else None
         if res is FwResult.CANCELLED:
             return Phase.CANCELLED
+        if res is FwResult.INTEGRITY_CHECK_FAILURE:
+            # Before Execute: the download failed its check. After: the device checked the
+            # staged package at Update and refused it (Zephyr's client goes Updating -> Idle, 5).
+            return Phase.FAILED
         if res in DOWNLOAD_FAILURES:
             return Phase.FAILED if not executed else None
         return None  # Idle/Initial: not started yet, or a reboot in progress

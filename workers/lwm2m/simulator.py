@@ -1,14 +1,29 @@
-"""A fleet of simulated LwM2M devices that update like SUIT processors on MCUboot.
+"""A fleet of simulated LwM2M devices that update like SUIT processors or plain MCUboot clients.
 
 Each device is an aiocoap context on its own UDP port (the server must be able to reach each one
 separately, as through a NAT), all in one asyncio loop, so thousands fit in one process. A device
 registers, answers reads/writes/executes on /3 and /5 in text/plain, opaque, TLV, SenML JSON and
-SenML CBOR, lets the server observe /5/0/3 and /5/0/5, and on a Package URI write downloads the
-SUIT envelope and payload block by block (Block2), then checks them as DESIGN.md section 3 says
-(signature against its trust anchors, vendor, class, sequence, security counter, expiry by its own
-clock, size and digest: :mod:`manifests.device_rules`). Execute Update installs, reboots
-(re-registers with the new version) and raises the security counter after a good boot, or reverts
-on an injected boot failure. Object 5 State and Result follow :class:`DeviceFirmwareObject`.
+SenML CBOR, lets the server observe /5/0/3 and /5/0/5, and takes a package either from a Package
+URI write (pull: it downloads block by block, Block2) or pushed to /5/0/0 (Block1), as its /5/0/9
+Delivery Method allows. An empty Package URI or an empty Package resets Object 5 to Idle from any
+state. Two delivery profiles:
+
+* ``suit``: the package is a SUIT envelope; the device checks it as DESIGN.md section 3 says
+  (signature against its trust anchors, vendor, class, sequence, security counter, expiry by its
+  own clock: :mod:`manifests.device_rules`), then fetches the payload from the manifest's URI
+  and checks size and digest. Execute Update installs, reboots (re-registers with the new
+  version) and raises the security counter after a good boot, or reverts on a boot fault.
+* ``image``: like Zephyr's LwM2M client over MCUboot. The package is the raw MCUboot image,
+  written into the secondary slot (Result 2 when it does not fit; Result 6 when it is not an
+  MCUboot image). Execute Update checks the hash TLV and the signature against the device's
+  bootloader key (Result 5 from Updating, as Zephyr reports it), then reboots: MCUboot refuses a
+  downgrade (version below the running one, or security counter below the device's) or an image
+  of another vendor/class UUID and the device comes back on the old image with Result 8; a boot
+  fault reverts (8); otherwise the image is confirmed (1) and the device re-registers with the
+  header's version as its /3/0/3. The secondary slot is held in memory: a simulator restarted
+  with an image device in Downloaded brings it back Idle with Result 4.
+
+Object 5 State and Result follow :class:`DeviceFirmwareObject`.
 
 Faults (per device, or drawn per device from rates with a seeded RNG): ``download_drop`` (result
 4), ``digest_mismatch`` (5), ``no_space`` (2), ``boot_fail`` (8 after a revert), ``offline``
@@ -42,12 +57,17 @@ from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
 from manifests import device_rules
+from manifests.images.mcuboot import IMAGE_MAGIC, ImageError, ImageInfo
+from manifests.images.signature import load_bootloader_key, verify_image_signature
+from manifests.versions import VersionError, format_version, parse_version
 from workers.lwm2m import content, dtls
+from workers.lwm2m.block1 import Block1Assembler, BlockOptionError, IncompleteBodyError
 from workers.lwm2m.dtls import MAX_PSK_BYTES
-from workers.lwm2m.errors import LwM2MError, Object5TransitionError
+from workers.lwm2m.errors import LwM2MError, Object5TransitionError, PayloadTooLargeError
 from workers.lwm2m.linkformat import ObjectLink, format_registration_payload
 from workers.lwm2m.object5 import (
     PROTOCOL_SCHEMES,
+    DeliveryMethod,
     DeviceFirmwareObject,
     FwResult,
     FwState,
@@ -68,10 +88,21 @@ FAULTS = (
 )
 
 
+DELIVERY_PROFILES = ("suit", "image")
+_MCUBOOT_MAGIC = IMAGE_MAGIC.to_bytes(4, "little")
+_PACKAGE_PATH = ("5", "0", "0")
+
+
 class DownloadError(LwM2MError):
     """The device could not fetch the package (maps to Update Result 4)."""
 
     code = "device.download_failed"
+
+
+class SlotFullError(DownloadError):
+    """The package is larger than the device's update slot (maps to Update Result 2)."""
+
+    code = "device.no_space"
 
 
 @dataclass
@@ -131,6 +162,10 @@ class DeviceState:
     faults: Faults = field(default_factory=Faults)
     staged: dict[str, Any] | None = None  # the verified, downloaded update awaiting Execute
     psk: str = ""  # DTLS pre-shared key (hex; identity = endpoint); empty: NoSec only
+    delivery: str = "suit"  # "suit" (envelope, then payload) or "image" (raw MCUboot image)
+    bootloader_key: str = ""  # image profile: the public key PEM MCUboot verifies images with
+    downgrade_prevention: bool = True  # image profile: MCUboot refuses older version / counter
+    delivery_method: int = int(DeliveryMethod.PULL)  # /5/0/9
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -151,7 +186,11 @@ class _DeviceResource(resource.ObservableResource, resource.PathCapable):
         self._observers: dict[tuple[str, ...], set[Any]] = {}
 
     async def needs_blockwise_assembly(self, request: aiocoap.Message) -> bool:
-        return True
+        # A pushed package is taken block by block, so State shows Downloading while it arrives
+        # and the slot bounds it; everything else is small and assembled by aiocoap.
+        return not (
+            request.code in (Code.PUT, Code.POST) and tuple(request.opt.uri_path) == _PACKAGE_PATH
+        )
 
     async def add_observation(self, request: aiocoap.Message, serverobservation: Any) -> None:
         path = tuple(request.opt.uri_path)
@@ -174,6 +213,8 @@ class _DeviceResource(resource.ObservableResource, resource.PathCapable):
         try:
             if request.code == Code.GET:
                 return self.device.handle_read(path, request.opt.accept)
+            if request.code in (Code.PUT, Code.POST) and path == (5, 0, 0):
+                return self.device.handle_package(request)
             if request.code == Code.PUT:
                 return self.device.handle_write(path, request)
             if request.code == Code.POST:
@@ -203,9 +244,19 @@ class SimulatedDevice:
         self.fw = DeviceFirmwareObject(
             FwState(state.fw_state), FwResult(state.fw_result), state.package_uri
         )
-        if self.fw.state in (FwState.DOWNLOADING, FwState.UPDATING):
+        # The secondary slot of an image-profile device (kept in memory, not in the state file).
+        self.slot: bytes | None = None
+        lost = {FwState.DOWNLOADING, FwState.UPDATING}
+        if state.delivery == "image":
+            lost.add(FwState.DOWNLOADED)
+        if self.fw.state in lost:
             # Power loss mid-download/update: a real device restarts the attempt; ours gives up.
             self.fw = DeviceFirmwareObject(FwState.IDLE, FwResult.CONNECTION_LOST, "")
+        # Bumped by every start, reset and cancel: a download still running for an older attempt
+        # finds it changed and leaves Object 5 alone.
+        self._attempt = 0
+        self._push: Block1Assembler | None = None  # a pushed package arriving block by block
+        self.reboot_delay = 0.05  # between the 2.04 to Execute Update and the "reboot"
         self.context: aiocoap.Context | None = None
         self.port: int | None = None
         self.resource = _DeviceResource(self)
@@ -386,7 +437,7 @@ class SimulatedDevice:
             (5, 0, 1): self.fw.package_uri,
             (5, 0, 3): int(self.fw.state),
             (5, 0, 5): int(self.fw.result),
-            (5, 0, 9): 0,
+            (5, 0, 9): int(s.delivery_method),
         }
         for i, proto in enumerate(s.protocols):
             values[(5, 0, 8, i)] = proto
@@ -413,7 +464,13 @@ class SimulatedDevice:
         uri = values.get(path)
         if not isinstance(uri, str) or len(uri.encode()) > 255:
             return aiocoap.Message(code=Code.BAD_REQUEST)
-        self.fw.write_uri(uri)
+        if uri and self.state.delivery_method == DeliveryMethod.PUSH:
+            return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+        if uri:
+            self.fw.write_uri(uri)
+        else:
+            self._reset()
+        self._attempt += 1
         self.events.append(f"write_uri {uri!r}")
         if uri:
             scheme = urlsplit(uri).scheme
@@ -421,10 +478,88 @@ class SimulatedDevice:
                 self.fw.reject_uri(FwResult.UNSUPPORTED_PROTOCOL)
             elif not urlsplit(uri).hostname:
                 self.fw.reject_uri(FwResult.INVALID_URI)
+            elif self.state.delivery == "image":
+                self._spawn(self._download_image(uri, self._attempt))
             else:
-                self._spawn(self._download(uri))
+                self._spawn(self._download(uri, self._attempt))
         self._persist()
         return aiocoap.Message(code=Code.CHANGED)
+
+    def _reset(self) -> None:
+        """Empty Package URI or Package: Idle, Result 0, whatever was under way is dropped."""
+        self.fw.reset()
+        self._attempt += 1
+        self._push = None
+        self.slot = None
+        self.state.staged = None
+
+    def handle_package(self, request: aiocoap.Message) -> aiocoap.Message:
+        """A write of /5/0/0 (push), one Block1 block at a time (LwM2M 1.1 E.6, RFC 7959)."""
+        if request.opt.content_format not in (None, content.CT_OPAQUE):
+            return aiocoap.Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
+        block = request.opt.block1
+        num, more, szx = (
+            (block.block_number, block.more, block.size_exponent) if block else (0, False, 6)
+        )
+        payload = bytes(request.payload)
+        if num == 0 and not more and payload in (b"", b"\0"):
+            self._reset()
+            self.events.append("write_package empty")
+            self._persist()
+            return aiocoap.Message(code=Code.CHANGED)
+        if self.state.delivery_method == DeliveryMethod.PULL:
+            return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
+        if num == 0 and not (self._push is not None and self.fw.state is FwState.DOWNLOADING):
+            self.fw.start_push()  # refused (4.05) unless Idle
+            self._attempt += 1
+            self._push = Block1Assembler(
+                max_bytes=self._slot_size(), max_assemblies=1, max_per_peer=1, ttl=60
+            )
+            self.events.append("push started")
+            self._persist()
+        elif self._push is None:
+            return aiocoap.Message(code=Code.REQUEST_ENTITY_INCOMPLETE)
+        try:
+            body = self._push.feed(
+                "package",
+                peer="server",
+                num=num,
+                more=more,
+                szx=szx,
+                payload=payload,
+                size1=request.opt.size1,
+                now=time.monotonic(),
+            )
+        except PayloadTooLargeError:
+            self._push_failed(FwResult.NOT_ENOUGH_FLASH, "push refused: larger than the slot")
+            response = aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE)
+            response.opt.size1 = self._slot_size()
+            return response
+        except IncompleteBodyError:
+            self._push_failed(FwResult.CONNECTION_LOST, "push failed: block out of sequence")
+            return aiocoap.Message(code=Code.REQUEST_ENTITY_INCOMPLETE)
+        except BlockOptionError:
+            self._push_failed(FwResult.CONNECTION_LOST, "push failed: bad Block1")
+            return aiocoap.Message(code=Code.BAD_REQUEST)
+        if body is None:
+            response = aiocoap.Message(code=Code.CONTINUE)
+            response.opt.block1 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(num, True, szx)
+            return response
+        self._push = None
+        self.events.append(f"push received {len(body)} bytes")
+        if self.state.delivery == "image":
+            self._image_received(body, self._attempt)
+        else:
+            self._spawn(self._suit_download(self._attempt, base_uri=self.server_uri, pushed=body))
+        response = aiocoap.Message(code=Code.CHANGED)
+        if block is not None:
+            response.opt.block1 = aiocoap.optiontypes.BlockOption.BlockwiseTuple(num, False, szx)
+        return response
+
+    def _push_failed(self, result: FwResult, event: str) -> None:
+        self._push = None
+        self.events.append(event)
+        self._fail_download(result, self._attempt)
 
     def handle_execute(self, path: content.Path) -> aiocoap.Message:
         if path == (5, 0, 2):
@@ -434,6 +569,9 @@ class SimulatedDevice:
             return aiocoap.Message(code=Code.CHANGED)
         if path == (5, 0, 10):
             self.fw.cancel()
+            self._attempt += 1
+            self._push = None
+            self.slot = None
             self.state.staged = None
             self._persist()
             return aiocoap.Message(code=Code.CHANGED)
@@ -441,8 +579,13 @@ class SimulatedDevice:
 
     # update
 
-    async def fetch(self, uri: str, *, drop_after: int | None = None) -> bytes:
-        """GET with Block2, block by block (resumable by number); checks ETag stays the same."""
+    async def fetch(
+        self, uri: str, *, drop_after: int | None = None, max_size: int | None = None
+    ) -> bytes:
+        """GET with Block2, block by block (resumable by number); checks ETag stays the same.
+
+        With ``max_size`` (the slot an image is written into) a larger Size2, or more data, ends
+        the download with :class:`SlotFullError`."""
         if self.context is None:
             raise DownloadError("device is not started")
         szx, num, etag, total = 6, 0, None, None
@@ -470,16 +613,22 @@ class SimulatedDevice:
             if etag is None:
                 etag, total = response.opt.etag, response.opt.size2
                 remote = response.remote
+                if max_size is not None and total is not None and total > max_size:
+                    raise SlotFullError(f"{total} bytes do not fit a slot of {max_size}")
             elif response.opt.etag != etag:
                 raise DownloadError("resource changed during download")
             block = response.opt.block2
             if block is None:
+                if max_size is not None and len(response.payload) > max_size:
+                    raise SlotFullError(f"{len(response.payload)} bytes exceed {max_size}")
                 return bytes(response.payload)
             if block.block_number != num:
                 raise DownloadError("unexpected block")
             buffer += response.payload
             if total is not None and len(buffer) > total:
                 raise DownloadError("more data than Size2 announced")
+            if max_size is not None and len(buffer) > max_size:
+                raise SlotFullError(f"more than {max_size} bytes")
             if not block.more:
                 return bytes(buffer)
             szx = block.size_exponent
@@ -494,15 +643,26 @@ class SimulatedDevice:
             class_id=class_id,
             component_id=tuple(bytes.fromhex(p) for p in self.state.component_id),
             payload_format=self.state.payload_format,
-            slot_size=1024 if self.state.faults.no_space else self.state.slot_size,
+            slot_size=self._slot_size(),
         )
 
-    async def _download(self, uri: str) -> None:
+    def _slot_size(self) -> int:
+        return 1024 if self.state.faults.no_space else self.state.slot_size
+
+    async def _download(self, uri: str, attempt: int) -> None:
+        """Pull of a SUIT envelope from the Package URI, then its payload."""
+        await self._suit_download(attempt, base_uri=uri)
+
+    async def _suit_download(
+        self, attempt: int, *, base_uri: str, pushed: bytes | None = None
+    ) -> None:
+        """Check the envelope (fetched from ``base_uri``, or pushed), fetch and check the payload;
+        a payload path without a host is resolved against ``base_uri``."""
         from manifests import suit
 
         faults = self.state.faults
         try:
-            envelope_bytes = await self.fetch(uri)
+            envelope_bytes = pushed if pushed is not None else await self.fetch(base_uri)
             try:
                 envelope = suit.decode_envelope(envelope_bytes)
             except suit.SUITError as exc:
@@ -518,7 +678,7 @@ class SimulatedDevice:
                 ),
                 now=self.now(),
             )
-            payload_uri = self._payload_uri(uri, facts)
+            payload_uri = self._payload_uri(base_uri, facts)
             payload = await self.fetch(payload_uri, drop_after=2 if faults.download_drop else None)
             if faults.digest_mismatch and payload:
                 payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
@@ -526,14 +686,14 @@ class SimulatedDevice:
         except device_rules.DeviceCheckError as exc:
             self.events.append(f"refused {exc.code}")
             log.info("%s refuses update: %s [%s]", self.state.endpoint, exc, exc.code)
-            self._fail_download(FwResult(exc.fw_result))
+            self._fail_download(FwResult(exc.fw_result), attempt)
             return
         except DownloadError as exc:
             self.events.append("download failed")
             log.info("%s download failed: %s", self.state.endpoint, exc)
-            self._fail_download(FwResult.CONNECTION_LOST)
+            self._fail_download(FwResult.CONNECTION_LOST, attempt)
             return
-        if self.fw.state is not FwState.DOWNLOADING or self.fw.package_uri != uri:
+        if self.fw.state is not FwState.DOWNLOADING or attempt != self._attempt:
             return  # cancelled meanwhile
         self.state.staged = {
             "version": facts.firmware_version,
@@ -544,10 +704,46 @@ class SimulatedDevice:
         self.events.append("downloaded")
         self._persist()
 
-    def _fail_download(self, result: FwResult) -> None:
-        if self.fw.state is FwState.DOWNLOADING:
+    def _fail_download(self, result: FwResult, attempt: int) -> None:
+        if self.fw.state is FwState.DOWNLOADING and attempt == self._attempt:
             self.fw.download_failed(result)
             self._persist()
+
+    async def _download_image(self, uri: str, attempt: int) -> None:
+        """Pull of a raw MCUboot image into the secondary slot."""
+        drop = 2 if self.state.faults.download_drop else None
+        try:
+            image = await self.fetch(uri, drop_after=drop, max_size=self._slot_size())
+        except SlotFullError as exc:
+            self.events.append("refused device.no_space")
+            log.info("%s refuses update: %s", self.state.endpoint, exc)
+            self._fail_download(FwResult.NOT_ENOUGH_FLASH, attempt)
+            return
+        except DownloadError as exc:
+            self.events.append("download failed")
+            log.info("%s download failed: %s", self.state.endpoint, exc)
+            self._fail_download(FwResult.CONNECTION_LOST, attempt)
+            return
+        self._image_received(image, attempt)
+
+    def _image_received(self, image: bytes, attempt: int) -> None:
+        """The whole image is in the slot: Downloaded, unless it is no MCUboot image at all
+        (Zephyr's client reports that at the end of the download, Result 6)."""
+        if self.fw.state is not FwState.DOWNLOADING or attempt != self._attempt:
+            return  # cancelled meanwhile
+        if image[:4] != _MCUBOOT_MAGIC:
+            self.events.append("refused device.not_mcuboot")
+            log.info("%s refuses update: not an MCUboot image", self.state.endpoint)
+            self._fail_download(FwResult.UNSUPPORTED_PACKAGE_TYPE, attempt)
+            return
+        if self.state.faults.digest_mismatch:
+            # Flash corruption in the body (past the header, so the magic still reads right).
+            at = min(len(image) - 1, int.from_bytes(image[8:10], "little"))
+            image = image[:at] + bytes([image[at] ^ 0xFF]) + image[at + 1 :]
+        self.slot = image
+        self.fw.download_succeeded()
+        self.events.append("downloaded")
+        self._persist()
 
     @staticmethod
     def _payload_uri(package_uri: str, facts: device_rules.ManifestFacts) -> str:
@@ -559,8 +755,13 @@ class SimulatedDevice:
         return urljoin(package_uri, f"/fw/i/{facts.image_digest.hex()}")
 
     async def _install_and_reboot(self) -> None:
+        if self.state.delivery == "image":
+            await self._install_image()
+            return
         staged = self.state.staged
-        await asyncio.sleep(0.05)  # the 2.04 goes out before the "reboot"
+        await asyncio.sleep(self.reboot_delay)  # the 2.04 goes out before the "reboot"
+        if self.fw.state is not FwState.UPDATING:
+            return  # reset before the reboot: nothing is installed
         self.registered.clear()
         self.boots += 1
         if staged is None or self.state.faults.boot_fail:
@@ -579,6 +780,73 @@ class SimulatedDevice:
         self.state.staged = None
         self._persist()
         await self.register()
+
+    async def _install_image(self) -> None:
+        """Check the slot as the client does at Update, then reboot through MCUboot."""
+        await asyncio.sleep(self.reboot_delay)  # the 2.04 goes out before the "reboot"
+        if self.fw.state is not FwState.UPDATING:
+            return  # reset before the reboot: nothing is installed
+        image, self.slot = self.slot, None
+        try:
+            if image is None:
+                raise ImageError("the secondary slot is empty")
+            info = verify_image_signature(image, self.state.bootloader_key)
+        except ImageError as exc:
+            self.events.append(f"refused {exc.code}")
+            log.info("%s refuses update: %s [%s]", self.state.endpoint, exc, exc.code)
+            self.fw.update_failed(result=FwResult.INTEGRITY_CHECK_FAILURE)
+            self._persist()
+            return
+        self.registered.clear()
+        self.boots += 1
+        refusal = self._bootloader_refusal(info)
+        if refusal is not None:
+            # MCUboot leaves the image unbooted; the old image comes back and says so.
+            self.fw.update_failed()
+            self.events.append(f"bootloader refused: {refusal}")
+            log.info("%s: MCUboot refused the image: %s", self.state.endpoint, refusal)
+        elif self.state.faults.boot_fail:
+            self.fw.update_failed()
+            self.events.append("boot failed, reverted")
+        else:
+            self.state.version = format_version(info.version_tuple or (0, 0, 0, 0))
+            if info.security_counter is not None:
+                # MCUboot raises its stored counter once the image is confirmed.
+                self.state.security_counter = max(
+                    self.state.security_counter, info.security_counter
+                )
+            self.fw.update_succeeded()
+            self.events.append(f"booted {self.state.version}")
+        self._persist()
+        await self.register()
+
+    def _bootloader_refusal(self, info: ImageInfo) -> str | None:
+        """What MCUboot refuses at boot: another vendor/class UUID (when the image names one),
+        and with downgrade prevention a lower version (major.minor.revision, as MCUboot compares
+        them without the build number) or a security counter below the device's (an image
+        without one cannot pass hardware rollback protection)."""
+        identity = self._identity()
+        if info.vendor_uuid is not None and info.vendor_uuid != identity.vendor_id:
+            return f"vendor UUID {info.vendor_uuid} is not {identity.vendor_id}"
+        if info.class_uuid is not None and info.class_uuid != identity.class_id:
+            return f"class UUID {info.class_uuid} is not {identity.class_id}"
+        if not self.state.downgrade_prevention:
+            return None
+        offered = info.version_tuple or (0, 0, 0, 0)
+        try:
+            running = parse_version(self.state.version)
+        except VersionError:
+            running = (0, 0, 0, 0)
+        if offered[:3] < running[:3]:
+            return f"version {info.version} is below the running {self.state.version}"
+        if info.security_counter is None:
+            return "no security counter TLV"
+        if info.security_counter < self.state.security_counter:
+            return (
+                f"security counter {info.security_counter} is below the device's "
+                f"{self.state.security_counter}"
+            )
+        return None
 
 
 @dataclass
@@ -600,6 +868,33 @@ class FleetSpec:
     # Queue mode: the device registers with UQ (1.0) or Q (1.1) and sleeps between updates.
     queue_mode: bool = False
     lwm2m_version: str = "1.1"
+    # "suit": the package is a SUIT envelope; "image": the raw MCUboot image (Zephyr + MCUboot).
+    delivery: str = "suit"
+    # Image profile: the public key PEM of the imgtool key the device's MCUboot was built with.
+    bootloader_key: str = ""
+    # Image profile: MCUboot refuses a lower version or a lower security counter.
+    downgrade_prevention: bool = True
+    slot_size: int = 0x100000
+    # /5/0/9 (0 pull, 1 push, 2 both) and /5/0/8 (0 coap, 1 coaps, ...; dtls adds coaps).
+    delivery_method: int = int(DeliveryMethod.PULL)
+    protocols: list[int] = field(default_factory=lambda: [0])
+
+    def __post_init__(self) -> None:
+        if self.delivery not in DELIVERY_PROFILES:
+            raise ValueError(f"delivery {self.delivery!r} is not one of {DELIVERY_PROFILES}")
+        if self.delivery == "image":
+            if not self.bootloader_key:
+                raise ValueError("an image-profile fleet needs its bootloader_key (public PEM)")
+            try:
+                load_bootloader_key(self.bootloader_key)
+            except ImageError as exc:
+                raise ValueError(f"bootloader_key: {exc}") from None
+        DeliveryMethod(self.delivery_method)  # ValueError when out of range
+        unknown = [p for p in self.protocols if p not in PROTOCOL_SCHEMES]
+        if unknown or not self.protocols:
+            raise ValueError(f"protocols {self.protocols} are not /5/0/8 values")
+        if self.slot_size <= 0:
+            raise ValueError("slot_size must be positive")
 
 
 class Fleet:
@@ -664,6 +959,12 @@ class Fleet:
                 faults=device_faults,
                 queue_mode=spec.queue_mode,
                 lwm2m_version=spec.lwm2m_version,
+                delivery=spec.delivery,
+                bootloader_key=spec.bootloader_key,
+                downgrade_prevention=spec.downgrade_prevention,
+                slot_size=spec.slot_size,
+                delivery_method=int(spec.delivery_method),
+                protocols=list(spec.protocols),
             )
         if spec.dtls:
             for state in states.values():

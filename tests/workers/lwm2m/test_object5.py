@@ -75,11 +75,32 @@ def test_update_failure_result_8(keep: bool, state: FwState) -> None:
     assert (fw.state, fw.result) == (state, R.UPDATE_FAILED)
 
 
-@pytest.mark.parametrize("start", [S.IDLE, S.DOWNLOADING, S.DOWNLOADED])
-def test_empty_uri_resets_to_idle(start: FwState) -> None:
-    fw = device(start, uri="x")
+@pytest.mark.parametrize("start", [S.IDLE, S.DOWNLOADING, S.DOWNLOADED, S.UPDATING])
+def test_empty_uri_resets_to_idle_from_any_state(start: FwState) -> None:
+    fw = device(start, R.CONNECTION_LOST, uri="x")
     fw.write_uri("")
     assert (fw.state, fw.result, fw.package_uri) == (S.IDLE, R.INITIAL, "")
+
+
+@pytest.mark.parametrize("start", [S.IDLE, S.DOWNLOADING, S.DOWNLOADED, S.UPDATING])
+def test_empty_package_reset_goes_idle_result_0_from_any_state(start: FwState) -> None:
+    fw = device(start, R.UPDATE_FAILED, uri="x")
+    fw.reset()
+    assert (fw.state, fw.result, fw.package_uri) == (S.IDLE, R.INITIAL, "")
+
+
+def test_first_pushed_block_starts_downloading_without_uri() -> None:
+    fw = device(S.IDLE, R.UPDATE_FAILED)
+    fw.start_push()
+    assert (fw.state, fw.result, fw.package_uri) == (S.DOWNLOADING, R.INITIAL, "")
+    fw.download_succeeded()
+    assert fw.state is S.DOWNLOADED
+
+
+def test_integrity_failure_at_update_goes_idle_result_5() -> None:
+    fw = device(S.UPDATING, uri="u")
+    fw.update_failed(result=R.INTEGRITY_CHECK_FAILURE)
+    assert (fw.state, fw.result, fw.package_uri) == (S.IDLE, R.INTEGRITY_CHECK_FAILURE, "")
 
 
 @pytest.mark.parametrize("start", [S.DOWNLOADING, S.DOWNLOADED])
@@ -105,7 +126,11 @@ def test_uri_rejection(result: FwResult) -> None:
         (S.DOWNLOADING, lambda fw: fw.write_uri("coap://x")),
         (S.DOWNLOADED, lambda fw: fw.write_uri("coap://x")),
         (S.UPDATING, lambda fw: fw.write_uri("coap://x")),
-        (S.UPDATING, lambda fw: fw.write_uri("")),
+        (S.DOWNLOADING, lambda fw: fw.start_push()),
+        (S.DOWNLOADED, lambda fw: fw.start_push()),
+        (S.UPDATING, lambda fw: fw.start_push()),
+        (S.UPDATING, lambda fw: fw.update_failed(result=R.UNSUPPORTED_PACKAGE_TYPE)),
+        (S.DOWNLOADED, lambda fw: fw.update_failed(result=R.INTEGRITY_CHECK_FAILURE)),
         (S.IDLE, lambda fw: fw.execute_update()),
         (S.DOWNLOADING, lambda fw: fw.execute_update()),
         (S.UPDATING, lambda fw: fw.execute_update()),
@@ -194,6 +219,24 @@ def test_update_failure_either_client_convention(state: int) -> None:
     t.update_executed()
     assert t.report(state, 8) is Verdict.ADVANCED
     assert t.phase is Phase.FAILED and t.result is R.UPDATE_FAILED
+
+
+def test_integrity_failure_reported_from_updating_fails_the_attempt() -> None:
+    """Zephyr's client checks the staged image at Update and reports Idle with Result 5."""
+    t = started()
+    t.report(2, 0)
+    t.update_executed()
+    assert t.report(3, 0) is Verdict.ADVANCED
+    assert t.report(0, 5) is Verdict.ADVANCED
+    assert t.phase is Phase.FAILED and t.result is R.INTEGRITY_CHECK_FAILURE
+
+
+def test_other_download_failure_after_execute_is_not_this_attempts_result() -> None:
+    t = started()
+    t.report(2, 0)
+    t.update_executed()
+    assert t.report(0, 4) is Verdict.IGNORED
+    assert t.phase is Phase.UPDATE_EXECUTED
 
 
 def test_download_failure_is_terminal() -> None:

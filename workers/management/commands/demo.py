@@ -2,9 +2,11 @@
 
 People with roles and keys; a real MCUboot image and a signed SUIT manifest; a release approved
 by QA and security with real signatures; an LwM2M gateway on loopback and about a hundred
-simulated devices (some of the wrong class, a few in the canary with a boot fault); a 3-stage
-campaign that pauses on the canary's failures, is resumed once the fault is fixed, and completes;
-live progress bars and a closing summary; the audit chain verified at the end.
+simulated devices (some of the wrong class, a few in the canary with a boot fault, and a class of
+image-profile devices: Zephyr's LwM2M client over MCUboot, verifying raw images with their
+bootloader key); a 3-stage campaign that pauses on the canary's failures, is resumed once the
+fault is fixed, and completes; live progress bars and a closing summary; the audit chain verified
+at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from manifests import suit
 from manifests.images import imgtool
 from manifests.selectors import manifest_params
 from workers.embedded import EmbeddedFleet
+from workers.lwm2m.object5 import DeliveryMethod
 from workers.lwm2m.simulator import Faults, FleetSpec
 
 PEOPLE = [  # username, role, signing algorithm
@@ -45,6 +48,11 @@ DEMO_PASSWORD = "demo-pass-2026"  # noqa: S105 - printed for the local demo cons
 FLEET = 96
 WRONG_CLASS = 4
 FAULTY_IN_CANARY = 3
+# The image-profile class: its devices take the raw MCUboot image (Package URI /fw/i/<sha256> or
+# a push to /5/0/0) and check it with their bootloader key. The campaign engine sends SUIT
+# envelopes only, so this class stays outside the demo's campaign until it delivers images.
+IMAGE_CLASS = "thermo-v3"
+IMAGE_DEVICES = 8
 SPEC = """
 apiVersion: fwupd/v1
 kind: Campaign
@@ -115,7 +123,15 @@ class Command(BaseCommand):
         release_services.device_class_create(
             vendor=vendor, name="thermo-v1", actor=people["admin"][0]
         )
-        self._line(f"vendor acme.example {vendor.uuid}; class thermo-v2 {thermo.uuid}")
+        # The image-profile class (its devices install raw MCUboot images, see IMAGE_CLASS).
+        image_class = release_services.device_class_create(
+            vendor=vendor, name=IMAGE_CLASS, actor=people["admin"][0]
+        )
+        self._line(
+            f"vendor acme.example {vendor.uuid}; class thermo-v2 {thermo.uuid}; "
+            f"class {IMAGE_CLASS} {image_class.uuid} (image profile)"
+        )
+        bootloader_key = self._bootloader_key()
 
         self._step("Firmware 1.1.0: MCUboot image built with imgtool, signed SUIT manifest")
         author, author_key = people["alice"]
@@ -161,9 +177,8 @@ class Command(BaseCommand):
             )
             self._line(f"{name} signed as {role}: {verdict.summary()}")
 
-        self._step(
-            f"LwM2M gateway on loopback and {options['devices'] + WRONG_CLASS} simulated devices"
-        )
+        total = options["devices"] + WRONG_CLASS + IMAGE_DEVICES
+        self._step(f"LwM2M gateway on loopback and {total} simulated devices")
         fleet = EmbeddedFleet(trust_anchors=[author_key.public_key()])
         common = {
             "manufacturer": "Acme Sensors",
@@ -186,18 +201,31 @@ class Command(BaseCommand):
                 **common,
             )
         )
+        fleet.add(
+            FleetSpec(
+                count=IMAGE_DEVICES,
+                model=IMAGE_CLASS,
+                prefix="zephyr",
+                class_id=str(image_class.uuid),
+                delivery="image",
+                bootloader_key=bootloader_key,
+                delivery_method=DeliveryMethod.BOTH,
+                **common,
+            )
+        )
         fleet.start(register_timeout=120)
         try:
             self._wait(
                 lambda: (
-                    Device.objects.filter(online=True).exclude(firmware_version="").count()
-                    >= options["devices"] + WRONG_CLASS
+                    Device.objects.filter(online=True).exclude(firmware_version="").count() >= total
                 ),
                 60,
             )
             self._line(
                 f"{Device.objects.filter(online=True).count()} devices registered "
-                f"through {fleet.gateway_id}"
+                f"through {fleet.gateway_id}; {IMAGE_DEVICES} of them are {IMAGE_CLASS} "
+                "(image profile: the campaign targets thermo-v2 and skips them as another "
+                "class; the engine delivers SUIT envelopes only)"
             )
             self._rollout(people, fleet, options)
         finally:
@@ -347,6 +375,15 @@ class Command(BaseCommand):
             people[name] = (user, key)
             self._line(f"{name:6} {role:15} {alg or 'no key (read-only)'}")
         return people
+
+    def _bootloader_key(self) -> str:
+        """The MCUboot signing key of the image-profile class (private half kept with the other
+        demo keys); its devices' bootloader holds the public half."""
+        path = Path(settings.VAR_DIR) / "demo" / "keys" / f"mcuboot-{IMAGE_CLASS}.pem"
+        imgtool.keygen(path)
+        path.chmod(0o600)
+        self._line(f"MCUboot signing key of {IMAGE_CLASS}: {path} (imgtool, ECDSA P-256)")
+        return imgtool.public_key_pem(path).decode()
 
     def _spec_file(self) -> str:
         path = Path(settings.VAR_DIR) / "demo" / "thermo-1-1-rollout.yaml"
