@@ -30,6 +30,9 @@ REASON_BY_ERROR_CODE: dict[str, str] = {
     "lwm2m.fw_update_timed_out": "timed_out",
     "lwm2m.device_busy": "device_busy",
     "lwm2m.unsupported_protocol": "unsupported_protocol",
+    "lwm2m.fw_update_never_started": "update_never_started",
+    "lwm2m.no_supported_delivery": "no_supported_delivery",
+    "lwm2m.push_refused": "push_refused",
 }
 
 

@@ -69,6 +69,9 @@ FAILURE_REASONS: tuple[str, ...] = (
     "timed_out",  # timeouts.device elapsed between dispatch and confirmed success
     "dispatch_failed",  # the server could not hand the update to the device
     "device_busy",  # the device was in another update and did not take this one
+    "update_never_started",  # the device took the package and its State never moved
+    "no_supported_delivery",  # neither a pull the device can make nor a push it takes
+    "push_refused",  # the device refused the pushed package without an Update Result
 )
 
 GATE_ROLES = ("qa", "security", "fleet_operator", "admin")

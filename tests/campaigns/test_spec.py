@@ -508,7 +508,14 @@ def test_retry_delay_and_eligibility() -> None:
 
 def test_failure_reasons_cover_update_results_2_to_11() -> None:
     assert sorted(S.FAILURE_REASON_BY_UPDATE_RESULT) == list(range(2, 12))
-    assert S.FAILURE_REASONS[10:] == ("timed_out", "dispatch_failed", "device_busy")
+    assert S.FAILURE_REASONS[10:] == (
+        "timed_out",
+        "dispatch_failed",
+        "device_busy",
+        "update_never_started",
+        "no_supported_delivery",
+        "push_refused",
+    )
     enum = S.schema()["properties"]["retries"]["properties"]["on"]["items"]["enum"]
     assert tuple(enum) == S.FAILURE_REASONS
 

@@ -131,3 +131,31 @@ class UnsupportedProtocolError(DeviceOperationError):
     """The package URI scheme is not in the device's /5/0/8 Firmware Update Protocol Support."""
 
     code = "lwm2m.unsupported_protocol"
+
+
+class NoSupportedDeliveryError(UnsupportedProtocolError):
+    """The device offers no delivery the gateway can use: pull (/5/0/9 0 or 2) with none of the
+    schemes it lists in /5/0/8 that this gateway serves, and no push (/5/0/9 1 or 2)."""
+
+    code = "lwm2m.no_supported_delivery"
+
+
+class UpdateNeverStartedError(UpdateFailedError):
+    """The device took the Package URI (or the pushed package) and its State never moved: it
+    accepts the writes and does nothing with them (permanent: the same again does the same)."""
+
+    code = "lwm2m.fw_update_never_started"
+
+
+class PushRefusedError(DeviceOperationError):
+    """The device refused the package pushed to /5/0/0 (a 4.xx answer to the Block1 write)
+    without an Update Result saying why."""
+
+    code = "lwm2m.push_refused"
+
+
+class FirmwareUnavailableError(DeviceOperationError):
+    """The gateway cannot serve the file the update needs (not published, or a delivery form
+    this installation does not have)."""
+
+    code = "lwm2m.firmware_unavailable"

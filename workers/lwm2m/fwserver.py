@@ -1,7 +1,8 @@
-"""The firmware server: ``/fw/m/<manifest digest>`` (the exact stored SUIT envelope) and
-``/fw/i/<image sha256>`` (the payload), with hand-rolled Block2 so any block can be requested
-directly (resumable), Size2 on every block and an ETag derived from the content digest. Content
-is immutable, so caching it in memory is always correct.
+"""The firmware server: ``/fw/m/<manifest digest>`` (the exact stored SUIT envelope),
+``/fw/i/<image sha256>`` (the payload) and ``/fw/s/<manifest digest>`` (the envelope with the
+payload integrated, for devices that take one file), with hand-rolled Block2 so any block can be
+requested directly (resumable), Size2 on every block and an ETag derived from the content
+digest. Content is immutable, so caching it in memory is always correct.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from workers.lwm2m import content, logsafe
 from workers.lwm2m.blocks import block_slice
 from workers.lwm2m.errors import (
     DeviceOperationError,
+    FirmwareUnavailableError,
+    LwM2MError,
 )
 
 if TYPE_CHECKING:
@@ -51,6 +54,11 @@ class FirmwareSource(Protocol):
     def image(self, sha256: str) -> bytes | None: ...
 
 
+# A source may also have ``integrated(manifest_digest) -> bytes | None`` (the envelope with its
+# payload integrated, /fw/s/...); one without it serves no /fw/s.
+KIND_GETTERS = {"m": "envelope", "i": "image", "s": "integrated"}
+
+
 class DjangoFirmwareSource:
     """Envelopes from ``Manifest.envelope`` (exact bytes), payloads from the image store."""
 
@@ -69,6 +77,22 @@ class DjangoFirmwareSource:
         data: bytes = store.read(sha256)
         return data
 
+    def integrated(self, manifest_digest: str) -> bytes | None:
+        """The envelope with its payload integrated (``manifests.services.integrated_envelope``,
+        when this installation has it)."""
+        try:
+            from manifests import services
+        except ImportError:  # pragma: no cover - the release side is always installed
+            services = None  # type: ignore[assignment]
+        build = getattr(services, "integrated_envelope", None)
+        if build is None:
+            raise FirmwareUnavailableError(
+                "suit-integrated not available: manifests.services has no integrated_envelope",
+                permanent=True,
+            )
+        data = build(manifest_digest)
+        return bytes(data) if data is not None else None
+
 
 class FirmwareResource(_Handler):
     """/fw/m/<manifest digest> and /fw/i/<sha256>: immutable, Block2 by block number."""
@@ -79,12 +103,15 @@ class FirmwareResource(_Handler):
     async def handle(self, request: aiocoap.Message, path: tuple[str, ...]) -> aiocoap.Message:
         if request.code != Code.GET:
             return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
-        if len(path) != 2 or path[0] not in ("m", "i"):
+        if len(path) != 2 or path[0] not in KIND_GETTERS:
             return aiocoap.Message(code=Code.NOT_FOUND)
         digest = path[1].lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             return aiocoap.Message(code=Code.NOT_FOUND)
-        published = await self.gateway.published_file(path[0], digest)
+        try:
+            published = await self.gateway.published_file(path[0], digest)
+        except LwM2MError:
+            published = None  # a delivery form this installation lacks: nothing to serve
         if published is None:
             return aiocoap.Message(code=Code.NOT_FOUND)
         data = published.data
@@ -116,15 +143,20 @@ class FirmwareServer:
     _io: ThreadPoolExecutor
 
     async def published_file(self, kind: str, digest: str) -> PublishedFile | None:
-        """A firmware file by kind ("m" envelope, "i" image) and digest, with its ETag; cached
-        (the bytes never change once published), least recently used dropped first."""
+        """A firmware file by kind ("m" envelope, "i" image, "s" integrated envelope) and
+        digest, with its ETag; cached (the bytes never change once published), least recently
+        used dropped first. FirmwareUnavailableError when the source has no such kind."""
         key = (kind, digest)
         cached = self._fw_cache.get(key)
         if cached is not None:
             self._fw_cache.move_to_end(key)
             return cached
         loop = asyncio.get_running_loop()
-        getter = self.firmware.envelope if kind == "m" else self.firmware.image
+        getter = getattr(self.firmware, KIND_GETTERS.get(kind, ""), None)
+        if getter is None:
+            raise FirmwareUnavailableError(
+                f"this gateway's firmware source serves no /fw/{kind} files", permanent=True
+            )
         data = await loop.run_in_executor(self._io, getter, digest)
         if data is None:
             return None
@@ -139,9 +171,10 @@ class FirmwareServer:
             self._fw_cache_bytes -= len(dropped.data)
         return published
 
-    def package_uri(self, manifest_digest: str, *, secure: bool = False) -> str:
-        """Where a device downloads the envelope; ``secure``: over this gateway's coaps listener."""
+    def package_uri(self, manifest_digest: str, *, secure: bool = False, kind: str = "m") -> str:
+        """Where a device downloads a file (by default the envelope of ``manifest_digest``; for
+        kind "i" the digest is the image's); ``secure``: over this gateway's coaps listener."""
         base = self.config.dtls_base_uri if secure else self.config.base_uri
         if base is None:
             raise DeviceOperationError("no DTLS listener for a coaps Package URI", permanent=True)
-        return f"{base}/fw/m/{manifest_digest}"
+        return f"{base}/fw/{kind}/{manifest_digest}"

@@ -1,6 +1,14 @@
-"""The firmware-update driver (Object 5): writes the Package URI, follows State and Update Result
-(observed, and polled as a fallback), executes Update in Downloaded, and reports the outcome; the
-cancel operation.
+"""The firmware-update driver (Object 5): reset to Idle, deliver the package (pull: write the
+Package URI; push: Block1 write of /5/0/0), follow State and Update Result (observed, and polled
+as a fallback), execute Update in Downloaded, confirm, deregister the observation; the cancel
+operation.
+
+Built against what real clients do (``/work/shared/interop/README.md``, docs/lwm2m.md "Firmware
+update driver"): a device may start in any State (Wakaama sits in Downloading without a
+download), may answer a read of the Package URI with 4.05, may accept writes and do nothing, may
+keep notifying an observation the server forgot. So the driver never reads /5/0/1, resets
+before delivering, judges progress by a change from what it saw after the reset, and ends every
+observation it started on the device itself.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiocoap
@@ -19,15 +28,28 @@ from workers.lwm2m import content, logsafe
 from workers.lwm2m.errors import (
     DeviceBusyError,
     DeviceOperationError,
+    FirmwareUnavailableError,
     LwM2MError,
+    NoSupportedDeliveryError,
+    PushRefusedError,
     UnsupportedProtocolError,
     UpdateCancelledError,
     UpdateFailedError,
+    UpdateNeverStartedError,
     UpdateTimedOutError,
 )
-from workers.lwm2m.object5 import PROTOCOL_SCHEMES, FwState, Phase, UpdateTracker, Verdict
+from workers.lwm2m.object5 import (
+    DOWNLOAD_FAILURES,
+    PROTOCOL_SCHEMES,
+    FwResult,
+    FwState,
+    Phase,
+    UpdateTracker,
+    Verdict,
+)
 
 if TYPE_CHECKING:
+    from workers.lwm2m.fwserver import PublishedFile
     from workers.lwm2m.gateway import GatewayConfig
 from workers.lwm2m.registration import Registration
 
@@ -36,6 +58,127 @@ log = logsafe.guard(logging.getLogger("workers.lwm2m.gateway"))
 
 # Package URI schemes a device that registered over DTLS may be sent to.
 SECURE_SCHEMES = frozenset({"coaps", "https", "coaps+tcp"})
+
+# /5/0/9 Firmware Update Delivery Method.
+DELIVERY_PULL, DELIVERY_PUSH, DELIVERY_BOTH = 0, 1, 2
+
+# What each delivery form serves: the firmware server's kind ("/fw/<kind>/<digest>").
+DELIVERY_KINDS = {"suit": "m", "image": "i", "suit-integrated": "s"}
+
+# A deregistration (GET with Observe: 1) waits at most this long for the device's answer.
+DEREGISTER_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class UpdateRequest:
+    """The ``fw_update`` command's arguments, checked. Old form: only ``manifest_digest``
+    (and ``timeout``): a SUIT envelope, pulled."""
+
+    manifest_digest: str
+    delivery: str = "suit"
+    image_sha256: str | None = None
+    image_size: int | None = None
+    method: str = "pull"
+    timeout: float | None = None
+    uri: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return DELIVERY_KINDS[self.delivery]
+
+    @property
+    def file_digest(self) -> str:
+        """The digest the firmware server files the delivered bytes under."""
+        if self.delivery == "image":
+            assert self.image_sha256 is not None  # noqa: S101 - checked in parse
+            return self.image_sha256
+        return self.manifest_digest
+
+
+def _hex64(value: Any) -> str | None:
+    text = str(value or "").lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        return None
+    return text
+
+
+def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
+    """The command's arguments as an UpdateRequest; a permanent DeviceOperationError names the
+    first one that is wrong (the same command can never succeed)."""
+    digest = _hex64(args.get("manifest_digest"))
+    if digest is None:
+        raise DeviceOperationError("fw_update needs manifest_digest", permanent=True)
+    delivery = str(args.get("delivery") or "suit")
+    if delivery not in DELIVERY_KINDS:
+        raise DeviceOperationError(f"fw_update: unknown delivery {delivery!r}", permanent=True)
+    method = str(args.get("method") or "pull")
+    if method not in ("pull", "push"):
+        raise DeviceOperationError(f"fw_update: unknown method {method!r}", permanent=True)
+    image_sha256 = _hex64(args.get("image_sha256")) if args.get("image_sha256") else None
+    if delivery == "image" and image_sha256 is None:
+        raise DeviceOperationError("fw_update of an image needs image_sha256", permanent=True)
+    size = args.get("image_size")
+    timeout = args.get("timeout")
+    return UpdateRequest(
+        manifest_digest=digest,
+        delivery=delivery,
+        image_sha256=image_sha256,
+        image_size=int(size) if isinstance(size, int) and not isinstance(size, bool) else None,
+        method=method,
+        timeout=float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
+        uri=str(args["uri"]) if args.get("uri") else None,
+    )
+
+
+def choose_method(
+    preferred: str,
+    *,
+    delivery_method: int | None,
+    pull_refusal: UnsupportedProtocolError | None,
+    explicit_uri: bool,
+) -> str:
+    """Pull or push for a device whose /5/0/9 is ``delivery_method`` (None: unknown, taken as
+    pull only, the one form every LwM2M 1.0 client with Object 5 has). ``pull_refusal`` is why
+    the Package URI cannot be used (its scheme), if it cannot. The preferred method when the
+    device supports it, else the other; an explicit URI is pulled or refused."""
+    can_pull = delivery_method in (None, DELIVERY_PULL, DELIVERY_BOTH) and pull_refusal is None
+    can_push = delivery_method in (DELIVERY_PUSH, DELIVERY_BOTH) and not explicit_uri
+    for method in (preferred, "push" if preferred == "pull" else "pull"):
+        if (method == "pull" and can_pull) or (method == "push" and can_push):
+            return method
+    if explicit_uri and pull_refusal is not None:
+        raise pull_refusal
+    offered = {
+        None: "no /5/0/9 (pull only)",
+        DELIVERY_PULL: "pull only",
+        DELIVERY_PUSH: "push only",
+        DELIVERY_BOTH: "pull and push",
+    }.get(delivery_method, f"an unknown /5/0/9 value {delivery_method!r}")
+    why = f": {pull_refusal}" if pull_refusal is not None else ""
+    raise NoSupportedDeliveryError(f"device offers {offered}{why}", permanent=True)
+
+
+@dataclass
+class _Attempt:
+    """One update attempt as the driver follows it. ``stuck`` is the State/Result the device
+    showed after a reset it did not carry out: seeing it again is no progress."""
+
+    endpoint: str
+    request: UpdateRequest
+    method: str
+    tracker: UpdateTracker
+    changed: asyncio.Event
+    stuck: tuple[int, int] | None = None
+    observer: asyncio.Task[Any] | None = None
+
+    def outcome(self) -> dict[str, Any]:
+        tracker = self.tracker
+        return {
+            "phase": tracker.phase.name.lower(),
+            "result": int(tracker.result) if tracker.result is not None else None,
+            "manifest_digest": self.request.manifest_digest,
+            "method": self.method,
+        }
 
 
 class UpdateDriver:
@@ -93,19 +236,33 @@ class UpdateDriver:
         result = await self.read(reg, (5, 0, 5))
         return int(state[(5, 0, 3)]), int(result[(5, 0, 5)])  # type: ignore[arg-type]
 
+    async def _delivery_method(self, reg: Registration) -> int | None:
+        """/5/0/9 of the device (the registration's when it holds one, else one read); None
+        when the device does not say (an error answer, no answer)."""
+        known = getattr(reg, "delivery_method", None)
+        if isinstance(known, int):
+            return known
+        try:
+            value = (await self.read(reg, (5, 0, 9))).get((5, 0, 9))
+        except LwM2MError as exc:
+            log.info("read /5/0/9 on %s failed (%s): taken as pull only", reg.endpoint, exc)
+            return None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     async def _op_fw_update(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Pull-mode update: write URI, follow State/Result, execute in Downloaded, confirm."""
-        digest = str(args.get("manifest_digest", "")).lower()
-        if len(digest) != 64:
-            raise DeviceOperationError("fw_update needs manifest_digest", permanent=True)
+        """One update attempt: reset, deliver (pull or push), follow, execute, confirm."""
+        request = parse_update_args(args)
         reg = self.registration(endpoint)
-        uri = str(args.get("uri") or self.package_uri(digest, secure=reg.identity is not None))
-        self._check_scheme(reg, uri)
+        running = self._fw_attempts.get(endpoint)
         this = asyncio.current_task()
+        if running is not None and running is not this and not running.done():
+            raise DeviceBusyError(
+                f"{endpoint}: another update attempt is running on this gateway", permanent=False
+            )
         if this is not None:
             self._fw_attempts[endpoint] = this
         try:
-            return await self._fw_update_attempt(endpoint, reg, digest, uri, args)
+            return await self._fw_update_attempt(endpoint, reg, request)
         except asyncio.CancelledError:
             if endpoint not in self._fw_cancelled:
                 raise  # the gateway is stopping
@@ -115,63 +272,104 @@ class UpdateDriver:
             raise UpdateCancelledError(
                 f"{endpoint}: update cancelled",
                 permanent=True,
-                result={"phase": "cancelled", "result": 10, "manifest_digest": digest},
+                result={
+                    "phase": "cancelled",
+                    "result": 10,
+                    "manifest_digest": request.manifest_digest,
+                },
             ) from None
         finally:
             if self._fw_attempts.get(endpoint) is this:
                 self._fw_attempts.pop(endpoint, None)
 
-    async def _fw_update_attempt(
-        self, endpoint: str, reg: Registration, digest: str, uri: str, args: dict[str, Any]
-    ) -> dict[str, Any]:
-        tracker = UpdateTracker()
-        deadline = time.monotonic() + float(args.get("timeout", self.config.fw_update_timeout))
-        state, result = await self._fw_status(reg)
-        if state != FwState.IDLE:
-            current = await self.read(reg, (5, 0, 1))
-            if current.get((5, 0, 1)) != uri:
-                raise DeviceBusyError(
-                    f"{endpoint} is busy with another update (state {state})", permanent=False
-                )
-            tracker.phase = Phase.URI_WRITTEN  # a redelivered command: adopt the attempt
-        else:
-            await self.write(reg, (5, 0, 1), uri)
-            tracker.uri_written()
-        changed = asyncio.Event()
-        observer = self._spawn(self._observe_fw(reg, tracker, changed))
+    async def _plan(self, reg: Registration, request: UpdateRequest) -> tuple[str, str | None]:
+        """(method, Package URI for a pull) for this device."""
+        uri = request.uri or self.package_uri(
+            request.file_digest, secure=reg.identity is not None, kind=request.kind
+        )
+        refusal: UnsupportedProtocolError | None = None
         try:
-            while not tracker.phase.terminal:
-                if time.monotonic() > deadline:
-                    raise UpdateTimedOutError(
-                        f"{endpoint}: update timed out in {tracker.phase.name}"
-                    )
-                current_reg = self.by_endpoint.get(endpoint)
-                if current_reg is not None and current_reg is not reg:
-                    reg = current_reg  # rebooted and re-registered: follow the new registration
-                    observer.cancel()
-                    observer = self._spawn(self._observe_fw(reg, tracker, changed))
-                if current_reg is not None:
-                    with contextlib.suppress(LwM2MError):
-                        state, result = await self._fw_status(reg)
-                        await self._apply_report(reg, tracker, state, result, None)
-                if tracker.can_execute:
-                    state, _ = await self._fw_status(reg)
-                    if state == FwState.DOWNLOADED:
-                        await self.execute(reg, (5, 0, 2))
-                        tracker.update_executed()
-                        continue
-                changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=self.config.fw_poll_seconds)
+            self._check_scheme(reg, uri)
+        except UnsupportedProtocolError as exc:
+            refusal = exc
+        method = choose_method(
+            request.method,
+            delivery_method=await self._delivery_method(reg),
+            pull_refusal=refusal,
+            explicit_uri=request.uri is not None,
+        )
+        return method, uri if method == "pull" else None
+
+    async def _package(self, request: UpdateRequest) -> PublishedFile:
+        """The bytes this update delivers (pushed, or served to the device's pull)."""
+        published = await self.published_file(request.kind, request.file_digest)
+        if published is None:
+            raise FirmwareUnavailableError(
+                f"/fw/{request.kind}/{request.file_digest} is not published", permanent=True
+            )
+        return published
+
+    async def _fw_reset(self, reg: Registration, method: str) -> None:
+        """Back to Idle (LwM2M 1.1 Object 5: an empty Package URI, or an empty Package, resets
+        the state machine): the URI for a device that pulls, /5/0/0 for a push-only one."""
+        if method == "pull":
+            try:
+                await self.write(reg, (5, 0, 1), "")
+                return
+            except DeviceOperationError as exc:
+                if not exc.permanent:
+                    raise
+                log.info("reset of %s by an empty Package URI refused: %s", reg.endpoint, exc)
+        await self.write_blockwise(reg, (5, 0, 0), b"")
+
+    async def _fw_update_attempt(
+        self, endpoint: str, reg: Registration, request: UpdateRequest
+    ) -> dict[str, Any]:
+        method, uri = await self._plan(reg, request)
+        # A pull of a file we do not have, or a delivery form not installed here, fails now
+        # (clearly) rather than as the device's download failure; an explicit URI is the caller's.
+        package = await self._package(request) if uri is None or request.uri is None else None
+        timeout = request.timeout or self.config.fw_update_timeout
+        deadline = time.monotonic() + timeout
+        state, result = await self._fw_status(reg)
+        if state == FwState.UPDATING:
+            raise DeviceBusyError(
+                f"{endpoint} is installing (State Updating) and cannot be reset", permanent=False
+            )
+        attempt = _Attempt(endpoint, request, method, UpdateTracker(), asyncio.Event())
+        if state != FwState.IDLE:
+            await self._fw_reset(reg, method)
+            state, result = await self._fw_status(reg)
+            if state == FwState.UPDATING:
+                raise DeviceBusyError(f"{endpoint} went to Updating on a reset", permanent=False)
+            if state != FwState.IDLE:
+                log.warning(
+                    "%s kept State %s after a reset to Idle; progress is a change from it",
+                    endpoint,
+                    state,
+                )
+                attempt.stuck = (state, result)
+        attempt.observer = self._spawn(self._observe_fw(reg, attempt))
+        try:
+            attempt.tracker.uri_written()
+            if method == "pull":
+                assert uri is not None  # noqa: S101 - _plan gives a pull its URI
+                await self.write(reg, (5, 0, 1), uri)
+            else:
+                assert package is not None  # noqa: S101 - a push always loads its package
+                await self._push(reg, attempt, package.data)
+            await self._follow(reg, attempt, deadline)
         finally:
+            observer = attempt.observer
             observer.cancel()
-        outcome = {
-            "phase": tracker.phase.name.lower(),
-            "result": int(tracker.result) if tracker.result is not None else None,
-            "manifest_digest": digest,
-        }
+            # Let the deregistration go out before the outcome is reported.
+            await asyncio.wait({observer}, timeout=DEREGISTER_TIMEOUT + 1)
+        tracker = attempt.tracker
+        outcome = attempt.outcome()
         if tracker.phase is Phase.SUCCEEDED:
-            await self.emit(events.FwInstalled(endpoint=endpoint, manifest_digest=digest))
+            await self.emit(
+                events.FwInstalled(endpoint=endpoint, manifest_digest=request.manifest_digest)
+            )
             return outcome
         raise UpdateFailedError(
             f"{endpoint}: update {tracker.phase.name.lower()} with result {outcome['result']}",
@@ -179,51 +377,201 @@ class UpdateDriver:
             result=outcome,
         )
 
-    async def _apply_report(
+    async def _push(self, reg: Registration, attempt: _Attempt, data: bytes) -> None:
+        """Block1 write of the package to /5/0/0. A 4.xx answer: the device's Update Result
+        says why when it set one (Anjay: 6 for a package not in its format), else
+        PushRefusedError."""
+        try:
+            await self.write_blockwise(reg, (5, 0, 0), data)
+        except DeviceOperationError as exc:
+            if not exc.permanent:
+                raise
+            refusal = exc
+        else:
+            return
+        status: tuple[int, int] | None = None
+        with contextlib.suppress(LwM2MError):
+            status = await self._fw_status(reg)
+        if status is not None and status[1] in DOWNLOAD_FAILURES:
+            attempt.tracker.report(*status)
+            raise UpdateFailedError(
+                f"{reg.endpoint}: pushed package refused with Update Result {status[1]}",
+                permanent=True,
+                result={**attempt.outcome(), "result": status[1]},
+            )
+        raise PushRefusedError(
+            f"{reg.endpoint}: pushed package refused: {refusal}",
+            permanent=True,
+            result=attempt.outcome(),
+        )
+
+    async def _follow(
         self,
         reg: Registration,
-        tracker: UpdateTracker,
-        state: int,
-        result: int,
-        observe: int | None,
+        attempt: _Attempt,
+        deadline: float,
     ) -> None:
-        verdict = tracker.report(state, result, observe=observe)
+        """Poll (and take notifications) until the attempt ends; execute Update in Downloaded;
+        follow the device's new registration after its reboot."""
+        tracker = attempt.tracker
+        start_deadline = min(deadline, time.monotonic() + self.config.fw_start_timeout)
+        while not tracker.phase.terminal:
+            now = time.monotonic()
+            if tracker.phase is Phase.URI_WRITTEN and now > start_deadline:
+                raise UpdateNeverStartedError(
+                    f"{attempt.endpoint}: State never moved in "
+                    f"{self.config.fw_start_timeout:g} s after the package was "
+                    f"{'pushed' if attempt.method == 'push' else 'offered'}",
+                    permanent=True,
+                    result=attempt.outcome(),
+                )
+            if now > deadline:
+                raise UpdateTimedOutError(
+                    f"{attempt.endpoint}: update timed out in {tracker.phase.name}",
+                    result=attempt.outcome(),
+                )
+            current_reg = self.by_endpoint.get(attempt.endpoint)
+            if current_reg is not None and current_reg is not reg:
+                reg = current_reg  # rebooted and re-registered: follow the new registration
+                if attempt.observer is not None:
+                    attempt.observer.cancel()
+                attempt.observer = self._spawn(self._observe_fw(reg, attempt))
+            if current_reg is not None:
+                with contextlib.suppress(LwM2MError):
+                    state, result = await self._fw_status(reg)
+                    await self._apply_report(reg, attempt, state, result)
+            if tracker.can_execute:
+                state, _ = await self._fw_status(reg)
+                if state == FwState.DOWNLOADED:
+                    await self.execute(reg, (5, 0, 2))
+                    tracker.update_executed()
+                    continue
+            attempt.changed.clear()
+            wait = min(self.config.fw_poll_seconds, max(0.0, deadline - time.monotonic()))
+            if tracker.phase is Phase.URI_WRITTEN:
+                wait = min(wait, max(0.0, start_deadline - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(attempt.changed.wait(), timeout=wait + 0.01)
+
+    async def _apply_report(
+        self, reg: Registration, attempt: _Attempt, state: int, result: int
+    ) -> None:
+        if attempt.stuck is not None:
+            if (state, result) == attempt.stuck:
+                return  # what the device showed before anything was delivered: no progress
+            attempt.stuck = None
+        verdict = attempt.tracker.report(state, result)
         if verdict is Verdict.ADVANCED:
             await self.emit(events.FwStatus(endpoint=reg.endpoint, state=state, result=result))
 
-    async def _observe_fw(
-        self, reg: Registration, tracker: UpdateTracker, changed: asyncio.Event
-    ) -> None:
-        """Observe /5/0/3 (and read /5/0/5 on each change): faster than polling, best effort."""
+    async def _observe_fw(self, reg: Registration, attempt: _Attempt) -> None:
+        """Observe /5/0/3 (and read /5/0/5 on each change): faster than polling, best effort.
+        Ends with a deregistration on the device (RFC 7641 3.6)."""
         if self.context is None:
             return
         root = [s for s in reg.objects.root_path.strip("/").split("/") if s]
-        message = aiocoap.Message(code=Code.GET, uri_path=[*root, "5", "0", "3"], observe=0)
+        uri_path = [*root, "5", "0", "3"]
+        message = aiocoap.Message(code=Code.GET, uri_path=uri_path, observe=0)
         message.remote = reg.remote
-        request = self.context.request(message)
+        request = self.context.request(message, handle_blockwise=False)
+        token: bytes | None = None
         try:
             first = await asyncio.wait_for(request.response, timeout=self.config.request_timeout)
             if first.code != Code.CONTENT or first.opt.observe is None:
                 return
+            token = first.token
             async for notification in request.observation:
                 if notification.code != Code.CONTENT:
                     break
                 self._check_response_peer(reg, notification)
-                with contextlib.suppress(LwM2MError):
+                with contextlib.suppress(LwM2MError, ValueError, TypeError):
                     state = content.decode(
                         notification.opt.content_format, notification.payload, (5, 0, 3)
                     )[(5, 0, 3)]
                     res = await self.read(reg, (5, 0, 5))
                     await self._apply_report(
                         reg,
-                        tracker,
-                        int(state),
-                        int(res[(5, 0, 5)]),
-                        None,  # type: ignore[arg-type]
+                        attempt,
+                        int(state),  # type: ignore[arg-type]
+                        int(res[(5, 0, 5)]),  # type: ignore[arg-type]
                     )
-                    changed.set()
+                    attempt.changed.set()
         except (TimeoutError, aiocoap.error.Error, LwM2MError) as exc:
             log.debug("observation of %s ended: %s", reg.endpoint, exc)
         finally:
-            if not request.observation.cancelled:
+            if request.observation is not None and not request.observation.cancelled:
                 request.observation.cancel()
+            # aiocoap's cancel() only forgets the observation: the token stays registered
+            # until the next notification, and a NON notification for a forgotten token is
+            # dropped without a Reset, so a device (Anjay) notifies on for ever. Tell it.
+            stop = getattr(request, "_stop_interest", None)
+            if callable(stop):
+                stop()
+            if token is not None:
+                await self._deregister_observation(reg, uri_path, token)
+
+    async def _deregister_observation(
+        self, reg: Registration, uri_path: list[str], token: bytes
+    ) -> None:
+        """GET with Observe: 1 and the observation's token (RFC 7641 3.6)."""
+        if self.context is None:
+            return
+        message = aiocoap.Message(code=Code.GET, uri_path=uri_path, observe=1)
+        message.remote = reg.remote
+        try:
+            answer = await asyncio.wait_for(
+                request_with_token(self.context, message, token), timeout=DEREGISTER_TIMEOUT
+            )
+            log.debug("observation of %s deregistered: %s", reg.endpoint, answer.code)
+        except (TimeoutError, aiocoap.error.Error, OSError) as exc:
+            log.info("deregistration of %s's observation got no answer: %s", reg.endpoint, exc)
+
+
+async def request_with_token(
+    context: aiocoap.Context, message: aiocoap.Message, token: bytes
+) -> aiocoap.Message:
+    """Send ``message`` with the given token and return the answer.
+
+    aiocoap (0.4.17) picks every request's token itself; a deregistration must reuse the
+    observation's. The request goes through the same interface aiocoap would use, with the
+    token-manager's token chosen for this one call (no await between setting and sending, so
+    no other request can take it)."""
+    from aiocoap.pipe import Pipe
+
+    interface = await context.find_remote_and_interface(message)
+    pipe = Pipe(message, context.log)
+    answer: asyncio.Future[aiocoap.Message] = asyncio.get_running_loop().create_future()
+
+    def on_event(event: Any) -> bool:
+        if answer.done():
+            return False
+        if event.message is not None:
+            answer.set_result(event.message)
+        else:
+            answer.set_exception(event.exception or aiocoap.error.Error("no answer"))
+        return False
+
+    stop = pipe.on_event(on_event)
+    manager = interface
+    original = type(manager).next_token if hasattr(manager, "next_token") else None
+    if original is not None:
+        manager.next_token = lambda: token  # type: ignore[method-assign]
+    try:
+        interface.request(pipe)
+    finally:
+        if original is not None:
+            del manager.next_token
+    try:
+        return await answer
+    finally:
+        stop()
+
+
+__all__ = [
+    "FwResult",
+    "UpdateDriver",
+    "UpdateRequest",
+    "choose_method",
+    "parse_update_args",
+    "request_with_token",
+]

@@ -86,6 +86,9 @@ class GatewayConfig:
     request_timeout: float = 30.0
     fw_poll_seconds: float = 10.0
     fw_update_timeout: float = 3600.0
+    # After the package was offered (Package URI) or pushed, State must move within this, or
+    # the attempt ends as never started (a device that takes writes and does nothing).
+    fw_start_timeout: float = 120.0
     expiry_sweep_seconds: float = 1.0
     write_format: int = content.CT_TLV
     # Receive buffer asked for the CoAP socket (the kernel caps it at net.core.rmem_max): a
