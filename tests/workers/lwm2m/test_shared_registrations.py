@@ -210,6 +210,25 @@ def test_a_flood_of_random_registration_ids_makes_a_bounded_number_of_lookups() 
         assert thread.gateway.health()["stats"]["adoption_lookups"] == len(registry.lookups)
 
 
+class DownRegistry(FakeRegistry):
+    def lookup(self, registration_id: str) -> admission.StoredRegistration | None:
+        from django.db import OperationalError
+
+        super().lookup(registration_id)
+        raise OperationalError("connection refused")
+
+
+def test_unreachable_registry_gives_503_not_404_and_is_not_remembered() -> None:
+    with gateway_thread() as thread:
+        registry = with_registry(thread, DownRegistry())
+        peer = Peer(thread.gateway.config.port)
+        reg_id = secrets.token_hex(8)
+        assert update(peer, reg_id) == "5.03"
+        assert update(peer, reg_id) == "5.03"  # asked again: the device keeps its registration
+        assert registry.lookups == [reg_id, reg_id]
+        assert thread.gateway.guard.counts["lwm2m.lookup_busy"] == 2
+
+
 def test_lookup_budget_and_negative_cache_are_bounded() -> None:
     budget = admission.LookupBudget(rate=2, burst=2)
     assert [budget.take(now=0.0) for _ in range(3)] == [True, True, False]
