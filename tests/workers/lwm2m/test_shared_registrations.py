@@ -302,9 +302,21 @@ def start_device(loop: LoopThread, server_uri: str) -> tuple[Fleet, str]:
 
 
 def read_through_registry() -> DeviceCommand:
-    command = device_services.device_command_create(
-        endpoint="sim-00000", operation="read", args={"path": "/3/0/3"}
-    )
+    """A read of /3/0/3 sent the way the fleet side sends commands: to ``Device.gateway_id``."""
+    from django.db import OperationalError
+
+    for attempt in range(20):
+        try:
+            command = device_services.device_command_create(
+                endpoint="sim-00000", operation="read", args={"path": "/3/0/3"}
+            )
+            break
+        except OperationalError:
+            # SQLite's shared in-memory test database locks whole tables while the gateway's
+            # event thread writes the device's Updates (see conftest.wait_for).
+            if attempt == 19:
+                raise
+            time.sleep(0.1)
     wait_for(lambda: DeviceCommand.objects.get(pk=command.pk).status == CommandStatus.SUCCEEDED)
     return DeviceCommand.objects.get(pk=command.pk)
 
@@ -315,9 +327,15 @@ def test_restarted_gateway_accepts_the_update_of_a_device_registered_before(
     first = db_gateway("gw-a")
     fleet, reg_id = start_device(device_loop, first.gateway.config.base_uri)
     try:
-        stored_row = Device.objects.get(endpoint="sim-00000")
-        assert stored_row.registration_address.startswith("127.0.0.1:")
-        assert stored_row.registration_identity == "" and stored_row.gateway_id == "gw-a"
+        # (Read through wait_for: SQLite's test database may be locked by the event thread.)
+        wait_for(
+            lambda: Device.objects.filter(
+                endpoint="sim-00000",
+                registration_address__startswith="127.0.0.1:",
+                registration_identity="",
+                gateway_id="gw-a",
+            ).exists()
+        )
         port = first.gateway.config.port
         first.stop()
         restarted = db_gateway("gw-a", port=port)  # a new process: nothing in memory
@@ -330,7 +348,7 @@ def test_restarted_gateway_accepts_the_update_of_a_device_registered_before(
             command = read_through_registry()
             assert command.gateway_id == "gw-a"
             assert command.result["values"]["/3/0/3"] == "1.0.0"
-            assert Device.objects.get(endpoint="sim-00000").registration_id == reg_id
+            wait_for(lambda: Device.objects.get(endpoint="sim-00000").registration_id == reg_id)
         finally:
             device_loop.call(fleet.stop(deregister=False))
             restarted.stop()
@@ -360,8 +378,11 @@ def test_second_gateway_accepts_an_update_for_a_registration_made_at_the_first(
                 .exists()
             )
         )
-        row = Device.objects.get(endpoint="sim-00000")
-        assert row.online and row.gateway_id == "gw-b" and row.registration_id == reg_id
+        wait_for(
+            lambda: Device.objects.filter(
+                endpoint="sim-00000", online=True, gateway_id="gw-b", registration_id=reg_id
+            ).exists()
+        )
         # The adopted registration keeps the same-peer rule.
         impostor = Peer(second.gateway.config.port)
         assert update(impostor, reg_id) == "4.03"

@@ -90,8 +90,11 @@ def test_coap_client_update_is_accepted_by_the_restarted_gateway(
         )  # fmt: skip
         assert proc.returncode == 0 and answer(proc) == "2.xx", proc.stderr
         reg_id = registered_id(first)
-        assert Device.objects.get(endpoint=ENDPOINT).registration_address == (
-            f"127.0.0.1:{local_port}"
+        wait_for(
+            lambda: (
+                Device.objects.get(endpoint=ENDPOINT).registration_address
+                == f"127.0.0.1:{local_port}"
+            )
         )
     finally:
         first.stop()
@@ -130,7 +133,7 @@ def test_coap_client_openssl_update_over_dtls_is_accepted_by_a_second_gateway(
         )  # fmt: skip
         assert proc.returncode == 0 and answer(proc) == "2.xx", proc.stderr
         reg_id = registered_id(first)
-        assert Device.objects.get(endpoint=ENDPOINT).registration_identity == ENDPOINT
+        wait_for(lambda: Device.objects.get(endpoint=ENDPOINT).registration_identity == ENDPOINT)
         # Plain CoAP from the same port is not the registration's peer (its DTLS identity is).
         plain = run(
             PLAIN or DTLS,
