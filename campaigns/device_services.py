@@ -83,6 +83,13 @@ def _locked(endpoint: str) -> Device:
     return device
 
 
+def _address(address: str) -> str:
+    """A peer address as stored: one that does not fit the column is not kept (such a NoSec
+    registration cannot be adopted by another gateway; the device registers again there)."""
+    limit = Device._meta.get_field("registration_address").max_length or 0
+    return address if len(address) <= limit else ""
+
+
 def _seen(device: Device, at: dt.datetime) -> None:
     if device.last_seen is None or at > device.last_seen:
         device.last_seen = at
@@ -102,9 +109,14 @@ def device_register(
     lwm2m_version: str = "1.0",
     queue_mode: bool = False,
     objects: list[str] | None = None,
+    address: str = "",
+    identity: str = "",
+    root_path: str = "/",
     at: dt.datetime | None = None,
 ) -> Device:
-    """A Register: the device is online at ``gateway_id`` under ``registration_id``."""
+    """A Register: the device is online at ``gateway_id`` under ``registration_id``. The
+    registering peer (``address``, ``identity``) and ``root_path`` are kept with it so that
+    another gateway can adopt the registration at the device's next Update."""
     at = at or timezone.now()
     with transaction.atomic():
         device = _locked(endpoint)
@@ -122,6 +134,9 @@ def device_register(
         device.lwm2m_version = lwm2m_version
         device.queue_mode = queue_mode
         device.lwm2m_objects = list(objects or [])
+        device.registration_address = _address(address)
+        device.registration_identity = identity
+        device.registration_root_path = "" if root_path == "/" else root_path
         _seen(device, at)
         device.save()
         _log(device, "registered", {"registration_id": registration_id}, gateway_id)
@@ -136,9 +151,14 @@ def device_registration_update(
     lifetime: int | None = None,
     binding: str | None = None,
     objects: list[str] | None = None,
+    address: str = "",
+    identity: str = "",
+    root_path: str | None = None,
     at: dt.datetime | None = None,
 ) -> Device:
-    """An Update: refreshes the lifetime (and what changed) of the current registration."""
+    """An Update: refreshes the lifetime (and what changed) of the current registration, and
+    moves the device to ``gateway_id`` (a gateway that adopted the registration: commands
+    follow). An empty ``address`` / ``identity`` leaves the stored peer as it is."""
     at = at or timezone.now()
     with transaction.atomic():
         device = _locked(endpoint)
@@ -151,6 +171,12 @@ def device_registration_update(
             device.binding = binding
         if objects is not None:
             device.lwm2m_objects = list(objects)
+        if root_path is not None:
+            device.registration_root_path = "" if root_path == "/" else root_path
+        if address:
+            device.registration_address = _address(address)
+        if identity:
+            device.registration_identity = identity
         if device.last_seen is None or at >= device.last_seen:
             device.registration_expires_at = at + dt.timedelta(seconds=device.lifetime)
         device.online = True
@@ -161,15 +187,32 @@ def device_registration_update(
 
 
 def device_registration_end(
-    *, endpoint: str, registration_id: str, reason: str, at: dt.datetime | None = None
+    *,
+    endpoint: str,
+    registration_id: str,
+    reason: str,
+    gateway_id: str = "",
+    at: dt.datetime | None = None,
 ) -> Device | None:
-    """De-register or lifetime expiry: offline only if this is still the current registration."""
+    """De-register or lifetime expiry: offline only if this is still the current registration.
+
+    An expiry reported by another gateway than the one the device is at now is stale: the
+    registration moved (another gateway adopted it at an Update) and the old holder's copy ran
+    out, not the registration."""
     at = at or timezone.now()
     with transaction.atomic():
         device = Device.objects.select_for_update().filter(endpoint=endpoint).first()
         if device is None:
             return None
-        if device.registration_id == registration_id and device.online:
+        moved = (
+            reason == "expired"
+            and bool(gateway_id)
+            and bool(device.gateway_id)
+            and device.gateway_id != gateway_id
+        )
+        if moved:
+            reason = "expired_elsewhere"
+        if device.registration_id == registration_id and device.online and not moved:
             device.online = False
             device.save(update_fields=["online", "updated_at"])
         _log(device, reason, {"registration_id": registration_id})
@@ -444,6 +487,9 @@ def _apply_registered(event: events.Registered, at: dt.datetime) -> None:
         lwm2m_version=event.lwm2m_version,
         queue_mode=event.queue_mode,
         objects=list(event.objects),
+        address=event.address,
+        identity=event.identity,
+        root_path=event.root_path,
         at=at,
     )
 
@@ -456,13 +502,20 @@ def _apply_updated(event: events.Updated, at: dt.datetime) -> None:
         lifetime=event.lifetime,
         binding=event.binding,
         objects=None if event.objects is None else list(event.objects),
+        address=event.address,
+        identity=event.identity,
+        root_path=event.root_path,
         at=at,
     )
 
 
 def _apply_ended(event: events.Deregistered | events.Expired, at: dt.datetime) -> None:
     device_registration_end(
-        endpoint=event.endpoint, registration_id=event.registration_id, reason=event.type, at=at
+        endpoint=event.endpoint,
+        registration_id=event.registration_id,
+        reason=event.type,
+        gateway_id=event.gateway_id,
+        at=at,
     )
 
 

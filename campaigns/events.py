@@ -62,6 +62,12 @@ class Registered(DeviceEvent):
     lwm2m_version: str = "1.0"
     queue_mode: bool = False
     objects: tuple[str, ...] = ()
+    # The registering peer: NoSec "host:port" as the gateway saw it; ``identity`` the DTLS PSK
+    # identity ("" for NoSec). With ``root_path`` (the payload's alternate root path) they let
+    # another gateway adopt the registration (docs/lwm2m.md, "Shared registrations").
+    address: str = ""
+    identity: str = ""
+    root_path: str = "/"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +79,11 @@ class Updated(DeviceEvent):
     lifetime: int | None = None
     binding: str | None = None
     objects: tuple[str, ...] | None = None
+    # The peer the Update came from ("" from a gateway that does not say: unchanged) and the
+    # payload's root path (None when the Update carried no payload).
+    address: str = ""
+    identity: str = ""
+    root_path: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -55,6 +55,14 @@ class Device(models.Model):
     lwm2m_version = models.CharField(max_length=8, blank=True)
     queue_mode = models.BooleanField(default=False)
     gateway_id = models.CharField(max_length=128, blank=True, db_index=True)
+    # The peer that made the registration, so that another gateway of the deployment (or this
+    # one restarted) can check an Update's sender before adopting the registration
+    # (docs/lwm2m.md, "Shared registrations"): NoSec "host:port" as the gateway saw it ("" when
+    # it did not fit), DTLS the authenticated PSK identity (the endpoint; "" for NoSec).
+    registration_address = models.CharField(max_length=64, blank=True)
+    registration_identity = models.CharField(max_length=255, blank=True)
+    # Alternate root path from the registration payload ("" means "/").
+    registration_root_path = models.TextField(blank=True)
     # Object links from the registration payload, e.g. ["/3/0", "/5/0"].
     lwm2m_objects = models.JSONField(default=list, blank=True)
     tags = models.JSONField(default=list, blank=True)

@@ -22,8 +22,19 @@ Rules, checked by the gateway's registration handlers:
   ``lwm2m.registration_conflict``. A positive probe is remembered for a short while, so a
   stream of impostor registrations costs the real device one probe per interval.
 
+* **Adoption** (docs/lwm2m.md, "Shared registrations"). An Update or De-register for a
+  registration this gateway does not hold is looked up in the registry; a live registration
+  whose stored peer is the request's peer (same DTLS identity; for NoSec the same address and
+  port, :func:`same_peer`) is adopted, under the rules above (admission, NoSec accepted, an
+  endpoint with a PSK only over DTLS). What an unauthenticated peer can make the gateway do is
+  bounded: ids that are not of the form the gateway hands out are not looked up, a lookup that
+  found nothing is remembered (:class:`NegativeCache`), lookups start at most at a fixed rate
+  (:class:`LookupBudget`) and only a few run at once; past that the answer is 5.03
+  ``lwm2m.lookup_busy``.
+
 The decision functions are pure; :class:`ProvisionedCache` refreshes through an injected runner
-from a :class:`ProvisionedSource` (the database one: :mod:`workers.lwm2m.selectors`).
+from a :class:`ProvisionedSource` (the database one: :mod:`workers.lwm2m.selectors`), and
+adoption looks registrations up in a :class:`RegistrationSource`.
 """
 
 from __future__ import annotations
@@ -32,8 +43,11 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from workers.lwm2m.errors import LwM2MError
@@ -68,6 +82,13 @@ class RegistrationConflictError(AdmissionError):
     code = "lwm2m.registration_conflict"
 
 
+class LookupBusyError(LwM2MError):
+    """Too many registration lookups at once or in the last second: try again later."""
+
+    code = "lwm2m.lookup_busy"
+    coap_code = "SERVICE_UNAVAILABLE"
+
+
 class RegistryFullError(LwM2MError):
     """The gateway holds as many registrations as it may; a new endpoint must try later."""
 
@@ -91,6 +112,18 @@ def peer_address(remote: Any) -> tuple[str, int | None]:
         return str(sockaddr[0]).removeprefix("::ffff:"), int(sockaddr[1])
     host, _, port = str(getattr(remote, "hostinfo", remote)).rpartition(":")
     return host.strip("[]"), int(port) if port.isdigit() else None
+
+
+def format_address(address: tuple[str, int | None]) -> str:
+    """(host, port) as stored with a registration: "host:port", "[v6]:port"."""
+    host, port = address
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port if port is not None else ''}"
+
+
+def parse_address(text: str) -> tuple[str, int | None]:
+    """The inverse of :func:`format_address` (what :func:`peer_address` makes of a remote)."""
+    return peer_address(text)
 
 
 def same_peer(
@@ -188,3 +221,93 @@ class ProvisionedCache:
                 log.error("provisioned-endpoint reload failed; keeping the previous set: %r", exc)
                 self._early.clear()
                 self.loaded_at = time.monotonic()
+
+
+# --- adoption of a registration held in the registry ---------------------------------------------
+
+
+# The registration ids this project's gateways hand out (``secrets.token_hex(8)``); anything
+# else cannot be in the registry, so it is not looked up.
+REGISTRATION_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def plausible_registration_id(reg_id: str) -> bool:
+    return REGISTRATION_ID.match(reg_id) is not None
+
+
+@dataclass(frozen=True)
+class StoredRegistration:
+    """A live registration as the registry holds it (``campaigns.models.Device``)."""
+
+    registration_id: str
+    endpoint: str
+    gateway_id: str
+    expires_at: float  # seconds since the epoch
+    lifetime: int
+    binding: str
+    queue_mode: bool
+    lwm2m_version: str
+    objects: tuple[str, ...]  # object links as stored: "/3/0", "/5"
+    root_path: str
+    address: str  # "host:port" of the registering NoSec peer
+    identity: str  # DTLS PSK identity; "" for NoSec
+    info_complete: bool  # manufacturer, model, firmware version (and /5/0/8) are known
+    protocols: tuple[int, ...] | None  # /5/0/8 as stored; None when not known
+
+
+class RegistrationSource(Protocol):
+    def lookup(self, registration_id: str) -> StoredRegistration | None:
+        """The registry's live registration with that id, or None (blocking: worker thread)."""
+
+
+class LookupBudget:
+    """Token bucket: at most ``burst`` lookups at once, refilled at ``rate`` per second."""
+
+    def __init__(self, *, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._at: float | None = None
+
+    def take(self, *, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class NegativeCache:
+    """Registration ids that were not found, remembered ``seconds`` each, at most ``size`` of
+    them (oldest dropped first): a repeated unknown id costs no second lookup for a while."""
+
+    def __init__(self, *, size: int, seconds: float) -> None:
+        self.size = size
+        self.seconds = seconds
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._until)
+
+    def __contains__(self, reg_id: object) -> bool:
+        return reg_id in self._until
+
+    def hit(self, reg_id: str, *, now: float) -> bool:
+        until = self._until.get(reg_id)
+        if until is None:
+            return False
+        if until <= now:
+            del self._until[reg_id]
+            return False
+        return True
+
+    def add(self, reg_id: str, *, now: float) -> None:
+        self._until[reg_id] = now + self.seconds
+        self._until.move_to_end(reg_id)
+        while len(self._until) > self.size:
+            self._until.popitem(last=False)
+
+    def discard(self, reg_id: str) -> None:
+        self._until.pop(reg_id, None)

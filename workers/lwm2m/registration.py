@@ -1,13 +1,21 @@
 """The registration interface (``/rd``): Register, Update and De-register, admission and the
 same-peer rule, lifetime expiry, and the device-information read after a registration.
+
+Registrations live in the registry (``campaigns.models.Device``, written through the events this
+interface emits) as well as in this gateway's memory, so an Update or De-register for a
+registration another gateway of the deployment made, or this one before a restart, is not a
+4.04: the registration is looked up and adopted when the request comes from its own peer
+(docs/lwm2m.md, "Shared registrations"; the bounds are in :mod:`workers.lwm2m.admission`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +23,11 @@ import aiocoap
 from aiocoap.numbers.codes import Code
 
 from campaigns import events
-from workers.lwm2m import admission, content, dtls, logsafe, names
+from workers.lwm2m import admission, content, dtls, logsafe, names, selectors
 from workers.lwm2m import transport as screened
 from workers.lwm2m.errors import (
     DeviceNotConnectedError,
+    LinkFormatError,
     PayloadTooLargeError,
     RegistrationError,
     UnknownRegistrationError,
@@ -54,6 +63,21 @@ DEVICE_INFO_RETRY_SECONDS = 1.0
 MAX_PROBES = 64
 
 
+# Adoption of registrations held in the registry (docs/lwm2m.md, "Shared registrations").
+# Lookups running at once: two of the gateway's four I/O threads, so firmware loads keep two.
+ADOPTION_LOOKUPS_RUNNING = 2
+# Lookups started or waiting at once; past it 5.03 (no queue grows without limit).
+ADOPTION_LOOKUPS_PENDING = 64
+# Lookups started per second (and at once after a quiet spell): an indexed one-row query costs
+# well under a millisecond, so 100/s is a few percent of a core; a gateway restarted under
+# 100,000 devices with a 1-hour lifetime sees about 60 Updates/s.
+ADOPTION_LOOKUP_RATE = 100.0
+# Ids found in no live registration, remembered for a while (a flood repeating one id costs one
+# lookup per interval; random ids are held back by the rate above).
+ADOPTION_NEGATIVE_SIZE = 4096
+ADOPTION_NEGATIVE_SECONDS = 30.0
+
+
 @dataclass
 class Registration:
     reg_id: str
@@ -83,6 +107,28 @@ class Registration:
             f"/{o.object_id}" + (f"/{o.instance_id}" if o.instance_id is not None else "")
             for o in self.objects.objects
         ]
+
+
+class _Adoption:
+    """A gateway's registration-lookup state: the bounds above and the lookups under way (one
+    per registration id, shared by concurrent requests naming it)."""
+
+    def __init__(self, *, rate: float, negative_seconds: float) -> None:
+        self.budget = admission.LookupBudget(rate=rate, burst=max(1, int(rate)))
+        self.negative = admission.NegativeCache(
+            size=ADOPTION_NEGATIVE_SIZE, seconds=negative_seconds
+        )
+        self.running = asyncio.Semaphore(ADOPTION_LOOKUPS_RUNNING)
+        self.pending: dict[str, asyncio.Future[admission.StoredRegistration | None]] = {}
+
+
+def _stored_objects(stored: admission.StoredRegistration) -> RegisteredObjects:
+    """The registered objects rebuilt from the stored links and root path (parsed by the same
+    strict parser as a registration payload)."""
+    prefix = stored.root_path.rstrip("/")
+    links = [f'<{prefix}>;rt="oma.lwm2m"'] if prefix else []
+    links += [f"<{prefix}{link}>" for link in stored.objects]
+    return parse_registration_payload(",".join(links).encode())
 
 
 def _query(request: aiocoap.Message) -> dict[str, str | None]:
@@ -155,6 +201,39 @@ def _integer(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _address(remote: Any) -> str:
+    """A peer's address as stored with its registration ("host:port")."""
+    return admission.format_address(admission.peer_address(remote))
+
+
+def _check_peer(
+    *,
+    endpoint: str,
+    reg_identity: str | None,
+    reg_address: tuple[str, int | None],
+    request: aiocoap.Message,
+    action: str,
+) -> None:
+    """The same-peer rule (4.03 if ``request`` is not from the registration's own peer): the
+    identity that registered over DTLS, or for NoSec the same address and port."""
+    identity = dtls.peer_identity(request.remote)
+    if identity != reg_identity:
+        raise dtls.IdentityMismatchError(
+            f"{action} of {endpoint!r}'s registration from "
+            f"{'DTLS identity ' + repr(identity) if identity else 'a NoSec peer'} refused"
+        )
+    if not admission.same_peer(
+        reg_identity=reg_identity,
+        reg_address=reg_address,
+        identity=identity,
+        address=admission.peer_address(request.remote),
+    ):
+        raise admission.NotSamePeerError(
+            f"{action} of {endpoint!r}'s NoSec registration from another address than "
+            "the one that registered (a device that moved registers again)"
+        )
+
+
 def _text(value: Any) -> str:
     """A device-reported string without control characters, bounded (workers.lwm2m.names)."""
     return names.device_text(value)
@@ -167,6 +246,20 @@ class RegistrationInterface:
     by_id: dict[str, Registration]
     by_endpoint: dict[str, Registration]
     stats: dict[str, int]
+    _io: ThreadPoolExecutor
+    # Where registrations made elsewhere are looked up (tests put a fake here).
+    registration_source: admission.RegistrationSource = selectors.DjangoRegistrationSource()
+    adoption_lookup_rate: float = ADOPTION_LOOKUP_RATE
+    adoption_negative_seconds: float = ADOPTION_NEGATIVE_SECONDS
+
+    @functools.cached_property
+    def _adoption(self) -> _Adoption:
+        return _Adoption(
+            rate=self.adoption_lookup_rate, negative_seconds=self.adoption_negative_seconds
+        )
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
 
     async def register(self, request: aiocoap.Message) -> aiocoap.Message:
         query = _query(request)
@@ -238,22 +331,13 @@ class RegistrationInterface:
     def _check_same_peer(reg: Registration, request: aiocoap.Message, action: str) -> None:
         """Update and De-register must come from the registration's own peer (4.03 if not):
         the identity that registered over DTLS, or for NoSec the same address and port."""
-        identity = dtls.peer_identity(request.remote)
-        if identity != reg.identity:
-            raise dtls.IdentityMismatchError(
-                f"{action} of {reg.endpoint!r}'s registration from "
-                f"{'DTLS identity ' + repr(identity) if identity else 'a NoSec peer'} refused"
-            )
-        if not admission.same_peer(
+        _check_peer(
+            endpoint=reg.endpoint,
             reg_identity=reg.identity,
             reg_address=admission.peer_address(reg.remote),
-            identity=identity,
-            address=admission.peer_address(request.remote),
-        ):
-            raise admission.NotSamePeerError(
-                f"{action} of {reg.endpoint!r}'s NoSec registration from another address than "
-                "the one that registered (a device that moved registers again)"
-            )
+            request=request,
+            action=action,
+        )
 
     def _check_admitted(self, endpoint: str, identity: str | None) -> None:
         """Provisioned admission: only endpoints the registry knows (4.03, nothing written).
@@ -335,6 +419,9 @@ class RegistrationInterface:
                 lwm2m_version=reg.version,
                 queue_mode=reg.queue_mode,
                 objects=tuple(reg.object_links()),
+                address=_address(reg.remote),
+                identity=reg.identity or "",
+                root_path=reg.objects.root_path,
             )
         )
         await self.read_device_info(reg)
@@ -415,10 +502,142 @@ class RegistrationInterface:
         finally:
             self._info_pending -= 1
 
-    async def update(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
+    async def _held_or_adopted(
+        self, reg_id: str, request: aiocoap.Message, action: str
+    ) -> Registration:
+        """The registration ``reg_id`` as this gateway holds it, else as the registry holds it
+        (adopted: see :meth:`_adopt`), else 4.04."""
         reg = self.by_id.get(reg_id)
-        if reg is None:
+        if reg is not None:
+            return reg
+        stored = await self._lookup_registration(reg_id)
+        reg = self.by_id.get(reg_id)  # adopted meanwhile, for a request that came first
+        if reg is not None:
+            return reg
+        if stored is None:
             raise UnknownRegistrationError(f"registration {reg_id[:20]!r} is not held here")
+        return self._adopt(stored, request, action)
+
+    async def _lookup_registration(self, reg_id: str) -> admission.StoredRegistration | None:
+        """The registry's live registration ``reg_id``, within the bounds of
+        :mod:`workers.lwm2m.admission` (5.03 ``lwm2m.lookup_busy`` past them)."""
+        if not admission.plausible_registration_id(reg_id):
+            return None
+        adoption = self._adoption
+        now = time.monotonic()
+        if adoption.negative.hit(reg_id, now=now):
+            self._count("adoption_negative_hits")
+            return None
+        lookup = adoption.pending.get(reg_id)
+        if lookup is None:
+            if len(adoption.pending) >= ADOPTION_LOOKUPS_PENDING:
+                raise admission.LookupBusyError(
+                    f"{len(adoption.pending)} registration lookups under way; try again later"
+                )
+            if not adoption.budget.take(now=now):
+                raise admission.LookupBusyError(
+                    f"more than {adoption.budget.rate:g} registration lookups a second; "
+                    "try again later"
+                )
+            lookup = asyncio.get_running_loop().create_future()
+            adoption.pending[reg_id] = lookup
+            self._spawn(self._run_lookup(adoption, reg_id, lookup))
+        return await asyncio.shield(lookup)
+
+    async def _run_lookup(
+        self,
+        adoption: _Adoption,
+        reg_id: str,
+        lookup: asyncio.Future[admission.StoredRegistration | None],
+    ) -> None:
+        """One registry lookup on an I/O thread. A registry that cannot be reached gives 5.03
+        (the device keeps its registration and tries again); nothing found is remembered."""
+        from django.db import DatabaseError
+
+        try:
+            async with adoption.running:
+                self._count("adoption_lookups")
+                loop = asyncio.get_running_loop()
+                stored = await loop.run_in_executor(
+                    self._io, self.registration_source.lookup, reg_id
+                )
+        except DatabaseError as exc:
+            log.warning("registration lookup of %s failed: %r", reg_id, exc)
+            lookup.set_exception(admission.LookupBusyError("the registry is unavailable"))
+        except Exception as exc:
+            log.warning("registration lookup of %s failed: %r", reg_id, exc)
+            lookup.set_result(None)
+        else:
+            if stored is None or stored.registration_id != reg_id:
+                adoption.negative.add(reg_id, now=time.monotonic())
+                stored = None
+            lookup.set_result(stored)
+        finally:
+            adoption.pending.pop(reg_id, None)
+            if not lookup.done():
+                lookup.cancel()
+            elif not lookup.cancelled():
+                lookup.exception()  # retrieved: no "never retrieved" warning without waiters
+
+    def _adopt(
+        self, stored: admission.StoredRegistration, request: aiocoap.Message, action: str
+    ) -> Registration:
+        """Hold ``stored``, a live registration made at another gateway (or at this one before a
+        restart), from now on, if ``request`` may act on it: the request comes from the
+        registration's own peer (4.03 if not, as for a registration held here), and the
+        endpoint would be allowed to register here now (NoSec accepted, no PSK for a NoSec
+        endpoint, admitted). A registration of the same endpoint held here is newer: 4.04."""
+        identity = stored.identity or None
+        _check_peer(
+            endpoint=stored.endpoint,
+            reg_identity=identity,
+            reg_address=admission.parse_address(stored.address),
+            request=request,
+            action=action,
+        )
+        self._check_endpoint_security(stored.endpoint, request)
+        self._check_admitted(stored.endpoint, identity)
+        if stored.endpoint in self.by_endpoint:
+            raise UnknownRegistrationError(
+                f"registration {stored.registration_id!r} of {stored.endpoint!r} was replaced "
+                "by a newer one held here"
+            )
+        if len(self.by_id) >= self.config.max_registrations:
+            raise admission.RegistryFullError(
+                f"this gateway holds {len(self.by_id)} registrations, its limit"
+            )
+        try:
+            objects = _stored_objects(stored)
+        except LinkFormatError as exc:
+            log.warning("stored registration of %s cannot be adopted: %s", stored.endpoint, exc)
+            raise UnknownRegistrationError("stored registration unreadable") from None
+        reg = Registration(
+            reg_id=stored.registration_id,
+            endpoint=stored.endpoint,
+            remote=request.remote,
+            lifetime=stored.lifetime,
+            binding=stored.binding,
+            version=stored.lwm2m_version,
+            queue_mode=stored.queue_mode,
+            objects=objects,
+            deadline=time.monotonic() + (stored.expires_at - time.time()),
+            identity=identity,
+            protocols=list(stored.protocols) if stored.protocols is not None else None,
+            info_incomplete=not stored.info_complete,
+        )
+        self.by_id[reg.reg_id] = reg
+        self.by_endpoint[reg.endpoint] = reg
+        self._count("adoptions")
+        log.info(
+            "adopted the registration of %s (made at gateway %s) at its %s",
+            reg.endpoint,
+            stored.gateway_id or "?",
+            action,
+        )
+        return reg
+
+    async def update(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
+        reg = await self._held_or_adopted(reg_id, request, "update")
         self._check_same_peer(reg, request, "update")
         query = _query(request)
         unknown = set(query) - {"lt", "b", "sms", "Q"}
@@ -447,15 +666,16 @@ class RegistrationInterface:
                     lifetime=reg.lifetime if "lt" in query else None,
                     binding=reg.binding if "b" in query else None,
                     objects=tuple(reg.object_links()) if objects_changed else None,
+                    address=_address(request.remote),
+                    identity=reg.identity or "",
+                    root_path=reg.objects.root_path if objects_changed else None,
                 )
             )
         )
         return aiocoap.Message(code=Code.CHANGED)
 
     async def deregister(self, reg_id: str, request: aiocoap.Message) -> aiocoap.Message:
-        reg = self.by_id.get(reg_id)
-        if reg is None:
-            raise UnknownRegistrationError(f"registration {reg_id[:20]!r} is not held here")
+        reg = await self._held_or_adopted(reg_id, request, "de-registration")
         self._check_same_peer(reg, request, "de-registration")
         self.by_id.pop(reg_id, None)
         if self.by_endpoint.get(reg.endpoint) is reg:
