@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -258,6 +259,96 @@ class PSKCache:
                 self._early.clear()
 
 
+# --- tinydtls's handshake parameters --------------------------------------------------------------
+#
+# DTLSSocket 0.2.3 bundles a tinydtls (0.8.6 + RFC 5746, 2023) whose server refuses, with a
+# fatal handshake_failure, every ClientHello that does not signal secure renegotiation
+# (neither the renegotiation_info extension nor the TLS_EMPTY_RENEGOTIATION_INFO_SCSV suite):
+# its ``default_user_parameters`` set ``force_renegotiation_info`` and only a
+# ``get_user_parameters`` handler may clear it, a handler DTLSSocket leaves empty. tinydtls
+# clients older than that change (Wakaama's pinned tinydtls 86f23c6, Dec 2022, among them) send
+# neither, so they could not connect. We fill in that handler. Not requiring the signal is safe
+# here: RFC 5746 protects a connection that is renegotiated, and tinydtls never renegotiates
+# (a ClientHello on an established session starts a new, separate one). The extended master
+# secret (RFC 7627) stays required: every tinydtls client since mid-2020 sends it.
+#
+# DTLSSocket offers no way to set that handler, so it is written into the handler table that
+# DTLSSocket embeds in each ``dtls.DTLS`` object. The layout is checked before anything is
+# written (the context's ``app`` must point back at the object, its ``h`` at the table inside
+# it, the four handlers DTLSSocket sets must be set and the slot in between empty); a DTLSSocket
+# that differs refuses to open the listener instead of being patched blindly.
+
+# struct __pyx_obj_DTLS: PyObject_HEAD (16 bytes), dtls_context_t *ctx, dtls_handler_t cb, ...
+_OBJ_CTX = 16
+_OBJ_HANDLER = 24
+# dtls_context_t: cookie_secret[12], cookie_secret_age (uint32), peers, sendqueue, app, h
+_CTX_APP = 32
+_CTX_HANDLER = 40
+# dtls_handler_t: write, read, event, get_user_parameters, get_psk_info, ...
+_HANDLER_SLOTS = {"write": 0, "read": 8, "event": 16, "get_psk_info": 32}
+_HANDLER_USER_PARAMETERS = 24
+# dtls_user_parameters_t: cipher_suites[DTLS_MAX_CIPHER_SUITES + 1], then two one-bit flags.
+_MAX_CIPHER_SUITES = 4
+
+
+class _UserParameters(ctypes.Structure):
+    _fields_ = [
+        ("cipher_suites", ctypes.c_int * (_MAX_CIPHER_SUITES + 1)),
+        ("force_extended_master_secret", ctypes.c_uint, 1),
+        ("force_renegotiation_info", ctypes.c_uint, 1),
+    ]
+
+
+_USER_PARAMETERS_HANDLER = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(_UserParameters)
+)
+
+
+def _set_user_parameters(_ctx: int, _session: int, parameters: Any) -> None:
+    """tinydtls's ``get_user_parameters``: called with a copy of its defaults per ClientHello."""
+    parameters.contents.force_renegotiation_info = 0
+
+
+# Kept for the life of the process: tinydtls holds the raw function pointer.
+_user_parameters_handler = _USER_PARAMETERS_HANDLER(_set_user_parameters)
+_USER_PARAMETERS_ADDRESS = ctypes.cast(_user_parameters_handler, ctypes.c_void_p).value
+
+
+def _pointer_at(address: int) -> int:
+    return ctypes.c_void_p.from_address(address).value or 0
+
+
+def configure_tinydtls(dtls_socket: Any) -> None:
+    """Install the gateway's handshake parameters in one ``DTLSSocket.dtls.DTLS`` context (see
+    above); raise :class:`DTLSUnavailableError` if its memory layout is not the one checked."""
+    base = id(dtls_socket)
+    context = _pointer_at(base + _OBJ_CTX)
+    handler = base + _OBJ_HANDLER
+    problems = []
+    if not context or _pointer_at(context + _CTX_APP) != base:
+        problems.append("its tinydtls context does not point back at it")
+    elif _pointer_at(context + _CTX_HANDLER) != handler:
+        problems.append("its handler table is not where DTLSSocket 0.2.3 keeps it")
+    else:
+        problems.extend(
+            f"handler {name} is not set"
+            for name, offset in _HANDLER_SLOTS.items()
+            if not _pointer_at(handler + offset)
+        )
+        current = _pointer_at(handler + _HANDLER_USER_PARAMETERS)
+        if current not in (0, _USER_PARAMETERS_ADDRESS):
+            problems.append("get_user_parameters is already set")
+    if problems:
+        raise DTLSUnavailableError(
+            "DTLSSocket's DTLS object is not laid out as in DTLSSocket 0.2.3 ("
+            + "; ".join(problems)
+            + "): the gateway cannot configure tinydtls's handshake (requirements.txt pins it)"
+        )
+    ctypes.c_void_p.from_address(
+        handler + _HANDLER_USER_PARAMETERS
+    ).value = _USER_PARAMETERS_ADDRESS
+
+
 # --- the coaps listener ---------------------------------------------------------------------------
 
 
@@ -358,6 +449,10 @@ async def open_listener(
             "from the address it is bound to (LWM2M_DTLS_BIND=192.0.2.10:5684, say)"
         )
     _session_class()
+    from DTLSSocket import dtls as dtlssocket
+
+    # Fail here, at start, rather than at a device's first handshake.
+    configure_tinydtls(dtlssocket.DTLS(pskId=b"-", pskStore={}))
     interface_class = _classes["interface"]
     loop = asyncio.get_running_loop()
     holder: list[Any] = []
@@ -425,6 +520,7 @@ def _define_transport() -> None:
                 pskId=b"-",  # a client's field; the server never sends it
                 pskStore=_SessionKeys(self),
             )
+            configure_tinydtls(self._dtls_socket)
             self._dtls_session = dtls.Session(
                 tinydtls_server._SENTINEL_ADDRESS, tinydtls_server._SENTINEL_PORT
             )
