@@ -11,7 +11,8 @@ show what a tinydtls client older than 2023 does. Eclipse Wakaama's example clie
 * extensions: extended_master_secret only; no renegotiation_info and no
   TLS_EMPTY_RENEGOTIATION_INFO_SCSV;
 * each handshake message in a record of its own, one record per datagram; ClientKeyExchange,
-  ChangeCipherSpec and Finished as three datagrams.
+  ChangeCipherSpec and Finished as three datagrams; the ClientHello records say DTLS 1.0
+  (0xfeff) in their record header, the others DTLS 1.2.
 
 This client does the same, with TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655) for the records it
 encrypts, the extended master secret (RFC 7627) when it offers the extension, and plain blocking
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 DTLS_1_2 = b"\xfe\xfd"
+DTLS_1_0 = b"\xfe\xff"
 CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 CLIENT_HELLO, SERVER_HELLO, HELLO_VERIFY_REQUEST = 1, 2, 3
 SERVER_KEY_EXCHANGE, SERVER_HELLO_DONE, CLIENT_KEY_EXCHANGE, FINISHED = 12, 14, 16, 20
@@ -89,9 +91,11 @@ def prf(secret: bytes, label: bytes, seed: bytes, size: int) -> bytes:
     return out[:size]
 
 
-def record(content_type: int, epoch: int, sequence: int, fragment: bytes) -> bytes:
+def record(
+    content_type: int, epoch: int, sequence: int, fragment: bytes, version: bytes = DTLS_1_2
+) -> bytes:
     return (
-        struct.pack(">B2sH", content_type, DTLS_1_2, epoch)
+        struct.pack(">B2sH", content_type, version, epoch)
         + sequence.to_bytes(6, "big")
         + struct.pack(">H", len(fragment))
         + fragment
@@ -136,6 +140,9 @@ class PSKClient:
     _message_sequence: int = 0
     _transcript: bytes = b""
     _keys: tuple[bytes, bytes, bytes, bytes] | None = None
+    _client_random: bytes = b""
+    _server_random: bytes = b""
+    _master: bytes = b""
     cipher_suite: int | None = None
     server_extensions: list[int] = field(default_factory=list)
 
@@ -150,12 +157,14 @@ class PSKClient:
 
     # -- records -----------------------------------------------------------------------------
 
-    def send_record(self, content_type: int, fragment: bytes, *, epoch: int = 0) -> None:
+    def send_record(
+        self, content_type: int, fragment: bytes, *, epoch: int = 0, version: bytes = DTLS_1_2
+    ) -> None:
         sequence = self._write_sequence[epoch]
         self._write_sequence[epoch] += 1
         if epoch:
             fragment = self._encrypt(content_type, epoch, sequence, fragment)
-        self.sock.send(record(content_type, epoch, sequence, fragment))
+        self.sock.send(record(content_type, epoch, sequence, fragment, version))
 
     def send_alert(self, level: int, description: int) -> None:
         self.send_record(ALERT, bytes([level, description]))
@@ -179,13 +188,27 @@ class PSKClient:
         return parse_records(self.sock.recv(65536))
 
     def _next_handshake(self) -> tuple[int, bytes, bytes]:
-        """The server's next handshake message (type, body, whole message); alerts raise."""
+        """The server's next handshake message (type, body, whole message); alerts raise.
+
+        tinydtls sends a warning close_notify just before the fatal alert that refuses a
+        ClientHello: a warning is held until the next datagram shows whether a fatal one follows.
+        """
+        warning: AlertReceived | None = None
         while True:
-            for content_type, epoch, sequence, fragment in self._receive():
+            try:
+                records = self._receive()
+            except TimeoutError:
+                if warning is not None:
+                    raise warning from None
+                raise
+            for content_type, epoch, sequence, fragment in records:
                 if epoch:
                     fragment = self._decrypt(content_type, epoch, sequence, fragment)
                 if content_type == ALERT:
-                    raise AlertReceived(fragment[0], fragment[1])
+                    alert = AlertReceived(fragment[0], fragment[1])
+                    if alert.level == 2:
+                        raise alert
+                    warning = alert
                 if content_type == HANDSHAKE:
                     return fragment[0], fragment[12:], fragment
 
@@ -207,27 +230,33 @@ class PSKClient:
 
     # -- the handshake -----------------------------------------------------------------------
 
-    def hello(self, *, compression: bytes = b"\x00") -> bytes:
-        """ClientHello, HelloVerifyRequest, ClientHello with the cookie; returns the random."""
-        random = os.urandom(32)
-        first = client_hello_body(self.shape, random, b"", compression=compression)
-        self.send_record(HANDSHAKE, self._handshake_message(CLIENT_HELLO, first, hashed=False))
+    def hello(self) -> None:
+        """ClientHello, HelloVerifyRequest, ClientHello with the cookie."""
+        self._client_random = os.urandom(32)
+        first = client_hello_body(self.shape, self._client_random, b"")
+        message = self._handshake_message(CLIENT_HELLO, first, hashed=False)
+        self.send_record(HANDSHAKE, message, version=DTLS_1_0)
         msg_type, body, _ = self._next_handshake()
         assert msg_type == HELLO_VERIFY_REQUEST, msg_type
         cookie = body[3 : 3 + body[2]]
-        second = client_hello_body(self.shape, random, cookie, compression=compression)
-        self.send_record(HANDSHAKE, self._handshake_message(CLIENT_HELLO, second))
-        return random
+        second = client_hello_body(self.shape, self._client_random, cookie)
+        message = self._handshake_message(CLIENT_HELLO, second)
+        self.send_record(HANDSHAKE, message, version=DTLS_1_0)
 
-    def handshake(self, *, compression: bytes = b"\x00") -> None:
+    def handshake(self) -> None:
         """A full PSK handshake; raises :class:`AlertReceived` if the server sends an alert."""
-        client_random = self.hello(compression=compression)
-        server_random = b""
+        self.hello()
+        self.server_flight()
+        self.key_exchange()
+        self.finish()
+
+    def server_flight(self) -> None:
+        """ServerHello up to ServerHelloDone."""
         while True:
             msg_type, body, message = self._next_handshake()
             self._transcript += message
             if msg_type == SERVER_HELLO:
-                server_random = body[2:34]
+                self._server_random = body[2:34]
                 rest = body[34 + 1 + body[34] :]
                 self.cipher_suite = int.from_bytes(rest[:2], "big")
                 extensions = rest[3 + 2 :] if len(rest) > 3 else b""
@@ -236,7 +265,11 @@ class PSKClient:
                     self.server_extensions.append(ext_type)
                     extensions = extensions[4 + size :]
             elif msg_type == SERVER_HELLO_DONE:
-                break
+                return
+
+    def key_exchange(self) -> None:
+        """ClientKeyExchange (the PSK identity); derives the keys."""
+        client_random, server_random = self._client_random, self._server_random
         identity = struct.pack(">H", len(self.identity)) + self.identity
         self.send_record(HANDSHAKE, self._handshake_message(CLIENT_KEY_EXCHANGE, identity))
         size = len(self.key)
@@ -248,6 +281,11 @@ class PSKClient:
             master = prf(premaster, b"master secret", client_random + server_random, 48)
         block = prf(master, b"key expansion", server_random + client_random, 40)
         self._keys = (block[:16], block[16:32], block[32:36], block[36:40])
+        self._master = master
+
+    def finish(self) -> None:
+        """ChangeCipherSpec and Finished; checks the server's Finished."""
+        master = self._master
         self.send_record(CHANGE_CIPHER_SPEC, b"\x01")
         verify = prf(master, b"client finished", hashlib.sha256(self._transcript).digest(), 12)
         self.send_record(HANDSHAKE, self._handshake_message(FINISHED, verify), epoch=1)
