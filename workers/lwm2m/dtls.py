@@ -1,18 +1,27 @@
 """DTLS with per-device pre-shared keys for the gateway: the key cache and the coaps listener.
 
 Transport: aiocoap's tinydtls server (``aiocoap.transports.tinydtls_server``, marked experimental
-upstream) on the ``DTLSSocket`` binding of tinydtls, which offers TLS_PSK_WITH_AES_128_CCM_8,
-the cipher suite LwM2M mandates for PSK mode. We do not use it as aiocoap configures it; this
-module subclasses it to fix what a gateway needs (docs/architecture.md, "DTLS"):
+upstream) on the ``DTLSSocket`` binding of tinydtls, which negotiates TLS_PSK_WITH_AES_128_CCM_8
+(the cipher suite LwM2M mandates for PSK mode) or TLS_PSK_WITH_AES_128_CCM. We do not use it as
+aiocoap configures it; this module subclasses it to fix what a gateway needs
+(docs/architecture.md, "DTLS"):
+
+* tinydtls is told not to require the secure-renegotiation signal (RFC 5746) in a ClientHello:
+  tinydtls clients older than 2023 (Wakaama's) do not send it, and were refused with a fatal
+  handshake_failure (see "tinydtls's handshake parameters" below);
 
 * it binds exactly the configured port (aiocoap adds 1 to the port it is given, so port 0
   became port 1) without ``SO_REUSEPORT`` (a second gateway on the same port fails loudly);
 * the gateway can send requests over a device's session (aiocoap's server transport did not
   recognise its own session objects as remotes, so server-initiated reads would have failed);
 * only a DTLS handshake record opens a session, sessions are capped (least recently active
-  dropped first), and a handshake that does not complete within a timeout is dropped with a log
-  line: tinydtls silently discards the records of a client that used the wrong key, so a
-  timeout is the only sign of a wrong key;
+  dropped first), and a handshake that does not complete within a timeout is dropped;
+* a handshake that fails is logged (WARNING, escaped, at most a few lines per kind and 10 s)
+  with the alert sent or received and why, read off the wire because tinydtls reports little:
+  the reason tinydtls refused a ClientHello (from the ClientHello itself), the alert it returned
+  or wrote, a Finished that failed authentication (a wrong key: tinydtls drops that record
+  without an alert, so it shows as silence after the peer's ChangeCipherSpec), an alert from the
+  peer; a handshake that merely stalls is dropped after the timeout with what was last seen;
 * the peer closing the session (close_notify) or a fatal alert removes the session.
 
 Invariants the gateway relies on:
@@ -35,6 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,9 +53,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from campaigns.psk import MAX_IDENTITY_BYTES, MAX_PSK_BYTES, PSKError, decrypt_psk
+from workers.lwm2m import logsafe
 from workers.lwm2m.errors import LwM2MError
+from workers.lwm2m.logsafe import RateLimiter
 
-log = logging.getLogger("workers.lwm2m.dtls")
+log = logsafe.guard(logging.getLogger("workers.lwm2m.dtls"))
 
 # Bytes of a hostile identity shown in a log line.
 _LOG_IDENTITY_CHARS = 40
@@ -258,6 +271,419 @@ class PSKCache:
                 self._early.clear()
 
 
+# --- what the gateway reads of DTLS records -------------------------------------------------------
+#
+# Pure functions over datagrams (hostile input: any bytes give an answer, never an exception).
+# The gateway reads record headers in both directions and, in epoch 0 where they are plaintext,
+# alerts and handshake messages: tinydtls reports only some of what goes wrong (a ClientHello it
+# refuses returns 0 from dtls_handle_message; an alert it sends there is never announced; a
+# record that fails authentication is dropped without a word), so the log line is built from
+# what was on the wire.
+
+ALERT_LEVELS = {1: "warning", 2: "fatal"}
+ALERT_DESCRIPTIONS = {
+    0: "close_notify",
+    10: "unexpected_message",
+    20: "bad_record_mac",
+    21: "decryption_failed",
+    22: "record_overflow",
+    30: "decompression_failure",
+    40: "handshake_failure",
+    42: "bad_certificate",
+    43: "unsupported_certificate",
+    44: "certificate_revoked",
+    45: "certificate_expired",
+    46: "certificate_unknown",
+    47: "illegal_parameter",
+    48: "unknown_ca",
+    49: "access_denied",
+    50: "decode_error",
+    51: "decrypt_error",
+    70: "protocol_version",
+    71: "insufficient_security",
+    80: "internal_error",
+    86: "inappropriate_fallback",
+    90: "user_canceled",
+    100: "no_renegotiation",
+    110: "unsupported_extension",
+    115: "unknown_psk_identity",
+}
+FATAL = 2
+CLOSE_NOTIFY = 0
+BAD_RECORD_MAC = 20
+DECRYPT_ERROR = 51
+INTERNAL_ERROR = 80
+
+_CHANGE_CIPHER_SPEC, _ALERT, _APPLICATION_DATA = 20, 21, 23
+_CONTENT_TYPES = {
+    _CHANGE_CIPHER_SPEC: "ChangeCipherSpec",
+    _ALERT: "alert",
+    _HANDSHAKE_RECORD: "handshake",
+    _APPLICATION_DATA: "application data",
+}
+_CLIENT_HELLO = 1
+_CLIENT_KEY_EXCHANGE = 16
+_HANDSHAKE_HEADER_BYTES = 12
+_HANDSHAKE_TYPES = {
+    0: "HelloRequest",
+    _CLIENT_HELLO: "ClientHello",
+    2: "ServerHello",
+    3: "HelloVerifyRequest",
+    11: "Certificate",
+    12: "ServerKeyExchange",
+    13: "CertificateRequest",
+    14: "ServerHelloDone",
+    15: "CertificateVerify",
+    16: "ClientKeyExchange",
+    20: "Finished",
+}
+_CIPHER_SUITES = {
+    0xC0A8: "TLS_PSK_WITH_AES_128_CCM_8",
+    0xC0A4: "TLS_PSK_WITH_AES_128_CCM",
+    0xC0AE: "TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8",
+    0xC0AC: "TLS_ECDHE_ECDSA_WITH_AES_128_CCM",
+    0x00A8: "TLS_PSK_WITH_AES_128_GCM_SHA256",
+    0x00AE: "TLS_PSK_WITH_AES_128_CBC_SHA256",
+    0x008C: "TLS_PSK_WITH_AES_128_CBC_SHA",
+    0xC0A5: "TLS_PSK_WITH_AES_256_CCM",
+    0xC0AA: "TLS_PSK_DHE_WITH_AES_128_CCM_8",
+    0xCCAB: "TLS_PSK_WITH_CHACHA20_POLY1305_SHA256",
+    0xC037: "TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256",
+    0x00FF: "TLS_EMPTY_RENEGOTIATION_INFO_SCSV",
+}
+_EXTENSIONS = {
+    0: "server_name",
+    1: "max_fragment_length",
+    5: "status_request",
+    10: "supported_groups",
+    11: "ec_point_formats",
+    13: "signature_algorithms",
+    16: "application_layer_protocol_negotiation",
+    19: "client_certificate_type",
+    20: "server_certificate_type",
+    21: "padding",
+    22: "encrypt_then_mac",
+    23: "extended_master_secret",
+    35: "session_ticket",
+    53: "connection_id (draft)",
+    54: "connection_id",
+    0xFF01: "renegotiation_info",
+}
+# The PSK suites the listener's tinydtls negotiates (it has no ECDSA key, so its ECDHE_ECDSA
+# suites are never chosen); it takes the first of the client's list that is among them.
+ACCEPTED_SUITES = (0xC0A8, 0xC0A4)
+_EXTENDED_MASTER_SECRET = 23
+_RENEGOTIATION_INFO = 0xFF01
+_SCSV = 0x00FF
+# Datagram records described in a log line (a datagram of many tiny records is hostile).
+_MAX_RECORDS = 8
+
+
+def alert_name(level: int, description: int) -> str:
+    """``fatal alert handshake_failure (40)``."""
+    return (
+        f"{ALERT_LEVELS.get(level, f'level-{level}')} alert "
+        f"{ALERT_DESCRIPTIONS.get(description, 'unknown')} ({description})"
+    )
+
+
+def alert_of_result(result: int) -> tuple[int, int] | None:
+    """The alert tinydtls sent when ``dtls_handle_message`` returned ``result`` (its errors are
+    ``-(level << 8 | description)``; a bare -1 makes it send a fatal internal_error)."""
+    if result == -1:
+        return FATAL, INTERNAL_ERROR
+    if -(3 << 8) < result < -(1 << 8):
+        return (-result) >> 8, (-result) & 0xFF
+    return None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One DTLS record as seen on the wire; ``fragment`` is ciphertext from epoch 1 on."""
+
+    content_type: int
+    epoch: int
+    fragment: bytes
+
+    @property
+    def plaintext(self) -> bool:
+        return self.epoch == 0
+
+    @property
+    def alert(self) -> tuple[int, int] | None:
+        if self.content_type == _ALERT and self.plaintext and len(self.fragment) >= 2:
+            return self.fragment[0], self.fragment[1]
+        return None
+
+    @property
+    def handshake_type(self) -> int | None:
+        if (
+            self.content_type == _HANDSHAKE_RECORD
+            and self.plaintext
+            and len(self.fragment) >= _HANDSHAKE_HEADER_BYTES
+        ):
+            return self.fragment[0]
+        return None
+
+    def describe(self) -> str:
+        kind = _CONTENT_TYPES.get(self.content_type, f"record type {self.content_type}")
+        if not self.plaintext:
+            return f"encrypted {kind} (epoch {self.epoch})"
+        if self.alert is not None:
+            return alert_name(*self.alert)
+        if self.handshake_type is not None:
+            kind = f"handshake type {self.handshake_type}"
+            name = _HANDSHAKE_TYPES.get(self.handshake_type, kind)
+            if self.handshake_type == _CLIENT_HELLO:
+                hello = parse_client_hello(self.fragment)
+                if hello is not None:
+                    return f"{name} {'with' if hello.cookie else 'without'} cookie"
+            return name
+        return kind
+
+
+def psk_identity(record: Record) -> bytes | None:
+    """The PSK identity a plaintext ClientKeyExchange names (RFC 4279 2), else None."""
+    if record.handshake_type != _CLIENT_KEY_EXCHANGE:
+        return None
+    body = record.fragment[_HANDSHAKE_HEADER_BYTES:]
+    size = int.from_bytes(body[:2], "big")
+    return bytes(body[2 : 2 + size]) if len(body) >= 2 + size else None
+
+
+def read_records(datagram: bytes) -> list[Record]:
+    """The records of a datagram (at most a few; a truncated last record is left out)."""
+    out: list[Record] = []
+    while len(datagram) >= _RECORD_HEADER_BYTES and len(out) < _MAX_RECORDS:
+        length = int.from_bytes(datagram[11:13], "big")
+        end = _RECORD_HEADER_BYTES + length
+        if len(datagram) < end:
+            break
+        out.append(Record(datagram[0], int.from_bytes(datagram[3:5], "big"), datagram[13:end]))
+        datagram = datagram[end:]
+    return out
+
+
+def describe_records(records: list[Record]) -> str:
+    return " + ".join(r.describe() for r in records) if records else "no DTLS record"
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    """The fields of a ClientHello that decide whether the gateway's tinydtls takes it."""
+
+    cookie: bytes
+    suites: tuple[int, ...]
+    compression: bytes
+    # None: the ClientHello ends before an extensions block; malformed: it does not parse.
+    extensions: tuple[tuple[int, bytes], ...] | None
+    malformed_extensions: bool = False
+
+    def has(self, extension: int) -> bool:
+        return any(kind == extension for kind, _ in self.extensions or ())
+
+    def describe(self) -> str:
+        suites = ", ".join(_CIPHER_SUITES.get(s, f"0x{s:04x}") for s in self.suites) or "none"
+        if self.malformed_extensions:
+            extensions = "malformed"
+        else:
+            extensions = (
+                ", ".join(_EXTENSIONS.get(k, str(k)) for k, _ in self.extensions or ()) or "none"
+            )
+        return f"cipher suites [{suites}], extensions [{extensions}]"
+
+
+def parse_client_hello(fragment: bytes) -> ClientHello | None:
+    """A ClientHello handshake message (12-byte DTLS header first), or None if it is not one."""
+    if len(fragment) < _HANDSHAKE_HEADER_BYTES or fragment[0] != _CLIENT_HELLO:
+        return None
+    body = fragment[_HANDSHAKE_HEADER_BYTES:]
+    at = 2 + 32  # client_version, random
+    try:
+        at += 1 + body[at]  # session_id
+        cookie = body[at + 1 : at + 1 + body[at]]
+        at += 1 + body[at]
+        size = int.from_bytes(body[at : at + 2], "big")
+        raw = body[at + 2 : at + 2 + size]
+        at += 2 + size
+        compression = body[at + 1 : at + 1 + body[at]]
+        at += 1 + body[at]
+    except IndexError:
+        return None
+    if len(raw) != size or size % 2 or at > len(body):
+        return None
+    suites = tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, size, 2))
+    if at >= len(body):
+        return ClientHello(bytes(cookie), suites, bytes(compression), None)
+    declared = int.from_bytes(body[at : at + 2], "big")
+    block = body[at + 2 : at + 2 + declared]
+    extensions: list[tuple[int, bytes]] = []
+    while len(block) >= 4:
+        kind, length = int.from_bytes(block[:2], "big"), int.from_bytes(block[2:4], "big")
+        if len(block) < 4 + length:
+            break
+        extensions.append((kind, bytes(block[4 : 4 + length])))
+        block = block[4 + length :]
+    malformed = bool(block) or len(body) < at + 2 + declared
+    return ClientHello(bytes(cookie), suites, bytes(compression), tuple(extensions), malformed)
+
+
+def _list_has(data: bytes, width: int, prefix: int, wanted: bytes) -> bool | None:
+    """Whether a length-prefixed list of ``width``-byte items contains ``wanted``; None when
+    the list's length does not match the extension's (tinydtls refuses that too)."""
+    if len(data) < prefix or int.from_bytes(data[:prefix], "big") != len(data) - prefix:
+        return None
+    items = data[prefix:]
+    return any(items[i : i + width] == wanted for i in range(0, len(items) - width + 1, width))
+
+
+# Extensions tinydtls checks in every ClientHello, PSK or not (dtls_check_tls_extension): the
+# list must be well formed and contain the one value tinydtls implements.
+_CHECKED_EXTENSIONS = {
+    10: (2, 2, b"\x00\x17", "secp256r1"),
+    11: (1, 1, b"\x00", "the uncompressed point format"),
+    13: (2, 2, b"\x04\x03", "sha256 with ecdsa"),
+    19: (1, 1, b"\x02", "raw public keys"),
+    20: (1, 1, b"\x02", "raw public keys"),
+}
+
+
+def hello_refusal(hello: ClientHello) -> str | None:
+    """Why the gateway's tinydtls refuses this ClientHello with handshake_failure (its
+    dtls_update_parameters and dtls_check_tls_extension, as configured here), or None."""
+    if not any(s in ACCEPTED_SUITES for s in hello.suites):
+        accepted = " or ".join(_CIPHER_SUITES[s] for s in ACCEPTED_SUITES)
+        return f"it offers no cipher suite the gateway negotiates ({accepted})"
+    if 0 not in hello.compression:
+        return "it does not offer null compression"
+    if hello.malformed_extensions:
+        return "its extensions block does not parse"
+    for kind, data in hello.extensions or ():
+        checked = _CHECKED_EXTENSIONS.get(kind)
+        if checked is not None:
+            width, prefix, wanted, what = checked
+            if not _list_has(data, width, prefix, wanted):
+                return (
+                    f"its {_EXTENSIONS[kind]} extension does not list {what}, which tinydtls "
+                    "requires whenever the extension is present, even for a PSK suite"
+                )
+        if kind == _RENEGOTIATION_INFO and data != b"\x00":
+            return "its renegotiation_info is not empty (the gateway never renegotiates)"
+    if not hello.has(_EXTENDED_MASTER_SECRET):
+        return (
+            "it sends no extended_master_secret extension (RFC 7627), which the gateway "
+            "requires (every tinydtls client since 2020 sends it)"
+        )
+    return None
+
+
+# --- tinydtls's handshake parameters --------------------------------------------------------------
+#
+# DTLSSocket 0.2.3 bundles a tinydtls (0.8.6 + RFC 5746, 2023) whose server refuses, with a
+# fatal handshake_failure, every ClientHello that does not signal secure renegotiation
+# (neither the renegotiation_info extension nor the TLS_EMPTY_RENEGOTIATION_INFO_SCSV suite):
+# its ``default_user_parameters`` set ``force_renegotiation_info`` and only a
+# ``get_user_parameters`` handler may clear it, a handler DTLSSocket leaves empty. tinydtls
+# clients older than that change (Wakaama's pinned tinydtls 86f23c6, Dec 2022, among them) send
+# neither, so they could not connect. We fill in that handler. Not requiring the signal is safe
+# here: RFC 5746 protects a connection that is renegotiated, and tinydtls never renegotiates
+# (a ClientHello on an established session starts a new, separate one). The extended master
+# secret (RFC 7627) stays required: every tinydtls client since mid-2020 sends it.
+#
+# DTLSSocket offers no way to set that handler, so it is written into the handler table that
+# DTLSSocket embeds in each ``dtls.DTLS`` object. The layout is checked before anything is
+# written (the context's ``app`` must point back at the object, its ``h`` at the table inside
+# it, the four handlers DTLSSocket sets must be set and the slot in between empty); a DTLSSocket
+# that differs refuses to open the listener instead of being patched blindly.
+
+# struct __pyx_obj_DTLS: PyObject_HEAD (16 bytes), dtls_context_t *ctx, dtls_handler_t cb (7
+# function pointers), pycb, pskId, pskStore: 104 bytes on a 64-bit CPython.
+_DTLSSOCKET_VERSION = "0.2.3"
+_OBJ_SIZE = 104
+_OBJ_CTX = 16
+_OBJ_HANDLER = 24
+# dtls_context_t: cookie_secret[12], cookie_secret_age (uint32), peers, sendqueue, app, h
+_CTX_APP = 32
+_CTX_HANDLER = 40
+# dtls_handler_t: write, read, event, get_user_parameters, get_psk_info, ...
+_HANDLER_SLOTS = {"write": 0, "read": 8, "event": 16, "get_psk_info": 32}
+_HANDLER_USER_PARAMETERS = 24
+# dtls_user_parameters_t: cipher_suites[DTLS_MAX_CIPHER_SUITES + 1], then two one-bit flags.
+_MAX_CIPHER_SUITES = 4
+
+
+class _UserParameters(ctypes.Structure):
+    _fields_ = [
+        ("cipher_suites", ctypes.c_int * (_MAX_CIPHER_SUITES + 1)),
+        ("force_extended_master_secret", ctypes.c_uint, 1),
+        ("force_renegotiation_info", ctypes.c_uint, 1),
+    ]
+
+
+_USER_PARAMETERS_HANDLER = ctypes.CFUNCTYPE(
+    None, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(_UserParameters)
+)
+
+
+def _set_user_parameters(_ctx: int, _session: int, parameters: Any) -> None:
+    """tinydtls's ``get_user_parameters``: called with a copy of its defaults per ClientHello."""
+    parameters.contents.force_renegotiation_info = 0
+
+
+# Kept for the life of the process: tinydtls holds the raw function pointer.
+_user_parameters_handler = _USER_PARAMETERS_HANDLER(_set_user_parameters)
+_USER_PARAMETERS_ADDRESS = ctypes.cast(_user_parameters_handler, ctypes.c_void_p).value
+
+
+def _pointer_at(address: int) -> int:
+    return ctypes.c_void_p.from_address(address).value or 0
+
+
+@functools.cache
+def _dtlssocket_version() -> str:
+    from importlib.metadata import version
+
+    return version("DTLSSocket")
+
+
+def configure_tinydtls(dtls_socket: Any) -> None:
+    """Install the gateway's handshake parameters in one ``DTLSSocket.dtls.DTLS`` context (see
+    above); raise :class:`DTLSUnavailableError` if its memory layout is not the one checked."""
+    kind = type(dtls_socket)
+    base = id(dtls_socket)
+    handler = base + _OBJ_HANDLER
+    problems = []
+    # Only then is it safe to follow the pointer at _OBJ_CTX.
+    if (kind.__module__, kind.__qualname__) != ("DTLSSocket.dtls", "DTLS"):
+        problems.append(f"it is a {kind.__module__}.{kind.__qualname__}")
+    elif (found := _dtlssocket_version()) != _DTLSSOCKET_VERSION:
+        problems.append(f"DTLSSocket {found} is installed")
+    elif kind.__basicsize__ != _OBJ_SIZE or ctypes.sizeof(ctypes.c_void_p) != 8:
+        problems.append(f"the object is {kind.__basicsize__} bytes, not {_OBJ_SIZE}")
+    elif not (context := _pointer_at(base + _OBJ_CTX)) or _pointer_at(context + _CTX_APP) != base:
+        problems.append("its tinydtls context does not point back at it")
+    elif _pointer_at(context + _CTX_HANDLER) != handler:
+        problems.append("its handler table is not where DTLSSocket 0.2.3 keeps it")
+    else:
+        problems.extend(
+            f"handler {name} is not set"
+            for name, offset in _HANDLER_SLOTS.items()
+            if not _pointer_at(handler + offset)
+        )
+        current = _pointer_at(handler + _HANDLER_USER_PARAMETERS)
+        if current not in (0, _USER_PARAMETERS_ADDRESS):
+            problems.append("get_user_parameters is already set")
+    if problems:
+        raise DTLSUnavailableError(
+            "cannot configure tinydtls's handshake: the DTLS object is not DTLSSocket "
+            f"{_DTLSSOCKET_VERSION}'s as checked (" + "; ".join(problems) + "); requirements.txt "
+            "pins that version"
+        )
+    ctypes.c_void_p.from_address(
+        handler + _HANDLER_USER_PARAMETERS
+    ).value = _USER_PARAMETERS_ADDRESS
+
+
 # --- the coaps listener ---------------------------------------------------------------------------
 
 
@@ -358,6 +784,10 @@ async def open_listener(
             "from the address it is bound to (LWM2M_DTLS_BIND=192.0.2.10:5684, say)"
         )
     _session_class()
+    from DTLSSocket import dtls as dtlssocket
+
+    # Fail here, at start, rather than at a device's first handshake.
+    configure_tinydtls(dtlssocket.DTLS(pskId=b"-", pskStore={}))
     interface_class = _classes["interface"]
     loop = asyncio.get_running_loop()
     holder: list[Any] = []
@@ -415,9 +845,21 @@ def _define_transport() -> None:
             self.log = pool.log
             self.keys = pool.keys
             self.offered: str | None = None  # identity whose key the handshake asked for
+            self.claimed: bytes | None = None  # identity in the peer's ClientKeyExchange
             self.connected = False
             self.closed = False
             self.started = time.monotonic()
+            # What was on the wire, for the log line of a handshake that fails.
+            self.last_in = ""  # the peer's last datagram, described
+            self.last_in_at = self.started
+            self.last_out = "nothing"  # ours
+            self.failure: str | None = None  # why this handshake failed, once logged
+            self.refusal: str | None = None  # set by key_for when it refuses the identity
+            self._saw_change_cipher_spec = False  # the peer switched to epoch 1
+            self._receiving = False
+            self._sent_alerts: list[tuple[int, int]] = []
+            self._plain_alerts: list[tuple[int, int]] = []
+            self._wrote = False
             self._dtls_socket = dtls.DTLS(
                 read=self._read,
                 write=self._write,
@@ -425,6 +867,7 @@ def _define_transport() -> None:
                 pskId=b"-",  # a client's field; the server never sends it
                 pskStore=_SessionKeys(self),
             )
+            configure_tinydtls(self._dtls_socket)
             self._dtls_session = dtls.Session(
                 tinydtls_server._SENTINEL_ADDRESS, tinydtls_server._SENTINEL_PORT
             )
@@ -445,22 +888,18 @@ def _define_transport() -> None:
             return (self._underlying_address.blockwise_key, self.offered)
 
         def key_for(self, identity: bytes) -> bytes | None:
+            # Logged with the alert tinydtls sends for it (see _report).
             name = identity.decode("utf-8", "replace")
             if self.offered is not None and self.offered != name:
-                log.warning(
-                    "DTLS session from %s switched identity %s -> %s: refused",
-                    self.hostinfo,
-                    _shown(self.offered),
-                    _shown(identity),
+                self.refusal = (
+                    f"the session switched identity {_shown(self.offered)} -> {_shown(identity)}"
                 )
                 return None
             key = self.keys.key(identity)
             if key is None:
-                log.warning(
-                    "DTLS handshake from %s refused: %s %s",
-                    self.hostinfo,
-                    "unusable stored PSK (see above) for" if self.keys.has(name) else "unknown",
-                    f"PSK identity {_shown(identity)}",
+                self.refusal = (
+                    f"{'unusable stored PSK (see above) for' if self.keys.has(name) else 'unknown'}"
+                    f" PSK identity {_shown(identity)}"
                 )
                 asyncio.get_running_loop().call_soon(
                     self.close, tinydtls.FatalDTLSError("unknown identity")
@@ -475,29 +914,164 @@ def _define_transport() -> None:
                 return
             self._dtls_socket.write(self._dtls_session, message)
 
+        # -- what tinydtls does with each datagram, and what it showed -------------------------
+
+        def receive(self, data: bytes) -> None:
+            """One datagram from the peer through tinydtls; a failed handshake is logged."""
+            records = read_records(data)
+            self.last_in, self.last_in_at = describe_records(records), time.monotonic()
+            hello = None
+            for record in records:
+                if record.handshake_type == _CLIENT_HELLO:
+                    hello = parse_client_hello(record.fragment)
+                    if hello is not None and hello.cookie:
+                        # A new handshake: what the last one showed no longer applies.
+                        self._saw_change_cipher_spec, self.failure = False, None
+                elif record.content_type == _CHANGE_CIPHER_SPEC and record.plaintext:
+                    self._saw_change_cipher_spec = True
+                elif (identity := psk_identity(record)) is not None:
+                    self.claimed = identity
+            socket = self._dtls_socket
+            if socket is None:
+                return
+            self._plain_alerts = [r.alert for r in records if r.alert is not None]
+            self._sent_alerts = []
+            self._wrote, self._receiving = False, True
+            self._retransmission_task.cancel()
+            try:
+                result = socket.handleMessage(self._dtls_session, data)
+            finally:
+                self._receiving = False
+            if not self.closed:
+                self._retransmission_task = asyncio.create_task(self._run_retransmissions())
+            self._report(records, hello, result)
+
+        def _report(self, records: list[Record], hello: ClientHello | None, result: int) -> None:
+            sent = alert_of_result(result)
+            if sent is None:
+                sent = next((a for a in self._sent_alerts if a[0] == FATAL), None)
+            if sent is not None and sent[0] == FATAL:
+                self._failed(
+                    f"sent {alert_name(*sent)}",
+                    self.refusal or self._why(sent, hello),
+                    kind=f"sent {ALERT_DESCRIPTIONS.get(sent[1], sent[1])}",
+                )
+                self.close(tinydtls.FatalDTLSError(sent[1]))
+                return
+            if not self.connected:
+                # (tinydtls ignores plaintext alerts on an established session, and so do we.)
+                for alert in self._plain_alerts:
+                    self._alert_received(*alert, seen=True)
+            if (
+                not self.connected
+                and self.failure is None
+                and self._saw_change_cipher_spec
+                and not self._wrote
+                and result == 0
+                and any(r.content_type == _HANDSHAKE_RECORD and r.epoch > 0 for r in records)
+            ):
+                # tinydtls answers a Finished that decrypts, right or wrong (its own Finished,
+                # or decrypt_error); silence after the peer's epoch-1 handshake record means
+                # that record failed authentication (dtls_handle_message: "decrypt_verify()
+                # failed, drop message"), and a PSK suite derives that record's key from the PSK.
+                shown = _shown(self.offered or "")
+                self._failed(
+                    "bad_record_mac (no alert sent: DTLS drops a record that fails "
+                    "authentication, RFC 6347 4.1.2.7)",
+                    f"its Finished does not authenticate under the key stored for {shown}: the "
+                    "device holds a different key",
+                    kind="bad_record_mac",
+                )
+                self.keys.request_refresh()  # the key may have been rotated
+
+        def _why(self, alert: tuple[int, int], hello: ClientHello | None) -> str:
+            if hello is not None:
+                reason = hello_refusal(hello) or (
+                    "tinydtls refused its ClientHello for a reason the gateway does not check"
+                )
+                return f"{reason}; the ClientHello offers {hello.describe()}"
+            if alert[1] == DECRYPT_ERROR:
+                return (
+                    "its Finished decrypts but does not verify (the peer hashed a different "
+                    "handshake)"
+                )
+            return f"tinydtls refused the peer's {self.last_in}"
+
+        def _failed(self, alert: str, why: str, *, kind: str) -> None:
+            self.failure = f"{alert}: {why}"
+            self._protocol.warn(
+                kind,
+                "DTLS %s %s%s failed, %s",
+                "session with" if self.connected else "handshake from",
+                self.hostinfo,
+                self.identity_shown(),
+                self.failure,
+            )
+
+        def _alert_received(self, level: int, code: int, *, seen: bool) -> None:
+            """Log an alert from the peer (``seen``: read off the wire in plaintext)."""
+            name = alert_name(level, code)
+            if code == CLOSE_NOTIFY:
+                log.info("DTLS session with %s closed by the peer", self.hostinfo)
+            elif level != FATAL:
+                log.info("DTLS %s from %s", name, self.hostinfo)
+            elif self.connected:
+                self._protocol.warn(
+                    f"received {ALERT_DESCRIPTIONS.get(code, code)}",
+                    "DTLS session with %s (identity %s) ended by the peer: received %s",
+                    self.hostinfo,
+                    _shown(self.offered or ""),
+                    name,
+                )
+            else:
+                self.failure = f"received {name}{'' if seen else ' (encrypted)'}"
+                identity = self.identity_shown()
+                self._protocol.warn(
+                    f"received {ALERT_DESCRIPTIONS.get(code, code)}",
+                    "DTLS handshake from %s%s failed, %s",
+                    self.hostinfo,
+                    identity,
+                    self.failure,
+                )
+
+        def _write(self, recipient: Any, data: bytes) -> int:
+            records = read_records(data)
+            self.last_out = describe_records(records)
+            if self._receiving:
+                self._wrote = True
+                self._sent_alerts.extend(r.alert for r in records if r.alert is not None)
+            return int(super()._write(recipient, data))
+
+        def identity_shown(self) -> str:
+            """`` for identity 'x'`` (the one the handshake named, if it got that far)."""
+            identity = self.offered if self.offered is not None else self.claimed
+            return "" if identity is None else f" for identity {_shown(identity)}"
+
+        def observed(self) -> str:
+            """What the wire showed of this handshake, for the timeout's log line."""
+            ago = time.monotonic() - self.last_in_at
+            return (
+                f"last from the peer: {self.last_in} ({ago:.1f} s ago); last sent: {self.last_out}"
+            )
+
         def _event(self, level: int, code: int) -> None:
             if (level, code) == (tinydtls.LEVEL_NOALERT, tinydtls.DTLS_EVENT_CONNECTED):
-                self.connected = True
+                self.connected, self.failure = True, None
                 log.info(
                     "DTLS session with %s established for identity %s",
                     self.hostinfo,
                     _shown(self.offered or ""),
                 )
-            elif level == tinydtls.LEVEL_NOALERT:
                 return
-            elif code == tinydtls.CODE_CLOSE_NOTIFY:
-                log.info("DTLS session with %s closed by the peer", self.hostinfo)
+            if level == tinydtls.LEVEL_NOALERT:
+                return
+            if not (self._receiving and (level, code) in self._plain_alerts):
+                # An encrypted alert: only tinydtls could read it (plaintext ones: _report).
+                self._alert_received(level, code, seen=False)
+            if code == tinydtls.CODE_CLOSE_NOTIFY:
                 self.close(tinydtls.CloseNotifyReceived())
             elif level == tinydtls.LEVEL_FATAL:
-                log.warning(
-                    "DTLS fatal alert %d from %s (identity %s): session dropped",
-                    code,
-                    self.hostinfo,
-                    _shown(self.offered or ""),
-                )
                 self.close(tinydtls.FatalDTLSError(code))
-            else:
-                log.info("DTLS alert level %d code %d from %s", level, code, self.hostinfo)
 
         def _inject_error(self, exc: BaseException) -> None:
             self.close(exc)
@@ -539,6 +1113,7 @@ def _define_transport() -> None:
         keys: PSKCache
         max_sessions: int
         handshake_timeout: float
+        limiter: RateLimiter
 
         @classmethod
         async def open(
@@ -564,6 +1139,9 @@ def _define_transport() -> None:
             self.keys = keys
             self.max_sessions = max_sessions
             self.handshake_timeout = handshake_timeout
+            # Failed handshakes repeat (a device retries every few seconds): a few lines per
+            # kind and interval, and the count of those held back.
+            self.limiter = RateLimiter(interval=10.0, burst=5)
             self._sweeper = loop.create_task(self._sweep())
             return self
 
@@ -585,7 +1163,14 @@ def _define_transport() -> None:
                 self._connections[sockaddr] = session
             else:
                 self._connections.move_to_end(sockaddr)
-            self._message_interface._received_datagram(session, data)
+            session.receive(data)
+
+        def warn(self, kind: str, message: str, *args: Any) -> None:
+            """A WARNING line, at most ``limiter.burst`` per ``kind`` and interval."""
+            allowed, held = self.limiter.allow(kind, now=time.monotonic())
+            if allowed:
+                suffix = f" ({held} more {kind} since the last line)" if held else ""
+                log.warning(message + "%s", *args, suffix)
 
         async def _sweep(self) -> None:
             """Drop handshakes that never completed (wrong key, lost peer, spoofed hello)."""
@@ -596,20 +1181,29 @@ def _define_transport() -> None:
                 for session in list(self._connections.values()):
                     if session.connected or session.started > cutoff:
                         continue
-                    if session.offered is not None:
-                        log.warning(
-                            "DTLS handshake from %s for identity %s not completed in %.0f s "
-                            "(wrong key?): dropped",
+                    if session.failure is not None:
+                        log.info(
+                            "DTLS handshake from %s dropped after %.0f s (it failed: %s)",
                             session.hostinfo,
-                            _shown(session.offered),
                             self.handshake_timeout,
+                            session.failure,
+                        )
+                    elif session.offered is not None or session.claimed is not None:
+                        self.warn(
+                            "handshake timeout",
+                            "DTLS handshake from %s%s not completed in %.0f s (%s): dropped",
+                            session.hostinfo,
+                            session.identity_shown(),
+                            self.handshake_timeout,
+                            session.observed(),
                         )
                         self.keys.request_refresh()  # the key may have been rotated
                     else:
                         log.info(
-                            "DTLS handshake from %s not completed in %.0f s: dropped",
+                            "DTLS handshake from %s not completed in %.0f s (%s): dropped",
                             session.hostinfo,
                             self.handshake_timeout,
+                            session.observed(),
                         )
                     session.close(tinydtls.FatalDTLSError("handshake timeout"))
 

@@ -1,0 +1,248 @@
+"""DTLS-PSK handshakes shaped like real tinydtls clients (Eclipse Wakaama's), and what the
+gateway logs when a handshake fails.
+
+The peer is :mod:`tests.workers.lwm2m.dtls_peer`, whose ClientHello reproduces the one Wakaama's
+example client sends (captured with tshark): TLS_PSK_WITH_AES_128_CCM_8 and the
+extended_master_secret extension, no renegotiation_info, no renegotiation SCSV. The gateway's
+tinydtls used to refuse that with a fatal handshake_failure. Keys are provisioned through
+``device_psk_set``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import aiocoap
+import pytest
+from aiocoap.numbers.codes import Code
+
+from campaigns import device_services
+from tests.workers.lwm2m.conftest import DictFirmware, ListSink, wait_for
+from tests.workers.lwm2m.dtls_peer import (
+    EMPTY_RENEGOTIATION_INFO_SCSV,
+    EXTENDED_MASTER_SECRET,
+    PSK_AES_128_CCM_8,
+    PSK_AES_128_GCM_SHA256,
+    RENEGOTIATION_INFO,
+    WAKAAMA_ECC_AND_PSK,
+    WAKAAMA_PSK,
+    AlertReceived,
+    HelloShape,
+    PSKClient,
+)
+from workers.lwm2m.bus import InMemoryCommandBus
+from workers.lwm2m.dtls import dtls_missing
+from workers.lwm2m.gateway import Gateway, GatewayConfig, GatewayThread
+
+pytestmark = pytest.mark.skipif(dtls_missing() is not None, reason=str(dtls_missing()))
+
+IDENTITY = "wakaama-shape-1"
+KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
+FATAL, HANDSHAKE_FAILURE = 2, 40
+
+
+@pytest.fixture
+def gateway(transactional_db: None) -> Iterator[GatewayThread]:
+    device_services.device_psk_set(endpoint=IDENTITY, key=KEY)
+    gw = Gateway(
+        GatewayConfig(
+            gateway_id="gw-dtls-shapes",
+            port=0,
+            dtls_host="127.0.0.1",
+            dtls_port=0,
+            request_timeout=1,
+            dtls_handshake_timeout=1,
+            psk_miss_refresh_seconds=0.1,
+        ),
+        bus=InMemoryCommandBus(),
+        sink=ListSink(),
+        firmware=DictFirmware(),
+    )
+    thread = GatewayThread(gw).start()
+    yield thread
+    thread.stop()
+
+
+def _client(
+    thread: GatewayThread, shape: HelloShape = WAKAAMA_PSK, *, key: bytes = KEY
+) -> PSKClient:
+    base = thread.gateway.config.dtls_base_uri
+    assert base is not None
+    host, _, port = base.removeprefix("coaps://").rpartition(":")
+    return PSKClient((host, int(port)), IDENTITY.encode(), key, shape=shape)
+
+
+def _register(client: PSKClient, endpoint: str = IDENTITY) -> aiocoap.Message:
+    message = aiocoap.Message(
+        code=Code.POST,
+        uri=f"coaps://127.0.0.1/rd?ep={endpoint}&lt=60&lwm2m=1.1&b=U",
+        payload=b"</1/0>,</3/0>,</5/0>",
+        content_format=40,
+    )
+    message.mtype, message.mid, message.token = aiocoap.CON, 4711, b"wk"
+    return aiocoap.Message.decode(client.exchange(message.encode()))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [WAKAAMA_PSK, WAKAAMA_ECC_AND_PSK],
+    ids=["wakaama-psk-build", "tinydtls-with-ecdsa-suite-first"],
+)
+def test_tinydtls_client_without_renegotiation_info_completes_handshake_and_registers(
+    gateway: GatewayThread, shape: HelloShape
+) -> None:
+    client = _client(gateway, shape)
+    try:
+        client.handshake()
+        assert client.cipher_suite == PSK_AES_128_CCM_8
+        # The gateway answers with the extended master secret, and no renegotiation_info the
+        # client did not ask for.
+        assert client.server_extensions == [23]
+        response = _register(client)
+    finally:
+        client.close()
+    assert response.code == Code.CREATED and response.mid == 4711
+    reg = gateway.gateway.by_endpoint[IDENTITY]
+    assert reg.identity == IDENTITY and reg.objects.has_object(5)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        HelloShape((PSK_AES_128_CCM_8,), (EXTENDED_MASTER_SECRET, RENEGOTIATION_INFO)),
+        HelloShape((PSK_AES_128_CCM_8, EMPTY_RENEGOTIATION_INFO_SCSV), (EXTENDED_MASTER_SECRET,)),
+    ],
+    ids=["renegotiation_info-extension", "renegotiation-scsv"],
+)
+def test_client_signalling_secure_renegotiation_still_completes_handshake(
+    gateway: GatewayThread, shape: HelloShape
+) -> None:
+    client = _client(gateway, shape)
+    try:
+        client.handshake()
+        assert 0xFF01 in client.server_extensions  # echoed, as RFC 5746 asks
+        assert _register(client).code == Code.CREATED
+    finally:
+        client.close()
+
+
+# --- failed handshakes: the alert, and why -------------------------------------------------------
+
+
+def _refused(thread: GatewayThread, shape: HelloShape) -> AlertReceived:
+    client = _client(thread, shape)
+    try:
+        with pytest.raises(AlertReceived) as refused:
+            client.handshake()
+    finally:
+        client.close()
+    return refused.value
+
+
+def _handshake_goes_unanswered(client: PSKClient) -> None:
+    """tinydtls drops a Finished that fails authentication and answers nothing; the client
+    hears at most the close_notify sent when the gateway drops the handshake."""
+    try:
+        client.handshake()
+    except TimeoutError:
+        pass
+    except AlertReceived as alert:
+        assert (alert.level, alert.description) == (1, 0)
+    else:
+        raise AssertionError("the handshake completed")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("shape", "why"),
+    [
+        (
+            HelloShape((PSK_AES_128_CCM_8,), ()),
+            "it sends no extended_master_secret extension (RFC 7627), which the gateway requires",
+        ),
+        (
+            HelloShape((PSK_AES_128_GCM_SHA256,), (EXTENDED_MASTER_SECRET,)),
+            "it offers no cipher suite the gateway negotiates (TLS_PSK_WITH_AES_128_CCM_8 or "
+            "TLS_PSK_WITH_AES_128_CCM); the ClientHello offers cipher suites "
+            "[TLS_PSK_WITH_AES_128_GCM_SHA256]",
+        ),
+        (
+            # x25519 only: tinydtls refuses a supported_groups without secp256r1 even for PSK.
+            HelloShape((PSK_AES_128_CCM_8,), ((10, b"\x00\x02\x00\x1d"), EXTENDED_MASTER_SECRET)),
+            "its supported_groups extension does not list secp256r1",
+        ),
+    ],
+    ids=["no-extended-master-secret", "no-accepted-suite", "supported-groups-without-p256"],
+)
+def test_refused_client_hello_is_logged_with_the_alert_sent_and_why(
+    gateway: GatewayThread, caplog: pytest.LogCaptureFixture, shape: HelloShape, why: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="workers.lwm2m.dtls"):
+        refused = _refused(gateway, shape)
+        wait_for(lambda: "handshake_failure" in caplog.text, 3)
+    assert (refused.level, refused.description) == (FATAL, HANDSHAKE_FAILURE)
+    assert "failed, sent fatal alert handshake_failure (40): " + why in caplog.text
+    assert "wrong key?" not in caplog.text
+
+
+def test_wrong_key_from_a_tinydtls_client_is_logged_as_bad_record_mac(
+    gateway: GatewayThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="workers.lwm2m.dtls"):
+        _handshake_goes_unanswered(_client(gateway, key=bytes(16)))
+        wait_for(lambda: "bad_record_mac" in caplog.text, 3)
+    assert (
+        f"for identity '{IDENTITY}' failed, bad_record_mac (no alert sent: DTLS drops a record "
+        "that fails authentication, RFC 6347 4.1.2.7): its Finished does not authenticate under "
+        f"the key stored for '{IDENTITY}': the device holds a different key"
+    ) in caplog.text
+    assert "wrong key?" not in caplog.text
+
+
+def test_alert_received_from_the_client_during_the_handshake_is_logged_by_name(
+    gateway: GatewayThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = _client(gateway)
+    with caplog.at_level(logging.WARNING, logger="workers.lwm2m.dtls"):
+        try:
+            client.hello()
+            client.server_flight()
+            client.send_alert(FATAL, 51)  # decrypt_error, as a client whose check failed
+        finally:
+            client.close()
+        wait_for(lambda: "decrypt_error" in caplog.text, 3)
+    assert "failed, received fatal alert decrypt_error (51)" in caplog.text
+
+
+def test_handshake_that_stalls_is_dropped_with_what_was_last_seen(
+    gateway: GatewayThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = _client(gateway)
+    with caplog.at_level(logging.WARNING, logger="workers.lwm2m.dtls"):
+        try:
+            client.hello()
+            client.server_flight()
+            client.key_exchange()  # ... and never its ChangeCipherSpec and Finished
+            wait_for(lambda: "not completed" in caplog.text, 5)
+        finally:
+            client.close()
+    assert (
+        f"for identity '{IDENTITY}' not completed in 1 s (last from the peer: ClientKeyExchange "
+    ) in caplog.text
+    assert "s ago); last sent: ServerHelloDone): dropped" in caplog.text
+    assert "wrong key?" not in caplog.text
+
+
+def test_repeated_failed_handshakes_are_rate_limited(
+    gateway: GatewayThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="workers.lwm2m.dtls"):
+        for _ in range(8):
+            _refused(gateway, HelloShape((PSK_AES_128_CCM_8,), ()))
+        _handshake_goes_unanswered(_client(gateway, key=bytes(16)))
+        wait_for(lambda: "bad_record_mac" in caplog.text, 3)
+    sent = [r.getMessage() for r in caplog.records if "handshake_failure" in r.getMessage()]
+    # Five lines per kind of failure (the alert) and 10 s; each kind is counted on its own.
+    assert len(sent) == 5, sent
