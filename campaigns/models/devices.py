@@ -107,7 +107,7 @@ class DeviceCommand(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
-    # read | write | execute | observe | fw_update | fw_cancel
+    # read | write | execute | observe | fw_update | fw_cancel | read_info (docs/lwm2m.md)
     operation = models.CharField(max_length=32)
     args = models.JSONField(default=dict, blank=True)
     status = models.CharField(
