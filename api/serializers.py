@@ -454,6 +454,9 @@ class DeviceSerializer(serializers.ModelSerializer):
             "fw_result",
             "fw_reported_at",
             "clock_offset_seconds",
+            "device_time",
+            "clock_trusted_at",
+            "info_read_at",
             "online",
             "last_seen",
             "registered_at",
@@ -490,6 +493,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             "fw_result",
             "attempts",
             "next_attempt_at",
+            "device_clock",
             "dispatched_at",
             "deadline_at",
             "finished_at",
@@ -564,6 +568,11 @@ class CampaignStatusSerializer(serializers.Serializer):
     revision = serializers.IntegerField()
     current_stage = serializers.IntegerField()
     pause_reason = serializers.CharField(allow_blank=True)
+    server_time_only = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="rollouts dispatched under the server's use-before check alone, by the "
+        "device's clock state then (clockless, unknown, off)",
+    )
     stages = StageStatusSerializer(many=True)
 
 
@@ -591,6 +600,11 @@ class PlanSerializer(serializers.Serializer):
     cohort = serializers.IntegerField()
     stages = PlanStageSerializer(many=True)
     excluded = serializers.DictField(child=serializers.IntegerField())
+    server_time_only = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="eligible devices dispatched under the server's use-before check alone, by "
+        "clock state (clockless, unknown, off)",
+    )
 
 
 class TimelineEntrySerializer(serializers.Serializer):

@@ -5,7 +5,9 @@ counter, expiry, slot size) are the very functions the simulated devices run
 (``manifests.device_rules.check_manifest``), applied here to what the registry knows of the
 device, so the server refuses what a correct device would refuse — before it costs a download.
 On top come the rules only the server can apply: the release's approval evaluated now, its
-revocation, the device's clock skew, and downgrades outside rollback releases.
+revocation, a device clock that is off (``campaigns.clock``), and downgrades outside rollback
+releases. The expiry rule always runs against the server's ``now``: for a device that has no
+clock, or whose wrong clock the operator accepted, it is the only expiry check there is.
 
 Every refusal is a ``Refusal`` with a machine-readable ``reason`` (stored on the rollout) and a
 human message.
@@ -17,6 +19,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Protocol
 
+from campaigns import clock
 from manifests import device_rules as dc
 
 # reason codes, stable: stored on rollouts, counted in plans and reports
@@ -65,6 +68,17 @@ class DeviceFacts:
     installed: dc.InstalledFirmware
     installed_version: tuple[int, int, int, int] | None
     clock_offset_seconds: float | None
+    # /3/0/13 as reported (Unix seconds) at the read that gave the offset; None if never read.
+    device_time: float | None = None
+    # An operator accepted this device's clock as it is (``device_clock_trust``).
+    clock_trusted: bool = False
+
+    def clock_state(self, max_clock_skew: dt.timedelta) -> str:
+        return clock.clock_state(
+            device_time=self.device_time,
+            offset_seconds=self.clock_offset_seconds,
+            max_skew=max_clock_skew,
+        )
 
 
 class ReleaseState(Protocol):
@@ -110,14 +124,17 @@ def check_dispatch(
         dc.check_manifest(manifest, device=device.identity, installed=device.installed, now=now)
     except dc.DeviceCheckError as exc:
         return Refusal(_reason(exc), str(exc))
-    if device.clock_offset_seconds is not None:
-        skew = dt.timedelta(seconds=abs(device.clock_offset_seconds))
-        if skew > max_clock_skew:
-            return Refusal(
-                CLOCK_SKEW,
-                f"device clock is off by {skew} (limit {max_clock_skew}); it would judge expiry "
-                "wrongly",
-            )
+    if (
+        device.clock_offset_seconds is not None
+        and not device.clock_trusted
+        and device.clock_state(max_clock_skew) == clock.OFF
+    ):
+        return Refusal(
+            CLOCK_SKEW,
+            f"device clock is {clock.describe_offset(device.clock_offset_seconds)} (limit "
+            f"{max_clock_skew}); it would judge expiry wrongly. Held until it reports a good "
+            "clock, or an operator accepts it (manage.py device clock-trust)",
+        )
     if (
         not release.rollback
         and device.installed_version is not None

@@ -10,17 +10,29 @@ and an older observation never overwrites a newer one (``last_seen`` only moves 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from audit.services import audit_record
 from campaigns import events
+from campaigns.checks import CLASS_MISMATCH, CLOCK_SKEW, UNMAPPED_DEVICE
 from campaigns.events import UnknownEventError
-from campaigns.models import CommandStatus, Device, DeviceCommand, DeviceEvent, DevicePSK
+from campaigns.models import (
+    CampaignStatus,
+    CommandStatus,
+    Device,
+    DeviceCommand,
+    DeviceEvent,
+    DevicePSK,
+    Rollout,
+    RolloutState,
+)
 from campaigns.psk import (
     MAX_IDENTITY_BYTES,
     MAX_PSK_BYTES,
@@ -28,6 +40,17 @@ from campaigns.psk import (
     decrypt_psk,
     encrypt_psk,
 )
+from manifests.services import access, require_role
+
+# The gateway operation that reads /3/0/{0,1,2,3,13} and /5/0/{8,9} again and reports them as
+# a ``device_info`` event (args {}; docs/lwm2m.md, "Command bus").
+READ_INFO = "read_info"
+# Devices asked to re-read their information when a vendor or class is created: bounds the
+# creating transaction (one insert); devices beyond it are read at their next registration
+# Update by the gateway, as any device whose information is incomplete.
+REMAP_READ_BATCH = 1000
+# Devices with an off clock asked to re-read per periodic pass (one insert per pass).
+CLOCK_REREAD_BATCH = 500
 
 # The task that sends a stored command to its gateway, by its registered name: the worker side
 # defines it, the fleet side only queues it (``command_queue``).
@@ -263,6 +286,7 @@ def device_info_record(
         if serial:
             device.serial = serial[:255]
         vendor, device_class = _map_vendor_class(device.manufacturer, device.model)
+        newly_mapped = device_class is not None and device_class.pk != device.device_class_id
         device.vendor = vendor
         device.device_class = device_class
         if firmware_version and firmware_version != device.firmware_version:
@@ -277,15 +301,145 @@ def device_info_record(
             if manifest is not None:
                 device.sequence_number = max(device.sequence_number or 0, manifest.sequence_number)
                 device.security_counter = max(device.security_counter, manifest.security_counter)
-        if device_time is not None:
-            device.clock_offset_seconds = float(device_time) - at.timestamp()
+        if device_time is not None and math.isfinite(float(device_time)):
+            # Kept together: the reported time tells a clockless device from a wrong clock.
+            device.device_time = float(device_time)
+            device.clock_offset_seconds = device.device_time - at.timestamp()
+        if device.info_read_at is None or at > device.info_read_at:
+            device.info_read_at = at
         if protocols is not None:
             device.fw_protocols = sorted({int(p) for p in protocols})
         if delivery_method is not None:
             device.fw_delivery_method = int(delivery_method)
         _seen(device, at)
         device.save()
+        if newly_mapped:
+            _forget_mismatch(device, device_class)
         return device
+
+
+def device_clock_trust(
+    *, endpoint: str, actor: Any, trusted: bool = True, now: dt.datetime | None = None
+) -> Device:
+    """An operator accepts a device's clock as it is (``trusted=False`` withdraws that): a
+    clock that is off no longer holds the device back in any campaign, and its rollouts
+    record that only the server's use-before check applied. Fleet operator or admin; audited
+    with the clock as last read, so the log says what was accepted."""
+    now = now or timezone.now()
+    require_role(actor, *access.OPERATORS, at=now)
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(endpoint=endpoint).first()
+        if device is None:
+            raise UnknownDeviceError(f"no device {endpoint!r}")
+        device.clock_trusted_at = now if trusted else None
+        device.save(update_fields=["clock_trusted_at", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="device.clock_trust" if trusted else "device.clock_untrust",
+            object_type="device",
+            object_id=endpoint,
+            details={
+                "clock_offset_seconds": device.clock_offset_seconds,
+                "device_time": device.device_time,
+            },
+            now=now,
+        )
+        return device
+
+
+def devices_map_to_catalog(*, vendor: Any = None, device_class: Any = None) -> dict[str, int]:
+    """A vendor or device class was just created (called in the creating transaction): devices
+    that reported its name before it existed are mapped now, as ``device_info_record`` would map
+    them, and unmapped online devices whose manufacturer or model was never read are asked to
+    read it again (``read_info``), so none waits for a re-registration. Constant queries: one
+    update, one read, one insert. Returns the counts ("mapped", "asked")."""
+    if vendor is None and device_class is None:
+        raise ValueError("give a vendor or a device class")
+    mapped = 0
+    if vendor is not None:
+        # The first vendor (by pk) that matches wins in ``_map_vendor_class``; a device with no
+        # vendor matched none before, so the new one is its first match.
+        mapped = (
+            Device.objects.filter(vendor__isnull=True)
+            .filter(Q(manufacturer__iexact=vendor.name) | Q(manufacturer__iexact=vendor.domain))
+            .exclude(manufacturer="")
+            .update(vendor=vendor)
+        )
+    if device_class is not None:
+        # A new class has no manifest yet, so no sequence number or counter to derive.
+        mapped = (
+            Device.objects.filter(
+                vendor=device_class.vendor,
+                device_class__isnull=True,
+                model__iexact=device_class.name,
+            )
+            .exclude(model="")
+            .update(device_class=device_class)
+        )
+    missing = (
+        Device.objects.filter(online=True, device_class__isnull=True)
+        .filter(Q(manufacturer="") | Q(model=""))
+        .order_by("pk")
+        .values_list("pk", flat=True)[:REMAP_READ_BATCH]
+    )
+    asked = _queue_read_info(list(missing))
+    return {"mapped": mapped, "asked": asked}
+
+
+def _queue_read_info(device_ids: list[int]) -> int:
+    """One ``read_info`` command per device, in one insert, each sent after commit."""
+    commands = DeviceCommand.objects.bulk_create(
+        [DeviceCommand(device_id=pk, operation=READ_INFO, args={}) for pk in device_ids]
+    )
+    for command in commands:
+        command_queue(str(command.pk))
+    return len(commands)
+
+
+def devices_clock_reread(
+    *, now: dt.datetime | None = None, older_than: dt.timedelta, batch: int = CLOCK_REREAD_BATCH
+) -> int:
+    """Ask online devices held back for their clock (a rollout pending with ``clock_skew`` in a
+    running campaign) to read their information again when the last reading is older than
+    ``older_than`` and none was asked for within that time: a clock fixed since (NTP after
+    boot, an operator) then lets the device go without a re-registration. Constant queries
+    (one read, one insert) for at most ``batch`` devices. Returns the number asked."""
+    now = now or timezone.now()
+    cutoff = now - older_than
+    held = Rollout.objects.filter(
+        device=OuterRef("pk"),
+        state=RolloutState.PENDING,
+        reason=CLOCK_SKEW,
+        campaign__status=CampaignStatus.RUNNING,
+    )
+    asked_recently = DeviceCommand.objects.filter(
+        device=OuterRef("pk"), operation=READ_INFO, created_at__gte=cutoff
+    )
+    due = (
+        Device.objects.filter(online=True)
+        .filter(Q(info_read_at__isnull=True) | Q(info_read_at__lt=cutoff))
+        .filter(Exists(held))
+        .exclude(Exists(asked_recently))
+        .order_by("info_read_at", "pk")
+        .values_list("pk", flat=True)[:batch]
+    )
+    with transaction.atomic():
+        return _queue_read_info(list(due))
+
+
+def _forget_mismatch(device: Device, device_class: Any) -> None:
+    """A device just mapped to ``device_class`` (its information was read late, or read again)
+    was skipped as another class by that class's live campaigns: those rollouts, never
+    dispatched, are dropped, so the campaigns' enrolment takes the device in with every rule
+    checked and in a stage not yet finished, as any device mapped after the campaign began."""
+    Rollout.objects.filter(
+        device=device,
+        state=RolloutState.SKIPPED,
+        reason__in=[CLASS_MISMATCH, UNMAPPED_DEVICE],
+        attempts=0,
+        campaign__device_class=device_class,
+        campaign__status__in=[CampaignStatus.RUNNING, CampaignStatus.PAUSED],
+    ).delete()
 
 
 def device_fw_status_record(

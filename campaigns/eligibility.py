@@ -15,7 +15,7 @@ from django.db.models import (
     Q,
 )
 
-from campaigns import checks
+from campaigns import checks, clock
 from campaigns.errors import SpecError, UnknownReleaseError, UnknownTargetError
 from campaigns.models import IN_FLIGHT_STATES, Campaign, Device, EmergencyStop, Rollout
 from campaigns.spec import CampaignSpec
@@ -93,6 +93,8 @@ def device_facts(
         ),
         installed_version=installed_version,
         clock_offset_seconds=device.clock_offset_seconds,
+        device_time=device.device_time,
+        clock_trusted=device.clock_trusted_at is not None,
     )
 
 
@@ -111,9 +113,11 @@ class PlanDevice:
 
     __slots__ = (
         "clock_offset_seconds",
+        "clock_trusted_at",
         "created_at",
         "device_class",
         "device_class_id",
+        "device_time",
         "endpoint",
         "firmware_version",
         "last_seen",
@@ -136,12 +140,33 @@ class PlanDevice:
         online: bool,
         last_seen: dt.datetime | None,
         created_at: dt.datetime | None,
+        device_time: float | None = None,
+        clock_trusted_at: dt.datetime | None = None,
     ) -> None:
         self.pk, self.endpoint = pk, endpoint
         self.device_class_id, self.device_class = device_class_id, device_class
         self.firmware_version, self.sequence_number = firmware_version, sequence_number
         self.security_counter, self.clock_offset_seconds = security_counter, clock_offset_seconds
         self.online, self.last_seen, self.created_at = online, last_seen, created_at
+        self.device_time, self.clock_trusted_at = device_time, clock_trusted_at
+
+
+def held_for_clock(
+    offset: float | None,
+    device_time: float | None,
+    trusted_at: dt.datetime | None,
+    max_clock_skew: dt.timedelta,
+) -> bool:
+    """Whether the clock rule may refuse this device (its clock is off and no operator accepted
+    it): the only case in which its answer names its own clock, so it is checked alone."""
+    return (
+        offset is not None
+        and trusted_at is None
+        and clock.clock_state(
+            device_time=device_time, offset_seconds=offset, max_skew=max_clock_skew
+        )
+        == clock.OFF
+    )
 
 
 def classify_device(
@@ -191,9 +216,11 @@ _ENDPOINT = "\x00endpoint\x00"
 class DispatchChecker:
     """``checks.check_dispatch`` for many devices of one campaign, computed once per group of
     devices that agree on what the checks read of them (class, installed version, sequence
-    number, security counter) with the endpoint as a placeholder; a device whose clock offset
-    is beyond the tolerance (the refusal names its own skew) is checked alone. The answer is
-    the one ``check_dispatch(..., device=device_facts(device, device_class))`` gives."""
+    number, security counter) with the endpoint as a placeholder; a device whose clock is off
+    and not accepted by an operator (the refusal names its own offset) is checked alone. A
+    clockless device, one whose clock was never read, and an accepted one pass the clock rule
+    like the group's representative, so they share its answer. The answer is the one
+    ``check_dispatch(..., device=device_facts(device, device_class))`` gives."""
 
     def __init__(
         self,
@@ -232,8 +259,12 @@ class DispatchChecker:
         )
 
     def check(self, device: PlanDevice) -> checks.Refusal | None:
-        offset = device.clock_offset_seconds
-        if offset is not None and dt.timedelta(seconds=abs(offset)) > self.max_clock_skew:
+        if held_for_clock(
+            device.clock_offset_seconds,
+            device.device_time,
+            device.clock_trusted_at,
+            self.max_clock_skew,
+        ):
             return self._check(device)
         key = (
             device.device_class_id,

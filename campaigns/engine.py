@@ -41,7 +41,7 @@ from django.db.models import (
 from django.utils import timezone
 
 from audit.services import audit_record
-from campaigns import checks, ramp, stages, windows
+from campaigns import checks, clock, ramp, stages, windows
 from campaigns.device_services import command_queue, device_command_create
 from campaigns.eligibility import (
     DispatchChecker,
@@ -470,6 +470,8 @@ def _dispatch(
             "device__sequence_number",
             "device__security_counter",
             "device__clock_offset_seconds",
+            "device__device_time",
+            "device__clock_trusted_at",
             "device__tags",
         )[: room * 2]
     )
@@ -490,7 +492,12 @@ def _dispatch(
     refused: list[tuple[int, checks.Refusal]] = []
     deferred: list[int] = []  # rollout ids: busy elsewhere or outside their group's window
     chosen: list[tuple[int, int]] = []  # (rollout id, device id)
-    for pk, device_id, endpoint, class_id, version, sequence, counter, offset, tags in candidates:
+    device_clocks: dict[int, str] = {}  # rollout id -> the device's clock state (recorded)
+    max_skew = spec.freshness.max_clock_skew
+    for (
+        pk, device_id, endpoint, class_id, version, sequence, counter, offset, device_time,
+        trusted_at, tags,
+    ) in candidates:  # fmt: skip
         if len(chosen) >= room:
             break
         if device_id in busy:
@@ -509,11 +516,14 @@ def _dispatch(
         refusal = checker.check(
             PlanDevice(
                 device_id, endpoint, class_id, None, version, sequence, counter, offset,
-                True, None, None,
+                True, None, None, device_time, trusted_at,
             )
         )  # fmt: skip
         if refusal is None:
             chosen.append((pk, device_id))
+            device_clocks[pk] = clock.clock_state(
+                device_time=device_time, offset_seconds=offset, max_skew=max_skew
+            )
             continue
         refused.append((pk, refusal))
         skipped[refusal.reason] = skipped.get(refusal.reason, 0) + 1
@@ -561,7 +571,10 @@ def _dispatch(
             # per batch, not one per device); any row that left PENDING meanwhile voids it.
             claimed = _claim(
                 campaign,
-                [(pk, command.pk) for (pk, _), command in zip(chosen, commands, strict=True)],
+                [
+                    (pk, command.pk, device_clocks[pk])
+                    for (pk, _), command in zip(chosen, commands, strict=True)
+                ],
                 now=now,
                 deadline=deadline,
             )
@@ -589,44 +602,57 @@ def _per_row(
     return Case(*(When(pk=pk, then=Value(v)) for pk, v in values.items()), output_field=field)
 
 
+def _per_value(claims: list[tuple[int, Any, str]], field: Any) -> Any:
+    """The claims' third values in one UPDATE: the constant when all agree, else a CASE."""
+    distinct = {state for _, _, state in claims}
+    if len(distinct) == 1:
+        return distinct.pop()
+    return Case(*(When(pk=pk, then=Value(state)) for pk, _, state in claims), output_field=field)
+
+
 def _claim(
     campaign: Campaign,
-    claims: list[tuple[int, Any]],
+    claims: list[tuple[int, Any, str]],
     *,
     now: dt.datetime,
     deadline: dt.datetime | None,
 ) -> int:
-    """Pending rollouts -> queued with their command, in one UPDATE; returns the rows claimed.
-    On PostgreSQL the (rollout, command) pairs travel as two arrays (``unnest``): a CASE of
-    one branch per row costs more to build in the ORM than the whole pass's SQL."""
+    """Pending rollouts -> queued with their command and the device's clock state, in one
+    UPDATE; returns the rows claimed. On PostgreSQL the (rollout, command, clock) triples
+    travel as three arrays (``unnest``): a CASE of one branch per row costs more to build in
+    the ORM than the whole pass's SQL."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
                 "UPDATE campaigns_rollout AS r SET state = %s, manifest_id = %s,"
-                " command_id = v.command_id, dispatched_at = %s, deadline_at = %s,"
-                " attempts = r.attempts + 1, next_attempt_at = NULL, reason = '', detail = ''"
-                " FROM unnest(%s::bigint[], %s::uuid[]) AS v(id, command_id)"
+                " command_id = v.command_id, device_clock = v.device_clock, dispatched_at = %s,"
+                " deadline_at = %s, attempts = r.attempts + 1, next_attempt_at = NULL,"
+                " reason = '', detail = ''"
+                " FROM unnest(%s::bigint[], %s::uuid[], %s::varchar[])"
+                " AS v(id, command_id, device_clock)"
                 " WHERE r.id = v.id AND r.state = %s",
                 [
                     RolloutState.QUEUED.value,
                     campaign.release.manifest_id,
                     now,
                     deadline,
-                    [pk for pk, _ in claims],
-                    [command_id for _, command_id in claims],
+                    [pk for pk, _, _ in claims],
+                    [command_id for _, command_id, _ in claims],
+                    [state for _, _, state in claims],
                     RolloutState.PENDING.value,
                 ],
             )
             return int(cursor.rowcount)
     return Rollout.objects.filter(
-        pk__in=[pk for pk, _ in claims], state=RolloutState.PENDING
+        pk__in=[pk for pk, _, _ in claims], state=RolloutState.PENDING
     ).update(
         state=RolloutState.QUEUED,
         manifest=campaign.release.manifest,
         command_id=Case(
-            *(When(pk=pk, then=Value(command_id)) for pk, command_id in claims),
+            *(When(pk=pk, then=Value(command_id)) for pk, command_id, _ in claims),
             output_field=UUIDField(),
         ),
+        device_clock=_per_value(claims, CharField()),
         dispatched_at=now,
         deadline_at=deadline,
         attempts=F("attempts") + 1,

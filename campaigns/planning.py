@@ -27,11 +27,13 @@ from django.db.models import (
 from django.utils import timezone
 
 from campaigns import checks, stages
+from campaigns.clock import SERVER_TIME_ONLY, clock_state
 from campaigns.eligibility import (
     _ENDPOINT,
     EXCLUDED_BY_SPEC,
     PlanDevice,
     classify_device,
+    held_for_clock,
     manifest_facts,
     resolve,
 )
@@ -140,6 +142,9 @@ class Plan:
     stage_counts: list[int]
     bounds: list[int]
     excluded: Counter[str] = field(default_factory=Counter)
+    # Eligible devices that will be dispatched under the server's use-before check alone, by
+    # clock state (``campaigns.clock``): clockless, unknown (never read), off (accepted).
+    server_time_only: Counter[str] = field(default_factory=Counter)
     rows: PlanRows = field(default_factory=PlanRows)
 
     @property
@@ -162,6 +167,7 @@ class Plan:
                 for name, count in zip(self.stage_names, self.stage_counts, strict=True)
             ],
             "excluded": dict(sorted(self.excluded.items())),
+            "server_time_only": dict(sorted(self.server_time_only.items())),
         }
 
 
@@ -229,6 +235,8 @@ def campaign_plan(
         "sequence_number",
         "security_counter",
         "clock_offset_seconds",
+        "device_time",
+        "clock_trusted_at",
         "online",
         "last_seen" if offline_max is not None else no_time,
         "created_at" if offline_max is not None else no_time,
@@ -264,6 +272,7 @@ def campaign_plan(
     tags_seen: dict[tuple[str, ...], bool] = {}
     counts: Counter[int] = Counter()
     eligible = array("Q")
+    server_only: list[tuple[int, str]] = []  # (bucket, clock state) of eligible devices
     add_id, add_bucket, add_outcome = (
         rows.device_ids.append,
         rows.buckets.append,
@@ -284,6 +293,8 @@ def campaign_plan(
         sequence,
         counter,
         offset,
+        device_time,
+        trusted_at,
         online,
         last_seen,
         created_at,
@@ -302,7 +313,7 @@ def campaign_plan(
             outcome = excluded_everyone
         elif endpoint in exclude:
             outcome = by_spec
-        elif (offset is not None and dt.timedelta(seconds=abs(offset)) > max_skew) or (
+        elif held_for_clock(offset, device_time, trusted_at, max_skew) or (
             offline_max is not None
             and not online
             and ((last := last_seen or created_at) is None or now - last > offline_max)
@@ -311,7 +322,7 @@ def campaign_plan(
             refusal = classify(
                 PlanDevice(
                     pk, endpoint, class_id, device_class_of(class_id), version, sequence,
-                    counter, offset, online, last_seen, created_at,
+                    counter, offset, online, last_seen, created_at, device_time, trusted_at,
                 )
             )  # fmt: skip
             if refusal is None:
@@ -348,6 +359,9 @@ def campaign_plan(
             counts[outcome] += 1
         else:
             eligible.append(value)
+            state = clock_state(device_time=device_time, offset_seconds=offset, max_skew=max_skew)
+            if state in SERVER_TIME_ONLY:
+                server_only.append((value, state))
     for outcome, n in counts.items():
         plan.excluded[rows.outcomes[outcome][0]] += n
     ordered = sorted(eligible)
@@ -372,6 +386,10 @@ def campaign_plan(
                 plan.stage_counts[index] += 1
     if beyond:
         plan.excluded[NOT_IN_ANY_STAGE] += beyond
+    find = _stage_finder(plan.bounds, current_stage)
+    for value, state in server_only:
+        if find(value) is not None:
+            plan.server_time_only[state] += 1
     return plan
 
 

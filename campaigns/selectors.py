@@ -13,7 +13,7 @@ from django.db.models import (
 )
 
 from audit.models import AuditEvent
-from campaigns import stages
+from campaigns import clock, stages
 from campaigns.models import IN_FLIGHT_STATES, Campaign, Rollout, RolloutState
 from campaigns.spec import parse_spec
 
@@ -56,6 +56,18 @@ def stage_reasons(campaign: Campaign) -> dict[int, dict[str, int]]:
     return reasons
 
 
+def server_time_only(campaign: Campaign) -> dict[str, int]:
+    """Rollouts dispatched under the server's use-before check alone (the device had no clock,
+    never reported one, or an operator accepted its wrong clock), by that clock state."""
+    rows = (
+        Rollout.objects.filter(campaign=campaign, device_clock__in=sorted(clock.SERVER_TIME_ONLY))
+        .values_list("device_clock")
+        .annotate(n=Count("pk"))
+        .values_list("device_clock", "n")
+    )
+    return dict(sorted(rows))
+
+
 def campaign_status(campaign: Campaign) -> dict[str, Any]:
     reasons = stage_reasons(campaign)
     return {
@@ -65,6 +77,7 @@ def campaign_status(campaign: Campaign) -> dict[str, Any]:
         "revision": campaign.revision,
         "current_stage": campaign.current_stage,
         "pause_reason": campaign.pause_reason,
+        "server_time_only": server_time_only(campaign),
         "stages": [
             {
                 "name": stage.name,

@@ -155,7 +155,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "workers.tasks.releases_reevaluate_task",
         "schedule": 60.0,
     },
+    # Devices held back for a clock that was off are asked to read their information again.
+    "reread-off-clocks": {
+        "task": "workers.tasks.devices_clock_reread_task",
+        "schedule": 60.0,
+    },
 }
+# A device held back because its clock was off (rollout pending with clock_skew) has /3/0 read
+# again (`read_info`) once its last reading is this old, at most once per such period (minutes).
+DEVICE_CLOCK_REREAD_MINUTES = envint("DEVICE_CLOCK_REREAD_MINUTES", 15, minimum=1)
 
 if not DEBUG and SECRET_KEY != _INSECURE_DEV_KEY:
     SESSION_COOKIE_SECURE = True

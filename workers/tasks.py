@@ -7,6 +7,7 @@ a batch of one gateway's events at a time; ``device_event_task`` applies a singl
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -98,6 +99,17 @@ def campaigns_reconcile_all_task() -> int:
     for campaign_id in ids:
         campaign_reconcile_task.delay(campaign_id)
     return len(ids)
+
+
+@shared_task(acks_late=True)
+def devices_clock_reread_task() -> int:
+    """Beat entry point: devices held back for an off clock get their information read again
+    (``read_info``) when the last reading is older than DEVICE_CLOCK_REREAD_MINUTES."""
+    from django.conf import settings
+
+    return device_services.devices_clock_reread(
+        older_than=dt.timedelta(minutes=settings.DEVICE_CLOCK_REREAD_MINUTES)
+    )
 
 
 @shared_task(acks_late=True)

@@ -184,6 +184,10 @@ class Rollout(models.Model):
         "manifests.Manifest", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     command_id = models.UUIDField(null=True, blank=True)
+    # The device's clock when it was dispatched (``campaigns.clock``): "ok" (it judges expiry
+    # too), or "clockless" / "unknown" / "off" (accepted by an operator): only the server's
+    # use-before check at dispatch stood for it. "" until dispatched.
+    device_clock = models.CharField(max_length=16, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     deadline_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

@@ -44,6 +44,15 @@ class Device(models.Model):
     fw_delivery_method = models.PositiveSmallIntegerField(null=True, blank=True)
     # Device clock minus server clock in seconds (from /3/0/13), for expiry reasoning.
     clock_offset_seconds = models.FloatField(null=True, blank=True)
+    # /3/0/13 Current Time as reported (Unix seconds) at the read that gave the offset: tells a
+    # device counting from 1970/2000 (no clock) from one whose clock is set wrongly
+    # (``campaigns.clock``). A float, not a datetime: a device may report any 64-bit time.
+    device_time = models.FloatField(null=True, blank=True)
+    # An operator accepted this device's clock as it is (``device_clock_trust``, audited): an
+    # off clock no longer holds it back; the server's use-before check still applies.
+    clock_trusted_at = models.DateTimeField(null=True, blank=True)
+    # When the gateway last reported device information (/3/0, /5/0/8-9) for this device.
+    info_read_at = models.DateTimeField(null=True, blank=True)
     # Registration interface state.
     online = models.BooleanField(default=False)
     last_seen = models.DateTimeField(null=True, blank=True)
@@ -106,7 +115,7 @@ class DeviceCommand(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     device = models.ForeignKey(Device, on_delete=models.CASCADE, related_name="commands")
-    # read | write | execute | observe | fw_update | fw_cancel
+    # read | write | execute | observe | fw_update | fw_cancel | read_info (docs/lwm2m.md)
     operation = models.CharField(max_length=32)
     args = models.JSONField(default=dict, blank=True)
     status = models.CharField(

@@ -46,6 +46,7 @@ from manifests.models import (
 )
 from manifests.services.access import CATALOG_ADMINS, CATALOG_WRITE, require_role
 from manifests.services.facts import key_is_usable
+from manifests.signals import device_class_created, vendor_created
 from manifests.versions import format_version, parse_version
 
 DEFAULT_COMPONENT_ID = ["00"]
@@ -75,6 +76,7 @@ def vendor_create(*, name: str, domain: str, actor: AbstractBaseUser) -> Vendor:
             object_id=vendor.pk,
             details={"domain": domain, "uuid": str(vendor.uuid)},
         )
+        vendor_created.send(sender=Vendor, vendor=vendor)
         return vendor
 
 
@@ -122,6 +124,7 @@ def device_class_create(
                 "payload_format": payload_format,
             },
         )
+        device_class_created.send(sender=DeviceClass, device_class=device_class)
         return device_class
 
 

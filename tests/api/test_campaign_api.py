@@ -34,6 +34,8 @@ def test_plan_then_apply_yaml_then_actions(people: dict[str, Any], world: dict[s
     plan = people["qa"].client.post("/api/campaign-plans/", {"document": MINIMAL_SPEC})
     assert plan.status_code == 200, plan.json()
     assert plan.json()["cohort"] == 6 and plan.json()["release_blocked"] is None
+    # These devices never reported a Current Time: eligible, under the server's check alone.
+    assert plan.json()["server_time_only"] == {"unknown": 6}
     assert not Campaign.objects.exists()  # a preview writes nothing
 
     response = ops.client.generic(
@@ -187,7 +189,9 @@ def test_campaign_status_value_is_stable_for_the_console(
         "/api/campaigns/", {"document": MINIMAL_SPEC}, format="json"
     )
     assert Campaign.objects.get().status == CampaignStatus.RUNNING
-    stage = people["qa"].client.get("/api/campaigns/thermo-rollout/status/").json()["stages"][0]
+    status = people["qa"].client.get("/api/campaigns/thermo-rollout/status/").json()
+    assert status["server_time_only"] == {}  # devices dispatched without a device clock
+    stage = status["stages"][0]
     assert set(stage) == {
         "name",
         "index",

@@ -32,7 +32,7 @@ def _plan_device(device: Device) -> PlanDevice:
     return PlanDevice(
         device.pk, device.endpoint, device.device_class_id, None, device.firmware_version,
         device.sequence_number, device.security_counter, device.clock_offset_seconds, True,
-        None, None,
+        None, None, device.device_time, device.clock_trusted_at,
     )  # fmt: skip
 
 
@@ -48,6 +48,30 @@ def test_the_dispatch_checker_agrees_with_the_check_of_each_device_alone(catalog
     make_devices(catalog, 2, prefix="other-class", device_class=catalog.thermo_v1)
     make_devices(catalog, 2, prefix="unmapped", device_class=None)
     Device.objects.filter(endpoint__startswith="unmapped").update(device_class=None)
+    # Clocks: none (counting from 1970), never read, 43 years ahead, accepted although off.
+    server = now.timestamp()
+    make_devices(catalog, 1, prefix="clockless-zero", device_time=0.0, clock_offset_seconds=-server)
+    uptime = 3 * 86400.0
+    make_devices(
+        catalog,
+        1,
+        prefix="clockless-uptime",
+        device_time=uptime,
+        clock_offset_seconds=uptime - server,
+    )
+    make_devices(catalog, 1, prefix="unread", device_time=None, clock_offset_seconds=None)
+    ahead = 43 * 365 * 86400.0
+    make_devices(
+        catalog, 2, prefix="wakaama", device_time=server + ahead, clock_offset_seconds=ahead
+    )
+    make_devices(
+        catalog,
+        1,
+        prefix="trusted",
+        device_time=server + ahead,
+        clock_offset_seconds=ahead,
+        clock_trusted_at=now,
+    )
     release = catalog.release
     state = release_dispatch_state(release, now=now)
     manifest, version = manifest_facts(release)
@@ -85,7 +109,11 @@ def test_the_dispatch_checker_agrees_with_the_check_of_each_device_alone(catalog
     }
     # A refusal that names the device names the right one, not its group's first member.
     skewed = [e for e, r in answers.items() if r == checks.CLOCK_SKEW]
-    assert skewed == ["skewed-00000", "skewed-00001"]
+    assert skewed == ["skewed-00000", "skewed-00001", "wakaama-00000", "wakaama-00001"]
+    # No clock is no reason to hold a device back; an accepted wrong clock neither.
+    for endpoint in ("clockless-zero-00000", "clockless-uptime-00000", "unread-00000"):
+        assert answers[endpoint] == "eligible", endpoint
+    assert answers["trusted-00000"] == "eligible"
 
 
 def test_a_stop_of_another_class_does_not_block_this_campaign(catalog: Catalog) -> None:

@@ -226,3 +226,32 @@ def test_dashboard_query_count_is_bounded(login: Any, campaign: Any, django_asse
     client = login("ops")
     with django_assert_max_num_queries(40):
         client.get("/partials/campaigns/")
+
+
+def test_the_console_shows_which_devices_went_without_a_device_clock(login: Any, campaign: Any):
+    """A clockless device's rollout says it was dispatched under the server's use-before check
+    alone (device table and live panel); a device whose clock is off says how far off it is."""
+    from django.utils import timezone
+
+    from campaigns import engine
+    from campaigns.models import Device, Rollout
+
+    now = timezone.now()
+    first, other = Rollout.objects.filter(campaign=campaign, stage=0).order_by("bucket")[:2]
+    clockless, off = first.device.endpoint, other.device.endpoint
+    Device.objects.filter(endpoint=clockless).update(device_time=40.0, clock_offset_seconds=-1e9)
+    ahead = 43 * 365 * 86400.0
+    Device.objects.filter(endpoint=off).update(
+        device_time=now.timestamp() + ahead, clock_offset_seconds=ahead
+    )
+    engine.campaign_reconcile(campaign.pk, now=now)
+    client = login("auditor")
+    table = client.get("/campaigns/thermo-rollout/devices/").content.decode()
+    row = table[table.index(f'data-device="{clockless}"') :].split("</tr>", 1)[0]
+    assert '<td data-role="clock" title="dispatched under the server' in row
+    assert ">clockless</td>" in row
+    live = client.get("/campaigns/thermo-rollout/live/").content.decode()
+    assert "Dispatched without a device clock" in live and "clockless 1" in live
+    devices = client.get(f"/devices/?q={off}").content.decode()
+    assert "off (43 years ahead)" in devices
+    assert client.get(f"/devices/{clockless}/").context["clock"] == "clockless"

@@ -101,6 +101,9 @@ class Command(BaseCommand):
         self.stdout.write(f"  cohort {data['cohort']} devices")
         for reason, count in data["excluded"].items():
             self.stdout.write(f"  excluded {reason:28} {count:8}")
+        for state, count in data["server_time_only"].items():
+            # Eligible all the same: only the server's use-before check will stand for them.
+            self.stdout.write(f"  without a device clock ({state}) {count:8}")
         self.stdout.write("(plan only: nothing was written)")
 
     def _steer(self, action: str, options: dict[str, Any]) -> None:
@@ -140,6 +143,11 @@ class Command(BaseCommand):
             f"revision {data['revision']}"
             + (f" — paused: {data['pause_reason']}" if data["pause_reason"] else "")
         )
+        if data["server_time_only"]:
+            counts = ", ".join(f"{state} {n}" for state, n in data["server_time_only"].items())
+            self.stdout.write(
+                f"  dispatched without a device clock: {counts} (server's use-before check only)"
+            )
         for stage in data["stages"]:
             t = stage["tally"]
             self.stdout.write(

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0003_dispatch_index'),
+        ('campaigns', '0004_device_clock'),
     ]
 
     operations = [

@@ -1,0 +1,48 @@
+"""``manage.py device clock-trust ENDPOINT --user U [--withdraw]``: accept a device's clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from campaigns import clock
+from campaigns.device_services import DeviceRegistryError, device_clock_trust
+from campaigns.management.commands.campaign import refusals
+from manifests.management.cli import user_named
+
+
+class Command(BaseCommand):
+    help = "Operator actions on one device of the registry."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True, parser_class=CommandParser)
+        p = sub.add_parser(
+            "clock-trust",
+            help="dispatch this device although its clock is off (the server's use-before "
+            "check still applies); --withdraw to hold it again",
+        )
+        p.add_argument("endpoint")
+        p.add_argument("--user", required=True)
+        p.add_argument("--withdraw", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        with refusals():
+            try:
+                device = device_clock_trust(
+                    endpoint=options["endpoint"],
+                    actor=user_named(options["user"]),
+                    trusted=not options["withdraw"],
+                )
+            except DeviceRegistryError as exc:
+                raise CommandError(f"{exc} [{exc.code}]", returncode=1) from exc
+        if device.clock_offset_seconds is None:
+            reading = "no clock reading"
+        elif device.device_time is not None and device.device_time < clock.CLOCKLESS_BEFORE:
+            reading = "no clock (reports a time before 2001)"
+        else:
+            reading = f"clock {clock.describe_offset(device.clock_offset_seconds)}"
+            if device.device_time is not None:
+                reading += f" (reports {clock.format_reported(device.device_time)})"
+        state = "accepted" if device.clock_trusted_at else "not accepted: held while off"
+        self.stdout.write(f"device {device.endpoint}: {reading}; clock {state}")
