@@ -518,6 +518,7 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             "write_uri": self._op_write_uri,
             "fw_update": self._op_fw_update,
             "fw_cancel": self._op_fw_cancel,
+            "read_info": self._op_read_info,
         }
         handler = handlers.get(operation)
         if handler is None:
@@ -528,6 +529,13 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
         path = content.parse_path(str(args.get("path", "")))
         values = await self.read(self.registration(endpoint), path)
         return {"values": {content.format_path(p): _jsonable(v) for p, v in values.items()}}
+
+    async def _op_read_info(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Read the device information again (the fleet side asks when what it holds is stale:
+        a clock that was off, a class created after the device registered); reported as a
+        device_info event, exactly as after a registration."""
+        await self.read_device_info(self.registration(endpoint))
+        return {}
 
     async def _op_execute(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
         path = content.parse_path(str(args.get("path", "")))

@@ -71,3 +71,15 @@ def test_what_is_still_missing_is_read_at_the_next_update(signing_key: Any) -> N
         assert not h.gateway.by_endpoint["sim-00000"].info_incomplete
 
     run_with_fleet(scenario, count=1, anchors=[signing_key.public_key()])
+
+
+def test_read_info_reads_the_device_information_again(signing_key: Any) -> None:
+    async def scenario(h: Harness) -> None:
+        device = h.fleet.devices["sim-00000"]
+        await eventually(lambda: _versions(h, "sim-00000") == ["1.0.0"])  # at registration
+        device.state.version = "1.0.1"  # what the device reports has changed since
+        result = await h.gateway.run_operation("sim-00000", "read_info", {})
+        assert result == {}
+        assert _versions(h, "sim-00000") == ["1.0.0", "1.0.1"]
+
+    run_with_fleet(scenario, count=1, anchors=[signing_key.public_key()])
