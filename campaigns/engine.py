@@ -41,7 +41,7 @@ from django.db.models import (
 from django.utils import timezone
 
 from audit.services import audit_record
-from campaigns import checks, ramp, stages, windows
+from campaigns import checks, delivery, ramp, stages, windows
 from campaigns.device_services import command_queue, device_command_create
 from campaigns.eligibility import (
     DispatchChecker,
@@ -471,6 +471,9 @@ def _dispatch(
             "device__security_counter",
             "device__clock_offset_seconds",
             "device__tags",
+            "device__fw_protocols",
+            "device__fw_delivery_method",
+            "device__psk",
         )[: room * 2]
     )
 
@@ -485,12 +488,16 @@ def _dispatch(
         max_clock_skew=spec.freshness.max_clock_skew,
     )
     window_by_tags: dict[tuple[str, ...], bool] = {}
+    method_of = delivery.methods_for(campaign.device_class.delivery_method)
     timeout = spec.timeouts.device
     skipped: dict[str, int] = {}
     refused: list[tuple[int, checks.Refusal]] = []
     deferred: list[int] = []  # rollout ids: busy elsewhere or outside their group's window
-    chosen: list[tuple[int, int]] = []  # (rollout id, device id)
-    for pk, device_id, endpoint, class_id, version, sequence, counter, offset, tags in candidates:
+    chosen: list[tuple[int, int, str]] = []  # (rollout id, device id, delivery method)
+    for (
+        pk, device_id, endpoint, class_id, version, sequence, counter, offset, tags,
+        protocols, fw_method, psk,
+    ) in candidates:  # fmt: skip
         if len(chosen) >= room:
             break
         if device_id in busy:
@@ -513,8 +520,13 @@ def _dispatch(
             )
         )  # fmt: skip
         if refusal is None:
-            chosen.append((pk, device_id))
-            continue
+            decision = method_of(protocols, fw_method, psk is not None)
+            if decision.method is not None:
+                chosen.append((pk, device_id, decision.method))
+                continue
+            refusal = checks.Refusal(
+                delivery.NO_SUPPORTED_DELIVERY, f"{endpoint}: {decision.reason}"
+            )
         refused.append((pk, refusal))
         skipped[refusal.reason] = skipped.get(refusal.reason, 0) + 1
     # Refusals: clock skew is transient (the device may fix its clock), so those stay pending
@@ -542,16 +554,19 @@ def _dispatch(
         )
     if not chosen:
         return 0, skipped
+    manifest_row = campaign.release.manifest
     commands = [
         DeviceCommand(
             device_id=device_id,
             operation="fw_update",
-            args={
-                "manifest_digest": campaign.release.manifest.manifest_digest,
-                **({"timeout": timeout.total_seconds()} if timeout else {}),
-            },
+            args=fw_update_args(
+                manifest_row,
+                profile=campaign.device_class.delivery,
+                method=method,
+                timeout=timeout,
+            ),
         )
-        for _, device_id in chosen
+        for _, device_id, method in chosen
     ]
     deadline = now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None
     try:
@@ -561,7 +576,7 @@ def _dispatch(
             # per batch, not one per device); any row that left PENDING meanwhile voids it.
             claimed = _claim(
                 campaign,
-                [(pk, command.pk) for (pk, _), command in zip(chosen, commands, strict=True)],
+                [(pk, command.pk) for (pk, _, _), command in zip(chosen, commands, strict=True)],
                 now=now,
                 deadline=deadline,
             )
@@ -575,6 +590,24 @@ def _dispatch(
         command_id = str(command.pk)
         command_queue(command_id)
     return len(chosen), skipped
+
+
+def fw_update_args(
+    manifest: Any, *, profile: str, method: str, timeout: dt.timedelta | None
+) -> dict[str, Any]:
+    """The ``fw_update`` command's arguments (the contract with the gateway, docs/lwm2m.md
+    "fw_update command"): what to deliver for this manifest, in which profile, pulled or
+    pushed."""
+    args: dict[str, Any] = {
+        "manifest_digest": manifest.manifest_digest,
+        "delivery": profile,
+        "image_sha256": manifest.image_digest,
+        "image_size": int(manifest.image_size),
+        "method": method,
+    }
+    if timeout:
+        args["timeout"] = timeout.total_seconds()
+    return args
 
 
 def _per_row(
