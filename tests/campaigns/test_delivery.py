@@ -4,12 +4,14 @@ class's forced method and the device's /5/0/9 and /5/0/8, as one table), its ref
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
-from campaigns import engine, planning
+from campaigns import engine, planning, selectors
 from campaigns.delivery import decide_method
 from campaigns.device_services import device_psk_set
 from campaigns.models import Device, DeviceCommand, Rollout, RolloutState
@@ -187,3 +189,27 @@ def test_dispatch_sends_the_class_profile_image_by_default(catalog: Any) -> None
     engine.campaign_reconcile(campaign.pk, now=now)
     command = DeviceCommand.objects.get(operation="fw_update")
     assert (command.args["delivery"], command.args["method"]) == ("image", "pull")
+
+
+@pytest.mark.django_db
+def test_campaign_plan_and_status_print_the_profile_and_methods_per_stage(
+    catalog: Any, tmp_path: Any
+) -> None:
+    _fleet(catalog)
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec_text("printed"))
+    out = io.StringIO()
+    call_command("campaign", "plan", str(path), stdout=out)
+    text = out.getvalue()
+    assert "delivery suit (method auto)" in text
+    assert "delivery suit: pull 6, push 2" in text
+    assert "no_supported_delivery" in text
+    now = timezone.now()
+    campaign = apply(catalog, spec_text("printed"), now=now)
+    engine.campaign_reconcile(campaign.pk, now=now)
+    status = selectors.campaign_status(campaign)
+    assert status["delivery"] == "suit"
+    assert status["stages"][0]["methods"] == {"pull": 6, "push": 2}
+    out = io.StringIO()
+    call_command("campaign", "status", "printed", stdout=out)
+    assert "delivery suit: pull 6, push 2" in out.getvalue()
