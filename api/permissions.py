@@ -52,7 +52,7 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
     "vendor-list": {"GET": READ, "POST": CATALOG_ADMINS},
     "vendor-detail": {"GET": READ},
     "deviceclass-list": {"GET": READ, "POST": CATALOG_ADMINS},
-    "deviceclass-detail": {"GET": READ},
+    "deviceclass-detail": {"GET": READ, "PATCH": CATALOG_ADMINS},
     "image-list": {"GET": READ, "POST": CATALOG_WRITE},
     "image-detail": {"GET": READ},
     "manifest-list": {"GET": READ, "POST": CATALOG_WRITE},

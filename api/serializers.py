@@ -23,6 +23,8 @@ from campaigns.models import (
 )
 from manifests.models import (
     Delegation,
+    DeliveryMethod,
+    DeliveryProfile,
     DeviceClass,
     FirmwareImage,
     Manifest,
@@ -93,11 +95,21 @@ class DeviceClassSerializer(serializers.ModelSerializer):
             "uuid",
             "component_id",
             "payload_format",
+            "delivery",
+            "delivery_method",
             "description",
             "created_at",
         ]
         read_only_fields = ["id", "uuid", "created_at"]
         validators: list[Any] = []  # duplicates: the service says 409
+
+
+class DeviceClassDeliverySerializer(serializers.Serializer):
+    """PATCH of a device class: its delivery profile, and the forced method (unchanged when
+    left out)."""
+
+    delivery = serializers.ChoiceField(choices=DeliveryProfile.choices)
+    delivery_method = serializers.ChoiceField(choices=DeliveryMethod.choices, required=False)
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -558,6 +570,10 @@ class StageStatusSerializer(serializers.Serializer):
     planned = serializers.IntegerField()
     tally = serializers.DictField(child=serializers.IntegerField())
     reasons = serializers.DictField(child=serializers.IntegerField())
+    methods = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="rollouts dispatched by delivery method (pull, push)",
+    )
     gate_approved_by = serializers.CharField(allow_null=True)
 
 
@@ -573,6 +589,8 @@ class CampaignStatusSerializer(serializers.Serializer):
         help_text="rollouts dispatched under the server's use-before check alone, by the "
         "device's clock state then (clockless, unknown, off)",
     )
+    delivery = serializers.CharField(help_text="the device class's delivery profile now")
+    delivery_method = serializers.CharField(help_text="auto, or the method the class forces")
     stages = StageStatusSerializer(many=True)
 
 
@@ -585,6 +603,9 @@ class CampaignApplyResultSerializer(serializers.Serializer):
 class PlanStageSerializer(serializers.Serializer):
     name = serializers.CharField()
     devices = serializers.IntegerField()
+    methods = serializers.DictField(
+        child=serializers.IntegerField(), help_text="planned devices by delivery method"
+    )
 
 
 class PlanBlockSerializer(serializers.Serializer):
@@ -598,6 +619,8 @@ class PlanSerializer(serializers.Serializer):
     device_class = serializers.CharField()
     release_blocked = PlanBlockSerializer(allow_null=True)
     cohort = serializers.IntegerField()
+    delivery = serializers.CharField()
+    delivery_method = serializers.CharField()
     stages = PlanStageSerializer(many=True)
     excluded = serializers.DictField(child=serializers.IntegerField())
     server_time_only = serializers.DictField(

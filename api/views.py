@@ -38,6 +38,8 @@ from manifests import services, suit
 from manifests.errors import PermissionDeniedError
 from manifests.models import (
     Delegation,
+    DeliveryMethod,
+    DeliveryProfile,
     DeviceClass,
     FirmwareImage,
     Manifest,
@@ -172,10 +174,28 @@ class DeviceClassViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             name=data["name"],
             component_id=data.get("component_id"),
             payload_format=data.get("payload_format", "mcuboot"),
+            delivery=data.get("delivery", DeliveryProfile.IMAGE),
+            delivery_method=data.get("delivery_method", DeliveryMethod.AUTO),
             description=data.get("description", ""),
             actor=request.user,
         )
         return Response(s.DeviceClassSerializer(device_class).data, status=201)
+
+    @extend_schema(
+        request=s.DeviceClassDeliverySerializer,
+        responses={200: s.DeviceClassSerializer},
+        summary="Change how the class's devices take firmware (admin; audited)",
+    )
+    def partial_update(self, request: Request, pk: str) -> Response:
+        device_class = self.get_object()
+        data = _validated(s.DeviceClassDeliverySerializer, request)
+        device_class = services.device_class_set_delivery(
+            device_class=device_class,
+            delivery=data["delivery"],
+            method=data.get("delivery_method"),
+            actor=request.user,
+        )
+        return Response(s.DeviceClassSerializer(device_class).data)
 
 
 class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

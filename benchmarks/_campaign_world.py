@@ -101,9 +101,15 @@ def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> 
         )
         people[name] = (user, key)
     vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example", actor=admin)
-    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2", actor=admin)
-    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1", actor=admin)
-    thermo_v3 = release_services.device_class_create(vendor=vendor, name=IMAGE_CLASS, actor=admin)
+    thermo = release_services.device_class_create(
+        vendor=vendor, name="thermo-v2", delivery="suit", actor=admin
+    )
+    thermo_v1 = release_services.device_class_create(
+        vendor=vendor, name="thermo-v1", delivery="suit", actor=admin
+    )
+    thermo_v3 = release_services.device_class_create(
+        vendor=vendor, name=IMAGE_CLASS, delivery="image", actor=admin
+    )
     image = release_services.image_upload(
         data=imgtool.build_image(b"\x42" * image_payload, version="1.1.0", security_counter=2),
         actor=people["author"][0],

@@ -41,7 +41,7 @@ from django.db.models import (
 from django.utils import timezone
 
 from audit.services import audit_record
-from campaigns import checks, clock, ramp, stages, windows
+from campaigns import checks, clock, delivery, ramp, stages, windows
 from campaigns.device_services import command_queue, device_command_create
 from campaigns.eligibility import (
     DispatchChecker,
@@ -473,6 +473,9 @@ def _dispatch(
             "device__device_time",
             "device__clock_trusted_at",
             "device__tags",
+            "device__fw_protocols",
+            "device__fw_delivery_method",
+            "device__psk",
         )[: room * 2]
     )
 
@@ -487,16 +490,17 @@ def _dispatch(
         max_clock_skew=spec.freshness.max_clock_skew,
     )
     window_by_tags: dict[tuple[str, ...], bool] = {}
+    method_of = delivery.methods_for(campaign.device_class.delivery_method)
     timeout = spec.timeouts.device
     skipped: dict[str, int] = {}
     refused: list[tuple[int, checks.Refusal]] = []
     deferred: list[int] = []  # rollout ids: busy elsewhere or outside their group's window
-    chosen: list[tuple[int, int]] = []  # (rollout id, device id)
+    chosen: list[tuple[int, int, str]] = []  # (rollout id, device id, delivery method)
     device_clocks: dict[int, str] = {}  # rollout id -> the device's clock state (recorded)
     max_skew = spec.freshness.max_clock_skew
     for (
         pk, device_id, endpoint, class_id, version, sequence, counter, offset, device_time,
-        trusted_at, tags,
+        trusted_at, tags, protocols, fw_method, psk,
     ) in candidates:  # fmt: skip
         if len(chosen) >= room:
             break
@@ -520,11 +524,16 @@ def _dispatch(
             )
         )  # fmt: skip
         if refusal is None:
-            chosen.append((pk, device_id))
-            device_clocks[pk] = clock.clock_state(
-                device_time=device_time, offset_seconds=offset, max_skew=max_skew
+            decision = method_of(protocols, fw_method, psk is not None)
+            if decision.method is not None:
+                chosen.append((pk, device_id, decision.method))
+                device_clocks[pk] = clock.clock_state(
+                    device_time=device_time, offset_seconds=offset, max_skew=max_skew
+                )
+                continue
+            refusal = checks.Refusal(
+                delivery.NO_SUPPORTED_DELIVERY, f"{endpoint}: {decision.reason}"
             )
-            continue
         refused.append((pk, refusal))
         skipped[refusal.reason] = skipped.get(refusal.reason, 0) + 1
     # Refusals: clock skew is transient (the device may fix its clock), so those stay pending
@@ -552,16 +561,19 @@ def _dispatch(
         )
     if not chosen:
         return 0, skipped
+    manifest_row = campaign.release.manifest
     commands = [
         DeviceCommand(
             device_id=device_id,
             operation="fw_update",
-            args={
-                "manifest_digest": campaign.release.manifest.manifest_digest,
-                **({"timeout": timeout.total_seconds()} if timeout else {}),
-            },
+            args=fw_update_args(
+                manifest_row,
+                profile=campaign.device_class.delivery,
+                method=method,
+                timeout=timeout,
+            ),
         )
-        for _, device_id in chosen
+        for _, device_id, method in chosen
     ]
     deadline = now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None
     try:
@@ -573,7 +585,7 @@ def _dispatch(
                 campaign,
                 [
                     (pk, command.pk, device_clocks[pk])
-                    for (pk, _), command in zip(chosen, commands, strict=True)
+                    for (pk, _, _), command in zip(chosen, commands, strict=True)
                 ],
                 now=now,
                 deadline=deadline,
@@ -588,6 +600,24 @@ def _dispatch(
         command_id = str(command.pk)
         command_queue(command_id)
     return len(chosen), skipped
+
+
+def fw_update_args(
+    manifest: Any, *, profile: str, method: str, timeout: dt.timedelta | None
+) -> dict[str, Any]:
+    """The ``fw_update`` command's arguments (the contract with the gateway, docs/lwm2m.md
+    "fw_update command"): what to deliver for this manifest, in which profile, pulled or
+    pushed."""
+    args: dict[str, Any] = {
+        "manifest_digest": manifest.manifest_digest,
+        "delivery": profile,
+        "image_sha256": manifest.image_digest,
+        "image_size": int(manifest.image_size),
+        "method": method,
+    }
+    if timeout:
+        args["timeout"] = timeout.total_seconds()
+    return args
 
 
 def _per_row(

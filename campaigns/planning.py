@@ -26,7 +26,7 @@ from django.db.models import (
 )
 from django.utils import timezone
 
-from campaigns import checks, stages
+from campaigns import checks, delivery, stages
 from campaigns.clock import SERVER_TIME_ONLY, clock_state
 from campaigns.eligibility import (
     _ENDPOINT,
@@ -146,10 +146,19 @@ class Plan:
     # clock state (``campaigns.clock``): clockless, unknown (never read), off (accepted).
     server_time_only: Counter[str] = field(default_factory=Counter)
     rows: PlanRows = field(default_factory=PlanRows)
+    # The class's delivery profile and forced method; per stage, the eligible devices the
+    # gateway will push to (the others pull).
+    delivery: str = ""
+    delivery_method: str = ""
+    stage_push: list[int] = field(default_factory=list)
 
     @property
     def cohort(self) -> int:
         return sum(self.stage_counts)
+
+    def stage_methods(self, index: int) -> dict[str, int]:
+        push = self.stage_push[index] if index < len(self.stage_push) else 0
+        return {"pull": self.stage_counts[index] - push, "push": push}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -162,9 +171,13 @@ class Plan:
                 else None
             ),
             "cohort": self.cohort,
+            "delivery": self.delivery,
+            "delivery_method": self.delivery_method,
             "stages": [
-                {"name": name, "devices": count}
-                for name, count in zip(self.stage_names, self.stage_counts, strict=True)
+                {"name": name, "devices": count, "methods": self.stage_methods(index)}
+                for index, (name, count) in enumerate(
+                    zip(self.stage_names, self.stage_counts, strict=True)
+                )
             ],
             "excluded": dict(sorted(self.excluded.items())),
             "server_time_only": dict(sorted(self.server_time_only.items())),
@@ -221,6 +234,9 @@ def campaign_plan(
         stage_names=[s.name for s in spec.stages],
         stage_counts=[0] * len(spec.stages),
         bounds=[],
+        delivery=resolved.device_class.delivery,
+        delivery_method=resolved.device_class.delivery_method,
+        stage_push=[0] * len(spec.stages),
     )
     rows = plan.rows
     target = spec.target
@@ -241,6 +257,9 @@ def campaign_plan(
         "last_seen" if offline_max is not None else no_time,
         "created_at" if offline_max is not None else no_time,
         "tags" if tag_rules else Value(None, output_field=JSONField()),
+        "fw_protocols",
+        "fw_delivery_method",
+        "psk",
     )
     classes: dict[int | None, DeviceClass | None] = {
         None: None,
@@ -268,6 +287,11 @@ def campaign_plan(
         rows.outcome_of(release_refusal.reason, release_refusal.message) if release_refusal else 0
     )
     by_spec = rows.outcome_of(EXCLUDED_BY_SPEC, "listed under target.exclude")
+    # Who the gateway can deliver to: decided per device from its /5/0/8, /5/0/9 and DTLS,
+    # after every other rule passed (a device refused anyway is counted under that reason).
+    method_of = delivery.methods_for(resolved.device_class.delivery_method)
+    undeliverable = rows.outcome_of(delivery.NO_SUPPORTED_DELIVERY, "")
+    pushed = array("Q")
     groups: dict[tuple[Any, ...], tuple[int, str | None]] = {}
     tags_seen: dict[tuple[str, ...], bool] = {}
     counts: Counter[int] = Counter()
@@ -299,6 +323,9 @@ def campaign_plan(
         last_seen,
         created_at,
         tags,
+        protocols,
+        fw_method,
+        psk,
     ) in queryset.iterator(chunk_size=PLAN_READ_CHUNK):
         if tag_rules:
             tag_key = tuple(tags or ())
@@ -352,6 +379,13 @@ def campaign_plan(
             outcome, template = group
             if template is not None:
                 details[len(rows.device_ids)] = template.replace(_ENDPOINT, endpoint)
+        if not outcome:
+            decision = method_of(protocols, fw_method, psk is not None)
+            if decision.method is None:
+                outcome = undeliverable
+                details[len(rows.device_ids)] = f"{endpoint}: {decision.reason}"
+            elif decision.method == delivery.PUSH:
+                pushed.append(value)
         add_id(pk)
         add_bucket(value)
         add_outcome(outcome)
@@ -390,6 +424,10 @@ def campaign_plan(
     for value, state in server_only:
         if find(value) is not None:
             plan.server_time_only[state] += 1
+    for value in pushed:
+        index = find(value)
+        if index is not None:
+            plan.stage_push[index] += 1
     return plan
 
 

@@ -10,11 +10,14 @@ from typing import Any
 
 from django.db.models import (
     Count,
+    OuterRef,
+    Subquery,
 )
+from django.db.models.fields.json import KeyTextTransform
 
 from audit.models import AuditEvent
 from campaigns import clock, stages
-from campaigns.models import IN_FLIGHT_STATES, Campaign, Rollout, RolloutState
+from campaigns.models import IN_FLIGHT_STATES, Campaign, DeviceCommand, Rollout, RolloutState
 from campaigns.spec import parse_spec
 
 
@@ -68,8 +71,32 @@ def server_time_only(campaign: Campaign) -> dict[str, int]:
     return dict(sorted(rows))
 
 
+def stage_methods(campaign: Campaign) -> dict[int, dict[str, int]]:
+    """Per stage: rollouts dispatched by delivery method (``pull`` / ``push``), read from the
+    ``fw_update`` command each rollout was last sent (its ``args.method``). One query."""
+    method = Subquery(
+        DeviceCommand.objects.filter(pk=OuterRef("command_id"))
+        .annotate(method=KeyTextTransform("method", "args"))
+        .values("method")[:1]
+    )
+    rows = (
+        Rollout.objects.filter(campaign=campaign, command_id__isnull=False)
+        .annotate(method=method)
+        .values_list("stage", "method")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    methods: dict[int, dict[str, int]] = defaultdict(lambda: {"pull": 0, "push": 0})
+    for stage, name, n in rows:
+        if name:  # commands written before delivery methods existed name none
+            methods[stage][name] = methods[stage].get(name, 0) + n
+    return methods
+
+
 def campaign_status(campaign: Campaign) -> dict[str, Any]:
     reasons = stage_reasons(campaign)
+    methods = stage_methods(campaign)
+    device_class = campaign.device_class
     return {
         "campaign": campaign.name,
         "status": campaign.status,
@@ -78,6 +105,8 @@ def campaign_status(campaign: Campaign) -> dict[str, Any]:
         "current_stage": campaign.current_stage,
         "pause_reason": campaign.pause_reason,
         "server_time_only": server_time_only(campaign),
+        "delivery": device_class.delivery,
+        "delivery_method": device_class.delivery_method,
         "stages": [
             {
                 "name": stage.name,
@@ -87,6 +116,7 @@ def campaign_status(campaign: Campaign) -> dict[str, Any]:
                 "planned": stage.planned_devices,
                 "tally": stage_tally(campaign, stage.index).__dict__,
                 "reasons": dict(sorted(reasons.get(stage.index, {}).items())),
+                "methods": dict(methods.get(stage.index, {"pull": 0, "push": 0})),
                 "gate_approved_by": stage.gate_approved_by.get_username()
                 if stage.gate_approved_by
                 else None,

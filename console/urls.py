@@ -27,6 +27,12 @@ urlpatterns = [
     path("incident/rollback/", views.rollback_launch, name="rollback-launch"),
     path("incident/stops/<int:pk>/lift/", views.emergency_lift, name="emergency-lift"),
     path("audit/", views.audit_log, name="audit"),
+    path("device-classes/", views.device_class_list, name="device-classes"),
+    path(
+        "device-classes/<int:pk>/delivery/",
+        views.device_class_delivery,
+        name="device-class-delivery",
+    ),
     path("devices/", views.device_list, name="devices"),
     path("devices/<str:endpoint>/", views.device_detail, name="device"),
 ]

@@ -34,9 +34,17 @@ from console.access import SERVICE_ERRORS, console_view, report_refusal
 from manifests import services as release_services
 from manifests import suit
 from manifests.management.commands.release import signature_blocks
-from manifests.models import DeviceClass, Release, ReleaseKind, ReleaseStatus
+from manifests.models import (
+    DeliveryMethod,
+    DeliveryProfile,
+    DeviceClass,
+    Release,
+    ReleaseKind,
+    ReleaseStatus,
+)
 from manifests.services.access import (
     APPROVERS,
+    CATALOG_ADMINS,
     GATEKEEPERS,
     LIFTERS,
     OPERATORS,
@@ -63,6 +71,7 @@ def _page(request: HttpRequest, template: str, context: dict[str, Any], **kw: An
             "lift": bool(roles & LIFTERS),
             "revoke": bool(roles & REVOKERS),
             "approve": bool(roles & APPROVERS),
+            "catalog": bool(roles & CATALOG_ADMINS),
         },
         "stops": selectors.active_stops(),
         "inbox_count": len(selectors.approvals_inbox(request.user)),
@@ -480,6 +489,42 @@ def audit_log(request: HttpRequest) -> HttpResponse:
             "audit_rows": AUDIT_ROWS,
         },
     )
+
+
+# --- device classes -------------------------------------------------------------------------
+@console_view()
+def device_class_list(request: HttpRequest) -> HttpResponse:
+    return _page(
+        request,
+        "console/device_classes.html",
+        {
+            "classes": DeviceClass.objects.select_related("vendor"),
+            "profiles": DeliveryProfile.choices,
+            "methods": DeliveryMethod.choices,
+        },
+    )
+
+
+@console_view(get=None, post=CATALOG_ADMINS)
+def device_class_delivery(request: HttpRequest, pk: int) -> HttpResponse:
+    """Change how a class's devices take firmware (``device_class_set_delivery``)."""
+    device_class = get_object_or_404(DeviceClass.objects.select_related("vendor"), pk=pk)
+    try:
+        release_services.device_class_set_delivery(
+            device_class=device_class,
+            delivery=request.POST.get("delivery", ""),
+            method=request.POST.get("delivery_method") or None,
+            actor=request.user,
+        )
+    except SERVICE_ERRORS as exc:
+        report_refusal(request, exc)
+    else:
+        messages.success(
+            request,
+            f"{device_class}: delivery {device_class.delivery} "
+            f"(method {device_class.delivery_method})",
+        )
+    return redirect("console:device-classes")
 
 
 @console_view()

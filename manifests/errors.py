@@ -66,6 +66,24 @@ class ManifestComponentError(ManifestError):
     code = "manifest.component_mismatch"
 
 
+class DeliveryProfileError(ManifestError):
+    """The delivery profile or delivery method is not one this server knows."""
+
+    code = "manifest.delivery_profile"
+
+
+class PayloadURIError(ManifestError):
+    """The manifest's payload URI is one its device class's delivery profile could not serve."""
+
+    code = "manifest.payload_uri"
+
+
+class DeliveryConflictError(ManifestError):
+    """A live release of the class names a payload URI the new delivery profile could not serve."""
+
+    code = "manifest.delivery_conflict"
+
+
 class InvalidManifestError(ManifestError):
     """The envelope does not decode as a SUIT manifest (wraps the codec's SUITError)."""
 

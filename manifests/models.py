@@ -49,6 +49,22 @@ class PayloadFormat(models.TextChoices):
     MCUBOOT = "mcuboot", "MCUboot-signed full image"
 
 
+class DeliveryProfile(models.TextChoices):
+    """What a device class's Package URI names (docs/lwm2m.md, "Delivery profiles")."""
+
+    IMAGE = "image", "The image itself (MCUboot/LwM2M clients)"
+    SUIT = "suit", "The SUIT envelope; the payload from the manifest's URI"
+    SUIT_INTEGRATED = "suit-integrated", "The SUIT envelope with the payload integrated"
+
+
+class DeliveryMethod(models.TextChoices):
+    """How the payload reaches the device: Object 5 pull (/5/0/1) or push (/5/0/0)."""
+
+    AUTO = "auto", "From the device's /5/0/9 and /5/0/8"
+    PULL = "pull", "Pull only (write the Package URI)"
+    PUSH = "push", "Push only (block-wise write of the package)"
+
+
 class DeviceClass(models.Model):
     vendor = models.ForeignKey(Vendor, on_delete=models.PROTECT, related_name="device_classes")
     name = models.CharField(max_length=200)
@@ -59,6 +75,14 @@ class DeviceClass(models.Model):
     component_id = models.JSONField(default=list)
     payload_format = models.CharField(
         max_length=16, choices=PayloadFormat.choices, default=PayloadFormat.MCUBOOT
+    )
+    # New classes take the image itself; classes that existed before profiles were introduced
+    # were migrated to "suit" (what they were doing).
+    delivery = models.CharField(
+        max_length=16, choices=DeliveryProfile.choices, default=DeliveryProfile.IMAGE
+    )
+    delivery_method = models.CharField(
+        max_length=8, choices=DeliveryMethod.choices, default=DeliveryMethod.AUTO
     )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

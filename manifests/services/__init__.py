@@ -11,8 +11,10 @@ The package is layered by concern; a module imports only modules on a floor belo
 from manifests.services.access import delegated_roles, require_role, roles_of
 from manifests.services.catalog import (
     device_class_create,
+    device_class_set_delivery,
     image_storage,
     image_upload,
+    integrated_envelope,
     manifest_import,
     vendor_create,
 )
@@ -43,8 +45,10 @@ __all__ = [
     "delegation_create",
     "delegation_revoke",
     "device_class_create",
+    "device_class_set_delivery",
     "image_storage",
     "image_upload",
+    "integrated_envelope",
     "key_is_usable",
     "key_revoke",
     "key_rotate",

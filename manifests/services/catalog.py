@@ -18,8 +18,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
+from manifests import delivery as delivery_rules
 from manifests import suit
 from manifests.errors import (
+    DeliveryConflictError,
+    DeliveryProfileError,
     DeviceClassExistsError,
     DuplicateManifestError,
     ImageNotFoundError,
@@ -28,6 +31,7 @@ from manifests.errors import (
     InvalidManifestError,
     ManifestComponentError,
     ManifestImageMismatchError,
+    PayloadURIError,
     SequenceNumberConflictError,
     UnknownDeviceClassError,
     UnknownVendorError,
@@ -37,10 +41,13 @@ from manifests.errors import (
 from manifests.images import ImageError, ImageStorage, ingest_image
 from manifests.images.storage import FileSystemImageStorage
 from manifests.models import (
+    DeliveryMethod,
+    DeliveryProfile,
     DeviceClass,
     FirmwareImage,
     Manifest,
     PayloadFormat,
+    ReleaseStatus,
     SigningKey,
     Vendor,
 )
@@ -86,6 +93,8 @@ def device_class_create(
     name: str,
     component_id: Sequence[str] | None = None,
     payload_format: str = PayloadFormat.MCUBOOT,
+    delivery: str = DeliveryProfile.IMAGE,
+    delivery_method: str = DeliveryMethod.AUTO,
     description: str = "",
     actor: AbstractBaseUser,
 ) -> DeviceClass:
@@ -94,6 +103,7 @@ def device_class_create(
         raise ManifestComponentError(
             f"payload format {payload_format!r} is not one of {PayloadFormat.values}"
         )
+    _check_delivery(delivery, delivery_method)
     component = list(component_id) if component_id else list(DEFAULT_COMPONENT_ID)
     try:
         for part in component:
@@ -109,6 +119,8 @@ def device_class_create(
             uuid=suit.class_id(vendor.uuid, name),
             component_id=component,
             payload_format=payload_format,
+            delivery=delivery,
+            delivery_method=delivery_method,
             description=description,
         )
         audit_record(
@@ -122,10 +134,127 @@ def device_class_create(
                 "uuid": str(device_class.uuid),
                 "component_id": component,
                 "payload_format": payload_format,
+                "delivery": delivery,
+                "delivery_method": delivery_method,
             },
         )
         device_class_created.send(sender=DeviceClass, device_class=device_class)
         return device_class
+
+
+def _check_delivery(profile: str, method: str | None) -> None:
+    if profile not in DeliveryProfile.values:
+        raise DeliveryProfileError(
+            f"delivery profile {profile!r} is not one of {DeliveryProfile.values}"
+        )
+    if method is not None and method not in DeliveryMethod.values:
+        raise DeliveryProfileError(
+            f"delivery method {method!r} is not one of {DeliveryMethod.values}"
+        )
+
+
+def served_origins() -> list[str]:
+    """The public URIs the gateways are configured with: an absolute manifest URI must name one
+    of them (``manifests.delivery.payload_uri_problem``)."""
+    return [
+        uri
+        for uri in (settings.LWM2M_PUBLIC_URI, settings.LWM2M_DTLS_PUBLIC_URI)
+        if isinstance(uri, str) and uri
+    ]
+
+
+def device_class_set_delivery(
+    *,
+    device_class: DeviceClass,
+    delivery: str,
+    method: str | None = None,
+    actor: AbstractBaseUser,
+) -> DeviceClass:
+    """Change how the class's devices take firmware (``method`` None keeps the current one).
+
+    Admin only, audited, idempotent (no change, no event). Refused, with nothing written, when a
+    live release (not revoked) of the class names a payload URI the new profile could not serve:
+    switching to or from ``suit-integrated`` changes what the URI must be, and manifests are
+    immutable, so such a release must be revoked or replaced first."""
+    require_role(actor, *CATALOG_ADMINS)
+    _check_delivery(delivery, method)
+    with transaction.atomic():
+        locked = DeviceClass.objects.select_for_update().select_related("vendor")
+        row = locked.get(pk=device_class.pk)
+        new_method = method if method is not None else row.delivery_method
+        if row.delivery == delivery and row.delivery_method == new_method:
+            return row
+        if row.delivery != delivery:
+            origins = served_origins()
+            live = (
+                Manifest.objects.filter(device_class=row, release__isnull=False)
+                .exclude(release__status=ReleaseStatus.REVOKED)
+                .values_list("manifest_digest", "uri", "image_digest", "release__name")
+                .order_by("pk")
+            )
+            conflicts = [
+                (name, problem)
+                for digest, uri, image_sha256, name in live
+                if (
+                    problem := delivery_uri_problem(
+                        uri or None, profile=delivery, image_sha256=image_sha256, origins=origins
+                    )
+                )
+            ]
+            if conflicts:
+                name, problem = conflicts[0]
+                raise DeliveryConflictError(
+                    f"{row} cannot take delivery {delivery!r}: {len(conflicts)} live release(s) "
+                    f"could not be served, e.g. {name}: {problem}; revoke or replace them first"
+                )
+        before = {"delivery": row.delivery, "delivery_method": row.delivery_method}
+        row.delivery, row.delivery_method = delivery, new_method
+        row.save(update_fields=["delivery", "delivery_method"])
+        audit_record(
+            actor=actor,
+            action="device_class.set_delivery",
+            object_type="device_class",
+            object_id=row.pk,
+            details={
+                "device_class": str(row),
+                "before": before,
+                "after": {"delivery": delivery, "delivery_method": new_method},
+            },
+        )
+        device_class.delivery, device_class.delivery_method = delivery, new_method
+        return row
+
+
+def delivery_uri_problem(
+    uri: str | None, *, profile: str, image_sha256: str, origins: list[str] | None = None
+) -> str | None:
+    return delivery_rules.payload_uri_problem(
+        uri,
+        profile=profile,
+        image_sha256=image_sha256,
+        served_origins=served_origins() if origins is None else origins,
+    )
+
+
+def integrated_envelope(manifest_digest: str) -> bytes | None:
+    """The stored author-signed envelope with its payload integrated under the manifest's
+    fragment URI (``suit.integrate_payload``), what the gateway serves to a ``suit-integrated``
+    device. None when no manifest has that digest, its URI is not a fragment reference, or its
+    image is not in the store (the gateway answers 4.04, as for any missing file)."""
+    row = (
+        Manifest.objects.filter(manifest_digest=str(manifest_digest).lower())
+        .only("envelope", "uri", "image_digest")
+        .first()
+    )
+    if row is None or not delivery_rules.is_fragment_reference(row.uri):
+        return None
+    store = image_storage()
+    if not store.exists(row.image_digest):
+        return None
+    payload: bytes = store.read(row.image_digest)
+    return suit.integrate_payload(
+        row.envelope_bytes, payload, max_size=settings.SUIT_MAX_ENVELOPE_SIZE
+    )
 
 
 def image_upload(*, data: bytes, actor: AbstractBaseUser, filename: str = "") -> FirmwareImage:
@@ -179,6 +308,7 @@ def manifest_import(
     Refuses (and writes nothing) when ``created_by`` is not an author or admin, the envelope is
     malformed, names an unknown vendor/class, targets a component or format the class does not
     use, installs an image we do not hold or whose MCUboot version/security counter disagree,
+    names a payload URI the class's delivery profile could not serve (``PayloadURIError``),
     reuses a sequence number, or carries no signature from an active key registered to
     ``created_by``.
     """
@@ -215,6 +345,9 @@ def manifest_import(
             f"no stored image with digest {m.image_digest.hex()} and size {m.image_size}"
         )
     _check_image_agrees(env, image, device_class)
+    problem = delivery_uri_problem(m.uri, profile=device_class.delivery, image_sha256=image.sha256)
+    if problem is not None:
+        raise PayloadURIError(f"{device_class} takes delivery {device_class.delivery!r}: {problem}")
     author_key = _author_key(env, owner=created_by, now=now)
     with transaction.atomic():
         if Manifest.objects.filter(manifest_digest=env.manifest_digest.hex()).exists():

@@ -11,6 +11,7 @@ from .build import (
     add_signatures,
     build_manifest,
     create_envelope,
+    integrate_payload,
     parse_version,
     sign_manifest_digest,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "decode_envelope",
     "format_version",
     "generate_private_key",
+    "integrate_payload",
     "key_algorithm",
     "kid_for_public_key",
     "load_private_key_pem",

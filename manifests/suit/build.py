@@ -15,6 +15,8 @@ The manifest (deterministic CBOR) for a :class:`ManifestParams`::
      23?: << {"en": {...}} >>}                               / text /
 
 Install or text can be severed into the envelope (``sever=``), leaving their SUIT_Digest.
+``integrate_payload`` adds the payload to an envelope under the manifest's fragment URI
+(draft-ietf-suit-manifest, "Integrated Payloads"), leaving every signed byte as it was.
 """
 
 from __future__ import annotations
@@ -71,7 +73,13 @@ from .constants import (
 )
 from .cose import parse_sign1, sign1
 from .decode import DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, decode_envelope, parse_digest
-from .errors import SUITError, SUITInternalError, SUITParamsError, SUITValueError
+from .errors import (
+    SUITDigestMismatchError,
+    SUITError,
+    SUITInternalError,
+    SUITParamsError,
+    SUITValueError,
+)
 from .keys import key_info
 from .model import ManifestParams
 
@@ -267,6 +275,55 @@ def create_envelope(
         raise
     except Exception as exc:
         raise SUITParamsError(f"cannot create envelope: {type(exc).__name__}: {exc}") from exc
+
+
+def integrate_payload(
+    envelope: bytes,
+    payload: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> bytes:
+    """The envelope with ``payload`` integrated: a ``tstr => bstr`` member whose key is the
+    manifest's URI, a fragment-only reference such as ``"#app"``. The authentication wrapper,
+    the manifest and any severed member keep their exact bytes (the signatures stay valid); only
+    the envelope map gains one entry. The payload must be the one the manifest names (size and
+    SHA-256), so a device that checks the digest after "fetching" it from the envelope installs
+    exactly what was signed. ``max_size`` bounds the input envelope, not the result.
+    """
+    try:
+        env = decode_envelope(envelope, max_size=max_size, max_depth=max_depth)
+        uri = env.manifest.uri
+        if uri is None or len(uri) < 2 or not uri.startswith("#"):
+            raise SUITParamsError(
+                f"the manifest's URI {uri!r} is not a fragment-only reference (#name): "
+                "an integrated payload needs one as its key"
+            )
+        m = env.manifest
+        data = bytes(payload)
+        if (
+            m.image_digest_alg != ALG_SHA256
+            or m.image_digest is None
+            or m.image_size != len(data)
+            or hashlib.sha256(data).digest() != m.image_digest
+        ):
+            raise SUITDigestMismatchError(
+                "the payload is not the image the manifest names (size or SHA-256 differ)",
+                path=f"envelope/{uri}",
+            )
+        present = env.integrated_payloads.get(uri)
+        if present is not None:
+            if present != data:
+                raise SUITParamsError(f"the envelope already integrates another payload at {uri}")
+            return env.raw
+        top = decode_item(env.raw, "envelope", max_depth)
+        members = {k: v for k, v in top.value.items() if k not in (ENV_AUTH, ENV_MANIFEST)}
+        members[uri] = data
+        return _envelope(top.value[ENV_AUTH], env.manifest_bytes, members)
+    except SUITError:
+        raise
+    except Exception as exc:
+        raise SUITInternalError(f"cannot integrate payload: {type(exc).__name__}: {exc}") from exc
 
 
 def sign_manifest_digest(envelope_or_digest: bytes, *, key: Any) -> bytes:

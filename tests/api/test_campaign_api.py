@@ -200,6 +200,7 @@ def test_campaign_status_value_is_stable_for_the_console(
         "planned",
         "tally",
         "reasons",
+        "methods",
         "gate_approved_by",
     }
 

@@ -1,5 +1,6 @@
 """The release side of a small deployment, built only through the services: people holding
-roles, with their signing keys; a vendor with two device classes (thermo-v2, thermo-v1);
+roles, with their signing keys; a vendor with two device classes (thermo-v2, thermo-v1, both
+delivery "suit": the simulated devices are SUIT devices that fetch the envelope);
 releases signed by the ``author`` persona (so simulated devices trusting the author's key accept
 them) and approved by others; registry rows for devices without a gateway behind them.
 
@@ -70,8 +71,12 @@ def build_deployment(
             keys[name] = key
         users[name] = user
     vendor = release_services.vendor_create(name="Acme Sensors", domain="acme.example", actor=admin)
-    thermo = release_services.device_class_create(vendor=vendor, name="thermo-v2", actor=admin)
-    thermo_v1 = release_services.device_class_create(vendor=vendor, name="thermo-v1", actor=admin)
+    thermo = release_services.device_class_create(
+        vendor=vendor, name="thermo-v2", delivery="suit", actor=admin
+    )
+    thermo_v1 = release_services.device_class_create(
+        vendor=vendor, name="thermo-v1", delivery="suit", actor=admin
+    )
     return cls(
         admin=admin, users=users, keys=keys, vendor=vendor, thermo=thermo, thermo_v1=thermo_v1
     )

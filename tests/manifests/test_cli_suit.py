@@ -573,3 +573,34 @@ def test_subprocess_image_info_of_a_tampered_image_exits_1(tmp_path: Path, image
     assert json.loads(proc.stdout)["hash_ok"] is False
     assert "image hash TLV does not match the image" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --- default payload URI per delivery profile -------------------------------------------------
+def _created_uri(image: Path, key: Path, out: Path, *extra: str) -> str | None:
+    args = create_args(image, key, out)
+    at = args.index("--uri")
+    del args[at : at + 2]
+    cli(*args, *extra)
+    return suit.decode_envelope(out.read_bytes()).manifest.uri
+
+
+def test_create_without_uri_names_the_image_path_the_gateway_serves(
+    tmp_path: Path, image: Path, author_key: tuple[Path, Path]
+):
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    assert _created_uri(image, author_key[0], tmp_path / "a.suit") == f"/fw/i/{sha}"
+    assert _created_uri(image, author_key[0], tmp_path / "b.suit", "--delivery", "suit") == (
+        f"/fw/i/{sha}"
+    )
+
+
+def test_create_for_suit_integrated_defaults_to_a_fragment_and_refuses_other_uris(
+    tmp_path: Path, image: Path, author_key: tuple[Path, Path]
+):
+    out = tmp_path / "i.suit"
+    assert _created_uri(image, author_key[0], out, "--delivery", "suit-integrated") == "#app"
+    message = refused(
+        *create_args(image, author_key[0], tmp_path / "j.suit"), "--delivery", "suit-integrated"
+    )
+    assert "fragment-only" in message
+    assert not (tmp_path / "j.suit").exists()

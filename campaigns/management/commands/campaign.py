@@ -33,6 +33,11 @@ def _campaign(name: str) -> Campaign:
     return campaign
 
 
+def delivery_line(profile: str, methods: dict[str, int]) -> str:
+    """``delivery image: pull 40, push 2`` (planned devices in a plan, dispatched in a status)."""
+    return f"delivery {profile}: pull {methods.get('pull', 0)}, push {methods.get('push', 0)}"
+
+
 class Command(BaseCommand):
     help = "Plan, apply and steer staged rollouts."
 
@@ -96,8 +101,12 @@ class Command(BaseCommand):
         if data["release_blocked"]:
             blocked = data["release_blocked"]
             self.stdout.write(f"  RELEASE BLOCKED: {blocked['reason']}: {blocked['detail']}")
+        self.stdout.write(f"  delivery {data['delivery']} (method {data['delivery_method']})")
         for stage in data["stages"]:
-            self.stdout.write(f"  stage {stage['name']:20} {stage['devices']:8} devices")
+            self.stdout.write(
+                f"  stage {stage['name']:20} {stage['devices']:8} devices  "
+                f"{delivery_line(data['delivery'], stage['methods'])}"
+            )
         self.stdout.write(f"  cohort {data['cohort']} devices")
         for reason, count in data["excluded"].items():
             self.stdout.write(f"  excluded {reason:28} {count:8}")
@@ -143,6 +152,7 @@ class Command(BaseCommand):
             f"revision {data['revision']}"
             + (f" — paused: {data['pause_reason']}" if data["pause_reason"] else "")
         )
+        self.stdout.write(f"  delivery {data['delivery']} (method {data['delivery_method']})")
         if data["server_time_only"]:
             counts = ", ".join(f"{state} {n}" for state, n in data["server_time_only"].items())
             self.stdout.write(
@@ -154,7 +164,8 @@ class Command(BaseCommand):
                 f"  {'>' if stage['current'] else ' '} {stage['name']:12} {stage['status']:12} "
                 f"ok {t['succeeded']:5} failed {t['failed']:4} timeout {t['timed_out']:4} "
                 f"unreachable {t['unreachable']:4} in-flight {t['in_flight']:4} "
-                f"pending {t['pending']:5} skipped {t['skipped']:4}"
+                f"pending {t['pending']:5} skipped {t['skipped']:4}  "
+                f"{delivery_line(data['delivery'], stage['methods'])}"
             )
             for reason, count in stage["reasons"].items():
                 self.stdout.write(f"        {reason:28} {count}")

@@ -1,4 +1,4 @@
-"""``manage.py devclass add|list``."""
+"""``manage.py devclass add|set|list``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from manifests import services
-from manifests.management.cli import service_errors, user_named, vendor_named
-from manifests.models import DeviceClass, PayloadFormat
+from manifests.management.cli import device_class_named, service_errors, user_named, vendor_named
+from manifests.models import DeliveryMethod, DeliveryProfile, DeviceClass, PayloadFormat
 
 
 class Command(BaseCommand):
-    help = "Register (admin) and list device classes (class ID = UUIDv5 of vendor ID and name)."
+    help = (
+        "Register (admin) and list device classes (class ID = UUIDv5 of vendor ID and name); "
+        "set how a class's devices take firmware (delivery profile, pull/push)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         sub = parser.add_subparsers(dest="action", required=True, parser_class=CommandParser)
@@ -21,7 +24,28 @@ class Command(BaseCommand):
         p.add_argument("--name", required=True)
         p.add_argument("--component", default="00", help="fixed component id, hex")
         p.add_argument("--payload-format", choices=PayloadFormat.values, default="mcuboot")
+        p.add_argument(
+            "--delivery",
+            choices=DeliveryProfile.values,
+            default=DeliveryProfile.IMAGE.value,
+            help="what the Package URI names: the image (default), the SUIT envelope, or the "
+            "envelope with the payload integrated",
+        )
+        p.add_argument(
+            "--method",
+            choices=DeliveryMethod.values,
+            default=DeliveryMethod.AUTO.value,
+            help="pull or push; auto (default) decides per device from /5/0/9 and /5/0/8",
+        )
         p.add_argument("--description", default="")
+        p.add_argument("--user", required=True, help="username of the acting admin")
+        p = sub.add_parser("set", help="change a class's delivery profile (admin)")
+        p.add_argument("--vendor-domain", required=True)
+        p.add_argument("--name", required=True)
+        p.add_argument("--delivery", required=True, choices=DeliveryProfile.values)
+        p.add_argument(
+            "--method", choices=DeliveryMethod.values, help="pull/push/auto (default: unchanged)"
+        )
         p.add_argument("--user", required=True, help="username of the acting admin")
         sub.add_parser("list")
 
@@ -35,12 +59,33 @@ class Command(BaseCommand):
                     name=options["name"],
                     component_id=[options["component"]],
                     payload_format=options["payload_format"],
+                    delivery=options["delivery"],
+                    delivery_method=options["method"],
                     description=options["description"],
                     actor=actor,
                 )
-            self.stdout.write(f"device class {device_class} id {device_class.uuid}")
+            self.stdout.write(
+                f"device class {device_class} id {device_class.uuid} "
+                f"delivery {device_class.delivery} ({device_class.delivery_method})"
+            )
+            return
+        if options["action"] == "set":
+            actor = user_named(options["user"])
+            device_class = device_class_named(options["vendor_domain"], options["name"])
+            with service_errors():
+                device_class = services.device_class_set_delivery(
+                    device_class=device_class,
+                    delivery=options["delivery"],
+                    method=options["method"],
+                    actor=actor,
+                )
+            self.stdout.write(
+                f"device class {device_class} delivery {device_class.delivery} "
+                f"({device_class.delivery_method})"
+            )
             return
         for device_class in DeviceClass.objects.select_related("vendor"):
             self.stdout.write(
-                f"{device_class!s:40} {device_class.uuid} {device_class.payload_format}"
+                f"{device_class!s:40} {device_class.uuid} {device_class.payload_format} "
+                f"{device_class.delivery} {device_class.delivery_method}"
             )

@@ -15,7 +15,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from manifests import suit
+from manifests import delivery, suit
 from manifests.images import ImageError, ingest_image
 from manifests.management.cli import write_output
 from manifests.versions import VersionError, parse_version
@@ -83,7 +83,18 @@ class Command(BaseCommand):
         p.add_argument("--sequence", required=True, type=int)
         p.add_argument("--security-counter", required=True, type=int)
         p.add_argument("--image", required=True)
-        p.add_argument("--uri", required=True)
+        p.add_argument(
+            "--uri",
+            help="where a SUIT device fetches the payload (default: by --delivery, "
+            "/fw/i/<image sha256> on the server it got the envelope from, or #app for "
+            "suit-integrated)",
+        )
+        p.add_argument(
+            "--delivery",
+            choices=delivery.PROFILES,
+            default=delivery.IMAGE,
+            help="the device class's delivery profile, for the default --uri (default image)",
+        )
         p.add_argument("--expires", help="ISO 8601 use-before time (UTC if no offset)")
         p.add_argument("--component", default="00", help="component id, hex (default 00)")
         p.add_argument("--key", required=True)
@@ -150,6 +161,16 @@ class Command(BaseCommand):
             component = bytes.fromhex(options["component"])
         except ValueError:
             raise CommandError(f"--component {options['component']!r} is not hex") from None
+        image_sha256 = hashlib.sha256(image).hexdigest()
+        uri = options["uri"]
+        if uri is None:
+            uri = delivery.default_payload_uri(options["delivery"], image_sha256)
+        elif options["delivery"] == delivery.SUIT_INTEGRATED:
+            problem = delivery.payload_uri_problem(
+                uri, profile=delivery.SUIT_INTEGRATED, image_sha256=image_sha256
+            )
+            if problem is not None:
+                raise CommandError(f"--uri: {problem}")
         vendor = suit.vendor_id(options["vendor_domain"].strip().lower().rstrip("."))
         params = suit.ManifestParams(
             vendor_id=vendor,
@@ -159,7 +180,7 @@ class Command(BaseCommand):
             security_counter=options["security_counter"],
             image_digest=hashlib.sha256(image).digest(),
             image_size=len(image),
-            uri=options["uri"],
+            uri=uri,
             use_before=parse_expiry(options["expires"]) if options["expires"] else None,
             component_id=(component,),
             payload_format=info.kind,
@@ -172,7 +193,7 @@ class Command(BaseCommand):
         decoded = suit.decode_envelope(envelope)
         self.stdout.write(
             f"wrote {options['out']} ({len(envelope)} bytes, manifest digest "
-            f"{decoded.manifest_digest.hex()})"
+            f"{decoded.manifest_digest.hex()}, payload URI {uri})"
         )
 
     def _sign(self, options: dict[str, Any]) -> None:

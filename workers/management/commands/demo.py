@@ -117,15 +117,16 @@ class Command(BaseCommand):
         vendor = release_services.vendor_create(
             name="Acme Sensors", domain="acme.example", actor=people["admin"][0]
         )
+        # thermo-v2 and thermo-v1 devices are SUIT processors (they take the envelope);
+        # thermo-v3 devices install raw MCUboot images (the image profile, see IMAGE_CLASS).
         thermo = release_services.device_class_create(
-            vendor=vendor, name="thermo-v2", actor=people["admin"][0]
+            vendor=vendor, name="thermo-v2", delivery="suit", actor=people["admin"][0]
         )
         release_services.device_class_create(
-            vendor=vendor, name="thermo-v1", actor=people["admin"][0]
+            vendor=vendor, name="thermo-v1", delivery="suit", actor=people["admin"][0]
         )
-        # The image-profile class (its devices install raw MCUboot images, see IMAGE_CLASS).
         image_class = release_services.device_class_create(
-            vendor=vendor, name=IMAGE_CLASS, actor=people["admin"][0]
+            vendor=vendor, name=IMAGE_CLASS, delivery="image", actor=people["admin"][0]
         )
         self._line(
             f"vendor acme.example {vendor.uuid}; class thermo-v2 {thermo.uuid}; "
