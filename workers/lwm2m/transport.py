@@ -98,6 +98,11 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
         message.direction = Direction.INCOMING
         try:
             self._ctx.dispatch_message(message)
+        except _TRANSIENT as exc:
+            # A late answer to a request that already ended (a retransmitted response, or one
+            # after a timeout): nothing hostile and nothing to act on; counted, one INFO line.
+            self.guard.counts["late"] += 1
+            log.info("late datagram from %s ignored (%r)", _peer(address), exc)
         except Exception as exc:
             # The last place with a log at hand (the transport's reader would only print it).
             self.guard.refused("unhandled", _peer(address), f"{type(exc).__name__}: {exc}")

@@ -257,3 +257,28 @@ def test_production_defaults_are_provisioned_admission_without_nosec() -> None:
 
 def test_debug_defaults_stay_open_for_the_demo() -> None:
     assert _settings("1") == ["open", "True"]
+
+
+def test_a_late_answer_to_a_finished_request_is_counted_not_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """aiocoap raises InvalidStateError when a response arrives for a request whose future is
+    already done (a retransmitted answer): not hostile input, so no WARNING line."""
+    import asyncio as _asyncio
+    import logging as _logging
+
+    from workers.lwm2m.transport import InputGuard, ScreenedUDP6
+
+    class Context:
+        def dispatch_message(self, message: object) -> None:
+            raise _asyncio.InvalidStateError("invalid state")
+
+    transport = ScreenedUDP6.__new__(ScreenedUDP6)
+    transport._ctx = Context()
+    transport.guard = InputGuard()
+    datagram = bytes([0x60, 0x45, 0x12, 0x34])  # ACK 2.05, message id 0x1234, no token
+    with caplog.at_level(_logging.INFO, logger="workers.lwm2m"):
+        transport.datagram_msg_received(datagram, [], 0, ("::1", 5683, 0, 0))
+    assert transport.guard.counts["late"] == 1
+    assert not [r for r in caplog.records if r.levelno >= _logging.WARNING]
+    assert "late datagram" in caplog.text

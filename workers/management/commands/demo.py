@@ -5,8 +5,9 @@ by QA and security with real signatures; an LwM2M gateway on loopback and about 
 simulated devices (some of the wrong class, a few in the canary with a boot fault, and a class of
 image-profile devices: Zephyr's LwM2M client over MCUboot, verifying raw images with their
 bootloader key); a 3-stage campaign that pauses on the canary's failures, is resumed once the
-fault is fixed, and completes; live progress bars and a closing summary; the audit chain verified
-at the end.
+fault is fixed, and completes; then a campaign of the image-profile class (pulled by some
+devices, pushed to the others); live progress bars and closing summaries; the audit chain
+verified at the end.
 """
 
 from __future__ import annotations
@@ -48,11 +49,25 @@ DEMO_PASSWORD = "demo-pass-2026"  # noqa: S105 - printed for the local demo cons
 FLEET = 96
 WRONG_CLASS = 4
 FAULTY_IN_CANARY = 3
-# The image-profile class: its devices take the raw MCUboot image (Package URI /fw/i/<sha256> or
-# a push to /5/0/0) and check it with their bootloader key. The campaign engine sends SUIT
-# envelopes only, so this class stays outside the demo's campaign until it delivers images.
+# The image-profile class: its devices take the raw MCUboot image (Package URI /fw/i/<sha256>,
+# or the image pushed to /5/0/0 for those that take no Package URI) and check it with their
+# bootloader key, as Zephyr's LwM2M client over MCUboot does. Half of them take pushes only.
 IMAGE_CLASS = "thermo-v3"
 IMAGE_DEVICES = 8
+IMAGE_SPEC = f"""
+apiVersion: fwupd/v1
+kind: Campaign
+name: thermo-v3-1-1-rollout
+release: thermo-v3-1.1.0
+description: The image-profile devices, all at once
+target:
+  device_class: acme.example/{IMAGE_CLASS}
+stages:
+  - name: all
+    size: 100%
+timeouts:
+  device: 2m
+"""
 SPEC = """
 apiVersion: fwupd/v1
 kind: Campaign
@@ -165,18 +180,40 @@ class Command(BaseCommand):
         )
 
         self._step("Release approval: policy {author: 1, qa: 1, security: 1}")
-        release = release_services.release_create(
-            manifest=manifest, name="thermo-1.1.0", actor=author
+        self._approve(people, manifest, envelope, "thermo-1.1.0")
+
+        self._step(
+            f"Firmware 1.1.0 for {IMAGE_CLASS}: MCUboot image signed with the bootloader key, "
+            "under a signed SUIT manifest (the server's authority; the device installs the image)"
         )
-        verdict = release_services.release_submit(release=release, actor=author)
-        self._line(f"submitted by alice: {verdict.summary()}")
-        for name, role in (("bob", "qa"), ("carol", "security")):
-            user, key = people[name]
-            block = suit.sign_manifest_digest(envelope, key=key)
-            _, verdict = release_services.release_approve(
-                release=release, signer=user, role=role, cose=block
-            )
-            self._line(f"{name} signed as {role}: {verdict.summary()}")
+        image_v3 = release_services.image_upload(
+            data=imgtool.build_image(
+                (b"thermo-v3 firmware 1.1.0\n" * 2000)[:32768],
+                version="1.1.0",
+                security_counter=1,
+                key_path=self.bootloader_key_path,
+                vendor_id=str(vendor.uuid),
+                class_id=str(image_class.uuid),
+            ),
+            filename="thermo-v3-1.1.0.bin",
+            actor=author,
+        )
+        envelope_v3 = suit.create_envelope(
+            manifest_params(
+                device_class=image_class,
+                image=image_v3,
+                sequence_number=2,
+                security_counter=1,
+                use_before=now + dt.timedelta(days=30),
+            ),
+            keys=[author_key],
+        )
+        manifest_v3 = release_services.manifest_import(envelope=envelope_v3, created_by=author)
+        self._line(
+            f"image {image_v3.size} bytes sha256 {image_v3.sha256[:16]}… (the Package URI names "
+            f"it: /fw/i/<sha256>); manifest {manifest_v3.manifest_digest[:16]}…"
+        )
+        self._approve(people, manifest_v3, envelope_v3, "thermo-v3-1.1.0")
 
         total = options["devices"] + WRONG_CLASS + IMAGE_DEVICES
         self._step(f"LwM2M gateway on loopback and {total} simulated devices")
@@ -202,18 +239,22 @@ class Command(BaseCommand):
                 **common,
             )
         )
-        fleet.add(
-            FleetSpec(
-                count=IMAGE_DEVICES,
-                model=IMAGE_CLASS,
-                prefix="zephyr",
-                class_id=str(image_class.uuid),
-                delivery="image",
-                bootloader_key=bootloader_key,
-                delivery_method=DeliveryMethod.BOTH,
-                **common,
+        for prefix, method in (
+            ("zephyr", DeliveryMethod.BOTH),
+            ("zephyr-push", DeliveryMethod.PUSH),
+        ):
+            fleet.add(
+                FleetSpec(
+                    count=IMAGE_DEVICES // 2,
+                    model=IMAGE_CLASS,
+                    prefix=prefix,
+                    class_id=str(image_class.uuid),
+                    delivery="image",
+                    bootloader_key=bootloader_key,
+                    delivery_method=method,
+                    **common,
+                )
             )
-        )
         fleet.start(register_timeout=120)
         try:
             self._wait(
@@ -225,10 +266,10 @@ class Command(BaseCommand):
             self._line(
                 f"{Device.objects.filter(online=True).count()} devices registered "
                 f"through {fleet.gateway_id}; {IMAGE_DEVICES} of them are {IMAGE_CLASS} "
-                "(image profile: the campaign targets thermo-v2 and skips them as another "
-                "class; the engine delivers SUIT envelopes only)"
+                "(image profile; half of those take pushed packages only)"
             )
             self._rollout(people, fleet, options)
+            self._image_rollout(people, options)
         finally:
             fleet.stop()
         verdict = audit_verify()
@@ -294,6 +335,48 @@ class Command(BaseCommand):
             time.sleep(0.5)
         self._summary(campaign)
 
+    def _image_rollout(self, people: dict[str, Any], options: dict[str, Any]) -> None:
+        """The image-profile class: one stage; the engine pulls where the device takes a Package
+        URI and pushes where it does not; each device verifies the image with its bootloader
+        key, test-boots and confirms it."""
+        ops = people["dave"][0]
+        spec = parse_spec(IMAGE_SPEC, source="demo image spec")
+        self._step(f"Campaign for {IMAGE_CLASS} (delivery profile: image)")
+        campaign, _ = services.campaign_apply(spec=spec, actor=ops, source="demo image spec")
+        deadline = time.monotonic() + options["timeout"]
+        campaign_id = campaign.pk
+        while time.monotonic() < deadline:
+            _retry(lambda: engine.campaign_reconcile(campaign_id))
+            campaign = _retry(lambda: Campaign.objects.get(pk=campaign_id))
+            if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.ABORTED):
+                break
+            time.sleep(0.5)
+        from campaigns.selectors import campaign_status
+
+        data = _retry(lambda: campaign_status(campaign))
+        methods = data["stages"][0]["methods"]
+        confirmed = Device.objects.filter(
+            device_class__name=IMAGE_CLASS, firmware_version="1.1.0"
+        ).count()
+        self._line(
+            f"campaign {campaign.name} {campaign.status}: pull {methods.get('pull', 0)}, "
+            f"push {methods.get('push', 0)}; {confirmed} of {IMAGE_DEVICES} {IMAGE_CLASS} "
+            "devices now report 1.1.0 (image verified by their bootloader, confirmed after boot)"
+        )
+
+    def _approve(self, people: dict[str, Any], manifest: Any, envelope: bytes, name: str) -> None:
+        author = people["alice"][0]
+        release = release_services.release_create(manifest=manifest, name=name, actor=author)
+        verdict = release_services.release_submit(release=release, actor=author)
+        self._line(f"{name} submitted by alice: {verdict.summary()}")
+        for person, role in (("bob", "qa"), ("carol", "security")):
+            user, key = people[person]
+            block = suit.sign_manifest_digest(envelope, key=key)
+            _, verdict = release_services.release_approve(
+                release=release, signer=user, role=role, cose=block
+            )
+            self._line(f"{person} signed as {role}: {verdict.summary()}")
+
     def _bars(self, campaign: Campaign) -> None:
         from campaigns.selectors import campaign_status
 
@@ -347,7 +430,9 @@ class Command(BaseCommand):
                 f"  failed {dict(failed) or 0}  skipped {dict(skipped) or 0}"
                 f"  retried after resume {retried}"
             )
-        on_new = Device.objects.filter(firmware_version="1.1.0").count()
+        on_new = Device.objects.filter(
+            device_class=campaign.device_class, firmware_version="1.1.0"
+        ).count()
         self._line(f"{on_new} devices now report firmware 1.1.0 (confirmed after reboot)")
 
     # --- helpers -------------------------------------------------------------------------------
@@ -382,6 +467,7 @@ class Command(BaseCommand):
         demo keys); its devices' bootloader holds the public half."""
         path = Path(settings.VAR_DIR) / "demo" / "keys" / f"mcuboot-{IMAGE_CLASS}.pem"
         imgtool.keygen(path)
+        self.bootloader_key_path = path
         path.chmod(0o600)
         self._line(f"MCUboot signing key of {IMAGE_CLASS}: {path} (imgtool, ECDSA P-256)")
         return imgtool.public_key_pem(path).decode()
