@@ -176,7 +176,8 @@ def insert_devices(
             endpoint, vendor_id, device_class_id, manufacturer, model, serial, firmware_version,
             sequence_number, security_counter, fw_protocols, clock_offset_seconds, online,
             last_seen, registration_id, lifetime, binding, lwm2m_version, queue_mode,
-            gateway_id, lwm2m_objects, tags, created_at, updated_at)
+            gateway_id, lwm2m_objects, tags, created_at, updated_at, registration_address,
+            registration_identity, registration_root_path)
         SELECT
             %(prefix)s || '-' || lpad(i::text, 7, '0'),
             CASE WHEN {m} = 4 THEN NULL ELSE %(vendor)s END,
@@ -190,7 +191,7 @@ def insert_devices(
             '[0]'::jsonb,
             CASE WHEN {m} = 3 THEN 7200 + (i %% 977) ELSE ((i %% 1999) - 999) / 1000.0 END,
             true, now(), 'r' || i::text, 300, 'U', '1.1', false, 'gw-bench',
-            '["/3/0", "/5/0"]'::jsonb, %(tags)s::jsonb, now(), now()
+            '["/3/0", "/5/0"]'::jsonb, %(tags)s::jsonb, now(), now(), '', '', ''
         FROM generate_series(%(start)s, %(stop)s) AS i
     """  # noqa: S608
     with connection.cursor() as cursor:

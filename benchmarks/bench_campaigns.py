@@ -102,7 +102,8 @@ def _log(msg: str) -> None:
 
 RAW_INSERT = """
 INSERT INTO campaigns_rollout
-    (campaign_id, device_id, stage, bucket, state, reason, detail, attempts, updated_at)
+    (campaign_id, device_id, stage, bucket, state, reason, detail, attempts, updated_at,
+     device_clock)
 SELECT %(campaign)s, d.id,
        CASE WHEN b.bucket < %(b0)s THEN 0 WHEN b.bucket < %(b1)s THEN 1 ELSE 2 END,
        b.bucket,
@@ -111,7 +112,7 @@ SELECT %(campaign)s, d.id,
        CASE WHEN r.reason IN ('', 'clock_skew') THEN 'pending' ELSE 'skipped' END,
        r.reason,
        CASE WHEN r.reason = '' THEN '' ELSE d.endpoint || ': ' || r.reason END,
-       0, now()
+       0, now(), ''
 FROM campaigns_device d
 CROSS JOIN LATERAL (
     SELECT ('x' || substr(encode(sha256(convert_to(%(salt)s || ':' || d.endpoint, 'UTF8')),

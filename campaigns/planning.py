@@ -480,16 +480,17 @@ def _copy_text(value: str) -> str:
 
 def _copy_rows(campaign: Campaign, rows: PlanRows, existing: set[int]) -> None:
     """The rows ``_write_rows`` would create, as one ``COPY ... FROM STDIN`` (text format, built
-    in chunks): the same columns and values bulk_create writes (attempts 0, updated_at now)."""
+    in chunks): the same columns and values bulk_create writes (attempts 0, updated_at now, no
+    device clock recorded yet: that is written when the rollout is claimed)."""
     head = f"{campaign.pk}\t"
-    tail = f"\t0\t{timezone.now().isoformat()}\n"
+    tail = f"\t0\t{timezone.now().isoformat()}\t\n"
     pending, skipped = RolloutState.PENDING.value, RolloutState.SKIPPED.value
     chunk: list[str] = []
     with (
         connection.cursor() as cursor,
         cursor.copy(
             "COPY campaigns_rollout (campaign_id, device_id, stage, bucket, state, reason, detail,"
-            " attempts, updated_at) FROM STDIN"
+            " attempts, updated_at, device_clock) FROM STDIN"
         ) as copy,
     ):
         for device_id, stage, value, reason, detail in rows.resolved():
