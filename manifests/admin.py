@@ -3,11 +3,10 @@ changed only through the key services (registration checks the key, revocation i
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin
 from django.http import HttpRequest
 
+from audit.admin import ReadOnlyAdmin
 from manifests.models import (
     Approval,
     Delegation,
@@ -20,17 +19,6 @@ from manifests.models import (
     SigningKey,
     Vendor,
 )
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Vendor)
