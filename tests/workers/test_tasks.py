@@ -13,7 +13,10 @@ from workers.tasks import device_command_task
 
 
 @pytest.mark.django_db
-def test_a_command_for_a_gateway_the_bus_does_not_know_fails_with_the_bus_code() -> None:
+def test_a_command_for_a_gateway_the_bus_does_not_know_fails_with_the_bus_code(
+    settings: Any,
+) -> None:
+    settings.LWM2M_COMMAND_BUS_URL = "memory://"  # the in-process bus refuses unknown gateways
     device = Device.objects.create(endpoint="dev-1", online=True, gateway_id="gw-nowhere")
     command = DeviceCommand.objects.create(device=device, operation="read")
 
