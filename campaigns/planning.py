@@ -478,6 +478,23 @@ def _copy_text(value: str) -> str:
     )
 
 
+# The columns a plan's COPY writes: every NOT NULL column of campaigns_rollout but the id. COPY
+# bypasses the model's defaults, so a column left out is NULL and every apply on PostgreSQL fails
+# (device_clock did; tests/campaigns/test_planning.py checks this list against the model).
+COPY_COLUMNS = (
+    "campaign_id",
+    "device_id",
+    "stage",
+    "bucket",
+    "state",
+    "reason",
+    "detail",
+    "attempts",
+    "updated_at",
+    "device_clock",
+)
+
+
 def _copy_rows(campaign: Campaign, rows: PlanRows, existing: set[int]) -> None:
     """The rows ``_write_rows`` would create, as one ``COPY ... FROM STDIN`` (text format, built
     in chunks): the same columns and values bulk_create writes (attempts 0, updated_at now, no
@@ -488,10 +505,7 @@ def _copy_rows(campaign: Campaign, rows: PlanRows, existing: set[int]) -> None:
     chunk: list[str] = []
     with (
         connection.cursor() as cursor,
-        cursor.copy(
-            "COPY campaigns_rollout (campaign_id, device_id, stage, bucket, state, reason, detail,"
-            " attempts, updated_at, device_clock) FROM STDIN"
-        ) as copy,
+        cursor.copy(f"COPY campaigns_rollout ({', '.join(COPY_COLUMNS)}) FROM STDIN") as copy,
     ):
         for device_id, stage, value, reason, detail in rows.resolved():
             if existing and device_id in existing:

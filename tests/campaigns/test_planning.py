@@ -101,3 +101,29 @@ def test_expired_manifest_blocks_the_plan_and_apply_refuses(catalog: Catalog) ->
         "expired_release"
     }
     assert not DeviceCommand.objects.exists()
+
+
+def test_copy_columns_cover_every_not_null_rollout_column() -> None:
+    """COPY bypasses the model's defaults: a NOT NULL column missing from ``COPY_COLUMNS`` is
+    NULL, and on PostgreSQL every ``campaign apply`` failed (device_clock, found against a real
+    Anjay client). Checked on any database, so SQLite runs catch the next such column."""
+    required = {
+        field.column
+        for field in Rollout._meta.concrete_fields
+        if not field.null and not field.primary_key
+    }
+    assert required <= set(planning.COPY_COLUMNS), required - set(planning.COPY_COLUMNS)
+
+
+def test_apply_writes_rows_through_copy_on_postgresql(catalog: Catalog) -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("COPY is the PostgreSQL path")
+    make_devices(catalog, 3, prefix="ok")
+    make_devices(catalog, 1, prefix="v1", device_class=catalog.thermo_v1)
+    campaign = apply(catalog, spec_text("copied"))
+    rows = dict(
+        Rollout.objects.filter(campaign=campaign).values_list("device__endpoint", "device_clock")
+    )
+    assert rows == {"ok-00000": "", "ok-00001": "", "ok-00002": "", "v1-00000": ""}
