@@ -464,6 +464,41 @@ def read_records(datagram: bytes) -> list[Record]:
     return out
 
 
+_DTLS_1_0 = b"\xfe\xff"
+_DTLS_1_2 = b"\xfe\xfd"
+
+
+def normalise_hello_record_version(datagram: bytes) -> bytes:
+    """The datagram with the record-layer version of each epoch-0 ClientHello record that says
+    {254, x} other than DTLS 1.0 or 1.2 set to DTLS 1.2; anything else unchanged.
+
+    Why: a client may put any {254, x} there before the version is negotiated (RFC 6347 4.1,
+    after TLS 1.2's E.1: servers accept any such value), and Anjay over mbed TLS 2.28 sends
+    ``fe 00`` (its lowest allowed version); tinydtls drops a record whose version is neither
+    DTLS 1.0 nor 1.2 without a word, so such a client never got a HelloVerifyRequest. Safe:
+    the record header is in no handshake hash or cookie, and the ClientHello's own
+    client_version (what the version is negotiated from) is left as sent.
+    """
+    out = bytearray(datagram)
+    at = 0
+    for _ in range(_MAX_RECORDS):
+        if len(out) - at < _RECORD_HEADER_BYTES:
+            break
+        length = int.from_bytes(out[at + 11 : at + 13], "big")
+        if (
+            out[at] == _HANDSHAKE_RECORD
+            and out[at + 1] == 0xFE
+            and bytes(out[at + 1 : at + 3]) not in (_DTLS_1_0, _DTLS_1_2)
+            and out[at + 3 : at + 5] == b"\x00\x00"  # epoch 0
+            and length >= 1
+            and len(out) > at + _RECORD_HEADER_BYTES
+            and out[at + _RECORD_HEADER_BYTES] == _CLIENT_HELLO
+        ):
+            out[at + 1 : at + 3] = _DTLS_1_2
+        at += _RECORD_HEADER_BYTES + length
+    return bytes(out)
+
+
 def describe_records(records: list[Record]) -> str:
     return " + ".join(r.describe() for r in records) if records else "no DTLS record"
 
@@ -939,7 +974,9 @@ def _define_transport() -> None:
             self._wrote, self._receiving = False, True
             self._retransmission_task.cancel()
             try:
-                result = socket.handleMessage(self._dtls_session, data)
+                result = socket.handleMessage(
+                    self._dtls_session, normalise_hello_record_version(data)
+                )
             finally:
                 self._receiving = False
             if not self.closed:

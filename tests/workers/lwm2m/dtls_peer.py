@@ -14,6 +14,13 @@ show what a tinydtls client older than 2023 does. Eclipse Wakaama's example clie
   ChangeCipherSpec and Finished as three datagrams; the ClientHello records say DTLS 1.0
   (0xfeff) in their record header, the others DTLS 1.2.
 
+Anjay's demo client (avs_commons 5.8.0 over mbed TLS 2.28, PSK) sends, also captured: 37 cipher
+suites (ECDHE/DHE-PSK with ChaCha20, GCM and CCM first; TLS_PSK_WITH_AES_128_CCM before
+TLS_PSK_WITH_AES_128_CCM_8), server_name, signature_algorithms, supported_groups,
+ec_point_formats, encrypt_then_mac, extended_master_secret and session_ticket, and ``fe 00`` as
+the record-layer version of its ClientHellos (its lowest allowed version, which any {254, x}
+may be before negotiation); ``ANJAY_MBEDTLS`` below.
+
 This client does the same, with TLS_PSK_WITH_AES_128_CCM_8 (RFC 6655) for the records it
 encrypts, the extended master secret (RFC 7627) when it offers the extension, and plain blocking
 sockets (the gateway under test runs on its own thread). It checks the server's Finished; it is
@@ -64,9 +71,32 @@ class HelloShape:
 
     suites: tuple[int, ...]
     extensions: tuple[tuple[int, bytes], ...]
+    # The record-layer version of the ClientHello records (tinydtls clients: DTLS 1.0).
+    hello_record_version: bytes = DTLS_1_0
 
 
 WAKAAMA_PSK = HelloShape(suites=(PSK_AES_128_CCM_8,), extensions=(EXTENDED_MASTER_SECRET,))
+ANJAY_MBEDTLS = HelloShape(
+    suites=tuple(
+        struct.unpack(
+            ">38H",
+            bytes.fromhex(
+                "ccacccad00abc0a7c03800b3c0360091c091c09bc097c0ab00aac0a6c03700b2c0350090c090"
+                "c096c09ac0aaccab00a9c0a500af008dc08fc095c0a900a8c0a400ae008cc08ec094c0a800ff"
+            ),
+        )
+    ),
+    extensions=(
+        (0, bytes.fromhex("000c0000093132372e302e302e31")),
+        (13, bytes.fromhex("001006030601050305010403040103030301")),
+        (10, bytes.fromhex("001a0019001c0018001b00170016001a0015001400130012001d001e")),
+        (11, b"\x01\x00"),
+        (22, b""),
+        EXTENDED_MASTER_SECRET,
+        (35, b""),
+    ),
+    hello_record_version=b"\xfe\x00",
+)
 WAKAAMA_ECC_AND_PSK = HelloShape(
     suites=(ECDHE_ECDSA_AES_128_CCM_8, PSK_AES_128_CCM_8),
     extensions=(*TINYDTLS_ECC_EXTENSIONS, EXTENDED_MASTER_SECRET),
@@ -217,7 +247,8 @@ class PSKClient:
         client_key, _, client_iv, _ = self._keys
         explicit = struct.pack(">H", epoch) + sequence.to_bytes(6, "big")
         aad = explicit + bytes([content_type]) + DTLS_1_2 + struct.pack(">H", len(plaintext))
-        sealed = AESCCM(client_key, tag_length=8).encrypt(client_iv + explicit, plaintext, aad)
+        ccm = AESCCM(client_key, tag_length=self._tag)
+        sealed = ccm.encrypt(client_iv + explicit, plaintext, aad)
         return explicit + sealed
 
     def _decrypt(self, content_type: int, epoch: int, sequence: int, fragment: bytes) -> bytes:
@@ -225,8 +256,13 @@ class PSKClient:
         _, server_key, _, server_iv = self._keys
         explicit, sealed = fragment[:8], fragment[8:]
         header = struct.pack(">H", epoch) + sequence.to_bytes(6, "big")
-        aad = header + bytes([content_type]) + DTLS_1_2 + struct.pack(">H", len(sealed) - 8)
-        return AESCCM(server_key, tag_length=8).decrypt(server_iv + explicit, sealed, aad)
+        aad = header + bytes([content_type]) + DTLS_1_2 + struct.pack(">H", len(sealed) - self._tag)
+        return AESCCM(server_key, tag_length=self._tag).decrypt(server_iv + explicit, sealed, aad)
+
+    @property
+    def _tag(self) -> int:
+        """TLS_PSK_WITH_AES_128_CCM has a 16-byte tag, the _CCM_8 suites an 8-byte one."""
+        return 16 if self.cipher_suite == PSK_AES_128_CCM else 8
 
     # -- the handshake -----------------------------------------------------------------------
 
@@ -235,13 +271,13 @@ class PSKClient:
         self._client_random = os.urandom(32)
         first = client_hello_body(self.shape, self._client_random, b"")
         message = self._handshake_message(CLIENT_HELLO, first, hashed=False)
-        self.send_record(HANDSHAKE, message, version=DTLS_1_0)
+        self.send_record(HANDSHAKE, message, version=self.shape.hello_record_version)
         msg_type, body, _ = self._next_handshake()
         assert msg_type == HELLO_VERIFY_REQUEST, msg_type
         cookie = body[3 : 3 + body[2]]
         second = client_hello_body(self.shape, self._client_random, cookie)
         message = self._handshake_message(CLIENT_HELLO, second)
-        self.send_record(HANDSHAKE, message, version=DTLS_1_0)
+        self.send_record(HANDSHAKE, message, version=self.shape.hello_record_version)
 
     def handshake(self) -> None:
         """A full PSK handshake; raises :class:`AlertReceived` if the server sends an alert."""

@@ -20,8 +20,10 @@ from aiocoap.numbers.codes import Code
 from campaigns import device_services
 from tests.workers.lwm2m.conftest import DictFirmware, ListSink, wait_for
 from tests.workers.lwm2m.dtls_peer import (
+    ANJAY_MBEDTLS,
     EMPTY_RENEGOTIATION_INFO_SCSV,
     EXTENDED_MASTER_SECRET,
+    PSK_AES_128_CCM,
     PSK_AES_128_CCM_8,
     PSK_AES_128_GCM_SHA256,
     RENEGOTIATION_INFO,
@@ -105,6 +107,24 @@ def test_tinydtls_client_without_renegotiation_info_completes_handshake_and_regi
     assert response.code == Code.CREATED and response.mid == 4711
     reg = gateway.gateway.by_endpoint[IDENTITY]
     assert reg.identity == IDENTITY and reg.objects.has_object(5)
+
+
+def test_anjay_mbedtls_client_hello_with_record_version_fe00_completes_handshake(
+    gateway: GatewayThread,
+) -> None:
+    """Anjay's demo client (mbed TLS 2.28) says ``fe 00`` in its ClientHello record headers;
+    tinydtls dropped those records unanswered, so Anjay never registered over DTLS (the gateway
+    logged only "not completed in 10 s ... last sent: nothing")."""
+    client = _client(gateway, ANJAY_MBEDTLS)
+    try:
+        client.handshake()
+        # tinydtls takes the first of its two CCM suites in the client's list: CCM for Anjay.
+        assert client.cipher_suite == PSK_AES_128_CCM
+        response = _register(client)
+    finally:
+        client.close()
+    assert response.code == Code.CREATED
+    assert gateway.gateway.by_endpoint[IDENTITY].identity == IDENTITY
 
 
 @pytest.mark.parametrize(

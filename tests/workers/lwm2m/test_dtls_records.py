@@ -29,6 +29,7 @@ from workers.lwm2m.dtls import (
     describe_records,
     dtls_missing,
     hello_refusal,
+    normalise_hello_record_version,
     parse_client_hello,
     psk_identity,
     read_records,
@@ -188,3 +189,38 @@ def test_tinydtls_is_configured_only_through_the_object_it_was_checked_on() -> N
     configure_tinydtls(context)  # idempotent
     with pytest.raises(DTLSUnavailableError, match=r"it is a builtins\.bytearray"):
         configure_tinydtls(bytearray(200))
+
+
+def _hello_record(version: bytes, *, epoch: int = 0) -> bytes:
+    body = client_hello_body(WAKAAMA_PSK, bytes(32), b"")
+    fragment = bytes([CLIENT_HELLO]) + len(body).to_bytes(3, "big") + bytes(5)
+    fragment += len(body).to_bytes(3, "big") + body
+    return record(HANDSHAKE, epoch, 0, fragment, version)
+
+
+def test_client_hello_record_version_fe00_is_read_as_dtls_1_2() -> None:
+    """Anjay over mbed TLS 2.28 puts ``fe 00`` there; tinydtls drops anything but 1.0 and 1.2."""
+    datagram = _hello_record(b"\xfe\x00")
+    assert normalise_hello_record_version(datagram) == b"\x16\xfe\xfd" + datagram[3:]
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        _hello_record(DTLS_1_0),
+        _hello_record(b"\xfe\xfd"),
+        _hello_record(b"\xfe\x00", epoch=1),  # encrypted: not a ClientHello we can read
+        _hello_record(b"\x03\x03"),  # not DTLS at all
+        record(23, 0, 0, b"\x01abc", b"\xfe\x00"),  # application data
+        b"\x16\xfe\x00",  # truncated header
+    ],
+    ids=["dtls-1.0", "dtls-1.2", "epoch-1", "tls", "application-data", "truncated"],
+)
+def test_other_records_are_passed_on_unchanged(datagram: bytes) -> None:
+    assert normalise_hello_record_version(datagram) == datagram
+
+
+@given(st.binary(max_size=300))
+def test_normalising_hostile_bytes_never_raises_nor_changes_length(data: bytes) -> None:
+    assert len(normalise_hello_record_version(data)) == len(data)
+    assert len(normalise_hello_record_version(b"\x16\xfe\x00" + data)) == len(data) + 3
