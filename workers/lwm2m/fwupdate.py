@@ -414,13 +414,16 @@ class UpdateDriver:
         """Poll (and take notifications) until the attempt ends; execute Update in Downloaded;
         follow the device's new registration after its reboot."""
         tracker = attempt.tracker
-        start_deadline = min(deadline, time.monotonic() + self.config.fw_start_timeout)
+        started = time.monotonic()
+        start_deadline = min(deadline, started + self.config.fw_start_timeout)
         while not tracker.phase.terminal:
             now = time.monotonic()
             if tracker.phase is Phase.URI_WRITTEN and now > start_deadline:
                 raise UpdateNeverStartedError(
+                    # The window it had: fw_start_timeout, or less when the update's own
+                    # timeout (the campaign's timeouts.device) ends first.
                     f"{attempt.endpoint}: State never moved in "
-                    f"{self.config.fw_start_timeout:g} s after the package was "
+                    f"{round(start_deadline - started):g} s after the package was "
                     f"{'pushed' if attempt.method == 'push' else 'offered'}",
                     permanent=True,
                     result=attempt.outcome(),

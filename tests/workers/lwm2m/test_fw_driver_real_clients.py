@@ -414,6 +414,21 @@ def test_wakaama_push_only_ends_update_never_started_not_dispatch_failed() -> No
     run(scenario, device)
 
 
+def test_never_started_names_the_window_the_device_had_not_the_start_timeout() -> None:
+    """A campaign's timeouts.device shorter than fw_start_timeout ends the wait first; against
+    the real Wakaama client with timeouts.device 1m the detail said "in 120 s"."""
+    device = wakaama()
+
+    async def scenario(rig: Rig) -> None:
+        result = await rig.command(
+            device.endpoint, delivery="image", image_sha256=PACKAGE_SHA, timeout=2
+        )
+        assert failure_reason(result) == "update_never_started"
+        assert "State never moved in 2 s after the package was pushed" in result.error
+
+    run(scenario, device, start_timeout=120)
+
+
 def test_wakaama_answers_4_05_to_a_read_of_the_package_uri() -> None:
     device = wakaama()
 
