@@ -29,7 +29,9 @@ HOSTILE_NAMES = [
 ]
 
 
-def _option(delta: int, value: bytes) -> bytes:
+def option(delta: int, value: bytes) -> bytes:
+    """One option header + value (delta and length up to 268 / 65804)."""
+
     def nibble(n: int) -> tuple[int, bytes]:
         if n < 13:
             return n, b""
@@ -51,18 +53,19 @@ def coap_request(
     extra: list[tuple[int, bytes]] | None = None,
     payload: bytes = b"",
     token: bytes = b"\x07",
-    con: bool = True,
+    mtype: int = 0,
 ) -> bytes:
-    """A CoAP request built by hand (options sorted by number, repeated ones in order)."""
+    """A CoAP request built by hand, so it can carry what aiocoap would not send (options
+    sorted by number, repeated ones in order; ``mtype`` 0 confirmable, 1 non-confirmable)."""
     options = sorted(
         [(11, p) for p in path or []] + [(15, q) for q in query or []] + list(extra or []),
         key=lambda item: item[0],
     )
-    first = 0x40 | (0 if con else 0x10) | len(token)
+    first = 0x40 | (mtype << 4) | len(token)
     out = bytes([first, code]) + struct.pack("!H", mid & 0xFFFF) + token
     last = 0
     for number, value in options:
-        out += _option(number - last, value)
+        out += option(number - last, value)
         last = number
     return out + (b"\xff" + payload if payload else b"")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import random
 import socket
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from tests.workers.lwm2m.conftest import DictFirmware, ListSink
+from workers.lwm2m import fuzzcorpus
 from workers.lwm2m.bus import InMemoryCommandBus
 from workers.lwm2m.gateway import Gateway, GatewayConfig, GatewayThread
 
@@ -55,21 +55,6 @@ def gateway_thread(
         thread.stop()
 
 
-def option(delta: int, value: bytes) -> bytes:
-    """One option header + value (delta and length up to 268 / 65804)."""
-
-    def nibble(n: int) -> tuple[int, bytes]:
-        if n < 13:
-            return n, b""
-        if n < 269:
-            return 13, bytes([n - 13])
-        return 14, struct.pack("!H", n - 269)
-
-    d, dext = nibble(delta)
-    length, lext = nibble(len(value))
-    return bytes([(d << 4) | length]) + dext + lext + value
-
-
 def request(
     code: int,
     *,
@@ -81,19 +66,10 @@ def request(
     mtype: int = CON,
     extra: list[tuple[int, bytes]] | None = None,
 ) -> bytes:
-    """A CoAP request datagram built by hand (so it can carry what aiocoap would not send)."""
-    options = sorted(  # by number only: repeated options keep their order
-        [(11, p) for p in path or []] + [(15, q) for q in query or []] + list(extra or []),
-        key=lambda item: item[0],
+    """A CoAP request datagram built by hand (the fuzz corpus's builder, test defaults)."""
+    return fuzzcorpus.coap_request(
+        code, mid, path=path, query=query, extra=extra, payload=payload, token=token, mtype=mtype
     )
-    out = bytes([0x40 | (mtype << 4) | len(token), code]) + struct.pack("!H", mid) + token
-    last = 0
-    for number, value in options:
-        out += option(number - last, value)
-        last = number
-    if payload:
-        out += b"\xff" + payload
-    return out
 
 
 def block1_value(num: int, more: bool, szx: int) -> bytes:

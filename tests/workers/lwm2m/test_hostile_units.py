@@ -55,7 +55,7 @@ def test_malformed_datagrams_are_refused_with_the_reason(datagram: bytes, reason
 
 
 def test_non_confirmable_and_responses_get_no_reply() -> None:
-    assert wire.screen(coap_request(1, 1, path=[b"\xff"], con=False)).reply is None
+    assert wire.screen(coap_request(1, 1, path=[b"\xff"], mtype=1)).reply is None
     response = bytes([0x40, 0x45, 0, 1, 0xB1, 0xFF])  # CON 2.05 with a bad Uri-Path
     assert not wire.screen(response).ok and wire.screen(response).reply is None
 

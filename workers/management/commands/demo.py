@@ -150,29 +150,8 @@ class Command(BaseCommand):
         bootloader_key = self._bootloader_key()
 
         self._step("Firmware 1.1.0: MCUboot image built with imgtool, signed SUIT manifest")
-        author, author_key = people["alice"]
-        image = release_services.image_upload(
-            data=imgtool.build_image(
-                (b"thermo-v2 firmware 1.1.0\n" * 2000)[:32768],
-                version="1.1.0",
-                security_counter=1,
-                vendor_id=str(vendor.uuid),
-                class_id=str(thermo.uuid),
-            ),
-            filename="thermo-1.1.0.bin",
-            actor=author,
-        )
-        envelope = suit.create_envelope(
-            manifest_params(
-                device_class=thermo,
-                image=image,
-                sequence_number=2,
-                security_counter=1,
-                use_before=now + dt.timedelta(days=30),
-            ),
-            keys=[author_key],
-        )
-        manifest = release_services.manifest_import(envelope=envelope, created_by=author)
+        author_key = people["alice"][1]
+        image, manifest, envelope = self._firmware(people, thermo, now=now)
         self._line(
             f"image {image.size} bytes sha256 {image.sha256[:16]}…; manifest "
             f"{manifest.manifest_digest[:16]}… seq {manifest.sequence_number} "
@@ -186,29 +165,9 @@ class Command(BaseCommand):
             f"Firmware 1.1.0 for {IMAGE_CLASS}: MCUboot image signed with the bootloader key, "
             "under a signed SUIT manifest (the server's authority; the device installs the image)"
         )
-        image_v3 = release_services.image_upload(
-            data=imgtool.build_image(
-                (b"thermo-v3 firmware 1.1.0\n" * 2000)[:32768],
-                version="1.1.0",
-                security_counter=1,
-                key_path=self.bootloader_key_path,
-                vendor_id=str(vendor.uuid),
-                class_id=str(image_class.uuid),
-            ),
-            filename="thermo-v3-1.1.0.bin",
-            actor=author,
+        image_v3, manifest_v3, envelope_v3 = self._firmware(
+            people, image_class, now=now, key_path=self.bootloader_key_path
         )
-        envelope_v3 = suit.create_envelope(
-            manifest_params(
-                device_class=image_class,
-                image=image_v3,
-                sequence_number=2,
-                security_counter=1,
-                use_before=now + dt.timedelta(days=30),
-            ),
-            keys=[author_key],
-        )
-        manifest_v3 = release_services.manifest_import(envelope=envelope_v3, created_by=author)
         self._line(
             f"image {image_v3.size} bytes sha256 {image_v3.sha256[:16]}… (the Package URI names "
             f"it: /fw/i/<sha256>); manifest {manifest_v3.manifest_digest[:16]}…"
@@ -363,6 +322,42 @@ class Command(BaseCommand):
             f"push {methods.get('push', 0)}; {confirmed} of {IMAGE_DEVICES} {IMAGE_CLASS} "
             "devices now report 1.1.0 (image verified by their bootloader, confirmed after boot)"
         )
+
+    def _firmware(
+        self,
+        people: dict[str, Any],
+        device_class: Any,
+        *,
+        now: dt.datetime,
+        key_path: Path | None = None,
+    ) -> tuple[Any, Any, bytes]:
+        """Firmware 1.1.0 of ``device_class``: an MCUboot image (signed with ``key_path`` when
+        the class's bootloader checks signatures) under a SUIT manifest signed by alice."""
+        author, author_key = people["alice"]
+        image = release_services.image_upload(
+            data=imgtool.build_image(
+                (f"{device_class.name} firmware 1.1.0\n".encode() * 2000)[:32768],
+                version="1.1.0",
+                security_counter=1,
+                key_path=key_path,
+                vendor_id=str(device_class.vendor.uuid),
+                class_id=str(device_class.uuid),
+            ),
+            filename=f"{device_class.name}-1.1.0.bin",
+            actor=author,
+        )
+        envelope = suit.create_envelope(
+            manifest_params(
+                device_class=device_class,
+                image=image,
+                sequence_number=2,
+                security_counter=1,
+                use_before=now + dt.timedelta(days=30),
+            ),
+            keys=[author_key],
+        )
+        manifest = release_services.manifest_import(envelope=envelope, created_by=author)
+        return image, manifest, envelope
 
     def _approve(self, people: dict[str, Any], manifest: Any, envelope: bytes, name: str) -> None:
         author = people["alice"][0]
