@@ -623,6 +623,34 @@ def device_psk_set(*, endpoint: str, key: bytes) -> DevicePSK:
         return psk
 
 
+def device_provision(
+    *, endpoint: str, actor: Any, psk: bytes | None = None, now: dt.datetime | None = None
+) -> Device:
+    """An operator provisions a device: its registry row (what ``provisioned`` admission lets
+    register) and, with ``psk``, its DTLS key (identity = endpoint; a second call rotates it).
+    Fleet operator or admin; audited (whether a key was set, never the key). A refused key
+    writes nothing."""
+    now = now or timezone.now()
+    require_role(actor, *access.OPERATORS, at=now)
+    endpoint = endpoint.strip()
+    if not endpoint or not endpoint.isprintable():
+        raise DeviceRegistryError("a device needs a printable endpoint name")
+    with transaction.atomic():
+        created = not Device.objects.filter(endpoint=endpoint).exists()
+        if psk is not None:
+            device_psk_set(endpoint=endpoint, key=psk)  # PSKError before anything is kept
+        device = _locked(endpoint)
+        audit_record(
+            actor=actor,
+            action="device.provision",
+            object_type="device",
+            object_id=endpoint,
+            details={"created": created, "psk": psk is not None},
+            now=now,
+        )
+        return device
+
+
 def device_psk_lookup(*, identity: str) -> bytes | None:
     """The PSK for a DTLS identity, or None (unknown identities are refused by the caller)."""
     psk = DevicePSK.objects.filter(identity=identity).first()
