@@ -67,6 +67,9 @@ DELIVERY_KINDS = {"suit": "m", "image": "i", "suit-integrated": "s"}
 
 # A deregistration (GET with Observe: 1) waits at most this long for the device's answer.
 DEREGISTER_TIMEOUT = 5.0
+# A new attempt for a device whose previous attempt is still ending (its outcome decided, its
+# observation being deregistered) waits this long for it before the device counts as busy.
+HANDOVER_SECONDS = DEREGISTER_TIMEOUT + 5.0
 
 
 @dataclass(frozen=True)
@@ -256,9 +259,16 @@ class UpdateDriver:
         running = self._fw_attempts.get(endpoint)
         this = asyncio.current_task()
         if running is not None and running is not this and not running.done():
-            raise DeviceBusyError(
-                f"{endpoint}: another update attempt is running on this gateway", permanent=False
-            )
+            # The campaign may retry as soon as the device reported its result, while the
+            # previous attempt still deregisters its observation: let that attempt end first.
+            give_up = time.monotonic() + HANDOVER_SECONDS
+            while self._fw_attempts.get(endpoint) is running and not running.done():
+                if time.monotonic() > give_up:
+                    raise DeviceBusyError(
+                        f"{endpoint}: another update attempt is running on this gateway",
+                        permanent=False,
+                    )
+                await asyncio.sleep(0.05)
         if this is not None:
             self._fw_attempts[endpoint] = this
         try:

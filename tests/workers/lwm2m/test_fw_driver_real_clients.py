@@ -505,3 +505,44 @@ def test_each_driver_outcome_has_a_reason_an_operator_can_act_on(
 ) -> None:
     assert REASON_BY_ERROR_CODE[error.code] == reason
     assert reason in FAILURE_REASONS
+
+
+def test_a_retry_while_the_previous_attempt_ends_waits_for_it_instead_of_busy() -> None:
+    """The campaign retries as soon as the device reported its result; the gateway's previous
+    attempt may still be deregistering its observation: the new attempt waits for it (not
+    device_busy, which would fail the retry)."""
+    device = anjay()
+
+    async def scenario(rig: Rig) -> None:
+        async def ending() -> None:
+            await asyncio.sleep(0.5)  # the previous attempt's last steps
+            rig.gateway._fw_attempts.pop(device.endpoint, None)
+
+        previous = asyncio.get_running_loop().create_task(ending())
+        rig.gateway._fw_attempts[device.endpoint] = previous
+        result = await rig.update(device.endpoint, delivery="image", image_sha256=PACKAGE_SHA)
+        assert result["phase"] == "succeeded"
+        assert previous.done()
+
+    run(scenario, device)
+
+
+def test_an_attempt_still_running_after_the_handover_window_is_device_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.lwm2m import fwupdate
+
+    monkeypatch.setattr(fwupdate, "HANDOVER_SECONDS", 0.3)
+    device = anjay()
+
+    async def scenario(rig: Rig) -> None:
+        running = asyncio.get_running_loop().create_task(asyncio.sleep(30))
+        rig.gateway._fw_attempts[device.endpoint] = running
+        try:
+            with pytest.raises(errors.DeviceBusyError):
+                await rig.update(device.endpoint, delivery="image", image_sha256=PACKAGE_SHA)
+            assert not any(line.startswith("write") for line in device.log)
+        finally:
+            running.cancel()
+
+    run(scenario, device)
