@@ -238,7 +238,9 @@ def campaign_action(request: HttpRequest, name: str, action: str) -> HttpRespons
             campaign_services.campaign_resume(
                 campaign=campaign,
                 actor=request.user,
-                retry_failed=request.POST.get("retry_failed", "on") == "on",
+                # The form sends the checkbox ("on" when ticked) followed by a hidden "off",
+                # so the box was ticked exactly when "on" is among the values.
+                retry_failed="on" in request.POST.getlist("retry_failed", ["on"]),
             )
         elif action == "abort":
             campaign_services.campaign_abort(

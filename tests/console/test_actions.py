@@ -255,3 +255,29 @@ def test_the_console_shows_which_devices_went_without_a_device_clock(login: Any,
     devices = client.get(f"/devices/?q={off}").content.decode()
     assert "off (43 years ahead)" in devices
     assert client.get(f"/devices/{clockless}/").context["clock"] == "clockless"
+
+
+def _paused_with_failures(client: Any, campaign: Any) -> None:
+    Rollout.objects.filter(campaign=campaign, stage=0).update(state="failed", reason="fw_result_8")
+    client.post("/campaigns/thermo-rollout/pause/", {"reason": "canary failures"})
+
+
+def test_resume_with_the_box_ticked_retries_failed_devices(login: Any, campaign: Any):
+    client = login("ops")
+    _paused_with_failures(client, campaign)
+    failed = Rollout.objects.filter(campaign=campaign, state="failed").count()
+    assert failed > 0
+    # A browser sends the ticked checkbox and then the hidden "off" that follows it.
+    client.post("/campaigns/thermo-rollout/resume/", {"retry_failed": ["on", "off"]})
+    assert not Rollout.objects.filter(campaign=campaign, state="failed").exists()
+    assert Rollout.objects.filter(campaign=campaign, stage=0, state="pending").count() == failed
+
+
+def test_resume_with_the_box_cleared_keeps_failed_devices_failed(login: Any, campaign: Any):
+    client = login("ops")
+    _paused_with_failures(client, campaign)
+    failed = Rollout.objects.filter(campaign=campaign, state="failed").count()
+    client.post("/campaigns/thermo-rollout/resume/", {"retry_failed": ["off"]})
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.RUNNING
+    assert Rollout.objects.filter(campaign=campaign, state="failed").count() == failed
