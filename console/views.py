@@ -406,7 +406,10 @@ def rollback_launch(request: HttpRequest) -> HttpResponse:
         return redirect("console:incident")
     try:
         campaign, outcome, plan = rollback.rollback_launch(
-            rollback_release=rollback_release, bad_release=bad_release, actor=request.user
+            rollback_release=rollback_release,
+            bad_release=bad_release,
+            actor=request.user,
+            name=request.POST.get("campaign", "").strip() or None,
         )
     except SERVICE_ERRORS as exc:
         report_refusal(request, exc)
