@@ -50,6 +50,7 @@ from manifests.services.access import (
     OPERATORS,
     REVOKERS,
     STOPPERS,
+    role_names,
     roles_of,
 )
 
@@ -227,7 +228,7 @@ def campaign_action(request: HttpRequest, name: str, action: str) -> HttpRespons
         return _page(
             request,
             "console/forbidden.html",
-            {"reason": f"{action} needs one of the roles {sorted(OPERATORS)}"},
+            {"reason": f"{action} needs one of the roles {role_names(OPERATORS)}"},
             status=403,
         )
     reason = request.POST.get("reason", "").strip()
