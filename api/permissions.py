@@ -44,7 +44,8 @@ from manifests.services.access import (
 # The rows name the role sets of ``manifests.services.access``, the sets the services themselves
 # check (and the console gates on): what each one is for is said where it is defined.
 MATRIX: dict[str, dict[str, frozenset[str]]] = {
-    # schema, docs, who am I
+    # index, schema, docs, who am I
+    "api-root": {"GET": READ},
     "schema": {"GET": READ},
     "swagger-ui": {"GET": READ},
     "me": {"GET": READ},

@@ -27,6 +27,7 @@ router.register("webhooks", views.WebhookViewSet, basename="webhook")
 router.register("webhook-deliveries", views.WebhookDeliveryViewSet, basename="webhookdelivery")
 
 urlpatterns = [
+    path("", views.ApiRootView.as_view(router=router), name="api-root"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("me/", views.MeView.as_view(), name="me"),

@@ -13,6 +13,7 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, parsers, renderers, status, viewsets
@@ -135,6 +136,30 @@ def _binary(data: bytes, filename: str, content_type: str = CBOR) -> HttpRespons
 
 
 BINARY_RESPONSE = {(200, CBOR): OpenApiTypes.BINARY}
+
+
+# --- the index -----------------------------------------------------------------------------------
+class ApiRootView(APIView):
+    """``/api/``: where to go from here. The README points API users at /api/; they expect
+    the entry points (as DRF's browsable root lists them) and the docs, not a 404."""
+
+    router: Any = None  # the API's router, given by api/urls.py (it imports this module)
+
+    @extend_schema(responses=OpenApiTypes.OBJECT, summary="The API's entry points and its docs")
+    def get(self, request: Request) -> Response:
+        entry_points = {
+            pattern.name: request.build_absolute_uri(reverse(pattern.name))
+            for pattern in self.router.urls
+            if pattern.name and not pattern.pattern.regex.groupindex
+        }
+        return Response(
+            {
+                "docs": request.build_absolute_uri(reverse("swagger-ui")),
+                "schema": request.build_absolute_uri(reverse("schema")),
+                "me": request.build_absolute_uri(reverse("me")),
+                "entry_points": dict(sorted(entry_points.items())),
+            }
+        )
 
 
 # --- who am I ------------------------------------------------------------------------------------

@@ -352,7 +352,7 @@ def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
     if sent:
         # One statement for the batch (not one per rollout: fewer, shorter lock waits).
         Rollout.objects.filter(pk__in=sent, state=RolloutState.QUEUED).update(
-            state=RolloutState.DISPATCHED
+            state=RolloutState.DISPATCHED, updated_at=now
         )
 
 
@@ -389,7 +389,7 @@ def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> Non
             state=RolloutState.PENDING,
             device__online=False,
         ).filter(Q(device__last_seen__lt=now - after) | Q(device__last_seen__isnull=True)).update(
-            state=RolloutState.UNREACHABLE, reason="unreachable", finished_at=now
+            state=RolloutState.UNREACHABLE, reason="unreachable", finished_at=now, updated_at=now
         )
         # Nor can an online device held back by a passing refusal (its clock still off after
         # the same time): it is skipped with that reason, and its stage can finish.
@@ -398,10 +398,16 @@ def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> Non
             stage__lte=campaign.current_stage,
             state=RolloutState.PENDING,
             reason__in=checks.TRANSIENT_REASONS,
-        ).update(state=RolloutState.SKIPPED, finished_at=now)
+        ).update(state=RolloutState.SKIPPED, finished_at=now, updated_at=now)
     Rollout.objects.filter(
         campaign=campaign, state=RolloutState.UNREACHABLE, device__online=True
-    ).update(state=RolloutState.PENDING, stage=campaign.current_stage, reason="", finished_at=None)
+    ).update(
+        state=RolloutState.PENDING,
+        stage=campaign.current_stage,
+        reason="",
+        finished_at=None,
+        updated_at=now,
+    )
 
 
 def _dispatch(
@@ -547,6 +553,7 @@ def _dispatch(
         fields: dict[str, Any] = {
             "reason": _per_row(batch, lambda r: r.reason, CharField()),
             "detail": _per_row(batch, lambda r: r.message[:500], TextField()),
+            "updated_at": now,
         }
         if transient:
             fields.update(next_attempt_at=now + DEFER_RECHECK)
@@ -657,7 +664,7 @@ def _claim(
                 "UPDATE campaigns_rollout AS r SET state = %s, manifest_id = %s,"
                 " command_id = v.command_id, device_clock = v.device_clock, dispatched_at = %s,"
                 " deadline_at = %s, attempts = r.attempts + 1, next_attempt_at = NULL,"
-                " reason = '', detail = ''"
+                " reason = '', detail = '', updated_at = %s"
                 " FROM unnest(%s::bigint[], %s::uuid[], %s::varchar[])"
                 " AS v(id, command_id, device_clock)"
                 " WHERE r.id = v.id AND r.state = %s",
@@ -666,6 +673,7 @@ def _claim(
                     campaign.release.manifest_id,
                     now,
                     deadline,
+                    now,
                     [pk for pk, _, _ in claims],
                     [command_id for _, command_id, _ in claims],
                     [state for _, _, state in claims],
@@ -689,6 +697,7 @@ def _claim(
         next_attempt_at=None,
         reason="",
         detail="",
+        updated_at=now,
     )
 
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from campaigns.errors import CampaignStateError
 from campaigns.models import Device, Rollout, RolloutState
 from campaigns.services import campaign_apply
-from campaigns.spec import parse_spec
+from campaigns.spec import derive_name, parse_spec
 from manifests import suit
 from manifests.models import FirmwareImage, Manifest, Release, ReleaseKind, ReleaseStatus
 from manifests.selectors import manifest_params
@@ -158,7 +158,7 @@ def rollback_launch(
     if rollback_release.kind != ReleaseKind.ROLLBACK:
         raise CampaignStateError(f"{rollback_release.name} is not a rollback release")
     plan = rollback_prepare(bad_release=bad_release, image=rollback_release.manifest.image)
-    campaign_name = name or f"{rollback_release.name}-campaign"[:63]
+    campaign_name = name or derive_name(rollback_release.name, suffix="campaign")
     document = rollback_spec(plan=plan, rollback_release=rollback_release, name=campaign_name)
     campaign, outcome = campaign_apply(
         spec=parse_spec(document, source="rollback"), actor=actor, source="rollback"

@@ -86,7 +86,7 @@ def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
         return
     if event.ok:
         Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
-            state=RolloutState.UPDATING, fw_result=1
+            state=RolloutState.UPDATING, fw_result=1, updated_at=now
         )
         confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
         return
@@ -130,7 +130,7 @@ def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -
     if target is None:
         return
     earlier = [s for s, i in _ORDER.items() if i < _ORDER[target]]
-    updates: dict[str, Any] = {"state": target}
+    updates: dict[str, Any] = {"state": target, "updated_at": now}
     if result == 1:
         updates["fw_result"] = 1
     Rollout.objects.filter(pk=rollout.pk, state__in=earlier).update(**updates)
@@ -153,7 +153,7 @@ def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
             same = False
         if same:
             confirmed += Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
-                state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail=""
+                state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail="", updated_at=now
             )
     return confirmed
 
@@ -183,10 +183,16 @@ def fail_rollout(
             fw_result=fw_result,
             next_attempt_at=now + delay,
             command_id=None,
+            updated_at=now,
         )
     else:
         changed = Rollout.objects.filter(pk=rollout.pk, state__in=expected).update(
-            state=final, reason=reason, detail=detail, fw_result=fw_result, finished_at=now
+            state=final,
+            reason=reason,
+            detail=detail,
+            fw_result=fw_result,
+            finished_at=now,
+            updated_at=now,
         )
     return bool(changed)
 
@@ -213,14 +219,18 @@ def cancel_rollouts(rollouts: Any, *, reason: str, now: dt.datetime, requeue: bo
     ids = [pk for pk, _, _ in in_flight]
     if requeue:
         changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
-            state=RolloutState.PENDING, reason=reason, command_id=None, next_attempt_at=None
+            state=RolloutState.PENDING,
+            reason=reason,
+            command_id=None,
+            next_attempt_at=None,
+            updated_at=now,
         )
     else:
         changed = Rollout.objects.filter(pk__in=ids, state__in=cancellable).update(
-            state=RolloutState.CANCELLED, reason=reason, finished_at=now
+            state=RolloutState.CANCELLED, reason=reason, finished_at=now, updated_at=now
         )
         changed += rollouts.filter(state=RolloutState.PENDING).update(
-            state=RolloutState.CANCELLED, reason=reason, finished_at=now
+            state=RolloutState.CANCELLED, reason=reason, finished_at=now, updated_at=now
         )
     return changed
 

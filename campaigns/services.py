@@ -277,7 +277,11 @@ def campaign_resume(
                 stage__lte=resumed.current_stage,
                 state__in=[RolloutState.FAILED, RolloutState.TIMED_OUT],
             ).update(
-                state=RolloutState.PENDING, next_attempt_at=None, finished_at=None, command_id=None
+                state=RolloutState.PENDING,
+                next_attempt_at=None,
+                finished_at=None,
+                command_id=None,
+                updated_at=now,
             )
             resumed.stages.filter(index=resumed.current_stage).update(success_since=None)
             if requeued:

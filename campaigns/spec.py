@@ -93,6 +93,22 @@ DEFAULT_TIMEZONE = "UTC"
 
 # --------------------------------------------------------------------------- scalars
 
+# The schema's ``$defs/name``: campaign and stage names.
+NAME_MAX_LENGTH = 63
+_NOT_NAME = re.compile(r"[^a-z0-9]+")
+
+
+def derive_name(text: str, *, suffix: str = "") -> str:
+    """A valid campaign name made from ``text`` (a release name such as ``thermo-1.2.0-r2``):
+    lower case, each run of other characters one dash, cut so that ``-<suffix>`` still fits.
+    Release names allow dots and capitals; campaign names do not, and a derived name must
+    never be the reason a launch fails."""
+    tail = f"-{suffix}" if suffix else ""
+    base = _NOT_NAME.sub("-", text.lower()).strip("-")
+    base = base[: NAME_MAX_LENGTH - len(tail)].rstrip("-") or "campaign"
+    return f"{base}{tail}"
+
+
 _DURATION = re.compile(r"^(?=\d)(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _MAX_DURATION_SECONDS = 366 * 86400
 _PERCENT = re.compile(r"^(\d{1,3})(?:\.(\d{1,2}))?%$")

@@ -134,6 +134,12 @@ FIRMWARE_MAX_IMAGE_SIZE = envint("FIRMWARE_MAX_IMAGE_SIZE", 64 * 1024 * 1024, mi
 CELERY_BROKER_URL = envopt("CELERY_BROKER_URL")
 # No broker configured: run tasks in-process through the same task code (embedded default).
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL is None)
+if CELERY_TASK_ALWAYS_EAGER and CELERY_BROKER_URL is None:
+    # Celery's eager apply_async still takes a producer from the broker pool to round-trip the
+    # arguments through the serializer. Left unset, the broker is AMQP on a default host and
+    # kombu warns "No hostname was supplied" on every task; kombu's in-process memory transport
+    # (named host: its default would warn too) means no broker is ever dialled.
+    CELERY_BROKER_URL = "memory://localhost/"
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_RESULT_BACKEND = envopt("CELERY_RESULT_BACKEND")
 CELERY_TASK_SERIALIZER = "json"

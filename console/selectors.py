@@ -34,6 +34,18 @@ def _pct(part: int, whole: int) -> float:
     return round(100 * part / whole, 1) if whole else 0.0
 
 
+def _shown_status(campaign: Campaign, stage: dict[str, Any]) -> str:
+    """The current stage of a paused or aborted campaign is not running, whatever its stored
+    status says (the engine leaves it as it was, to pick up on resume): show the campaign's."""
+    if (
+        stage["current"]
+        and campaign.status in (CampaignStatus.PAUSED, CampaignStatus.ABORTED)
+        and stage["status"] not in (StageStatus.PENDING, StageStatus.COMPLETED)
+    ):
+        return str(campaign.status)
+    return str(stage["status"])
+
+
 def stage_rows(campaign: Campaign) -> list[dict[str, Any]]:
     """Per stage: the report's tally and reasons, the spec's thresholds, where the stage stands
     against them, and the widths of its progress bar (shares of the eligible devices)."""
@@ -52,6 +64,7 @@ def stage_rows(campaign: Campaign) -> list[dict[str, Any]]:
         rows.append(
             {
                 **stage,
+                "status": _shown_status(campaign, stage),
                 "rules": rules,
                 "eligible": eligible,
                 "failed_total": failed,

@@ -50,6 +50,7 @@ from manifests.services.access import (
     OPERATORS,
     REVOKERS,
     STOPPERS,
+    role_names,
     roles_of,
 )
 
@@ -227,7 +228,7 @@ def campaign_action(request: HttpRequest, name: str, action: str) -> HttpRespons
         return _page(
             request,
             "console/forbidden.html",
-            {"reason": f"{action} needs one of the roles {sorted(OPERATORS)}"},
+            {"reason": f"{action} needs one of the roles {role_names(OPERATORS)}"},
             status=403,
         )
     reason = request.POST.get("reason", "").strip()
@@ -238,7 +239,9 @@ def campaign_action(request: HttpRequest, name: str, action: str) -> HttpRespons
             campaign_services.campaign_resume(
                 campaign=campaign,
                 actor=request.user,
-                retry_failed=request.POST.get("retry_failed", "on") == "on",
+                # The form sends the checkbox ("on" when ticked) followed by a hidden "off",
+                # so the box was ticked exactly when "on" is among the values.
+                retry_failed="on" in request.POST.getlist("retry_failed", ["on"]),
             )
         elif action == "abort":
             campaign_services.campaign_abort(
@@ -404,7 +407,10 @@ def rollback_launch(request: HttpRequest) -> HttpResponse:
         return redirect("console:incident")
     try:
         campaign, outcome, plan = rollback.rollback_launch(
-            rollback_release=rollback_release, bad_release=bad_release, actor=request.user
+            rollback_release=rollback_release,
+            bad_release=bad_release,
+            actor=request.user,
+            name=request.POST.get("campaign", "").strip() or None,
         )
     except SERVICE_ERRORS as exc:
         report_refusal(request, exc)

@@ -10,6 +10,7 @@ service can be no wider than the service behind it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -56,13 +57,19 @@ def roles_of(user: AbstractBaseUser, *, at: dt.datetime | None = None) -> frozen
     return roles | {Role.ADMIN} if getattr(user, "is_superuser", False) else roles
 
 
+def role_names(roles: Iterable[str]) -> str:
+    """``admin, qa``: role names for a message, whether given as ``Role`` members (whose repr
+    is ``Role.ADMIN``) or as plain strings."""
+    return ", ".join(sorted({str(role) for role in roles}))
+
+
 def require_role(actor: Any, *roles: str, at: dt.datetime | None = None) -> AbstractBaseUser:
     """The actor must be a user holding one of ``roles`` (superusers hold admin)."""
     if not isinstance(actor, AbstractBaseUser) or not actor.is_active:
         raise PermissionDeniedError("this action needs a signed-in, active user")
     if not roles_of(actor, at=at) & set(roles):
         raise PermissionDeniedError(
-            f"{actor.get_username()} needs one of the roles {sorted(roles)} for this action"
+            f"{actor.get_username()} needs one of the roles {role_names(roles)} for this action"
         )
     return actor
 

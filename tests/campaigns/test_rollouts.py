@@ -111,3 +111,36 @@ def test_the_devices_own_update_result_is_judged_by_the_policy_not_the_verdict(
     assert rollout.next_attempt_at is not None and rollout.next_attempt_at > timezone.now() - (
         dt.timedelta(seconds=1)
     )
+
+
+def test_every_state_change_stamps_the_rollouts_updated_at(catalog: Catalog) -> None:
+    """Queryset updates skip ``auto_now``: each state change sets ``updated_at`` itself, or the
+    console's "updated" column shows the time the row was created."""
+    start = timezone.now() + dt.timedelta(hours=1)
+    make_devices(catalog, 1)
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("stamps", extra="")), actor=catalog.ops, now=start
+    )
+
+    def stamp() -> dt.datetime:
+        return Rollout.objects.get(campaign=campaign).updated_at
+
+    engine.campaign_reconcile(campaign.pk, now=start)  # claimed and dispatched
+    assert stamp() == start
+    rollout = Rollout.objects.get(campaign=campaign)
+    failed_at = start + dt.timedelta(minutes=5)
+    rollouts.rollouts_apply_event(
+        event=CommandResult(command_id=str(rollout.command_id), ok=False, permanent=True),
+        now=failed_at,
+    )
+    assert Rollout.objects.get(campaign=campaign).state == RolloutState.FAILED
+    assert stamp() == failed_at
+    services.campaign_pause(campaign=campaign, actor=catalog.ops, now=failed_at)
+    resumed_at = start + dt.timedelta(minutes=10)
+    services.campaign_resume(campaign=campaign, actor=catalog.ops, now=resumed_at)
+    assert Rollout.objects.get(campaign=campaign).state == RolloutState.PENDING
+    assert stamp() == resumed_at
+    aborted_at = start + dt.timedelta(minutes=15)
+    services.campaign_abort(campaign=campaign, actor=catalog.ops, reason="x", now=aborted_at)
+    assert Rollout.objects.get(campaign=campaign).state == RolloutState.CANCELLED
+    assert stamp() == aborted_at

@@ -558,3 +558,21 @@ def test_error_tree_codes_are_stable() -> None:
     assert str(error) == "f.yaml: release: unknown release 'x'"
     assert error.errors == [error]
     assert str(SpecError("bad", source="<api>")) == "<api>: <root>: bad"
+
+
+@pytest.mark.parametrize(
+    ("text", "suffix", "expected"),
+    [
+        ("rollback-thermo-1.2.0-r2", "campaign", "rollback-thermo-1-2-0-r2-campaign"),
+        ("Thermo 1.2.0+7", "", "thermo-1-2-0-7"),
+        ("...", "campaign", "campaign-campaign"),
+        ("a" * 80, "campaign", "a" * 54 + "-campaign"),
+        ("x" * 53 + ".y", "campaign", "x" * 53 + "-campaign"),
+    ],
+)
+def test_derived_names_from_release_names_are_valid_campaign_names(
+    text: str, suffix: str, expected: str
+) -> None:
+    name = S.derive_name(text, suffix=suffix)
+    assert name == expected
+    assert re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", name)

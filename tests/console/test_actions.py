@@ -255,3 +255,87 @@ def test_the_console_shows_which_devices_went_without_a_device_clock(login: Any,
     devices = client.get(f"/devices/?q={off}").content.decode()
     assert "off (43 years ahead)" in devices
     assert client.get(f"/devices/{clockless}/").context["clock"] == "clockless"
+
+
+def _paused_with_failures(client: Any, campaign: Any) -> None:
+    Rollout.objects.filter(campaign=campaign, stage=0).update(state="failed", reason="fw_result_8")
+    client.post("/campaigns/thermo-rollout/pause/", {"reason": "canary failures"})
+
+
+def test_resume_with_the_box_ticked_retries_failed_devices(login: Any, campaign: Any):
+    client = login("ops")
+    _paused_with_failures(client, campaign)
+    failed = Rollout.objects.filter(campaign=campaign, state="failed").count()
+    assert failed > 0
+    # A browser sends the ticked checkbox and then the hidden "off" that follows it.
+    client.post("/campaigns/thermo-rollout/resume/", {"retry_failed": ["on", "off"]})
+    assert not Rollout.objects.filter(campaign=campaign, state="failed").exists()
+    assert Rollout.objects.filter(campaign=campaign, stage=0, state="pending").count() == failed
+
+
+def test_resume_with_the_box_cleared_keeps_failed_devices_failed(login: Any, campaign: Any):
+    client = login("ops")
+    _paused_with_failures(client, campaign)
+    failed = Rollout.objects.filter(campaign=campaign, state="failed").count()
+    client.post("/campaigns/thermo-rollout/resume/", {"retry_failed": ["off"]})
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.RUNNING
+    assert Rollout.objects.filter(campaign=campaign, state="failed").count() == failed
+
+
+def _rollback_ready(world: Any) -> Any:
+    """thermo-1.2.0 reached three devices; an approved roll-forward to 1.1.0 exists."""
+    from manifests import services as release_services
+    from tests.console.world import approve, make_devices, make_release
+
+    make_devices(world, 3, prefix="hit", firmware_version="1.2.0", security_counter=2)
+    # The incident policy wants two security signatures: QA's person also holds security.
+    release_services.role_grant(user=world.users["qa"], role="security", actor=world.admin)
+    rollback_release = make_release(
+        world,
+        name="rollback-thermo-1.2.0-r2",
+        version="1.1.0",
+        sequence=7,
+        counter=2,
+        kind="rollback",
+        approvers=(),
+        image=world.releases["thermo-1.1.0"].manifest.image,
+    )
+    approve(world, rollback_release, "sec", "security")
+    approve(world, rollback_release, "qa", "security")
+    assert rollback_release.status == ReleaseStatus.APPROVED
+    return rollback_release
+
+
+def test_rollback_launch_of_a_dotted_release_derives_a_valid_campaign_name(login: Any, world: Any):
+    rollback_release = _rollback_ready(world)
+    bad = world.releases["thermo-1.2.0"]
+    form = {"rollback": rollback_release.pk, "from_release": bad.pk, "campaign": ""}
+    response = login("ops").post("/incident/rollback/", form, follow=True)
+    assert response.redirect_chain[-1][0] == "/campaigns/rollback-thermo-1-2-0-r2-campaign/"
+    campaign = Campaign.objects.get(name="rollback-thermo-1-2-0-r2-campaign")
+    assert campaign.release == rollback_release
+    assert set(
+        Rollout.objects.filter(campaign=campaign).values_list("device__endpoint", flat=True)
+    ) == {
+        "hit-00000",
+        "hit-00001",
+        "hit-00002",
+    }
+
+
+def test_rollback_launch_takes_the_campaign_name_from_the_form(login: Any, world: Any):
+    rollback_release = _rollback_ready(world)
+    bad = world.releases["thermo-1.2.0"]
+    page = login("ops").get("/incident/").content.decode()
+    assert 'name="campaign"' in page
+    form = {"rollback": rollback_release.pk, "from_release": bad.pk, "campaign": "thermo-rb"}
+    login("ops").post("/incident/rollback/", form)
+    assert Campaign.objects.get(name="thermo-rb").release == rollback_release
+    bad_name = {**form, "campaign": "Not Valid"}
+    response = login("ops").post("/incident/rollback/", bad_name, follow=True)
+    assert any(
+        m.startswith("name: 'Not Valid' is not a name of 1 to 63 lowercase letters")
+        for m in _messages(response)
+    )
+    assert Campaign.objects.count() == 1

@@ -115,3 +115,30 @@ def test_a_campaign_named_new_and_the_creation_form_both_work(login: Any, world:
     assert resolve("/campaigns/new/").url_name == "campaign"
     listing = client.get("/campaigns/").content.decode()
     assert 'href="/campaigns/+new/" id="new-campaign"' in listing
+
+
+def test_stages_are_numbered_from_one_in_the_device_tables(login: Any, campaign: Any):
+    client = login("auditor")
+    table = client.get(LIVE).content.decode()
+    assert '<td>1</td><td data-role="state">' in table
+    assert '<td>0</td><td data-role="state">' not in table
+    for index in (0, 1):
+        rollout = Rollout.objects.filter(campaign=campaign, stage=index).first()
+        device = client.get(f"/devices/{rollout.device.endpoint}/").content.decode()
+        assert f"thermo-rollout</a></td><td>{index + 1}</td>" in device
+
+
+@pytest.mark.parametrize(("action", "state"), [("pause", "paused"), ("abort", "aborted")])
+def test_the_current_stage_of_a_stopped_campaign_shows_the_campaigns_state(
+    login: Any, campaign: Any, world: Any, action: str, state: str
+):
+    from campaigns import engine, services
+
+    engine.campaign_reconcile(campaign.pk)
+    assert campaign.stages.get(index=0).status == "running"
+    act = getattr(services, f"campaign_{action}")
+    act(campaign=campaign, actor=world.users["ops"], reason="looking")
+    live = login("auditor").get("/campaigns/thermo-rollout/live/")
+    shown = {row["name"]: row["status"] for row in live.context["stages"]}
+    assert shown == {"canary": state, "all": "pending"}
+    assert f'<td data-role="stage-status">{state}' in live.content.decode()

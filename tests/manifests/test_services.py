@@ -416,3 +416,15 @@ def test_manifest_import_by_a_non_author_is_refused_even_with_their_own_valid_si
     with pytest.raises(PermissionDeniedError):
         _import(device_class, image, signer.private_key, actor)
     assert _rows() == before
+
+
+def test_a_refusal_names_the_roles_it_needs_by_their_names(actor_named: Any):
+    from manifests.models import Role
+    from manifests.services.access import require_role
+
+    actor = actor_named("outsider")
+    with pytest.raises(PermissionDeniedError) as refused:
+        require_role(actor, Role.QA, Role.ADMIN, "qa")
+    assert str(refused.value) == (
+        f"{actor.get_username()} needs one of the roles admin, qa for this action"
+    )

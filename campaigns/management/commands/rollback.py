@@ -53,7 +53,10 @@ class Command(BaseCommand):
         p.add_argument("--release", required=True, help="the approved rollback release")
         p.add_argument("--from-release", required=True)
         p.add_argument("--user", required=True)
-        p.add_argument("--campaign", help="campaign name (default: <release>-campaign)")
+        p.add_argument(
+            "--campaign",
+            help="campaign name (default: the release name made valid, e.g. rb-1-2-0-campaign)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         with refusals():
