@@ -253,6 +253,7 @@ class StoredRegistration:
     identity: str  # DTLS PSK identity; "" for NoSec
     info_complete: bool  # manufacturer, model, firmware version (and /5/0/8) are known
     protocols: tuple[int, ...] | None  # /5/0/8 as stored; None when not known
+    delivery_method: int | None = None  # /5/0/9 as stored; None when not known
 
 
 class RegistrationSource(Protocol):

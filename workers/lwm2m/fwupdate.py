@@ -242,9 +242,8 @@ class UpdateDriver:
     async def _delivery_method(self, reg: Registration) -> int | None:
         """/5/0/9 of the device (the registration's when it holds one, else one read); None
         when the device does not say (an error answer, no answer)."""
-        known = getattr(reg, "delivery_method", None)
-        if isinstance(known, int):
-            return known
+        if reg.delivery_method is not None:
+            return reg.delivery_method
         try:
             value = (await self.read(reg, (5, 0, 9))).get((5, 0, 9))
         except LwM2MError as exc:

@@ -93,6 +93,9 @@ class Registration:
     awake_until: float = 0.0  # monotonic
     awake: asyncio.Event = field(default_factory=asyncio.Event)
     protocols: list[int] | None = None
+    # /5/0/9 Firmware Update Delivery Method as read after registering (None: not read, or
+    # the device has none); the update driver uses it instead of reading it again.
+    delivery_method: int | None = None
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
     identity: str | None = None  # authenticated DTLS PSK identity; None: registered in NoSec
     info_incomplete: bool = False  # some device-information reads never answered
@@ -471,6 +474,8 @@ class RegistrationInterface:
         )
         if (5, 0, 8) in [p[:3] for p in values]:
             reg.protocols = protocols
+        if _integer(values.get((5, 0, 9))) is not None:
+            reg.delivery_method = _integer(values.get((5, 0, 9)))
         await self.emit(
             events.DeviceInfo(
                 endpoint=reg.endpoint,
@@ -623,6 +628,7 @@ class RegistrationInterface:
             deadline=time.monotonic() + (stored.expires_at - time.time()),
             identity=identity,
             protocols=list(stored.protocols) if stored.protocols is not None else None,
+            delivery_method=stored.delivery_method,
             info_incomplete=not stored.info_complete,
         )
         self.by_id[reg.reg_id] = reg

@@ -55,6 +55,7 @@ def registration_lookup(
             "model",
             "firmware_version",
             "fw_protocols",
+            "fw_delivery_method",
         )
         .first()
     )
@@ -76,6 +77,7 @@ def registration_lookup(
         root_path=row["registration_root_path"] or "/",
         address=row["registration_address"],
         identity=row["registration_identity"],
+        delivery_method=row["fw_delivery_method"],
         info_complete=bool(
             row["manufacturer"]
             and row["model"]

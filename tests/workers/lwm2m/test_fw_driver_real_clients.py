@@ -28,7 +28,7 @@ from tests.workers.lwm2m.fakeclients import (
     FakeClient,
     anjay_package,
 )
-from workers.lwm2m import errors
+from workers.lwm2m import content, errors
 from workers.lwm2m.bus import InMemoryCommandBus
 from workers.lwm2m.gateway import Gateway, GatewayConfig
 
@@ -544,5 +544,30 @@ def test_an_attempt_still_running_after_the_handover_window_is_device_busy(
             assert not any(line.startswith("write") for line in device.log)
         finally:
             running.cancel()
+
+    run(scenario, device)
+
+
+def test_the_delivery_method_read_at_registration_is_not_read_again_per_update() -> None:
+    """/5/0/9 comes with the device information after registering; an update uses it."""
+    device = anjay()
+    reads: list[content.Path] = []
+    handle = device.handle
+
+    def counting(path: content.Path, request: aiocoap.Message) -> aiocoap.Message:
+        if request.code == Code.GET:
+            reads.append(path)
+        return handle(path, request)
+
+    device.handle = counting  # type: ignore[method-assign]
+
+    async def scenario(rig: Rig) -> None:
+        await eventually(lambda: rig.gateway.by_endpoint[device.endpoint].delivery_method == 2)
+        reads.clear()
+        registered = device.log.count("register")
+        await rig.update(device.endpoint, delivery="image", image_sha256=PACKAGE_SHA)
+        await asyncio.sleep(0.3)  # the device information read after the reboot's registration
+        # Only the device-information read of each new registration (the reboot's) reads it.
+        assert reads.count((5, 0, 9)) == device.log.count("register") - registered == 1
 
     run(scenario, device)
