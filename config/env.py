@@ -82,3 +82,14 @@ def envnetworks(
         except ValueError:
             raise EnvError(f"{name}: {item!r} is not an IP network (e.g. 10.0.0.0/8)") from None
     return networks
+
+
+def envpairs(name: str) -> list[tuple[str, str]]:
+    """``a=b,c=d`` -> ``[("a", "b"), ("c", "d")]``; a key may repeat."""
+    pairs = []
+    for item in envlist(name, []):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise EnvError(f"{name}: {item!r} is not KEY=VALUE (e.g. fw-qa=qa,fw-sec=security)")
+        pairs.append((key.strip(), value.strip()))
+    return pairs

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import dj_database_url
 
-from config.env import envbool, envint, envlist, envnetworks, envopt, envstr
+from config.env import envbool, envint, envlist, envnetworks, envopt, envpairs, envstr
+from people.mapping import role_map_from_pairs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("FWUPD_VAR_DIR", str(BASE_DIR / "var")))
@@ -341,3 +342,44 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # --- end Console ------------------------------------------------------------------------------
+
+# --- People: accounts and sign-in ---------------------------------------------------------
+# Owned by the people app (docs/console.md "Signing in", docs/architecture.md): password
+# sign-in and OpenID Connect single sign-on (mozilla-django-oidc), accounts managed with
+# `manage.py user`. Every OIDC_* setting is read when used, so `manage.py check` validates them
+# (people/checks.py) and the provider is only contacted at a sign-in.
+INSTALLED_APPS += ["people"]
+AUTHENTICATION_BACKENDS = [
+    "people.backends.LocalPasswordBackend",
+    "people.oidc.ConsoleOIDCBackend",
+]
+# Password sign-in (console, admin site); 0 leaves single sign-on as the only way in.
+CONSOLE_LOCAL_LOGIN = envbool("CONSOLE_LOCAL_LOGIN", True)
+# Single sign-on is on when a client id is set.
+OIDC_RP_CLIENT_ID = envopt("OIDC_RP_CLIENT_ID")
+OIDC_RP_CLIENT_SECRET = envopt("OIDC_RP_CLIENT_SECRET")
+# The provider's issuer URL (or its /.well-known/openid-configuration); each endpoint below may
+# also be given on its own and then wins over the discovered one.
+OIDC_OP_DISCOVERY = envopt("OIDC_OP_DISCOVERY")
+OIDC_OP_ISSUER = envopt("OIDC_OP_ISSUER")
+OIDC_OP_AUTHORIZATION_ENDPOINT = envopt("OIDC_OP_AUTHORIZATION_ENDPOINT")
+OIDC_OP_TOKEN_ENDPOINT = envopt("OIDC_OP_TOKEN_ENDPOINT")
+OIDC_OP_USER_ENDPOINT = envopt("OIDC_OP_USER_ENDPOINT")
+OIDC_OP_JWKS_ENDPOINT = envopt("OIDC_OP_JWKS_ENDPOINT")
+# ID tokens are verified with the provider's published keys (JWKS), never a shared secret.
+OIDC_RP_SIGN_ALGO = envstr("OIDC_RP_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = envstr("OIDC_RP_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = envint("OIDC_TIMEOUT_SECONDS", 10, minimum=1)
+# The login page's "Sign in with <name>".
+OIDC_PROVIDER_NAME = envstr("OIDC_PROVIDER_NAME", "single sign-on")
+# Accounts are matched by (issuer, this claim's value); `email` or the username claim also
+# join an existing account at the first sign-in (docs/console.md).
+OIDC_MATCH_CLAIM = envstr("OIDC_MATCH_CLAIM", "sub")
+OIDC_USERNAME_CLAIM = envstr("OIDC_USERNAME_CLAIM", "preferred_username")
+# Roles from the provider's groups at each sign-in, e.g. OIDC_ROLE_CLAIM=groups
+# OIDC_ROLE_MAP="fw-qa=qa,fw-sec=security"; OIDC_REQUIRE_ROLE=1 refuses users no group maps.
+OIDC_ROLE_CLAIM = envopt("OIDC_ROLE_CLAIM")
+OIDC_ROLE_MAP = role_map_from_pairs(envpairs("OIDC_ROLE_MAP"))
+OIDC_REQUIRE_ROLE = envbool("OIDC_REQUIRE_ROLE", False)
+# --- end People -----------------------------------------------------------------------------

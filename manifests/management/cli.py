@@ -16,6 +16,7 @@ from django.core.management.base import CommandError
 
 from manifests.errors import ManifestError, UnknownDeviceClassError, UnknownVendorError
 from manifests.models import DeviceClass, Vendor
+from people.errors import PeopleError
 
 
 @contextlib.contextmanager
@@ -23,7 +24,7 @@ def service_errors() -> Iterator[None]:
     """Turn a refused service call into exit status 1 with ``message [code]`` on stderr."""
     try:
         yield
-    except ManifestError as exc:
+    except (ManifestError, PeopleError) as exc:
         raise CommandError(f"{exc} [{exc.code}]", returncode=1) from exc
 
 
