@@ -236,12 +236,20 @@ class SignInCallbackView(OIDCAuthenticationCallbackView):  # type: ignore[misc]
     def get(self, request: HttpRequest) -> HttpResponse:
         if not sso_enabled():
             raise Http404("single sign-on is not configured")
-        try:
-            response: HttpResponse = super().get(request)
-        except SuspiciousOperation as exc:
-            # A missing, replayed or foreign state: the library refuses before any token call.
-            _refuse(request, f"the sign-in answer does not belong to this browser session ({exc})")
+        # A missing, replayed or foreign state is refused before any token call (the library
+        # would too, but with a bare 400 or no reason at all).
+        if "code" in request.GET and "state" not in request.GET:
+            _refuse(request, "the sign-in answer carries no state")
             return self.login_failure()
+        states = request.session.get("oidc_states") or {}
+        if (
+            "state" in request.GET
+            and not request.GET.get("error")
+            and (request.GET["state"] not in states)
+        ):
+            _refuse(request, "the sign-in answer does not belong to this browser session")
+            return self.login_failure()
+        response: HttpResponse = super().get(request)
         return response
 
     def login_failure(self) -> HttpResponse:
