@@ -102,8 +102,6 @@ def user_create(
             raise WeakPasswordError(" ".join(exc.messages)) from None
     with transaction.atomic():
         if actor is None:
-            # Serialise bootstraps: two at once must not both find the server empty.
-            list(user_model.objects.select_for_update().filter(is_superuser=True))
             if admins_exist():
                 raise ActorRequiredError(
                     "an admin must act for this (--user NAME); only the first account of a "

@@ -37,6 +37,7 @@ from people.mapping import role_map_from_pairs
 from people.models import ExternalIdentity
 from people.services import user_disable
 from tests.conftest import REPO_ROOT
+from tests.console.test_browser import CHROMIUM, CHROMIUM_ARGS
 from tests.helpers import personas
 
 CLIENT_ID = "fwupd-console"
@@ -389,3 +390,32 @@ def test_password_sign_in_can_be_turned_off(
     assert authenticate(username="local", password="local-password-9") is None
     sso.user("alice", "fw-qa")
     assert console_user(live_server.url, sign_in(live_server.url, "alice").session) == "alice"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed")
+@pytest.mark.django_db(transaction=True)
+def test_sign_in_with_the_provider_in_a_browser(
+    sso: Provider, live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The button on the login page, the provider's form, and back to the page asked for."""
+    from playwright.sync_api import expect, sync_playwright
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    sso.user("alice", "fw-qa")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(base_url=live_server.url)
+            page.set_default_timeout(30_000)
+            page.goto("/releases/")
+            page.wait_for_url("**/login/?next=/releases/")
+            page.click("text=Sign in with Test IdP")
+            page.wait_for_url(f"{sso.base}/accounts/login/**")
+            page.fill("#id_username", "alice")
+            page.fill("#id_password", PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(f"{live_server.url}/releases/")
+            expect(page.locator("header .who")).to_contain_text("alice (qa)")
+        finally:
+            browser.close()
