@@ -6,9 +6,10 @@ console's callback -> console page.
 
 Covered: the first sign-in creates the user with the mapped roles; a later sign-in after the
 provider's groups changed adds and removes roles (audited); an ID token for another audience or
-signed by another key is refused; a replayed or missing state is refused; OIDC_REQUIRE_ROLE
-refuses a user no group maps; a disabled account cannot sign in through the provider, and its
-open session ends; password sign-in can be turned off.
+signed by another key is refused, and so is one carrying another sign-in's nonce; a replayed
+or missing state is refused; OIDC_REQUIRE_ROLE refuses a user no group maps; a disabled account
+cannot sign in through the provider, and its open session ends; password sign-in can be turned
+off; and the same sign-in in Debian's chromium, driven by Playwright.
 """
 
 from __future__ import annotations
@@ -159,7 +160,8 @@ def sso(settings: Any, provider: Provider, live_server: Any) -> Provider:
         [("fw-qa", "qa"), ("fw-sec", "security"), ("fw-ops", "fleet_operator")]
     )
     settings.OIDC_REQUIRE_ROLE = False
-    (provider.tamper_dir / "audience").unlink(missing_ok=True)
+    for claim in ("aud", "nonce"):
+        (provider.tamper_dir / claim).unlink(missing_ok=True)
     return provider
 
 
@@ -298,9 +300,21 @@ def test_require_role_refuses_a_user_without_mapped_groups(
 @pytest.mark.django_db(transaction=True)
 def test_id_token_for_another_audience_is_refused(sso: Provider, live_server: Any) -> None:
     sso.user("alice", "fw-qa")
-    (sso.tamper_dir / "audience").write_text("some-other-client")
+    (sso.tamper_dir / "aud").write_text("some-other-client")
     done = sign_in(live_server.url, "alice")
     assert "Audience doesn't match" in refusal(done)
+    assert console_user(live_server.url, done.session) is None
+    assert not get_user_model().objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_id_token_for_another_sign_in_is_refused(sso: Provider, live_server: Any) -> None:
+    """A token whose nonce is not the one this sign-in sent (one replayed from another
+    sign-in) is refused although the provider signed it."""
+    sso.user("alice", "fw-qa")
+    (sso.tamper_dir / "nonce").write_text("nonce-of-another-sign-in")
+    done = sign_in(live_server.url, "alice")
+    assert "Nonce verification failed" in refusal(done)
     assert console_user(live_server.url, done.session) is None
     assert not get_user_model().objects.exists()
 

@@ -1,7 +1,8 @@
 """The test provider's claims: username, verified e-mail and the user's Django groups as
-``groups`` (in the ``profile`` scope). A file named ``audience`` in ``OIDC_TEST_TAMPER_DIR``
-makes the provider put that audience in its ID tokens, signed with its real key, which is what a
-token minted for another client looks like to the console."""
+``groups`` (in the ``profile`` scope). A file named ``aud`` (or ``nonce``) in
+``OIDC_TEST_TAMPER_DIR`` makes the provider put its content in that claim of its ID tokens,
+signed with its real key: what a token minted for another client, or for another sign-in,
+looks like to the console."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class GroupsValidator(OAuth2Validator):  # type: ignore[misc]
 
     def get_id_token_dictionary(self, token: Any, token_handler: Any, request: Any) -> Any:
         claims, expiration_time = super().get_id_token_dictionary(token, token_handler, request)
-        tamper = Path(os.environ["OIDC_TEST_TAMPER_DIR"]) / "audience"
-        if tamper.exists():
-            claims["aud"] = tamper.read_text().strip()
+        tamper = Path(os.environ["OIDC_TEST_TAMPER_DIR"])
+        for claim in ("aud", "nonce"):
+            if (tamper / claim).exists():
+                claims[claim] = (tamper / claim).read_text().strip()
         return claims, expiration_time
