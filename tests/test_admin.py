@@ -27,6 +27,7 @@ def test_admin_changelist_loads(client: Any, admin: Any, model: Any):
         "audit.auditevent",
         "manifests.approval",
         "campaigns.rollout",
+        "people.externalidentity",
     ],
 )
 def test_immutable_records_are_read_only_in_admin(rf: Any, name: str):
