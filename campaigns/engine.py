@@ -69,6 +69,7 @@ from campaigns.rollouts import confirm_successes, fail_rollout
 from campaigns.selectors import spec_of, stage_tally
 from campaigns.services import abort_campaign
 from manifests.services import release_dispatch_state
+from ops import tallies
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def campaign_reconcile(
     intake locks the same rollouts in another order) it is run again, a few times."""
     for attempt in range(RECONCILE_ATTEMPTS):
         try:
-            return _reconcile_once(campaign_id, now=now or timezone.now())
+            report = _reconcile_once(campaign_id, now=now or timezone.now())
         except OperationalError as exc:
             if not transient_conflict(exc) or attempt == RECONCILE_ATTEMPTS - 1:
                 raise
@@ -116,6 +117,11 @@ def campaign_reconcile(
                 "reconcile of campaign %s lost a lock conflict, again: %s", campaign_id, exc
             )
             time.sleep(0.05 * 2**attempt)
+            continue
+        if report is not None and report.dispatched:
+            # Committed: counted for /metrics (fwupd_dispatches_total, ops.tallies).
+            tallies.dispatches_add(campaign=report.campaign, count=report.dispatched)
+        return report
     return None  # not reached: the last attempt returns or raises
 
 

@@ -383,3 +383,30 @@ OIDC_ROLE_CLAIM = envopt("OIDC_ROLE_CLAIM")
 OIDC_ROLE_MAP = role_map_from_pairs(envpairs("OIDC_ROLE_MAP"))
 OIDC_REQUIRE_ROLE = envbool("OIDC_REQUIRE_ROLE", False)
 # --- end People -----------------------------------------------------------------------------
+
+# --- Ops: probes, metrics, logs -------------------------------------------------------------
+# Owned by the ops app (docs/operations.md): /healthz, /readyz and /metrics (answered first, by
+# OpsEndpointsMiddleware, before host checks and HTTPS redirects), request ids, JSON logs.
+INSTALLED_APPS += ["ops"]
+MIDDLEWARE = ["ops.middleware.RequestIdMiddleware", "ops.middleware.OpsEndpointsMiddleware"] + [
+    m for m in MIDDLEWARE if not m.startswith("ops.")
+]
+# Each readiness check (database, broker, firmware store) must answer within this (seconds).
+READINESS_TIMEOUT_SECONDS = envint("READINESS_TIMEOUT_SECONDS", 2, minimum=1)
+# Who may read /metrics: a bearer token (METRICS_TOKEN, or METRICS_TOKEN_FILE naming a file that
+# holds it) and/or client networks (CIDR list). Both set: both required. Neither: /metrics is off.
+METRICS_TOKEN = envopt("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = envnetworks("METRICS_ALLOWED_NETWORKS", [])
+# Celery queues whose length /metrics reports (Redis broker only).
+METRICS_CELERY_QUEUES = envlist("METRICS_CELERY_QUEUES", ["celery"])
+# Log lines as text (default) or one JSON object per line with request_id, campaign and device.
+LOG_FORMAT = envstr("LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ValueError(f"LOG_FORMAT={LOG_FORMAT!r}: expected text or json")
+# Fields: time, level, logger, message, request_id, campaign, device (ops.logs.JsonFormatter).
+LOGGING["formatters"]["json"] = {"()": "ops.logs.JsonFormatter"}
+if LOG_FORMAT == "json":
+    LOGGING["handlers"]["console"]["formatter"] = "json"
+    # The worker keeps Django's handler (and so the JSON format) instead of installing its own.
+    CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# --- end Ops --------------------------------------------------------------------------------

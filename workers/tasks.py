@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 from celery import shared_task
@@ -18,6 +19,8 @@ from campaigns import device_services
 from campaigns.engine import campaign_reconcile
 from campaigns.events import EventError, event_from_dict
 from campaigns.rollouts import rollouts_apply_event
+from ops import tallies
+from ops.logs import log_context
 from workers.lwm2m.errors import LwM2MError
 
 logger = logging.getLogger(__name__)
@@ -33,8 +36,10 @@ def _apply_event(data: dict[str, Any]) -> None:
 def device_event_task(event: dict[str, Any]) -> None:
     """Apply one gateway event to the registry, then to the device's rollout, in one
     transaction. Idempotent: the services ignore stale and repeated events."""
-    with transaction.atomic():
+    with log_context(device=_endpoint(event)), transaction.atomic():
         _apply_event(event)
+    now = time.time()
+    tallies.events_applied(count=1, lag_seconds=event_lag([event], now=now), now=now)
 
 
 @shared_task(acks_late=True)
@@ -49,26 +54,46 @@ def device_events_task(events: list[dict[str, Any]]) -> int:
     error: Exception | None = None
     with transaction.atomic():
         for event in events:
-            try:
-                with transaction.atomic():
-                    _apply_event(event)
-            except EventError as exc:
-                # Outside the contract: applying it again cannot help, so it is not retried.
-                logger.error("device event refused: %s", exc)
-            except Exception as exc:
-                logger.exception(
-                    "device event %s for %r failed", event.get("type"), event.get("endpoint")
-                )
-                error = error or exc
+            with log_context(device=_endpoint(event)):
+                try:
+                    with transaction.atomic():
+                        _apply_event(event)
+                except EventError as exc:
+                    # Outside the contract: applying it again cannot help, so it is not retried.
+                    logger.error("device event refused: %s", exc)
+                except Exception as exc:
+                    logger.exception(
+                        "device event %s for %r failed", event.get("type"), event.get("endpoint")
+                    )
+                    error = error or exc
     if error is not None:
         raise error
+    now = time.time()
+    tallies.events_applied(count=len(events), lag_seconds=event_lag(events, now=now), now=now)
     return len(events)
+
+
+def _endpoint(event: Any) -> str | None:
+    endpoint = event.get("endpoint") if isinstance(event, dict) else None
+    return endpoint if isinstance(endpoint, str) and endpoint else None
+
+
+def event_lag(events: list[Any], *, now: float) -> float | None:
+    """Seconds the oldest event of a batch waited between its gateway seeing it (``at``) and
+    now, or None when no event says when it was seen."""
+    seen = [
+        e["at"]
+        for e in events
+        if isinstance(e, dict) and isinstance(e.get("at"), int | float) and e["at"] > 0
+    ]
+    return max(0.0, now - min(seen)) if seen else None
 
 
 @shared_task(acks_late=True)
 def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
     """One reconcile pass of one campaign (skipped if another worker holds it)."""
-    report = campaign_reconcile(campaign_id)
+    with log_context(campaign=campaign_id):
+        report = campaign_reconcile(campaign_id)
     return (
         None
         if report is None

@@ -1,0 +1,9 @@
+from django.apps import AppConfig
+
+
+class OpsConfig(AppConfig):
+    """What operators run the service with: health and readiness probes, Prometheus metrics,
+    request ids and structured logs (docs/operations.md)."""
+
+    name = "ops"
+    verbose_name = "Operations"
