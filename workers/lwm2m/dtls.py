@@ -43,6 +43,7 @@ Invariants the gateway relies on:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import functools
@@ -799,6 +800,12 @@ class DTLSListener:
         pool = self.interface._pool
         return dict(pool._connections)
 
+    @property
+    def handshakes(self) -> dict[str, int]:
+        """Handshakes so far by outcome: ``completed``, ``failed`` (an alert ended it) or
+        ``dropped`` (timed out, evicted, or cut by shutdown before completing)."""
+        return dict(self.interface._pool.handshakes)
+
 
 async def open_listener(
     context: Any,
@@ -1094,6 +1101,7 @@ def _define_transport() -> None:
         def _event(self, level: int, code: int) -> None:
             if (level, code) == (tinydtls.LEVEL_NOALERT, tinydtls.DTLS_EVENT_CONNECTED):
                 self.connected, self.failure = True, None
+                self._protocol.handshakes["completed"] += 1
                 log.info(
                     "DTLS session with %s established for identity %s",
                     self.hostinfo,
@@ -1122,6 +1130,8 @@ def _define_transport() -> None:
             if self.closed:
                 return
             self.closed = True
+            if not self.connected:  # the handshake ended without completing
+                self._protocol.handshakes["failed" if self.failure else "dropped"] += 1
             self._retransmission_task.cancel()
             connections = self._protocol._connections
             if connections.get(self._underlying_address.address) is self:
@@ -1179,6 +1189,8 @@ def _define_transport() -> None:
             # Failed handshakes repeat (a device retries every few seconds): a few lines per
             # kind and interval, and the count of those held back.
             self.limiter = RateLimiter(interval=10.0, burst=5)
+            # Handshakes by outcome (completed, failed, dropped), for the gateway's metrics.
+            self.handshakes: collections.Counter[str] = collections.Counter()
             self._sweeper = loop.create_task(self._sweep())
             return self
 

@@ -1,7 +1,8 @@
 """Run one LwM2M gateway process: ``manage.py lwm2m_gateway --bind HOST:PORT``.
 
 ``--dtls-bind HOST:PORT`` adds a DTLS (PSK) listener; ``--refuse-nosec`` accepts DTLS
-registrations only (docs/lwm2m.md, "DTLS").
+registrations only (docs/lwm2m.md, "DTLS"); ``--metrics-port PORT`` serves the gateway's
+Prometheus metrics (registrations, DTLS handshakes, refusals: docs/operations.md).
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--dtls-public-uri", default=None, help="coaps://host:port devices use for DTLS"
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="serve Prometheus metrics on this TCP port (docs/operations.md; default: none)",
+        )
+        parser.add_argument(
+            "--metrics-addr",
+            default="127.0.0.1",
+            help="address the metrics port listens on (default 127.0.0.1; 0.0.0.0 to be "
+            "scraped from other hosts)",
         )
         parser.add_argument(
             "--refuse-nosec",
@@ -68,6 +81,18 @@ class Command(BaseCommand):
             except DTLSUnavailableError as exc:
                 await gateway.stop()
                 raise CommandError(str(exc)) from None
+            if options["metrics_port"] is not None:
+                from workers.lwm2m import metrics
+
+                try:
+                    server, _thread = metrics.serve(
+                        gateway, port=options["metrics_port"], addr=options["metrics_addr"]
+                    )
+                except OSError as exc:
+                    await gateway.stop()
+                    raise CommandError(f"metrics port: {exc}") from None
+                host, port = server.server_address[:2]
+                self.stdout.write(f"metrics on http://{host}:{port}/metrics")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
