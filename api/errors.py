@@ -18,7 +18,7 @@ from django.views import defaults as django_defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
-from api.webhooks import WebhookTargetError
+from api.webhooks import WebhookResendError, WebhookTargetError
 from audit.models import AuditImmutableError
 from campaigns import errors as campaign_errors
 from campaigns.device_services import DeviceRegistryError, UnknownDeviceError
@@ -63,6 +63,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (AuditImmutableError, status.HTTP_409_CONFLICT),
     # outbound webhooks
     (WebhookTargetError, status.HTTP_400_BAD_REQUEST),
+    (WebhookResendError, status.HTTP_409_CONFLICT),
 )
 
 DRF_CODES: dict[type[exceptions.APIException], str] = {

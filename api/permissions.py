@@ -114,6 +114,7 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
     },
     "webhookdelivery-list": {"GET": WEBHOOK_READ},
     "webhookdelivery-detail": {"GET": WEBHOOK_READ},
+    "webhookdelivery-resend": {"POST": ADMINS},
 }
 
 # (URL name, method) where a role held through a live delegation counts as holding it:

@@ -932,3 +932,11 @@ class WebhookDeliveryViewSet(
     serializer_class = s.WebhookDeliverySerializer
     filterset_class = filters.WebhookDeliveryFilter
     ordering_fields = ["created_at"]
+
+    @extend_schema(request=None, responses={202: s.WebhookDeliverySerializer})
+    @action(detail=True, methods=["post"], filterset_class=None)
+    def resend(self, request: Request, pk: str) -> Response:
+        """Send a finished delivery again (409 while it is in flight or its webhook disabled)."""
+        delivery = webhooks.webhook_delivery_resend(delivery=self.get_object(), actor=request.user)
+        delivery.refresh_from_db()
+        return Response(s.WebhookDeliverySerializer(delivery).data, status=202)

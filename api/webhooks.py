@@ -274,6 +274,70 @@ def webhook_delete(*, webhook: Webhook, actor: Any) -> None:
         webhook.delete()
 
 
+class WebhookResendError(ValueError):
+    """A delivery cannot be sent again now (still in flight, or its webhook is disabled)."""
+
+    code = "webhook.resend_refused"
+
+
+class DeliveryInFlightError(WebhookResendError):
+    """The delivery is still pending or retrying: its own attempts are not over."""
+
+    code = "webhook.delivery_in_flight"
+
+
+class WebhookDisabledError(WebhookResendError):
+    """The delivery's webhook is disabled: enable it first."""
+
+    code = "webhook.disabled"
+
+
+def webhook_delivery_resend(*, delivery: WebhookDelivery, actor: Any) -> WebhookDelivery:
+    """Send a finished delivery (failed, or delivered but lost by its receiver) again: back to
+    pending, attempted afresh by ``webhook_deliver_task`` after the commit. It keeps its id, so
+    the receiver sees the same X-Fwupd-Delivery and can still drop a duplicate; the payload is
+    the one recorded for the event, signed with the webhook's current secret."""
+    with transaction.atomic():
+        row = (
+            WebhookDelivery.objects.select_for_update()
+            .select_related("webhook")
+            .get(pk=delivery.pk)
+        )
+        if row.status in (DeliveryStatus.PENDING, DeliveryStatus.RETRYING):
+            raise DeliveryInFlightError(
+                f"delivery {row.pk} is {row.status}: wait for its attempts to finish"
+            )
+        if not row.webhook.active:
+            raise WebhookDisabledError(
+                f"webhook {row.webhook_id} is disabled: enable it before sending again"
+            )
+        previous = row.status
+        row.status = DeliveryStatus.PENDING
+        row.last_error = ""
+        row.save(update_fields=["status", "last_error"])
+        audit_record(
+            actor=actor,
+            action="webhook.resend",
+            object_type="webhook_delivery",
+            object_id=row.pk,
+            details={
+                "webhook": row.webhook_id,
+                "event_seq": row.event_seq,
+                "event": row.event_action,
+                "previous_status": previous,
+            },
+        )
+        delivery_id = str(row.pk)
+
+        def enqueue() -> None:
+            from api.tasks import webhook_deliver_task
+
+            webhook_deliver_task.delay(delivery_id)
+
+        transaction.on_commit(enqueue, robust=True)
+        return row
+
+
 # --- fan-out -------------------------------------------------------------------------------------
 def forwarded(action: str) -> bool:
     return action.startswith(FORWARDED_PREFIXES)
