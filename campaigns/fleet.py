@@ -382,6 +382,9 @@ def parse_import(
             )
             continue
         cells = {c: v.strip() for c, v in zip(columns, record, strict=True)}
+        seen = first_row.setdefault(cells["endpoint"], row_number)
+        if seen != row_number:
+            out.errors.append(RowError(row_number, "endpoint", f"duplicate of row {seen}"))
         row = _import_row(
             row_number,
             cells,
@@ -389,14 +392,8 @@ def parse_import(
             max_psk_bytes=max_psk_bytes,
             max_identity_bytes=max_identity_bytes,
         )
-        if row is None:
-            continue
-        seen = first_row.get(row.endpoint)
-        if seen is not None:
-            out.errors.append(RowError(row_number, "endpoint", f"duplicate of row {seen}"))
-            continue
-        first_row[row.endpoint] = row_number
-        out.rows.append(row)
+        if row is not None and seen == row_number:
+            out.rows.append(row)
     if not out.rows and not out.errors:
         out.errors.append(RowError(0, "", "no devices in the file"))
     return out
