@@ -217,8 +217,10 @@ def devices_import(
     parsed = parse_import(data, max_psk_bytes=MAX_PSK_BYTES, max_identity_bytes=MAX_IDENTITY_BYTES)
     errors = list(parsed.errors)
     rows = parsed.rows
-    if errors:
+    if not rows:
         raise ImportRejectedError(errors)
+    # Rows that read well are checked against the catalog and the registry too, so that one
+    # answer lists every problem of the file.
     classes = _classes_named({r.device_class for r in rows if r.device_class})
     for r in rows:
         if r.device_class and r.device_class not in classes:
