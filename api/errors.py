@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from api.webhooks import WebhookResendError, WebhookTargetError
 from audit.models import AuditImmutableError
 from campaigns import errors as campaign_errors
+from campaigns import fleet
 from campaigns.device_services import DeviceRegistryError, UnknownDeviceError
 from manifests import errors as manifest_errors
 from manifests.policy import PolicyError
@@ -55,6 +56,10 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (campaign_errors.UnknownTargetError, status.HTTP_400_BAD_REQUEST),
     (campaign_errors.GateError, status.HTTP_403_FORBIDDEN),
     (campaign_errors.CampaignError, status.HTTP_409_CONFLICT),
+    # fleet management: tags, groups, import (a bad import lists its rows)
+    (fleet.UnknownGroupError, status.HTTP_404_NOT_FOUND),
+    (fleet.GroupExistsError, status.HTTP_409_CONFLICT),
+    (fleet.FleetError, status.HTTP_400_BAD_REQUEST),
     # device registry, codec, policy documents, audit
     (UnknownDeviceError, status.HTTP_404_NOT_FOUND),
     (DeviceRegistryError, status.HTTP_409_CONFLICT),
@@ -120,6 +125,8 @@ def error_body(exc: Exception) -> dict[str, Any]:
             str(exc) if len(exc.errors) == 1 else f"{exc.source}: {len(exc.errors)} problems"
         )
         body["errors"] = [{"path": e.path, "reason": e.reason} for e in exc.errors]
+    if isinstance(exc, fleet.ImportRejectedError):
+        body["errors"] = exc.as_list()
     if isinstance(exc, manifest_errors.InvalidManifestError):
         body["suit_code"] = exc.suit_code
     if isinstance(exc, SUITError) and exc.path:

@@ -82,6 +82,12 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
     # fleet
     "device-list": {"GET": READ},
     "device-detail": {"GET": READ},
+    # fleet management: whoever may provision a device (device_provision) tags and imports
+    "device-import": {"POST": OPERATORS},
+    "device-tags": {"POST": OPERATORS},
+    "devicetag-list": {"POST": OPERATORS},
+    "devicegroup-list": {"GET": READ, "POST": OPERATORS},
+    "devicegroup-detail": {"GET": READ, "DELETE": OPERATORS},
     "campaign-list": {"GET": READ, "POST": OPERATORS},
     "campaign-detail": {"GET": READ, "PUT": OPERATORS},
     "campaignplan-list": {"POST": READ},  # a preview: validates and counts, writes nothing

@@ -14,11 +14,14 @@ from api import webhooks
 from api.filters import ID_MAX
 from api.models import Webhook, WebhookDelivery
 from audit.models import AuditEvent
+from campaigns.fleet_selectors import group_devices
 from campaigns.models import (
     Campaign,
     CampaignRevision,
     Device,
+    DeviceGroup,
     EmergencyStop,
+    GroupKind,
     Rollout,
 )
 from manifests.models import (
@@ -816,3 +819,108 @@ class WebhookDeliverySerializer(serializers.ModelSerializer):
             "delivered_at",
         ]
         read_only_fields = fields
+
+
+# --- fleet management: tags, groups, import ------------------------------------------------------
+def _tag_list(**kwargs: Any) -> serializers.ListField:
+    # Forms are checked by campaigns.fleet (TagError, 400 with its code); here only the shape.
+    return serializers.ListField(
+        child=serializers.CharField(max_length=64), max_length=100, **kwargs
+    )
+
+
+class TagChangeSerializer(serializers.Serializer):
+    """Add and/or remove tags, or replace all of them with ``set`` ([] clears them)."""
+
+    add = _tag_list(required=False, default=list)
+    remove = _tag_list(required=False, default=list)
+    set = _tag_list(required=False, allow_null=True, default=None)
+
+
+class DeviceFilterSerializer(serializers.Serializer):
+    """Devices matching every given field (at least one)."""
+
+    device_class = serializers.CharField(
+        max_length=454, required=False, help_text="vendor-domain/class-name"
+    )
+    version = serializers.CharField(
+        max_length=64, required=False, help_text="installed firmware version (exact)"
+    )
+    tag = serializers.CharField(max_length=64, required=False, help_text="carrying this tag")
+    state = serializers.ChoiceField(
+        choices=["idle", "downloading", "downloaded", "updating"],
+        required=False,
+        help_text="LwM2M /5/0/3 State",
+    )
+    online = serializers.BooleanField(required=False, allow_null=True, default=None)
+
+
+class BulkTagSerializer(TagChangeSerializer):
+    """The devices: an explicit list of endpoints, or a filter (one of them)."""
+
+    endpoints = serializers.ListField(
+        child=serializers.CharField(max_length=255), max_length=100_000, required=False
+    )
+    filter = DeviceFilterSerializer(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("endpoints" in attrs) == ("filter" in attrs):
+            raise serializers.ValidationError("give endpoints or a filter (one of them)")
+        return attrs
+
+
+class TagResultSerializer(serializers.Serializer):
+    matched = serializers.IntegerField(help_text="devices selected")
+    changed = serializers.IntegerField(help_text="devices whose tags changed")
+
+
+class DeviceGroupSerializer(serializers.ModelSerializer):
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    devices = serializers.SerializerMethodField(help_text="members now")
+
+    class Meta:
+        model = DeviceGroup
+        fields = ["name", "description", "kind", "filter", "devices", "created_by", "created_at"]
+        read_only_fields = fields
+
+    def get_devices(self, obj: DeviceGroup) -> int:
+        if obj.kind == GroupKind.STATIC and hasattr(obj, "static_count"):
+            return int(obj.static_count)
+        return group_devices(obj).count()
+
+
+class DeviceGroupCreateSerializer(serializers.Serializer):
+    """A static group (``endpoints``) or a saved filter (``filter``)."""
+
+    name = serializers.CharField(max_length=63)
+    description = serializers.CharField(max_length=2000, required=False, default="")
+    endpoints = serializers.ListField(
+        child=serializers.CharField(max_length=255), max_length=100_000, required=False
+    )
+    filter = DeviceFilterSerializer(required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("endpoints" in attrs) == ("filter" in attrs):
+            raise serializers.ValidationError("give endpoints or a filter (one of them)")
+        return attrs
+
+
+class ImportUploadSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="the CSV file")
+
+
+class ImportResultSerializer(serializers.Serializer):
+    created = serializers.IntegerField()
+    with_psk = serializers.IntegerField()
+
+
+class ImportRowErrorSerializer(serializers.Serializer):
+    row = serializers.IntegerField(help_text="line of the file, the header being 1; 0: the file")
+    column = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class ImportRejectedSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    errors = ImportRowErrorSerializer(many=True)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from django.db.models import Count
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -31,9 +32,10 @@ from api.permissions import request_roles
 from audit.chain import canonical_time
 from audit.models import AuditEvent
 from audit.services import audit_verify
-from campaigns import planning, rollback, selectors
+from campaigns import fleet_services, planning, rollback, selectors
 from campaigns import services as campaign_services
-from campaigns.models import Campaign, Device, EmergencyStop, Rollout
+from campaigns.fleet import DeviceFilter, TagChange
+from campaigns.models import Campaign, Device, DeviceGroup, EmergencyStop, Rollout
 from campaigns.spec import parse_spec
 from manifests import services, suit
 from manifests.errors import PermissionDeniedError
@@ -65,6 +67,15 @@ class OctetStreamParser(parsers.BaseParser):
     """The raw request body as bytes (COSE_Sign1 signatures, SUIT envelopes)."""
 
     media_type = "application/octet-stream"
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        return stream.read() if stream is not None else b""
+
+
+class CSVParser(parsers.BaseParser):
+    """A CSV file posted as the request body (``text/csv``), kept as bytes."""
+
+    media_type = "text/csv"
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         return stream.read() if stream is not None else b""
@@ -572,6 +583,96 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             .order_by("-updated_at")[:RECENT_ROLLOUTS]
         )
         return Response(s.DeviceDetailSerializer(device).data)
+
+    @extend_schema(
+        request={"text/csv": OpenApiTypes.STR, "multipart/form-data": s.ImportUploadSerializer},
+        responses={201: s.ImportResultSerializer, 400: s.ImportRejectedSerializer},
+        summary="Provision devices from CSV: all or nothing, every bad row reported",
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="import",
+        url_name="import",
+        parser_classes=[CSVParser, parsers.MultiPartParser],
+    )
+    def import_csv(self, request: Request) -> Response:
+        data, name = _uploaded_bytes(request)
+        result = fleet_services.devices_import(actor=request.user, data=data, source=name or "api")
+        return Response({"created": result.created, "with_psk": result.with_psk}, status=201)
+
+    @extend_schema(
+        request=s.TagChangeSerializer,
+        responses=s.TagResultSerializer,
+        summary="Change one device's tags: add/remove, or replace them all with set",
+    )
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser], url_name="tags")
+    def tags(self, request: Request, endpoint: str) -> Response:
+        device = self.get_object()
+        data = _validated(s.TagChangeSerializer, request)
+        result = fleet_services.device_tags_change(
+            actor=request.user, change=_tag_change(data), endpoints=[device.endpoint]
+        )
+        return Response({"matched": result.matched, "changed": result.changed})
+
+
+def _tag_change(data: dict[str, Any]) -> TagChange:
+    return TagChange.build(add=data["add"], remove=data["remove"], replace=data["set"])
+
+
+class DeviceTagViewSet(viewsets.GenericViewSet):
+    """Tags of many devices at once: an explicit endpoint list or a filter; one audit event."""
+
+    queryset = Device.objects.none()
+    serializer_class = s.BulkTagSerializer
+    parser_classes = [JSONParser]
+    pagination_class = None
+    filter_backends: list[Any] = []
+
+    @extend_schema(
+        request=s.BulkTagSerializer,
+        responses=s.TagResultSerializer,
+        summary="Add/remove or replace the tags of the devices listed or filtered",
+    )
+    def create(self, request: Request) -> Response:
+        data = _validated(s.BulkTagSerializer, request)
+        result = fleet_services.device_tags_change(
+            actor=request.user,
+            change=_tag_change(data),
+            endpoints=data.get("endpoints"),
+            device_filter=DeviceFilter.parse(data["filter"]) if "filter" in data else None,
+        )
+        return Response({"matched": result.matched, "changed": result.changed})
+
+
+class DeviceGroupViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Saved device groups (campaign targets: ``target.group``)."""
+
+    queryset = DeviceGroup.objects.select_related("created_by").annotate(
+        static_count=Count("devices")
+    )
+    serializer_class = s.DeviceGroupSerializer
+    lookup_field = "name"
+    lookup_value_regex = NAME_REGEX
+    parser_classes = [JSONParser]
+    filter_backends: list[Any] = []
+
+    @extend_schema(request=s.DeviceGroupCreateSerializer, responses={201: s.DeviceGroupSerializer})
+    def create(self, request: Request) -> Response:
+        data = _validated(s.DeviceGroupCreateSerializer, request)
+        group = fleet_services.device_group_create(
+            actor=request.user,
+            name=data["name"],
+            description=data["description"],
+            endpoints=data.get("endpoints"),
+            device_filter=DeviceFilter.parse(data["filter"]) if "filter" in data else None,
+        )
+        return Response(s.DeviceGroupSerializer(group).data, status=201)
+
+    @extend_schema(responses={204: None}, summary="Delete (campaigns keep their frozen members)")
+    def destroy(self, request: Request, name: str) -> Response:
+        fleet_services.device_group_delete(actor=request.user, name=self.get_object().name)
+        return Response(status=204)
 
 
 def _spec_from(request: Request) -> Any:

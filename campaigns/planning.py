@@ -37,6 +37,9 @@ from campaigns.eligibility import (
     manifest_facts,
     resolve,
 )
+from campaigns.errors import SpecError
+from campaigns.fleet import UnknownGroupError
+from campaigns.fleet_selectors import group_member_endpoints
 from campaigns.models import Campaign, Device, Rollout, RolloutState
 from campaigns.spec import CampaignSpec
 from manifests.models import DeviceClass
@@ -184,6 +187,14 @@ class Plan:
         }
 
 
+def group_members(name: str, *, source: str = "<api>") -> frozenset[str]:
+    """The current members of the group a spec targets; an unknown group is a spec error."""
+    try:
+        return frozenset(group_member_endpoints(name))
+    except UnknownGroupError as exc:
+        raise SpecError(str(exc), source=source, path="target.group") from None
+
+
 def _candidates(spec: CampaignSpec, device_class: DeviceClass) -> Any:
     """Devices the selector reaches: the vendor's devices (or unmapped ones) narrowed by the
     include list and tags; those of another class stay in so they are reported as mismatches."""
@@ -191,7 +202,7 @@ def _candidates(spec: CampaignSpec, device_class: DeviceClass) -> Any:
     devices = Device.objects.filter(
         Q(vendor=device_class.vendor) | Q(vendor__isnull=True) | Q(device_class=device_class)
     )
-    if target.include:
+    if target.include is not None:  # an empty include (a group cut to nothing) selects none
         devices = devices.filter(endpoint__in=list(target.include))
     return devices.order_by("pk")
 
@@ -204,6 +215,7 @@ def campaign_plan(
     salt: str | None = None,
     bounds: list[int] | None = None,
     current_stage: int = 0,
+    members: frozenset[str] | None = None,
 ) -> Plan:
     """Validate and plan without writing anything: cohort per stage and exclusions by reason.
 
@@ -216,6 +228,11 @@ def campaign_plan(
     device) plus, while cutting the stages, the sorted buckets of the eligible devices (a list
     of Python ints, ~44 bytes a device)."""
     now = now or timezone.now()
+    if spec.target.group is not None:
+        # A campaign's frozen members, or (a preview) the group as it is now.
+        if members is None:
+            members = group_members(spec.target.group, source=source)
+        spec = spec.narrowed(members)
     resolved = resolve(spec, source=source)
     release = release_dispatch_state(resolved.release, now=now)
     manifest, manifest_version = manifest_facts(resolved.release)

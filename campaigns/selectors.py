@@ -22,7 +22,11 @@ from campaigns.spec import parse_spec
 
 
 def spec_of(campaign: Campaign) -> Any:
-    return parse_spec(campaign.spec, source=f"campaign {campaign.name} r{campaign.revision}")
+    """The spec the campaign runs; a ``target.group`` one is cut to the members it froze."""
+    spec = parse_spec(campaign.spec, source=f"campaign {campaign.name} r{campaign.revision}")
+    if campaign.target_members is not None:
+        spec = spec.narrowed(frozenset(campaign.target_members))
+    return spec
 
 
 def stage_tally(campaign: Campaign, index: int) -> stages.StageTally:

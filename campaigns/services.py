@@ -34,7 +34,7 @@ from campaigns.models import (
     RolloutState,
     StageStatus,
 )
-from campaigns.planning import campaign_plan, write_rows
+from campaigns.planning import campaign_plan, group_members, write_rows
 from campaigns.rollouts import cancel_rollouts
 from campaigns.spec import CampaignSpec, spec_diff
 from manifests.models import DeviceClass, Release, Role
@@ -72,7 +72,17 @@ def _campaign_create(
     now: dt.datetime,
 ) -> Campaign:
     salt = secrets.token_hex(8)
-    plan = campaign_plan(spec=spec, source=source, now=now, salt=salt)
+    members = None
+    if spec.target.group is not None:
+        # Frozen here: the campaign's population never drifts with the group afterwards.
+        members = group_members(spec.target.group, source=source)
+        if not members:
+            raise SpecError(
+                source=source,
+                path="target.group",
+                reason=f"device group {spec.target.group!r} has no devices",
+            )
+    plan = campaign_plan(spec=spec, source=source, now=now, salt=salt, members=members)
     if plan.release_refusal is not None:
         raise CampaignStateError(
             f"{source}: release: {plan.release} cannot be rolled out now "
@@ -91,6 +101,8 @@ def _campaign_create(
             salt=salt,
             created_by=actor,
             ramp_started_at=now,
+            target_group=spec.target.group or "",
+            target_members=None if members is None else sorted(members),
         )
         CampaignRevision.objects.create(
             campaign=campaign,
@@ -118,7 +130,16 @@ def _campaign_create(
             action="campaign.create",
             object_type="campaign",
             object_id=campaign.name,
-            details={"source": source, "spec_digest": digest, **plan.as_dict()},
+            details={
+                "source": source,
+                "spec_digest": digest,
+                **plan.as_dict(),
+                **(
+                    {"group": spec.target.group, "group_members": len(members)}
+                    if members is not None
+                    else {}
+                ),
+            },
             now=now,
         )
     return campaign
@@ -141,6 +162,14 @@ def _campaign_revise(
             path="target.device_class",
             reason="a campaign's device class cannot change; start a new campaign",
         )
+    if (spec.target.group or "") != campaign.target_group:
+        raise SpecError(
+            source=source,
+            path="target.group",
+            reason="a campaign's group and its members are fixed when it is created; "
+            "start a new campaign",
+        )
+    members = None if campaign.target_members is None else frozenset(campaign.target_members)
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
         if locked.status in (CampaignStatus.COMPLETED, CampaignStatus.ABORTED):
@@ -169,7 +198,12 @@ def _campaign_revise(
         # Started stages keep their bucket bounds (no reshuffle); later ones are re-cut.
         started = [int(s.bucket_upper) for s in old_stages[: locked.current_stage + 1]]
         plan = campaign_plan(
-            spec=spec, source=source, now=now, salt=locked.salt, current_stage=locked.current_stage
+            spec=spec,
+            source=source,
+            now=now,
+            salt=locked.salt,
+            current_stage=locked.current_stage,
+            members=members,
         )
         bounds = started + plan.bounds[len(started) :]
         bounds = [max(b, bounds[i - 1]) if i else b for i, b in enumerate(bounds)]
@@ -180,6 +214,7 @@ def _campaign_revise(
             salt=locked.salt,
             bounds=bounds,
             current_stage=locked.current_stage,
+            members=members,
         )
         locked.stages.filter(index__gte=len(spec.stages)).delete()
         for i, stage_spec in enumerate(spec.stages):

@@ -28,7 +28,7 @@ import os
 import re
 import zoneinfo
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -281,6 +281,10 @@ class TargetSpec:
     include: frozenset[str] | None = None  # None: every endpoint of the class
     exclude: frozenset[str] = frozenset()
     offline_max: timedelta | None = None
+    # A saved device group (``campaigns.models.DeviceGroup``): only its members. Resolved by the
+    # service and frozen at creation (``Campaign.target_members``), then applied as an include
+    # list (``CampaignSpec.narrowed``); the spec itself names the group only.
+    group: str | None = None
 
     @property
     def vendor_domain(self) -> str:
@@ -403,6 +407,9 @@ class CampaignSpec:
                 "include": None if t.include is None else sorted(t.include),
                 "exclude": sorted(t.exclude),
                 "offline_max": None if t.offline_max is None else format_duration(t.offline_max),
+                # Written only when set, so that the digest of every spec without a group
+                # stays what it was before groups existed (re-applying it is still a no-op).
+                **({"group": t.group} if t.group is not None else {}),
             },
             "stages": [_stage_document(s) for s in self.stages],
             "rate": None if self.rate is None else _rate_document(self.rate),
@@ -436,6 +443,12 @@ class CampaignSpec:
     def digest(self) -> str:
         """SHA-256 hex of the canonical JSON: equal for equal specs, whatever the formatting."""
         return hashlib.sha256(self.canonical_json()).hexdigest()
+
+    def narrowed(self, members: frozenset[str]) -> CampaignSpec:
+        """The spec a ``target.group`` campaign runs: its include list cut to the group's members
+        (as frozen at creation). Not a document of its own: never stored, digested or diffed."""
+        include = members if self.target.include is None else self.target.include & members
+        return replace(self, target=replace(self.target, include=include))
 
 
 def _stage_document(s: StageSpec) -> dict[str, Any]:
@@ -851,6 +864,7 @@ class _Builder:
             include=include,
             exclude=exclude,
             offline_max=offline_max,
+            group=t.get("group"),
         )
 
     def stages(self, items: list[dict[str, Any]]) -> tuple[StageSpec, ...]:

@@ -1,2 +1,3 @@
 from campaigns.models.campaigns import *  # noqa: F403
 from campaigns.models.devices import *  # noqa: F403
+from campaigns.models.fleet import *  # noqa: F403

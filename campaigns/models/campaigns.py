@@ -58,6 +58,10 @@ class Campaign(models.Model):
     ramp_started_at = models.DateTimeField(null=True, blank=True)
     # The rate ramp's exponent in use; frozen while the recent failure share is too high.
     ramp_exponent = models.PositiveSmallIntegerField(null=True, blank=True)
+    # A ``target.group`` campaign: the group's name and its members (sorted endpoints) as they
+    # were at creation. Frozen: the population never drifts with the group (docs/campaign-spec.md).
+    target_group = models.CharField(max_length=63, blank=True)
+    target_members = models.JSONField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="campaigns"
     )

@@ -135,3 +135,20 @@ def _error_code(response: Any) -> str | None:
     if content_type == "text/html" and response.status_code == 403:
         return "api.forbidden"  # only RoleMatrixPermission refuses the docs page
     return "api.forbidden" if b"api.forbidden" in response.content else None
+
+
+FLEET_WRITES = {
+    ("device-import", "POST"),
+    ("device-tags", "POST"),
+    ("devicetag-list", "POST"),
+    ("devicegroup-list", "POST"),
+    ("devicegroup-detail", "DELETE"),
+}
+
+
+def test_who_may_provision_a_device_may_tag_import_and_keep_groups() -> None:
+    """The fleet rows follow ``device_provision``'s check (fleet operator or admin)."""
+    from manifests.services.access import OPERATORS, READ
+
+    assert {(n, m) for n, m in FLEET_WRITES if MATRIX[n][m] == OPERATORS} == FLEET_WRITES
+    assert MATRIX["devicegroup-list"]["GET"] == READ == MATRIX["devicegroup-detail"]["GET"]
