@@ -15,6 +15,7 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import audit_verify
@@ -28,6 +29,7 @@ from campaigns.models import (
     RolloutState,
 )
 from campaigns.spec import parse_spec
+from console import dashboard as dashboard_selectors
 from console import selectors
 from console.access import SERVICE_ERRORS, console_view, report_refusal
 from manifests import services as release_services
@@ -84,11 +86,20 @@ def _page(request: HttpRequest, template: str, context: dict[str, Any], **kw: An
 @console_view()
 def dashboard(request: HttpRequest) -> HttpResponse:
     recent = Campaign.objects.exclude(status__in=selectors.LIVE_STATUSES).select_related("release")
+    live = selectors.live_campaigns()
+    rolling = dashboard_selectors.rolling_out(live)
+    now = timezone.now()
+    for row in rolling:
+        row["chart"] = dashboard_selectors.campaign_progress(
+            row["campaign"], now=now, total=row["eligible"]
+        )
     return _page(
         request,
         "console/dashboard.html",
         {
-            "campaigns": selectors.live_campaigns(),
+            "campaigns": live,
+            "rolling": rolling,
+            "versions": dashboard_selectors.installed_versions(),
             "alerts": selectors.alerts(request.user),
             "recent": recent.order_by("-created_at")[:10],
         },
