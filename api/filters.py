@@ -20,6 +20,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from api.models import DeliveryStatus, WebhookDelivery
 from audit.models import AuditEvent
+from campaigns import device_selectors
 from campaigns.models import Campaign, CampaignStatus, Device, EmergencyStop, Rollout, RolloutState
 from manifests.models import (
     Delegation,
@@ -256,6 +257,18 @@ class DeviceFilter(StrictFilterSet):
     gateway_id = df.CharFilter()
     tag = df.CharFilter(method="filter_tag", help_text="devices carrying this tag")
     endpoint = df.CharFilter(lookup_expr="icontains")
+    # The console device list's filters, answered by the same selectors.
+    update_state = df.ChoiceFilter(
+        choices=[(device_selectors.NEVER, "never in a campaign"), *RolloutState.choices],
+        method="filter_update_state",
+        help_text="the state of the device's latest rollout (none: never in a campaign)",
+    )
+    unseen_hours = IntegerFilter(
+        min_value=1,
+        max_value=device_selectors.MAX_HOURS,
+        method="filter_unseen",
+        help_text="devices not seen for more than this many hours (never-seen ones included)",
+    )
 
     class Meta:
         model = Device
@@ -269,7 +282,17 @@ class DeviceFilter(StrictFilterSet):
             "gateway_id",
             "tag",
             "endpoint",
+            "update_state",
+            "unseen_hours",
         ]
+
+    def filter_update_state(
+        self, queryset: QuerySet[Device], name: str, value: str
+    ) -> QuerySet[Device]:
+        return device_selectors.filter_update_state(queryset, value)
+
+    def filter_unseen(self, queryset: QuerySet[Device], name: str, value: int) -> QuerySet[Device]:
+        return device_selectors.filter_unseen(queryset, value, now=timezone.now())
 
     def filter_tag(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
         # Tags are a JSON list. PostgreSQL answers containment with the index; SQLite has no

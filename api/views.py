@@ -572,7 +572,7 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     filterset_class = filters.DeviceFilter
     lookup_field = "endpoint"
     lookup_value_regex = NAME_REGEX
-    ordering_fields = ["endpoint", "last_seen", "firmware_version"]
+    ordering_fields = ["endpoint", "last_seen", "firmware_version", "device_class"]
 
     @extend_schema(responses=s.DeviceDetailSerializer)
     def retrieve(self, request: Request, endpoint: str) -> Response:

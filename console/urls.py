@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from console import views
+from console import views, views_devices
 
 app_name = "console"
 
@@ -33,6 +33,6 @@ urlpatterns = [
         views.device_class_delivery,
         name="device-class-delivery",
     ),
-    path("devices/", views.device_list, name="devices"),
-    path("devices/<str:endpoint>/", views.device_detail, name="device"),
+    path("devices/", views_devices.device_list, name="devices"),
+    path("devices/<str:endpoint>/", views_devices.device_detail, name="device"),
 ]

@@ -15,20 +15,21 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from audit.services import audit_verify
-from campaigns import clock, eligibility, planning, rollback
+from campaigns import eligibility, planning, rollback
 from campaigns import selectors as campaign_selectors
 from campaigns import services as campaign_services
 from campaigns.models import (
     Campaign,
-    Device,
     EmergencyStop,
     Rollout,
     RolloutState,
 )
-from campaigns.spec import DEFAULT_MAX_CLOCK_SKEW, parse_spec
+from campaigns.spec import parse_spec
+from console import dashboard as dashboard_selectors
 from console import selectors
 from console.access import SERVICE_ERRORS, console_view, report_refusal
 from manifests import services as release_services
@@ -85,11 +86,20 @@ def _page(request: HttpRequest, template: str, context: dict[str, Any], **kw: An
 @console_view()
 def dashboard(request: HttpRequest) -> HttpResponse:
     recent = Campaign.objects.exclude(status__in=selectors.LIVE_STATUSES).select_related("release")
+    live = selectors.live_campaigns()
+    rolling = dashboard_selectors.rolling_out(live)
+    now = timezone.now()
+    for row in rolling:
+        row["chart"] = dashboard_selectors.campaign_progress(
+            row["campaign"], now=now, total=row["eligible"]
+        )
     return _page(
         request,
         "console/dashboard.html",
         {
-            "campaigns": selectors.live_campaigns(),
+            "campaigns": live,
+            "rolling": rolling,
+            "versions": dashboard_selectors.installed_versions(),
             "alerts": selectors.alerts(request.user),
             "recent": recent.order_by("-created_at")[:10],
         },
@@ -531,63 +541,3 @@ def device_class_delivery(request: HttpRequest, pk: int) -> HttpResponse:
             f"(method {device_class.delivery_method})",
         )
     return redirect("console:device-classes")
-
-
-@console_view()
-def device_list(request: HttpRequest) -> HttpResponse:
-    devices = Device.objects.select_related("device_class__vendor")
-    q = request.GET.get("q", "").strip()
-    online = request.GET.get("online", "")
-    if q:
-        devices = devices.filter(endpoint__icontains=q)
-    if online in ("yes", "no"):
-        devices = devices.filter(online=online == "yes")
-    shown = list(devices.order_by("endpoint")[:DEVICE_ROWS])
-    for device in shown:
-        device.clock = _clock_text(device)  # type: ignore[attr-defined]
-    return _page(
-        request,
-        "console/devices.html",
-        {
-            "devices": shown,
-            "count": devices.count(),
-            "q": q,
-            "online": online,
-            "device_rows": DEVICE_ROWS,
-        },
-    )
-
-
-def _clock_text(device: Device) -> str:
-    """The device's clock state against the default tolerance (a campaign may set another),
-    and whether an operator accepted it."""
-    state = clock.clock_state(
-        device_time=device.device_time,
-        offset_seconds=device.clock_offset_seconds,
-        max_skew=DEFAULT_MAX_CLOCK_SKEW,
-    )
-    if state == clock.OFF and device.clock_offset_seconds is not None:
-        state = f"off ({clock.describe_offset(device.clock_offset_seconds)})"
-    return f"{state}, accepted" if device.clock_trusted_at else state
-
-
-@console_view()
-def device_detail(request: HttpRequest, endpoint: str) -> HttpResponse:
-    device = get_object_or_404(
-        Device.objects.select_related("device_class__vendor", "vendor"), endpoint=endpoint
-    )
-    return _page(
-        request,
-        "console/device.html",
-        {
-            "device": device,
-            "clock": _clock_text(device),
-            "reported_time": (
-                "-" if device.device_time is None else clock.format_reported(device.device_time)
-            ),
-            "rollouts": Rollout.objects.filter(device=device)
-            .select_related("campaign", "manifest")
-            .order_by("-updated_at")[:HISTORY_ROWS],
-            "events": device.events.order_by("-id")[:HISTORY_ROWS],
-        },
-    )

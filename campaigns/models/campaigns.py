@@ -212,6 +212,8 @@ class Rollout(models.Model):
             # The dispatcher's candidate scan: pending rollouts in (stage, bucket) order.
             models.Index(fields=["campaign", "state", "stage", "bucket"]),
             models.Index(fields=["device", "state"]),
+            # A device's latest rollout (the device list's update state): one backward step.
+            models.Index(fields=["device", "id"], name="rollout_device_latest_idx"),
             models.Index(fields=["state", "deadline_at"]),
         ]
 

@@ -83,6 +83,15 @@ class Device(models.Model):
         indexes = [
             models.Index(fields=["device_class", "online"]),
             models.Index(fields=["gateway_id", "online"]),
+            # The device list's sorts (``campaigns.device_selectors.SORTS``): each order is one
+            # index scan, forwards or backwards, however deep the page.
+            models.Index(fields=["device_class", "endpoint"], name="device_class_endpoint_idx"),
+            models.Index(fields=["firmware_version", "endpoint"], name="device_version_idx"),
+            models.Index(
+                models.F("last_seen").asc(nulls_first=True),
+                models.F("endpoint").asc(),
+                name="device_last_seen_idx",
+            ),
         ]
 
     def __str__(self) -> str:
