@@ -66,7 +66,7 @@ from campaigns.models import (
 )
 from campaigns.planning import PlanRow, write_rows
 from campaigns.rollouts import confirm_successes, fail_rollout
-from campaigns.selectors import spec_of, stage_tally
+from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
 from manifests.services import release_dispatch_state
 
@@ -149,6 +149,11 @@ def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | 
         if not release.approved:
             engine_pause(campaign, f"release no longer approved: {release.summary}", now)
             report.status, report.decision = CampaignStatus.PAUSED, "approval lost"
+            return report
+        if spec.start_at is not None and now < spec.start_at:
+            # The schedule gate: before its start a campaign enrols, times out and dispatches
+            # nothing (whoever calls the engine: beat, CLI, console or API).
+            report.decision = describe_start(spec.start_at)
             return report
 
         rollouts = Rollout.objects.filter(campaign=campaign)

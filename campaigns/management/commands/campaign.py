@@ -151,6 +151,7 @@ class Command(BaseCommand):
             f"{data['campaign']} [{data['status']}] release {data['release']} "
             f"revision {data['revision']}"
             + (f" — paused: {data['pause_reason']}" if data["pause_reason"] else "")
+            + (f" — {data['scheduled']}" if data.get("scheduled") else "")
         )
         self.stdout.write(f"  delivery {data['delivery']} (method {data['delivery_method']})")
         if data["server_time_only"]:
