@@ -69,16 +69,7 @@ def device_events_task(events: list[dict[str, Any]]) -> int:
 def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
     """One reconcile pass of one campaign (skipped if another worker holds it)."""
     report = campaign_reconcile(campaign_id)
-    return (
-        None
-        if report is None
-        else {
-            "campaign": report.campaign,
-            "status": report.status,
-            "stage": report.stage,
-            "dispatched": report.dispatched,
-        }
-    )
+    return None if report is None else report.as_dict()
 
 
 @shared_task(acks_late=True)

@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from campaigns import engine, planning, services
 from campaigns.errors import CampaignError
-from campaigns.models import Campaign
+from campaigns.models import Campaign, CampaignStatus
 from campaigns.selectors import campaign_status, campaign_timeline
 from campaigns.spec import load_spec_file
 from manifests.errors import ManifestError
@@ -38,6 +38,21 @@ def delivery_line(profile: str, methods: dict[str, int]) -> str:
     return f"delivery {profile}: pull {methods.get('pull', 0)}, push {methods.get('push', 0)}"
 
 
+def reconcile_line(report: engine.ReconcileReport, *, was: str) -> str:
+    """``campaign fleet: dispatched 40, timed out 2, stage canary completed, now at stage 2
+    (stage complete)`` or ``campaign fleet: nothing to do (3/40 succeeded, 38 needed)``: what
+    the pass changed, then the stage's standing in the engine's words."""
+    changes = report.changes()
+    if report.status != was:
+        changes.append(f"campaign {report.status}")
+    elif report.stages_completed:
+        changes.append(f"now at stage {report.stage + 1}")
+    why = f" ({report.decision})" if report.decision else ""
+    if not changes:
+        return f"campaign {report.campaign}: nothing to do{why}"
+    return f"campaign {report.campaign}: {', '.join(changes)}{why}"
+
+
 class Command(BaseCommand):
     help = "Plan, apply and steer staged rollouts."
 
@@ -49,7 +64,14 @@ class Command(BaseCommand):
         p = sub.add_parser("apply", help="create or revise the campaign (idempotent)")
         p.add_argument("file")
         p.add_argument("--user", required=True)
-        for name in ("status", "pause", "resume", "abort", "promote", "reconcile", "report"):
+        p = sub.add_parser(
+            "reconcile",
+            help="run one reconcile pass now (every running campaign without NAME) and say "
+            "what it did",
+        )
+        p.add_argument("name", nargs="?")
+        p.add_argument("--json", action="store_true")
+        for name in ("status", "pause", "resume", "abort", "promote", "report"):
             p = sub.add_parser(name)
             p.add_argument("name")
             if name == "status":
@@ -83,8 +105,7 @@ class Command(BaseCommand):
             elif action == "report":
                 self._report(_campaign(options["name"]))
             elif action == "reconcile":
-                report = engine.campaign_reconcile(_campaign(options["name"]).pk)
-                self.stdout.write(str(report))
+                self._reconcile(options)
             else:
                 self._steer(action, options)
 
@@ -114,6 +135,37 @@ class Command(BaseCommand):
             # Eligible all the same: only the server's use-before check will stand for them.
             self.stdout.write(f"  without a device clock ({state}) {count:8}")
         self.stdout.write("(plan only: nothing was written)")
+
+    def _reconcile(self, options: dict[str, Any]) -> None:
+        """One pass per campaign, each saying what it did: rollouts sent, re-queued, timed out,
+        stages advanced, the campaign paused or completed, or "nothing to do"."""
+        if options["name"]:
+            campaigns = [_campaign(options["name"])]
+        else:
+            campaigns = list(
+                Campaign.objects.filter(status=CampaignStatus.RUNNING).order_by("name")
+            )
+            if not campaigns and not options["json"]:
+                self.stdout.write("no running campaign: nothing to do")
+        results = []
+        for campaign in campaigns:
+            report = engine.campaign_reconcile(campaign.pk)
+            if report is None:
+                campaign.refresh_from_db()
+                why = (
+                    f"{campaign.status}, only running campaigns are reconciled"
+                    if campaign.status != CampaignStatus.RUNNING
+                    else "another worker holds it"
+                )
+                results.append({"campaign": campaign.name, "status": campaign.status, "why": why})
+                if not options["json"]:
+                    self.stdout.write(f"campaign {campaign.name}: nothing to do ({why})")
+                continue
+            results.append(report.as_dict())
+            if not options["json"]:
+                self.stdout.write(reconcile_line(report, was=campaign.status))
+        if options["json"]:
+            self.stdout.write(json.dumps(results, indent=2, sort_keys=True))
 
     def _steer(self, action: str, options: dict[str, Any]) -> None:
         campaign = _campaign(options["name"])
