@@ -587,6 +587,14 @@ class CampaignStatusSerializer(serializers.Serializer):
     revision = serializers.IntegerField()
     current_stage = serializers.IntegerField()
     pause_reason = serializers.CharField(allow_blank=True)
+    start_at = serializers.CharField(
+        allow_null=True, help_text="the spec's start_at (ISO 8601, UTC); null: no schedule"
+    )
+    scheduled = serializers.CharField(
+        allow_null=True,
+        help_text="'scheduled for YYYY-MM-DD HH:MM UTC' while the start is still ahead "
+        "(nothing is dispatched before it); null once it may dispatch",
+    )
     server_time_only = serializers.DictField(
         child=serializers.IntegerField(),
         help_text="rollouts dispatched under the server's use-before check alone, by the "

@@ -66,7 +66,7 @@ from campaigns.models import (
 )
 from campaigns.planning import PlanRow, write_rows
 from campaigns.rollouts import confirm_successes, fail_rollout
-from campaigns.selectors import spec_of, stage_tally
+from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
 from manifests.services import release_dispatch_state
 from ops import tallies
@@ -93,12 +93,77 @@ RECONCILE_ATTEMPTS = 3
 
 @dataclass
 class ReconcileReport:
+    """What one pass did, counted as it happened (``campaign reconcile`` prints it)."""
+
     campaign: str
     status: str
     stage: int
     dispatched: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     decision: str = ""
+    enrolled: int = 0  # late joiners examined and written as rollouts
+    sent: int = 0  # queued rollouts whose command reached the gateway: now dispatched
+    resent: int = 0  # commands lost with a worker, queued again
+    dispatch_failed: int = 0  # commands that failed before reaching a gateway
+    timed_out: int = 0  # in flight past the deadline, final
+    retrying: int = 0  # failed or timed out and back to pending for a retry
+    returned: int = 0  # unreachable devices back online, pending again
+    succeeded: int = 0  # successes confirmed by the device's reported version
+    unreachable: int = 0  # pending devices not seen for unreachable_after
+    held_skipped: int = 0  # still held for a passing reason after unreachable_after: skipped
+    stages_completed: list[str] = field(default_factory=list)
+
+    @property
+    def requeued(self) -> int:
+        """Rollouts put back to pending by this pass (retries, devices back online)."""
+        return self.retrying + self.returned
+
+    def changes(self) -> list[str]:
+        """What changed, in words, for people; empty when the pass changed nothing."""
+        words = []
+        for count, text in (
+            (self.enrolled, "enrolled"),
+            (self.dispatched, "dispatched"),
+            (self.sent, "sent to the gateway"),
+            (self.resent, "commands re-sent"),
+            (self.requeued, "re-queued"),
+            (self.timed_out, "timed out"),
+            (self.dispatch_failed, "dispatch failed"),
+            (self.succeeded, "succeeded"),
+            (self.unreachable, "unreachable"),
+            (self.held_skipped, "skipped (still held)"),
+        ):
+            if count:
+                words.append(f"{text} {count}")
+        if self.skipped:
+            words.append(
+                "refused at dispatch "
+                + ", ".join(f"{reason} {n}" for reason, n in sorted(self.skipped.items()))
+            )
+        words.extend(f"stage {name} completed" for name in self.stages_completed)
+        return words
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign,
+            "status": self.status,
+            "stage": self.stage,
+            "decision": self.decision,
+            "enrolled": self.enrolled,
+            "dispatched": self.dispatched,
+            "sent": self.sent,
+            "resent": self.resent,
+            "requeued": self.requeued,
+            "retrying": self.retrying,
+            "returned": self.returned,
+            "timed_out": self.timed_out,
+            "dispatch_failed": self.dispatch_failed,
+            "succeeded": self.succeeded,
+            "unreachable": self.unreachable,
+            "held_skipped": self.held_skipped,
+            "skipped": dict(sorted(self.skipped.items())),
+            "stages_completed": list(self.stages_completed),
+        }
 
 
 def campaign_reconcile(
@@ -156,13 +221,18 @@ def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | 
             engine_pause(campaign, f"release no longer approved: {release.summary}", now)
             report.status, report.decision = CampaignStatus.PAUSED, "approval lost"
             return report
+        if spec.start_at is not None and now < spec.start_at:
+            # The schedule gate: before its start a campaign enrols, times out and dispatches
+            # nothing (whoever calls the engine: beat, CLI, console or API).
+            report.decision = describe_start(spec.start_at)
+            return report
 
         rollouts = Rollout.objects.filter(campaign=campaign)
-        enroll_new_devices(campaign, spec, now=now)
-        _progress_commands(rollouts, now=now)
-        _apply_timeouts(campaign, spec, now=now)
-        confirm_successes(rollouts, now=now)
-        _mark_unreachable(campaign, spec, now=now)
+        report.enrolled = enroll_new_devices(campaign, spec, now=now)
+        _progress_commands(rollouts, spec, report, now=now)
+        _apply_timeouts(campaign, spec, report, now=now)
+        report.succeeded = confirm_successes(rollouts, now=now)
+        _mark_unreachable(campaign, spec, report, now=now)
 
         stage = campaign.stages.select_for_update().get(index=campaign.current_stage)
         decision = _evaluate(campaign, spec, stage, now=now)
@@ -179,6 +249,7 @@ def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | 
                 report.status = CampaignStatus.PAUSED
             return report
         if decision.action == "advance":
+            report.stages_completed.append(stage.name)
             if not _advance(campaign, stage, now=now):
                 report.status = CampaignStatus.COMPLETED
                 return report
@@ -325,7 +396,9 @@ def _advance(campaign: Campaign, stage: CampaignStage, *, now: dt.datetime) -> b
     return True
 
 
-def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
+def _progress_commands(
+    rollouts: Any, spec: Any, report: ReconcileReport, *, now: dt.datetime
+) -> None:
     """Queued rollouts whose command was sent become dispatched; a command that failed before
     reaching a gateway fails the rollout; a command lost with a worker is sent again."""
 
@@ -342,27 +415,35 @@ def _progress_commands(rollouts: Any, *, now: dt.datetime) -> None:
         if command.status == CommandStatus.SENT:
             sent.append(rollout.pk)
         elif command.status == CommandStatus.FAILED:
-            fail_rollout(
+            retry = spec.retries.retryable("dispatch_failed", attempt=rollout.attempts)
+            if fail_rollout(
                 rollout,
                 reason="dispatch_failed",
                 detail=command.error[:500],
                 now=now,
                 expected=(RolloutState.QUEUED,),
-            )
+            ):
+                if retry:
+                    report.retrying += 1
+                else:
+                    report.dispatch_failed += 1
         elif (
             command.status == CommandStatus.PENDING
             and now - command.created_at > COMMAND_RESEND_AFTER
         ):
             command_id = str(command.pk)
             command_queue(command_id)
+            report.resent += 1
     if sent:
         # One statement for the batch (not one per rollout: fewer, shorter lock waits).
-        Rollout.objects.filter(pk__in=sent, state=RolloutState.QUEUED).update(
+        report.sent = Rollout.objects.filter(pk__in=sent, state=RolloutState.QUEUED).update(
             state=RolloutState.DISPATCHED, updated_at=now
         )
 
 
-def _apply_timeouts(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
+def _apply_timeouts(
+    campaign: Campaign, spec: Any, report: ReconcileReport, *, now: dt.datetime
+) -> None:
     """In-flight rollouts past their deadline count as timed out (or retry), and the device is
     told to drop the download (empty Package URI)."""
 
@@ -370,17 +451,25 @@ def _apply_timeouts(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
         campaign=campaign, state__in=IN_FLIGHT_STATES, deadline_at__lt=now
     ).select_related("campaign", "device")
     for rollout in overdue:
+        retry = spec.retries.retryable("timed_out", attempt=rollout.attempts)
         timed_out = fail_rollout(
             rollout,
             reason="timed_out",
             detail="no confirmed success before the device timeout",
             now=now,
         )
+        if timed_out:
+            if retry:
+                report.retrying += 1
+            else:
+                report.timed_out += 1
         if timed_out and rollout.device.online:
             device_command_create(endpoint=rollout.device.endpoint, operation="fw_cancel")
 
 
-def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> None:
+def _mark_unreachable(
+    campaign: Campaign, spec: Any, report: ReconcileReport, *, now: dt.datetime
+) -> None:
     """Offline devices cannot stall a stage: once the stage has run ``unreachable_after`` and a
     pending device has not been seen for that long, it counts as unreachable (reported apart);
     a device still refused for a transient reason (clock skew) by then is skipped.
@@ -389,23 +478,30 @@ def _mark_unreachable(campaign: Campaign, spec: Any, *, now: dt.datetime) -> Non
     after = spec.timeouts.unreachable_after
     stage = campaign.stages.get(index=campaign.current_stage)
     if after is not None and stage.started_at is not None and now - stage.started_at >= after:
-        Rollout.objects.filter(
-            campaign=campaign,
-            stage__lte=campaign.current_stage,
-            state=RolloutState.PENDING,
-            device__online=False,
-        ).filter(Q(device__last_seen__lt=now - after) | Q(device__last_seen__isnull=True)).update(
-            state=RolloutState.UNREACHABLE, reason="unreachable", finished_at=now, updated_at=now
+        report.unreachable = (
+            Rollout.objects.filter(
+                campaign=campaign,
+                stage__lte=campaign.current_stage,
+                state=RolloutState.PENDING,
+                device__online=False,
+            )
+            .filter(Q(device__last_seen__lt=now - after) | Q(device__last_seen__isnull=True))
+            .update(
+                state=RolloutState.UNREACHABLE,
+                reason="unreachable",
+                finished_at=now,
+                updated_at=now,
+            )
         )
         # Nor can an online device held back by a passing refusal (its clock still off after
         # the same time): it is skipped with that reason, and its stage can finish.
-        Rollout.objects.filter(
+        report.held_skipped = Rollout.objects.filter(
             campaign=campaign,
             stage__lte=campaign.current_stage,
             state=RolloutState.PENDING,
             reason__in=checks.TRANSIENT_REASONS,
         ).update(state=RolloutState.SKIPPED, finished_at=now, updated_at=now)
-    Rollout.objects.filter(
+    report.returned = Rollout.objects.filter(
         campaign=campaign, state=RolloutState.UNREACHABLE, device__online=True
     ).update(
         state=RolloutState.PENDING,

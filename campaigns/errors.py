@@ -59,6 +59,12 @@ class CampaignStateError(CampaignError):
     code = "campaign.state"
 
 
+class CampaignStartedError(CampaignStateError):
+    """The campaign's start time was changed after its dispatch had begun."""
+
+    code = "campaign.already_started"
+
+
 class CampaignConflictError(CampaignError):
     """Another campaign already targets the same devices or holds the same name."""
 

@@ -5,6 +5,7 @@ Read-only; nothing here changes a row.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import defaultdict
 from typing import Any
 
@@ -14,11 +15,12 @@ from django.db.models import (
     Subquery,
 )
 from django.db.models.fields.json import KeyTextTransform
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from campaigns import clock, stages
 from campaigns.models import IN_FLIGHT_STATES, Campaign, DeviceCommand, Rollout, RolloutState
-from campaigns.spec import parse_spec
+from campaigns.spec import parse_spec, parse_timestamp
 
 
 def spec_of(campaign: Campaign) -> Any:
@@ -27,6 +29,36 @@ def spec_of(campaign: Campaign) -> Any:
     if campaign.target_members is not None:
         spec = spec.narrowed(frozenset(campaign.target_members))
     return spec
+
+
+def start_at_of(campaign: Campaign) -> dt.datetime | None:
+    """The campaign's scheduled start (its spec's ``start_at``), read from the stored canonical
+    document without parsing the whole spec (the console lists many campaigns)."""
+    value = (campaign.spec or {}).get("start_at")
+    return parse_timestamp(value) if value else None
+
+
+def scheduled_for(campaign: Campaign, *, now: dt.datetime) -> dt.datetime | None:
+    """The start the campaign still waits for: its ``start_at`` while that is in the future and
+    the campaign neither finished nor was aborted; None once it may dispatch."""
+    start_at = start_at_of(campaign)
+    if start_at is None or start_at <= now or campaign.status in ("completed", "aborted"):
+        return None
+    return start_at
+
+
+def dispatch_begun(campaign: Campaign, *, now: dt.datetime) -> bool:
+    """Whether the campaign may have dispatched: its start time has come (no ``start_at`` means
+    at creation), or a rollout of it was sent at all."""
+    start_at = start_at_of(campaign)
+    if start_at is None or start_at <= now:
+        return True
+    return Rollout.objects.filter(campaign=campaign, dispatched_at__isnull=False).exists()
+
+
+def describe_start(start_at: dt.datetime) -> str:
+    """``scheduled for 2026-12-08 08:00 UTC``: how the CLI, the API and the console say it."""
+    return f"scheduled for {start_at.astimezone(dt.UTC):%Y-%m-%d %H:%M} UTC"
 
 
 def stage_tally(campaign: Campaign, index: int) -> stages.StageTally:
@@ -97,8 +129,10 @@ def stage_methods(campaign: Campaign) -> dict[int, dict[str, int]]:
     return methods
 
 
-def campaign_status(campaign: Campaign) -> dict[str, Any]:
+def campaign_status(campaign: Campaign, *, now: dt.datetime | None = None) -> dict[str, Any]:
     reasons = stage_reasons(campaign)
+    start_at = start_at_of(campaign)
+    waiting = scheduled_for(campaign, now=now or timezone.now())
     methods = stage_methods(campaign)
     device_class = campaign.device_class
     return {
@@ -108,6 +142,8 @@ def campaign_status(campaign: Campaign) -> dict[str, Any]:
         "revision": campaign.revision,
         "current_stage": campaign.current_stage,
         "pause_reason": campaign.pause_reason,
+        "start_at": start_at.isoformat() if start_at else None,
+        "scheduled": describe_start(waiting) if waiting else None,
         "server_time_only": server_time_only(campaign),
         "delivery": device_class.delivery,
         "delivery_method": device_class.delivery_method,

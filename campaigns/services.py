@@ -19,6 +19,7 @@ from audit.services import audit_record
 from campaigns.eligibility import resolve
 from campaigns.errors import (
     CampaignConflictError,
+    CampaignStartedError,
     CampaignStateError,
     EmergencyStopError,
     GateError,
@@ -36,6 +37,7 @@ from campaigns.models import (
 )
 from campaigns.planning import campaign_plan, group_members, write_rows
 from campaigns.rollouts import cancel_rollouts
+from campaigns.selectors import dispatch_begun, start_at_of
 from campaigns.spec import CampaignSpec, spec_diff
 from manifests.models import DeviceClass, Release, Role
 from manifests.services import access, require_role
@@ -89,6 +91,8 @@ def _campaign_create(
             f"({plan.release_refusal.reason}: {plan.release_refusal.message})"
         )
     resolved = resolve(spec, source=source)
+    # A scheduled campaign's first stage (its ramp, its unreachable clock) starts at start_at.
+    started = max(now, spec.start_at) if spec.start_at else now
     with transaction.atomic():
         if Campaign.objects.select_for_update().filter(name=spec.name).exists():
             raise CampaignConflictError(f"campaign {spec.name} was created concurrently")
@@ -100,7 +104,7 @@ def _campaign_create(
             spec_digest=digest,
             salt=salt,
             created_by=actor,
-            ramp_started_at=now,
+            ramp_started_at=started,
             target_group=spec.target.group or "",
             target_members=None if members is None else sorted(members),
         )
@@ -120,7 +124,7 @@ def _campaign_create(
                 bucket_upper=Decimal(plan.bounds[i]),
                 planned_devices=plan.stage_counts[i],
                 status=StageStatus.RUNNING if i == 0 else StageStatus.PENDING,
-                started_at=now if i == 0 else None,
+                started_at=started if i == 0 else None,
             )
             for i, s in enumerate(spec.stages)
         )
@@ -174,6 +178,18 @@ def _campaign_revise(
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
         if locked.status in (CampaignStatus.COMPLETED, CampaignStatus.ABORTED):
             raise CampaignStateError(f"campaign {locked.name} is {locked.status}; start a new one")
+        old_start = start_at_of(locked)
+        if spec.start_at != old_start:
+            if dispatch_begun(locked, now=now):
+                raise CampaignStartedError(
+                    f"{source}: start_at: campaign {locked.name} has begun dispatching "
+                    f"(start {_start_text(old_start, locked)}); its start time cannot change"
+                )
+            # Not begun: the first stage now starts at the new time (or at once).
+            started = max(now, spec.start_at) if spec.start_at else now
+            locked.ramp_started_at = started
+            locked.save(update_fields=["ramp_started_at"])
+            locked.stages.filter(index=0).update(started_at=started)
         old_stages = list(locked.stages.order_by("index"))
         if len(spec.stages) < locked.current_stage + 1:
             raise SpecError(
@@ -239,6 +255,12 @@ def _campaign_revise(
     return locked
 
 
+def _start_text(start_at: dt.datetime | None, campaign: Campaign) -> str:
+    if start_at is None:
+        return f"{campaign.created_at:%Y-%m-%d %H:%M} UTC, at creation"
+    return f"{start_at:%Y-%m-%d %H:%M} UTC"
+
+
 def _transition(
     campaign: Campaign,
     *,
@@ -260,7 +282,9 @@ def _transition(
         if to in (CampaignStatus.COMPLETED, CampaignStatus.ABORTED):
             locked.finished_at = now
         if to == CampaignStatus.RUNNING:
-            locked.ramp_started_at = now
+            # A campaign resumed before its scheduled start ramps from that start.
+            start_at = start_at_of(locked)
+            locked.ramp_started_at = max(now, start_at) if start_at else now
         locked.save()
         audit_record(
             actor=actor,

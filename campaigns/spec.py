@@ -388,11 +388,15 @@ class CampaignSpec:
     timeouts: TimeoutSpec = field(default_factory=TimeoutSpec)
     retries: RetrySpec = field(default_factory=RetrySpec)
     freshness: FreshnessSpec = field(default_factory=FreshnessSpec)
+    # Nothing is dispatched before this instant (aware, UTC, whole seconds); None: at once.
+    start_at: datetime | None = None
 
     def to_document(self) -> dict[str, Any]:
-        """Canonical, JSON-serialisable form with every default filled in; parses back equal."""
+        """Canonical, JSON-serialisable form with every default filled in; parses back equal.
+        ``start_at`` appears only when set, so the digest of a spec written before it existed
+        is unchanged (re-applying such a file is still "unchanged")."""
         t = self.target
-        return {
+        document: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "name": self.name,
@@ -434,6 +438,9 @@ class CampaignSpec:
             },
             "freshness": {"max_clock_skew": format_duration(self.freshness.max_clock_skew)},
         }
+        if self.start_at is not None:
+            document["start_at"] = format_timestamp(self.start_at)
+        return document
 
     def canonical_json(self) -> bytes:
         return json.dumps(
@@ -449,6 +456,25 @@ class CampaignSpec:
         (as frozen at creation). Not a document of its own: never stored, digested or diffed."""
         include = members if self.target.include is None else self.target.include & members
         return replace(self, target=replace(self.target, include=include))
+
+
+def parse_timestamp(value: str) -> datetime:
+    """An ISO-8601 timestamp with a UTC offset (``2026-12-08T09:00:00+01:00``, ``...Z``) as an
+    aware UTC datetime; a time without an offset is refused (whose 09:00 would it be?)."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"not an ISO-8601 timestamp: {value!r}") from exc
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"needs a UTC offset (Z or +01:00): {value!r}")
+    if moment.microsecond:
+        raise ValueError(f"whole seconds only: {value!r}")
+    return moment.astimezone(UTC)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """The canonical spelling: UTC, whole seconds, ``Z`` (``2026-12-08T08:00:00Z``)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _stage_document(s: StageSpec) -> dict[str, Any]:
@@ -826,7 +852,17 @@ class _Builder:
                     "freshness.max_clock_skew",
                 )
             ),
+            start_at=self.start_at(doc.get("start_at")),
         )
+
+    def start_at(self, value: str | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            return parse_timestamp(value)
+        except ValueError as exc:
+            self.fail("start_at", str(exc))
+            return None
 
     def target(self, t: dict[str, Any]) -> TargetSpec:
         version = None

@@ -94,16 +94,7 @@ def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
     """One reconcile pass of one campaign (skipped if another worker holds it)."""
     with log_context(campaign=campaign_id):
         report = campaign_reconcile(campaign_id)
-    return (
-        None
-        if report is None
-        else {
-            "campaign": report.campaign,
-            "status": report.status,
-            "stage": report.stage,
-            "dispatched": report.dispatched,
-        }
-    )
+    return None if report is None else report.as_dict()
 
 
 @shared_task(acks_late=True)

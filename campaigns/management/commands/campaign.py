@@ -1,17 +1,19 @@
-"""``manage.py campaign plan|apply|status|pause|resume|abort|promote|reconcile``."""
+"""``manage.py campaign plan|apply|status [--watch]|pause|resume|abort|promote|reconcile``."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 from collections.abc import Iterator
+from time import sleep
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from campaigns import engine, planning, services
 from campaigns.errors import CampaignError
-from campaigns.models import Campaign
+from campaigns.models import Campaign, CampaignStatus
 from campaigns.selectors import campaign_status, campaign_timeline
 from campaigns.spec import load_spec_file
 from manifests.errors import ManifestError
@@ -26,6 +28,11 @@ def refusals() -> Iterator[None]:
         raise CommandError(f"{exc} [{exc.code}]", returncode=1) from exc
 
 
+# --watch refresh bounds: faster than this only loads the database; slower is not "live".
+MIN_INTERVAL = 0.1
+MAX_INTERVAL = 3600.0
+
+
 def _campaign(name: str) -> Campaign:
     campaign = Campaign.objects.filter(name=name).first()
     if campaign is None:
@@ -36,6 +43,81 @@ def _campaign(name: str) -> Campaign:
 def delivery_line(profile: str, methods: dict[str, int]) -> str:
     """``delivery image: pull 40, push 2`` (planned devices in a plan, dispatched in a status)."""
     return f"delivery {profile}: pull {methods.get('pull', 0)}, push {methods.get('push', 0)}"
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"between {MIN_INTERVAL} and {MAX_INTERVAL:.0f} seconds, not {text}"
+        )
+    return value
+
+
+# Shown in this order (those at zero are left out, but for succeeded and pending).
+WATCH_STATES = (
+    ("succeeded", "succeeded"),
+    ("failed", "failed"),
+    ("timed_out", "timed out"),
+    ("unreachable", "unreachable"),
+    ("in_flight", "in flight"),
+    ("pending", "pending"),
+    ("skipped", "skipped"),
+    ("cancelled", "cancelled"),
+)
+BAR_WIDTH = 30
+
+
+def progress_line(data: dict[str, Any]) -> str:
+    """``fleet [running] stage 2/3 wave [#########.....................]  31.0%  succeeded
+    31, in flight 4, pending 65``: where the campaign stands. The share is of its rollouts
+    that are finished, whatever the result (skipped ones included: nothing is left to do for
+    them)."""
+    totals = dict.fromkeys((key for key, _ in WATCH_STATES), 0)
+    for stage in data["stages"]:
+        for key in totals:
+            totals[key] += stage["tally"][key]
+    everything = sum(totals.values())
+    done = everything - totals["pending"] - totals["in_flight"]
+    share = done / everything if everything else 1.0
+    if data["status"] == CampaignStatus.COMPLETED:
+        share = 1.0
+    filled = round(share * BAR_WIDTH)
+    stages = data["stages"]
+    current = stages[data["current_stage"]] if data["current_stage"] < len(stages) else None
+    where = f"stage {data['current_stage'] + 1}/{len(stages)} {current['name']}" if current else ""
+    counts = ", ".join(
+        f"{label} {totals[key]}"
+        for key, label in WATCH_STATES
+        if totals[key] or key in ("succeeded", "pending")
+    )
+    note = ""
+    if data.get("scheduled"):
+        note = f" — {data['scheduled']}"
+    elif data["pause_reason"]:
+        note = f" — paused: {data['pause_reason']}"
+    return (
+        f"{data['campaign']} [{data['status']}] {where} "
+        f"[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share * 100:5.1f}%  {counts}{note}"
+    )
+
+
+def reconcile_line(report: engine.ReconcileReport, *, was: str) -> str:
+    """``campaign fleet: dispatched 40, timed out 2, stage canary completed, now at stage 2
+    (stage complete)`` or ``campaign fleet: nothing to do (3/40 succeeded, 38 needed)``: what
+    the pass changed, then the stage's standing in the engine's words."""
+    changes = report.changes()
+    if report.status != was:
+        changes.append(f"campaign {report.status}")
+    elif report.stages_completed:
+        changes.append(f"now at stage {report.stage + 1}")
+    why = f" ({report.decision})" if report.decision else ""
+    if not changes:
+        return f"campaign {report.campaign}: nothing to do{why}"
+    return f"campaign {report.campaign}: {', '.join(changes)}{why}"
 
 
 class Command(BaseCommand):
@@ -49,11 +131,30 @@ class Command(BaseCommand):
         p = sub.add_parser("apply", help="create or revise the campaign (idempotent)")
         p.add_argument("file")
         p.add_argument("--user", required=True)
-        for name in ("status", "pause", "resume", "abort", "promote", "reconcile", "report"):
+        p = sub.add_parser(
+            "reconcile",
+            help="run one reconcile pass now (every running campaign without NAME) and say "
+            "what it did",
+        )
+        p.add_argument("name", nargs="?")
+        p.add_argument("--json", action="store_true")
+        for name in ("status", "pause", "resume", "abort", "promote", "report"):
             p = sub.add_parser(name)
             p.add_argument("name")
             if name == "status":
                 p.add_argument("--json", action="store_true")
+                p.add_argument(
+                    "--watch",
+                    action="store_true",
+                    help="follow the campaign with a progress bar until it completes or is "
+                    "aborted (Ctrl-C stops watching)",
+                )
+                p.add_argument(
+                    "--interval",
+                    type=_interval,
+                    default=2.0,
+                    help="seconds between refreshes with --watch (default 2)",
+                )
             if name in ("pause", "resume", "abort", "promote"):
                 p.add_argument("--user", required=True)
             if name in ("pause", "abort"):
@@ -75,6 +176,11 @@ class Command(BaseCommand):
                     f"{campaign.revision}); stages {planned}"
                 )
             elif action == "status":
+                if options["watch"]:
+                    if options["json"]:
+                        raise CommandError("--watch and --json do not combine", returncode=2)
+                    self._watch(_campaign(options["name"]), interval=options["interval"])
+                    return
                 data = campaign_status(_campaign(options["name"]))
                 if options["json"]:
                     self.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -83,8 +189,7 @@ class Command(BaseCommand):
             elif action == "report":
                 self._report(_campaign(options["name"]))
             elif action == "reconcile":
-                report = engine.campaign_reconcile(_campaign(options["name"]).pk)
-                self.stdout.write(str(report))
+                self._reconcile(options)
             else:
                 self._steer(action, options)
 
@@ -114,6 +219,70 @@ class Command(BaseCommand):
             # Eligible all the same: only the server's use-before check will stand for them.
             self.stdout.write(f"  without a device clock ({state}) {count:8}")
         self.stdout.write("(plan only: nothing was written)")
+
+    def _watch(self, campaign: Campaign, *, interval: float) -> None:
+        """Redraw one progress line in place on a terminal; elsewhere (a pipe, a log) print it
+        again only when it changed. Returns once the campaign is completed (exit 0) or aborted
+        (exit 1); Ctrl-C stops watching with exit 0. Read-only: the workers move it."""
+        tty = self.stdout.isatty()
+        last = ""
+        try:
+            while True:
+                campaign.refresh_from_db()
+                line = progress_line(campaign_status(campaign))
+                if tty:
+                    self.stdout.write(f"\r\x1b[2K{line}", ending="")
+                    self.stdout.flush()
+                elif line != last:
+                    self.stdout.write(line)
+                last = line
+                if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.ABORTED):
+                    break
+                sleep(interval)
+        except KeyboardInterrupt:
+            if tty:
+                self.stdout.write("")
+            self.stdout.write(f"stopped watching campaign {campaign.name} ({campaign.status})")
+            return
+        if tty:
+            self.stdout.write("")
+        if campaign.status == CampaignStatus.ABORTED:
+            raise CommandError(
+                f"campaign {campaign.name} aborted: {campaign.pause_reason or 'see its report'}",
+                returncode=1,
+            )
+        self.stdout.write(f"campaign {campaign.name} completed")
+
+    def _reconcile(self, options: dict[str, Any]) -> None:
+        """One pass per campaign, each saying what it did: rollouts sent, re-queued, timed out,
+        stages advanced, the campaign paused or completed, or "nothing to do"."""
+        if options["name"]:
+            campaigns = [_campaign(options["name"])]
+        else:
+            campaigns = list(
+                Campaign.objects.filter(status=CampaignStatus.RUNNING).order_by("name")
+            )
+            if not campaigns and not options["json"]:
+                self.stdout.write("no running campaign: nothing to do")
+        results = []
+        for campaign in campaigns:
+            report = engine.campaign_reconcile(campaign.pk)
+            if report is None:
+                campaign.refresh_from_db()
+                why = (
+                    f"{campaign.status}, only running campaigns are reconciled"
+                    if campaign.status != CampaignStatus.RUNNING
+                    else "another worker holds it"
+                )
+                results.append({"campaign": campaign.name, "status": campaign.status, "why": why})
+                if not options["json"]:
+                    self.stdout.write(f"campaign {campaign.name}: nothing to do ({why})")
+                continue
+            results.append(report.as_dict())
+            if not options["json"]:
+                self.stdout.write(reconcile_line(report, was=campaign.status))
+        if options["json"]:
+            self.stdout.write(json.dumps(results, indent=2, sort_keys=True))
 
     def _steer(self, action: str, options: dict[str, Any]) -> None:
         campaign = _campaign(options["name"])
@@ -151,6 +320,7 @@ class Command(BaseCommand):
             f"{data['campaign']} [{data['status']}] release {data['release']} "
             f"revision {data['revision']}"
             + (f" — paused: {data['pause_reason']}" if data["pause_reason"] else "")
+            + (f" — {data['scheduled']}" if data.get("scheduled") else "")
         )
         self.stdout.write(f"  delivery {data['delivery']} (method {data['delivery_method']})")
         if data["server_time_only"]:
