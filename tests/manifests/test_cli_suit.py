@@ -272,7 +272,9 @@ def test_inspect_text_output_lists_fields_and_signatures(
 ):
     output = cli("suit", "inspect", str(envelope))
     assert "sequence_number    12" in output
-    assert f"signature          alg -7 kid {kid_of(author_key[1])}" in output
+    assert (
+        f"signature          COSE_Sign1 alg -9 (ESP256) kid {kid_of(author_key[1])}" in output
+    )
 
 
 # --- sign -----------------------------------------------------------------------------------
@@ -285,8 +287,8 @@ def test_sign_adds_a_second_signature_and_leaves_the_manifest_bytes_alone(
     assert after.manifest_digest == before.manifest_digest
     data = inspect_json(cosigned)
     assert [(s["alg"], s["kid"]) for s in data["signatures"]] == [
-        (-7, kid_of(author_key[1])),
-        (-8, kid_of(qa_key[1])),
+        (-9, kid_of(author_key[1])),
+        (-19, kid_of(qa_key[1])),
     ]
     assert {k: v for k, v in data.items() if k != "signatures"} == {
         k: v for k, v in inspect_json(envelope).items() if k != "signatures"

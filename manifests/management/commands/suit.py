@@ -219,7 +219,10 @@ class Command(BaseCommand):
                 continue
             self.stdout.write(f"{key:18} {data[key]}")
         for sig in data["signatures"]:
-            self.stdout.write(f"{'signature':18} alg {sig['alg']} kid {sig['kid']}")
+            self.stdout.write(
+                f"{'signature':18} {sig['kind']} alg {sig['alg']} ({sig['alg_name']}) "
+                f"kid {sig['kid']}"
+            )
 
     def _verify(self, options: dict[str, Any]) -> None:
         env = _load_envelope(options["file"])
