@@ -241,7 +241,7 @@ def _json_safe(value: Any) -> Any:
 
 def _describe_cose(info: Any) -> dict[str, Any]:
     """What ``inspect`` shows of one SUIT_Encryption_Info (a tagged COSE_Encrypt or Encrypt0)."""
-    names = {96: "COSE_Encrypt", 16: "COSE_Encrypt0"}
+    names: dict[Any, str] = {96: "COSE_Encrypt", 16: "COSE_Encrypt0"}
     return {
         "structure": names.get(getattr(info, "tag", None), "unknown"),
         "value": _json_safe(info),

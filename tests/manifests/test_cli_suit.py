@@ -272,9 +272,7 @@ def test_inspect_text_output_lists_fields_and_signatures(
 ):
     output = cli("suit", "inspect", str(envelope))
     assert "sequence_number    12" in output
-    assert (
-        f"signature          COSE_Sign1 alg -9 (ESP256) kid {kid_of(author_key[1])}" in output
-    )
+    assert f"signature          COSE_Sign1 alg -9 (ESP256) kid {kid_of(author_key[1])}" in output
 
 
 # --- sign -----------------------------------------------------------------------------------
