@@ -40,6 +40,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (manifest_errors.DeviceClassExistsError, status.HTTP_409_CONFLICT),
     (manifest_errors.DuplicateManifestError, status.HTTP_409_CONFLICT),
     (manifest_errors.DeliveryConflictError, status.HTTP_409_CONFLICT),
+    (manifest_errors.ManifestProfileConflictError, status.HTTP_409_CONFLICT),
     (manifest_errors.SequenceNumberConflictError, status.HTTP_409_CONFLICT),
     (manifest_errors.KeyExistsError, status.HTTP_409_CONFLICT),
     (manifest_errors.KeyStateError, status.HTTP_409_CONFLICT),

@@ -31,6 +31,7 @@ from manifests.models import (
     DeviceClass,
     FirmwareImage,
     Manifest,
+    ManifestProfile,
     PolicyKind,
     Release,
     ReleaseKind,
@@ -100,6 +101,7 @@ class DeviceClassSerializer(serializers.ModelSerializer):
             "payload_format",
             "delivery",
             "delivery_method",
+            "manifest_profile",
             "description",
             "created_at",
         ]
@@ -108,11 +110,23 @@ class DeviceClassSerializer(serializers.ModelSerializer):
 
 
 class DeviceClassDeliverySerializer(serializers.Serializer):
-    """PATCH of a device class: its delivery profile, and the forced method (unchanged when
-    left out)."""
+    """PATCH of a device class: its delivery profile, the forced method and the manifest profile
+    (each unchanged when left out; at least one is given)."""
 
-    delivery = serializers.ChoiceField(choices=DeliveryProfile.choices)
+    delivery = serializers.ChoiceField(choices=DeliveryProfile.choices, required=False)
     delivery_method = serializers.ChoiceField(choices=DeliveryMethod.choices, required=False)
+    manifest_profile = serializers.ChoiceField(
+        choices=ManifestProfile.choices,
+        required=False,
+        help_text="standard (no custom SUIT keys) or extended (security counter, payload format)",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs:
+            raise serializers.ValidationError(
+                "give delivery, delivery_method and/or manifest_profile"
+            )
+        return attrs
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -722,6 +736,7 @@ class ManifestParamsSerializer(serializers.Serializer):
     class_id = serializers.UUIDField()
     component_id = serializers.ListField(child=serializers.CharField())
     payload_format = serializers.CharField()
+    profile = serializers.CharField(help_text="the class's manifest profile: standard | extended")
     sequence_number = serializers.IntegerField()
     version = serializers.CharField()
     security_counter = serializers.IntegerField()

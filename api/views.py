@@ -46,6 +46,7 @@ from manifests.models import (
     DeviceClass,
     FirmwareImage,
     Manifest,
+    ManifestProfile,
     Release,
     ReleasePolicy,
     Role,
@@ -212,6 +213,7 @@ class DeviceClassViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             payload_format=data.get("payload_format", "mcuboot"),
             delivery=data.get("delivery", DeliveryProfile.IMAGE),
             delivery_method=data.get("delivery_method", DeliveryMethod.AUTO),
+            manifest_profile=data.get("manifest_profile", ManifestProfile.EXTENDED),
             description=data.get("description", ""),
             actor=request.user,
         )
@@ -220,15 +222,17 @@ class DeviceClassViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @extend_schema(
         request=s.DeviceClassDeliverySerializer,
         responses={200: s.DeviceClassSerializer},
-        summary="Change how the class's devices take firmware (admin; audited)",
+        summary="Change how the class's devices take firmware or its manifest profile "
+        "(admin; audited)",
     )
     def partial_update(self, request: Request, pk: str) -> Response:
         device_class = self.get_object()
         data = _validated(s.DeviceClassDeliverySerializer, request)
-        device_class = services.device_class_set_delivery(
+        device_class = services.device_class_update(
             device_class=device_class,
-            delivery=data["delivery"],
-            method=data.get("delivery_method"),
+            delivery=data.get("delivery"),
+            delivery_method=data.get("delivery_method"),
+            manifest_profile=data.get("manifest_profile"),
             actor=request.user,
         )
         return Response(s.DeviceClassSerializer(device_class).data)
@@ -893,6 +897,7 @@ class RollbackViewSet(viewsets.GenericViewSet):
                     "class_id": params.class_id,
                     "component_id": [part.hex() for part in params.component_id],
                     "payload_format": params.payload_format,
+                    "profile": params.profile,
                     "sequence_number": params.sequence_number,
                     "version": params.version,
                     "security_counter": params.security_counter,

@@ -104,6 +104,7 @@ def _identity(cls: Any) -> dc.DeviceIdentity:
         class_id=cls.uuid,
         component_id=cls.component_id_bytes,
         payload_format=cls.payload_format,
+        manifest_profile=cls.manifest_profile,
     )
 
 

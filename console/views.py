@@ -39,6 +39,7 @@ from manifests.models import (
     DeliveryMethod,
     DeliveryProfile,
     DeviceClass,
+    ManifestProfile,
     Release,
     ReleaseKind,
     ReleaseStatus,
@@ -517,19 +518,22 @@ def device_class_list(request: HttpRequest) -> HttpResponse:
             "classes": DeviceClass.objects.select_related("vendor"),
             "profiles": DeliveryProfile.choices,
             "methods": DeliveryMethod.choices,
+            "manifest_profiles": ManifestProfile.choices,
         },
     )
 
 
 @console_view(get=None, post=CATALOG_ADMINS)
 def device_class_delivery(request: HttpRequest, pk: int) -> HttpResponse:
-    """Change how a class's devices take firmware (``device_class_set_delivery``)."""
+    """Change how a class's devices take firmware and which SUIT envelopes they take
+    (``device_class_update``: both changes or neither)."""
     device_class = get_object_or_404(DeviceClass.objects.select_related("vendor"), pk=pk)
     try:
-        release_services.device_class_set_delivery(
+        release_services.device_class_update(
             device_class=device_class,
             delivery=request.POST.get("delivery", ""),
-            method=request.POST.get("delivery_method") or None,
+            delivery_method=request.POST.get("delivery_method") or None,
+            manifest_profile=request.POST.get("manifest_profile") or None,
             actor=request.user,
         )
     except SERVICE_ERRORS as exc:
@@ -538,6 +542,7 @@ def device_class_delivery(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(
             request,
             f"{device_class}: delivery {device_class.delivery} "
-            f"(method {device_class.delivery_method})",
+            f"(method {device_class.delivery_method}), "
+            f"manifest profile {device_class.manifest_profile}",
         )
     return redirect("console:device-classes")

@@ -34,10 +34,18 @@ class VendorAdmin(admin.ModelAdmin):
 
 @admin.register(DeviceClass)
 class DeviceClassAdmin(admin.ModelAdmin):
-    list_display = ("name", "vendor", "uuid", "payload_format", "component_id")
-    list_filter = ("vendor", "payload_format")
+    list_display = ("name", "vendor", "uuid", "payload_format", "manifest_profile", "component_id")
+    list_filter = ("vendor", "payload_format", "manifest_profile")
     search_fields = ("name",)
-    readonly_fields = ("vendor", "name", "uuid", "component_id", "payload_format", "created_at")
+    readonly_fields = (
+        "vendor",
+        "name",
+        "uuid",
+        "component_id",
+        "payload_format",
+        "manifest_profile",
+        "created_at",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

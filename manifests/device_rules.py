@@ -86,6 +86,12 @@ class ExpiredManifestError(DeviceCheckError):
     code = "device.manifest_expired"
 
 
+class UnsupportedManifestError(DeviceCheckError):
+    """Valid SUIT the device cannot enforce (an encrypted payload, a MAC it has no key for)."""
+
+    code = "device.unsupported_manifest"
+
+
 class MissingFieldError(DeviceCheckError):
     """The manifest lacks a field the device needs (digest, size, sequence, counter)."""
 
@@ -120,6 +126,10 @@ class DeviceIdentity:
     component_id: tuple[bytes, ...] = (b"00",)
     payload_format: str = "mcuboot"
     slot_size: int = 0x100000
+    # "extended": the manifest must carry the custom security counter and payload format;
+    # "standard": they may be absent (the sequence number is then the anti-rollback floor and
+    # the class's payload format applies); present, they are checked all the same.
+    manifest_profile: str = "extended"
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,7 @@ class ManifestFacts:
     components: tuple[tuple[bytes, ...], ...]
     payload_format: str | None
     uri: str | None
+    encrypted: bool = False  # the payload is encrypted (firmware-encryption parameter 19)
 
 
 def facts_from_manifest(manifest: Any) -> ManifestFacts:
@@ -160,6 +171,7 @@ def facts_from_manifest(manifest: Any) -> ManifestFacts:
         components=tuple(tuple(c) for c in manifest.components),
         payload_format=manifest.payload_format,
         uri=manifest.uri,
+        encrypted=bool(getattr(manifest, "encryption_info", ())),
     )
 
 
@@ -188,19 +200,26 @@ def check_manifest(
             f"components {[[p.hex() for p in c] for c in facts.components]} are not "
             f"[{[p.hex() for p in device.component_id]}]"
         )
-    if facts.payload_format != device.payload_format:
+    if facts.encrypted:
+        raise UnsupportedManifestError("the payload is encrypted; this device cannot decrypt it")
+    standard = device.manifest_profile == "standard"
+    if facts.payload_format != device.payload_format and not (
+        standard and facts.payload_format is None
+    ):
         raise ComponentMismatchError(
             f"payload format {facts.payload_format!r} is not {device.payload_format!r}"
         )
-    if facts.sequence_number is None or facts.security_counter is None:
-        raise MissingFieldError("manifest has no sequence number or security counter")
+    if facts.sequence_number is None:
+        raise MissingFieldError("manifest has no sequence number")
+    if facts.security_counter is None and not standard:
+        raise MissingFieldError("manifest has no security counter")
     if facts.image_digest is None or facts.image_size is None:
         raise MissingFieldError("manifest has no image digest or size")
     if facts.sequence_number <= installed.sequence_number:
         raise RollbackError(
             f"sequence {facts.sequence_number} is not above installed {installed.sequence_number}"
         )
-    if facts.security_counter < installed.security_counter:
+    if facts.security_counter is not None and facts.security_counter < installed.security_counter:
         raise SecurityCounterError(
             f"security counter {facts.security_counter} is below the device's "
             f"{installed.security_counter}"

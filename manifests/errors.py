@@ -84,6 +84,18 @@ class DeliveryConflictError(ManifestError):
     code = "manifest.delivery_conflict"
 
 
+class ManifestProfileError(ManifestError):
+    """Unknown manifest profile, or an envelope not of its device class's profile."""
+
+    code = "manifest.profile"
+
+
+class ManifestProfileConflictError(ManifestError):
+    """The class's manifest profile cannot change while it has live releases."""
+
+    code = "manifest.profile_conflict"
+
+
 class InvalidManifestError(ManifestError):
     """The envelope does not decode as a SUIT manifest (wraps the codec's SUITError)."""
 

@@ -57,6 +57,13 @@ class DeliveryProfile(models.TextChoices):
     SUIT_INTEGRATED = "suit-integrated", "The SUIT envelope with the payload integrated"
 
 
+class ManifestProfile(models.TextChoices):
+    """Which SUIT envelopes a device class takes (docs/suit.md, "Manifest profiles")."""
+
+    STANDARD = "standard", "Standard SUIT: no custom keys, the sequence number is the floor"
+    EXTENDED = "extended", "Custom security counter and payload format (-257/-258)"
+
+
 class DeliveryMethod(models.TextChoices):
     """How the payload reaches the device: Object 5 pull (/5/0/1) or push (/5/0/0)."""
 
@@ -83,6 +90,12 @@ class DeviceClass(models.Model):
     )
     delivery_method = models.CharField(
         max_length=8, choices=DeliveryMethod.choices, default=DeliveryMethod.AUTO
+    )
+    # What its manifests carry: "extended" (the product's custom security counter and payload
+    # format, what every class did before profiles) or "standard" (no custom keys, so stock SUIT
+    # processors accept the envelope; the sequence number is the anti-rollback floor).
+    manifest_profile = models.CharField(
+        max_length=16, choices=ManifestProfile.choices, default=ManifestProfile.EXTENDED
     )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -89,4 +89,5 @@ def manifest_params(
         use_before=use_before,
         component_id=device_class.component_id_bytes,
         payload_format=device_class.payload_format,
+        profile=device_class.manifest_profile,
     )

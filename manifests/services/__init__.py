@@ -12,6 +12,8 @@ from manifests.services.access import delegated_roles, require_role, roles_of
 from manifests.services.catalog import (
     device_class_create,
     device_class_set_delivery,
+    device_class_set_manifest_profile,
+    device_class_update,
     image_storage,
     image_upload,
     integrated_envelope,
@@ -46,6 +48,8 @@ __all__ = [
     "delegation_revoke",
     "device_class_create",
     "device_class_set_delivery",
+    "device_class_set_manifest_profile",
+    "device_class_update",
     "image_storage",
     "image_upload",
     "integrated_envelope",

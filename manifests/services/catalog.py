@@ -31,6 +31,8 @@ from manifests.errors import (
     InvalidManifestError,
     ManifestComponentError,
     ManifestImageMismatchError,
+    ManifestProfileConflictError,
+    ManifestProfileError,
     PayloadURIError,
     SequenceNumberConflictError,
     UnknownDeviceClassError,
@@ -46,6 +48,7 @@ from manifests.models import (
     DeviceClass,
     FirmwareImage,
     Manifest,
+    ManifestProfile,
     PayloadFormat,
     ReleaseStatus,
     SigningKey,
@@ -95,6 +98,7 @@ def device_class_create(
     payload_format: str = PayloadFormat.MCUBOOT,
     delivery: str = DeliveryProfile.IMAGE,
     delivery_method: str = DeliveryMethod.AUTO,
+    manifest_profile: str = ManifestProfile.EXTENDED,
     description: str = "",
     actor: AbstractBaseUser,
 ) -> DeviceClass:
@@ -104,6 +108,7 @@ def device_class_create(
             f"payload format {payload_format!r} is not one of {PayloadFormat.values}"
         )
     _check_delivery(delivery, delivery_method)
+    _check_profile(manifest_profile)
     component = list(component_id) if component_id else list(DEFAULT_COMPONENT_ID)
     try:
         for part in component:
@@ -121,6 +126,7 @@ def device_class_create(
             payload_format=payload_format,
             delivery=delivery,
             delivery_method=delivery_method,
+            manifest_profile=manifest_profile,
             description=description,
         )
         audit_record(
@@ -136,6 +142,7 @@ def device_class_create(
                 "payload_format": payload_format,
                 "delivery": delivery,
                 "delivery_method": delivery_method,
+                "manifest_profile": manifest_profile,
             },
         )
         device_class_created.send(sender=DeviceClass, device_class=device_class)
@@ -151,6 +158,80 @@ def _check_delivery(profile: str, method: str | None) -> None:
         raise DeliveryProfileError(
             f"delivery method {method!r} is not one of {DeliveryMethod.values}"
         )
+
+
+def _check_profile(profile: str) -> None:
+    if profile not in ManifestProfile.values:
+        raise ManifestProfileError(
+            f"manifest profile {profile!r} is not one of {ManifestProfile.values}"
+        )
+
+
+def device_class_set_manifest_profile(
+    *, device_class: DeviceClass, manifest_profile: str, actor: AbstractBaseUser
+) -> DeviceClass:
+    """Change which SUIT envelopes the class takes (docs/suit.md, "Manifest profiles").
+
+    Admin only, audited, idempotent (no change, no event). Refused, with nothing written, while
+    the class has a live release (not revoked): its envelope, signed and immutable, was built for
+    the old profile (an "extended" device refuses a manifest without a security counter)."""
+    require_role(actor, *CATALOG_ADMINS)
+    _check_profile(manifest_profile)
+    with transaction.atomic():
+        row = (
+            DeviceClass.objects.select_for_update().select_related("vendor").get(pk=device_class.pk)
+        )
+        if row.manifest_profile == manifest_profile:
+            return row
+        live = (
+            Manifest.objects.filter(device_class=row, release__isnull=False)
+            .exclude(release__status=ReleaseStatus.REVOKED)
+            .values_list("release__name", flat=True)
+            .order_by("pk")
+        )
+        names = list(live[:3])
+        if names:
+            raise ManifestProfileConflictError(
+                f"{row} cannot take manifest profile {manifest_profile!r} while it has live "
+                f"releases ({', '.join(names)}…); revoke or replace them first"
+            )
+        before = row.manifest_profile
+        row.manifest_profile = manifest_profile
+        row.save(update_fields=["manifest_profile"])
+        audit_record(
+            actor=actor,
+            action="device_class.set_manifest_profile",
+            object_type="device_class",
+            object_id=row.pk,
+            details={"device_class": str(row), "before": before, "after": manifest_profile},
+        )
+        device_class.manifest_profile = manifest_profile
+        return row
+
+
+def device_class_update(
+    *,
+    device_class: DeviceClass,
+    delivery: str | None = None,
+    delivery_method: str | None = None,
+    manifest_profile: str | None = None,
+    actor: AbstractBaseUser,
+) -> DeviceClass:
+    """The class's delivery (and forced method) and/or manifest profile, in one transaction:
+    either every asked change is made or none is."""
+    with transaction.atomic():
+        if delivery is not None or delivery_method is not None:
+            device_class = device_class_set_delivery(
+                device_class=device_class,
+                delivery=delivery if delivery is not None else device_class.delivery,
+                method=delivery_method,
+                actor=actor,
+            )
+        if manifest_profile is not None:
+            device_class = device_class_set_manifest_profile(
+                device_class=device_class, manifest_profile=manifest_profile, actor=actor
+            )
+        return device_class
 
 
 def served_origins() -> list[str]:
@@ -334,10 +415,18 @@ def manifest_import(
         raise InvalidManifestError(
             "manifest carries no image digest/size", suit_code="suit.missing_key"
         )
-    if m.sequence_number is None or m.security_counter is None or m.firmware_version is None:
+    if m.profile != device_class.manifest_profile:
+        raise ManifestProfileError(
+            f"the envelope is of manifest profile {m.profile!r} but {device_class} takes "
+            f'{device_class.manifest_profile!r} (docs/suit.md, "Manifest profiles")'
+        )
+    if m.sequence_number is None or m.firmware_version is None:
         raise InvalidManifestError(
-            "manifest needs sequence number, version and security counter",
-            suit_code="suit.missing_key",
+            "manifest needs sequence number and version", suit_code="suit.missing_key"
+        )
+    if m.profile == ManifestProfile.EXTENDED and m.security_counter is None:
+        raise InvalidManifestError(
+            "an extended-profile manifest needs a security counter", suit_code="suit.missing_key"
         )
     image = FirmwareImage.objects.filter(sha256=m.image_digest.hex()).first()
     if image is None or image.size != m.image_size:
@@ -345,6 +434,11 @@ def manifest_import(
             f"no stored image with digest {m.image_digest.hex()} and size {m.image_size}"
         )
     _check_image_agrees(env, image, device_class)
+    # A standard-profile manifest carries no security counter; the release's is the image's own
+    # (MCUboot's security-counter TLV, which its bootloader enforces), else 0.
+    security_counter = (
+        m.security_counter if m.security_counter is not None else (image.security_counter or 0)
+    )
     problem = delivery_uri_problem(m.uri, profile=device_class.delivery, image_sha256=image.sha256)
     if problem is not None:
         raise PayloadURIError(f"{device_class} takes delivery {device_class.delivery!r}: {problem}")
@@ -367,7 +461,7 @@ def manifest_import(
             version=m.firmware_version,
             version_parts=list(parse_version(m.firmware_version)),
             sequence_number=m.sequence_number,
-            security_counter=m.security_counter,
+            security_counter=security_counter,
             expires_at=m.use_before,
             image_digest=m.image_digest.hex(),
             image_size=m.image_size,
@@ -400,7 +494,9 @@ def _check_component(env: suit.Envelope, device_class: DeviceClass) -> None:
             f"manifest components {[[p.hex() for p in c] for c in components]} differ from "
             f"{device_class}'s fixed component {device_class.component_id}"
         )
-    if env.manifest.payload_format != device_class.payload_format:
+    declared = env.manifest.payload_format
+    # a standard-profile manifest declares no format: the class's one applies
+    if declared is not None and declared != device_class.payload_format:
         raise ManifestComponentError(
             f"manifest payload format {env.manifest.payload_format!r} is not "
             f"{device_class.payload_format!r}, the only format {device_class} installs"
@@ -430,7 +526,11 @@ def _check_image_agrees(
                 f"manifest version {m.firmware_version} differs from the image header's "
                 f"{image.version}"
             )
-        if image.security_counter is not None and image.security_counter != m.security_counter:
+        if (
+            image.security_counter is not None
+            and m.security_counter is not None
+            and image.security_counter != m.security_counter
+        ):
             raise ManifestImageMismatchError(
                 f"manifest security counter {m.security_counter} differs from the image's "
                 f"security-counter TLV {image.security_counter}"

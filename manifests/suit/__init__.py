@@ -1,8 +1,9 @@
 """Pure SUIT manifest codec (no Django): build, sign, decode, verify.
 
 Format: draft-ietf-suit-manifest-37 envelopes (tag 107) with update-management-14 extensions,
-COSE_Sign1 (ES256 / EdDSA) over the manifest digest. See docs/suit.md for the product's choices
-(custom security-counter and payload-format parameters, version encoding, limits).
+COSE_Sign1 over the manifest digest (signs ESP256 / Ed25519; also verifies ES256 / EdDSA and
+COSE_Mac0 HMAC 256/256). See docs/suit.md for the product's choices (manifest profiles, custom
+security-counter and payload-format parameters, version encoding, limits).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from .build import (
     sign_manifest_digest,
 )
 from .cbor import SEMANTIC_TAGS
-from .constants import PAYLOAD_FORMATS
-from .cose import parse_signature_block
+from .constants import PAYLOAD_FORMATS, PROFILE_EXTENDED, PROFILE_STANDARD, PROFILES
+from .cose import mac0, parse_signature_block
 from .decode import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_SIZE,
@@ -57,6 +58,7 @@ from .errors import (
     SUITUnknownCommandError,
     SUITUnknownKeyError,
     SUITUnknownParameterError,
+    SUITUnsupportedError,
     SUITValueError,
 )
 from .ids import class_id, vendor_id
@@ -80,13 +82,16 @@ from .model import (
     VerificationResult,
     format_version,
 )
-from .verify import verify_envelope, verify_signature_block
+from .verify import unsupported_features, verify_envelope, verify_signature_block
 
 __all__ = [
     "ALL_ERRORS",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_SIZE",
     "PAYLOAD_FORMATS",
+    "PROFILES",
+    "PROFILE_EXTENDED",
+    "PROFILE_STANDARD",
     "SEMANTIC_TAGS",
     "Envelope",
     "Manifest",
@@ -123,6 +128,7 @@ __all__ = [
     "SUITUnknownCommandError",
     "SUITUnknownKeyError",
     "SUITUnknownParameterError",
+    "SUITUnsupportedError",
     "SUITValueError",
     "SeveredMember",
     "SignatureBlock",
@@ -140,12 +146,14 @@ __all__ = [
     "kid_for_public_key",
     "load_private_key_pem",
     "load_public_key_pem",
+    "mac0",
     "parse_signature_block",
     "parse_version",
     "private_key_pem",
     "public_key_pem",
     "read_envelope_input",
     "sign_manifest_digest",
+    "unsupported_features",
     "vendor_id",
     "verify_envelope",
     "verify_signature_block",

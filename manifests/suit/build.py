@@ -5,14 +5,23 @@ The manifest (deterministic CBOR) for a :class:`ManifestParams`::
     {1: 1, 2: seq,
      3: << {2: [[component...]],
             4: << [20, {1: vendor-id, 2: class-id, 3: << [-16, digest] >>, 4?: use-before,
-                        14: size, 28?: << [cmp, version] >>,
-                        -257: security-counter, -258: payload-format},
+                        14: size, 28?: << [cmp, [major, minor?, revision?]] >>},
                    1, 15, 2, 15, (4, 15)?, (28, 15)?] >>} >>,
-     6: << version ints >>,                                  / suit-set-version /
+     6: << [major, minor?, revision?] >>,                    / suit-set-version /
      7: << [3, 15] >>,                                       / validate: image-match /
      9: << [23, 2] >>,                                       / invoke /
-     20: << [-257, 15, -258, 15, (20, {21: uri}, 21, 2)?, 3, 15] >>,   / install /
-     23?: << {"en": {...}} >>}                               / text /
+     20: << install >>,
+     23: << {"en": {..., [component...]: {8: "1.2.3+42", ...}}} >>}   / text: current-version /
+
+    install, profile "extended":
+        [20, {21?: uri, -257: security-counter, -258: payload-format},
+         -257, 15, -258, 15, (21, 2)?, 3, 15]
+    install, profile "standard" (no custom keys):
+        [(20, {21: uri}, 21, 2)?, 3, 15]
+
+Custom parameters never go into the shared sequence (draft-ietf-suit-manifest-37,
+suit-parameter-custom). suit-set-version holds at most three integers (update-management-14: no
+build metadata); the build number travels in suit-text-current-version with the whole version.
 
 Install or text can be severed into the envelope (``sever=``), leaving their SUIT_Digest.
 ``integrate_payload`` adds the payload to an envelope under the manifest's fragment URI
@@ -64,9 +73,12 @@ from .constants import (
     P_VENDOR_ID,
     P_VERSION,
     PAYLOAD_FORMATS,
+    PROFILE_EXTENDED,
+    PROFILES,
     SEVERABLE,
     TAG_ENVELOPE,
     TEXT_COMPONENT_KEYS,
+    TEXT_CURRENT_VERSION,
     TEXT_KEYS,
     TEXT_LANGUAGE,
     VERSION_COMPARISON_CODES,
@@ -94,7 +106,9 @@ _SEVER_NAMES = {name: key for key, name in SEVERABLE.items()}
 
 def parse_version(text: str) -> tuple[int, ...]:
     """``"1.2.3"`` -> ``(1, 2, 3)``; ``"1.2.3+4"`` -> ``(1, 2, 3, 4)`` (MCUboot's build number is
-    part of its ordering, so it is a fourth integer; missing minor/revision are 0 then)."""
+    part of its ordering, so it is a fourth integer; missing minor/revision are 0 then).
+
+    This is the whole version; suit-set-version carries only ``set_version_parts`` of it."""
     match = _VERSION.fullmatch(text) if type(text) is str else None
     if match is None:
         raise SUITParamsError(f"version {text!r} is not major[.minor[.revision]][+build]")
@@ -107,6 +121,12 @@ def parse_version(text: str) -> tuple[int, ...]:
     if any(p >= 1 << 63 for p in parts):
         raise SUITParamsError(f"version {text!r} has a part out of range")
     return parts
+
+
+def set_version_parts(parts: tuple[int, ...]) -> tuple[int, ...]:
+    """The 1 to 3 integers suit-set-version carries (the build number, a 4th part, is dropped:
+    update-management-14 forbids build metadata there)."""
+    return parts[:3]
 
 
 def _uint(value: Any, name: str) -> int:
@@ -153,6 +173,14 @@ def _check_params(p: ManifestParams) -> None:
                 raise SUITParamsError(f"unknown text field {name!r}")
             if type(value) is not str:
                 raise SUITParamsError(f"text field {name!r} must be a string")
+        current = p.text.get("current-version")
+        if current is not None and current != p.version:
+            raise SUITParamsError(
+                f"text current-version {current!r} is not the version {p.version!r} "
+                "(the builder writes it from the version)"
+            )
+    if p.profile not in PROFILES:
+        raise SUITParamsError(f"profile {p.profile!r} is not one of {PROFILES}")
 
 
 def _sequence(*commands: Any) -> bytes:
@@ -163,13 +191,12 @@ def _members(p: ManifestParams) -> dict[int, bytes]:
     """Manifest member key -> encoded value (bstr contents for the wrapped members)."""
     _check_params(p)
     version = parse_version(p.version)
+    set_version = set_version_parts(version)
     shared_params: dict[int, Any] = {
         P_VENDOR_ID: p.vendor_id.bytes,
         P_CLASS_ID: p.class_id.bytes,
         P_IMAGE_DIGEST: dumps([ALG_SHA256, p.image_digest]),
         P_IMAGE_SIZE: p.image_size,
-        P_SECURITY_COUNTER: p.security_counter,
-        P_PAYLOAD_FORMAT: p.payload_format,
     }
     shared: list[Any] = [COND_VENDOR_ID, _REP_CONDITION, COND_CLASS_ID, _REP_CONDITION]
     if p.use_before is not None:
@@ -177,37 +204,46 @@ def _members(p: ManifestParams) -> dict[int, bytes]:
         shared += [COND_USE_BEFORE, _REP_CONDITION]
     if p.version_comparison is not None:
         cmp = VERSION_COMPARISON_CODES[p.version_comparison]
-        shared_params[P_VERSION] = dumps([cmp, list(version)])
+        shared_params[P_VERSION] = dumps([cmp, list(set_version)])
         shared += [COND_VERSION, _REP_CONDITION]
     common = {
         C_COMPONENTS: [list(p.component_id)],
         C_SHARED_SEQUENCE: _sequence(DIR_OVERRIDE_PARAMETERS, shared_params, *shared),
     }
-    install: list[Any] = [
-        COND_SECURITY_COUNTER, _REP_CONDITION,
-        COND_PAYLOAD_FORMAT, _REP_CONDITION,
-    ]  # fmt: skip
+    install_params: dict[int, Any] = {}
     if p.uri is not None:
-        install += [DIR_OVERRIDE_PARAMETERS, {P_URI: p.uri}, DIR_FETCH, _REP_DIRECTIVE]
+        install_params[P_URI] = p.uri
+    install: list[Any] = []
+    if p.profile == PROFILE_EXTENDED:
+        install_params[P_SECURITY_COUNTER] = p.security_counter
+        install_params[P_PAYLOAD_FORMAT] = p.payload_format
+        install += [
+            DIR_OVERRIDE_PARAMETERS, install_params,
+            COND_SECURITY_COUNTER, _REP_CONDITION,
+            COND_PAYLOAD_FORMAT, _REP_CONDITION,
+        ]  # fmt: skip
+    elif install_params:
+        install += [DIR_OVERRIDE_PARAMETERS, install_params]
+    if p.uri is not None:
+        install += [DIR_FETCH, _REP_DIRECTIVE]
     install += [COND_IMAGE_MATCH, _REP_CONDITION]
     members = {
         M_COMMON: dumps(common),
-        M_SET_VERSION: dumps(list(version)),
+        M_SET_VERSION: dumps(list(set_version)),
         M_VALIDATE: _sequence(COND_IMAGE_MATCH, _REP_CONDITION),
         M_INVOKE: _sequence(DIR_INVOKE, _REP_DIRECTIVE),
         M_INSTALL: dumps(install),
     }
-    if p.text:
-        lmap: dict[Any, Any] = {}
-        component: dict[int, str] = {}
-        for name, value in p.text.items():
-            if name in _TEXT_NAMES:
-                lmap[_TEXT_NAMES[name]] = value
-            else:
-                component[_TEXT_COMPONENT_NAMES[name]] = value
-        if component:
-            lmap[tuple(p.component_id)] = component
-        members[M_TEXT] = dumps({TEXT_LANGUAGE: lmap})
+    lmap: dict[Any, Any] = {}
+    component: dict[int, str] = {}
+    for name, value in (p.text or {}).items():
+        if name in _TEXT_NAMES:
+            lmap[_TEXT_NAMES[name]] = value
+        else:
+            component[_TEXT_COMPONENT_NAMES[name]] = value
+    component[TEXT_CURRENT_VERSION] = p.version  # update-management-14: the described version
+    lmap[tuple(p.component_id)] = component
+    members[M_TEXT] = dumps({TEXT_LANGUAGE: lmap})
     return members
 
 
@@ -261,7 +297,8 @@ def _signatures(digest_bstr: bytes, keys: Sequence[Any]) -> list[bytes]:
 def create_envelope(
     params: ManifestParams, *, keys: Sequence[Any], sever: Collection[str] = ()
 ) -> bytes:
-    """A tag-107 envelope for ``params`` with one ES256/EdDSA signature per distinct key.
+    """A tag-107 envelope for ``params`` with one ESP256 (-9) / Ed25519 (-19) signature per
+    distinct key.
 
     ``sever`` may name ``"install"`` and/or ``"text"`` to move them into the envelope, leaving
     their digest in the manifest. ``keys=[]`` gives an unsigned envelope (digest only).

@@ -54,7 +54,7 @@ SEMANTIC_TAGS: tuple[int, ...] = (
 )  # fmt: skip
 # Tags SUIT uses are registered too: cbor2 decodes the content of an unregistered tag as
 # immutable (tuples, frozendict), registered ones as plain lists and dicts.
-_RAW_TAGS = {tag: _keep_tag(tag) for tag in (*SEMANTIC_TAGS, 18, 107, 112)}
+_RAW_TAGS = {tag: _keep_tag(tag) for tag in (*SEMANTIC_TAGS, 16, 17, 18, 96, 107, 112)}
 
 
 # Heads of byte strings shorter than 256 bytes (every digest, header and signature).

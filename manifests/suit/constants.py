@@ -1,8 +1,9 @@
 """Numbers of the SUIT manifest format.
 
 Sources: draft-ietf-suit-manifest-37 (CDDL appendix), draft-ietf-suit-update-management-14,
-RFC 9052/9053 (COSE), RFC 9864 (fully specified algorithms -9 and -19). Custom (negative) keys
-are this product's own choice; see docs/suit.md.
+draft-ietf-suit-firmware-encryption-24, draft-ietf-suit-trust-domains-11, RFC 9052/9053 (COSE),
+RFC 9864 (fully specified algorithms -9 and -19). Custom (negative) keys are this product's own
+choice; see docs/suit.md.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from typing import Final
 # --- CBOR tags ------------------------------------------------------------------------------------
 TAG_ENVELOPE: Final = 107
 TAG_COSE_SIGN1: Final = 18
+TAG_COSE_MAC0: Final = 17
+TAG_COSE_ENCRYPT: Final = 96
+TAG_COSE_ENCRYPT0: Final = 16
 
 # --- SUIT_Envelope members ------------------------------------------------------------------------
 ENV_AUTH: Final = 2
@@ -22,10 +26,12 @@ M_VERSION: Final = 1
 M_SEQUENCE: Final = 2
 M_COMMON: Final = 3
 M_REFERENCE_URI: Final = 4
+M_MANIFEST_COMPONENT_ID: Final = 5  # trust-domains: suit-manifest-component-id
 M_SET_VERSION: Final = 6  # update-management: suit-set-version
 M_VALIDATE: Final = 7
 M_LOAD: Final = 8
 M_INVOKE: Final = 9
+M_COSWID: Final = 14  # update-management: suit-coswid (severable)
 M_PAYLOAD_FETCH: Final = 16
 M_INSTALL: Final = 20
 M_TEXT: Final = 23
@@ -34,6 +40,7 @@ SEVERABLE: Final[dict[int, str]] = {
     M_PAYLOAD_FETCH: "payload-fetch",
     M_INSTALL: "install",
     M_TEXT: "text",
+    M_COSWID: "coswid",
 }
 UNSEVERABLE_SEQUENCES: Final[dict[int, str]] = {
     M_VALIDATE: "validate",
@@ -45,6 +52,7 @@ MANIFEST_KEY_NAMES: Final[dict[int, str]] = {
     M_SEQUENCE: "manifest-sequence-number",
     M_COMMON: "common",
     M_REFERENCE_URI: "reference-uri",
+    M_MANIFEST_COMPONENT_ID: "manifest-component-id",
     M_SET_VERSION: "set-version",
     **UNSEVERABLE_SEQUENCES,
     **SEVERABLE,
@@ -144,6 +152,7 @@ P_STRICT_ORDER: Final = 12
 P_SOFT_FAILURE: Final = 13
 P_IMAGE_SIZE: Final = 14
 P_CONTENT: Final = 18
+P_ENCRYPTION_INFO: Final = 19  # firmware-encryption: bstr .cbor COSE_Encrypt / COSE_Encrypt0
 P_URI: Final = 21
 P_SOURCE_COMPONENT: Final = 22
 P_INVOKE_ARGS: Final = 23
@@ -168,6 +177,7 @@ PARAMETERS: Final[dict[int, str]] = {
     P_SOFT_FAILURE: "soft-failure",
     P_IMAGE_SIZE: "image-size",
     P_CONTENT: "content",
+    P_ENCRYPTION_INFO: "encryption-info",
     P_URI: "uri",
     P_SOURCE_COMPONENT: "source-component",
     P_INVOKE_ARGS: "invoke-args",
@@ -213,6 +223,7 @@ TEXT_COMPONENT_KEYS: Final[dict[int, str]] = {
     8: "current-version",  # update-management
 }
 TEXT_LANGUAGE: Final = "en"
+TEXT_CURRENT_VERSION: Final = 8  # update-management: suit-text-current-version (component text)
 
 # --- COSE -----------------------------------------------------------------------------------------
 HDR_ALG: Final = 1
@@ -233,3 +244,16 @@ SIGNATURE_ALGS: Final[dict[int, str]] = {
     ALG_ED25519: "Ed25519",
 }
 SIGNATURE_LENGTH: Final = 64  # ES256 raw r||s and Ed25519 both
+# What the builder writes (the MTI profiles' fully specified algorithms); -7 / -8 still verify.
+SIGN_ALG_FOR_FAMILY: Final[dict[str, int]] = {"ES256": ALG_ESP256, "Ed25519": ALG_ED25519}
+ALG_HMAC256: Final = 5  # HMAC 256/256 (RFC 9053), COSE_Mac0 authentication blocks
+MAC_ALGS: Final[dict[int, str]] = {ALG_HMAC256: "HMAC-256"}
+MAC_LENGTH: Final = 32
+
+# --- manifest profiles (docs/suit.md, "Manifest profiles") ---------------------------------------
+# extended: the product's custom security counter and payload format (-257/-258) in install.
+# standard: no custom keys; the sequence number is the anti-rollback floor, so a stock SUIT
+# processor accepts the envelope.
+PROFILE_STANDARD: Final = "standard"
+PROFILE_EXTENDED: Final = "extended"
+PROFILES: Final = (PROFILE_STANDARD, PROFILE_EXTENDED)

@@ -1,12 +1,18 @@
-"""COSE_Sign1 with detached payload, as the SUIT authentication wrapper uses it (RFC 9052).
+"""COSE_Sign1 and COSE_Mac0 with detached payload, as the SUIT authentication wrapper uses them
+(RFC 9052).
 
 The payload is the encoded SUIT_Digest of the manifest; it is never carried in the block
 (``payload`` is nil) and is supplied from the envelope when verifying:
-``Sig_structure = ["Signature1", protected, h'', payload]``.
+``Sig_structure = ["Signature1", protected, h'', payload]``,
+``MAC_structure = ["MAC0", protected, h'', payload]`` (HMAC 256/256, alg 5, a 32-byte tag).
+Signing writes the fully specified algorithms ESP256 (-9) and Ed25519 (-19) of the MTI profiles;
+-7 (ES256) and -8 (EdDSA) blocks still verify.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from types import MappingProxyType
 from typing import Any
 
@@ -17,15 +23,18 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from .cbor import CBORTag, bstr_header, decode_item, dumps
 from .constants import (
-    ALG_EDDSA,
-    ALG_ES256,
+    ALG_HMAC256,
     EC_ALGS,
     ED_ALGS,
     HDR_ALG,
     HDR_CRIT,
     HDR_KID,
+    MAC_ALGS,
+    MAC_LENGTH,
+    SIGN_ALG_FOR_FAMILY,
     SIGNATURE_ALGS,
     SIGNATURE_LENGTH,
+    TAG_COSE_MAC0,
     TAG_COSE_SIGN1,
 )
 from .errors import (
@@ -43,6 +52,7 @@ from .model import SignatureBlock
 
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _SIG1_PREFIX = b"\x84\x6aSignature1"  # array(4), tstr "Signature1"
+_MAC0_PREFIX = b"\x84\x64MAC0"  # array(4), tstr "MAC0"
 _UNDERSTOOD_CRIT = frozenset({HDR_ALG, HDR_KID})
 
 
@@ -99,20 +109,45 @@ def _check_labels(header: dict[Any, Any], where: str) -> None:
             raise SUITTypeError(f"header label {label!r} is not an integer or text", path=where)
 
 
+def mac_structure(protected: bytes, payload: bytes) -> bytes:
+    """Encoded ``["MAC0", protected, h'', payload]``."""
+    return b"".join(
+        (
+            _MAC0_PREFIX,
+            bstr_header(len(protected)),
+            protected,
+            b"\x40",
+            bstr_header(len(payload)),
+            payload,
+        )
+    )
+
+
+def symmetric_kid(key: bytes) -> bytes:
+    """RFC 9679 thumbprint of a symmetric COSE_Key ``{1: 4, -1: k}`` (its kid here)."""
+    return hashlib.sha256(b"\xa2\x01\x04\x20" + bstr_header(len(key)) + key).digest()
+
+
 def parse_sign1(raw: bytes, where: str, max_depth: int, index: int = 0) -> SignatureBlock:
-    """Structural checks of one COSE_Sign1 authentication block; returns its parsed view."""
+    """Structural checks of one authentication block: a COSE_Sign1 (tagged 18 or untagged) or a
+    tagged COSE_Mac0 (17); returns its parsed view."""
     obj = decode_item(raw, where, max_depth, canonical=False)
     tagged = False
+    kind = "sign1"
     if type(obj) is CBORTag:
-        if obj.tag != TAG_COSE_SIGN1:
+        if obj.tag == TAG_COSE_MAC0:
+            kind = "mac0"
+        elif obj.tag != TAG_COSE_SIGN1:
             raise SUITTagError(
-                f"authentication block has tag {obj.tag}; only COSE_Sign1 (18) is supported",
+                f"authentication block has tag {obj.tag}; COSE_Sign1 (18) and COSE_Mac0 (17) "
+                "are the blocks SUIT uses here",
                 path=where,
             )
         obj = obj.value
         tagged = True
+    name = "COSE_Mac0" if kind == "mac0" else "COSE_Sign1"
     if type(obj) is not list or len(obj) != 4:
-        raise SUITCOSEError("COSE_Sign1 must be an array of 4 items", path=where)
+        raise SUITCOSEError(f"{name} must be an array of 4 items", path=where)
     protected, unprotected, payload, signature = obj
     if type(protected) is not bytes:
         raise SUITTypeError("protected header must be a byte string", path=where + "/protected")
@@ -121,7 +156,8 @@ def parse_sign1(raw: bytes, where: str, max_depth: int, index: int = 0) -> Signa
     if payload is not None:
         raise SUITCOSEError("payload must be nil (detached SUIT_Digest)", path=where + "/payload")
     if type(signature) is not bytes:
-        raise SUITTypeError("signature must be a byte string", path=where + "/signature")
+        what = "tag" if kind == "mac0" else "signature"
+        raise SUITTypeError(f"{what} must be a byte string", path=where + "/" + what)
     if protected:
         phdr = decode_item(protected, where + "/protected", max_depth - 2, canonical=False)
         if type(phdr) is not dict:
@@ -154,7 +190,13 @@ def parse_sign1(raw: bytes, where: str, max_depth: int, index: int = 0) -> Signa
     alg = phdr[HDR_ALG]
     if type(alg) is not int:
         raise SUITAlgorithmError(f"alg {alg!r} is not an integer", path=where + "/protected/alg")
-    if alg not in SIGNATURE_ALGS:
+    if kind == "mac0":
+        if alg not in MAC_ALGS:
+            raise SUITAlgorithmError(
+                f"MAC algorithm {alg} is not supported (5, HMAC 256/256)",
+                path=where + "/protected/alg",
+            )
+    elif alg not in SIGNATURE_ALGS:
         raise SUITAlgorithmError(
             f"signature algorithm {alg} is not supported (-7, -9, -8, -19)",
             path=where + "/protected/alg",
@@ -167,7 +209,13 @@ def parse_sign1(raw: bytes, where: str, max_depth: int, index: int = 0) -> Signa
         raise SUITTypeError("kid must be a byte string", path=where + "/unprotected/kid")
     if kid_p is not None and kid_u is not None and kid_p != kid_u:
         raise SUITCOSEError("protected and unprotected kid differ", path=where)
-    if len(signature) != SIGNATURE_LENGTH:
+    if kind == "mac0":
+        if len(signature) != MAC_LENGTH:
+            raise SUITCOSEError(
+                f"tag is {len(signature)} bytes; HMAC 256/256 needs {MAC_LENGTH}",
+                path=where + "/tag",
+            )
+    elif len(signature) != SIGNATURE_LENGTH:
         raise SUITCOSEError(
             f"signature is {len(signature)} bytes; {SIGNATURE_ALGS[alg]} needs {SIGNATURE_LENGTH}",
             path=where + "/signature",
@@ -182,15 +230,17 @@ def parse_sign1(raw: bytes, where: str, max_depth: int, index: int = 0) -> Signa
         tagged=tagged,
         kid_protected=kid_p is not None,
         index=index,
+        kind=kind,
     )
 
 
 def sign1(digest_bstr: bytes, key: Any) -> bytes:
-    """A tagged COSE_Sign1 over ``digest_bstr`` (detached), kid in the protected header."""
+    """A tagged COSE_Sign1 over ``digest_bstr`` (detached), kid in the protected header; alg
+    ESP256 (-9) for a P-256 key, Ed25519 (-19) for an Ed25519 key."""
     if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
         raise SUITKeyError(f"signing needs a private key, got {type(key).__name__}")
     info = key_info(key)
-    alg = ALG_ES256 if info.family == "ES256" else ALG_EDDSA
+    alg = SIGN_ALG_FOR_FAMILY[info.family]
     protected = dumps({HDR_ALG: alg, HDR_KID: info.kid})
     tbs = sig_structure(protected, digest_bstr)
     if isinstance(key, ec.EllipticCurvePrivateKey):
@@ -199,6 +249,22 @@ def sign1(digest_bstr: bytes, key: Any) -> bytes:
     else:
         signature = key.sign(tbs)
     return dumps(CBORTag(TAG_COSE_SIGN1, [protected, {}, None, signature]))
+
+
+def mac0(digest_bstr: bytes, key: bytes) -> bytes:
+    """A tagged COSE_Mac0 (HMAC 256/256) over ``digest_bstr`` (detached), kid = RFC 9679
+    thumbprint of the symmetric key, in the protected header."""
+    if type(key) is not bytes or len(key) < MAC_LENGTH:
+        raise SUITKeyError(f"an HMAC 256/256 key must be at least {MAC_LENGTH} bytes")
+    protected = dumps({HDR_ALG: ALG_HMAC256, HDR_KID: symmetric_kid(key)})
+    tag = hmac.new(key, mac_structure(protected, digest_bstr), hashlib.sha256).digest()
+    return dumps(CBORTag(TAG_COSE_MAC0, [protected, {}, None, tag]))
+
+
+def verify_mac(block: SignatureBlock, payload: bytes, key: bytes) -> bool:
+    """True iff the COSE_Mac0 ``block``'s tag over ``payload`` is right for ``key``."""
+    expected = hmac.new(key, mac_structure(block.protected, payload), hashlib.sha256).digest()
+    return hmac.compare_digest(expected, block.signature)
 
 
 def check_alg_for_key(alg: int, info: KeyInfo) -> None:

@@ -51,6 +51,8 @@ from .constants import (
     ENV_AUTH,
     ENV_MANIFEST,
     M_COMMON,
+    M_COSWID,
+    M_MANIFEST_COMPONENT_ID,
     M_REFERENCE_URI,
     M_SEQUENCE,
     M_SET_VERSION,
@@ -58,6 +60,7 @@ from .constants import (
     M_VERSION,
     MANIFEST_KEY_NAMES,
     P_CLASS_ID,
+    P_ENCRYPTION_INFO,
     P_IMAGE_DIGEST,
     P_IMAGE_SIZE,
     P_PAYLOAD_FORMAT,
@@ -70,6 +73,8 @@ from .constants import (
     PAYLOAD_FORMATS,
     SEVERABLE,
     SHARED_DIRECTIVES,
+    TAG_COSE_ENCRYPT,
+    TAG_COSE_ENCRYPT0,
     TAG_ENVELOPE,
     TEXT_COMPONENT_KEYS,
     TEXT_KEYS,
@@ -98,7 +103,14 @@ from .errors import (
     SUITValueError,
 )
 from .fastpath import decode_fast
-from .model import Envelope, Manifest, SeveredMember, SignatureBlock, format_version
+from .model import (
+    Envelope,
+    Manifest,
+    SeveredMember,
+    SignatureBlock,
+    format_version,
+    full_version,
+)
 
 DEFAULT_MAX_SIZE = 1 << 20  # 1 MiB: a manifest is small; payloads travel separately
 DEFAULT_MAX_DEPTH = 16  # containers, counted across bstr wrapping; real manifests use <= 8
@@ -194,11 +206,12 @@ def _digest_of(alg: int, data: bytes) -> bytes:
 
 
 class _Ctx:
-    __slots__ = ("bucket", "conditions", "max_depth", "params")
+    __slots__ = ("bucket", "conditions", "encryption", "max_depth", "params")
 
     def __init__(self, max_depth: int) -> None:
         self.max_depth = max_depth
         self.conditions: set[int] = set()
+        self.encryption: list[Any] = []  # every encryption-info value, in order
         self.params: dict[str, dict[int, Any]] = {}  # sequence name -> first value per parameter
         self.bucket: dict[int, Any] = {}
 
@@ -324,6 +337,23 @@ def _p_payload_format(v: Any, where: str, key: int, ctx: _Ctx, depth: int) -> An
     )
 
 
+def _p_encryption_info(v: Any, where: str, key: int, ctx: _Ctx, depth: int) -> Any:
+    """firmware-encryption-24: ``bstr .cbor SUIT_Encryption_Info``, a tagged COSE_Encrypt (96)
+    or COSE_Encrypt0 (16). Decoded and shown; acting on it (decrypting) is not supported."""
+    path = _pp(where, key)
+    _want_bytes(v, path, "encryption-info")
+    info = decode_item(v, path, ctx.max_depth - depth, canonical=False)
+    if type(info) is not CBORTag or info.tag not in (TAG_COSE_ENCRYPT, TAG_COSE_ENCRYPT0):
+        raise _type_error(info, path, "encryption-info must be a tagged COSE_Encrypt or Encrypt0")
+    body = info.value
+    size = 4 if info.tag == TAG_COSE_ENCRYPT else 3
+    if not isinstance(body, list | tuple) or len(body) != size:
+        name = "COSE_Encrypt" if info.tag == TAG_COSE_ENCRYPT else "COSE_Encrypt0"
+        raise SUITValueError(f"{name} must be an array of {size} items", path=path)
+    ctx.encryption.append(info)
+    return info
+
+
 _PARAM_CHECKS: dict[int, Callable[[Any, str, int, _Ctx, int], Any]] = {
     P_VENDOR_ID: _p_vendor,
     P_CLASS_ID: _p_uuid,
@@ -334,6 +364,7 @@ _PARAM_CHECKS: dict[int, Callable[[Any, str, int, _Ctx, int], Any]] = {
     13: _p_bool,  # soft-failure
     P_IMAGE_SIZE: _p_uint,
     18: _p_bytes,  # content
+    P_ENCRYPTION_INFO: _p_encryption_info,
     P_URI: _p_text,
     22: _p_uint,  # source-component
     23: _p_bytes,  # invoke-args
@@ -616,6 +647,12 @@ def _parse_manifest(
         else:
             raise SUITUnknownKeyError(f"unknown common member {key!r}", path=cwhere)
 
+    manifest_component_id = None
+    if M_MANIFEST_COMPONENT_ID in m:
+        manifest_component_id = _parse_components(
+            [m[M_MANIFEST_COMPONENT_ID]], where + "/manifest-component-id"
+        )[0]
+
     reference_uri = m.get(M_REFERENCE_URI)
     if reference_uri is not None and type(reference_uri) is not str:
         raise SUITTypeError("reference-uri must be a text string", path=where + "/reference-uri")
@@ -637,6 +674,7 @@ def _parse_manifest(
 
     text: dict[str, str] = {}
     languages: dict[str, Any] = {}
+    coswid: Any = None
     for key, name in SEVERABLE.items():
         in_envelope = key in envmap
         if key not in m:
@@ -683,6 +721,15 @@ def _parse_manifest(
         if key == M_TEXT:
             tobj = decode_item(content, content_where, ctx.max_depth - content_depth)
             text, languages = _parse_text(tobj, content_where)
+        elif key == M_COSWID:
+            # update-management-14: bstr .cbor concise-swid-tag (RFC 9393), kept as decoded;
+            # CoSWID is not deterministic CBOR by requirement, only one well-formed map.
+            cobj = decode_item(
+                content, content_where, ctx.max_depth - content_depth, canonical=False
+            )
+            if type(cobj) is not dict:
+                raise _type_error(cobj, content_where, "suit-coswid must be a CoSWID map")
+            coswid = MappingProxyType(cobj)
         else:
             ctx.enter(name)
             sequences[name] = _parse_sequence_bstr(
@@ -701,6 +748,13 @@ def _parse_manifest(
     digest_fact = facts.get(P_IMAGE_DIGEST)
     version_fact = facts.get(P_VERSION)
     parts = set_version if set_version is not None else (version_fact[1] if version_fact else None)
+    firmware_version = format_version(parts) if parts is not None else None
+    current = text.get("current-version")
+    if current is not None and parts is not None:
+        full = full_version(current, parts)
+        if full is not None:
+            parts = full
+            firmware_version = format_version(full)
     return Manifest(
         manifest_version=version,
         sequence_number=sequence_number,
@@ -711,7 +765,7 @@ def _parse_manifest(
         image_digest_alg=digest_fact[0] if digest_fact else None,
         image_size=facts.get(P_IMAGE_SIZE),
         uri=facts.get(P_URI),
-        firmware_version=format_version(parts) if parts is not None else None,
+        firmware_version=firmware_version,
         version_parts=parts,
         version_comparison=VERSION_COMPARISONS[version_fact[0]] if version_fact else None,
         use_before=facts.get(P_USE_BEFORE),
@@ -723,6 +777,10 @@ def _parse_manifest(
         sequences=MappingProxyType(sequences),
         text_languages=MappingProxyType(languages),
         raw=data,
+        set_version=set_version,
+        encryption_info=tuple(ctx.encryption),
+        manifest_component_id=manifest_component_id,
+        coswid=coswid,
     )
 
 
@@ -732,6 +790,8 @@ def _parse_manifest(
 def _decode_envelope(data: bytes, max_depth: int) -> Envelope:
     top = decode_item(data, "envelope", max_depth)
     if type(top) is not CBORTag:
+        if type(top) is dict:
+            raise SUITTagError("untagged SUIT_Envelope (tag 107 missing)", path="envelope")
         raise SUITTagError("not tagged 107 (SUIT_Envelope_Tagged)", path="envelope")
     if top.tag != TAG_ENVELOPE:
         raise SUITTagError(f"tag {top.tag} is not 107 (SUIT_Envelope_Tagged)", path="envelope")
@@ -885,6 +945,8 @@ def read_envelope_input(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> byt
         raw = bytes(data)
         if raw[:2] == b"\xd8\x6b":
             return raw
+        if raw and 0xA0 <= raw[0] <= 0xBF:  # a CBOR map head is never hex text
+            raise SUITTagError("untagged SUIT_Envelope (tag 107 missing)", path="input")
         text = b"".join(raw.split())
         if len(text) > 2 * max_size + 2:
             raise SUITSizeError(f"hex input exceeds the limit of {max_size} bytes", path="input")

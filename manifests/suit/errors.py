@@ -178,6 +178,15 @@ class SUITInternalError(SUITDecodeError):
     code = "suit.internal"
 
 
+# --- valid SUIT the product cannot act on -------------------------------------------------------
+
+
+class SUITUnsupportedError(SUITError):
+    """Valid SUIT the product cannot enforce here (MAC with no key, encrypted payload)."""
+
+    code = "suit.unsupported"
+
+
 # --- keys, signatures and building ----------------------------------------------------------------
 
 
@@ -233,6 +242,7 @@ ALL_ERRORS: tuple[type[SUITError], ...] = (
     SUITCOSEError,
     SUITAlgorithmError,
     SUITInternalError,
+    SUITUnsupportedError,
     SUITKeyError,
     SUITSignatureError,
     SUITKeyMismatchError,

@@ -37,8 +37,15 @@ from types import MappingProxyType
 from typing import Any
 
 from .cbor import bstr_header as _bh
-from .constants import ALG_EDDSA, ALG_ES256, ALG_SHA256, VERSION_COMPARISONS
-from .model import Envelope, Manifest, SignatureBlock
+from .constants import (
+    ALG_ED25519,
+    ALG_EDDSA,
+    ALG_ES256,
+    ALG_ESP256,
+    ALG_SHA256,
+    VERSION_COMPARISONS,
+)
+from .model import Envelope, Manifest, SignatureBlock, format_version, full_version
 from .model import build_frozen as _frozen
 
 # The deepest layout accepted here decodes with the general decoder at max_depth=7 (a test
@@ -48,7 +55,8 @@ FAST_MIN_DEPTH = 7
 _sha256 = hashlib.sha256
 _UTC = dt.UTC
 _EMPTY: MappingProxyType[Any, Any] = MappingProxyType({})  # read-only; safe to share
-_ALGS = {0x26: ALG_ES256, 0x27: ALG_EDDSA}  # protected {1: alg, ...}: -7 / -8
+# protected {1: alg, ...}: -7 / -8 / -9 / -19
+_ALGS = {0x26: ALG_ES256, 0x27: ALG_EDDSA, 0x28: ALG_ESP256, 0x32: ALG_ED25519}
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 _set = object.__setattr__
 _new = object.__new__
@@ -67,43 +75,43 @@ _ENVELOPE = re.compile(
     # 107({2: << [<< [-16, digest] >>, << COSE_Sign1 >>...] >>, 3: << manifest >>})
     rb"\xd8\x6b\xa2\x02(" + _BHEAD + rb")"
     rb"([\x81-\x97]\x58\x24(\x82\x2f\x58\x20(.{32}))"
-    #   18([<< {1: -7|-8, 4: kid} >>, {}, nil, signature])
-    rb"((?:\x58\x6e\xd2\x84\x58\x26\xa2\x01[\x26\x27]\x04\x58\x20.{32}\xa0\xf6\x58\x40.{64})*))"
+    #   18([<< {1: -7|-8|-9|-19, 4: kid} >>, {}, nil, signature])
+    rb"((?:\x58\x6e\xd2\x84\x58\x26\xa2\x01[\x26\x27\x28\x32]\x04\x58\x20.{32}\xa0\xf6\x58\x40.{64})*))"
     rb"\x03(" + _BHEAD + rb")("
     # manifest {1: 1, 2: seq, 3: << common >>, 6: << set-version >>, 7: << [3, 15] >>,
-    #           9: << [23, 2] >>, 20: << install >>}
-    rb"\xa7\x01\x01\x02(" + _UINT + rb")"
+    #           9: << [23, 2] >>, 20: << install >>, 23: << text >>}
+    rb"\xa8\x01\x01\x02(" + _UINT + rb")"
     rb"\x03(" + _BHEAD + rb")(\xa2\x02\x81([\x80-\x97])((?:" + _SMALL_BSTR + rb")*)"
     rb"\x04(" + _BHEAD + rb")("
     # shared [20, {1: vendor, 2: class, 3: << [-16, digest] >>, 4?: use-before, 14: size,
-    #              28?: << [cmp, [version]] >>, -257: counter, -258: format},
+    #              28?: << [cmp, [version]] >>},
     #         1, 15, 2, 15, (4, 15)?, (28, 15)?]
-    rb"([\x86\x88\x8a])\x14([\xa6-\xa8])\x01\x50(.{16})\x02\x50(.{16})"
+    rb"([\x86\x88\x8a])\x14([\xa4-\xa6])\x01\x50(.{16})\x02\x50(.{16})"
     rb"\x03\x58\x24\x82\x2f\x58\x20(.{32})"
     rb"(?:\x04(" + _UINT + rb"))?"
     rb"\x0e(" + _UINT + rb")"
-    rb"(?:\x18\x1c(" + _BHEAD + rb")\x82([\x01-\x05])([\x81-\x97](?:" + _UINT + rb")+))?"
-    rb"\x39\x01\x00(" + _UINT + rb")"
-    rb"\x39\x01\x01(\x63raw|\x67mcuboot)"
+    rb"(?:\x18\x1c(" + _BHEAD + rb")\x82([\x01-\x05])([\x81-\x83](?:" + _UINT + rb")+))?"
     rb"\x01\x0f\x02\x0f(\x04\x0f)?(\x18\x1c\x0f)?))"
-    rb"\x06(" + _BHEAD + rb")([\x81-\x97](?:" + _UINT + rb")+)"
-    rb"\x07\x43\x82\x03\x0f\x09\x43\x82\x17\x02\x14(" + _BHEAD + rb")("
-    # install [-257, 15, -258, 15, (20, {21: uri}, 21, 2)?, 3, 15]
-    rb"\x86\x39\x01\x00\x0f\x39\x01\x01\x0f\x03\x0f"
-    rb"|\x8a\x39\x01\x00\x0f\x39\x01\x01\x0f\x14\xa1\x15(" + _THEAD + rb")(.*)\x15\x02\x03\x0f"
-    rb"))",
+    rb"\x06(" + _BHEAD + rb")([\x81-\x83](?:" + _UINT + rb")+)"
+    rb"\x07\x43\x82\x03\x0f\x09\x43\x82\x17\x02\x14(" + _BHEAD + rb")"
+    # install and text, split by the install head's length (see _install, _text)
+    rb"(.*))",
     re.DOTALL,
 )
 _MATCH = _ENVELOPE.fullmatch
+_FMT = rb"(\x63raw|\x67mcuboot)"
+# install, extended: [20, {21?: uri, -257: counter, -258: format}, -257, 15, -258, 15,
+#                     (21, 2)?, 3, 15]; the URI (when there) is cut out by its head first
+_EXT_TAIL = re.compile(
+    rb"\x39\x01\x00(" + _UINT + rb")\x39\x01\x01" + _FMT + rb"\x39\x01\x00\x0f\x39\x01\x01\x0f",
+    re.DOTALL,
+).fullmatch
+_STD_NO_URI = b"\x82\x03\x0f"  # install, standard, no URI: [3, 15]
+_FETCH_TAIL = b"\x15\x02\x03\x0f"  # 21, 2, 3, 15
+_THEAD_AT = re.compile(_THEAD, re.DOTALL).match
 _VALIDATE_SEQ = ((3, 15),)
 _INVOKE_SEQ = ((23, 2),)
-_INSTALL_SEQ = ((-257, 15), (-258, 15), (3, 15))
-_CONDITIONS = {  # (use-before condition, version condition) -> every condition code used
-    (False, False): frozenset({1, 2, 3, -257, -258}),
-    (True, False): frozenset({1, 2, 3, 4, -257, -258}),
-    (False, True): frozenset({1, 2, 3, 28, -257, -258}),
-    (True, True): frozenset({1, 2, 3, 4, 28, -257, -258}),
-}
+_CUSTOM_CONDITIONS = (-257, -258)
 
 
 class _Miss(Exception):
@@ -157,6 +165,7 @@ def _signatures(blob: bytes) -> tuple[SignatureBlock, ...]:
                 "tagged": True,
                 "kid_protected": True,
                 "index": index,
+                "kind": "sign1",
             }
         )
         out.append(block)
@@ -179,6 +188,62 @@ def _components(count: int, blob: bytes) -> tuple[bytes, ...]:
     return tuple(parts)
 
 
+def _install(install: bytes) -> tuple[str | None, int | None, str | None] | None:
+    """(uri, security counter, payload format) of an install sequence the builder writes, or
+    None for any other bytes."""
+    if install == _STD_NO_URI:
+        return None, None, None
+    head = install[:3]
+    if head == b"\x88\x14\xa2":  # extended, no URI
+        body = install[3:]
+        uri = None
+        if not body.endswith(b"\x03\x0f"):
+            return None
+        body = body[:-2]
+    elif head in (b"\x8a\x14\xa3", b"\x86\x14\xa1"):  # extended / standard, with a URI
+        if install[3:4] != b"\x15" or not install.endswith(_FETCH_TAIL):
+            return None
+        thead = _THEAD_AT(install, 4)
+        if thead is None:
+            return None
+        start = thead.end()
+        end = start + _arg(thead.group())
+        uri = install[start:end].decode("utf-8")  # UnicodeDecodeError: the caller's miss
+        body = install[end:-4]
+        if head == b"\x86\x14\xa1":
+            return (uri, None, None) if not body else None
+    else:
+        return None
+    tail = _EXT_TAIL(body)
+    if tail is None:
+        return None
+    counter, fmt = tail.groups()
+    return uri, _arg(counter), "raw" if len(fmt) == 4 else "mcuboot"
+
+
+def _text(rest: bytes, component_array: bytes) -> str | None:
+    """The version of ``23: << {"en": {[component]: {8: version}}} >>``, the text member the
+    builder writes, or None for anything else."""
+    if rest[:1] != b"\x17":
+        return None
+    bhead = _BHEAD_AT(rest, 1)
+    if bhead is None:
+        return None
+    text = rest[bhead.end() :]
+    if _arg(bhead.group()) != len(text):
+        return None
+    prefix = b"\xa1\x62en\xa1" + component_array + b"\xa1\x08"
+    if not text.startswith(prefix):
+        return None
+    thead = _THEAD_AT(text, len(prefix))
+    if thead is None or _arg(thead.group()) != len(text) - thead.end():
+        return None
+    return text[thead.end() :].decode("utf-8")  # UnicodeDecodeError: the caller's miss
+
+
+_BHEAD_AT = re.compile(_BHEAD, re.DOTALL).match
+
+
 def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     """The :class:`Envelope` of ``data`` if it has the product's exact layout, else ``None``.
 
@@ -193,8 +258,8 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
         auth_head, auth, digest_bstr, digest, blocks, manifest_head, manifest_bytes,
         seq, common_head, common, n_parts, parts_blob, shared_head, shared,
         n_items, n_params, vendor, class_, image_digest, use_before, size,
-        v_len, v_cmp, v_value, counter, fmt, c_use_before, c_version,
-        set_version_head, set_version, install_head, install, uri_head, uri_bytes,
+        v_len, v_cmp, v_value, c_use_before, c_version,
+        set_version_head, set_version, install_head, rest,
     ) = match.groups()  # fmt: skip
     has_ub = use_before is not None
     has_version = v_len is not None
@@ -209,12 +274,14 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
         or _bh(len(common)) != common_head
         or _bh(len(shared)) != shared_head
         or _bh(len(set_version)) != set_version_head
-        or _bh(len(install)) != install_head
         or n_items[0] != 0x86 + 2 * (has_cub + has_cversion)
-        or n_params[0] != 0xA6 + has_ub + has_version
-        or (uri_head is not None and _arg(uri_head) != len(uri_bytes))
+        or n_params[0] != 0xA4 + has_ub + has_version
         or (has_version and _bh(2 + len(v_value)) != v_len)
     ):
+        return None
+    install_len = _arg(install_head)
+    install = rest[:install_len]
+    if len(install) != install_len:
         return None
     manifest_digest = _sha256(data[match.start(6) :]).digest()
     if manifest_digest != digest:
@@ -222,7 +289,13 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     try:
         parts = _uints(set_version)
         component = _components(n_parts[0] - 0x80, parts_blob)
-        uri = uri_bytes.decode("utf-8") if uri_bytes is not None else None
+        found = _install(install)
+        if found is None:
+            return None
+        uri, security_counter, payload_format = found
+        current = _text(rest[install_len:], n_parts + parts_blob)
+        if current is None:
+            return None
         use_before_at = None
         if has_ub:
             use_before_at = dt.datetime.fromtimestamp(_arg(use_before), tz=_UTC)
@@ -236,13 +309,13 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     _set(class_id, "int", int.from_bytes(class_, "big"))
     _set(class_id, "is_safe", _SAFE_UNKNOWN)
     image_size = _arg(size)
-    security_counter = _arg(counter)
-    payload_format = "raw" if len(fmt) == 4 else "mcuboot"
     params: dict[int, Any] = {1: vendor_id, 2: class_id, 3: (ALG_SHA256, image_digest)}
     shared_seq: list[tuple[int, Any]] = [(20, None), (1, 15), (2, 15)]
+    conditions = [1, 2, 3]
     if has_ub:
         params[4] = use_before_at
         shared_seq.append((4, 15))
+        conditions.append(4)
     params[14] = image_size
     comparison = None
     if has_version:
@@ -252,25 +325,29 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
         except _Miss:
             return None
         comparison = VERSION_COMPARISONS[cmp]
-    params[-257] = security_counter
-    params[-258] = payload_format
     if has_cversion:
         shared_seq.append((28, 15))
+        conditions.append(28)
     shared_seq[0] = (20, MappingProxyType(params))
-    install_seq: tuple[tuple[int, Any], ...] = _INSTALL_SEQ
+    install_seq: list[tuple[int, Any]] = []
+    install_params: dict[int, Any] = {}
     if uri is not None:
-        install_seq = (
-            (-257, 15),
-            (-258, 15),
-            (20, MappingProxyType({21: uri})),
-            (21, 2),
-            (3, 15),
-        )
-    # the parts are non-negative here, so format_version reduces to these two forms
-    if len(parts) == 4:
-        firmware_version = f"{parts[0]}.{parts[1]}.{parts[2]}+{parts[3]}"
-    else:
-        firmware_version = ".".join(map(str, parts))
+        install_params[21] = uri
+    if security_counter is not None:
+        install_params[-257] = security_counter
+        install_params[-258] = payload_format
+        install_seq += [(20, MappingProxyType(install_params)), (-257, 15), (-258, 15)]
+        conditions += _CUSTOM_CONDITIONS
+    elif uri is not None:
+        install_seq.append((20, MappingProxyType(install_params)))
+    if uri is not None:
+        install_seq.append((21, 2))
+    install_seq.append((3, 15))
+    firmware_parts = full_version(current, parts) or parts
+    entries = {8: current}
+    text_languages = MappingProxyType(
+        {"en": MappingProxyType({component: MappingProxyType(entries)})}
+    )
     manifest = _frozen(
         Manifest,
         {
@@ -283,25 +360,29 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
             "image_digest_alg": ALG_SHA256,
             "image_size": image_size,
             "uri": uri,
-            "firmware_version": firmware_version,
-            "version_parts": parts,
+            "firmware_version": format_version(firmware_parts),
+            "version_parts": firmware_parts,
             "version_comparison": comparison,
             "use_before": use_before_at,
             "security_counter": security_counter,
             "payload_format": payload_format,
-            "text": _EMPTY,
+            "text": MappingProxyType({"current-version": current}),
             "reference_uri": None,
-            "conditions": _CONDITIONS[has_cub, has_cversion],
+            "conditions": frozenset(conditions),
             "sequences": MappingProxyType(
                 {
                     "shared-sequence": tuple(shared_seq),
                     "validate": _VALIDATE_SEQ,
                     "invoke": _INVOKE_SEQ,
-                    "install": install_seq,
+                    "install": tuple(install_seq),
                 }
             ),
-            "text_languages": _EMPTY,
+            "text_languages": text_languages,
             "raw": manifest_bytes,
+            "set_version": parts,
+            "encryption_info": (),
+            "manifest_component_id": None,
+            "coswid": None,
         },
     )
     return _frozen(

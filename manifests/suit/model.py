@@ -8,13 +8,14 @@ sign or verify.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from .constants import PRERELEASE, SIGNATURE_ALGS
+from .constants import MAC_ALGS, PRERELEASE, PROFILE_EXTENDED, PROFILE_STANDARD, SIGNATURE_ALGS
 
 _T = TypeVar("_T")
 
@@ -36,7 +37,9 @@ class ManifestParams:
     vendor_id: uuid.UUID
     class_id: uuid.UUID
     sequence_number: int
-    version: str  # "major[.minor[.revision]][+build]", e.g. "1.2.3" or "1.2.3+4"
+    # "major[.minor[.revision]][+build]", e.g. "1.2.3" or "1.2.3+4". suit-set-version carries the
+    # release part (at most three integers); the whole string goes to suit-text-current-version.
+    version: str
     security_counter: int
     image_digest: bytes  # SHA-256 of the payload (32 bytes)
     image_size: int
@@ -49,6 +52,9 @@ class ManifestParams:
     # release's version", e.g. "lesser" to forbid re-installing or downgrading. None: no condition,
     # so a roll-forward to an old image (new sequence number) stays possible.
     version_comparison: str | None = None
+    # "extended": security counter and payload format as custom parameters (-257/-258) in
+    # install; "standard": no custom keys (the sequence number is the anti-rollback floor).
+    profile: str = PROFILE_EXTENDED
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,8 @@ class SeveredMember:
 
 @dataclass(frozen=True)
 class SignatureBlock:
-    """One COSE_Sign1 of the authentication wrapper, as found (``raw`` is exact)."""
+    """One authentication block as found (``raw`` is exact): a COSE_Sign1, or a COSE_Mac0
+    (``kind == "mac0"``; ``signature`` then holds the MAC tag)."""
 
     alg: int
     kid: bytes | None
@@ -77,10 +84,11 @@ class SignatureBlock:
     tagged: bool = True
     kid_protected: bool = True  # kid came from the protected bucket
     index: int = 0  # position among the signatures (0-based)
+    kind: str = "sign1"  # "sign1" | "mac0"
 
     @property
     def alg_name(self) -> str:
-        return SIGNATURE_ALGS.get(self.alg, str(self.alg))
+        return SIGNATURE_ALGS.get(self.alg) or MAC_ALGS.get(self.alg) or str(self.alg)
 
 
 @dataclass(frozen=True)
@@ -100,8 +108,10 @@ class Manifest:
     image_digest_alg: int | None
     image_size: int | None
     uri: str | None
-    firmware_version: str | None  # from suit-set-version, else from suit-parameter-version
-    version_parts: tuple[int, ...] | None
+    # suit-text-current-version when it agrees with suit-set-version (it carries the build number),
+    # else suit-set-version, else suit-parameter-version
+    firmware_version: str | None
+    version_parts: tuple[int, ...] | None  # of firmware_version (a build number is a 4th part)
     version_comparison: str | None  # comparison type of suit-parameter-version, if any
     use_before: dt.datetime | None  # UTC
     security_counter: int | None
@@ -114,6 +124,18 @@ class Manifest:
         default_factory=lambda: MappingProxyType({}), repr=False
     )
     raw: bytes = field(default=b"", repr=False)  # exact manifest bytes
+    set_version: tuple[int, ...] | None = None  # suit-set-version as written
+    # firmware-encryption parameter 19, decoded (COSE_Encrypt / COSE_Encrypt0 as CBORTag)
+    encryption_info: tuple[Any, ...] = ()
+    manifest_component_id: tuple[bytes, ...] | None = None  # trust-domains manifest key 5
+    coswid: Any = None  # suit-coswid (decoded CBOR), when inline or severed and present
+
+    @property
+    def profile(self) -> str:
+        """``extended`` when the product's custom security counter or payload format is there."""
+        if self.security_counter is not None or self.payload_format is not None:
+            return PROFILE_EXTENDED
+        return PROFILE_STANDARD
 
     @property
     def version(self) -> int:
@@ -149,6 +171,8 @@ class Envelope:
             "class_id": str(m.class_id) if m.class_id else None,
             "sequence_number": m.sequence_number,
             "version": m.firmware_version,
+            "set_version": list(m.set_version) if m.set_version is not None else None,
+            "profile": m.profile,
             "version_comparison": m.version_comparison,
             "security_counter": m.security_counter,
             "payload_format": m.payload_format,
@@ -162,6 +186,7 @@ class Envelope:
             "manifest_digest": self.manifest_digest.hex(),
             "signatures": [
                 {
+                    "kind": "COSE_Mac0" if sig.kind == "mac0" else "COSE_Sign1",
                     "alg": sig.alg,
                     "alg_name": sig.alg_name,
                     "kid": sig.kid.hex() if sig.kid else None,
@@ -173,6 +198,13 @@ class Envelope:
                 for name, member in self.severed.items()
             },
             "text": dict(m.text),
+            "manifest_component_id": (
+                [part.hex() for part in m.manifest_component_id]
+                if m.manifest_component_id is not None
+                else None
+            ),
+            "encryption_info": [_describe_cose(info) for info in m.encryption_info],
+            "coswid": _json_safe(m.coswid) if m.coswid is not None else None,
         }
 
 
@@ -191,6 +223,49 @@ class VerificationResult:
 
     def __bool__(self) -> bool:
         return self.ok
+
+
+def _json_safe(value: Any) -> Any:
+    """Decoded CBOR as JSON-ready values (bytes as hex, tags as {"tag": n, "value": ...})."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    tag = getattr(value, "tag", None)
+    if tag is not None:
+        return {"tag": tag, "value": _json_safe(value.value)}
+    return value
+
+
+def _describe_cose(info: Any) -> dict[str, Any]:
+    """What ``inspect`` shows of one SUIT_Encryption_Info (a tagged COSE_Encrypt or Encrypt0)."""
+    names: dict[Any, str] = {96: "COSE_Encrypt", 16: "COSE_Encrypt0"}
+    return {
+        "structure": names.get(getattr(info, "tag", None), "unknown"),
+        "value": _json_safe(info),
+    }
+
+
+_CURRENT_VERSION = re.compile(r"(\d{1,19})(?:\.(\d{1,19}))?(?:\.(\d{1,19}))?(?:\+(\d{1,19}))?")
+
+
+def full_version(current: str, release: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The whole version of a suit-text-current-version such as ``"1.2.3+42"`` ->
+    ``(1, 2, 3, 42)``, when its release part is ``release`` (suit-set-version, up to three
+    integers); else None (the text is then only text)."""
+    match = _CURRENT_VERSION.fullmatch(current)
+    if match is None:
+        return None
+    major, minor, revision, build = match.groups()
+    parts = tuple(int(p) for p in (major, minor, revision) if p is not None)
+    if build is None:
+        return parts if parts == release else None
+    padded = (int(major), int(minor or 0), int(revision or 0))
+    if padded != release and parts != release:
+        return None
+    return (*padded, int(build))
 
 
 def format_version(parts: tuple[int, ...]) -> str:

@@ -180,7 +180,9 @@ def test_create_then_inspect_shows_every_field_the_manifest_carries(
     assert (
         data["manifest_digest"] == hashlib.sha256(cbor2.dumps(decoded.manifest_bytes)).hexdigest()
     )
-    assert data["signatures"] == [{"alg": -7, "alg_name": "ES256", "kid": kid_of(author_key[1])}]
+    assert data["signatures"] == [
+        {"kind": "COSE_Sign1", "alg": -9, "alg_name": "ESP256", "kid": kid_of(author_key[1])}
+    ]
 
 
 def test_create_reports_the_manifest_digest_it_wrote(
@@ -270,7 +272,7 @@ def test_inspect_text_output_lists_fields_and_signatures(
 ):
     output = cli("suit", "inspect", str(envelope))
     assert "sequence_number    12" in output
-    assert f"signature          alg -7 kid {kid_of(author_key[1])}" in output
+    assert f"signature          COSE_Sign1 alg -9 (ESP256) kid {kid_of(author_key[1])}" in output
 
 
 # --- sign -----------------------------------------------------------------------------------
@@ -283,8 +285,8 @@ def test_sign_adds_a_second_signature_and_leaves_the_manifest_bytes_alone(
     assert after.manifest_digest == before.manifest_digest
     data = inspect_json(cosigned)
     assert [(s["alg"], s["kid"]) for s in data["signatures"]] == [
-        (-7, kid_of(author_key[1])),
-        (-8, kid_of(qa_key[1])),
+        (-9, kid_of(author_key[1])),
+        (-19, kid_of(qa_key[1])),
     ]
     assert {k: v for k, v in data.items() if k != "signatures"} == {
         k: v for k, v in inspect_json(envelope).items() if k != "signatures"
@@ -465,7 +467,11 @@ def test_inspect_json_of_a_public_vector_shows_the_published_facts(name: str):
     assert data["uri"] == VECTOR_URIS.get(name, VECTOR_URIS.get(prefix))
     assert data["version"] is None and data["security_counter"] is None
     assert data["expires"] is None
-    expected_sigs = [] if ".0_" in name else [{"alg": -7, "alg_name": "ES256", "kid": None}]
+    expected_sigs = (
+        []
+        if ".0_" in name
+        else [{"kind": "COSE_Sign1", "alg": -7, "alg_name": "ES256", "kid": None}]
+    )
     assert data["signatures"] == expected_sigs
 
 

@@ -334,7 +334,13 @@ CASES: list[Case] = [
         suit.SUITTypeError,
         "signature[0]",
     ),
-    ("cose-mac0-tag", lambda: with_block(sign1(tag=17)), suit.SUITTagError, "signature[0]"),
+    ("cose-sign-tag", lambda: with_block(sign1(tag=98)), suit.SUITTagError, "signature[0]"),
+    (
+        "cose-mac0-with-signature-alg",
+        lambda: with_block(sign1(tag=17)),
+        suit.SUITAlgorithmError,
+        "signature[0]",
+    ),
     (
         "cose-three-items",
         lambda: with_block(enc(cbor2.CBORTag(18, [b"", {}, None]))),

@@ -182,7 +182,7 @@ def test_every_single_byte_flip_of_the_manifest_with_a_fixed_digest(name: str) -
 
 def test_non_preferred_heads_are_left_to_the_general_decoder() -> None:
     manifest = suit.decode_envelope(ENVELOPES["es256"]).manifest_bytes
-    assert manifest.startswith(b"\xa7\x01\x01\x02\x19\x04\x12")  # sequence number 1042
+    assert manifest.startswith(b"\xa8\x01\x01\x02\x19\x04\x12")  # sequence number 1042
     for longer in (b"\x1a\x00\x00\x04\x12", b"\x1b\x00\x00\x00\x00\x00\x00\x04\x12"):
         data = _rewrap(manifest.replace(b"\x02\x19\x04\x12", b"\x02" + longer, 1))
         assert decode_fast(data, 16) is None

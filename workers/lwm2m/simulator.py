@@ -151,6 +151,7 @@ class DeviceState:
     security_counter: int = 0
     component_id: list[str] = field(default_factory=lambda: ["00"])
     payload_format: str = "mcuboot"
+    manifest_profile: str = "extended"  # which SUIT envelopes it takes (docs/suit.md)
     slot_size: int = 0x100000
     fw_state: int = 0
     fw_result: int = 0
@@ -644,6 +645,7 @@ class SimulatedDevice:
             component_id=tuple(bytes.fromhex(p) for p in self.state.component_id),
             payload_format=self.state.payload_format,
             slot_size=self._slot_size(),
+            manifest_profile=self.state.manifest_profile,
         )
 
     def _slot_size(self) -> int:
@@ -667,7 +669,10 @@ class SimulatedDevice:
                 envelope = suit.decode_envelope(envelope_bytes)
             except suit.SUITError as exc:
                 raise device_rules.SignatureCheckError(f"envelope does not decode: {exc}") from None
-            verdict = suit.verify_envelope(envelope, self.trust_anchors, threshold=1)
+            try:
+                verdict = suit.verify_envelope(envelope, self.trust_anchors, threshold=1)
+            except suit.SUITUnsupportedError as exc:
+                raise device_rules.UnsupportedManifestError(str(exc)) from None
             device_rules.require_signature(list(verdict.valid_kids))
             facts = device_rules.facts_from_manifest(envelope.manifest)
             device_rules.check_manifest(
@@ -773,7 +778,8 @@ class SimulatedDevice:
             self.state.sequence_number = int(staged["sequence_number"])
             # Raised only after the new image booted and confirmed itself.
             self.state.security_counter = max(
-                self.state.security_counter, int(staged["security_counter"])
+                self.state.security_counter,
+                int(staged["security_counter"] or 0),  # standard profile: none in the manifest
             )
             self.fw.update_succeeded()
             self.events.append(f"booted {self.state.version}")
@@ -862,6 +868,7 @@ class FleetSpec:
     security_counter: int = 0
     lifetime: int = 300
     payload_format: str = "mcuboot"
+    manifest_profile: str = "extended"
     component_id: list[str] = field(default_factory=lambda: ["00"])
     # Give each device a random DTLS PSK (kept in its state) and coaps in /5/0/8.
     dtls: bool = False
@@ -955,6 +962,7 @@ class Fleet:
                 security_counter=spec.security_counter,
                 lifetime=spec.lifetime,
                 payload_format=spec.payload_format,
+                manifest_profile=spec.manifest_profile,
                 component_id=list(spec.component_id),
                 faults=device_faults,
                 queue_mode=spec.queue_mode,

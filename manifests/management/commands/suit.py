@@ -95,6 +95,14 @@ class Command(BaseCommand):
             default=delivery.IMAGE,
             help="the device class's delivery profile, for the default --uri (default image)",
         )
+        p.add_argument(
+            "--profile",
+            choices=suit.PROFILES,
+            default="extended",
+            help="the device class's manifest profile: standard (no custom SUIT keys; stock SUIT "
+            "processors accept it) or extended (default; custom security counter and payload "
+            "format)",
+        )
         p.add_argument("--expires", help="ISO 8601 use-before time (UTC if no offset)")
         p.add_argument("--component", default="00", help="component id, hex (default 00)")
         p.add_argument("--key", required=True)
@@ -111,7 +119,13 @@ class Command(BaseCommand):
 
         p = sub.add_parser("verify", help="exit 0 when >= K distinct given keys signed")
         p.add_argument("file")
-        p.add_argument("--key", required=True, action="append", dest="keys")
+        p.add_argument("--key", action="append", dest="keys", default=[])
+        p.add_argument(
+            "--mac-key",
+            action="append",
+            dest="mac_keys",
+            help="a file holding a raw HMAC 256/256 key (>= 32 bytes) to check COSE_Mac0 blocks",
+        )
         p.add_argument("--threshold", type=int, default=1)
 
         p = sub.add_parser("image-info", help="MCUboot header and TLV fields of an image")
@@ -184,6 +198,7 @@ class Command(BaseCommand):
             use_before=parse_expiry(options["expires"]) if options["expires"] else None,
             component_id=(component,),
             payload_format=info.kind,
+            profile=options["profile"],
         )
         try:
             envelope = suit.create_envelope(params, keys=[_load_private(options["key"])])
@@ -219,10 +234,16 @@ class Command(BaseCommand):
                 continue
             self.stdout.write(f"{key:18} {data[key]}")
         for sig in data["signatures"]:
-            self.stdout.write(f"{'signature':18} alg {sig['alg']} kid {sig['kid']}")
+            self.stdout.write(
+                f"{'signature':18} {sig['kind']} alg {sig['alg']} ({sig['alg_name']}) "
+                f"kid {sig['kid']}"
+            )
 
     def _verify(self, options: dict[str, Any]) -> None:
         env = _load_envelope(options["file"])
+        mac_keys = [_read(path) for path in options["mac_keys"] or ()]
+        if not options["keys"] and not mac_keys:
+            raise CommandError("give at least one --key or --mac-key", returncode=1)
         keys = []
         for path in options["keys"]:
             try:
@@ -232,7 +253,10 @@ class Command(BaseCommand):
         threshold = options["threshold"]
         if threshold < 1:
             raise CommandError("--threshold must be >= 1", returncode=1)
-        result = suit.verify_envelope(env, keys, threshold=threshold)
+        try:
+            result = suit.verify_envelope(env, keys, threshold=threshold, mac_keys=mac_keys)
+        except suit.SUITError as exc:
+            raise CommandError(f"{exc} [{exc.code}]", returncode=1) from exc
         if not result.ok:
             reasons = "; ".join(result.reasons) or "no valid signature"
             raise CommandError(

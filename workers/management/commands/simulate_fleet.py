@@ -109,6 +109,7 @@ class Command(BaseCommand):
                 version=options["fw_version"],
                 lifetime=options["lifetime"],
                 payload_format=device_class.payload_format,
+                manifest_profile=device_class.manifest_profile,
                 component_id=list(device_class.component_id) or ["00"],
                 dtls=options["dtls"],
                 queue_mode=options["queue_mode"],
