@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0005_registration_peer'),
+        ('campaigns', '0006_device_tags_groups'),
         ('manifests', '0002_device_class_delivery'),
     ]
 
