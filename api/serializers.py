@@ -61,6 +61,10 @@ class ErrorItemSerializer(serializers.Serializer):
     path = serializers.CharField(help_text="where: a field, a spec path; empty for the body")
     reason = serializers.CharField()
     code = serializers.CharField(required=False, help_text="the validator's code")
+    row = serializers.IntegerField(
+        required=False, help_text="an import file's line (header = 1; 0: the file itself)"
+    )
+    column = serializers.CharField(required=False, help_text="an import file's column")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -912,15 +916,3 @@ class ImportUploadSerializer(serializers.Serializer):
 class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     with_psk = serializers.IntegerField()
-
-
-class ImportRowErrorSerializer(serializers.Serializer):
-    row = serializers.IntegerField(help_text="line of the file, the header being 1; 0: the file")
-    column = serializers.CharField()
-    reason = serializers.CharField()
-
-
-class ImportRejectedSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    errors = ImportRowErrorSerializer(many=True)
