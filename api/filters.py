@@ -20,7 +20,16 @@ from drf_spectacular.utils import extend_schema_field
 
 from api.models import DeliveryStatus, WebhookDelivery
 from audit.models import AuditEvent
-from campaigns.models import Campaign, CampaignStatus, Device, EmergencyStop, Rollout, RolloutState
+from campaigns.fleet_selectors import group_devices
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    Device,
+    DeviceGroup,
+    EmergencyStop,
+    Rollout,
+    RolloutState,
+)
 from manifests.models import (
     Delegation,
     DeviceClass,
@@ -256,6 +265,7 @@ class DeviceFilter(StrictFilterSet):
     gateway_id = df.CharFilter()
     tag = df.CharFilter(method="filter_tag", help_text="devices carrying this tag")
     endpoint = df.CharFilter(lookup_expr="icontains")
+    group = df.CharFilter(method="filter_group", help_text="members of this device group now")
 
     class Meta:
         model = Device
@@ -269,7 +279,15 @@ class DeviceFilter(StrictFilterSet):
             "gateway_id",
             "tag",
             "endpoint",
+            "group",
         ]
+
+    def filter_group(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
+        # An unknown group selects nothing (a filter, not a lookup: no 404).
+        group = DeviceGroup.objects.filter(name=value).first()
+        if group is None:
+            return queryset.none()
+        return queryset.filter(pk__in=group_devices(group).values("pk"))
 
     def filter_tag(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
         # Tags are a JSON list. PostgreSQL answers containment with the index; SQLite has no

@@ -533,6 +533,9 @@ class CampaignSerializer(serializers.ModelSerializer):
     release = serializers.SlugRelatedField(slug_field="name", read_only=True)
     device_class_name = serializers.CharField(source="device_class.__str__", read_only=True)
     created_by = UsernameField(read_only=True)
+    target_member_count = serializers.SerializerMethodField(
+        help_text="a target.group campaign: the members it froze at creation (else null)"
+    )
 
     class Meta:
         model = Campaign
@@ -548,11 +551,16 @@ class CampaignSerializer(serializers.ModelSerializer):
             "paused_by_engine",
             "spec",
             "spec_digest",
+            "target_group",
+            "target_member_count",
             "created_by",
             "created_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_target_member_count(self, obj: Campaign) -> int | None:
+        return None if obj.target_members is None else len(obj.target_members)
 
 
 class SpecInputSerializer(serializers.Serializer):
