@@ -21,7 +21,16 @@ from drf_spectacular.utils import extend_schema_field
 from api.models import DeliveryStatus, WebhookDelivery
 from audit.models import AuditEvent
 from campaigns import device_selectors
-from campaigns.models import Campaign, CampaignStatus, Device, EmergencyStop, Rollout, RolloutState
+from campaigns.fleet_selectors import group_devices
+from campaigns.models import (
+    Campaign,
+    CampaignStatus,
+    Device,
+    DeviceGroup,
+    EmergencyStop,
+    Rollout,
+    RolloutState,
+)
 from manifests.models import (
     Delegation,
     DeviceClass,
@@ -269,6 +278,7 @@ class DeviceFilter(StrictFilterSet):
         method="filter_unseen",
         help_text="devices not seen for more than this many hours (never-seen ones included)",
     )
+    group = df.CharFilter(method="filter_group", help_text="members of this device group now")
 
     class Meta:
         model = Device
@@ -284,6 +294,7 @@ class DeviceFilter(StrictFilterSet):
             "endpoint",
             "update_state",
             "unseen_hours",
+            "group",
         ]
 
     def filter_update_state(
@@ -293,6 +304,13 @@ class DeviceFilter(StrictFilterSet):
 
     def filter_unseen(self, queryset: QuerySet[Device], name: str, value: int) -> QuerySet[Device]:
         return device_selectors.filter_unseen(queryset, value, now=timezone.now())
+
+    def filter_group(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
+        # An unknown group selects nothing (a filter, not a lookup: no 404).
+        group = DeviceGroup.objects.filter(name=value).first()
+        if group is None:
+            return queryset.none()
+        return queryset.filter(pk__in=group_devices(group).values("pk"))
 
     def filter_tag(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
         # Tags are a JSON list. PostgreSQL answers containment with the index; SQLite has no

@@ -62,6 +62,10 @@ class ErrorItemSerializer(serializers.Serializer):
     path = serializers.CharField(help_text="where: a field, a spec path; empty for the body")
     reason = serializers.CharField()
     code = serializers.CharField(required=False, help_text="the validator's code")
+    row = serializers.IntegerField(
+        required=False, help_text="an import file's line (header = 1; 0: the file itself)"
+    )
+    column = serializers.CharField(required=False, help_text="an import file's column")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -543,6 +547,9 @@ class CampaignSerializer(serializers.ModelSerializer):
     release = serializers.SlugRelatedField(slug_field="name", read_only=True)
     device_class_name = serializers.CharField(source="device_class.__str__", read_only=True)
     created_by = UsernameField(read_only=True)
+    target_member_count = serializers.SerializerMethodField(
+        help_text="a target.group campaign: the members it froze at creation (else null)"
+    )
 
     class Meta:
         model = Campaign
@@ -558,11 +565,16 @@ class CampaignSerializer(serializers.ModelSerializer):
             "paused_by_engine",
             "spec",
             "spec_digest",
+            "target_group",
+            "target_member_count",
             "created_by",
             "created_at",
             "finished_at",
         ]
         read_only_fields = fields
+
+    def get_target_member_count(self, obj: Campaign) -> int | None:
+        return None if obj.target_members is None else len(obj.target_members)
 
 
 class SpecInputSerializer(serializers.Serializer):
@@ -935,15 +947,3 @@ class ImportUploadSerializer(serializers.Serializer):
 class ImportResultSerializer(serializers.Serializer):
     created = serializers.IntegerField()
     with_psk = serializers.IntegerField()
-
-
-class ImportRowErrorSerializer(serializers.Serializer):
-    row = serializers.IntegerField(help_text="line of the file, the header being 1; 0: the file")
-    column = serializers.CharField()
-    reason = serializers.CharField()
-
-
-class ImportRejectedSerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    errors = ImportRowErrorSerializer(many=True)

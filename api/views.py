@@ -590,7 +590,7 @@ class DeviceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     @extend_schema(
         request={"text/csv": OpenApiTypes.STR, "multipart/form-data": s.ImportUploadSerializer},
-        responses={201: s.ImportResultSerializer, 400: s.ImportRejectedSerializer},
+        responses={201: s.ImportResultSerializer},
         summary="Provision devices from CSV: all or nothing, every bad row reported",
     )
     @action(

@@ -122,8 +122,15 @@ class RowError:
             else f"{where}: {self.reason}"
         )
 
+    @property
+    def path(self) -> str:
+        """The API error body's ``path``: ``rows[4].endpoint``, ``rows[1]`` (header), ``""``."""
+        if not self.row:
+            return ""
+        return f"rows[{self.row}]" + (f".{self.column}" if self.column else "")
+
     def as_dict(self) -> dict[str, Any]:
-        return {"row": self.row, "column": self.column, "reason": self.reason}
+        return {"path": self.path, "row": self.row, "column": self.column, "reason": self.reason}
 
 
 # --------------------------------------------------------------------------- tags

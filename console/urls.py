@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from console import views, views_devices
+from console import fleet_views, views, views_devices
 
 app_name = "console"
 
@@ -35,4 +35,15 @@ urlpatterns = [
     ),
     path("devices/", views_devices.device_list, name="devices"),
     path("devices/<str:endpoint>/", views_devices.device_detail, name="device"),
+    # Fleet management. A device's tags hang below it (an endpoint holds no "/"); the rest is
+    # not under devices/, where any name could be a device's endpoint.
+    path("devices/<str:endpoint>/tags/", fleet_views.device_tags, name="device-tags"),
+    path("fleet/tags/", fleet_views.bulk_tags, name="device-bulk-tags"),
+    path("fleet/import/", fleet_views.device_import, name="device-import"),
+    path("fleet/groups/", fleet_views.device_groups, name="device-groups"),
+    path(
+        "fleet/groups/<str:name>/delete/",
+        fleet_views.device_group_delete,
+        name="device-group-delete",
+    ),
 ]

@@ -113,8 +113,13 @@ def test_groups_and_a_campaign_targeting_one(people: dict[str, ApiUser], world: 
     )
     response = ops.post("/api/campaigns/", spec, content_type="application/yaml")
     assert response.status_code == 201, response.json()
+    assert response.json()["campaign"]["target_group"] == "lab-pilot"
+    assert response.json()["campaign"]["target_member_count"] == 2
     campaign = Campaign.objects.get(name="thermo-rollout")
     assert campaign.target_members == ["thermo-00", "thermo-01"]
+    members = ops.get("/api/devices/", {"group": "lab-pilot"}).json()["results"]
+    assert [d["endpoint"] for d in members] == ["thermo-00", "thermo-01"]
+    assert ops.get("/api/devices/", {"group": "nope"}).json()["results"] == []
     assert Rollout.objects.filter(campaign=campaign).count() == 2
 
     assert ops.delete("/api/device-groups/lab-pilot/").status_code == 204

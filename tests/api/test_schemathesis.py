@@ -35,7 +35,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api import webhooks
+from campaigns import fleet_services
 from campaigns import services as campaign_services
+from campaigns.fleet import DeviceFilter
 from campaigns.spec import parse_spec
 from manifests import services, suit
 from tests.api.conftest import MINIMAL_SPEC
@@ -130,6 +132,9 @@ def real_ids(fuller_world: dict[str, Any], people: dict[str, Any]) -> dict[tuple
         ("emergency-stops", "id"): EmergencyStop.objects.filter(lifted_at=None).first().pk,
         ("audit-events", "seq"): 1,
         ("webhooks", "id"): Webhook.objects.first().pk,
+        ("device-groups", "name"): fleet_services.device_group_create(
+            actor=people["admin"].user, name="pilot", device_filter=DeviceFilter(tag="eu")
+        ).name,
     }
 
 
