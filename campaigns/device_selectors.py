@@ -174,10 +174,19 @@ def filter_tag(devices: QuerySet[Device], tag: str) -> QuerySet[Device]:
     return devices.filter(pk__in=[pk for pk, tags in candidates if tag in (tags or [])])
 
 
+def _order(query: DeviceQuery) -> tuple[Any, ...]:
+    order = SORTS[query.sort]
+    if query.descending:
+        order = tuple(term.copy().reverse_ordering() for term in order)
+    return order
+
+
 def device_list(*, query: DeviceQuery, now: dt.datetime) -> QuerySet[Device]:
-    """The devices matching ``query`` in its order, with their class and latest rollout: slice
-    it for a page (the ORDER BY always ends on the unique endpoint, so pages never overlap)."""
-    devices = Device.objects.select_related("device_class__vendor")
+    """The ids of the devices matching ``query``, in its order (the ORDER BY always ends on the
+    unique endpoint, so pages never overlap): slice it for a page and pass the slice to
+    ``device_rows``. Ids only: PostgreSQL computes a SELECT list for every row an OFFSET skips,
+    so the rows' class and latest rollout are looked up for the page's rows alone."""
+    devices = Device.objects.all()
     if query.q:
         devices = devices.filter(endpoint__icontains=query.q)
     if query.device_class == UNMAPPED:
@@ -190,11 +199,15 @@ def device_list(*, query: DeviceQuery, now: dt.datetime) -> QuerySet[Device]:
         devices = devices.filter(online=query.online)
     devices = filter_tag(devices, query.tag)
     devices = filter_unseen(devices, query.unseen_hours, now=now)
-    devices = filter_update_state(with_latest_rollout(devices), query.state)
-    order = SORTS[query.sort]
-    if query.descending:
-        order = tuple(term.copy().reverse_ordering() for term in order)
-    return devices.order_by(*order)
+    devices = filter_update_state(devices, query.state)
+    return devices.order_by(*_order(query)).values_list("pk", flat=True)
+
+
+def device_rows(page: QuerySet[Device], *, query: DeviceQuery) -> list[Device]:
+    """The devices of one page of ``device_list`` (a slice of it), in the list's order, with
+    their class and latest rollout (``with_latest_rollout``): one query."""
+    rows = Device.objects.select_related("device_class__vendor").filter(pk__in=page)
+    return list(with_latest_rollout(rows).order_by(*_order(query)))
 
 
 def installed_versions() -> list[dict[str, Any]]:

@@ -90,9 +90,10 @@ def _sort_links(query: fleet.DeviceQuery) -> dict[str, dict[str, str]]:
 
 @console_view()
 def device_list(request: HttpRequest) -> HttpResponse:
-    """One page of the fleet: one COUNT and one SELECT (rows with their class and latest
-    rollout) whatever the page's depth. A filter, sort or page value the list never offers is
-    refused (400, the form stays to correct it); a page past the end shows the last page."""
+    """One page of the fleet: one COUNT and one SELECT (the page's ids in a subquery, the rows
+    with their class and latest rollout around it) whatever the page's depth. A filter, sort or
+    page value the list never offers is refused (400, the form stays to correct it); a page
+    past the end shows the last page."""
     context: dict[str, Any] = {**_filter_choices(), "device_rows": DEVICE_ROWS}
     try:
         query = fleet.device_query_parse(request.GET)
@@ -104,7 +105,7 @@ def device_list(request: HttpRequest) -> HttpResponse:
         return _page(request, "console/devices.html", context, status=400)
     paginator = Paginator(fleet.device_list(query=query, now=timezone.now()), DEVICE_ROWS)
     page = paginator.get_page(int(number))
-    rows = list(page.object_list)
+    rows = fleet.device_rows(page.object_list, query=query) if paginator.count else []
     for device in rows:
         device.clock = _clock_text(device)  # type: ignore[attr-defined]
         device.update_text = _update_text(device)  # type: ignore[attr-defined]
