@@ -55,15 +55,9 @@ def _update_text(device: Any) -> str:
 
 
 def _filter_choices() -> dict[str, Any]:
-    versions = (
-        Device.objects.exclude(firmware_version="")
-        .values_list("firmware_version", flat=True)
-        .distinct()
-        .order_by("firmware_version")[:VERSION_CHOICES]
-    )
     return {
         "classes": list(DeviceClass.objects.select_related("vendor").order_by("pk")),
-        "versions": list(versions),
+        "versions": fleet.version_names(limit=VERSION_CHOICES),
         "states": [(fleet.NEVER, "never in a campaign"), *RolloutState.choices],
         "unseen_choices": UNSEEN_CHOICES,
         "unmapped": fleet.UNMAPPED,
