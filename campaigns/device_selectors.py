@@ -158,7 +158,9 @@ def filter_update_state(devices: QuerySet[Device], state: str) -> QuerySet[Devic
     return devices.filter(pk__in=latest)
 
 
-def filter_unseen(devices: QuerySet[Device], hours: int | None, *, now: dt.datetime) -> QuerySet:
+def filter_unseen(
+    devices: QuerySet[Device], hours: int | None, *, now: dt.datetime
+) -> QuerySet[Device]:
     """Devices not seen for more than ``hours`` (never-seen devices included)."""
     if hours is None:
         return devices
@@ -289,19 +291,18 @@ def device_attempts(device: Device) -> list[dict[str, Any]]:
             :ATTEMPT_ROWS
         ]
     )
-    history = [{"rollout": r, "attempts": []} for r in rollouts]
+    attempts: dict[int, list[DeviceCommand]] = {r.pk: [] for r in rollouts}
     for command in commands:
         digest = (command.args or {}).get("manifest_digest")
-        for item in history:
-            rollout = item["rollout"]
+        for rollout in rollouts:
             manifest = rollout.manifest or rollout.campaign.release.manifest
             if (
                 manifest is not None
                 and manifest.manifest_digest == digest
                 and rollout.campaign.created_at <= command.created_at
             ):
-                item["attempts"].append(command)
+                attempts[rollout.pk].append(command)
                 break
-    for item in history:
-        item["attempts"].reverse()  # oldest first within a rollout: attempt 1, 2, ...
+    # Oldest first within a rollout: attempt 1, 2, ...
+    history = [{"rollout": r, "attempts": attempts[r.pk][::-1]} for r in rollouts]
     return history

@@ -6,17 +6,18 @@ device filters too; sentences are ``campaigns.wording``."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from campaigns import clock, wording
 from campaigns import device_selectors as fleet
-from campaigns.models import Device, RolloutState
+from campaigns.models import Device, DeviceEvent, RolloutState
 from campaigns.spec import DEFAULT_MAX_CLOCK_SKEW
 from console.access import console_view
 from console.views import _page
@@ -99,7 +100,8 @@ def device_list(request: HttpRequest) -> HttpResponse:
         return _page(request, "console/devices.html", context, status=400)
     paginator = Paginator(fleet.device_list(query=query, now=timezone.now()), DEVICE_ROWS)
     page = paginator.get_page(int(number))
-    rows = fleet.device_rows(page.object_list, query=query) if paginator.count else []
+    ids = cast("QuerySet[Device]", page.object_list)
+    rows = fleet.device_rows(ids, query=query) if paginator.count else []
     for device in rows:
         device.clock = _clock_text(device)  # type: ignore[attr-defined]
         device.update_text = _update_text(device)  # type: ignore[attr-defined]
@@ -157,7 +159,7 @@ def device_detail(request: HttpRequest, endpoint: str) -> HttpResponse:
         ]
     events = [
         {"event": e, "text": wording.event_text(e.kind, e.data or {})}
-        for e in device.events.order_by("-id")[:EVENT_ROWS]
+        for e in DeviceEvent.objects.filter(device=device).order_by("-id")[:EVENT_ROWS]
     ]
     return _page(
         request,
