@@ -151,12 +151,16 @@ def filter_update_state(devices: QuerySet[Device], state: str) -> QuerySet[Devic
         return devices
     if state == NEVER:
         return devices.filter(~Exists(Rollout.objects.filter(device=OuterRef("pk"))))
-    if "latest_state" not in devices.query.annotations:
-        devices = devices.annotate(latest_state=_latest("state"))
-    return devices.filter(latest_state=state)
+    # From the rollouts' side: those in the state (an index on state) that no newer rollout of
+    # their device follows (the (device, id) index), not a latest-rollout lookup per device.
+    newer = Rollout.objects.filter(device=OuterRef("device"), pk__gt=OuterRef("pk"))
+    latest = Rollout.objects.filter(state=state).filter(~Exists(newer)).values("device_id")
+    return devices.filter(pk__in=latest)
 
 
-def filter_unseen(devices: QuerySet[Device], hours: int | None, *, now: dt.datetime) -> QuerySet:
+def filter_unseen(
+    devices: QuerySet[Device], hours: int | None, *, now: dt.datetime
+) -> QuerySet[Device]:
     """Devices not seen for more than ``hours`` (never-seen devices included)."""
     if hours is None:
         return devices
@@ -174,10 +178,19 @@ def filter_tag(devices: QuerySet[Device], tag: str) -> QuerySet[Device]:
     return devices.filter(pk__in=[pk for pk, tags in candidates if tag in (tags or [])])
 
 
+def _order(query: DeviceQuery) -> tuple[Any, ...]:
+    order = SORTS[query.sort]
+    if query.descending:
+        order = tuple(term.copy().reverse_ordering() for term in order)
+    return order
+
+
 def device_list(*, query: DeviceQuery, now: dt.datetime) -> QuerySet[Device]:
-    """The devices matching ``query`` in its order, with their class and latest rollout: slice
-    it for a page (the ORDER BY always ends on the unique endpoint, so pages never overlap)."""
-    devices = Device.objects.select_related("device_class__vendor")
+    """The ids of the devices matching ``query``, in its order (the ORDER BY always ends on the
+    unique endpoint, so pages never overlap): slice it for a page and pass the slice to
+    ``device_rows``. Ids only: PostgreSQL computes a SELECT list for every row an OFFSET skips,
+    so the rows' class and latest rollout are looked up for the page's rows alone."""
+    devices = Device.objects.all()
     if query.q:
         devices = devices.filter(endpoint__icontains=query.q)
     if query.device_class == UNMAPPED:
@@ -190,11 +203,46 @@ def device_list(*, query: DeviceQuery, now: dt.datetime) -> QuerySet[Device]:
         devices = devices.filter(online=query.online)
     devices = filter_tag(devices, query.tag)
     devices = filter_unseen(devices, query.unseen_hours, now=now)
-    devices = filter_update_state(with_latest_rollout(devices), query.state)
-    order = SORTS[query.sort]
-    if query.descending:
-        order = tuple(term.copy().reverse_ordering() for term in order)
-    return devices.order_by(*order)
+    devices = filter_update_state(devices, query.state)
+    return devices.order_by(*_order(query)).values_list("pk", flat=True)
+
+
+def device_rows(page: QuerySet[Device], *, query: DeviceQuery) -> list[Device]:
+    """The devices of one page of ``device_list`` (a slice of it), in the list's order, with
+    their class and latest rollout (``with_latest_rollout``): one query."""
+    rows = Device.objects.select_related("device_class__vendor").filter(pk__in=page)
+    return list(with_latest_rollout(rows).order_by(*_order(query)))
+
+
+# The distinct installed versions by a loose index scan of ``device_version_idx``: one index
+# probe per distinct version, where SELECT DISTINCT reads every device's row.
+_VERSION_SKIP_SCAN = """
+WITH RECURSIVE v(version) AS (
+    (SELECT firmware_version FROM campaigns_device WHERE firmware_version > ''
+     ORDER BY firmware_version LIMIT 1)
+    UNION ALL
+    SELECT (SELECT d.firmware_version FROM campaigns_device d
+            WHERE d.firmware_version > v.version ORDER BY d.firmware_version LIMIT 1)
+    FROM v WHERE v.version IS NOT NULL
+)
+SELECT version FROM v WHERE version IS NOT NULL LIMIT %s
+"""
+
+
+def version_names(*, limit: int) -> list[str]:
+    """The installed firmware versions (the first ``limit`` in text order): the version
+    filter's suggestions. One query."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_VERSION_SKIP_SCAN, [limit])
+            return [row[0] for row in cursor.fetchall()]
+    versions = (
+        Device.objects.exclude(firmware_version="")
+        .values_list("firmware_version", flat=True)
+        .distinct()
+        .order_by("firmware_version")
+    )
+    return list(versions[:limit])
 
 
 def installed_versions() -> list[dict[str, Any]]:
@@ -243,19 +291,18 @@ def device_attempts(device: Device) -> list[dict[str, Any]]:
             :ATTEMPT_ROWS
         ]
     )
-    history = [{"rollout": r, "attempts": []} for r in rollouts]
+    attempts: dict[int, list[DeviceCommand]] = {r.pk: [] for r in rollouts}
     for command in commands:
         digest = (command.args or {}).get("manifest_digest")
-        for item in history:
-            rollout = item["rollout"]
+        for rollout in rollouts:
             manifest = rollout.manifest or rollout.campaign.release.manifest
             if (
                 manifest is not None
                 and manifest.manifest_digest == digest
                 and rollout.campaign.created_at <= command.created_at
             ):
-                item["attempts"].append(command)
+                attempts[rollout.pk].append(command)
                 break
-    for item in history:
-        item["attempts"].reverse()  # oldest first within a rollout: attempt 1, 2, ...
+    # Oldest first within a rollout: attempt 1, 2, ...
+    history = [{"rollout": r, "attempts": attempts[r.pk][::-1]} for r in rollouts]
     return history

@@ -6,17 +6,18 @@ device filters too; sentences are ``campaigns.wording``."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from campaigns import clock, wording
 from campaigns import device_selectors as fleet
-from campaigns.models import Device, RolloutState
+from campaigns.models import Device, DeviceEvent, RolloutState
 from campaigns.spec import DEFAULT_MAX_CLOCK_SKEW
 from console.access import console_view
 from console.views import _page
@@ -55,15 +56,9 @@ def _update_text(device: Any) -> str:
 
 
 def _filter_choices() -> dict[str, Any]:
-    versions = (
-        Device.objects.exclude(firmware_version="")
-        .values_list("firmware_version", flat=True)
-        .distinct()
-        .order_by("firmware_version")[:VERSION_CHOICES]
-    )
     return {
         "classes": list(DeviceClass.objects.select_related("vendor").order_by("pk")),
-        "versions": list(versions),
+        "versions": fleet.version_names(limit=VERSION_CHOICES),
         "states": [(fleet.NEVER, "never in a campaign"), *RolloutState.choices],
         "unseen_choices": UNSEEN_CHOICES,
         "unmapped": fleet.UNMAPPED,
@@ -90,9 +85,10 @@ def _sort_links(query: fleet.DeviceQuery) -> dict[str, dict[str, str]]:
 
 @console_view()
 def device_list(request: HttpRequest) -> HttpResponse:
-    """One page of the fleet: one COUNT and one SELECT (rows with their class and latest
-    rollout) whatever the page's depth. A filter, sort or page value the list never offers is
-    refused (400, the form stays to correct it); a page past the end shows the last page."""
+    """One page of the fleet: one COUNT and one SELECT (the page's ids in a subquery, the rows
+    with their class and latest rollout around it) whatever the page's depth. A filter, sort or
+    page value the list never offers is refused (400, the form stays to correct it); a page
+    past the end shows the last page."""
     context: dict[str, Any] = {**_filter_choices(), "device_rows": DEVICE_ROWS}
     try:
         query = fleet.device_query_parse(request.GET)
@@ -104,7 +100,8 @@ def device_list(request: HttpRequest) -> HttpResponse:
         return _page(request, "console/devices.html", context, status=400)
     paginator = Paginator(fleet.device_list(query=query, now=timezone.now()), DEVICE_ROWS)
     page = paginator.get_page(int(number))
-    rows = list(page.object_list)
+    ids = cast("QuerySet[Device]", page.object_list)
+    rows = fleet.device_rows(ids, query=query) if paginator.count else []
     for device in rows:
         device.clock = _clock_text(device)  # type: ignore[attr-defined]
         device.update_text = _update_text(device)  # type: ignore[attr-defined]
@@ -162,7 +159,7 @@ def device_detail(request: HttpRequest, endpoint: str) -> HttpResponse:
         ]
     events = [
         {"event": e, "text": wording.event_text(e.kind, e.data or {})}
-        for e in device.events.order_by("-id")[:EVENT_ROWS]
+        for e in DeviceEvent.objects.filter(device=device).order_by("-id")[:EVENT_ROWS]
     ]
     return _page(
         request,
