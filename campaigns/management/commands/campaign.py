@@ -73,16 +73,15 @@ BAR_WIDTH = 30
 
 def progress_line(data: dict[str, Any]) -> str:
     """``fleet [running] stage 2/3 wave [#########.....................]  31.0%  succeeded
-    31, in flight 4, pending 65``: where the campaign stands. The share is of its rollouts
-    that are finished, whatever the result (skipped ones included: nothing is left to do for
-    them)."""
+    31, in flight 4, pending 65``: where the campaign stands. The share is of the devices it
+    is to update (skipped and cancelled ones are not) that are finished, whatever the result."""
     totals = dict.fromkeys((key for key, _ in WATCH_STATES), 0)
     for stage in data["stages"]:
         for key in totals:
             totals[key] += stage["tally"][key]
-    everything = sum(totals.values())
-    done = everything - totals["pending"] - totals["in_flight"]
-    share = done / everything if everything else 1.0
+    eligible = sum(totals.values()) - totals["skipped"] - totals["cancelled"]
+    done = eligible - totals["pending"] - totals["in_flight"]
+    share = done / eligible if eligible else 1.0
     if data["status"] == CampaignStatus.COMPLETED:
         share = 1.0
     filled = round(share * BAR_WIDTH)
