@@ -10,11 +10,17 @@ from time import sleep
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from campaigns import engine, planning, services
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignStatus
-from campaigns.selectors import campaign_status, campaign_timeline
+from campaigns.selectors import (
+    campaign_status,
+    campaign_timeline,
+    describe_start,
+    scheduled_for,
+)
 from campaigns.spec import load_spec_file
 from manifests.errors import ManifestError
 from manifests.management.cli import user_named
@@ -170,9 +176,11 @@ class Command(BaseCommand):
                     spec=spec, actor=user_named(options["user"]), source=options["file"]
                 )
                 planned = {s.name: s.planned_devices for s in campaign.stages.all()}
+                waiting = scheduled_for(campaign, now=timezone.now())
                 self.stdout.write(
                     f"campaign {campaign.name}: {outcome} (revision "
                     f"{campaign.revision}); stages {planned}"
+                    + (f"; {describe_start(waiting)}" if waiting else "")
                 )
             elif action == "status":
                 if options["watch"]:
@@ -206,6 +214,8 @@ class Command(BaseCommand):
             blocked = data["release_blocked"]
             self.stdout.write(f"  RELEASE BLOCKED: {blocked['reason']}: {blocked['detail']}")
         self.stdout.write(f"  delivery {data['delivery']} (method {data['delivery_method']})")
+        if spec.start_at is not None:
+            self.stdout.write(f"  {describe_start(spec.start_at)} (start_at)")
         for stage in data["stages"]:
             self.stdout.write(
                 f"  stage {stage['name']:20} {stage['devices']:8} devices  "
