@@ -172,7 +172,9 @@ def test_a_campaign_whose_start_passed_without_dispatch_cannot_be_rescheduled(
 
 
 @pytest.mark.django_db
-def test_status_says_scheduled_for_in_the_cli_and_the_api(catalog: Catalog, client: Any) -> None:
+def test_status_says_scheduled_for_in_the_cli_and_the_api(
+    catalog: Catalog, client: Any, tmp_path: Any
+) -> None:
     start = (timezone.now() + dt.timedelta(days=2)).replace(microsecond=0)
     make_devices(catalog, 1)
     campaign = apply(catalog, BASE + _at(start))
@@ -180,6 +182,17 @@ def test_status_says_scheduled_for_in_the_cli_and_the_api(catalog: Catalog, clie
     call_command("campaign", "status", campaign.name, stdout=out)
     expected = f"scheduled for {start:%Y-%m-%d %H:%M} UTC"
     assert f"sched [running] release thermo-1.1.0 revision 1 — {expected}" in out.getvalue()
+    path = tmp_path / "sched.yaml"
+    path.write_text(BASE + _at(start))
+    out = StringIO()
+    call_command("campaign", "plan", str(path), stdout=out)
+    assert f"  {expected} (start_at)\n" in out.getvalue()
+    out = StringIO()
+    call_command("campaign", "apply", str(path), "--user", catalog.ops.username, stdout=out)
+    assert (
+        out.getvalue()
+        == f"campaign sched: unchanged (revision 1); stages {{'all': 1}}; {expected}\n"
+    )
     client.force_login(catalog.ops)
     body = client.get(f"/api/campaigns/{campaign.name}/status/").json()
     assert (body["scheduled"], body["start_at"]) == (expected, start.isoformat())

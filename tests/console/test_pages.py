@@ -129,7 +129,7 @@ def test_htmx_and_styles_are_served_locally_no_cdn(login: Any, campaign: Any):
     html = login("ops").get("/").content.decode()
     assert 'src="/static/console/htmx.min.js"' in html
     assert "https://" not in html and "http://" not in html
-    assert 'hx-get="/partials/campaigns/" hx-trigger="every 2s"' in html
+    assert 'hx-get="/partials/campaigns/" hx-trigger="every 2s [' in html
 
 
 def test_progress_chart_counts_successes_and_failures_per_minute(login: Any, campaign: Any):

@@ -10,11 +10,17 @@ from time import sleep
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 
 from campaigns import engine, planning, services
 from campaigns.errors import CampaignError
 from campaigns.models import Campaign, CampaignStatus
-from campaigns.selectors import campaign_status, campaign_timeline
+from campaigns.selectors import (
+    campaign_status,
+    campaign_timeline,
+    describe_start,
+    scheduled_for,
+)
 from campaigns.spec import load_spec_file
 from manifests.errors import ManifestError
 from manifests.management.cli import user_named
@@ -73,16 +79,15 @@ BAR_WIDTH = 30
 
 def progress_line(data: dict[str, Any]) -> str:
     """``fleet [running] stage 2/3 wave [#########.....................]  31.0%  succeeded
-    31, in flight 4, pending 65``: where the campaign stands. The share is of its rollouts
-    that are finished, whatever the result (skipped ones included: nothing is left to do for
-    them)."""
+    31, in flight 4, pending 65``: where the campaign stands. The share is of the devices it
+    is to update (skipped and cancelled ones are not) that are finished, whatever the result."""
     totals = dict.fromkeys((key for key, _ in WATCH_STATES), 0)
     for stage in data["stages"]:
         for key in totals:
             totals[key] += stage["tally"][key]
-    everything = sum(totals.values())
-    done = everything - totals["pending"] - totals["in_flight"]
-    share = done / everything if everything else 1.0
+    eligible = sum(totals.values()) - totals["skipped"] - totals["cancelled"]
+    done = eligible - totals["pending"] - totals["in_flight"]
+    share = done / eligible if eligible else 1.0
     if data["status"] == CampaignStatus.COMPLETED:
         share = 1.0
     filled = round(share * BAR_WIDTH)
@@ -171,9 +176,11 @@ class Command(BaseCommand):
                     spec=spec, actor=user_named(options["user"]), source=options["file"]
                 )
                 planned = {s.name: s.planned_devices for s in campaign.stages.all()}
+                waiting = scheduled_for(campaign, now=timezone.now())
                 self.stdout.write(
                     f"campaign {campaign.name}: {outcome} (revision "
                     f"{campaign.revision}); stages {planned}"
+                    + (f"; {describe_start(waiting)}" if waiting else "")
                 )
             elif action == "status":
                 if options["watch"]:
@@ -207,6 +214,8 @@ class Command(BaseCommand):
             blocked = data["release_blocked"]
             self.stdout.write(f"  RELEASE BLOCKED: {blocked['reason']}: {blocked['detail']}")
         self.stdout.write(f"  delivery {data['delivery']} (method {data['delivery_method']})")
+        if spec.start_at is not None:
+            self.stdout.write(f"  {describe_start(spec.start_at)} (start_at)")
         for stage in data["stages"]:
             self.stdout.write(
                 f"  stage {stage['name']:20} {stage['devices']:8} devices  "

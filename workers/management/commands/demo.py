@@ -7,7 +7,10 @@ image-profile devices: Zephyr's LwM2M client over MCUboot, verifying raw images 
 bootloader key); a 3-stage campaign that pauses on the canary's failures, is resumed once the
 fault is fixed, and completes; then a campaign of the image-profile class (pulled by some
 devices, pushed to the others); live progress bars and closing summaries; the audit chain
-verified at the end.
+verified at the end. With ``--serve`` something is left alive for the console: the gateway and
+the fleet keep running, a second campaign (release 1.2.0) rolls out slowly, at a ramped rate
+with soaks between its stages, and an embedded beat (``workers.beat``) reconciles it as
+``celery beat`` would, until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from manifests import services as release_services
 from manifests import suit
 from manifests.images import imgtool
 from manifests.selectors import manifest_params
+from workers.beat import EmbeddedBeat
 from workers.embedded import EmbeddedFleet
 from workers.lwm2m.object5 import DeliveryMethod
 from workers.lwm2m.simulator import Faults, FleetSpec
@@ -67,6 +71,42 @@ stages:
     size: 100%
 timeouts:
   device: 2m
+"""
+# Left running with --serve, so the console shows motion: a few devices a minute at first, a
+# soak between stages; about half an hour for the default fleet.
+LIVE_SPEC = """
+apiVersion: fwupd/v1
+kind: Campaign
+name: thermo-1-2-rollout
+release: thermo-1.2.0
+description: Left running after the story, slowly, so the console shows it moving
+target:
+  device_class: acme.example/thermo-v2
+stages:
+  - name: canary
+    size: 10%
+    soak: 2m
+    failure_threshold: 20%
+    min_finished: 3
+  - name: wave
+    size: 40%
+    soak: 2m
+    failure_threshold: 10%
+    min_finished: 5
+  - name: all
+    size: rest
+    failure_threshold: 10%
+    min_finished: 10
+rate:
+  base_per_minute: 2
+  factor: 2
+  step: 3m
+  max_per_minute: 8
+timeouts:
+  device: 2m
+retries:
+  max: 1
+  on: [connection_lost, dispatch_failed]
 """
 SPEC = """
 apiVersion: fwupd/v1
@@ -229,7 +269,10 @@ class Command(BaseCommand):
             )
             self._rollout(people, fleet, options)
             self._image_rollout(people, options)
-        finally:
+        except BaseException:
+            fleet.stop()
+            raise
+        if not options["serve"]:
             fleet.stop()
         verdict = audit_verify()
         self._step("Audit trail")
@@ -245,11 +288,42 @@ class Command(BaseCommand):
             + ", admin (admin)"
         )
         if options["serve"]:
-            self._step(
-                f"Console: http://{options['serve']}/ (sign in as any of the people above; "
-                "Ctrl-C stops it)"
+            self._serve(people, fleet, options["serve"], now=now)
+
+    def _serve(
+        self, people: dict[str, Any], fleet: EmbeddedFleet, address: str, *, now: dt.datetime
+    ) -> None:
+        """Leave something alive: a second campaign rolling out slowly over the running fleet,
+        an embedded beat moving it, and the console served; Ctrl-C stops all three."""
+        beat = None
+        try:
+            self._step("Left running: firmware 1.2.0 for thermo-v2, rolled out slowly")
+            thermo = _retry(lambda: Campaign.objects.get(name="thermo-1-1-rollout").device_class)
+            _, manifest, envelope = self._firmware(
+                people, thermo, now=now, version="1.2.0", sequence=3
             )
-            call_command("runserver", options["serve"], use_reloader=False)
+            self._approve(people, manifest, envelope, "thermo-1.2.0")
+            campaign, _ = services.campaign_apply(
+                spec=parse_spec(LIVE_SPEC, source="demo live spec"),
+                actor=people["dave"][0],
+                source="demo live spec",
+            )
+            beat = EmbeddedBeat().start()
+            self._line(
+                f"campaign {campaign.name}: {campaign.stages.count()} stages, 2 devices a minute "
+                "at first (doubling every 3 minutes), 2-minute soaks; an embedded beat "
+                f"reconciles it every {settings.CAMPAIGN_RECONCILE_SECONDS} s"
+            )
+            self._line(f"follow it here too: manage.py campaign status {campaign.name} --watch")
+            self._step(
+                f"Console: http://{address}/ (sign in as any of the people above; "
+                "Ctrl-C stops it, the fleet and the beat)"
+            )
+            call_command("runserver", address, use_reloader=False)
+        finally:
+            if beat is not None:
+                beat.stop()
+            fleet.stop()
 
     # --- the rollout ---------------------------------------------------------------------------
     def _rollout(
@@ -330,27 +404,29 @@ class Command(BaseCommand):
         *,
         now: dt.datetime,
         key_path: Path | None = None,
+        version: str = "1.1.0",
+        sequence: int = 2,
     ) -> tuple[Any, Any, bytes]:
-        """Firmware 1.1.0 of ``device_class``: an MCUboot image (signed with ``key_path`` when
-        the class's bootloader checks signatures) under a SUIT manifest signed by alice."""
+        """Firmware ``version`` of ``device_class``: an MCUboot image (signed with ``key_path``
+        when the class's bootloader checks signatures) under a SUIT manifest signed by alice."""
         author, author_key = people["alice"]
         image = release_services.image_upload(
             data=imgtool.build_image(
-                (f"{device_class.name} firmware 1.1.0\n".encode() * 2000)[:32768],
-                version="1.1.0",
+                (f"{device_class.name} firmware {version}\n".encode() * 2000)[:32768],
+                version=version,
                 security_counter=1,
                 key_path=key_path,
                 vendor_id=str(device_class.vendor.uuid),
                 class_id=str(device_class.uuid),
             ),
-            filename=f"{device_class.name}-1.1.0.bin",
+            filename=f"{device_class.name}-{version}.bin",
             actor=author,
         )
         envelope = suit.create_envelope(
             manifest_params(
                 device_class=device_class,
                 image=image,
-                sequence_number=2,
+                sequence_number=sequence,
                 security_counter=1,
                 use_before=now + dt.timedelta(days=30),
             ),
