@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from console import views
+from console import views, webhooks
 
 app_name = "console"
 
@@ -35,4 +35,13 @@ urlpatterns = [
     ),
     path("devices/", views.device_list, name="devices"),
     path("devices/<str:endpoint>/", views.device_detail, name="device"),
+    # Outbound webhooks (console/webhooks.py).
+    path("webhooks/", webhooks.webhook_list, name="webhooks"),
+    path("webhooks/<int:pk>/", webhooks.webhook_detail, name="webhook"),
+    path("webhooks/<int:pk>/<str:action>/", webhooks.webhook_action, name="webhook-action"),
+    path(
+        "webhooks/deliveries/<uuid:delivery_id>/resend/",
+        webhooks.webhook_delivery_resend,
+        name="webhook-resend",
+    ),
 ]
