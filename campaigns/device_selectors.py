@@ -3,7 +3,7 @@ console and the API, so both answer a filter the same way), a device's attempt h
 installed versions per class. Read-only.
 
 Built for 100,000 devices and more: every filter and sort is one SQL query the indexes of
-``Device`` and ``Rollout`` serve (``campaigns/migrations/0006_device_list_indexes.py``), a
+``Device`` and ``Rollout`` serve (``campaigns/migrations/0007_device_list_indexes.py``), a
 page costs one COUNT and one SELECT whatever its depth, and the latest rollout of each row
 comes from a correlated subquery on (device, id), not a query per row.
 """

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from console import fleet_views, views, views_devices
+from console import fleet_views, views, views_devices, webhooks
 
 app_name = "console"
 
@@ -45,5 +45,14 @@ urlpatterns = [
         "fleet/groups/<str:name>/delete/",
         fleet_views.device_group_delete,
         name="device-group-delete",
+    ),
+    # Outbound webhooks (console/webhooks.py).
+    path("webhooks/", webhooks.webhook_list, name="webhooks"),
+    path("webhooks/<int:pk>/", webhooks.webhook_detail, name="webhook"),
+    path("webhooks/<int:pk>/<str:action>/", webhooks.webhook_action, name="webhook-action"),
+    path(
+        "webhooks/deliveries/<uuid:delivery_id>/resend/",
+        webhooks.webhook_delivery_resend,
+        name="webhook-resend",
     ),
 ]

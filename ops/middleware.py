@@ -59,10 +59,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
             authorization=request.headers.get("Authorization", ""),
         )
     except metrics.Refusal as refusal:
-        response = JsonResponse({"error": refusal.reason}, status=refusal.status)
+        refused = JsonResponse({"error": refusal.reason}, status=refusal.status)
         if refusal.status == 401:
-            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-        return response
+            refused["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return refused
     from prometheus_client import CONTENT_TYPE_LATEST
 
     response = HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)

@@ -36,7 +36,7 @@ def test_sqlite_busy_is_transient() -> None:
 
 def test_a_pass_that_lost_a_deadlock_runs_again(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    report: Any = object()
+    report: Any = engine.ReconcileReport("c7", "running", 0)
 
     def once(campaign_id: int, *, now: Any) -> Any:
         calls.append(campaign_id)

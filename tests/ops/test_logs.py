@@ -161,3 +161,13 @@ def test_an_unknown_log_format_stops_the_process() -> None:
     result = _run_logging("yaml")
     assert result.returncode != 0
     assert "LOG_FORMAT='yaml'" in result.stderr
+
+
+def test_json_line_of_an_exception_carries_its_traceback(json_lines: io.StringIO) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("fwupd.test").exception("it broke")
+    line = next(e for e in parsed(json_lines) if e["logger"] == "fwupd.test")
+    assert line["level"] == "ERROR" and line["message"] == "it broke"
+    assert "ValueError: boom" in line["exc_info"]

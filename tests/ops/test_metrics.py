@@ -227,3 +227,20 @@ def test_embedded_mode_keeps_the_tallies_in_process(settings: Any) -> None:
     assert (snap.events_applied, snap.event_lag_seconds) == (4, 0.5)
     assert snap.events_last_applied_at == 1000.0
     assert snap.queue_lengths == {} and snap.redis_ok is None
+
+
+def test_start_up_check_warns_about_a_short_token_or_metrics_open_to_all(settings: Any) -> None:
+    import ipaddress
+
+    from ops.checks import metrics_access
+
+    settings.METRICS_TOKEN = "short"
+    assert [m.id for m in metrics_access(None)] == ["ops.W001"]
+    settings.METRICS_TOKEN = None
+    settings.METRICS_ALLOWED_NETWORKS = [ipaddress.ip_network("0.0.0.0/0")]
+    assert [m.id for m in metrics_access(None)] == ["ops.W002"]
+    settings.METRICS_TOKEN = TOKEN
+    assert metrics_access(None) == []
+    settings.METRICS_ALLOWED_NETWORKS = [ipaddress.ip_network("10.0.0.0/8")]
+    settings.METRICS_TOKEN = None
+    assert metrics_access(None) == []

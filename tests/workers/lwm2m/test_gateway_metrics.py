@@ -83,6 +83,10 @@ def test_registrations_and_dtls_handshakes_are_counted(served: tuple[GatewayThre
     assert handshakes(found, "completed") == 1
     assert found[("fwupd_gateway_registrations_total", (("gateway", "gw-dtls"),))] == 1
     assert found[("fwupd_gateway_registered_devices", (("gateway", "gw-dtls"),))] == 1
+    # Every metric docs/operations.md and the alert rules name, and no other (refusals by
+    # code have no sample until something is refused).
+    names = {name for name, _ in found} | {"fwupd_gateway_refused_total"}
+    assert names == set(metrics.GATEWAY_METRICS)
 
     # The wrong key: the handshake never completes and is counted as failed, once.
     with pytest.raises((TimeoutError, aiocoap.error.Error)):
