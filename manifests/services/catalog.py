@@ -220,18 +220,22 @@ def device_class_update(
     """The class's delivery (and forced method) and/or manifest profile, in one transaction:
     either every asked change is made or none is."""
     with transaction.atomic():
+        row = device_class
         if delivery is not None or delivery_method is not None:
-            device_class = device_class_set_delivery(
-                device_class=device_class,
-                delivery=delivery if delivery is not None else device_class.delivery,
+            row = device_class_set_delivery(
+                device_class=row,
+                delivery=delivery if delivery is not None else row.delivery,
                 method=delivery_method,
                 actor=actor,
             )
         if manifest_profile is not None:
-            device_class = device_class_set_manifest_profile(
-                device_class=device_class, manifest_profile=manifest_profile, actor=actor
+            row = device_class_set_manifest_profile(
+                device_class=row, manifest_profile=manifest_profile, actor=actor
             )
-        return device_class
+    # the caller's instance shows what was stored (as the single-purpose services do)
+    device_class.delivery, device_class.delivery_method = row.delivery, row.delivery_method
+    device_class.manifest_profile = row.manifest_profile
+    return row
 
 
 def served_origins() -> list[str]:

@@ -74,7 +74,6 @@ from .constants import (
     SEVERABLE,
     SHARED_DIRECTIVES,
     TAG_COSE_ENCRYPT,
-    TAG_COSE_ENCRYPT0,
     TAG_ENVELOPE,
     TEXT_COMPONENT_KEYS,
     TEXT_KEYS,
@@ -338,18 +337,17 @@ def _p_payload_format(v: Any, where: str, key: int, ctx: _Ctx, depth: int) -> An
 
 
 def _p_encryption_info(v: Any, where: str, key: int, ctx: _Ctx, depth: int) -> Any:
-    """firmware-encryption-24: ``bstr .cbor SUIT_Encryption_Info``, a tagged COSE_Encrypt (96)
-    or COSE_Encrypt0 (16). Decoded and shown; acting on it (decrypting) is not supported."""
+    """firmware-encryption-24: ``bstr .cbor SUIT_Encryption_Info``, and
+    ``SUIT_Encryption_Info = #6.96(COSE_Encrypt)``. Decoded and shown; acting on it (decrypting)
+    is not supported."""
     path = _pp(where, key)
     _want_bytes(v, path, "encryption-info")
     info = decode_item(v, path, ctx.max_depth - depth, canonical=False)
-    if type(info) is not CBORTag or info.tag not in (TAG_COSE_ENCRYPT, TAG_COSE_ENCRYPT0):
-        raise _type_error(info, path, "encryption-info must be a tagged COSE_Encrypt or Encrypt0")
+    if type(info) is not CBORTag or info.tag != TAG_COSE_ENCRYPT:
+        raise _type_error(info, path, "encryption-info must be a COSE_Encrypt tagged 96")
     body = info.value
-    size = 4 if info.tag == TAG_COSE_ENCRYPT else 3
-    if not isinstance(body, list | tuple) or len(body) != size:
-        name = "COSE_Encrypt" if info.tag == TAG_COSE_ENCRYPT else "COSE_Encrypt0"
-        raise SUITValueError(f"{name} must be an array of {size} items", path=path)
+    if not isinstance(body, list | tuple) or len(body) != 4:
+        raise SUITValueError("COSE_Encrypt must be an array of 4 items", path=path)
     ctx.encryption.append(info)
     return info
 

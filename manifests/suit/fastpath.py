@@ -8,16 +8,19 @@ byte layout (see ``docs/suit.md``, "Wire format")::
 
     d8 6b a2 02 <bstr auth> 03 <bstr manifest>
     auth     = 8N 58 24 [82 2f 58 20 <32>] (58 6e <COSE_Sign1, 110 bytes>){N-1}
-    manifest = a7 01 01 02 <uint> 03 <bstr common> 06 <bstr set-version>
-               07 43 82 03 0f 09 43 82 17 02 14 <bstr install>
+    manifest = a8 01 01 02 <uint> 03 <bstr common> 06 <bstr set-version>
+               07 43 82 03 0f 09 43 82 17 02 14 <bstr install> 17 <bstr text>
+    install  = one of the four forms of the two profiles, with or without a URI
+    text     = {"en": {[component]: {8: current-version}}}
 
-:func:`decode_fast` matches that layout with one regular expression over the whole envelope
+:func:`decode_fast` matches everything up to the install head with one regular expression
 (constant bytes literally; integers and string heads only in preferred form; fixed-size fields
-by length), checks every length a head declares against what the match found, and builds
+by length), cuts install and text by the lengths their heads declare, matches each against its
+few possible forms, checks every length a head declares against what was found, and builds
 exactly the :class:`Envelope` the general decoder would. It answers ``None`` (the caller then
-runs the general decoder, which names the problem) for anything else: another layout, a
-severed or text member, any non-preferred head, trailing bytes, a digest mismatch, a depth
-limit below what the layout needs.
+runs the general decoder, which names the problem) for anything else: another layout (also the
+product's own older one), a severed member, other text, any non-preferred head, trailing bytes,
+a digest mismatch, a depth limit below what the layout needs.
 
 Soundness: everything accepted here is a subset of what the general decoder accepts, with an
 identical result. Each field is definite-length, preferred-form, of the one type the layout

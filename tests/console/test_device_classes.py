@@ -54,6 +54,21 @@ def test_bad_delivery_from_the_console_is_a_message_and_changes_nothing(login: A
     assert DeviceClass.objects.get(pk=world.thermo_v1.pk).delivery == "suit"
 
 
+def test_admin_changes_a_class_manifest_profile_from_the_console(login: Any, world: Any):
+    page = login("admin").get("/device-classes/").content.decode()
+    assert '<td data-role="manifest-profile">extended</td>' in page
+    assert '<select name="manifest_profile">' in page
+    response = login("admin").post(
+        f"/device-classes/{world.thermo_v1.pk}/delivery/",
+        {"delivery": "suit", "delivery_method": "auto", "manifest_profile": "standard"},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert any("manifest profile standard" in m for m in _messages(response)), _messages(response)
+    assert DeviceClass.objects.get(pk=world.thermo_v1.pk).manifest_profile == "standard"
+    assert AuditEvent.objects.filter(action="device_class.set_manifest_profile").count() == 1
+
+
 def test_plan_preview_and_campaign_page_show_delivery_per_stage(login: Any, world: Any):
     make_devices(world, 4)
     Device.objects.filter(endpoint="dev-00000").update(fw_delivery_method=1)

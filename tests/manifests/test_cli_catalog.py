@@ -141,6 +141,28 @@ def test_devclass_add_derives_the_class_uuid_and_lists_it(vendor: Any, catalog_a
     assert str(device_class.uuid) in listing and "raw" in listing
 
 
+def test_devclass_manifest_profile_is_set_at_add_and_changed_with_set(
+    vendor: Any, catalog_admin: Any
+):
+    output = cli(
+        "devclass", "add", "--vendor-domain", "acme.example", "--name", "stock",
+        "--manifest-profile", "standard", "--user", catalog_admin.username,
+    )  # fmt: skip
+    assert "manifest profile standard" in output
+    assert DeviceClass.objects.get(name="stock").manifest_profile == "standard"
+    output = cli(
+        "devclass", "set", "--vendor-domain", "acme.example", "--name", "stock",
+        "--manifest-profile", "extended", "--user", catalog_admin.username,
+    )  # fmt: skip
+    assert "manifest profile extended" in output
+    row = DeviceClass.objects.get(name="stock")
+    assert (row.manifest_profile, row.delivery) == ("extended", "image")
+    assert "extended" in cli("devclass", "list")
+    with pytest.raises(CommandError, match="--manifest-profile"):
+        cli("devclass", "set", "--vendor-domain", "acme.example", "--name", "stock",
+            "--user", catalog_admin.username)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("args", "code"),
     [

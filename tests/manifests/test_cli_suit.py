@@ -610,3 +610,53 @@ def test_create_for_suit_integrated_defaults_to_a_fragment_and_refuses_other_uri
     )
     assert "fragment-only" in message
     assert not (tmp_path / "j.suit").exists()
+
+
+# --- conformance: what inspect / verify show and refuse ----------------------------------------
+def test_create_with_the_standard_profile_writes_no_custom_key(
+    tmp_path: Path, image: Path, author_key: tuple[Path, Path]
+):
+    out = tmp_path / "standard.suit"
+    cli(*create_args(image, author_key[0], out), "--profile", "standard")
+    data = inspect_json(out)
+    assert (data["profile"], data["security_counter"], data["payload_format"]) == (
+        "standard",
+        None,
+        None,
+    )
+    assert (data["version"], data["set_version"]) == ("1.4.0+7", [1, 4, 0])
+    assert "OK: 1 distinct key(s)" in cli("suit", "verify", str(out), "--key", str(author_key[1]))
+
+
+def test_inspect_shows_and_verify_checks_a_cose_mac0_block(tmp_path: Path, envelope: Path):
+    secret = tmp_path / "mac.key"
+    secret.write_bytes(bytes(range(32)))
+    raw = envelope.read_bytes()
+    block = suit.mac0(suit.decode_envelope(raw).digest_bstr, secret.read_bytes())
+    mac_only = tmp_path / "mac.suit"
+    top = cbor2.loads(raw)
+    auth = cbor2.loads(top.value[2])
+    mac_only.write_bytes(
+        cbor2.dumps(
+            cbor2.CBORTag(107, {2: cbor2.dumps([auth[0], block]), 3: top.value[3]}),
+            canonical=True,
+        )
+    )
+    sig = inspect_json(mac_only)["signatures"][0]
+    assert (sig["kind"], sig["alg"], sig["alg_name"]) == ("COSE_Mac0", 5, "HMAC-256")
+    assert "OK: 1 distinct key(s)" in cli("suit", "verify", str(mac_only), "--mac-key", str(secret))
+    message = refused("suit", "verify", str(mac_only), "--key", str(envelope.parent / "x.pem"))
+    assert "x.pem" in message  # an unreadable key file is named first
+    pub = tmp_path / "k.pub.pem"
+    pub.write_bytes(suit.public_key_pem(suit.generate_private_key("ES256")))
+    message = refused("suit", "verify", str(mac_only), "--key", str(pub))
+    assert "[suit.unsupported]" in message and "COSE_Mac0" in message
+
+
+def test_inspect_and_verify_name_an_untagged_envelope(tmp_path: Path, envelope: Path):
+    untagged = tmp_path / "untagged.suit"
+    untagged.write_bytes(envelope.read_bytes()[2:])
+    for action in ("inspect", "verify"):
+        extra = ["--mac-key", str(envelope)] if action == "verify" else []
+        message = refused("suit", action, str(untagged), *extra)
+        assert "untagged SUIT_Envelope (tag 107 missing) [suit.tag]" in message
