@@ -74,6 +74,11 @@ class Command(BaseCommand):
                     f"campaign {campaign.name}: {outcome} (revision "
                     f"{campaign.revision}); stages {planned}"
                 )
+                if campaign.target_members is not None:
+                    self.stdout.write(
+                        f"  group {campaign.target_group}: {len(campaign.target_members)} "
+                        "device(s), frozen when the campaign was created"
+                    )
             elif action == "status":
                 data = campaign_status(_campaign(options["name"]))
                 if options["json"]:
