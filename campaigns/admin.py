@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from campaigns.models import Campaign, CampaignStage, Device, EmergencyStop, Rollout
+from campaigns.models import (
+    Campaign,
+    CampaignStage,
+    Device,
+    DeviceGroup,
+    EmergencyStop,
+    Rollout,
+)
 from manifests.admin import ReadOnlyAdmin
 
 
@@ -27,7 +34,15 @@ class DeviceAdmin(ReadOnlyAdmin):
 
 @admin.register(Campaign)
 class CampaignAdmin(ReadOnlyAdmin):
-    list_display = ("name", "release", "status", "current_stage", "revision", "created_at")
+    list_display = (
+        "name",
+        "release",
+        "status",
+        "current_stage",
+        "revision",
+        "target_group",
+        "created_at",
+    )
     list_filter = ("status",)
 
 
@@ -45,3 +60,10 @@ class RolloutAdmin(ReadOnlyAdmin):
 @admin.register(EmergencyStop)
 class EmergencyStopAdmin(ReadOnlyAdmin):
     list_display = ("pk", "scope", "reason", "created_by", "created_at", "lifted_at")
+
+
+@admin.register(DeviceGroup)
+class DeviceGroupAdmin(ReadOnlyAdmin):
+    list_display = ("name", "kind", "filter", "created_by", "created_at")
+    list_filter = ("kind",)
+    search_fields = ("name",)

@@ -109,3 +109,17 @@ def test_groups_are_created_listed_shown_and_deleted(catalog: Catalog) -> None:
         device("group", "show", "pilot")
     with pytest.raises(CommandError, match=r"empty filter|one of them"):
         device("group", "create", "all", "--user", "ops")
+
+
+def test_apply_of_a_group_campaign_says_its_members_are_frozen(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    from tests.campaigns.support import spec_text
+
+    make_devices(catalog, 4)
+    device("group", "create", "pilot", "--user", "ops", "--endpoints", "dev-00001,dev-00003")
+    path = tmp_path / "pilot.yaml"
+    path.write_text(spec_text("pilot-rollout", target_extra="  group: pilot\n"))
+    out = io.StringIO()
+    call_command("campaign", "apply", str(path), "--user", "ops", stdout=out)
+    assert "group pilot: 2 device(s), frozen when the campaign was created" in out.getvalue()

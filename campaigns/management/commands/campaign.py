@@ -182,6 +182,11 @@ class Command(BaseCommand):
                     f"{campaign.revision}); stages {planned}"
                     + (f"; {describe_start(waiting)}" if waiting else "")
                 )
+                if campaign.target_members is not None:
+                    self.stdout.write(
+                        f"  group {campaign.target_group}: {len(campaign.target_members)} "
+                        "device(s), frozen when the campaign was created"
+                    )
             elif action == "status":
                 if options["watch"]:
                     if options["json"]:
