@@ -258,7 +258,10 @@ class DeviceFilter(StrictFilterSet):
     device_class = IdFilter("device_class_id")
     vendor = IdFilter("vendor_id")
     firmware_version = df.CharFilter()
-    online = BooleanFilter()
+    online = BooleanFilter(
+        method="filter_online",
+        help_text="online by the registration: flagged online and its lifetime not run out",
+    )
     fw_state = IntegerFilter(
         max_value=SMALL_MAX, help_text="LwM2M /5/0/3 State (0 idle .. 3 updating)"
     )
@@ -301,6 +304,9 @@ class DeviceFilter(StrictFilterSet):
         self, queryset: QuerySet[Device], name: str, value: str
     ) -> QuerySet[Device]:
         return device_selectors.filter_update_state(queryset, value)
+
+    def filter_online(self, queryset: QuerySet[Device], name: str, value: bool) -> QuerySet[Device]:
+        return device_selectors.filter_online(queryset, value, now=timezone.now())
 
     def filter_unseen(self, queryset: QuerySet[Device], name: str, value: int) -> QuerySet[Device]:
         return device_selectors.filter_unseen(queryset, value, now=timezone.now())

@@ -167,6 +167,24 @@ def filter_unseen(
     return devices.filter(Q(last_seen__lt=now - dt.timedelta(hours=hours)) | Q(last_seen=None))
 
 
+def live_registration(now: dt.datetime) -> Q:
+    """Online by the registration interface: the registry says online and the registration's
+    lifetime has not run out (a device whose gateway went away without reporting the expiry
+    is not online). A row with no expiry (made without a Register: imported, or a test's)
+    goes by the flag alone. The same rule the gateway applies before adopting a registration
+    (``workers.lwm2m.selectors``)."""
+    return Q(online=True) & (Q(registration_expires_at=None) | Q(registration_expires_at__gt=now))
+
+
+def filter_online(
+    devices: QuerySet[Device], online: bool | None, *, now: dt.datetime
+) -> QuerySet[Device]:
+    if online is None:
+        return devices
+    live = live_registration(now)
+    return devices.filter(live if online else ~live)
+
+
 def filter_tag(devices: QuerySet[Device], tag: str) -> QuerySet[Device]:
     """Devices carrying ``tag`` (tags are a JSON list). PostgreSQL answers containment itself;
     SQLite has none, so rows are narrowed by text first and checked exactly in Python."""
@@ -199,8 +217,7 @@ def device_list(*, query: DeviceQuery, now: dt.datetime) -> QuerySet[Device]:
         devices = devices.filter(device_class_id=int(query.device_class))
     if query.version:
         devices = devices.filter(firmware_version=query.version)
-    if query.online is not None:
-        devices = devices.filter(online=query.online)
+    devices = filter_online(devices, query.online, now=now)
     devices = filter_tag(devices, query.tag)
     devices = filter_unseen(devices, query.unseen_hours, now=now)
     devices = filter_update_state(devices, query.state)

@@ -98,13 +98,19 @@ def device_list(request: HttpRequest) -> HttpResponse:
     except fleet.DeviceQueryError as exc:
         context.update(error=str(exc), query=fleet.DeviceQuery(), devices=[], sorts={})
         return _page(request, "console/devices.html", context, status=400)
-    paginator = Paginator(fleet.device_list(query=query, now=timezone.now()), DEVICE_ROWS)
+    now = timezone.now()
+    paginator = Paginator(fleet.device_list(query=query, now=now), DEVICE_ROWS)
     page = paginator.get_page(int(number))
     ids = cast("QuerySet[Device]", page.object_list)
     rows = fleet.device_rows(ids, query=query) if paginator.count else []
     for device in rows:
         device.clock = _clock_text(device)  # type: ignore[attr-defined]
         device.update_text = _update_text(device)  # type: ignore[attr-defined]
+        device.lapsed = bool(  # type: ignore[attr-defined]
+            device.online
+            and device.registration_expires_at is not None
+            and device.registration_expires_at <= now
+        )
     params = query.params()
 
     def link(n: int) -> str:

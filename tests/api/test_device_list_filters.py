@@ -65,3 +65,12 @@ def test_bad_device_list_filters_are_refused_naming_the_parameter(
     response = people["auditor"].client.get(f"/api/devices/?{query}")
     assert response.status_code == 400, response.content[:300]
     assert field in [e["path"] for e in response.json()["errors"]]
+
+
+def test_online_means_a_live_registration(people: dict[str, Any], world: dict[str, Any]):
+    Device.objects.filter(endpoint="thermo-03").update(
+        registration_expires_at=timezone.now() - dt.timedelta(minutes=1)
+    )
+    client = people["auditor"].client
+    assert _endpoints(client.get("/api/devices/?online=false")) == ["thermo-03", "thermo-05"]
+    assert "thermo-03" not in _endpoints(client.get("/api/devices/?online=true"))

@@ -111,6 +111,24 @@ def test_filter_online_and_not_seen_for_hours(login: Any, fleet: Any) -> None:
     assert six.context["page"].paginator.count == 2 + 90
 
 
+def test_a_lapsed_registration_counts_as_offline(login: Any, fleet: Any) -> None:
+    """Flagged online, but its registration's lifetime ran out with no expiry reported (its
+    gateway went away): offline, and the row says why."""
+    now = timezone.now()
+    Device.objects.filter(endpoint="dev-00011").update(
+        registration_expires_at=now - dt.timedelta(minutes=5)
+    )
+    Device.objects.filter(endpoint="dev-00012").update(
+        registration_expires_at=now + dt.timedelta(minutes=5)
+    )
+    client = login("auditor")
+    offline = client.get("/devices/", {"online": "no"})
+    assert _endpoints(offline) == ["dev-00011"]
+    assert "offline (registration lapsed)" in offline.content.decode()
+    online = client.get("/devices/", {"online": "yes", "q": "dev-0001"})
+    assert "dev-00011" not in _endpoints(online) and "dev-00012" in _endpoints(online)
+
+
 def test_filter_by_the_latest_update_state(login: Any, campaign: Any, world: Any) -> None:
     """A device's update state is its latest rollout's; "never" finds devices no campaign
     took in."""
