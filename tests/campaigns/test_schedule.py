@@ -214,3 +214,23 @@ def test_a_finished_campaign_is_not_scheduled(catalog: Catalog) -> None:
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.ABORTED
     assert scheduled_for(campaign, now=now) is None
+
+
+@pytest.mark.django_db
+def test_the_api_refuses_a_new_start_after_dispatch_with_409_and_the_code(
+    catalog: Catalog, client: Any
+) -> None:
+    make_devices(catalog, 1)
+    campaign = apply(catalog, BASE)
+    engine.campaign_reconcile(campaign.pk)
+    client.force_login(catalog.ops)
+    later = (timezone.now() + dt.timedelta(days=1)).replace(microsecond=0)
+    response = client.put(
+        f"/api/campaigns/{campaign.name}/",
+        {"document": BASE + _at(later)},
+        content_type="application/json",
+    )
+    assert response.status_code == 409, response.content
+    assert response.json()["code"] == "campaign.already_started"
+    campaign.refresh_from_db()
+    assert campaign.revision == 1 and "start_at" not in campaign.spec
