@@ -200,6 +200,8 @@ def test_status_says_scheduled_for_in_the_cli_and_the_api(
     assert f'<strong id="campaign-scheduled">{expected}</strong>' in page
     listing = client.get("/campaigns/").content.decode()
     assert f'<span class="muted" data-role="scheduled">{expected}</span>' in listing
+    preview = client.post("/campaigns/+new/", {"spec": BASE + _at(start), "action": "plan"})
+    assert f'<p id="plan-scheduled"><strong>{expected}</strong> (start_at)' in preview.text
 
 
 @pytest.mark.django_db
