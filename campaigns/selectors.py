@@ -19,7 +19,14 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from campaigns import clock, stages
-from campaigns.models import IN_FLIGHT_STATES, Campaign, DeviceCommand, Rollout, RolloutState
+from campaigns.models import (
+    IN_FLIGHT_STATES,
+    Campaign,
+    CampaignStatus,
+    DeviceCommand,
+    Rollout,
+    RolloutState,
+)
 from campaigns.spec import parse_spec, parse_timestamp
 
 
@@ -42,7 +49,9 @@ def scheduled_for(campaign: Campaign, *, now: dt.datetime) -> dt.datetime | None
     """The start the campaign still waits for: its ``start_at`` while that is in the future and
     the campaign neither finished nor was aborted; None once it may dispatch."""
     start_at = start_at_of(campaign)
-    if start_at is None or start_at <= now or campaign.status in ("completed", "aborted"):
+    if start_at is None or start_at <= now:
+        return None
+    if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.ABORTED):
         return None
     return start_at
 

@@ -283,6 +283,8 @@ def campaign_new(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"campaign {campaign.name} {outcome}")
                 return redirect("console:campaign", name=campaign.name)
             context["plan"] = planning.campaign_plan(spec=spec, source=SPEC_SOURCE).as_dict()
+            if spec.start_at is not None and spec.start_at > timezone.now():
+                context["scheduled"] = campaign_selectors.describe_start(spec.start_at)
         except SERVICE_ERRORS as exc:
             errors = getattr(exc, "errors", None) or [exc]
             context["errors"] = [

@@ -200,6 +200,8 @@ def test_status_says_scheduled_for_in_the_cli_and_the_api(
     assert f'<strong id="campaign-scheduled">{expected}</strong>' in page
     listing = client.get("/campaigns/").content.decode()
     assert f'<span class="muted" data-role="scheduled">{expected}</span>' in listing
+    preview = client.post("/campaigns/+new/", {"spec": BASE + _at(start), "action": "plan"})
+    assert f'<p id="plan-scheduled"><strong>{expected}</strong> (start_at)' in preview.text
 
 
 @pytest.mark.django_db
@@ -214,3 +216,23 @@ def test_a_finished_campaign_is_not_scheduled(catalog: Catalog) -> None:
     campaign.refresh_from_db()
     assert campaign.status == CampaignStatus.ABORTED
     assert scheduled_for(campaign, now=now) is None
+
+
+@pytest.mark.django_db
+def test_the_api_refuses_a_new_start_after_dispatch_with_409_and_the_code(
+    catalog: Catalog, client: Any
+) -> None:
+    make_devices(catalog, 1)
+    campaign = apply(catalog, BASE)
+    engine.campaign_reconcile(campaign.pk)
+    client.force_login(catalog.ops)
+    later = (timezone.now() + dt.timedelta(days=1)).replace(microsecond=0)
+    response = client.put(
+        f"/api/campaigns/{campaign.name}/",
+        {"document": BASE + _at(later)},
+        content_type="application/json",
+    )
+    assert response.status_code == 409, response.content
+    assert response.json()["code"] == "campaign.already_started"
+    campaign.refresh_from_db()
+    assert campaign.revision == 1 and "start_at" not in campaign.spec

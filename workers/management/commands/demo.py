@@ -319,11 +319,16 @@ class Command(BaseCommand):
                 f"Console: http://{address}/ (sign in as any of the people above; "
                 "Ctrl-C stops it, the fleet and the beat)"
             )
-            call_command("runserver", address, use_reloader=False)
+            self._runserver(address)
         finally:
             if beat is not None:
                 beat.stop()
             fleet.stop()
+
+    def _runserver(self, address: str) -> None:
+        """Serve the console until Ctrl-C (Django's development server, no reloader: the fleet
+        and the beat live in this process)."""
+        call_command("runserver", address, use_reloader=False)
 
     # --- the rollout ---------------------------------------------------------------------------
     def _rollout(
