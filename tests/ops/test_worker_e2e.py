@@ -19,7 +19,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from campaigns.models import Rollout, RolloutState
-from ops import logs, tallies
+from ops import logs
 from tests.campaigns.support import Catalog, apply, build_catalog, make_devices, spec_text
 from tests.campaigns.test_worker_killed_e2e import BROKER, Workers, broker_queue
 from workers.tasks import campaign_reconcile_task, device_events_task
@@ -38,21 +38,22 @@ class JsonWorkers(Workers):
     def start(self) -> Any:
         import os
 
+        from django.conf import settings
+
         os.environ["LOG_FORMAT"] = "json"
+        os.environ["METRICS_TALLY_PREFIX"] = settings.METRICS_TALLY_PREFIX  # this test's own
         try:
             return super().start()
         finally:
-            del os.environ["LOG_FORMAT"]
+            del os.environ["LOG_FORMAT"], os.environ["METRICS_TALLY_PREFIX"]
 
 
 @pytest.fixture
 def worker(broker_queue: str, tmp_path: Path) -> Iterator[JsonWorkers]:
-    tallies.reset()
     workers = JsonWorkers(broker_queue, tmp_path)
     workers.start()
     yield workers
     workers.stop_all()
-    tallies.reset()
 
 
 def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
