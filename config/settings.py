@@ -397,6 +397,8 @@ READINESS_TIMEOUT_SECONDS = envint("READINESS_TIMEOUT_SECONDS", 2, minimum=1)
 # holds it) and/or client networks (CIDR list). Both set: both required. Neither: /metrics is off.
 METRICS_TOKEN = envopt("METRICS_TOKEN")
 METRICS_ALLOWED_NETWORKS = envnetworks("METRICS_ALLOWED_NETWORKS", [])
+# Prefix of the Redis keys holding the workers' counts for /metrics (dispatches, device events).
+METRICS_TALLY_PREFIX = envstr("METRICS_TALLY_PREFIX", "fwupd:metrics:")
 # Celery queues whose length /metrics reports (Redis broker only).
 METRICS_CELERY_QUEUES = envlist("METRICS_CELERY_QUEUES", ["celery"])
 # Log lines as text (default) or one JSON object per line with request_id, campaign and device.

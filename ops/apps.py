@@ -9,4 +9,4 @@ class OpsConfig(AppConfig):
     verbose_name = "Operations"
 
     def ready(self) -> None:
-        from ops import checks  # noqa: F401  (registers the settings checks)
+        from ops import celery_context, checks  # noqa: F401  (signal handlers, settings checks)

@@ -87,4 +87,7 @@ class OpsEndpointsMiddleware:
             return self.get_response(request)
         if request.method not in ("GET", "HEAD"):
             return HttpResponseNotAllowed(["GET", "HEAD"])
-        return view(request)
+        response = view(request)
+        # What SecurityMiddleware, which these answers skip, would have added.
+        response["X-Content-Type-Options"] = "nosniff"
+        return response

@@ -3,7 +3,8 @@
 Dispatches happen in Celery workers and device events are applied there, while Prometheus
 scrapes the web process: a ``prometheus_client.Counter`` in a worker would never be seen (and a
 prefork worker has several children). So these few numbers are kept in Redis when the broker is
-Redis (the one store every process already shares), as hash fields under ``fwupd:metrics:``,
+Redis (the one store every process already shares), as hash fields under
+``METRICS_TALLY_PREFIX`` (``fwupd:metrics:``),
 and in this process's memory otherwise (the embedded default, where tasks run in-process).
 
 Recording never fails the work it describes: a Redis error is logged and the count is lost.
@@ -21,9 +22,10 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "fwupd:metrics:"
-DISPATCHES_KEY = PREFIX + "dispatches"  # hash: campaign name -> rollouts dispatched
-EVENTS_KEY = PREFIX + "device-events"  # hash: applied, lag_seconds, last_applied_at
+# Hash keys under METRICS_TALLY_PREFIX (default "fwupd:metrics:"; two deployments sharing one
+# Redis database give each its own prefix).
+DISPATCHES = "dispatches"  # hash: campaign name -> rollouts dispatched
+EVENTS = "device-events"  # hash: applied, lag_seconds, last_applied_at
 # Seconds a metrics read or write may take before it is given up (never blocks the work long).
 REDIS_TIMEOUT = 1.0
 
@@ -39,8 +41,12 @@ class Snapshot:
 
 
 _lock = threading.Lock()
-_memory: dict[str, dict[str, Any]] = {DISPATCHES_KEY: {}, EVENTS_KEY: {}}
+_memory: dict[str, dict[str, Any]] = {DISPATCHES: {}, EVENTS: {}}
 _clients: dict[str, Any] = {}
+
+
+def key(name: str) -> str:
+    return f"{settings.METRICS_TALLY_PREFIX}{name}"
 
 
 def redis_url() -> str | None:
@@ -70,11 +76,11 @@ def dispatches_add(*, campaign: str, count: int) -> None:
     client = _client()
     if client is None:
         with _lock:
-            table = _memory[DISPATCHES_KEY]
+            table = _memory[DISPATCHES]
             table[campaign] = table.get(campaign, 0) + count
         return
     try:
-        client.hincrby(DISPATCHES_KEY, campaign, count)
+        client.hincrby(key(DISPATCHES), campaign, count)
     except Exception as exc:  # redis errors and timeouts: the count is lost, the work is not
         logger.warning("could not record %d dispatches of %s: %s", count, campaign, exc)
 
@@ -91,14 +97,14 @@ def events_applied(*, count: int, lag_seconds: float | None, now: float | None =
     client = _client()
     if client is None:
         with _lock:
-            table = _memory[EVENTS_KEY]
+            table = _memory[EVENTS]
             table["applied"] = int(table.get("applied", 0)) + count
             table.update(fields)
         return
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.hincrby(EVENTS_KEY, "applied", count)
-        pipe.hset(EVENTS_KEY, mapping=fields)
+        pipe.hincrby(key(EVENTS), "applied", count)
+        pipe.hset(key(EVENTS), mapping=fields)
         pipe.execute()
     except Exception as exc:
         logger.warning("could not record %d applied device events: %s", count, exc)
@@ -122,8 +128,8 @@ def snapshot(*, queues: list[str]) -> Snapshot:
     client = _client()
     if client is None:
         with _lock:
-            dispatches = dict(_memory[DISPATCHES_KEY])
-            events = dict(_memory[EVENTS_KEY])
+            dispatches = dict(_memory[DISPATCHES])
+            events = dict(_memory[EVENTS])
         return Snapshot(
             dispatches=dispatches,
             events_applied=int(events.get("applied", 0)),
@@ -132,8 +138,8 @@ def snapshot(*, queues: list[str]) -> Snapshot:
         )
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.hgetall(DISPATCHES_KEY)
-        pipe.hgetall(EVENTS_KEY)
+        pipe.hgetall(key(DISPATCHES))
+        pipe.hgetall(key(EVENTS))
         for queue in queues:
             pipe.llen(queue)
         raw_dispatches, raw_events, *lengths = pipe.execute()
@@ -154,8 +160,8 @@ def snapshot(*, queues: list[str]) -> Snapshot:
 def reset() -> None:
     """Forget every tally (tests; an operator clearing counters after a test run)."""
     with _lock:
-        _memory[DISPATCHES_KEY].clear()
-        _memory[EVENTS_KEY].clear()
+        _memory[DISPATCHES].clear()
+        _memory[EVENTS].clear()
     client = _client()
     if client is not None:
-        client.delete(DISPATCHES_KEY, EVENTS_KEY)
+        client.delete(key(DISPATCHES), key(EVENTS))

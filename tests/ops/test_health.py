@@ -21,6 +21,7 @@ def test_healthz_answers_without_touching_a_dependency(settings: Any) -> None:
     response = Client().get("/healthz", HTTP_HOST="10.0.0.7")  # a pod address, not allowed
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+    assert response["X-Content-Type-Options"] == "nosniff"
 
 
 def test_probes_are_not_redirected_to_https(settings: Any) -> None:
