@@ -426,3 +426,10 @@ def test_cose_mac0_interoperates_with_pycose_both_ways() -> None:
     block = cbor2.dumps(cbor2.CBORTag(17, [encoded.value[0], {}, None, encoded.value[3]]))
     env = suit.decode_envelope(suit.add_signatures(unsigned, [block]))
     assert suit.verify_envelope(env, [], mac_keys=[MAC_KEY]).ok
+
+
+def test_an_uploaded_approval_block_must_be_a_signature_not_a_mac() -> None:
+    unsigned = suit.create_envelope(make_params(), keys=[])
+    block = suit.mac0(suit.decode_envelope(unsigned).digest_bstr, MAC_KEY)
+    with pytest.raises(suit.SUITCOSEError, match="COSE_Mac0 names no signer"):
+        suit.parse_signature_block(block)
