@@ -550,7 +550,8 @@ def _author_key(env: suit.Envelope, *, owner: AbstractBaseUser, now: dt.datetime
         public = suit.load_public_key_pem(key.public_key_pem.encode())
         for sig in env.signatures:
             if (
-                sig.kid
+                sig.kind == "sign1"
+                and sig.kid
                 and sig.kid.hex() == key.kid
                 and suit.verify_signature_block(env, sig, public)
             ):

@@ -305,7 +305,13 @@ def parse_signature_block(data: bytes, *, max_depth: int = 8) -> SignatureBlock:
     try:
         if not isinstance(data, bytes | bytearray | memoryview):
             raise SUITTypeError(f"block must be bytes, got {type(data).__name__}", path="block")
-        return parse_sign1(bytes(data), "block", max_depth)
+        block = parse_sign1(bytes(data), "block", max_depth)
+        if block.kind != "sign1":
+            raise SUITCOSEError(
+                "an uploaded block must be a COSE_Sign1: a COSE_Mac0 names no signer",
+                path="block",
+            )
+        return block
     except SUITError:
         raise
     except Exception as exc:

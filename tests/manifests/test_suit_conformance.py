@@ -399,3 +399,37 @@ def test_fast_path_and_general_decoder_agree_on_every_profile_and_option() -> No
                 fast = decode_fast(raw, 16)
                 assert fast is not None, (profile, uri, version)
                 assert fast == _decode_envelope(raw, 16)
+
+
+def test_cose_mac0_interoperates_with_pycose_both_ways() -> None:
+    from pycose.algorithms import HMAC256
+    from pycose.headers import KID, Algorithm
+    from pycose.keys import SymmetricKey
+    from pycose.messages import Mac0Message
+
+    unsigned = suit.create_envelope(make_params(), keys=[])
+    digest_bstr = suit.decode_envelope(unsigned).digest_bstr
+    ours = cbor2.loads(suit.mac0(digest_bstr, MAC_KEY))
+    protected, unprotected, payload, tag = ours.value
+    message = Mac0Message.from_cose_obj([protected, dict(unprotected), payload, tag], True)
+    message.payload = digest_bstr  # detached: the envelope supplies it
+    message.key = SymmetricKey(k=MAC_KEY)
+    assert message.verify_tag()
+    from manifests.suit.cose import symmetric_kid
+
+    theirs = Mac0Message(
+        phdr={Algorithm: HMAC256, KID: symmetric_kid(MAC_KEY)},
+        payload=digest_bstr,
+        key=SymmetricKey(k=MAC_KEY),
+    )
+    encoded = cbor2.loads(theirs.encode())
+    block = cbor2.dumps(cbor2.CBORTag(17, [encoded.value[0], {}, None, encoded.value[3]]))
+    env = suit.decode_envelope(suit.add_signatures(unsigned, [block]))
+    assert suit.verify_envelope(env, [], mac_keys=[MAC_KEY]).ok
+
+
+def test_an_uploaded_approval_block_must_be_a_signature_not_a_mac() -> None:
+    unsigned = suit.create_envelope(make_params(), keys=[])
+    block = suit.mac0(suit.decode_envelope(unsigned).digest_bstr, MAC_KEY)
+    with pytest.raises(suit.SUITCOSEError, match="COSE_Mac0 names no signer"):
+        suit.parse_signature_block(block)

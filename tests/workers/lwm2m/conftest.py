@@ -64,6 +64,7 @@ def make_release(
     version: str = "1.1.0",
     class_id: uuid.UUID = CLASS_ID,
     use_before: dt.datetime | None = None,
+    profile: str = "extended",
 ) -> Release:
     params = suit.ManifestParams(
         vendor_id=VENDOR_ID,
@@ -77,6 +78,7 @@ def make_release(
         use_before=use_before,
         component_id=(b"\x00",),
         payload_format="mcuboot",
+        profile=profile,
     )
     envelope = suit.create_envelope(params, keys=[key])
     decoded = suit.decode_envelope(envelope)

@@ -16,7 +16,11 @@ from tests.workers.lwm2m.conftest import (
     make_release,
     run_with_fleet,
 )
-from workers.lwm2m.errors import DeviceOperationError, UnsupportedProtocolError
+from workers.lwm2m.errors import (
+    DeviceOperationError,
+    UnsupportedProtocolError,
+    UpdateFailedError,
+)
 from workers.lwm2m.object5 import FwResult, FwState
 from workers.lwm2m.simulator import Faults
 
@@ -65,6 +69,41 @@ def test_full_update_of_several_devices(signing_key: Any) -> None:
 
     run_with_fleet(
         scenario, count=3, anchors=[signing_key.public_key()], firmware=_firmware(release)
+    )
+
+
+def test_standard_profile_devices_install_a_standard_envelope_and_extended_ones_refuse_it(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key, profile="standard")
+
+    async def standard(h: Harness) -> None:
+        result = await h.gateway.run_operation(
+            next(iter(h.fleet.devices)), "fw_update", {"manifest_digest": release.digest}
+        )
+        assert (result["phase"], result["result"]) == ("succeeded", 1)
+        device = next(iter(h.fleet.devices.values()))
+        assert (device.state.version, device.state.sequence_number) == ("1.1.0", 2)
+        assert device.state.security_counter == 1  # no counter in a standard manifest
+
+    run_with_fleet(
+        standard,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=_firmware(release),
+        spec_kwargs={"manifest_profile": "standard"},
+    )
+
+    async def extended(h: Harness) -> None:
+        endpoint = next(iter(h.fleet.devices))
+        with pytest.raises(UpdateFailedError, match="result 6"):  # unsupported package type
+            await h.gateway.run_operation(
+                endpoint, "fw_update", {"manifest_digest": release.digest}
+            )
+        assert "refused device.component_mismatch" in h.fleet.devices[endpoint].events
+
+    run_with_fleet(
+        extended, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release)
     )
 
 
