@@ -3,6 +3,19 @@
 from django.db import migrations, models
 
 
+class AddIndexWherePossible(migrations.AddIndex):
+    """SQLite sorts with NULLS FIRST but cannot index that way: the embedded database (demo,
+    small fleets) goes without this one index; the model state keeps it for PostgreSQL."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "sqlite":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor != "sqlite":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -19,7 +32,7 @@ class Migration(migrations.Migration):
             model_name='device',
             index=models.Index(fields=['firmware_version', 'endpoint'], name='device_version_idx'),
         ),
-        migrations.AddIndex(
+        AddIndexWherePossible(
             model_name='device',
             index=models.Index(models.OrderBy(models.F('last_seen'), nulls_first=True), models.OrderBy(models.F('endpoint')), name='device_last_seen_idx'),
         ),
