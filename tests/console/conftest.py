@@ -3,12 +3,30 @@ a pending release that lacks only QA's approval and a running campaign over regi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from tests.console.world import PASSWORD, World, build_world, make_devices, make_release, spec_text
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_leftover_sessions(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Sessions the live server's and the gateways' stopped threads left open on this worker's
+    test database would make dropping it fail: end them once, after the last test (this
+    fixture depends on the database's set-up, so it is torn down before the drop)."""
+    yield
+    with django_db_blocker.unblock():
+        if connection.vendor != "postgresql":
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture

@@ -150,12 +150,16 @@ def deployment(
 
 def _close_stopped_threads_connections() -> None:
     """The gateway's threads have stopped but their PostgreSQL sessions stay open (Django keeps
-    a connection per thread), which would block dropping the test database; end them. Only
-    sessions on this worker's own test database, other than this one, are touched."""
+    a connection per thread). One left inside a transaction would hold locks the next test's
+    flush waits for: end those. Idle sessions stay: the live server hands one of them to the
+    next test's main thread (ending it would fail that test); ``_end_leftover_sessions`` in
+    ``tests/console/conftest.py`` ends them before the test database is dropped. Only sessions
+    on this worker's own test database, other than this one, are touched."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND state <> 'idle'"
         )
 
 
