@@ -5,6 +5,10 @@ Events may arrive late, twice or out of order (several Celery workers, a gateway
 device moving to another gateway), so every service is idempotent and guarded: a deregistration
 or expiry only takes a device offline when it names the registration the device currently holds,
 and an older observation never overwrites a newer one (``last_seen`` only moves forward).
+
+Liveness does not depend on the gateway staying alive: ``registrations_sweep`` (a beat task of
+the workers) takes offline the devices whose stored registration expiry passed, grace included,
+which is what the holding gateway would have reported had it not died.
 """
 
 from __future__ import annotations
