@@ -4,7 +4,8 @@ and the grace have passed.
 
 The gateway is ``manage.py lwm2m_gateway`` in its own process, applying its device events to the
 pytest-django PostgreSQL test database (eager Celery in that process); the simulated devices run
-on a loop in this process and register over loopback; this process plays the worker.
+on a loop in this process and register over loopback; a Celery worker process takes the sweep
+tasks from Redis, and this process plays beat.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from campaigns.device_services import SWEPT
+from audit.models import AuditEvent
+from campaigns.device_services import REGISTRY_SWEEPER, SWEPT, registrations_sweep
 from campaigns.models import Device, DeviceEvent
 from tests.campaigns.support import wait_for
+from tests.campaigns.test_worker_killed_e2e import BROKER, Workers, broker_queue
 from tests.workers.lwm2m.conftest import fleet_spec
 from workers.lwm2m.ports import claim_udp_port
 from workers.lwm2m.simulator import Fleet
@@ -35,10 +38,12 @@ DEVICES = 6
 LIFETIME = 4  # seconds: the devices Update every 2 s while the gateway answers
 
 pytestmark = pytest.mark.skipif(
-    connection.vendor != "postgresql",
-    reason="needs PostgreSQL (DATABASE_URL): a gateway process cannot share SQLite's "
-    "in-memory test database",
+    connection.vendor != "postgresql" or not BROKER.startswith(("redis://", "rediss://")),
+    reason="needs PostgreSQL (DATABASE_URL) and Redis (CELERY_BROKER_URL): a gateway or "
+    "worker process cannot share SQLite's in-memory test database, nor an in-process broker",
 )
+# Used as a fixture (this process's tasks go to a queue of its own, read by the worker).
+__all__ = ["broker_queue"]
 
 
 def _database_url() -> str:
@@ -110,12 +115,16 @@ class _Loop:
 
 def test_devices_of_a_sigkilled_gateway_go_offline_through_the_workers_sweep(
     transactional_db: None,
-    eager_celery: None,
+    broker_queue: str,
     settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
     gateway_process: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     settings.REGISTRATION_GRACE_SECONDS = 1
+    monkeypatch.setenv("REGISTRATION_GRACE_SECONDS", "1")  # the worker's
     proc, port = gateway_process
+    workers = Workers(broker_queue, tmp_path)
     loop = _Loop()
     fleet = Fleet(server_uri=f"coap://127.0.0.1:{port}", trust_anchors=[])
     fleet.load_or_create(fleet_spec(DEVICES, lifetime=LIFETIME, prefix="doomed"))
@@ -128,30 +137,39 @@ def test_devices_of_a_sigkilled_gateway_go_offline_through_the_workers_sweep(
             what="the gateway process never reported the registrations",
         )
         # Live registrations, just refreshed: the sweep leaves them alone.
-        assert registry_sweep_task.delay().get() == 0
+        assert registrations_sweep() == 0
+        workers.start()
 
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(10) == -signal.SIGKILL
         # Nobody reports an expiry now; still "online" until the sweep comes by.
         assert Device.objects.filter(online=True, gateway_id="gw-doomed").count() == DEVICES
 
-        swept: list[int] = []
+        def beat() -> None:
+            registry_sweep_task.delay()
 
-        def sweep() -> bool:
-            swept.append(registry_sweep_task.delay().get())
-            return not Device.objects.filter(gateway_id="gw-doomed", online=True).exists()
-
-        wait_for(sweep, timeout=60, what="the sweep never took the devices offline")
+        wait_for(
+            lambda: not Device.objects.filter(gateway_id="gw-doomed", online=True).exists(),
+            timeout=90,
+            tick=beat,
+            interval=1,
+            what="the workers' sweep taking the devices offline",
+        )
+    except BaseException:
+        print(workers.logs())
+        raise
     finally:
+        workers.stop_all()
         loop.call(fleet.stop(deregister=False), timeout=30)
         loop.close()
-
-    assert sum(swept) == DEVICES
     expired = list(
         DeviceEvent.objects.filter(kind="expired").values_list("device__endpoint", "gateway_id")
     )
     assert sorted(expired) == sorted((endpoint, "gw-doomed") for endpoint in fleet.devices)
     # Every expiry was the sweep's, none the dead gateway's.
     assert not DeviceEvent.objects.filter(kind="expired").exclude(data__reason=SWEPT).exists()
+    assert AuditEvent.objects.filter(
+        action="device.registrations_swept", actor=REGISTRY_SWEEPER
+    ).exists()
     # Sweeping again changes nothing.
-    assert registry_sweep_task.delay().get() == 0
+    assert registrations_sweep() == 0
