@@ -35,7 +35,7 @@ from workers.tasks import registry_sweep_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVICES = 6
-LIFETIME = 4  # seconds: the devices Update every 2 s while the gateway answers
+LIFETIME = 10  # seconds: the devices Update every 5 s while the gateway answers
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql" or not BROKER.startswith(("redis://", "rediss://")),
