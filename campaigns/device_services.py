@@ -5,6 +5,10 @@ Events may arrive late, twice or out of order (several Celery workers, a gateway
 device moving to another gateway), so every service is idempotent and guarded: a deregistration
 or expiry only takes a device offline when it names the registration the device currently holds,
 and an older observation never overwrites a newer one (``last_seen`` only moves forward).
+
+Liveness does not depend on the gateway staying alive: ``registrations_sweep`` (a beat task of
+the workers) takes offline the devices whose stored registration expiry passed, grace included,
+which is what the holding gateway would have reported had it not died.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -51,6 +55,13 @@ READ_INFO = "read_info"
 REMAP_READ_BATCH = 1000
 # Devices with an off clock asked to re-read per periodic pass (one insert per pass).
 CLOCK_REREAD_BATCH = 500
+# Devices the registry sweep takes offline per statement (``registrations_sweep``): bounds one
+# transaction's row locks and its event insert, so a dead gateway's 50,000 devices are 50 short
+# transactions that never hold up the gateways' event batches for long.
+REGISTRY_SWEEP_BATCH = 1000
+# Who the sweep's audit entries name, and the reason its ``expired`` events carry.
+REGISTRY_SWEEPER = "system:registry-sweep"
+SWEPT = "swept"
 
 # The task that sends a stored command to its gateway, by its registered name: the worker side
 # defines it, the fleet side only queues it (``command_queue``).
@@ -240,6 +251,94 @@ def device_registration_end(
             device.save(update_fields=["online", "updated_at"])
         _log(device, reason, {"registration_id": registration_id})
         return device
+
+
+def registration_grace() -> dt.timedelta:
+    """How long after its expiry a registration is still left to its gateway (settings,
+    ``REGISTRATION_GRACE_SECONDS``: why that long is said there)."""
+    return dt.timedelta(seconds=settings.REGISTRATION_GRACE_SECONDS)
+
+
+# The inner SELECT finds a batch in expiry order through the partial index
+# ``device_online_expiry_idx``; on PostgreSQL it locks it, skipping rows another transaction
+# holds (a Register or Update being applied now: it is refreshing them, and waiting for it could
+# deadlock against an event batch locking devices in its own order). The outer WHERE checks the
+# expiry again on the row as it is when updated: a Register or Update committed after the sweep
+# read the row is never overwritten.
+_SWEEP_SQL = (
+    "UPDATE campaigns_device SET online = %s, updated_at = %s"
+    " WHERE id IN (SELECT id FROM campaigns_device WHERE online = %s"
+    " AND registration_expires_at < %s ORDER BY registration_expires_at, id LIMIT %s{lock})"
+    " AND online = %s AND registration_expires_at < %s"
+    " RETURNING id, registration_id, gateway_id"
+)
+
+
+def _sweep_sql() -> str:
+    skip = connection.features.has_select_for_update_skip_locked
+    return _SWEEP_SQL.format(lock=" FOR UPDATE SKIP LOCKED" if skip else "")
+
+
+def registrations_sweep(
+    *,
+    grace: dt.timedelta | None = None,
+    now: dt.datetime | None = None,
+    batch: int = REGISTRY_SWEEP_BATCH,
+) -> int:
+    """Take offline every device whose registration expired more than ``grace`` ago
+    (``registration_expires_at``: registration or last Update plus its lifetime), as the
+    gateway holding it would have at the expiry, had it not died: the same ``expired`` event
+    per device (``reason: swept``, naming the gateway that held it), one audit entry per batch.
+
+    One set-based UPDATE per batch of at most ``batch`` devices (then one event insert and the
+    audit entry, in the batch's transaction): the queries grow with the number of batches, not
+    with the fleet. Idempotent: a device already offline, re-registered or updated since is not
+    matched, so a second run, or two workers at once, change nothing more. A device that
+    registers again afterwards is online again as usual. Returns the number taken offline."""
+    now = now or timezone.now()
+    grace = registration_grace() if grace is None else grace
+    if batch < 1:
+        raise ValueError("a sweep batch is at least one device")
+    cutoff = connection.ops.adapt_datetimefield_value(now - grace)
+    stamp = connection.ops.adapt_datetimefield_value(now)
+    sql = _sweep_sql()
+    total = 0
+    while True:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(sql, [False, stamp, True, cutoff, batch, True, cutoff])
+                rows = cursor.fetchall()
+            if not rows:
+                return total
+            DeviceEvent.objects.bulk_create(
+                [
+                    DeviceEvent(
+                        device_id=pk,
+                        kind="expired",
+                        data={"registration_id": registration_id, "reason": SWEPT},
+                        gateway_id=gateway_id,
+                    )
+                    for pk, registration_id, gateway_id in rows
+                ]
+            )
+            gateways: dict[str, int] = {}
+            for _pk, _registration_id, gateway_id in rows:
+                gateways[gateway_id] = gateways.get(gateway_id, 0) + 1
+            audit_record(
+                actor=REGISTRY_SWEEPER,
+                action="device.registrations_swept",
+                object_type="device",
+                object_id="*",
+                details={
+                    "count": len(rows),
+                    "gateways": gateways,
+                    "grace_seconds": grace.total_seconds(),
+                },
+                now=now,
+            )
+        total += len(rows)
+        if len(rows) < batch:
+            return total
 
 
 def _map_vendor_class(manufacturer: str, model: str) -> tuple[Any, Any]:
@@ -520,7 +619,12 @@ def device_command_send(*, command_id: str, publish: Callable[[str, dict[str, An
         if command is None or command.status != CommandStatus.PENDING:
             return "skipped"
         device = command.device
-        if not device.online or not device.gateway_id:
+        lapsed = device.registration_expires_at is not None and (
+            device.registration_expires_at < timezone.now() - registration_grace()
+        )
+        if not device.online or not device.gateway_id or lapsed:
+            # A lapsed registration (its gateway died before the sweep came by) is offline too:
+            # the command would wait in the stream of a gateway that no longer holds the device.
             _command_failed(command, DeviceOfflineError.code, f"{device.endpoint} is offline")
             return "offline"
         message = {

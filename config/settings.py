@@ -150,6 +150,16 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
+# Registration liveness (docs/lwm2m.md, "Registration liveness"): a device whose registration
+# expired (registration or last Update + lifetime) more than REGISTRATION_GRACE_SECONDS ago is
+# taken offline by the workers' sweep, every REGISTRY_SWEEP_SECONDS. The grace is what a live
+# gateway needs to report the expiry itself and for an Update it saw in time to be applied:
+# its own expiry sweep (LWM2M_EXPIRY_SWEEP_SECONDS, 1 s), the event batch flush and Celery queue
+# (seconds under load), and clock differences between hosts (NTP: milliseconds). 30 s is an
+# order of magnitude above that, and small next to any lifetime a device uses (minutes to days):
+# a larger grace only keeps a dead gateway's devices "online" longer.
+REGISTRATION_GRACE_SECONDS = envint("REGISTRATION_GRACE_SECONDS", 30, minimum=0)
+REGISTRY_SWEEP_SECONDS = envint("REGISTRY_SWEEP_SECONDS", 30, minimum=1)
 # How often running campaigns are moved forward (seconds).
 CAMPAIGN_RECONCILE_SECONDS = envint("CAMPAIGN_RECONCILE_SECONDS", 5, minimum=1)
 CELERY_BEAT_SCHEDULE = {
@@ -166,6 +176,12 @@ CELERY_BEAT_SCHEDULE = {
     "reread-off-clocks": {
         "task": "workers.tasks.devices_clock_reread_task",
         "schedule": 60.0,
+    },
+    # Registrations whose lifetime ran out are taken offline by the workers, not only by the
+    # gateway that held them (which may have died): docs/lwm2m.md, "Registration liveness".
+    "sweep-registrations": {
+        "task": "workers.tasks.registry_sweep_task",
+        "schedule": float(REGISTRY_SWEEP_SECONDS),
     },
 }
 # A device held back because its clock was off (rollout pending with clock_skew) has /3/0 read

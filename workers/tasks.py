@@ -129,6 +129,13 @@ def devices_clock_reread_task() -> int:
 
 
 @shared_task(acks_late=True)
+def registry_sweep_task() -> int:
+    """Beat entry point: devices whose registration expired (past the grace) go offline, even
+    when the gateway that held them died and never reported the expiry."""
+    return device_services.registrations_sweep()
+
+
+@shared_task(acks_late=True)
 def device_command_task(command_id: str) -> str:
     """Send a pending command to its gateway (at least once; see ``device_command_send``)."""
     from workers.lwm2m.bus import bus_for_url, configured_bus_url
