@@ -40,6 +40,10 @@ def drop_db(name: str) -> None:
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def create_db(name: str) -> None:
+    _admin(f'CREATE DATABASE "{name}"')
+
+
 def create_template() -> None:
     """A migrated database the sections clone (``CREATE DATABASE ... TEMPLATE``): one migrate."""
     drop_db(TEMPLATE_DB)
