@@ -161,7 +161,7 @@ def main() -> int:
         )
         print(
             ratio_line(
-                f"  {alg} side by side",
+                f"  {alg} medians",
                 [("raw", f["raw"]), ("cold", f["cold"]), ("warm", f["warm"])],
                 "µs",
                 reference="raw",
