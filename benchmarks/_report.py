@@ -148,6 +148,12 @@ class Report:
         return [v for v in self.verdicts if not v.passed]
 
     def exit_status(self) -> int:
+        """The run's exit status; prints the load average at the end beside the one at start."""
+        try:
+            load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+        except OSError:
+            load = "unknown"
+        print(f"load average {load} at end", file=self.out, flush=True)
         if self.errors:
             return EXIT_ERROR
         if self.missed:

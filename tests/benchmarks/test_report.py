@@ -7,6 +7,7 @@ when asked (``BENCH_STRICT=1``); a run that could not measure fails in every mod
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,12 @@ def test_every_goal_met_exits_zero_in_strict_mode() -> None:
     report.goal("a", 1.0, at_most=1.1)
     report.check("queries constant", True, "[11]")
     assert report.exit_status() == _report.EXIT_OK
+
+
+def test_the_load_at_the_end_is_printed_beside_the_one_at_start() -> None:
+    report, out = _report_for(strict=False)
+    report.exit_status()
+    assert re.fullmatch(r"load average [\d.]+ [\d.]+ [\d.]+ at end\n", out.getvalue())
 
 
 def test_a_failed_check_is_a_miss() -> None:
