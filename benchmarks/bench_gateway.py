@@ -37,7 +37,9 @@ Figures:
   its VmRSS is read again: (after - before) / M.
 
 The machine line (CPU, cores, load at start) comes first (``_report``). Exit status 1 when a goal
-is missed and ``BENCH_STRICT=1``; 2 when a device failed or libcoap's server is missing.
+is missed and ``BENCH_STRICT=1``; 2 when a download from the gateway or libcoap failed or
+libcoap's server is missing (failed downloads from the bare aiocoap server are said on its
+PASS/MISS line).
 """
 
 from __future__ import annotations
@@ -442,12 +444,20 @@ def main() -> int:
         f"(VmRSS {rss['rss_before_kib'] / 1024:.1f} MiB before, "
         f"{rss['rss_after_kib'] / 1024:.1f} MiB after {rss['devices']:,} registrations)"
     )
-    if failed:
-        # A round with failed downloads moved fewer bytes than its rate claims.
+    # A round with failed downloads moved fewer bytes than its rate claims: on the gateway's
+    # side or libcoap's (the goal's reference) the comparison is void; on the bare aiocoap
+    # server's (issue 4's older reference) it is said on that goal's line.
+    void = {name: count for name, count in failed.items() if name != "bare"}
+    if void:
         report.error(
             "downloads failed (the rates of those rounds are not comparable): "
-            + ", ".join(f"{name} {count}" for name, count in failed.items())
+            + ", ".join(f"{name} {count}" for name, count in void.items())
         )
+    bare_note = (
+        f"bare aiocoap lost {failed['bare']} downloads, counted as delivered in its rate"
+        if failed.get("bare")
+        else ""
+    )
     report.goal(
         "payload bytes/s gateway / libcoap coap-server",
         rates["gateway"] / rates["libcoap"],
@@ -457,6 +467,7 @@ def main() -> int:
         "payload bytes/s gateway / bare aiocoap",
         rates["gateway"] / rates["bare"],
         at_least=RATIO_GOAL,
+        detail=bare_note,
     )
     return report.exit_status()
 
