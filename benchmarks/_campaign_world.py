@@ -16,7 +16,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
-TEMPLATE_DB = "fwupd_bench_tmpl"
+# Database names start with this prefix (BENCH_DB_PREFIX), so two checkouts can run at once.
+DB_PREFIX = os.environ.get("BENCH_DB_PREFIX", "fwupd_bench")
+TEMPLATE_DB = f"{DB_PREFIX}_tmpl"
 # The image-profile class of the mixed fleet (raw MCUboot images, no SUIT envelope): its devices
 # are of the vendor but not of the campaigns' class, so the planner skips them.
 IMAGE_CLASS = "thermo-v3"
@@ -36,6 +38,10 @@ def _admin(sql: str) -> None:
 
 def drop_db(name: str) -> None:
     _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def create_db(name: str) -> None:
+    _admin(f'CREATE DATABASE "{name}"')
 
 
 def create_template() -> None:

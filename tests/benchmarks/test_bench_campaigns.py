@@ -39,6 +39,7 @@ def test_plan_reference_sql_writes_the_planners_rows_including_pending_clock_ske
             pytest.fail("the benchmark needs PostgreSQL (BENCH_POSTGRES_URL), which CI starts")
         pytest.skip("no PostgreSQL at BENCH_POSTGRES_URL")
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["BENCH_DB_PREFIX"] = f"fwupd_bench_test{os.getpid()}"  # throwaway databases of its own
     result = subprocess.run(
         [sys.executable, str(BENCH), "--sections", "plan", "--devices", "2000"],
         cwd=REPO_ROOT,

@@ -1,0 +1,112 @@
+"""Every benchmark runs end to end in a tiny mode, so none rots between ``make bench`` runs.
+
+Only that they run and report is checked (machine line, side-by-side figures, one PASS/MISS line
+per goal, the exit status strict mode gives): never a figure, which depends on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "benchmarks"
+VERDICT = re.compile(r"^(PASS|MISS) ", re.MULTILINE)
+
+
+def _run(script: str, *args: str, strict: bool) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["BENCH_STRICT"] = "1" if strict else "0"
+    # Throwaway databases of this run's own (the benchmark drops them).
+    env["BENCH_DB_PREFIX"] = f"fwupd_bench_test{os.getpid()}"
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
+def _check(status: int, out: str, *, strict: bool, goals: int) -> None:
+    assert out.startswith("machine: "), out
+    assert " cores, load average " in out.splitlines()[0]
+    verdicts = VERDICT.findall(out)
+    assert len(verdicts) == goals, out
+    assert "ERROR " not in out, out
+    missed = "MISS" in verdicts
+    assert status == (1 if strict and missed else 0), out
+
+
+def _postgres_reachable() -> bool:
+    import psycopg
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _campaign_world as cw
+
+        with psycopg.connect(cw.ADMIN_URL, connect_timeout=3):
+            return True
+    except psycopg.OperationalError:
+        return False
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _need_postgres() -> None:
+    if not _postgres_reachable():
+        if os.environ.get("CI"):
+            pytest.fail("the benchmark needs PostgreSQL (BENCH_POSTGRES_URL), which CI starts")
+        pytest.skip("no PostgreSQL at BENCH_POSTGRES_URL")
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_bench_suit_tiny(strict: bool) -> None:
+    status, out = _run("bench_suit.py", "--iterations", "20", "--repeats", "1", strict=strict)
+    assert re.search(r"^  ES256 medians +raw [\d.]+ µs \| cold ", out, re.MULTILINE), out
+    assert re.search(r"^  Ed25519 medians +raw [\d.]+ µs \| cold ", out, re.MULTILINE), out
+    _check(status, out, strict=strict, goals=2)
+
+
+def test_bench_campaigns_tiny_dispatch_and_queries() -> None:
+    _need_postgres()
+    args = ("--sections", "dispatch,queries", "--dispatch-rollouts", "200")
+    status, out = _run("bench_campaigns.py", *args, strict=True)
+    assert "dispatch 200 pending rollouts: 196 dispatched + 4 skipped" in out, out
+    assert re.search(r"^(PASS|MISS) dispatch: decisions/s = ", out, re.MULTILINE), out
+    assert "PASS queries per dispatch pass: [" in out, out
+    _check(status, out, strict=True, goals=2)
+
+
+def test_bench_gateway_tiny_with_libcoap_and_rss() -> None:
+    _need_postgres()
+    if not any(shutil.which(n) for n in ("coap-server", "coap-server-notls")):
+        if os.environ.get("CI"):
+            pytest.fail("the benchmark needs libcoap's coap-server (libcoap3-bin)")
+        pytest.skip("libcoap's coap-server is not installed (libcoap3-bin)")
+    args = ("--devices", "8", "--rounds", "1", "--image-kib", "4", "--rss-devices", "20")
+    status, out = _run("bench_gateway.py", *args, strict=False)
+    for side in ("libcoap", "bare", "gateway"):
+        assert re.search(rf"round {side} +[\d.]+ s, 0 failed", out), out
+    assert re.search(r"^bytes/s +libcoap .* \| gateway .*x of libcoap\)$", out, re.MULTILINE), out
+    assert re.search(r"^Block2 responses/s +libcoap ", out, re.MULTILINE), out
+    assert "INFO gateway RSS per registered device: " in out, out
+    assert "after 20 registrations)" in out, out
+    assert "payload bytes/s gateway / libcoap coap-server = " in out, out
+    _check(status, out, strict=False, goals=2)
+
+
+def test_bench_gateway_soak_tiny() -> None:
+    status, out = _run(
+        "bench_gateway_soak.py", "--datagrams", "300", "--seconds", "5", strict=False
+    )
+    _check(status, out, strict=False, goals=3)
