@@ -890,8 +890,8 @@ class DeviceFilterSerializer(serializers.Serializer):
     online = serializers.BooleanField(required=False, allow_null=True, default=None)
 
 
-class BulkTagSerializer(TagChangeSerializer):
-    """The devices: an explicit list of endpoints, or a filter (one of them)."""
+class DeviceSelectionSerializer(serializers.Serializer):
+    """Devices named by an explicit list of endpoints, or by a filter (one of them)."""
 
     endpoints = serializers.ListField(
         child=serializers.CharField(max_length=255), max_length=100_000, required=False
@@ -902,6 +902,10 @@ class BulkTagSerializer(TagChangeSerializer):
         if ("endpoints" in attrs) == ("filter" in attrs):
             raise serializers.ValidationError("give endpoints or a filter (one of them)")
         return attrs
+
+
+class BulkTagSerializer(TagChangeSerializer, DeviceSelectionSerializer):
+    """The devices: an explicit list of endpoints, or a filter (one of them)."""
 
 
 class TagResultSerializer(serializers.Serializer):
@@ -924,20 +928,11 @@ class DeviceGroupSerializer(serializers.ModelSerializer):
         return group_devices(obj).count()
 
 
-class DeviceGroupCreateSerializer(serializers.Serializer):
+class DeviceGroupCreateSerializer(DeviceSelectionSerializer):
     """A static group (``endpoints``) or a saved filter (``filter``)."""
 
     name = serializers.CharField(max_length=63)
     description = serializers.CharField(max_length=2000, required=False, default="")
-    endpoints = serializers.ListField(
-        child=serializers.CharField(max_length=255), max_length=100_000, required=False
-    )
-    filter = DeviceFilterSerializer(required=False)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if ("endpoints" in attrs) == ("filter" in attrs):
-            raise serializers.ValidationError("give endpoints or a filter (one of them)")
-        return attrs
 
 
 class ImportUploadSerializer(serializers.Serializer):
