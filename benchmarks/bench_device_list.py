@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _campaign_world as cw
+from _report import machine_line
 
 DB = "fwupd_bench_device_list"
 SPEC = """
@@ -154,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     world = _fleet(args.devices)
     client = Client()
     client.force_login(world.ops)
+    print(machine_line())
     print(f"device list at {args.devices:,} devices ({args.repeats} fetches each)")
     print(f"{'page':34} {'median ms':>10} {'worst ms':>9} {'queries':>8}  shown")
     for label, url in _pages(world, args.devices):
