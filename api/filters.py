@@ -13,7 +13,6 @@ from typing import Any
 
 import django_filters as df
 from django import forms
-from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
@@ -319,15 +318,7 @@ class DeviceFilter(StrictFilterSet):
         return queryset.filter(pk__in=group_devices(group).values("pk"))
 
     def filter_tag(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
-        # Tags are a JSON list. PostgreSQL answers containment with the index; SQLite has no
-        # JSON containment, so rows are narrowed by text first and checked exactly in Python.
-        if not value:
-            return queryset
-        if connection.vendor == "postgresql":
-            return queryset.filter(tags__contains=[value])
-        candidates = queryset.filter(tags__icontains=value).values_list("pk", "tags")
-        keep = [pk for pk, tags in candidates if value in (tags or [])]
-        return queryset.filter(pk__in=keep)
+        return queryset.tagged(value)  # type: ignore[attr-defined]
 
 
 class CampaignFilter(StrictFilterSet):

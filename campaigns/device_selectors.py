@@ -185,17 +185,6 @@ def filter_online(
     return devices.filter(live if online else ~live)
 
 
-def filter_tag(devices: QuerySet[Device], tag: str) -> QuerySet[Device]:
-    """Devices carrying ``tag`` (tags are a JSON list). PostgreSQL answers containment itself;
-    SQLite has none, so rows are narrowed by text first and checked exactly in Python."""
-    if not tag:
-        return devices
-    if connection.vendor == "postgresql":
-        return devices.filter(tags__contains=[tag])
-    candidates = devices.filter(tags__icontains=tag).values_list("pk", "tags")
-    return devices.filter(pk__in=[pk for pk, tags in candidates if tag in (tags or [])])
-
-
 def _order(query: DeviceQuery) -> tuple[Any, ...]:
     order = SORTS[query.sort]
     if query.descending:
@@ -218,7 +207,7 @@ def device_list(*, query: DeviceQuery, now: dt.datetime) -> QuerySet[Device]:
     if query.version:
         devices = devices.filter(firmware_version=query.version)
     devices = filter_online(devices, query.online, now=now)
-    devices = filter_tag(devices, query.tag)
+    devices = devices.tagged(query.tag)
     devices = filter_unseen(devices, query.unseen_hours, now=now)
     devices = filter_update_state(devices, query.state)
     return devices.order_by(*_order(query)).values_list("pk", flat=True)

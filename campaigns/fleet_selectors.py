@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from django.db import connection
 from django.db.models import Count, QuerySet
 
 from campaigns.fleet import FW_STATES, DeviceFilter, UnknownGroupError
 from campaigns.models import Device, DeviceGroup, GroupKind
-
-
-def devices_tagged(queryset: QuerySet[Device], tag: str) -> QuerySet[Device]:
-    """Devices carrying ``tag``. PostgreSQL answers JSON containment itself; SQLite has none,
-    so rows are narrowed by text first and checked exactly in Python (as ``api.filters``)."""
-    if connection.vendor == "postgresql":
-        return queryset.filter(tags__contains=[tag])
-    candidates = queryset.filter(tags__icontains=tag).values_list("pk", "tags")
-    return queryset.filter(pk__in=[pk for pk, tags in candidates if tag in (tags or [])])
 
 
 def devices_matching(device_filter: DeviceFilter) -> QuerySet[Device]:
@@ -30,7 +20,7 @@ def devices_matching(device_filter: DeviceFilter) -> QuerySet[Device]:
     if device_filter.online is not None:
         devices = devices.filter(online=device_filter.online)
     if device_filter.tag is not None:
-        devices = devices_tagged(devices, device_filter.tag)
+        devices = devices.tagged(device_filter.tag)
     return devices
 
 

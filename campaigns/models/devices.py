@@ -10,9 +10,22 @@ from __future__ import annotations
 
 import uuid
 
-from django.db import models
+from django.db import connection, models
 
 __all__ = ["CommandStatus", "Device", "DeviceCommand", "DeviceEvent", "DevicePSK"]
+
+
+class DeviceQuerySet(models.QuerySet["Device"]):
+    def tagged(self, tag: str) -> DeviceQuerySet:
+        """Devices carrying ``tag`` (an empty tag selects all). Tags are a JSON list:
+        PostgreSQL answers containment itself (and with the index); SQLite has none, so rows
+        are narrowed by text first and checked exactly in Python."""
+        if not tag:
+            return self
+        if connection.vendor == "postgresql":
+            return self.filter(tags__contains=[tag])
+        candidates = self.filter(tags__icontains=tag).values_list("pk", "tags")
+        return self.filter(pk__in=[pk for pk, tags in candidates if tag in (tags or [])])
 
 
 class Device(models.Model):
@@ -77,6 +90,8 @@ class Device(models.Model):
     tags = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeviceQuerySet.as_manager()
 
     class Meta:
         ordering = ["endpoint"]
