@@ -20,12 +20,12 @@ from drf_spectacular.utils import extend_schema_field
 from api.models import DeliveryStatus, WebhookDelivery
 from audit.models import AuditEvent
 from campaigns import device_selectors
-from campaigns.fleet_selectors import group_devices
+from campaigns.fleet import UnknownGroupError
+from campaigns.fleet_selectors import group_devices, group_named
 from campaigns.models import (
     Campaign,
     CampaignStatus,
     Device,
-    DeviceGroup,
     EmergencyStop,
     Rollout,
     RolloutState,
@@ -312,8 +312,9 @@ class DeviceFilter(StrictFilterSet):
 
     def filter_group(self, queryset: QuerySet[Device], name: str, value: str) -> QuerySet[Device]:
         # An unknown group selects nothing (a filter, not a lookup: no 404).
-        group = DeviceGroup.objects.filter(name=value).first()
-        if group is None:
+        try:
+            group = group_named(value)
+        except UnknownGroupError:
             return queryset.none()
         return queryset.filter(pk__in=group_devices(group).values("pk"))
 

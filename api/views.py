@@ -73,13 +73,10 @@ class OctetStreamParser(parsers.BaseParser):
         return stream.read() if stream is not None else b""
 
 
-class CSVParser(parsers.BaseParser):
+class CSVParser(OctetStreamParser):
     """A CSV file posted as the request body (``text/csv``), kept as bytes."""
 
     media_type = "text/csv"
-
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        return stream.read() if stream is not None else b""
 
 
 class SpecTextParser(parsers.BaseParser):

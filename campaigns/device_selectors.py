@@ -176,6 +176,12 @@ def live_registration(now: dt.datetime) -> Q:
     return Q(online=True) & (Q(registration_expires_at=None) | Q(registration_expires_at__gt=now))
 
 
+def registration_live(device: Device, *, now: dt.datetime) -> bool:
+    """``live_registration`` for one device already loaded (the same rule, in Python)."""
+    expires = device.registration_expires_at
+    return bool(device.online) and (expires is None or expires > now)
+
+
 def filter_online(
     devices: QuerySet[Device], online: bool | None, *, now: dt.datetime
 ) -> QuerySet[Device]:

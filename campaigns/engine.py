@@ -422,6 +422,7 @@ def _progress_commands(
                 detail=command.error[:500],
                 now=now,
                 expected=(RolloutState.QUEUED,),
+                spec=spec,
             ):
                 if retry:
                     report.retrying += 1
@@ -457,6 +458,7 @@ def _apply_timeouts(
             reason="timed_out",
             detail="no confirmed success before the device timeout",
             now=now,
+            spec=spec,
         )
         if timed_out:
             if retry:

@@ -76,6 +76,13 @@ def _selection(
     return Device.objects.filter(endpoint__in=names), described
 
 
+def _require_known(missing: list[str]) -> None:
+    """Refuse a list naming endpoints the registry does not hold (the first ten named)."""
+    if missing:
+        shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise UnknownDevicesError(f"{len(missing)} unknown device(s): {shown}")
+
+
 def device_tags_change(
     *,
     actor: Any,
@@ -98,10 +105,7 @@ def device_tags_change(
             .values_list("pk", "endpoint", "tags")
         )
         if endpoints is not None:
-            missing = sorted(set(endpoints) - {endpoint for _, endpoint, _ in rows})
-            if missing:
-                shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-                raise UnknownDevicesError(f"{len(missing)} unknown device(s): {shown}")
+            _require_known(sorted(set(endpoints) - {endpoint for _, endpoint, _ in rows}))
         updates = []
         for pk, _, tags in rows:
             after = change.apply(tags or [])
@@ -149,10 +153,7 @@ def device_group_create(
             if not names:
                 raise GroupError("a static group needs at least one endpoint")
             found = dict(Device.objects.filter(endpoint__in=names).values_list("endpoint", "pk"))
-            missing = [e for e in names if e not in found]
-            if missing:
-                shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
-                raise UnknownDevicesError(f"{len(missing)} unknown device(s): {shown}")
+            _require_known([e for e in names if e not in found])
             devices = [found[e] for e in names]
         try:
             with transaction.atomic():

@@ -167,12 +167,14 @@ def fail_rollout(
     detail: str = "",
     expected: tuple[str, ...] = IN_FLIGHT_STATES,
     retry: bool = True,
+    spec: Any = None,
 ) -> bool:
     """Record a failure; retry later (back to pending after a backoff) when ``retry`` allows it,
     the campaign's retry policy covers the reason and attempts remain. Conditional on the
-    expected states."""
+    expected states. ``spec``: the campaign's, when the caller holds it (the engine's loops),
+    so it is not parsed again per rollout."""
     campaign = rollout.campaign
-    retries = spec_of(campaign).retries
+    retries = (spec if spec is not None else spec_of(campaign)).retries
     final = RolloutState.TIMED_OUT if reason == "timed_out" else RolloutState.FAILED
     if retry and retries.retryable(reason, attempt=rollout.attempts):
         delay = retries.delay(max(1, rollout.attempts))

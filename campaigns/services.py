@@ -64,6 +64,11 @@ def campaign_apply(
     ), "revised"
 
 
+def _ramp_start(start_at: dt.datetime | None, now: dt.datetime) -> dt.datetime:
+    """When a stage's ramp (and its unreachable clock) starts: now, or a later ``start_at``."""
+    return max(now, start_at) if start_at else now
+
+
 def _campaign_create(
     spec: CampaignSpec,
     document: dict[str, Any],
@@ -92,7 +97,7 @@ def _campaign_create(
         )
     resolved = resolve(spec, source=source)
     # A scheduled campaign's first stage (its ramp, its unreachable clock) starts at start_at.
-    started = max(now, spec.start_at) if spec.start_at else now
+    started = _ramp_start(spec.start_at, now)
     with transaction.atomic():
         if Campaign.objects.select_for_update().filter(name=spec.name).exists():
             raise CampaignConflictError(f"campaign {spec.name} was created concurrently")
@@ -186,7 +191,7 @@ def _campaign_revise(
                     f"(start {_start_text(old_start, locked)}); its start time cannot change"
                 )
             # Not begun: the first stage now starts at the new time (or at once).
-            started = max(now, spec.start_at) if spec.start_at else now
+            started = _ramp_start(spec.start_at, now)
             locked.ramp_started_at = started
             locked.save(update_fields=["ramp_started_at"])
             locked.stages.filter(index=0).update(started_at=started)
@@ -284,7 +289,7 @@ def _transition(
         if to == CampaignStatus.RUNNING:
             # A campaign resumed before its scheduled start ramps from that start.
             start_at = start_at_of(locked)
-            locked.ramp_started_at = max(now, start_at) if start_at else now
+            locked.ramp_started_at = _ramp_start(start_at, now)
         locked.save()
         audit_record(
             actor=actor,

@@ -10,13 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from campaigns.fleet import FW_STATES
+
 # LwM2M Object 5 State (/5/0/3).
-FW_STATE_TEXT: dict[int, str] = {
-    0: "idle",
-    1: "downloading",
-    2: "downloaded",
-    3: "updating",
-}
+FW_STATE_TEXT: dict[int, str] = {code: name for name, code in FW_STATES.items()}
 
 # LwM2M Object 5 Update Result (/5/0/5), as in the LwM2M 1.1 object (11 arrived with 1.1).
 UPDATE_RESULT_TEXT: dict[int, str] = {

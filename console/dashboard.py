@@ -54,12 +54,10 @@ def rolling_out(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def campaign_progress(
-    campaign: Campaign, *, now: dt.datetime, total: int | None = None
-) -> dict[str, Any]:
+def campaign_progress(campaign: Campaign, *, now: dt.datetime, total: int) -> dict[str, Any]:
     """Succeeded and failed devices of the campaign over time, from its creation to its end
-    (or ``now``): one aggregate query, per minute (per hour past ``HOURLY_AFTER``); ``total``
-    (the devices it can still update) is counted when not given."""
+    (or ``now``): one aggregate query, per minute (per hour past ``HOURLY_AFTER``); ``total``:
+    the devices it can update (the dashboard's eligible count)."""
     end = campaign.finished_at or now
     start = campaign.created_at
     trunc = TruncHour if end - start > HOURLY_AFTER else TruncMinute
@@ -76,10 +74,4 @@ def campaign_progress(
     series = [(row["slot"], row["ok"], row["bad"]) for row in rows]
     if series:
         start = min(start, series[0][0])
-    if total is None:
-        total = (
-            Rollout.objects.filter(campaign=campaign)
-            .exclude(state__in=[RolloutState.SKIPPED, RolloutState.CANCELLED])
-            .count()
-        )
     return charts.progress_chart(series, start=start, end=end, total=total)

@@ -106,10 +106,8 @@ def device_list(request: HttpRequest) -> HttpResponse:
     for device in rows:
         device.clock = _clock_text(device)  # type: ignore[attr-defined]
         device.update_text = _update_text(device)  # type: ignore[attr-defined]
-        device.lapsed = bool(  # type: ignore[attr-defined]
-            device.online
-            and device.registration_expires_at is not None
-            and device.registration_expires_at <= now
+        device.lapsed = device.online and not fleet.registration_live(  # type: ignore[attr-defined]
+            device, now=now
         )
     params = query.params()
 

@@ -23,6 +23,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import connections
 
+from ops import tallies
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,18 +68,15 @@ def check_database() -> str:
     return connection.vendor
 
 
-def broker_url() -> str:
-    return str(settings.CELERY_BROKER_URL or "")
-
-
 def check_broker() -> str:
-    url = broker_url()
     timeout = float(settings.READINESS_TIMEOUT_SECONDS)
-    if url.startswith("memory://"):
+    if str(settings.CELERY_BROKER_URL or "").startswith("memory://"):
         return "in-process (embedded)"
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    url = tallies.redis_url()
+    if url is not None:
         import redis
 
+        # Its own client (not the tallies'): the probe's timeout is the readiness deadline.
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
             if not client.ping():
