@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _campaign_world as cw
 from _report import machine_line
 
-DB = "fwupd_bench_device_list"
+DB = f"{cw.DB_PREFIX}_device_list"
 SPEC = """
 apiVersion: fwupd/v1
 kind: Campaign
@@ -56,7 +56,7 @@ def _log(msg: str) -> None:
 
 def _setup(storage: str) -> None:
     cw.drop_db(DB)
-    cw._admin(f'CREATE DATABASE "{DB}"')
+    cw.create_db(DB)
     env = {**os.environ, "DATABASE_URL": cw.db_url(DB)}
     subprocess.run(
         [sys.executable, str(cw.REPO / "manage.py"), "migrate", "--verbosity", "0"],

@@ -56,11 +56,11 @@ _MAC0_PREFIX = b"\x84\x64MAC0"  # array(4), tstr "MAC0"
 _UNDERSTOOD_CRIT = frozenset({HDR_ALG, HDR_KID})
 
 
-def sig_structure(protected: bytes, payload: bytes) -> bytes:
-    """Encoded ``["Signature1", protected, h'', payload]`` (built directly, no re-encoding)."""
+def _to_be_authenticated(prefix: bytes, protected: bytes, payload: bytes) -> bytes:
+    """Encoded ``[context, protected, h'', payload]`` (built directly, no re-encoding)."""
     return b"".join(
         (
-            _SIG1_PREFIX,
+            prefix,
             bstr_header(len(protected)),
             protected,
             b"\x40",
@@ -103,6 +103,11 @@ def _der_signature(raw: bytes) -> bytes:
     return b"".join((bytes((0x30, lr + ls + 4, 2, lr)), r, bytes((2, ls)), s))
 
 
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """Encoded ``["Signature1", protected, h'', payload]``."""
+    return _to_be_authenticated(_SIG1_PREFIX, protected, payload)
+
+
 def _check_labels(header: dict[Any, Any], where: str) -> None:
     for label in header:
         if type(label) is not int and type(label) is not str:
@@ -111,16 +116,7 @@ def _check_labels(header: dict[Any, Any], where: str) -> None:
 
 def mac_structure(protected: bytes, payload: bytes) -> bytes:
     """Encoded ``["MAC0", protected, h'', payload]``."""
-    return b"".join(
-        (
-            _MAC0_PREFIX,
-            bstr_header(len(protected)),
-            protected,
-            b"\x40",
-            bstr_header(len(payload)),
-            payload,
-        )
-    )
+    return _to_be_authenticated(_MAC0_PREFIX, protected, payload)
 
 
 def symmetric_kid(key: bytes) -> bytes:
@@ -251,11 +247,15 @@ def sign1(digest_bstr: bytes, key: Any) -> bytes:
     return dumps(CBORTag(TAG_COSE_SIGN1, [protected, {}, None, signature]))
 
 
+def check_mac_key(key: bytes) -> None:
+    if type(key) is not bytes or len(key) < MAC_LENGTH:
+        raise SUITKeyError(f"an HMAC 256/256 key must be at least {MAC_LENGTH} bytes")
+
+
 def mac0(digest_bstr: bytes, key: bytes) -> bytes:
     """A tagged COSE_Mac0 (HMAC 256/256) over ``digest_bstr`` (detached), kid = RFC 9679
     thumbprint of the symmetric key, in the protected header."""
-    if type(key) is not bytes or len(key) < MAC_LENGTH:
-        raise SUITKeyError(f"an HMAC 256/256 key must be at least {MAC_LENGTH} bytes")
+    check_mac_key(key)
     protected = dumps({HDR_ALG: ALG_HMAC256, HDR_KID: symmetric_kid(key)})
     tag = hmac.new(key, mac_structure(protected, digest_bstr), hashlib.sha256).digest()
     return dumps(CBORTag(TAG_COSE_MAC0, [protected, {}, None, tag]))

@@ -746,13 +746,10 @@ def _parse_manifest(
     digest_fact = facts.get(P_IMAGE_DIGEST)
     version_fact = facts.get(P_VERSION)
     parts = set_version if set_version is not None else (version_fact[1] if version_fact else None)
-    firmware_version = format_version(parts) if parts is not None else None
     current = text.get("current-version")
     if current is not None and parts is not None:
-        full = full_version(current, parts)
-        if full is not None:
-            parts = full
-            firmware_version = format_version(full)
+        parts = full_version(current, parts) or parts
+    firmware_version = format_version(parts) if parts is not None else None
     return Manifest(
         manifest_version=version,
         sequence_number=sequence_number,

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from .constants import EC_ALGS, ED_ALGS
-from .cose import check_alg_for_key, symmetric_kid, verify_mac, verify_raw
+from .cose import check_alg_for_key, check_mac_key, symmetric_kid, verify_mac, verify_raw
 from .errors import (
     SUITError,
     SUITInternalError,
-    SUITKeyError,
     SUITKeyMismatchError,
     SUITSignatureError,
     SUITUnsupportedError,
@@ -71,8 +70,7 @@ def unsupported_features(envelope: Envelope) -> list[str]:
 def _mac_kids(mac_keys: Sequence[bytes]) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for key in mac_keys:
-        if type(key) is not bytes or len(key) < 32:
-            raise SUITKeyError("an HMAC 256/256 key must be at least 32 bytes")
+        check_mac_key(key)
         out.setdefault(symmetric_kid(key), key)
     return out
 
