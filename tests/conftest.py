@@ -14,7 +14,9 @@ from manifests import suit
 from tests.helpers import personas
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_VECTORS = REPO_ROOT.parent / "shared" / "vectors" / "suit"
+# The IETF SUIT examples (draft-ietf-suit-manifest Appendix B) and their public test key, kept
+# in the repository so the suite does not depend on what lies beside the checkout.
+SHARED_VECTORS = REPO_ROOT / "tests" / "data" / "suit-vectors"
 
 
 @pytest.hookimpl(hookwrapper=True)

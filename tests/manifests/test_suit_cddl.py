@@ -22,7 +22,7 @@ from manifests import suit
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests" / "data" / "suit.cddl"
-VECTORS = ROOT.parent / "shared" / "vectors" / "suit"
+VECTORS = ROOT / "tests" / "data" / "suit-vectors"
 VENDOR = suit.vendor_id("acme.example")
 IMAGE = b"\x7f" * 700
 ES_KEY = suit.generate_private_key("ES256")

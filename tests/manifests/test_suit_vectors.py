@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from manifests import suit
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "suit"
+VECTORS = Path(__file__).resolve().parents[1] / "data" / "suit-vectors"
 VENDOR = uuid.UUID("fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe")
 CLASS = uuid.UUID("1492af14-2569-5e48-bf42-9b2d51f2ab45")
 IMAGE_DIGEST = bytes.fromhex("00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210")
