@@ -106,6 +106,19 @@ def command_queue(command_id: str) -> None:
     transaction.on_commit(lambda: task.delay(command_id))
 
 
+def commands_queue(command_ids: list[str]) -> None:
+    """``command_queue`` for a batch: one commit hook sends them all, in order."""
+    from celery import current_app
+
+    task = current_app.tasks[DEVICE_COMMAND_TASK]
+
+    def send() -> None:
+        for command_id in command_ids:
+            task.delay(command_id)
+
+    transaction.on_commit(send)
+
+
 def _ts(value: float | None) -> dt.datetime:
     if value is None:
         return timezone.now()
