@@ -745,41 +745,44 @@ def _dispatch_rows(
 _ENDPOINT_MARK = "\x1fendpoint\x1f"
 
 # The candidate window of a set-based pass: pending rollouts of online devices in the stages open
-# so far, due now, in (stage, bucket) order; ``gkey`` names the group whose answer a rollout takes
+# so far, due now, in (stage, bucket) order, as narrow rows: the rollout, its device, the device's
+# endpoint and clock state (``clock.clock_state``), and ``gkey``, the group whose answer it takes
 # (what the checks, windows and delivery method read of its device), or the rollout alone when
 # its device's clock is off and no operator accepted it (that refusal names its own offset).
 _WINDOW_SQL = """
-SELECT r.id, r.device_id, r.stage, r.bucket, d.endpoint, d.device_class_id, d.firmware_version,
-       d.sequence_number, d.security_counter, d.clock_offset_seconds, d.device_time,
-       d.clock_trusted_at, d.tags, d.fw_protocols, d.fw_delivery_method,
-       (p.id IS NOT NULL) AS dtls,
-       CASE WHEN d.device_time IS NOT NULL AND d.device_time < %(clockless_before)s
-                THEN %(clockless)s
-            WHEN d.clock_offset_seconds IS NULL THEN %(unknown)s
-            WHEN abs(d.clock_offset_seconds) <= %(max_skew)s THEN %(ok)s
-            ELSE %(off)s END AS clock
+SELECT r.id, r.device_id, d.endpoint, s.clock,
+       CASE WHEN s.clock = %(off)s AND d.clock_trusted_at IS NULL THEN 'device ' || r.id::text
+            ELSE ROW(d.device_class_id, d.firmware_version, d.sequence_number,
+                     d.security_counter, d.fw_protocols, d.fw_delivery_method,
+                     p.id IS NOT NULL{tags})::text END AS gkey,
+       row_number() OVER (ORDER BY r.stage, r.bucket, r.id) AS pos
 FROM campaigns_rollout r
 JOIN campaigns_device d ON d.id = r.device_id
 LEFT JOIN campaigns_devicepsk p ON p.device_id = d.id
+CROSS JOIN LATERAL (
+    SELECT CASE WHEN d.device_time IS NOT NULL AND d.device_time < %(clockless_before)s
+                    THEN %(clockless)s
+                WHEN d.clock_offset_seconds IS NULL THEN %(unknown)s
+                WHEN abs(d.clock_offset_seconds) <= %(max_skew)s THEN %(ok)s
+                ELSE %(off)s END AS clock
+) s
 WHERE r.campaign_id = %(campaign)s AND r.state = %(pending)s AND r.stage <= %(stage)s
   AND d.online AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= %(now)s)
 ORDER BY r.stage, r.bucket, r.id
 LIMIT %(window)s
 """
 
-_GROUP_KEY_SQL = """
-CASE WHEN w.clock = %(off)s AND w.clock_trusted_at IS NULL THEN 'device ' || w.id::text
-     ELSE ROW(w.device_class_id, w.firmware_version, w.sequence_number, w.security_counter,
-              w.fw_protocols, w.fw_delivery_method, w.dtls{tags})::text END
-"""
-
-# One row per group: its key and, for a device checked alone, that device's own fields.
+# One row per group of the window: its key and the fields of one of its devices (for a device
+# checked alone, that device's own).
 _GROUPS_SQL = """
-WITH w AS ({window}), k AS (SELECT w.*, {key} AS gkey FROM w)
-SELECT DISTINCT ON (gkey) gkey, endpoint, device_class_id, firmware_version, sequence_number,
-       security_counter, clock_offset_seconds, device_time, clock_trusted_at, tags, fw_protocols,
-       fw_delivery_method, dtls
-FROM k ORDER BY gkey
+WITH w AS ({window}), reps AS (SELECT gkey, min(id) AS id FROM w GROUP BY gkey)
+SELECT reps.gkey, d.endpoint, d.device_class_id, d.firmware_version, d.sequence_number,
+       d.security_counter, d.clock_offset_seconds, d.device_time, d.clock_trusted_at, d.tags,
+       d.fw_protocols, d.fw_delivery_method, (p.id IS NOT NULL)
+FROM reps
+JOIN campaigns_rollout r ON r.id = reps.id
+JOIN campaigns_device d ON d.id = r.device_id
+LEFT JOIN campaigns_devicepsk p ON p.device_id = d.id
 """
 
 # The whole pass in one statement: each rollout of the window takes its group's answer (or is
@@ -788,23 +791,19 @@ FROM k ORDER BY gkey
 # (UPDATE ... FROM, still pending or not at all), the refused and deferred ones are written the
 # same way. It returns what it wrote, so the caller sees a claim that lost a row.
 _DECIDE_SQL = """
-WITH g(gkey, verdict, reason, detail, args) AS (
+WITH g(gkey, verdict, reason, detail, args, gi) AS (
     SELECT * FROM unnest(%(gkeys)s::text[], %(verdicts)s::text[], %(reasons)s::text[],
-                         %(details)s::text[], %(args)s::text[])
+                         %(details)s::text[], %(args)s::text[]) WITH ORDINALITY
 ),
-w AS ({window}),
-k AS MATERIALIZED (
-    SELECT w.*, {key} AS gkey, row_number() OVER (ORDER BY w.stage, w.bucket, w.id) AS pos
-    FROM w
-),
+w AS MATERIALIZED ({window}),
 v AS (
-    SELECT k.id, k.device_id, k.endpoint, k.clock, k.pos, g.reason, g.detail, g.args,
+    SELECT w.id, w.device_id, w.endpoint, w.clock, w.pos, g.gi,
            CASE WHEN EXISTS (
                     SELECT 1 FROM campaigns_rollout o
-                    WHERE o.device_id = k.device_id AND o.state = ANY(%(in_flight)s)
+                    WHERE o.device_id = w.device_id AND o.state IN {in_flight}
                       AND o.campaign_id <> %(campaign)s)
                 THEN 'defer' ELSE g.verdict END AS verdict
-    FROM k JOIN g ON g.gkey = k.gkey
+    FROM w JOIN g ON g.gkey = w.gkey
 ),
 x AS MATERIALIZED (
     SELECT v.*, count(*) FILTER (WHERE v.verdict = 'go')
@@ -816,10 +815,9 @@ cmd AS (
     INSERT INTO campaigns_devicecommand
         (id, device_id, operation, args, status, gateway_id, result, error_code, error, attempts,
          created_at, updated_at)
-    SELECT gen_random_uuid(), c.device_id, 'fw_update', c.args::jsonb, %(command_pending)s, '',
-           '{{}}'::jsonb, '', '', 0, %(now)s, %(now)s
-    FROM chosen c WHERE c.verdict = 'go'
-    ORDER BY c.pos
+    SELECT gen_random_uuid(), c.device_id, 'fw_update', g.args::jsonb, %(command_pending)s, '',
+           '{{}}'::jsonb, '', '', 0, %(stamp)s, %(stamp)s
+    FROM chosen c JOIN g ON g.gi = c.gi WHERE c.verdict = 'go'
     RETURNING id, device_id
 ),
 claimed AS (
@@ -835,21 +833,24 @@ claimed AS (
 held AS (
     UPDATE campaigns_rollout r
     SET state = CASE WHEN c.verdict = 'skip' THEN %(skipped)s ELSE r.state END,
-        reason = CASE WHEN c.verdict = 'defer' THEN r.reason ELSE c.reason END,
+        reason = CASE WHEN c.verdict = 'defer' THEN r.reason ELSE g.reason END,
         detail = CASE WHEN c.verdict = 'defer' THEN r.detail
-                      ELSE left(replace(c.detail, %(mark)s, c.endpoint), 500) END,
+                      ELSE left(replace(g.detail, %(mark)s, c.endpoint), 500) END,
         finished_at = CASE WHEN c.verdict = 'skip' THEN %(now)s ELSE r.finished_at END,
         next_attempt_at = CASE WHEN c.verdict = 'skip' THEN r.next_attempt_at
                                ELSE %(recheck)s END,
         updated_at = CASE WHEN c.verdict = 'defer' THEN r.updated_at ELSE %(now)s END
-    FROM chosen c
+    FROM chosen c JOIN g ON g.gi = c.gi
     WHERE r.id = c.id AND c.verdict <> 'go' AND r.state = %(pending)s
-    RETURNING c.verdict, c.reason
+    RETURNING c.verdict, g.reason
 )
 SELECT (SELECT count(*) FROM chosen WHERE verdict = 'go'),
        (SELECT array_agg(command_id::text ORDER BY pos) FROM claimed),
        (SELECT array_agg(reason) FROM held WHERE verdict <> 'defer')
 """
+# The in-flight states as SQL literals, so that the busy check can use the partial unique index
+# ``one_in_flight_rollout_per_device`` (a parameter would hide the index's predicate).
+_IN_FLIGHT_SQL = "(" + ", ".join(f"'{state.value}'" for state in IN_FLIGHT_STATES) + ")"
 
 
 def _dispatch_set(
@@ -882,10 +883,9 @@ def _dispatch_set(
         "window": room * 2,
     }
     # Tags are read only by the windows: without windows they split no group.
-    window_sql = _WINDOW_SQL
-    key_sql = _GROUP_KEY_SQL.format(tags=", w.tags" if spec.windows else "")
+    window_sql = _WINDOW_SQL.format(tags=", d.tags" if spec.windows else "")
     with connection.cursor() as cursor:
-        cursor.execute(_GROUPS_SQL.format(window=window_sql, key=key_sql), params)
+        cursor.execute(_GROUPS_SQL.format(window=window_sql), params)
         groups = cursor.fetchall()
     if not groups:
         return 0, {}
@@ -960,7 +960,6 @@ def _dispatch_set(
         reasons=reasons,
         details=details,
         args=args,
-        in_flight=[state.value for state in IN_FLIGHT_STATES],
         room=room,
         command_pending=CommandStatus.PENDING.value,
         queued=RolloutState.QUEUED.value,
@@ -969,10 +968,11 @@ def _dispatch_set(
         deadline=now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None,
         recheck=now + DEFER_RECHECK,
         mark=_ENDPOINT_MARK,
+        stamp=timezone.now(),  # the commands' creation, in real time (the resend rule reads it)
     )
     try:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(_DECIDE_SQL.format(window=window_sql, key=key_sql), params)
+            cursor.execute(_DECIDE_SQL.format(window=window_sql, in_flight=_IN_FLIGHT_SQL), params)
             chosen, command_ids, refused = cursor.fetchone() or (0, None, None)
             command_ids, refused = list(command_ids or ()), list(refused or ())
             if len(command_ids) != chosen:

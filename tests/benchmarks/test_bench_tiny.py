@@ -79,12 +79,23 @@ def test_bench_suit_tiny(strict: bool) -> None:
 
 def test_bench_campaigns_tiny_dispatch_and_queries() -> None:
     _need_postgres()
-    args = ("--sections", "dispatch,queries", "--dispatch-rollouts", "200")
+    args = (
+        "--sections",
+        "dispatch,queries",
+        "--dispatch-rollouts",
+        "200",
+        "--dispatch-rounds",
+        "1",
+    )
     status, out = _run("bench_campaigns.py", *args, strict=True)
-    assert "dispatch 200 pending rollouts: 196 dispatched + 4 skipped" in out, out
+    assert "round 1: 200 pending rollouts: engine 196 dispatched + 4 skipped" in out, out
+    assert "raw UPDATE ... FROM / INSERT ... SELECT 196 + 4 in" in out, out
+    assert "rows identical to the raw reference" in out, out
+    assert "rows differ" not in out, out
     assert re.search(r"^(PASS|MISS) dispatch: decisions/s = ", out, re.MULTILINE), out
+    assert re.search(r"^(PASS|MISS) dispatch: engine / raw set-based ", out, re.MULTILINE), out
     assert "PASS queries per dispatch pass: [" in out, out
-    _check(status, out, strict=True, goals=2)
+    _check(status, out, strict=True, goals=3)
 
 
 def test_bench_gateway_tiny_with_libcoap_and_rss() -> None:
