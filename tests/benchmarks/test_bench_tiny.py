@@ -121,3 +121,13 @@ def test_bench_gateway_soak_tiny() -> None:
         "bench_gateway_soak.py", "--datagrams", "300", "--seconds", "5", strict=False
     )
     _check(status, out, strict=False, goals=3)
+
+
+def test_bench_dtls_tiny() -> None:
+    _need_postgres()
+    status, out = _run("bench_dtls.py", "--devices", "20", "--deadline", "60", strict=True)
+    assert "20 DTLS devices provisioned in " in out, out
+    assert re.search(r"^got in: 20 of 20 registered within 60 s ", out, re.MULTILINE), out
+    assert re.search(r"^gateway handshakes: completed 20\b", out, re.MULTILINE), out
+    assert "INFO handshakes/s per gateway core: " in out, out
+    _check(status, out, strict=True, goals=1)

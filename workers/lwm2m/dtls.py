@@ -48,6 +48,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -66,9 +67,6 @@ _LOG_IDENTITY_CHARS = 40
 # DTLS record content type of a handshake message (RFC 6347 4.1): only these open a session.
 _HANDSHAKE_RECORD = 22
 _RECORD_HEADER_BYTES = 13
-# How often a session with a handshake flight pending asks tinydtls whether a retransmission is
-# due (tinydtls's first timeout is 1 s). See _poll_retransmissions for why we poll.
-RETRANSMIT_POLL_SECONDS = 0.2
 
 
 class DTLSError(LwM2MError):
@@ -739,26 +737,97 @@ def session_closed(remote: Any) -> bool:
 _classes: dict[str, type] = {}
 
 
-async def _poll_retransmissions(socket: Callable[[], Any]) -> None:
-    """Let tinydtls retransmit handshake flights until none is pending.
+# --- tinydtls's clock ----------------------------------------------------------------------------
+#
+# tinydtls keeps time in 32-bit millisecond ticks from an origin, ``dtls_clock_offset`` (a
+# process-wide C global, whole seconds of the wall clock), and stores each retransmission
+# deadline as an absolute tick count. DTLSSocket calls ``dtls_init`` in every ``DTLS()``
+# constructor, and ``dtls_init`` moves the origin to the current second. A deadline set before
+# the move then lies in the future by however far the origin moved, and while new contexts keep
+# appearing (a burst of devices: one context per session) tick counts never reach any deadline:
+# retransmissions did not happen at all, a handshake whose flight was lost stalled until the
+# handshake timeout, and a burst of 1,000 devices did not all get in within 2 minutes (806 did;
+# benchmarks/bench_dtls.py). Every context here is therefore created by :func:`new_context`,
+# which puts the origin back where it was: one origin for the life of the process, so every
+# deadline is on one clock and :func:`_run_retransmissions` can sleep until it.
+#
+# The ticks wrap after 2**32 ms (49.7 days); the origin moves forward once the process has run
+# for half of that (:data:`_ORIGIN_MAX_AGE_S`), between two context creations. Deadlines pending at
+# that moment lie in the far future and never fire: a handshake in flight then is dropped by the
+# handshake timeout and the device handshakes again, once in 24.8 days.
 
-    aiocoap sleeps until the time ``checkRetransmit()`` names, but that time is on tinydtls's
-    clock, whose origin DTLSSocket resets to the current second whenever any DTLS context is
-    created (``dtls_init`` per object). Compared with aiocoap's own clock the sleep came out
-    negative, so every handshake in progress spun the event loop (measured: 300 simulated
-    devices could not all register within 2 minutes; polling: all in about 6 s). Polling only
-    asks; tinydtls decides what is due on its own clock.
-    """
+_TICKS_PER_SECOND = 1000  # DTLS_TICKS_PER_SECOND of DTLSSocket's tinydtls build (posix)
+_ORIGIN_MAX_AGE_S = 2**31 // _TICKS_PER_SECOND
+# Bounds on a sleep until tinydtls's next retransmission deadline (its first timeout is 1 s and
+# doubles per retransmission, up to 60 s).
+_RETRANSMIT_MIN_SLEEP_S = 0.005
+_RETRANSMIT_MAX_SLEEP_S = 60.0
+_clock: dict[str, Any] = {}
+
+
+def _clock_offset() -> Any:
+    """tinydtls's ``time_t dtls_clock_offset`` in the loaded DTLSSocket module (a ctypes view)."""
+    if "offset" not in _clock:
+        from DTLSSocket import dtls
+
+        # dlopen of the already loaded module returns its handle: the very variable it uses.
+        library = ctypes.CDLL(dtls.__file__)
+        _clock["offset"] = ctypes.c_int64.in_dll(library, "dtls_clock_offset")
+        _clock["ticks"] = library.dtls_ticks
+    return _clock["offset"]
+
+
+def clock_origin() -> int:
+    """The origin every tinydtls context of this process counts its ticks from (seconds since
+    the epoch); chosen at the first context, moved only when the ticks would wrap."""
+    now = int(time.time())
+    origin = _clock.get("origin")
+    if origin is None or now - origin >= _ORIGIN_MAX_AGE_S:
+        origin = _clock["origin"] = now
+    return int(origin)
+
+
+def tinydtls_ticks() -> int:
+    """tinydtls's own ``dtls_ticks()``: the time on the clock its deadlines are set on."""
+    _clock_offset()
+    ticks = ctypes.c_uint32()
+    _clock["ticks"](ctypes.byref(ticks))
+    return ticks.value
+
+
+def new_context(**kwargs: Any) -> Any:
+    """A ``DTLSSocket.dtls.DTLS`` context whose construction leaves tinydtls's clock origin where
+    it was (see above); every context of the gateway and of the simulated devices is made here."""
+    from DTLSSocket import dtls
+
+    origin = clock_origin()
+    offset = _clock_offset()
+    context = dtls.DTLS(**kwargs)
+    offset.value = origin
+    return context
+
+
+async def _run_retransmissions(context_of: Callable[[], Any]) -> None:
+    """Let tinydtls retransmit handshake flights until none is pending, sleeping until its next
+    deadline (aiocoap computed that sleep against a clock of its own, which tinydtls's did not
+    match once DTLSSocket had moved the origin; with :func:`new_context` the deadline is on the
+    clock :func:`tinydtls_ticks` reads)."""
     while True:
-        dtls_socket = socket()
-        if dtls_socket is None or dtls_socket.checkRetransmit() == 0:
+        dtls_socket = context_of()
+        if dtls_socket is None:
             return
-        await asyncio.sleep(RETRANSMIT_POLL_SECONDS)
+        due = dtls_socket.checkRetransmit()  # retransmits what is due, returns the next deadline
+        if due == 0:
+            return
+        wait = ((due - tinydtls_ticks()) & 0xFFFFFFFF) / _TICKS_PER_SECOND
+        if wait > _RETRANSMIT_MAX_SLEEP_S * 2:  # before now: the tick difference wrapped
+            wait = 0.0
+        await asyncio.sleep(min(max(wait, _RETRANSMIT_MIN_SLEEP_S), _RETRANSMIT_MAX_SLEEP_S))
 
 
 async def client_context(site: Any) -> Any:
     """An aiocoap context that reaches coaps servers (and serves ``site`` over those sessions)
-    through aiocoap's tinydtls client with :func:`_poll_retransmissions`; no socket of its own.
+    through aiocoap's tinydtls client with :func:`_run_retransmissions`; no socket of its own.
     """
     missing = dtls_missing()
     if missing is not None:
@@ -815,8 +884,13 @@ async def open_listener(
     keys: PSKCache,
     handshake_timeout: float,
     max_sessions: int,
+    recv_buffer_bytes: int | None = None,
 ) -> DTLSListener:
-    """Add a coaps listener to an existing aiocoap server context (same site, same requests)."""
+    """Add a coaps listener to an existing aiocoap server context (same site, same requests).
+
+    ``recv_buffer_bytes``: the socket's receive buffer (the kernel's default, about 200 KiB,
+    holds a few hundred ClientHellos: a burst beyond that is dropped and costs each device a
+    retransmission timeout)."""
     missing = dtls_missing()
     if missing is not None:
         raise DTLSUnavailableError(missing)
@@ -826,10 +900,8 @@ async def open_listener(
             "from the address it is bound to (LWM2M_DTLS_BIND=192.0.2.10:5684, say)"
         )
     _session_class()
-    from DTLSSocket import dtls as dtlssocket
-
     # Fail here, at start, rather than at a device's first handshake.
-    configure_tinydtls(dtlssocket.DTLS(pskId=b"-", pskStore={}))
+    configure_tinydtls(new_context(pskId=b"-", pskStore={}))
     interface_class = _classes["interface"]
     loop = asyncio.get_running_loop()
     holder: list[Any] = []
@@ -849,6 +921,10 @@ async def open_listener(
 
     # The same constructor aiocoap uses for its own transports (pinned aiocoap: requirements.txt).
     await context._append_tokenmanaged_messagemanaged_transport(construct)
+    if recv_buffer_bytes is not None:
+        sock = holder[0]._pool._transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv_buffer_bytes)
     return DTLSListener(host=host, port=port, interface=holder[0])
 
 
@@ -902,7 +978,7 @@ def _define_transport() -> None:
             self._sent_alerts: list[tuple[int, int]] = []
             self._plain_alerts: list[tuple[int, int]] = []
             self._wrote = False
-            self._dtls_socket = dtls.DTLS(
+            self._dtls_socket = new_context(
                 read=self._read,
                 write=self._write,
                 event=self._event,
@@ -1122,7 +1198,7 @@ def _define_transport() -> None:
             self.close(exc)
 
         async def _run_retransmissions(self) -> None:
-            await _poll_retransmissions(lambda: self._dtls_socket)
+            await _run_retransmissions(lambda: self._dtls_socket)
 
         def close(self, exc: BaseException) -> None:
             """End the session (idempotent): pending requests to it fail with ``exc``; a
@@ -1136,11 +1212,15 @@ def _define_transport() -> None:
             connections = self._protocol._connections
             if connections.get(self._underlying_address.address) is self:
                 del connections[self._underlying_address.address]
-            plaintext = self._protocol._message_interface._plaintext_interface
-            if plaintext._mman is not None:
-                plaintext._received_exception(self, exc)
             # Not now: close() may run inside a tinydtls callback of this very context.
             asyncio.get_running_loop().call_soon(self._teardown)
+            plaintext = self._protocol._message_interface._plaintext_interface
+            if plaintext._mman is not None:
+                # aiocoap 0.4.17 also fails a request whose caller stopped waiting (its
+                # response future is done), and raises InvalidStateError for it; here that
+                # would escape through tinydtls's callback into handleMessage.
+                with contextlib.suppress(asyncio.InvalidStateError):
+                    plaintext._received_exception(self, exc)
 
         def _teardown(self) -> None:
             """Free the tinydtls context now, not whenever the cyclic GC gets to it: freeing
@@ -1300,8 +1380,40 @@ def _define_transport() -> None:
             await GenericMessageInterface.shutdown(self)
 
     class _ClientConnection(tinydtls.DTLSClientConnection):  # type: ignore[misc]
+        """aiocoap 0.4.17's client connection, its tinydtls context made by :func:`new_context`
+        and its retransmissions timed by :func:`_run_retransmissions`."""
+
+        async def _start(self) -> None:
+            self._dtls_socket = None
+            self._connection = None
+            try:
+                self._transport, _ = await self.coaptransport.loop.create_datagram_endpoint(
+                    self.SingleConnection.factory(self), remote_addr=(self._host, self._port)
+                )
+                self._dtls_socket = new_context(
+                    read=self._build_accessor("_read", 0),
+                    write=self._build_accessor("_write", 0),
+                    event=self._build_accessor("_event", 0),
+                    pskId=self._pskId,
+                    pskStore={self._pskId: self._psk},
+                )
+                self._connection = self._dtls_socket.connect(
+                    tinydtls._SENTINEL_ADDRESS, tinydtls._SENTINEL_PORT
+                )
+                self._retransmission_task = asyncio.create_task(self._run_retransmissions())
+                self._connecting = asyncio.get_running_loop().create_future()
+                await self._connecting
+                queue, self._queue = self._queue, None
+                for message in queue:
+                    self.send(message)
+            except Exception as exc:
+                self.coaptransport.ctx.dispatch_error(exc, self)
+            finally:
+                if self._queue is not None:  # the handshake did not complete
+                    self.shutdown()
+
         async def _run_retransmissions(self) -> None:
-            await _poll_retransmissions(lambda: getattr(self, "_dtls_socket", None))
+            await _run_retransmissions(lambda: getattr(self, "_dtls_socket", None))
 
     class _ClientInterface(tinydtls.MessageInterfaceTinyDTLS):  # type: ignore[misc]
         """aiocoap's DTLS client transport, building :class:`_ClientConnection` sessions."""

@@ -395,6 +395,7 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             keys=cache,
             handshake_timeout=self.config.dtls_handshake_timeout,
             max_sessions=self.config.dtls_max_sessions,
+            recv_buffer_bytes=self.config.recv_buffer_bytes,
         )
         self._spawn(cache.run_forever(run))
 

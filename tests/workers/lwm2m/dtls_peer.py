@@ -336,3 +336,11 @@ class PSKClient:
             for content_type, epoch, sequence, fragment in self._receive():
                 if content_type == APPLICATION_DATA and epoch == 1:
                     return self._decrypt(content_type, epoch, sequence, fragment)
+
+    def receive_application_data(self) -> list[bytes]:
+        """The application data of the next datagram(s) from the server (decrypted)."""
+        return [
+            self._decrypt(content_type, epoch, sequence, fragment)
+            for content_type, epoch, sequence, fragment in self._receive()
+            if content_type == APPLICATION_DATA and epoch == 1
+        ]

@@ -21,6 +21,7 @@ from campaigns import device_services
 from tests.workers.lwm2m.conftest import DictFirmware, ListSink, wait_for
 from tests.workers.lwm2m.dtls_peer import (
     ANJAY_MBEDTLS,
+    APPLICATION_DATA,
     EMPTY_RENEGOTIATION_INFO_SCSV,
     EXTENDED_MASTER_SECRET,
     PSK_AES_128_CCM,
@@ -33,6 +34,7 @@ from tests.workers.lwm2m.dtls_peer import (
     HelloShape,
     PSKClient,
 )
+from workers.lwm2m.admission import peer_address
 from workers.lwm2m.bus import InMemoryCommandBus
 from workers.lwm2m.dtls import dtls_missing
 from workers.lwm2m.gateway import Gateway, GatewayConfig, GatewayThread
@@ -42,6 +44,7 @@ pytestmark = pytest.mark.skipif(dtls_missing() is not None, reason=str(dtls_miss
 IDENTITY = "wakaama-shape-1"
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 FATAL, HANDSHAKE_FAILURE = 2, 40
+CONNECTION_ID = 54  # RFC 9146's extension
 
 
 @pytest.fixture
@@ -266,3 +269,61 @@ def test_repeated_failed_handshakes_are_rate_limited(
     sent = [r.getMessage() for r in caplog.records if "handshake_failure" in r.getMessage()]
     # Five lines per kind of failure (the alert) and 10 s; each kind is counted on its own.
     assert len(sent) == 5, sent
+
+
+def _response(client: PSKClient, request: aiocoap.Message) -> aiocoap.Message:
+    """Send ``request`` over the session; its response (the gateway's own requests skipped)."""
+    client.send_record(APPLICATION_DATA, request.encode(), epoch=1)
+    for _ in range(20):
+        for payload in client.receive_application_data():
+            message = aiocoap.Message.decode(payload)
+            if message.code.is_response() and message.token == request.token:
+                return message
+    raise AssertionError("no response")
+
+
+def test_device_whose_source_port_changes_handshakes_again_and_keeps_its_registration(
+    gateway: GatewayThread,
+) -> None:
+    """A NAT rebinding: the device's datagrams come from a new port. Without a Connection ID
+    that is a new session (one more handshake); its Update moves the registration there."""
+    first = _client(gateway)
+    try:
+        first.handshake()
+        created = _register(first)
+        old_port = first.sock.getsockname()[1]
+    finally:
+        first.close()
+    assert created.code == Code.CREATED
+    moved = _client(gateway)  # a new socket: a new source port
+    try:
+        moved.handshake()
+        update = aiocoap.Message(
+            code=Code.POST, uri="coaps://127.0.0.1/" + "/".join(created.opt.location_path)
+        )
+        update.mtype, update.mid, update.token = aiocoap.CON, 4712, b"up"
+        response = _response(moved, update)
+        new_port = moved.sock.getsockname()[1]
+    finally:
+        moved.close()
+    assert response.code == Code.CHANGED
+    assert new_port != old_port
+    reg = gateway.gateway.by_endpoint[IDENTITY]
+    assert peer_address(reg.remote)[1] == new_port
+    listener = gateway.gateway.dtls
+    assert listener is not None and listener.handshakes["completed"] == 2
+
+
+def test_connection_id_offered_by_a_client_is_not_negotiated(gateway: GatewayThread) -> None:
+    """RFC 9146: the client offers a Connection ID (an empty one of its own: "send me none, I
+    will use yours"); tinydtls has no Connection ID, so the ServerHello carries none and the
+    session is bound to the peer's address (docs/lwm2m.md, DTLS "Known limits")."""
+    shape = HelloShape((PSK_AES_128_CCM_8,), (EXTENDED_MASTER_SECRET, (CONNECTION_ID, b"\x00")))
+    client = _client(gateway, shape)
+    try:
+        client.handshake()
+        assert CONNECTION_ID not in client.server_extensions
+        response = _register(client)
+    finally:
+        client.close()
+    assert response.code == Code.CREATED

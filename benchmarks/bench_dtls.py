@@ -1,0 +1,276 @@
+"""DTLS at fleet scale: N simulated DTLS (PSK) devices start in one burst against a gateway in
+its own process; how many register, how fast, and how many handshakes one gateway core does.
+
+Plain script: ``python benchmarks/bench_dtls.py [--devices N] [--deadline S]``. Two processes
+share the machine's two cores:
+
+* the gateway, ``manage.py lwm2m_gateway --dtls-bind ... --refuse-nosec`` as in production
+  (DTLS devices only), its registry and keys in a throwaway PostgreSQL database
+  (``<BENCH_DB_PREFIX>_dtls``, dropped at the end), device events to Redis (database 15, or
+  BENCH_REDIS_URL; emptied before and after), its Prometheus metrics on a loopback port;
+* this process, running the N simulated devices (``workers/lwm2m/simulator.py``,
+  ``FleetSpec(dtls=True)``: each its own 16-byte PSK, identity = endpoint) in one asyncio loop.
+  Their keys are provisioned through ``device_psk_set`` before the gateway starts.
+
+Figures:
+
+* got in: devices whose registration was answered 2.01 over their DTLS session within
+  ``--deadline`` seconds of the burst's start (goal: all of them), and the time the last did;
+* handshakes completed by the gateway (its ``fwupd_gateway_dtls_handshakes_total`` counter,
+  by outcome) and its CPU time (user + system, from /proc) over the burst: handshakes per
+  gateway CPU-second is the figure per gateway core (each handshake here carries the
+  registration that follows it, and the gateway's device-information reads of the devices that
+  got in); handshakes per wall-clock second beside it.
+
+The machine line (CPU, cores, load at start) comes first (``_report``). Exit status 1 when a goal
+is missed and ``BENCH_STRICT=1``; 2 when the gateway could not be started or measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _campaign_world as cw  # noqa: E402
+from _report import Report  # noqa: E402
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
+HANDSHAKES = re.compile(r'^fwupd_gateway_dtls_handshakes_total\{.*result="(\w+)".*\} ([\d.e+]+)$')
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# The whole run (the burst is bounded by --deadline; this bounds set-up and provisioning).
+PROVISION_TIMEOUT = 1800
+
+
+def provision(env: dict[str, str], psks: dict[str, bytes]) -> None:
+    """Store every device's key through the product's service, in a child (Django) process."""
+    code = (
+        "import django, json, sys; django.setup();"
+        "from campaigns.device_services import device_psk_set;"
+        "[device_psk_set(endpoint=e, key=bytes.fromhex(k))"
+        " for e, k in json.load(sys.stdin).items()]"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        input=json.dumps({e: k.hex() for e, k in psks.items()}).encode(),
+        env=env,
+        check=True,
+        cwd=ROOT,
+        timeout=PROVISION_TIMEOUT,
+    )
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def handshakes(metrics_port: int) -> dict[str, float]:
+    """The gateway's DTLS handshakes by outcome, from its metrics endpoint."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = HANDSHAKES.match(line)
+        if match:
+            out[match.group(1)] = float(match.group(2))
+    return out
+
+
+def wait_for_metrics(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"the gateway exited with {proc.returncode}")
+        try:
+            handshakes(port)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("the gateway's metrics never answered") from None
+            time.sleep(0.2)
+
+
+async def burst(fleet: Any, deadline: float) -> dict[str, Any]:
+    """Start every device at once; when each registered, within ``deadline`` seconds."""
+    done: list[float] = []
+    start = time.perf_counter()
+
+    async def watch(device: Any) -> None:
+        await device.registered.wait()
+        done.append(time.perf_counter() - start)
+
+    watchers = [asyncio.ensure_future(watch(d)) for d in fleet.devices.values()]
+    await fleet.start(concurrency=len(fleet.devices))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*watchers), deadline)
+    for task in watchers:
+        task.cancel()
+    return {"registered": len(done), "times": sorted(done), "wall": time.perf_counter() - start}
+
+
+async def run_fleet(
+    fleet: Any, deadline: float, gateway_pid: int, metrics_port: int
+) -> dict[str, Any]:
+    before_cpu, before = cpu_seconds(gateway_pid), handshakes(metrics_port)
+    result = await burst(fleet, deadline)
+    # Let the gateway finish the device-information reads of the last devices in.
+    await asyncio.sleep(1.0)
+    result["gateway_cpu"] = cpu_seconds(gateway_pid) - before_cpu
+    after = handshakes(metrics_port)
+    result["handshakes"] = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    await fleet.stop(deregister=False)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument(
+        "--deadline", type=float, default=120.0, help="seconds the burst has to get in"
+    )
+    args = parser.parse_args()
+
+    report = Report()
+    report.machine()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import redis
+
+    from workers.lwm2m.dtls import dtls_missing
+    from workers.lwm2m.ports import claim_udp_port
+    from workers.lwm2m.simulator import Fleet, FleetSpec
+
+    missing = dtls_missing()
+    if missing is not None:
+        report.error(f"DTLS cannot run here: {missing}")
+        return report.exit_status()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    db = f"{cw.DB_PREFIX}_dtls"
+    cw.drop_db(db)
+    cw.create_db(db)
+    proc: subprocess.Popen[bytes] | None = None
+    with (
+        contextlib.ExitStack() as cleanup,
+        tempfile.TemporaryDirectory(prefix="fwupd-dtlsbench-") as tmp,
+    ):
+        cleanup.callback(cw.drop_db, db)
+        env = {
+            **os.environ,
+            "CELERY_BROKER_URL": REDIS_URL,
+            "FIRMWARE_STORAGE_ROOT": str(Path(tmp) / "images"),
+            "DATABASE_URL": cw.db_url(db),
+            "LOG_LEVEL": "ERROR",
+            "LWM2M_ADMISSION": "provisioned",
+        }
+        subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), "migrate", "--verbosity", "0"],
+            env=env,
+            check=True,
+        )
+        port, plain_port = claim_udp_port("127.0.0.1"), claim_udp_port("127.0.0.1")
+        metrics_port = free_tcp_port()
+        fleet = Fleet(server_uri=f"coaps://127.0.0.1:{port}", trust_anchors=[])
+        fleet.load_or_create(
+            FleetSpec(
+                count=args.devices,
+                prefix="dtls",
+                manufacturer="Acme Sensors",
+                model="thermo-v2",
+                vendor_id="fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe",
+                class_id="1492af14-2569-5e48-bf42-9b2d51f2ab45",
+                lifetime=3600,
+                dtls=True,
+            )
+        )
+        began = time.perf_counter()
+        provision(env, fleet.psks())
+        print(
+            f"{args.devices:,} DTLS devices provisioned in {time.perf_counter() - began:.1f} s",
+            flush=True,
+        )
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "manage.py"),
+                    "lwm2m_gateway",
+                    "--bind",
+                    f"127.0.0.1:{plain_port}",
+                    "--dtls-bind",
+                    f"127.0.0.1:{port}",
+                    "--refuse-nosec",
+                    "--gateway-id",
+                    "bench-dtls",
+                    "--metrics-port",
+                    str(metrics_port),
+                ],
+                env=env,
+            )
+            wait_for_metrics(metrics_port, proc)
+            print(
+                f"burst: {args.devices:,} devices start at once, {args.deadline:.0f} s to get in",
+                flush=True,
+            )
+            r = asyncio.run(run_fleet(fleet, args.deadline, proc.pid, metrics_port))
+        finally:
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            redis.Redis.from_url(REDIS_URL).flushdb()
+
+    n, got_in, times = args.devices, r["registered"], r["times"]
+    completed = r["handshakes"].get("completed", 0.0)
+    outcomes = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["handshakes"].items()))
+    last = times[-1] if times else float("nan")
+    half = times[len(times) // 2] if times else float("nan")
+    print(
+        f"got in: {got_in:,} of {n:,} registered within {args.deadline:.0f} s "
+        f"(half by {half:.2f} s, the last at {last:.2f} s)"
+    )
+    print(f"gateway handshakes: {outcomes or 'none'}; gateway CPU {r['gateway_cpu']:.2f} s")
+    per_core = completed / r["gateway_cpu"] if r["gateway_cpu"] else 0.0
+    wall = completed / last if times else 0.0
+    print(
+        f"INFO handshakes/s per gateway core: {per_core:,.0f} "
+        f"(completed handshakes / gateway CPU-seconds, each with its registration); "
+        f"per wall-clock second: {wall:,.0f}"
+    )
+    if completed <= 0:
+        report.error("the gateway completed no handshake: nothing to measure")
+    report.goal(
+        f"DTLS devices registered within {args.deadline:.0f} s of one burst",
+        got_in,
+        at_least=n,
+        detail=f"{n - got_in:,} not in" if got_in < n else "",
+    )
+    return report.exit_status()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
