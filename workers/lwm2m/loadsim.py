@@ -38,17 +38,22 @@ reply, as the deduplication of 4.5 wants.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import heapq
 import hmac
+import json
 import logging
+import os
 import random
 import secrets
 import socket
 import struct
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -830,3 +835,93 @@ class LoadFleet:
                 asyncio.get_running_loop().remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _status(fleet: LoadFleet, **extra: Any) -> str:
+    return json.dumps(
+        {
+            "registered": fleet.registered(),
+            "devices": len(fleet.devices),
+            "installed": sum(1 for d in fleet.devices if d.boots),
+            "rss": rss_bytes(),
+            "stats": dataclasses.asdict(fleet.stats),
+            **extra,
+        },
+        sort_keys=True,
+    )
+
+
+async def serve(spec: LoadFleetSpec, *, status_seconds: float) -> None:
+    """Run one load fleet until stdin closes. Prints one JSON line per ``status_seconds`` and
+    one answer per command line read from stdin:
+
+    ``status`` -> the status line; ``download URI CONCURRENCY`` -> every device downloads the
+    envelope at URI and its payload (no campaign), answered with
+    ``{"download": {"ok", "failed", "seconds", "max_downloading"}}``; ``quit`` ends it.
+    """
+    loop = asyncio.get_running_loop()
+    before = rss_bytes()
+    fleet = LoadFleet(spec)
+    built = rss_bytes()
+    print(json.dumps({"built": len(fleet.devices), "rss_before": before, "rss": built}), flush=True)
+    started = time.monotonic()
+    await fleet.start()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(status_seconds)
+            print(_status(fleet, uptime=round(time.monotonic() - started, 3)), flush=True)
+
+    reporter = asyncio.ensure_future(report())
+    try:
+        while True:
+            line = (await reader.readline()).decode().split()
+            if not line or line[0] == "quit":
+                break
+            if line[0] == "status":
+                print(_status(fleet, uptime=round(time.monotonic() - started, 3)), flush=True)
+            elif line[0] == "download" and len(line) == 3 and line[2].isdigit():
+                fleet.stats.max_downloading = 0
+                t0 = time.monotonic()
+                ok, failed = await fleet.download_all(line[1], concurrency=int(line[2]))
+                answer = {
+                    "ok": ok,
+                    "failed": failed,
+                    "seconds": round(time.monotonic() - t0, 3),
+                    "max_downloading": fleet.stats.max_downloading,
+                }
+                print(json.dumps({"download": answer}), flush=True)
+            else:
+                print(json.dumps({"error": f"unknown command {' '.join(line)!r}"}), flush=True)
+    finally:
+        reporter.cancel()
+        await fleet.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m workers.lwm2m.loadsim", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("spec", help="JSON file of LoadFleetSpec fields")
+    parser.add_argument("--status-seconds", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    with open(args.spec) as f:
+        try:
+            spec = LoadFleetSpec(**json.load(f))
+        except (TypeError, ValueError) as exc:
+            parser.error(f"{args.spec}: {exc}")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(serve(spec, status_seconds=args.status_seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
