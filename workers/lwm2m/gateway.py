@@ -56,7 +56,7 @@ from workers.lwm2m.fwserver import (
     PublishedFile,
 )
 from workers.lwm2m.fwupdate import UpdateDriver
-from workers.lwm2m.ports import claim_udp_port, release_udp_port
+from workers.lwm2m.ports import claim_udp_port, release_udp_port, require_free_udp_port
 from workers.lwm2m.registration import Registration, RegistrationInterface, RegistrationResource
 from workers.lwm2m.resources import _Handler
 
@@ -91,6 +91,10 @@ class GatewayConfig:
     fw_start_timeout: float = 120.0
     expiry_sweep_seconds: float = 1.0
     write_format: int = content.CT_TLV
+    # Join an SO_REUSEPORT group on ``port``: several gateway processes share the port and the
+    # kernel spreads devices over them by source address (docs/deploy.md). Off: the port is
+    # this process's alone (a second gateway on it fails to start, it does not share traffic).
+    reuse_port: bool = False
     # Receive buffer asked for the CoAP socket (the kernel caps it at net.core.rmem_max): a
     # fleet's burst of requests must not overflow it, or datagrams are dropped and retransmitted.
     recv_buffer_bytes: int = 4 * 1024 * 1024
@@ -293,6 +297,8 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             # Port 0 asks for any free port: claim an exclusive one (workers.lwm2m.ports).
             self.config.port = claim_udp_port(self.config.host)
             self._claimed_port = self.config.port
+        elif not self.config.reuse_port:
+            require_free_udp_port(self.config.host, self.config.port)
         self._info_slots = asyncio.Semaphore(self.config.device_info_concurrency)
         screened.quiet_transient_errors(asyncio.get_running_loop())
         if self.provisioned is not None:
@@ -304,7 +310,7 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             max_datagram=self.config.max_payload + screened.DATAGRAM_OVERHEAD,
             guard=self.guard,
         )
-        self._size_receive_buffer()
+        self._configure_sockets()
         self._event_queue = asyncio.Queue()
         self._spawn(self._event_pump(self._event_queue))
         if self.psk_cache is not None:
@@ -433,10 +439,12 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway task failed", exc_info=task.exception())
 
-    def _size_receive_buffer(self) -> None:
-        """Ask for ``recv_buffer_bytes`` of socket receive buffer (aiocoap keeps the default,
-        about 200 KiB: a few hundred devices' requests at once overflowed it and the dropped
-        datagrams cost each device a CoAP retransmission timeout)."""
+    def _configure_sockets(self) -> None:
+        """On the CoAP server socket: ``SO_REUSEPORT`` as configured (aiocoap always sets it
+        before binding; cleared after the bind, no other socket can join the port: Linux checks
+        the flag of the sockets already bound), and ``recv_buffer_bytes`` of receive buffer
+        (aiocoap keeps the default, about 200 KiB: a few hundred devices' requests at once
+        overflowed it and the dropped datagrams cost each device a retransmission timeout)."""
         if self.context is None:
             return
         for transport in self.context.request_interfaces:
@@ -446,6 +454,8 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             sock = sock_transport.get_extra_info("socket") if sock_transport else None
             if sock is None:
                 continue
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(self.config.reuse_port))
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.recv_buffer_bytes)
             log.debug(

@@ -58,3 +58,24 @@ def release_udp_port(host: str, port: int) -> None:
     """Forget a claimed port once its endpoint has closed (unknown ports are ignored)."""
     with _lock:
         _claimed.discard((host, port))
+
+
+class PortInUseError(OSError):
+    """The gateway's port is held by another socket and sharing it was not asked for."""
+
+
+def require_free_udp_port(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` when any socket holds ``host:port`` (a probe bind without
+    ``SO_REUSEPORT`` fails then, whether the holder allows reuse or not)."""
+    address = ipaddress.ip_address(host)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((f"::ffff:{address}" if address.version == 4 else host, port))
+    except OSError as exc:
+        raise PortInUseError(
+            f"UDP {host}:{port} is in use ({exc.strerror}); to serve it with the gateways "
+            "already there, start every one of them with --reuse-port"
+        ) from None
+    finally:
+        sock.close()

@@ -1,5 +1,6 @@
 """Run one LwM2M gateway process: ``manage.py lwm2m_gateway --bind HOST:PORT``.
 
+``--reuse-port`` joins the gateways sharing that port (SO_REUSEPORT group: docs/deploy.md).
 ``--dtls-bind HOST:PORT`` adds a DTLS (PSK) listener; ``--refuse-nosec`` accepts DTLS
 registrations only (docs/lwm2m.md, "DTLS"); ``--metrics-port PORT`` serves the gateway's
 Prometheus metrics (registrations, DTLS handshakes, refusals: docs/operations.md).
@@ -44,6 +45,13 @@ class Command(BaseCommand):
             "scraped from other hosts)",
         )
         parser.add_argument(
+            "--reuse-port",
+            action="store_true",
+            help="share --bind's port with the other gateway processes started with this flag "
+            "(SO_REUSEPORT: the kernel spreads devices over them by source address; "
+            "docs/deploy.md); without it the port must be free",
+        )
+        parser.add_argument(
             "--refuse-nosec",
             action="store_true",
             help="refuse plain-CoAP registrations (default: LWM2M_ACCEPT_NOSEC)",
@@ -53,6 +61,7 @@ class Command(BaseCommand):
         from workers.lwm2m.bus import bus_for_url, configured_bus_url
         from workers.lwm2m.dtls import DTLSUnavailableError, dtls_missing
         from workers.lwm2m.gateway import Gateway, GatewayConfig
+        from workers.lwm2m.ports import PortInUseError
 
         try:
             config = GatewayConfig.from_settings(
@@ -66,6 +75,8 @@ class Command(BaseCommand):
             config.public_uri = options["public_uri"]
         if options["dtls_public_uri"]:
             config.dtls_public_uri = options["dtls_public_uri"]
+        if options["reuse_port"]:
+            config.reuse_port = True
         if options["refuse_nosec"]:
             config.accept_nosec = False
         if config.dtls_host is not None and dtls_missing():
@@ -78,7 +89,7 @@ class Command(BaseCommand):
         async def main() -> None:
             try:
                 await gateway.start()
-            except DTLSUnavailableError as exc:
+            except (DTLSUnavailableError, PortInUseError) as exc:
                 await gateway.stop()
                 raise CommandError(str(exc)) from None
             if options["metrics_port"] is not None:
