@@ -331,12 +331,22 @@ class Release(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     revoke_reason = models.TextField(blank=True)
+    # The released envelope, frozen the first time the release is approved: the manifest bytes
+    # unchanged and the author's and each counted approver's COSE_Sign1 in its authentication
+    # wrapper. What suit and suit-integrated devices download; never rewritten afterwards (a
+    # later approval does not alter a published file). Null until then.
+    released_envelope = models.BinaryField(null=True, blank=True, editable=False)
+    released_sha256 = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def released_envelope_bytes(self) -> bytes | None:
+        return None if self.released_envelope is None else bytes(self.released_envelope)
 
 
 class Approval(models.Model):

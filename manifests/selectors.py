@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from manifests import suit
-from manifests.models import DeviceClass, FirmwareImage, Release
+from manifests.models import DeviceClass, FirmwareImage, Manifest, Release
 from manifests.policy import Verdict
 
 
@@ -91,3 +91,19 @@ def manifest_params(
         payload_format=device_class.payload_format,
         profile=device_class.manifest_profile,
     )
+
+
+def served_envelope(manifest_digest: str) -> bytes | None:
+    """The envelope the firmware server publishes for a manifest digest: the release's frozen
+    released envelope when it has one (every counted signature, what the device's trust policy
+    checks), else the author-signed envelope as imported. None for an unknown digest."""
+    digest = str(manifest_digest).lower()
+    row = (
+        Manifest.objects.filter(manifest_digest=digest)
+        .values_list("envelope", "release__released_envelope")
+        .first()
+    )
+    if row is None:
+        return None
+    envelope, released = row
+    return bytes(released) if released is not None else bytes(envelope)

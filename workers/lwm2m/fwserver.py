@@ -60,13 +60,14 @@ KIND_GETTERS = {"m": "envelope", "i": "image", "s": "integrated"}
 
 
 class DjangoFirmwareSource:
-    """Envelopes from ``Manifest.envelope`` (exact bytes), payloads from the image store."""
+    """Envelopes as stored (exact bytes): the released envelope frozen at approval (author and
+    every counted approver's signature) when the manifest's release has one, else the author's
+    ``Manifest.envelope``; payloads from the image store."""
 
     def envelope(self, manifest_digest: str) -> bytes | None:
-        from manifests.models import Manifest
+        from manifests.selectors import served_envelope
 
-        row = Manifest.objects.filter(manifest_digest=manifest_digest).only("envelope").first()
-        return bytes(row.envelope) if row is not None else None
+        return served_envelope(manifest_digest)
 
     def image(self, sha256: str) -> bytes | None:
         from manifests.services import image_storage
