@@ -44,13 +44,19 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from manifests.device_rules import DeviceCheckError, FwResult
+from manifests.device_rules import (
+    DeviceCheckError,
+    FwResult,
+    UnsupportedManifestError,
+    require_signature,
+)
 from manifests.suit.cbor import decode_item, dumps
 from manifests.suit.constants import EC_ALGS, ED_ALGS
 from manifests.suit.cose import parse_sign1, sign1, verify_raw
-from manifests.suit.errors import SUITError
+from manifests.suit.errors import SUITError, SUITUnsupportedError
 from manifests.suit.keys import KeyInfo, key_info
 from manifests.suit.model import Envelope, SignatureBlock
+from manifests.suit.verify import verify_envelope
 
 POLICY_TYPE = "fwupd-trust-policy"
 # The project's approving roles (manifests.policy.APPROVING_ROLES).
@@ -418,3 +424,59 @@ def accept_rotation(current: TrustPolicy, data: bytes, *, now: dt.datetime) -> T
             "its own security keys it needs"
         )
     return new
+
+
+# --- what a device holding a policy (hex, as its state stores it) runs -------------------------
+_HELD: dict[str, TrustPolicy] = {}
+_HELD_MAX = 64
+
+
+def held_policy(policy_hex: str) -> TrustPolicy | None:
+    """The policy a device stores (hex of the signed document; empty: none), decoded once."""
+    if not policy_hex:
+        return None
+    hit = _HELD.get(policy_hex)
+    if hit is None:
+        hit = decode_policy(bytes.fromhex(policy_hex))
+        if len(_HELD) >= _HELD_MAX:
+            _HELD.clear()
+        _HELD[policy_hex] = hit
+    return hit
+
+
+def verify_for_device(
+    envelope: Envelope, policy_hex: str, *, anchors: Sequence[Any], now: dt.datetime
+) -> None:
+    """The device's signature rule before install: its trust policy's thresholds when it holds
+    one, else one signature from its trust anchors (devices provisioned before policies)."""
+    policy = held_policy(policy_hex)
+    if policy is not None:
+        check_envelope(envelope, policy, now=now)
+        return
+    try:
+        verdict = verify_envelope(envelope, anchors, threshold=1)
+    except SUITUnsupportedError as exc:
+        raise UnsupportedManifestError(str(exc)) from None
+    require_signature(list(verdict.valid_kids))
+
+
+def next_policy(
+    policy_hex: str,
+    data: bytes,
+    *,
+    class_id: uuid.UUID,
+    anchors: Sequence[Any],
+    now: dt.datetime,
+) -> TrustPolicy:
+    """The policy a device takes from a trust-policy package: a rotation of the one it holds;
+    holding none, a first policy for its class signed by its own security threshold and by one
+    of the device's trust anchors (else anyone could hand the device a policy of their keys)."""
+    current = held_policy(policy_hex)
+    if current is not None:
+        return accept_rotation(current, data, now=now)
+    policy = accept_initial(data, class_id=class_id, now=now)
+    if not _signers(policy.signatures, policy.body, [key_info(a) for a in anchors]):
+        raise TrustPolicySignatureError(
+            f"policy v{policy.version} is signed by none of the device's trust anchors"
+        )
+    return policy

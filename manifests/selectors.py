@@ -8,7 +8,14 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from manifests import suit
-from manifests.models import DeviceClass, FirmwareImage, Manifest, Release
+from manifests.models import (
+    DeviceClass,
+    DeviceTrustPolicy,
+    FirmwareImage,
+    Manifest,
+    Release,
+    TrustPolicyStatus,
+)
 from manifests.policy import Verdict
 
 
@@ -107,3 +114,26 @@ def served_envelope(manifest_digest: str) -> bytes | None:
         return None
     envelope, released = row
     return bytes(released) if released is not None else bytes(envelope)
+
+
+def served_trust_policy(sha256: str) -> bytes | None:
+    """A released device trust policy's exact bytes by their SHA-256 (None: no such release)."""
+    document = (
+        DeviceTrustPolicy.objects.filter(
+            sha256=str(sha256).lower(), status=TrustPolicyStatus.RELEASED
+        )
+        .values_list("document", flat=True)
+        .first()
+    )
+    return None if document is None else bytes(document)
+
+
+def current_trust_policy(device_class: DeviceClass) -> DeviceTrustPolicy | None:
+    """The class's released trust policy of the highest version (what its devices should hold)."""
+    return (
+        DeviceTrustPolicy.objects.filter(
+            device_class=device_class, status=TrustPolicyStatus.RELEASED
+        )
+        .order_by("-version")
+        .first()
+    )

@@ -211,3 +211,16 @@ def test_threshold_met_by_a_revoked_key_after_rotation_is_refused(keys, current)
 def test_malformed_policy_is_refused_as_a_format_error(data) -> None:
     with pytest.raises(trust.TrustPolicyFormatError):
         trust.decode_policy(data)
+
+
+def test_first_policy_not_signed_by_a_device_trust_anchor_is_refused(keys) -> None:
+    body = _body(keys, roles={"security": (1, keys["outsider"][:1])})
+    data = _policy(body, keys["outsider"][:1])
+    with pytest.raises(trust.TrustPolicySignatureError, match="none of the device's trust"):
+        trust.next_policy("", data, class_id=CLASS_ID, anchors=[keys["author"][0]], now=NOW)
+    anchors = [keys["outsider"][0].public_key()]
+    held = trust.next_policy("", data, class_id=CLASS_ID, anchors=anchors, now=NOW)
+    assert held.version == 1
+    # Once it holds one, a package is a rotation of it, whatever the anchors say.
+    with pytest.raises(trust.TrustPolicyRollbackError):
+        trust.next_policy(data.hex(), data, class_id=CLASS_ID, anchors=anchors, now=NOW)

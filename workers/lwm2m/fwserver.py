@@ -1,6 +1,7 @@
 """The firmware server: ``/fw/m/<manifest digest>`` (the exact stored SUIT envelope),
-``/fw/i/<image sha256>`` (the payload) and ``/fw/s/<manifest digest>`` (the envelope with the
-payload integrated, for devices that take one file), with hand-rolled Block2 so any block can be
+``/fw/i/<image sha256>`` (the payload), ``/fw/s/<manifest digest>`` (the envelope with the
+payload integrated, for devices that take one file) and ``/fw/t/<sha256>`` (a released device
+trust policy), with hand-rolled Block2 so any block can be
 requested directly (resumable), Size2 on every block and an ETag derived from the content
 digest. Content is immutable, so caching it in memory is always correct.
 """
@@ -56,7 +57,8 @@ class FirmwareSource(Protocol):
 
 # A source may also have ``integrated(manifest_digest) -> bytes | None`` (the envelope with its
 # payload integrated, /fw/s/...); one without it serves no /fw/s.
-KIND_GETTERS = {"m": "envelope", "i": "image", "s": "integrated"}
+# ``trust_policy(sha256)``: a signed device trust policy by the digest of its bytes (/fw/t/...).
+KIND_GETTERS = {"m": "envelope", "i": "image", "s": "integrated", "t": "trust_policy"}
 
 
 class DjangoFirmwareSource:
@@ -68,6 +70,12 @@ class DjangoFirmwareSource:
         from manifests.selectors import served_envelope
 
         return served_envelope(manifest_digest)
+
+    def trust_policy(self, sha256: str) -> bytes | None:
+        """A released device trust policy, exact bytes, by their SHA-256."""
+        from manifests.selectors import served_trust_policy
+
+        return served_trust_policy(sha256)
 
     def image(self, sha256: str) -> bytes | None:
         from manifests.services import image_storage
@@ -161,8 +169,8 @@ class FirmwareServer:
         data = await loop.run_in_executor(self._io, getter, digest)
         if data is None:
             return None
-        if kind == "i" and hashlib.sha256(data).hexdigest() != digest:
-            log.error("stored image %s does not match its digest; not serving it", digest)
+        if kind in ("i", "t") and hashlib.sha256(data).hexdigest() != digest:
+            log.error("stored file %s does not match its digest; not serving it", digest)
             return None
         published = PublishedFile(data=data, etag=hashlib.sha256(data).digest()[:8])
         self._fw_cache[key] = published
