@@ -343,6 +343,20 @@ def _signers(
     return frozenset(valid)
 
 
+def signature_verifies(block: SignatureBlock, body: bytes, key: Any) -> bool:
+    """``block`` is a COSE_Sign1 by ``key`` over the policy ``body`` (False, never an error,
+    for any other signature or key)."""
+    try:
+        return key_info(key).kid in _signers([block], body, [key_info(key)])
+    except SUITError:
+        return False
+
+
+def listed_kids(policy: TrustPolicy) -> dict[bytes, str]:
+    """Every key the policy lists (kid) and its role."""
+    return {kid: role for role, rule in policy.roles.items() for kid in rule.kids}
+
+
 def check_envelope(envelope: Envelope, policy: TrustPolicy, *, now: dt.datetime) -> TrustVerdict:
     """Refuse unless every role of ``policy`` has its threshold of distinct listed keys whose
     signature verifies over the envelope's manifest digest (the device's install rule)."""
