@@ -137,3 +137,26 @@ def current_trust_policy(device_class: DeviceClass) -> DeviceTrustPolicy | None:
         .order_by("-version")
         .first()
     )
+
+
+def threshold_enforcement(device_class: DeviceClass) -> tuple[bool, str]:
+    """Whether the class's devices themselves check the approval thresholds, and why (not).
+
+    Only SUIT devices holding a released trust policy do; an ``image``-profile device (MCUboot)
+    checks one signature by its bootloader key, and a SUIT device without a policy one signature
+    by a trust anchor: for them the thresholds stand on the server's release checks alone."""
+    if device_class.delivery == "image":
+        return False, (
+            "image profile (MCUboot): the device checks one signature by its bootloader key and "
+            "cannot check approval thresholds; they are enforced by the server only"
+        )
+    policy = current_trust_policy(device_class)
+    if policy is None:
+        return False, (
+            "no released device trust policy: the device checks one signature against its "
+            "trust anchors; approval thresholds are enforced by the server only"
+        )
+    return True, (
+        f"device trust policy v{policy.version}: the device checks every role's threshold "
+        "before it installs"
+    )
