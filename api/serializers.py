@@ -637,6 +637,18 @@ class CampaignApplyResultSerializer(serializers.Serializer):
     status = CampaignStatusSerializer()
 
 
+class ThresholdEnforcementSerializer(serializers.Serializer):
+    device = serializers.IntegerField(
+        help_text="cohort devices that check the approval thresholds themselves (a SUIT class "
+        "with a released device trust policy)"
+    )
+    server_only = serializers.IntegerField(
+        help_text="cohort devices protected by the server's release checks only (image "
+        "profile, or no device trust policy)"
+    )
+    why = serializers.CharField()
+
+
 class PlanStageSerializer(serializers.Serializer):
     name = serializers.CharField()
     devices = serializers.IntegerField()
@@ -665,6 +677,7 @@ class PlanSerializer(serializers.Serializer):
         help_text="eligible devices dispatched under the server's use-before check alone, by "
         "clock state (clockless, unknown, off)",
     )
+    threshold_enforcement = ThresholdEnforcementSerializer()
 
 
 class TimelineEntrySerializer(serializers.Serializer):

@@ -43,6 +43,7 @@ from campaigns.fleet_selectors import group_member_endpoints
 from campaigns.models import Campaign, Device, Rollout, RolloutState
 from campaigns.spec import CampaignSpec
 from manifests.models import DeviceClass
+from manifests.selectors import threshold_enforcement
 from manifests.services import release_dispatch_state
 
 # Rows written per INSERT (or per COPY write) when persisting a plan: large enough to amortise
@@ -154,6 +155,10 @@ class Plan:
     delivery: str = ""
     delivery_method: str = ""
     stage_push: list[int] = field(default_factory=list)
+    # Whether the class's devices check the approval thresholds themselves (a SUIT class with a
+    # released device trust policy) or only the server does (image profile, no policy), and why.
+    device_thresholds: bool = False
+    thresholds_why: str = ""
 
     @property
     def cohort(self) -> int:
@@ -184,6 +189,11 @@ class Plan:
             ],
             "excluded": dict(sorted(self.excluded.items())),
             "server_time_only": dict(sorted(self.server_time_only.items())),
+            "threshold_enforcement": {
+                "device": self.cohort if self.device_thresholds else 0,
+                "server_only": 0 if self.device_thresholds else self.cohort,
+                "why": self.thresholds_why,
+            },
         }
 
 
@@ -236,6 +246,7 @@ def campaign_plan(
     resolved = resolve(spec, source=source)
     release = release_dispatch_state(resolved.release, now=now)
     manifest, manifest_version = manifest_facts(resolved.release)
+    device_thresholds, thresholds_why = threshold_enforcement(resolved.device_class)
     release_refusal = None
     if release.revoked:
         release_refusal = checks.Refusal(checks.RELEASE_REVOKED, "release revoked")
@@ -254,6 +265,8 @@ def campaign_plan(
         delivery=resolved.device_class.delivery,
         delivery_method=resolved.device_class.delivery_method,
         stage_push=[0] * len(spec.stages),
+        device_thresholds=device_thresholds,
+        thresholds_why=thresholds_why,
     )
     rows = plan.rows
     target = spec.target

@@ -44,6 +44,7 @@ from manifests.models import (
     ReleaseKind,
     ReleaseStatus,
 )
+from manifests.selectors import threshold_enforcement
 from manifests.services.access import (
     APPROVERS,
     CATALOG_ADMINS,
@@ -517,7 +518,9 @@ def device_class_list(request: HttpRequest) -> HttpResponse:
         request,
         "console/device_classes.html",
         {
-            "classes": DeviceClass.objects.select_related("vendor"),
+            "classes": [
+                (c, *threshold_enforcement(c)) for c in DeviceClass.objects.select_related("vendor")
+            ],
             "profiles": DeliveryProfile.choices,
             "methods": DeliveryMethod.choices,
             "manifest_profiles": ManifestProfile.choices,

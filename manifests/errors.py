@@ -212,3 +212,28 @@ class InvalidPolicyError(ApprovalError):
     """The release policy document is malformed."""
 
     code = "approval.bad_policy"
+
+
+class TrustPolicyServiceError(ManifestError):
+    """A device trust policy cannot be drafted, signed or released as asked."""
+
+    code = "trust_policy.error"
+
+
+class InvalidTrustPolicyError(TrustPolicyServiceError):
+    """The policy asked for is malformed: unknown role or key, bad threshold, past expiry."""
+
+    code = "trust_policy.invalid"
+
+
+class TrustPolicyStateError(TrustPolicyServiceError):
+    """The policy is not a draft (signatures go to drafts only)."""
+
+    code = "trust_policy.state"
+
+
+class BadTrustPolicySignatureError(TrustPolicyServiceError):
+    """The uploaded signature is not a COSE_Sign1 over this policy by a usable key of the
+    signer, or that key already signed it."""
+
+    code = "trust_policy.bad_signature"

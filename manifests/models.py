@@ -331,12 +331,22 @@ class Release(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     revoke_reason = models.TextField(blank=True)
+    # The released envelope, frozen the first time the release is approved: the manifest bytes
+    # unchanged and the author's and each counted approver's COSE_Sign1 in its authentication
+    # wrapper. What suit and suit-integrated devices download; never rewritten afterwards (a
+    # later approval does not alter a published file). Null until then.
+    released_envelope = models.BinaryField(null=True, blank=True, editable=False)
+    released_sha256 = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def released_envelope_bytes(self) -> bytes | None:
+        return None if self.released_envelope is None else bytes(self.released_envelope)
 
 
 class Approval(models.Model):
@@ -388,3 +398,70 @@ class Delegation(models.Model):
 
     def __str__(self) -> str:
         return f"delegation {self.pk}: {self.delegator} {self.role}"
+
+
+class TrustPolicyStatus(models.TextChoices):
+    DRAFT = "draft", "Draft (collecting signatures)"
+    RELEASED = "released", "Released (devices accept it)"
+
+
+class DeviceTrustPolicy(models.Model):
+    """A device class's trust policy (docs/suit.md, "Device trust policy"): which keys a SUIT
+    device of the class trusts per role and how many must sign. ``body`` is the exact signed
+    CBOR; ``document`` the signed policy, stored once it is released and never changed."""
+
+    device_class = models.ForeignKey(
+        DeviceClass, on_delete=models.PROTECT, related_name="trust_policies"
+    )
+    version = models.PositiveIntegerField()
+    body = models.BinaryField()
+    body_sha256 = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+    status = models.CharField(
+        max_length=16, choices=TrustPolicyStatus.choices, default=TrustPolicyStatus.DRAFT
+    )
+    document = models.BinaryField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["device_class_id", "-version"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device_class", "version"], name="uniq_trust_policy_version"
+            )
+        ]
+        verbose_name_plural = "device trust policies"
+
+    def __str__(self) -> str:
+        return f"trust policy v{self.version} of {self.device_class} ({self.status})"
+
+    @property
+    def body_bytes(self) -> bytes:
+        return bytes(self.body)
+
+
+class TrustPolicySignature(models.Model):
+    """One COSE_Sign1 over a trust policy's body, by a registered key, as received."""
+
+    policy = models.ForeignKey(
+        DeviceTrustPolicy, on_delete=models.PROTECT, related_name="signatures"
+    )
+    signer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    key = models.ForeignKey(SigningKey, on_delete=models.PROTECT, related_name="+")
+    cose = models.BinaryField()
+    signed_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["signed_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy", "key"], name="uniq_trust_policy_key")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.signer} on {self.policy}"

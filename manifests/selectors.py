@@ -8,7 +8,14 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from manifests import suit
-from manifests.models import DeviceClass, FirmwareImage, Release
+from manifests.models import (
+    DeviceClass,
+    DeviceTrustPolicy,
+    FirmwareImage,
+    Manifest,
+    Release,
+    TrustPolicyStatus,
+)
 from manifests.policy import Verdict
 
 
@@ -90,4 +97,66 @@ def manifest_params(
         component_id=device_class.component_id_bytes,
         payload_format=device_class.payload_format,
         profile=device_class.manifest_profile,
+    )
+
+
+def served_envelope(manifest_digest: str) -> bytes | None:
+    """The envelope the firmware server publishes for a manifest digest: the release's frozen
+    released envelope when it has one (every counted signature, what the device's trust policy
+    checks), else the author-signed envelope as imported. None for an unknown digest."""
+    digest = str(manifest_digest).lower()
+    row = (
+        Manifest.objects.filter(manifest_digest=digest)
+        .values_list("envelope", "release__released_envelope")
+        .first()
+    )
+    if row is None:
+        return None
+    envelope, released = row
+    return bytes(released) if released is not None else bytes(envelope)
+
+
+def served_trust_policy(sha256: str) -> bytes | None:
+    """A released device trust policy's exact bytes by their SHA-256 (None: no such release)."""
+    document = (
+        DeviceTrustPolicy.objects.filter(
+            sha256=str(sha256).lower(), status=TrustPolicyStatus.RELEASED
+        )
+        .values_list("document", flat=True)
+        .first()
+    )
+    return None if document is None else bytes(document)
+
+
+def current_trust_policy(device_class: DeviceClass) -> DeviceTrustPolicy | None:
+    """The class's released trust policy of the highest version (what its devices should hold)."""
+    return (
+        DeviceTrustPolicy.objects.filter(
+            device_class=device_class, status=TrustPolicyStatus.RELEASED
+        )
+        .order_by("-version")
+        .first()
+    )
+
+
+def threshold_enforcement(device_class: DeviceClass) -> tuple[bool, str]:
+    """Whether the class's devices themselves check the approval thresholds, and why (not).
+
+    Only SUIT devices holding a released trust policy do; an ``image``-profile device (MCUboot)
+    checks one signature by its bootloader key, and a SUIT device without a policy one signature
+    by a trust anchor: for them the thresholds stand on the server's release checks alone."""
+    if device_class.delivery == "image":
+        return False, (
+            "image profile (MCUboot): the device checks one signature by its bootloader key and "
+            "cannot check approval thresholds; they are enforced by the server only"
+        )
+    policy = current_trust_policy(device_class)
+    if policy is None:
+        return False, (
+            "no released device trust policy: the device checks one signature against its "
+            "trust anchors; approval thresholds are enforced by the server only"
+        )
+    return True, (
+        f"device trust policy v{policy.version}: the device checks every role's threshold "
+        "before it installs"
     )

@@ -3,7 +3,8 @@
 The package is layered by concern; a module imports only modules on a floor below its own:
 
     roles, policies, delegations, keys   state changes that re-evaluate releases
-    releases, catalog                    releases and approval; vendors, classes, images, manifests
+    releases, catalog, trust             releases and approval; vendors, classes, images,
+                                         manifests; device trust policies
     facts                                rows turned into ``manifests.policy`` facts (reads only)
     access                               roles_of, require_role, the named role sets (models only)
 """
@@ -38,6 +39,11 @@ from manifests.services.releases import (
     releases_reevaluate,
 )
 from manifests.services.roles import role_grant, role_revoke
+from manifests.services.trust import (
+    trust_policies_after_revocation,
+    trust_policy_draft,
+    trust_policy_sign,
+)
 
 __all__ = [
     "ApprovalCapacity",
@@ -73,5 +79,8 @@ __all__ = [
     "role_revoke",
     "roles_of",
     "signing_key_register",
+    "trust_policies_after_revocation",
+    "trust_policy_draft",
+    "trust_policy_sign",
     "vendor_create",
 ]

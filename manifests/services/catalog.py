@@ -54,6 +54,7 @@ from manifests.models import (
     SigningKey,
     Vendor,
 )
+from manifests.selectors import served_envelope
 from manifests.services.access import CATALOG_ADMINS, CATALOG_WRITE, require_role
 from manifests.services.facts import key_is_usable
 from manifests.signals import device_class_created, vendor_created
@@ -322,24 +323,24 @@ def delivery_uri_problem(
 
 
 def integrated_envelope(manifest_digest: str) -> bytes | None:
-    """The stored author-signed envelope with its payload integrated under the manifest's
-    fragment URI (``suit.integrate_payload``), what the gateway serves to a ``suit-integrated``
-    device. None when no manifest has that digest, its URI is not a fragment reference, or its
-    image is not in the store (the gateway answers 4.04, as for any missing file)."""
+    """The served envelope (the frozen released envelope when the release has one, else the
+    author-signed one) with its payload integrated under the manifest's fragment URI
+    (``suit.integrate_payload``), what the gateway serves to a ``suit-integrated`` device. None
+    when no manifest has that digest, its URI is not a fragment reference, or its image is not
+    in the store (the gateway answers 4.04, as for any missing file)."""
     row = (
         Manifest.objects.filter(manifest_digest=str(manifest_digest).lower())
-        .only("envelope", "uri", "image_digest")
+        .only("uri", "image_digest")
         .first()
     )
     if row is None or not delivery_rules.is_fragment_reference(row.uri):
         return None
+    envelope = served_envelope(row.manifest_digest)
     store = image_storage()
-    if not store.exists(row.image_digest):
+    if envelope is None or not store.exists(row.image_digest):
         return None
     payload: bytes = store.read(row.image_digest)
-    return suit.integrate_payload(
-        row.envelope_bytes, payload, max_size=settings.SUIT_MAX_ENVELOPE_SIZE
-    )
+    return suit.integrate_payload(envelope, payload, max_size=settings.SUIT_MAX_ENVELOPE_SIZE)
 
 
 def image_upload(*, data: bytes, actor: AbstractBaseUser, filename: str = "") -> FirmwareImage:

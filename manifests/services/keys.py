@@ -18,6 +18,7 @@ from manifests.errors import InvalidKeyError, KeyExistsError, KeyStateError
 from manifests.models import KeyStatus, SigningAlgorithm, SigningKey
 from manifests.services.access import KEY_OFFICERS, require_role
 from manifests.services.releases import releases_reevaluate
+from manifests.services.trust import trust_policies_after_revocation
 
 # A rotation keeps the old key valid this long unless told otherwise, so approvals in flight
 # made with it still count while signers switch.
@@ -148,5 +149,7 @@ def key_revoke(
             details={"reason": reason, "effective_at": effective.isoformat()},
         )
         releases_reevaluate(kids=[locked.kid], now=now, actor=actor)
+        # Devices trust keys through their class's trust policy: the next one leaves it out.
+        trust_policies_after_revocation(kid=locked.kid, actor=actor, now=now)
     locked.refresh_from_db()
     return locked

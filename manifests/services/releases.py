@@ -300,17 +300,28 @@ def release_dispatch_state(release: Release, *, now: dt.datetime) -> ReleaseDisp
     )
 
 
-def released_envelope(release: Release, *, now: dt.datetime | None = None) -> bytes:
-    """The manifest envelope with every counted approval signature in its authentication
-    wrapper, so a device (or anyone) can check the approvals offline."""
-    verdict = release_evaluate(release, now=now)
-    if not verdict.approved:
-        raise ReleaseStateError(f"release {release.name} is not approved: {verdict.summary()}")
+def _counted_envelope(release: Release, verdict: Verdict) -> bytes:
+    """The manifest envelope with the COSE_Sign1 of every approval the verdict counted."""
     counted = {
         sid for tally in verdict.tally.values() for c in tally.credited for sid in c.signatures
     }
     blocks = [bytes(a.cose) for a in release.approvals.filter(pk__in=counted).order_by("pk")]
     return suit.add_signatures(release.manifest.envelope_bytes, blocks)
+
+
+def released_envelope(release: Release, *, now: dt.datetime | None = None) -> bytes:
+    """The released envelope: the bytes frozen when the release was first approved (what
+    devices download). A release approved before envelopes were frozen has none stored; its
+    envelope is then built from the approvals counted now, and refused unless it is approved."""
+    frozen = (
+        Release.objects.filter(pk=release.pk).values_list("released_envelope", flat=True).first()
+    )
+    if frozen is not None:
+        return bytes(frozen)
+    verdict = release_evaluate(release, now=now)
+    if not verdict.approved:
+        raise ReleaseStateError(f"release {release.name} is not approved: {verdict.summary()}")
+    return _counted_envelope(release, verdict)
 
 
 def releases_reevaluate(
@@ -352,6 +363,7 @@ def _refresh(release: Release, *, now: dt.datetime, actor: Any) -> Verdict:
             status=status, approved_at=now if verdict.approved else None
         )
         release.status = status
+        frozen = _freeze_released_envelope(release, verdict) if verdict.approved else {}
         audit_record(
             actor=actor,
             action="release.approval_lost" if lost else "release.approved",
@@ -360,6 +372,7 @@ def _refresh(release: Release, *, now: dt.datetime, actor: Any) -> Verdict:
             details={
                 "summary": verdict.summary(),
                 "ignored": {str(k): v for k, v in verdict.ignored.items()},
+                **frozen,
             },
             now=now,
         )
@@ -368,6 +381,22 @@ def _refresh(release: Release, *, now: dt.datetime, actor: Any) -> Verdict:
                 sender=Release, release=release, verdict=verdict, reason=verdict.summary()
             )
     return verdict
+
+
+def _freeze_released_envelope(release: Release, verdict: Verdict) -> dict[str, str]:
+    """Store the released envelope the first time ``release`` is approved (the conditional
+    update never overwrites one already stored); returns its digest for the audit event, or
+    nothing when it was frozen before."""
+    data = _counted_envelope(release, verdict)
+    digest = hashlib.sha256(data).hexdigest()
+    stored = Release.objects.filter(pk=release.pk, released_envelope__isnull=True).update(
+        released_envelope=data, released_sha256=digest
+    )
+    if not stored:
+        return {}
+    release.released_envelope, release.released_sha256 = data, digest
+    signatures = len(suit.decode_envelope(data).signatures)
+    return {"released_sha256": digest, "released_signatures": str(signatures)}
 
 
 # --- who may sign what: one answer for this service, the console and the API -----------------

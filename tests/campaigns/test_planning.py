@@ -17,6 +17,8 @@ from campaigns.models import (
     RolloutState,
 )
 from campaigns.spec import parse_spec
+from manifests import device_trust, suit
+from manifests import services as release_services
 from tests.campaigns.support import (
     Catalog,
     apply,
@@ -127,3 +129,32 @@ def test_apply_writes_rows_through_copy_on_postgresql(catalog: Catalog) -> None:
         Rollout.objects.filter(campaign=campaign).values_list("device__endpoint", "device_clock")
     )
     assert rows == {"ok-00000": "", "ok-00001": "", "ok-00002": "", "v1-00000": ""}
+
+
+def test_plan_counts_devices_protected_by_device_thresholds_and_by_the_server_only(
+    catalog: Catalog,
+) -> None:
+    make_devices(catalog, 4)
+    text = spec_text("enforcement")
+    plan = planning.campaign_plan(spec=parse_spec(text)).as_dict()
+    assert plan["threshold_enforcement"]["device"] == 0
+    assert plan["threshold_enforcement"]["server_only"] == 4
+    assert "no released device trust policy" in plan["threshold_enforcement"]["why"]
+    sec_kid = suit.kid_for_public_key(catalog.keys["sec"]).hex()
+    draft = release_services.trust_policy_draft(
+        device_class=catalog.thermo,
+        roles={"security": (1, [sec_kid])},
+        expires_at=timezone.now() + dt.timedelta(days=30),
+        actor=catalog.users["sec"],
+    )
+    block = device_trust.sign_policy(draft.body_bytes, catalog.keys["sec"])
+    release_services.trust_policy_sign(policy=draft, signer=catalog.users["sec"], cose=block)
+    plan = planning.campaign_plan(spec=parse_spec(text)).as_dict()
+    assert plan["threshold_enforcement"]["device"] == 4
+    assert plan["threshold_enforcement"]["server_only"] == 0
+    release_services.device_class_set_delivery(
+        device_class=catalog.thermo, delivery="image", actor=catalog.admin
+    )
+    plan = planning.campaign_plan(spec=parse_spec(text)).as_dict()
+    assert plan["threshold_enforcement"]["server_only"] == 4
+    assert "MCUboot" in plan["threshold_enforcement"]["why"]

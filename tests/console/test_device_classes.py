@@ -7,6 +7,7 @@ from typing import Any
 
 from audit.models import AuditEvent
 from campaigns.models import Device
+from manifests import services as release_services
 from manifests.models import DeviceClass
 from tests.console.world import make_devices, spec_text
 
@@ -80,3 +81,17 @@ def test_plan_preview_and_campaign_page_show_delivery_per_stage(login: Any, worl
     page = client.get("/campaigns/deliv/").content.decode()
     assert '<span id="delivery">suit</span>' in page
     assert "delivery suit: pull 0, push 0" in page
+
+
+def test_classes_page_says_which_classes_check_approval_thresholds_on_the_device(
+    login: Any, world: Any
+):
+    release_services.device_class_set_delivery(
+        device_class=world.thermo_v1, delivery="image", actor=world.admin
+    )
+    text = login("auditor").get("/device-classes/").content.decode()
+    rows = text.split('data-class="')
+    v1 = next(r for r in rows if r.startswith("acme.example/thermo-v1"))
+    v2 = next(r for r in rows if r.startswith("acme.example/thermo-v2"))
+    assert "server only" in v1 and "MCUboot" in v1
+    assert "server only" in v2 and "no released device trust policy" in v2

@@ -20,6 +20,7 @@ FLOORS = {
     "facts": 1,
     "releases": 2,
     "catalog": 2,
+    "trust": 2,
     "roles": 3,
     "policies": 3,
     "delegations": 3,

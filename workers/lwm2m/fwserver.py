@@ -1,6 +1,7 @@
 """The firmware server: ``/fw/m/<manifest digest>`` (the exact stored SUIT envelope),
-``/fw/i/<image sha256>`` (the payload) and ``/fw/s/<manifest digest>`` (the envelope with the
-payload integrated, for devices that take one file), with hand-rolled Block2 so any block can be
+``/fw/i/<image sha256>`` (the payload), ``/fw/s/<manifest digest>`` (the envelope with the
+payload integrated, for devices that take one file) and ``/fw/t/<sha256>`` (a released device
+trust policy), with hand-rolled Block2 so any block can be
 requested directly (resumable), Size2 on every block and an ETag derived from the content
 digest. Content is immutable, so caching it in memory is always correct.
 """
@@ -56,17 +57,25 @@ class FirmwareSource(Protocol):
 
 # A source may also have ``integrated(manifest_digest) -> bytes | None`` (the envelope with its
 # payload integrated, /fw/s/...); one without it serves no /fw/s.
-KIND_GETTERS = {"m": "envelope", "i": "image", "s": "integrated"}
+# ``trust_policy(sha256)``: a signed device trust policy by the digest of its bytes (/fw/t/...).
+KIND_GETTERS = {"m": "envelope", "i": "image", "s": "integrated", "t": "trust_policy"}
 
 
 class DjangoFirmwareSource:
-    """Envelopes from ``Manifest.envelope`` (exact bytes), payloads from the image store."""
+    """Envelopes as stored (exact bytes): the released envelope frozen at approval (author and
+    every counted approver's signature) when the manifest's release has one, else the author's
+    ``Manifest.envelope``; payloads from the image store."""
 
     def envelope(self, manifest_digest: str) -> bytes | None:
-        from manifests.models import Manifest
+        from manifests.selectors import served_envelope
 
-        row = Manifest.objects.filter(manifest_digest=manifest_digest).only("envelope").first()
-        return bytes(row.envelope) if row is not None else None
+        return served_envelope(manifest_digest)
+
+    def trust_policy(self, sha256: str) -> bytes | None:
+        """A released device trust policy, exact bytes, by their SHA-256."""
+        from manifests.selectors import served_trust_policy
+
+        return served_trust_policy(sha256)
 
     def image(self, sha256: str) -> bytes | None:
         from manifests.services import image_storage
@@ -160,8 +169,8 @@ class FirmwareServer:
         data = await loop.run_in_executor(self._io, getter, digest)
         if data is None:
             return None
-        if kind == "i" and hashlib.sha256(data).hexdigest() != digest:
-            log.error("stored image %s does not match its digest; not serving it", digest)
+        if kind in ("i", "t") and hashlib.sha256(data).hexdigest() != digest:
+            log.error("stored file %s does not match its digest; not serving it", digest)
             return None
         published = PublishedFile(data=data, etag=hashlib.sha256(data).digest()[:8])
         self._fw_cache[key] = published

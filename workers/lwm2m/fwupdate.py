@@ -63,7 +63,9 @@ SECURE_SCHEMES = frozenset({"coaps", "https", "coaps+tcp"})
 DELIVERY_PULL, DELIVERY_PUSH, DELIVERY_BOTH = 0, 1, 2
 
 # What each delivery form serves: the firmware server's kind ("/fw/<kind>/<digest>").
-DELIVERY_KINDS = {"suit": "m", "image": "i", "suit-integrated": "s"}
+# "trust-policy": a signed device trust policy (docs/suit.md), filed under the SHA-256 of the
+# document, which the command passes as ``manifest_digest``.
+DELIVERY_KINDS = {"suit": "m", "image": "i", "suit-integrated": "s", "trust-policy": "t"}
 
 # A deregistration (GET with Observe: 1) waits at most this long for the device's answer.
 DEREGISTER_TIMEOUT = 5.0

@@ -56,7 +56,7 @@ import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 
-from manifests import device_rules
+from manifests import device_rules, device_trust
 from manifests.images.mcuboot import IMAGE_MAGIC, ImageError, ImageInfo
 from manifests.images.signature import load_bootloader_key, verify_image_signature
 from manifests.versions import VersionError, format_version, parse_version
@@ -167,6 +167,9 @@ class DeviceState:
     bootloader_key: str = ""  # image profile: the public key PEM MCUboot verifies images with
     downgrade_prevention: bool = True  # image profile: MCUboot refuses older version / counter
     delivery_method: int = int(DeliveryMethod.PULL)  # /5/0/9
+    # suit profile: the signed device trust policy it holds (hex; docs/suit.md). Empty: it
+    # checks one signature against its trust anchors, as devices without a policy do.
+    trust_policy: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -665,15 +668,15 @@ class SimulatedDevice:
         faults = self.state.faults
         try:
             envelope_bytes = pushed if pushed is not None else await self.fetch(base_uri)
+            if device_trust.is_trust_policy(envelope_bytes):
+                return self._stage_trust_policy(envelope_bytes, attempt)
             try:
                 envelope = suit.decode_envelope(envelope_bytes)
             except suit.SUITError as exc:
                 raise device_rules.SignatureCheckError(f"envelope does not decode: {exc}") from None
-            try:
-                verdict = suit.verify_envelope(envelope, self.trust_anchors, threshold=1)
-            except suit.SUITUnsupportedError as exc:
-                raise device_rules.UnsupportedManifestError(str(exc)) from None
-            device_rules.require_signature(list(verdict.valid_kids))
+            device_trust.verify_for_device(
+                envelope, self.state.trust_policy, anchors=self.trust_anchors, now=self.now()
+            )
             facts = device_rules.facts_from_manifest(envelope.manifest)
             device_rules.check_manifest(
                 facts,
@@ -705,6 +708,23 @@ class SimulatedDevice:
             "sequence_number": facts.sequence_number,
             "security_counter": facts.security_counter,
         }
+        self.fw.download_succeeded()
+        self.events.append("downloaded")
+        self._persist()
+
+    def _stage_trust_policy(self, data: bytes, attempt: int) -> None:
+        """A trust-policy package: staged when the device's rotation rule accepts it (raises
+        the refusal otherwise); Execute Update makes it the device's policy."""
+        policy = device_trust.next_policy(
+            self.state.trust_policy,
+            data,
+            class_id=self._identity().class_id,
+            anchors=self.trust_anchors,
+            now=self.now(),
+        )
+        if self.fw.state is not FwState.DOWNLOADING or attempt != self._attempt:
+            return  # cancelled meanwhile
+        self.state.staged = {"trust_policy": policy.raw.hex(), "version": policy.version}
         self.fw.download_succeeded()
         self.events.append("downloaded")
         self._persist()
@@ -773,6 +793,10 @@ class SimulatedDevice:
             # MCUboot test boot failed: revert to the old image, report failure.
             self.fw.update_failed()
             self.events.append("boot failed, reverted")
+        elif "trust_policy" in staged:
+            self.state.trust_policy = str(staged["trust_policy"])
+            self.fw.update_succeeded()
+            self.events.append(f"trust policy v{staged['version']}")
         else:
             self.state.version = str(staged["version"])
             self.state.sequence_number = int(staged["sequence_number"])
@@ -885,6 +909,8 @@ class FleetSpec:
     # /5/0/9 (0 pull, 1 push, 2 both) and /5/0/8 (0 coap, 1 coaps, ...; dtls adds coaps).
     delivery_method: int = int(DeliveryMethod.PULL)
     protocols: list[int] = field(default_factory=lambda: [0])
+    # suit profile: the signed device trust policy (hex) every device is provisioned with.
+    trust_policy: str = ""
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_PROFILES:
@@ -973,6 +999,7 @@ class Fleet:
                 slot_size=spec.slot_size,
                 delivery_method=int(spec.delivery_method),
                 protocols=list(spec.protocols),
+                trust_policy=spec.trust_policy,
             )
         if spec.dtls:
             for state in states.values():

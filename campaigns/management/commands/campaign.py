@@ -232,6 +232,11 @@ class Command(BaseCommand):
         for state, count in data["server_time_only"].items():
             # Eligible all the same: only the server's use-before check will stand for them.
             self.stdout.write(f"  without a device clock ({state}) {count:8}")
+        enforcement = data["threshold_enforcement"]
+        self.stdout.write(
+            f"  approval thresholds checked on the device {enforcement['device']:8}, "
+            f"by the server only {enforcement['server_only']:8} ({enforcement['why']})"
+        )
         self.stdout.write("(plan only: nothing was written)")
 
     def _watch(self, campaign: Campaign, *, interval: float) -> None:

@@ -40,9 +40,13 @@ class ListSink:
 class DictFirmware:
     envelopes: dict[str, bytes] = field(default_factory=dict)
     images: dict[str, bytes] = field(default_factory=dict)
+    policies: dict[str, bytes] = field(default_factory=dict)
 
     def envelope(self, manifest_digest: str) -> bytes | None:
         return self.envelopes.get(manifest_digest)
+
+    def trust_policy(self, sha256: str) -> bytes | None:
+        return self.policies.get(sha256)
 
     def image(self, sha256: str) -> bytes | None:
         return self.images.get(sha256)
