@@ -197,7 +197,7 @@ class Rollout(models.Model):
     # server's verdict on it: "verified", or why it was not taken (a report reason of
     # ``campaigns.rollouts.REPORT_REASONS``). A SUIT device's success needs "verified".
     report = models.BinaryField(null=True, blank=True)
-    report_verdict = models.CharField(max_length=32, blank=True)
+    report_verdict = models.CharField(max_length=32, blank=True, default="", db_default="")
     deadline_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
