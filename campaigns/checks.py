@@ -39,6 +39,8 @@ CLOCK_SKEW = "clock_skew"
 # fixes its clock): the rollout stays pending with the reason instead of being skipped.
 TRANSIENT_REASONS = frozenset({CLOCK_SKEW})
 MISSING_FIELD = "manifest_incomplete"
+# A device of a SUIT class with no report key registered: its success could never be verified.
+NO_REPORT_KEY = "no_report_key"
 NO_SPACE = "no_space"
 
 _DEVICE_RULES: dict[type[dc.DeviceCheckError], str] = {

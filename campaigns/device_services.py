@@ -45,6 +45,8 @@ from campaigns.psk import (
     encrypt_psk,
 )
 from manifests.services import access, require_role
+from manifests.suit import keys as suit_keys
+from manifests.suit.errors import SUITError
 
 # The gateway operation that reads /3/0/{0,1,2,3,13} and /5/0/{8,9} again and reports them as
 # a ``device_info`` event (args {}; docs/lwm2m.md, "Command bus").
@@ -95,6 +97,48 @@ class CommandRefusedError(DeviceRegistryError):
         super().__init__(message)
         if code:
             self.code = code
+
+
+class ReportKeyError(DeviceRegistryError):
+    """A device report key that is not a PEM Ed25519 or P-256 public key."""
+
+    code = "device.bad_report_key"
+
+
+def report_key_pem(text: str) -> str:
+    """``text`` as the stored form of a device report key (its public PEM), or ReportKeyError."""
+    try:
+        key = suit_keys.load_public_key_pem(text.strip().encode())
+        suit_keys.key_info(key)
+    except (SUITError, ValueError, TypeError) as exc:
+        raise ReportKeyError(f"not a usable report key: {exc}") from None
+    return suit_keys.public_key_pem(key).decode()
+
+
+def device_report_key_set(
+    *, endpoint: str, key_pem: str, actor: Any, now: dt.datetime | None = None
+) -> Device:
+    """Register (or replace) the public key a device signs its SUIT reports with; audited with
+    the key's kid. A refused key writes nothing. ``actor`` is the operator, or the name of the
+    system process that provisions simulated devices."""
+    now = now or timezone.now()
+    pem = report_key_pem(key_pem)
+    kid = suit_keys.kid_for_public_key(suit_keys.load_public_key_pem(pem.encode())).hex()
+    with transaction.atomic():
+        device = _locked(endpoint)
+        if device.report_key == pem:
+            return device
+        Device.objects.filter(pk=device.pk).update(report_key=pem)
+        device.report_key = pem
+        audit_record(
+            actor=actor,
+            action="device.report_key",
+            object_type="device",
+            object_id=endpoint,
+            details={"kid": kid},
+            now=now,
+        )
+        return device
 
 
 def command_queue(command_id: str) -> None:
@@ -741,7 +785,12 @@ def device_psk_set(*, endpoint: str, key: bytes) -> DevicePSK:
 
 
 def device_provision(
-    *, endpoint: str, actor: Any, psk: bytes | None = None, now: dt.datetime | None = None
+    *,
+    endpoint: str,
+    actor: Any,
+    psk: bytes | None = None,
+    report_key: str | None = None,
+    now: dt.datetime | None = None,
 ) -> Device:
     """An operator provisions a device: its registry row (what ``provisioned`` admission lets
     register) and, with ``psk``, its DTLS key (identity = endpoint; a second call rotates it).
@@ -756,13 +805,19 @@ def device_provision(
         created = not Device.objects.filter(endpoint=endpoint).exists()
         if psk is not None:
             device_psk_set(endpoint=endpoint, key=psk)  # PSKError before anything is kept
+        if report_key is not None:
+            device_report_key_set(endpoint=endpoint, key_pem=report_key, actor=actor, now=now)
         device = _locked(endpoint)
         audit_record(
             actor=actor,
             action="device.provision",
             object_type="device",
             object_id=endpoint,
-            details={"created": created, "psk": psk is not None},
+            details={
+                "created": created,
+                "psk": psk is not None,
+                "report_key": report_key is not None,
+            },
             now=now,
         )
         return device

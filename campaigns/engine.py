@@ -20,6 +20,7 @@ import datetime as dt
 import itertools
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,7 +69,9 @@ from campaigns.planning import PlanRow, write_rows
 from campaigns.rollouts import confirm_successes, fail_rollout
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
+from manifests.delivery import REPORTING_PROFILES
 from manifests.services import release_dispatch_state
+from manifests.suit.report import MIN_NONCE_BYTES as REPORT_NONCE_BYTES
 from ops import tallies
 
 log = logging.getLogger(__name__)
@@ -612,6 +615,7 @@ def _dispatch_rows(
             "device__fw_protocols",
             "device__fw_delivery_method",
             "device__psk",
+            "device__report_key",
         )[: room * 2]
     )
 
@@ -634,9 +638,10 @@ def _dispatch_rows(
     chosen: list[tuple[int, int, str]] = []  # (rollout id, device id, delivery method)
     device_clocks: dict[int, str] = {}  # rollout id -> the device's clock state (recorded)
     max_skew = spec.freshness.max_clock_skew
+    needs_report = campaign.device_class.delivery in REPORTING_PROFILES
     for (
         pk, device_id, endpoint, class_id, version, sequence, counter, offset, device_time,
-        trusted_at, tags, protocols, fw_method, psk,
+        trusted_at, tags, protocols, fw_method, psk, report_key,
     ) in candidates:  # fmt: skip
         if len(chosen) >= room:
             break
@@ -659,6 +664,11 @@ def _dispatch_rows(
                 True, None, None, device_time, trusted_at,
             )
         )  # fmt: skip
+        if refusal is None and needs_report and not report_key:
+            refusal = checks.Refusal(
+                checks.NO_REPORT_KEY,
+                f"{endpoint}: no report key registered (its success is unverifiable)",
+            )
         if refusal is None:
             decision = method_of(protocols, fw_method, psk is not None)
             if decision.method is not None:
@@ -1005,6 +1015,10 @@ def fw_update_args(
         "image_size": int(manifest.image_size),
         "method": method,
     }
+    if profile in REPORTING_PROFILES:
+        # Fresh per attempt (a retry is a new command): the device signs it into its report,
+        # so a report of an earlier attempt cannot stand for this one.
+        args["report_nonce"] = secrets.token_hex(REPORT_NONCE_BYTES)
     if timeout:
         args["timeout"] = timeout.total_seconds()
     return args
@@ -1047,7 +1061,7 @@ def _claim(
                 "UPDATE campaigns_rollout AS r SET state = %s, manifest_id = %s,"
                 " command_id = v.command_id, device_clock = v.device_clock, dispatched_at = %s,"
                 " deadline_at = %s, attempts = r.attempts + 1, next_attempt_at = NULL,"
-                " reason = '', detail = '', updated_at = %s"
+                " reason = '', detail = '', report = NULL, report_verdict = '', updated_at = %s"
                 " FROM unnest(%s::bigint[], %s::uuid[], %s::varchar[])"
                 " AS v(id, command_id, device_clock)"
                 " WHERE r.id = v.id AND r.state = %s",
@@ -1080,6 +1094,8 @@ def _claim(
         next_attempt_at=None,
         reason="",
         detail="",
+        report=None,
+        report_verdict="",
         updated_at=now,
     )
 

@@ -149,6 +149,10 @@ class CommandResult(DeviceEvent):
     error_code: str = ""
     error: str = ""
     permanent: bool = False
+    # An update of a SUIT device: the device's signed SUIT report of the attempt (hex of the
+    # COSE_Sign1 read from /26241/0/1; "" when it gave none). The server verifies it
+    # (``campaigns.rollouts``); the gateway only carries it.
+    suit_report: str = ""
 
     @property
     def update_result(self) -> int | None:

@@ -24,6 +24,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from manifests.suit import keys as suit_keys
+from manifests.suit.errors import SUITError
+
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 GROUP_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 DEVICE_CLASS_PATTERN = re.compile(r"^[a-z0-9.-]+/[^/\x00-\x1f\x7f]{1,200}$")
@@ -40,7 +43,7 @@ FILTER_KEYS = ("device_class", "version", "tag", "state", "online")
 # large provisioning batch and still one transaction of a few seconds.
 MAX_IMPORT_BYTES = 16 * 1024 * 1024
 MAX_IMPORT_ROWS = 100_000
-IMPORT_COLUMNS = ("endpoint", "class", "tags", "psk_identity", "psk_key")
+IMPORT_COLUMNS = ("endpoint", "class", "tags", "psk_identity", "psk_key", "report_key")
 REQUIRED_COLUMNS = ("endpoint",)
 # Tags in one cell: separated by spaces or semicolons ("eu;beta", "eu beta").
 _TAG_SEPARATORS = re.compile(r"[;\s]+")
@@ -301,6 +304,7 @@ class ImportRow:
     device_class: str | None
     tags: list[str]
     psk: bytes | None
+    report_key: str = ""  # the device's SUIT report public key, PEM as stored
 
 
 @dataclass
@@ -316,11 +320,12 @@ def parse_import(
     max_identity_bytes: int,
     max_rows: int = MAX_IMPORT_ROWS,
 ) -> ParsedImport:
-    """Read and check an import file: header ``endpoint[,class][,tags][,psk_identity][,psk_key]``
-    (any order; unknown columns refused), one device a row. Checks everything that needs no
-    database (forms, lengths, duplicates within the file, the PSK rules of the DTLS transport:
-    identity = endpoint, key 1..``max_psk_bytes`` bytes in hex); the service adds the checks
-    against the registry and the catalog."""
+    """Read and check an import file: header ``endpoint[,class][,tags][,psk_identity][,psk_key]
+    [,report_key]`` (any order; unknown columns refused), one device a row; ``report_key`` is the
+    device's SUIT report public key in PEM (a quoted, multi-line cell). Checks everything that
+    needs no database (forms, lengths, duplicates within the file, the PSK rules of the DTLS
+    transport: identity = endpoint, key 1..``max_psk_bytes`` bytes in hex; a report key that
+    loads); the service adds the checks against the registry and the catalog."""
     out = ParsedImport()
     if isinstance(data, bytes):
         if len(data) > MAX_IMPORT_BYTES:
@@ -460,6 +465,20 @@ def _import_row(
                     "transport sends",
                 )
             )
+    report_key = ""
+    if cells.get("report_key"):
+        try:
+            public = suit_keys.load_public_key_pem(cells["report_key"].encode())
+            report_key = suit_keys.public_key_pem(public).decode()
+        except (SUITError, UnicodeEncodeError) as exc:
+            errors.append(RowError(row, "report_key", f"not a usable report key: {exc}"))
     if len(errors) > before:
         return None
-    return ImportRow(row=row, endpoint=endpoint, device_class=device_class, tags=tags, psk=psk)
+    return ImportRow(
+        row=row,
+        endpoint=endpoint,
+        device_class=device_class,
+        tags=tags,
+        psk=psk,
+        report_key=report_key,
+    )

@@ -263,6 +263,7 @@ def devices_import(
                 "source": source,
                 "count": len(rows),
                 "psk": len(keys),
+                "report_key": sum(1 for r in rows if r.report_key),
                 "endpoints": [r.endpoint for r in rows[:AUDIT_ENDPOINTS]],
                 **({"endpoints_truncated": True} if len(rows) > AUDIT_ENDPOINTS else {}),
             },
@@ -281,6 +282,7 @@ def _insert_devices(rows: list[Any], classes: dict[str, DeviceClass]) -> list[De
                 device_class=device_class,
                 vendor=device_class.vendor if device_class is not None else None,
                 tags=r.tags,
+                report_key=r.report_key,
             )
         )
     return Device.objects.bulk_create(devices, batch_size=WRITE_BATCH)

@@ -6,6 +6,13 @@ Success means the device rebooted into the new firmware and reported it: Object 
 1 *and* the firmware version it reports (/3/0/3) equals the manifest's. "Downloaded" is not
 success. Reports only move a rollout forward; late, duplicate and out-of-order reports are
 ignored.
+
+A device of a SUIT class (``manifests.delivery.REPORTING_PROFILES``) must also have signed a
+SUIT report of the attempt that verifies under its registered report key, names the manifest
+sent and carries the attempt's nonce (``manifests.suit.report``): its rollout succeeds only with
+``report_verdict == "verified"``, whatever /5/0/5 says. Any other report (or none) is recorded
+on the rollout and in the audit log and fails the rollout with the report's reason, without
+retry. Image-profile (MCUboot) devices cannot sign reports and are judged as before.
 """
 
 from __future__ import annotations
@@ -14,13 +21,20 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from audit.services import audit_record
 from campaigns import events
 from campaigns.device_services import device_command_create
-from campaigns.models import IN_FLIGHT_STATES, Device, Rollout, RolloutState
+from campaigns.models import IN_FLIGHT_STATES, Device, DeviceCommand, Rollout, RolloutState
 from campaigns.selectors import spec_of
 from campaigns.spec import FAILURE_REASON_BY_UPDATE_RESULT
+from manifests.delivery import REPORTING_PROFILES
+from manifests.suit import keys as suit_keys
+from manifests.suit import report as suit_report
+from manifests.suit.errors import SUITError
 from manifests.versions import VersionError, parse_version
 
 FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
@@ -34,6 +48,21 @@ REASON_BY_ERROR_CODE: dict[str, str] = {
     "lwm2m.no_supported_delivery": "no_supported_delivery",
     "lwm2m.push_refused": "push_refused",
 }
+
+
+# The verdict on a SUIT device's report that lets its rollout succeed; every other verdict is
+# one of these reasons (``campaigns.spec.FAILURE_REASONS``).
+REPORT_VERIFIED = "verified"
+REPORT_MISSING = "report_missing"
+REPORT_MALFORMED = "report_malformed"
+REPORT_FAILURE = "report_failure"
+REPORT_REASON_BY_CODE: dict[str, str] = {
+    suit_report.ReportMalformedError.code: REPORT_MALFORMED,
+    suit_report.ReportForgedError.code: "report_forged",
+    suit_report.ReportWrongManifestError.code: "report_wrong_manifest",
+    suit_report.ReportReplayedError.code: "report_replayed",
+}
+REPORT_REASONS = frozenset({REPORT_MISSING, REPORT_FAILURE, *REPORT_REASON_BY_CODE.values()})
 
 
 _ORDER = {
@@ -80,10 +109,98 @@ def failure_reason(event: events.CommandResult) -> str:
     return REASON_BY_ERROR_CODE.get(event.error_code, "dispatch_failed")
 
 
+def needs_report(rollout: Rollout) -> bool:
+    """Whether this rollout's success must rest on a verified SUIT report: its campaign's class
+    or its device's class runs a SUIT processor."""
+    profiles = {rollout.campaign.device_class.delivery}
+    if rollout.device.device_class is not None:
+        profiles.add(rollout.device.device_class.delivery)
+    return bool(profiles & REPORTING_PROFILES)
+
+
+def judge_report(rollout: Rollout, suit_report_hex: str) -> tuple[str, str, bytes | None]:
+    """(verdict, detail, report bytes) of the report a SUIT device gave for the rollout's
+    current attempt: checked against the device's registered key, the manifest sent and the
+    nonce of the command that carried the attempt."""
+    if not suit_report_hex:
+        return REPORT_MISSING, "the device gave no SUIT report of this attempt", None
+    try:
+        data = bytes.fromhex(suit_report_hex)
+    except ValueError:
+        return REPORT_MALFORMED, "the SUIT report is not hex", None
+    command = DeviceCommand.objects.filter(pk=rollout.command_id).only("args").first()
+    nonce_hex = str(((command.args if command else None) or {}).get("report_nonce") or "")
+    key_pem = rollout.device.report_key
+    if not key_pem or not nonce_hex or rollout.manifest is None:
+        why = "no report key registered" if not key_pem else "no nonce was given this attempt"
+        return REPORT_MISSING, f"the report cannot be checked: {why}", data
+    try:
+        report = suit_report.verify_report(
+            data,
+            public_key=suit_keys.load_public_key_pem(key_pem.encode()),
+            manifest_digest=bytes.fromhex(rollout.manifest.manifest_digest),
+            nonce=bytes.fromhex(nonce_hex),
+        )
+    except SUITError as exc:
+        reason = REPORT_REASON_BY_CODE.get(exc.code, REPORT_MALFORMED)
+        return reason, f"SUIT report refused: {exc}"[:500], data
+    if not report.success:
+        return REPORT_FAILURE, report.describe(), data
+    return REPORT_VERIFIED, report.describe(), data
+
+
+def _record_report(
+    rollout: Rollout, event: events.CommandResult, now: dt.datetime
+) -> tuple[str, str]:
+    """Judge and store the report on the rollout, audited with the verdict and the report's
+    digest; (verdict, detail)."""
+    verdict, detail, data = judge_report(rollout, event.suit_report)
+    with transaction.atomic():
+        Rollout.objects.filter(pk=rollout.pk, command_id=rollout.command_id).update(
+            report=data, report_verdict=verdict, updated_at=now
+        )
+        audit_record(
+            actor=f"gateway:{event.gateway_id}" if event.gateway_id else "gateway",
+            action="rollout.device_report",
+            object_type="rollout",
+            object_id=rollout.pk,
+            details={
+                "endpoint": rollout.device.endpoint,
+                "command_id": str(rollout.command_id),
+                "verdict": verdict,
+                "detail": detail,
+                "report_sha256": suit_report.report_digest(data) if data else None,
+            },
+            now=now,
+        )
+    return verdict, detail
+
+
 def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
-    rollout = Rollout.objects.filter(command_id=event.command_id).first()
+    rollout = (
+        Rollout.objects.filter(command_id=event.command_id)
+        .select_related("device__device_class", "campaign__device_class", "manifest")
+        .first()
+    )
     if rollout is None or rollout.state not in IN_FLIGHT_STATES:
         return
+    if needs_report(rollout):
+        verdict, detail = _record_report(rollout, event, now)
+        genuine = verdict in (REPORT_VERIFIED, REPORT_FAILURE, REPORT_MISSING)
+        if (event.ok and verdict != REPORT_VERIFIED) or not genuine:
+            # A success without a verified report is no success; a report that is not the
+            # device's word on this attempt and manifest is the failure's reason (a failure
+            # need not come with a report). Never retried: the device or its path is not to be
+            # trusted with this attempt.
+            fail_rollout(
+                rollout,
+                reason=verdict,
+                fw_result=event.update_result,
+                detail=detail,
+                now=now,
+                retry=False,
+            )
+            return
     if event.ok:
         Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
             state=RolloutState.UPDATING, fw_result=1, updated_at=now
@@ -141,8 +258,17 @@ def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -
 def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
     """Updating rollouts whose device reports the manifest's version with result 1 succeed."""
     confirmed = 0
-    candidates = rollouts.filter(state=RolloutState.UPDATING, fw_result=1).select_related(
-        "device", "manifest"
+    candidates = (
+        rollouts.filter(state=RolloutState.UPDATING, fw_result=1)
+        # A SUIT device's success needs its verified report (module docstring).
+        .exclude(
+            (
+                Q(campaign__device_class__delivery__in=REPORTING_PROFILES)
+                | Q(device__device_class__delivery__in=REPORTING_PROFILES)
+            )
+            & ~Q(report_verdict=REPORT_VERIFIED)
+        )
+        .select_related("device", "manifest")
     )
     for rollout in candidates:
         try:

@@ -72,6 +72,14 @@ FAILURE_REASONS: tuple[str, ...] = (
     "update_never_started",  # the device took the package and its State never moved
     "no_supported_delivery",  # neither a pull the device can make nor a push it takes
     "push_refused",  # the device refused the pushed package without an Update Result
+    # A SUIT device's signed report (``campaigns.rollouts``): none, unreadable, not signed by
+    # the device's key, about another manifest, of another attempt, or saying it failed.
+    "report_missing",
+    "report_malformed",
+    "report_forged",
+    "report_wrong_manifest",
+    "report_replayed",
+    "report_failure",
 )
 
 GATE_ROLES = ("qa", "security", "fleet_operator", "admin")

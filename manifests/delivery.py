@@ -25,6 +25,10 @@ IMAGE = "image"
 SUIT = "suit"
 SUIT_INTEGRATED = "suit-integrated"
 PROFILES = (IMAGE, SUIT, SUIT_INTEGRATED)
+# The profiles whose devices run a SUIT processor and sign a SUIT report of each attempt: their
+# success is taken only from a verified report (docs/suit.md, "Device reports"). MCUboot devices
+# (``image``) cannot sign one.
+REPORTING_PROFILES = frozenset({SUIT, SUIT_INTEGRATED})
 
 AUTO, PULL, PUSH = "auto", "pull", "push"
 METHODS = (AUTO, PULL, PUSH)

@@ -193,6 +193,11 @@ class Rollout(models.Model):
     # use-before check at dispatch stood for it. "" until dispatched.
     device_clock = models.CharField(max_length=16, blank=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
+    # The signed SUIT report the device gave for its last attempt (exact bytes), and the
+    # server's verdict on it: "verified", or why it was not taken (a report reason of
+    # ``campaigns.rollouts.REPORT_REASONS``). A SUIT device's success needs "verified".
+    report = models.BinaryField(null=True, blank=True)
+    report_verdict = models.CharField(max_length=32, blank=True, default="", db_default="")
     deadline_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)

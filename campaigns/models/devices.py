@@ -88,6 +88,10 @@ class Device(models.Model):
     # Object links from the registration payload, e.g. ["/3/0", "/5/0"].
     lwm2m_objects = models.JSONField(default=list, blank=True)
     tags = models.JSONField(default=list, blank=True)
+    # The public key (PEM, Ed25519 or P-256) the device signs its SUIT reports with, set at
+    # provisioning (``device_report_key_set``). A device of a SUIT class without one is not
+    # dispatched to: its success could never be verified (docs/suit.md, "Device reports").
+    report_key = models.TextField(blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

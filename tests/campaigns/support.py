@@ -28,8 +28,10 @@ from campaigns.models import (
     Rollout,
 )
 from campaigns.spec import parse_spec
+from manifests.suit import report as suit_report
 from tests.helpers import personas
 from tests.helpers.deployment import (
+    DEVICE_REPORT_KEY,
     GOOD_PAYLOAD,
     Deployment,
     approve,
@@ -242,12 +244,35 @@ def apply(catalog: Catalog, text: str, *, now: dt.datetime | None = None) -> Cam
     return campaign
 
 
+def signed_report(
+    rollout: Rollout,
+    *,
+    key: Any = DEVICE_REPORT_KEY,
+    nonce: bytes | None = None,
+    manifest_digest: bytes | None = None,
+    failure_code: str | None = None,
+) -> str:
+    """The SUIT report (hex) a device signs for the rollout's current attempt; each keyword
+    replaces what an honest device would sign."""
+    args = DeviceCommand.objects.get(pk=rollout.command_id).args
+    content = suit_report.SUITReport(
+        manifest_digest=manifest_digest or bytes.fromhex(rollout.manifest.manifest_digest),
+        nonce=nonce or bytes.fromhex(args["report_nonce"]),
+        failure=None if failure_code is None else suit_report.failure_for(failure_code),
+    )
+    return suit_report.sign_report(content, key).hex()
+
+
 def confirm(rollout: Rollout, *, now: dt.datetime | None = None) -> None:
-    """The device rebooted into the manifest's version and the gateway reported success."""
+    """The device rebooted into the manifest's version and the gateway reported success, with
+    the device's signed SUIT report of the attempt."""
     rollout.refresh_from_db()
     Device.objects.filter(pk=rollout.device_id).update(firmware_version=rollout.manifest.version)
     rollouts.rollouts_apply_event(
-        event=CommandResult(command_id=str(rollout.command_id), ok=True), now=now
+        event=CommandResult(
+            command_id=str(rollout.command_id), ok=True, suit_report=signed_report(rollout)
+        ),
+        now=now,
     )
 
 

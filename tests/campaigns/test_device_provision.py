@@ -13,6 +13,7 @@ from django.core.management import CommandError, call_command
 from audit.models import AuditEvent
 from campaigns.device_services import device_psk_lookup
 from campaigns.models import Device, DevicePSK
+from manifests.suit import keys as suit_keys
 from tests.campaigns.support import Catalog
 
 pytestmark = pytest.mark.django_db
@@ -42,7 +43,8 @@ def test_an_operator_provisions_a_device_with_its_dtls_key(catalog: Catalog) -> 
     assert Device.objects.filter(endpoint="acme.example-dtls01").exists()
     assert device_psk_lookup(identity="acme.example-dtls01") == KEY
     event = AuditEvent.objects.get(action="device.provision")
-    assert event.actor == "ops" and event.details == {"created": True, "psk": True}
+    assert event.actor == "ops"
+    assert event.details == {"created": True, "psk": True, "report_key": False}
     assert KEY.hex() not in str(event.details)
 
 
@@ -83,4 +85,26 @@ def test_a_refused_provisioning_writes_nothing(
 ) -> None:
     with pytest.raises(CommandError, match=message):
         _provision("dev-x", *args)
+    assert _nothing_written()
+
+
+def test_an_operator_registers_the_devices_suit_report_key(catalog: Catalog, tmp_path: Any) -> None:
+    key = suit_keys.generate_private_key("Ed25519")
+    pem = tmp_path / "dev.pem"
+    pem.write_bytes(suit_keys.public_key_pem(key))
+    out = _provision("suit-01", "--user", "ops", "--report-key", str(pem))
+    assert "SUIT report key set" in out
+    device = Device.objects.get(endpoint="suit-01")
+    assert device.report_key == suit_keys.public_key_pem(key).decode()
+    kid = suit_keys.kid_for_public_key(key).hex()
+    assert AuditEvent.objects.get(action="device.report_key").details == {"kid": kid}
+
+
+def test_a_report_key_that_is_not_a_public_key_is_refused_and_nothing_written(
+    catalog: Catalog, tmp_path: Any
+) -> None:
+    pem = tmp_path / "private.pem"
+    pem.write_bytes(suit_keys.private_key_pem(suit_keys.generate_private_key("Ed25519")))
+    with pytest.raises(CommandError, match=r"device\.bad_report_key"):
+        _provision("suit-02", "--user", "ops", "--report-key", str(pem))
     assert _nothing_written()

@@ -22,6 +22,7 @@ from campaigns.fleet import (
 from campaigns.fleet_selectors import group_member_endpoints, groups_with_counts
 from campaigns.models import Device, DeviceGroup, DevicePSK
 from manifests.errors import PermissionDeniedError
+from manifests.suit import keys as suit_keys
 from tests.campaigns.support import Catalog, make_devices
 
 pytestmark = pytest.mark.django_db
@@ -214,9 +215,30 @@ def test_an_import_provisions_devices_classes_tags_and_keys(catalog: Catalog) ->
         "source": "fleet.csv",
         "count": 3,
         "psk": 1,
+        "report_key": 0,
         "endpoints": ["imp-1", "imp-2", "imp-3"],
     }
     assert KEY.hex() not in str(event.details)
+
+
+def test_an_import_registers_each_devices_suit_report_key(catalog: Catalog) -> None:
+    key = suit_keys.generate_private_key("Ed25519")
+    pem = suit_keys.public_key_pem(key).decode()
+    data = f'endpoint,class,report_key\nsuit-1,acme.example/thermo-v2,"{pem}"\nsuit-2,,\n'
+    fs.devices_import(actor=catalog.ops, data=data.encode(), source="suit.csv")
+    assert Device.objects.get(endpoint="suit-1").report_key == pem
+    assert Device.objects.get(endpoint="suit-2").report_key == ""
+    assert AuditEvent.objects.get(action="device.import").details["report_key"] == 1
+
+
+def test_an_import_with_a_bad_report_key_is_refused_whole(catalog: Catalog) -> None:
+    data = (
+        'endpoint,report_key\nsuit-1,"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"\n'
+    )
+    with pytest.raises(fs.ImportRejectedError) as refused:
+        fs.devices_import(actor=catalog.ops, data=data.encode())
+    assert [e.column for e in refused.value.errors] == ["report_key"]
+    assert not Device.objects.exists()
 
 
 def test_a_thousand_row_import_takes_a_fixed_number_of_queries(

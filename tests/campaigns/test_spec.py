@@ -515,6 +515,12 @@ def test_failure_reasons_cover_update_results_2_to_11() -> None:
         "update_never_started",
         "no_supported_delivery",
         "push_refused",
+        "report_missing",
+        "report_malformed",
+        "report_forged",
+        "report_wrong_manifest",
+        "report_replayed",
+        "report_failure",
     )
     enum = S.schema()["properties"]["retries"]["properties"]["on"]["items"]["enum"]
     assert tuple(enum) == S.FAILURE_REASONS

@@ -25,6 +25,10 @@ from manifests.selectors import manifest_params
 from tests.helpers import personas
 
 GOOD_PAYLOAD = b"\x42" * 8192
+# The report key of registry rows made by ``make_devices`` (one for all: the rows stand for
+# devices provisioned with a key; tests that need a device's own key register one).
+DEVICE_REPORT_KEY = suit.keys.generate_private_key("Ed25519")
+DEVICE_REPORT_KEY_PEM = suit.keys.public_key_pem(DEVICE_REPORT_KEY).decode()
 DEFAULT_APPROVERS = (("qa", "qa"), ("sec", "security"))  # (persona, role)
 
 
@@ -177,6 +181,7 @@ def make_devices(
         "last_seen": timezone.now(),
         "gateway_id": "gw-none",
         "clock_offset_seconds": 0.0,
+        "report_key": DEVICE_REPORT_KEY_PEM,
         **fields,
     }
     return Device.objects.bulk_create(

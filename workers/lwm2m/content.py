@@ -82,6 +82,9 @@ RESOURCE_TYPES: dict[tuple[int, int], ResourceType] = {
     (5, 8): ResourceType.INTEGER,  # Firmware Update Protocol Support (multiple)
     (5, 9): ResourceType.INTEGER,  # Firmware Update Delivery Method
     (5, 10): ResourceType.NONE,  # Cancel (E, 1.1)
+    # The SUIT report object (docs/lwm2m.md, "SUIT reports"), in the private range.
+    (26241, 0): ResourceType.OPAQUE,  # Report Nonce (W)
+    (26241, 1): ResourceType.OPAQUE,  # Report (R): COSE_Sign1 SUIT report of the last attempt
 }
 
 

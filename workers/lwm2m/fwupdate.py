@@ -67,6 +67,12 @@ DELIVERY_PULL, DELIVERY_PUSH, DELIVERY_BOTH = 0, 1, 2
 # document, which the command passes as ``manifest_digest``.
 DELIVERY_KINDS = {"suit": "m", "image": "i", "suit-integrated": "s", "trust-policy": "t"}
 
+# The SUIT report object (docs/lwm2m.md, "SUIT reports"): the attempt's nonce is written to
+# /26241/0/0 before delivery; the device's signed report of the attempt is read from /26241/0/1.
+REPORT_NONCE_PATH = (26241, 0, 0)
+REPORT_PATH = (26241, 0, 1)
+MAX_NONCE_HEX = 128
+
 # A deregistration (GET with Observe: 1) waits at most this long for the device's answer.
 DEREGISTER_TIMEOUT = 5.0
 # A new attempt for a device whose previous attempt is still ending (its outcome decided, its
@@ -86,6 +92,8 @@ class UpdateRequest:
     method: str = "pull"
     timeout: float | None = None
     uri: str | None = None
+    # SUIT profiles: the nonce (hex) the device signs into its report of this attempt.
+    report_nonce: str = ""
 
     @property
     def kind(self) -> str:
@@ -124,6 +132,11 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
         raise DeviceOperationError("fw_update of an image needs image_sha256", permanent=True)
     size = args.get("image_size")
     timeout = args.get("timeout")
+    nonce = str(args.get("report_nonce") or "").lower()
+    if len(nonce) > MAX_NONCE_HEX or any(c not in "0123456789abcdef" for c in nonce):
+        raise DeviceOperationError("fw_update: report_nonce is not hex", permanent=True)
+    if len(nonce) % 2:
+        raise DeviceOperationError("fw_update: report_nonce is not whole bytes", permanent=True)
     return UpdateRequest(
         manifest_digest=digest,
         delivery=delivery,
@@ -132,6 +145,7 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
         method=method,
         timeout=float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
         uri=str(args["uri"]) if args.get("uri") else None,
+        report_nonce=nonce,
     )
 
 
@@ -175,15 +189,19 @@ class _Attempt:
     changed: asyncio.Event
     stuck: tuple[int, int] | None = None
     observer: asyncio.Task[Any] | None = None
+    suit_report: str = ""  # the device's signed report of this attempt (hex), once read
 
     def outcome(self) -> dict[str, Any]:
         tracker = self.tracker
-        return {
+        outcome: dict[str, Any] = {
             "phase": tracker.phase.name.lower(),
             "result": int(tracker.result) if tracker.result is not None else None,
             "manifest_digest": self.request.manifest_digest,
             "method": self.method,
         }
+        if self.suit_report:
+            outcome["suit_report"] = self.suit_report
+        return outcome
 
 
 class UpdateDriver:
@@ -360,6 +378,8 @@ class UpdateDriver:
                     state,
                 )
                 attempt.stuck = (state, result)
+        if request.report_nonce:
+            await self._write_report_nonce(reg, request.report_nonce)
         attempt.observer = self._spawn(self._observe_fw(reg, attempt))
         try:
             attempt.tracker.uri_written()
@@ -376,6 +396,8 @@ class UpdateDriver:
             # Let the deregistration go out before the outcome is reported.
             await asyncio.wait({observer}, timeout=DEREGISTER_TIMEOUT + 1)
         tracker = attempt.tracker
+        if request.report_nonce:
+            attempt.suit_report = await self._read_report(self.by_endpoint.get(endpoint) or reg)
         outcome = attempt.outcome()
         if tracker.phase is Phase.SUCCEEDED:
             await self.emit(
@@ -387,6 +409,27 @@ class UpdateDriver:
             permanent=True,
             result=outcome,
         )
+
+    async def _write_report_nonce(self, reg: Registration, nonce: str) -> None:
+        """Give the device this attempt's report nonce. A device without the report object
+        refuses the write: the update goes on, and the server, finding no report, does not
+        take its success (docs/suit.md, "Device reports")."""
+        try:
+            await self.write(reg, REPORT_NONCE_PATH, bytes.fromhex(nonce))
+        except DeviceOperationError as exc:
+            if not exc.permanent:
+                raise
+            log.info("%s takes no report nonce: %s", reg.endpoint, exc)
+
+    async def _read_report(self, reg: Registration) -> str:
+        """The device's signed report of the attempt that just ended (hex; "" when it has
+        none or does not answer: the server decides what a missing report means)."""
+        try:
+            value = (await self.read(reg, REPORT_PATH)).get(REPORT_PATH)
+        except LwM2MError as exc:
+            log.info("read of %s's SUIT report failed: %s", reg.endpoint, exc)
+            return ""
+        return value.hex() if isinstance(value, bytes) else ""
 
     async def _push(self, reg: Registration, attempt: _Attempt, data: bytes) -> None:
         """Block1 write of the package to /5/0/0. A 4.xx answer: the device's Update Result

@@ -490,12 +490,20 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
                 str(command.get("operation", "")),
                 dict(command.get("args") or {}),
             )
-            outcome = events.CommandResult(command_id=command_id, ok=True, result=result)
+            result = dict(result)
+            outcome = events.CommandResult(
+                command_id=command_id,
+                ok=True,
+                suit_report=str(result.pop("suit_report", "")),
+                result=result,
+            )
         except LwM2MError as exc:
+            failed = dict(getattr(exc, "result", None) or {})
             outcome = events.CommandResult(
                 command_id=command_id,
                 ok=False,
-                result=getattr(exc, "result", None) or {},
+                suit_report=str(failed.pop("suit_report", "")),
+                result=failed,
                 error_code=exc.code,
                 error=str(exc),
                 # A refusal of the request itself (bad path, codec error) cannot pass by trying

@@ -59,6 +59,8 @@ from aiocoap.numbers.codes import Code
 from manifests import device_rules, device_trust
 from manifests.images.mcuboot import IMAGE_MAGIC, ImageError, ImageInfo
 from manifests.images.signature import load_bootloader_key, verify_image_signature
+from manifests.suit import keys as suit_keys
+from manifests.suit import report as suit_report
 from manifests.versions import VersionError, format_version, parse_version
 from workers.lwm2m import content, dtls
 from workers.lwm2m.block1 import Block1Assembler, BlockOptionError, IncompleteBodyError
@@ -91,6 +93,11 @@ FAULTS = (
 DELIVERY_PROFILES = ("suit", "image")
 _MCUBOOT_MAGIC = IMAGE_MAGIC.to_bytes(4, "little")
 _PACKAGE_PATH = ("5", "0", "0")
+# The SUIT report object (docs/lwm2m.md, "SUIT reports"): the server writes the attempt's nonce
+# to /26241/0/0 before it delivers; the device signs its report of the attempt into /26241/0/1.
+REPORT_OBJECT = 26241
+REPORT_NONCE_PATH = (REPORT_OBJECT, 0, 0)
+REPORT_PATH = (REPORT_OBJECT, 0, 1)
 
 
 class DownloadError(LwM2MError):
@@ -170,6 +177,11 @@ class DeviceState:
     # suit profile: the signed device trust policy it holds (hex; docs/suit.md). Empty: it
     # checks one signature against its trust anchors, as devices without a policy do.
     trust_policy: str = ""
+    # SUIT profile: the private key (PEM) the device signs its SUIT reports with, the nonce the
+    # server gave the current attempt (hex) and the signed report of the last attempt (hex).
+    report_key: str = ""
+    report_nonce: str = ""
+    report: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -367,6 +379,7 @@ class SimulatedDevice:
             ObjectLink(3, 0),
             ObjectLink(5, None, ver),
             ObjectLink(5, 0),
+            *([ObjectLink(REPORT_OBJECT, 0)] if self.state.report_key else []),
         ]
 
     async def register(self) -> None:
@@ -445,6 +458,8 @@ class SimulatedDevice:
         }
         for i, proto in enumerate(s.protocols):
             values[(5, 0, 8, i)] = proto
+        if s.report_key:
+            values[REPORT_PATH] = bytes.fromhex(s.report)
         return values
 
     def handle_read(self, path: content.Path, accept: int | None) -> aiocoap.Message:
@@ -452,7 +467,10 @@ class SimulatedDevice:
         if not selected:
             return aiocoap.Message(code=Code.NOT_FOUND)
         single = len(path) >= 3 and list(selected) == [path]
-        fmt = (content.CT_TEXT if single else content.CT_TLV) if accept is None else accept
+        text = (
+            content.CT_OPAQUE if single and isinstance(selected[path], bytes) else content.CT_TEXT
+        )
+        fmt = (text if single else content.CT_TLV) if accept is None else accept
         if fmt in (content.CT_TEXT, content.CT_OPAQUE) and not single:
             return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
         try:
@@ -462,6 +480,13 @@ class SimulatedDevice:
         return aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=fmt)
 
     def handle_write(self, path: content.Path, request: aiocoap.Message) -> aiocoap.Message:
+        if path == REPORT_NONCE_PATH and self.state.report_key:
+            nonce = content.decode(request.opt.content_format, request.payload, path).get(path)
+            if not isinstance(nonce, bytes) or len(nonce) > suit_report.MAX_NONCE_BYTES:
+                return aiocoap.Message(code=Code.BAD_REQUEST)
+            self.state.report_nonce, self.state.report = nonce.hex(), ""
+            self._persist()
+            return aiocoap.Message(code=Code.CHANGED)
         if path != (5, 0, 1):
             return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
         values = content.decode(request.opt.content_format, request.payload, path)
@@ -666,6 +691,7 @@ class SimulatedDevice:
         from manifests import suit
 
         faults = self.state.faults
+        digest = b""  # the manifest's SUIT digest, once the envelope decoded
         try:
             envelope_bytes = pushed if pushed is not None else await self.fetch(base_uri)
             if device_trust.is_trust_policy(envelope_bytes):
@@ -674,6 +700,7 @@ class SimulatedDevice:
                 envelope = suit.decode_envelope(envelope_bytes)
             except suit.SUITError as exc:
                 raise device_rules.SignatureCheckError(f"envelope does not decode: {exc}") from None
+            digest = envelope.manifest_digest
             device_trust.verify_for_device(
                 envelope, self.state.trust_policy, anchors=self.trust_anchors, now=self.now()
             )
@@ -694,16 +721,21 @@ class SimulatedDevice:
         except device_rules.DeviceCheckError as exc:
             self.events.append(f"refused {exc.code}")
             log.info("%s refuses update: %s [%s]", self.state.endpoint, exc, exc.code)
+            if digest and attempt == self._attempt:
+                self._sign_report(digest, exc.code)
             self._fail_download(FwResult(exc.fw_result), attempt)
             return
         except DownloadError as exc:
             self.events.append("download failed")
             log.info("%s download failed: %s", self.state.endpoint, exc)
+            if digest and attempt == self._attempt:
+                self._sign_report(digest, "device.download_failed")
             self._fail_download(FwResult.CONNECTION_LOST, attempt)
             return
         if self.fw.state is not FwState.DOWNLOADING or attempt != self._attempt:
             return  # cancelled meanwhile
         self.state.staged = {
+            "manifest_digest": digest.hex(),
             "version": facts.firmware_version,
             "sequence_number": facts.sequence_number,
             "security_counter": facts.security_counter,
@@ -779,6 +811,20 @@ class SimulatedDevice:
             raise device_rules.MissingFieldError("manifest has no image digest")
         return urljoin(package_uri, f"/fw/i/{facts.image_digest.hex()}")
 
+    def _sign_report(self, manifest_digest: bytes, failure_code: str | None) -> None:
+        """Sign the SUIT report of the attempt that just ended (a device with a report key, told
+        a nonce by the server; without a nonce there is no attempt to report on)."""
+        if not self.state.report_key or not self.state.report_nonce:
+            return
+        key = suit_keys.load_private_key_pem(self.state.report_key.encode())
+        report = suit_report.SUITReport(
+            manifest_digest=manifest_digest,
+            nonce=bytes.fromhex(self.state.report_nonce),
+            failure=None if failure_code is None else suit_report.failure_for(failure_code),
+        )
+        self.state.report = suit_report.sign_report(report, key).hex()
+        self.events.append("report " + ("success" if failure_code is None else failure_code))
+
     async def _install_and_reboot(self) -> None:
         if self.state.delivery == "image":
             await self._install_image()
@@ -789,8 +835,11 @@ class SimulatedDevice:
             return  # reset before the reboot: nothing is installed
         self.registered.clear()
         self.boots += 1
+        digest = bytes.fromhex(str((staged or {}).get("manifest_digest") or ""))
         if staged is None or self.state.faults.boot_fail:
             # MCUboot test boot failed: revert to the old image, report failure.
+            if digest:
+                self._sign_report(digest, "device.boot_failed")
             self.fw.update_failed()
             self.events.append("boot failed, reverted")
         elif "trust_policy" in staged:
@@ -805,6 +854,8 @@ class SimulatedDevice:
                 self.state.security_counter,
                 int(staged["security_counter"] or 0),  # standard profile: none in the manifest
             )
+            if digest:
+                self._sign_report(digest, None)
             self.fw.update_succeeded()
             self.events.append(f"booted {self.state.version}")
         self.state.staged = None
@@ -1001,6 +1052,10 @@ class Fleet:
                 protocols=list(spec.protocols),
                 trust_policy=spec.trust_policy,
             )
+        for state in states.values():
+            if state.delivery == "suit" and not state.report_key:
+                key = suit_keys.generate_private_key("Ed25519")
+                state.report_key = suit_keys.private_key_pem(key).decode()
         if spec.dtls:
             for state in states.values():
                 if not state.psk:
@@ -1024,6 +1079,16 @@ class Fleet:
             endpoint: bytes.fromhex(device.state.psk)
             for endpoint, device in self.devices.items()
             if device.state.psk
+        }
+
+    def report_keys(self) -> dict[str, str]:
+        """Endpoint -> public report key (PEM) of the SUIT devices (to register on the server)."""
+        return {
+            endpoint: suit_keys.public_key_pem(
+                suit_keys.load_private_key_pem(device.state.report_key.encode())
+            ).decode()
+            for endpoint, device in self.devices.items()
+            if device.state.report_key
         }
 
     def _mark_dirty(self) -> None:

@@ -1,6 +1,6 @@
 """``manage.py device clock-trust ENDPOINT --user U [--withdraw]``: accept a device's clock.
-``manage.py device provision ENDPOINT --user U [--psk-hex HEX | --psk-stdin]``: register a device
-(and its DTLS key) before it first connects.
+``manage.py device provision ENDPOINT --user U [--psk-hex HEX | --psk-stdin] [--report-key PEM]``:
+register a device (its DTLS key, its SUIT report key) before it first connects.
 ``manage.py device import FILE --user U``: provision devices from CSV, all or nothing.
 ``manage.py device tag [ENDPOINT ...] [filter] --user U --add/--remove/--set TAGS | --clear``:
 change the tags of devices named or selected by a filter (class, version, tag, state, online).
@@ -78,6 +78,12 @@ class Command(BaseCommand):
         key.add_argument("--psk-hex", help="the PSK in hex (visible in the process list)")
         key.add_argument(
             "--psk-stdin", action="store_true", help="read the PSK in hex from standard input"
+        )
+        p.add_argument(
+            "--report-key",
+            metavar="PEM_FILE",
+            help="the public key (PEM, Ed25519 or P-256) the device signs its SUIT reports "
+            "with; a device of a SUIT class is not updated without one",
         )
 
         p = sub.add_parser(
@@ -160,15 +166,28 @@ class Command(BaseCommand):
                 psk = bytes.fromhex(text.strip())
             except ValueError:
                 raise CommandError("the PSK must be hexadecimal", returncode=1) from None
+        report_key = None
+        if options.get("report_key"):
+            try:
+                with open(options["report_key"], encoding="ascii") as f:
+                    report_key = f.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CommandError(
+                    f"cannot read {options['report_key']}: {exc}", returncode=1
+                ) from None
         with refusals():
             try:
                 device = device_provision(
-                    endpoint=options["endpoint"], actor=user_named(options["user"]), psk=psk
+                    endpoint=options["endpoint"],
+                    actor=user_named(options["user"]),
+                    psk=psk,
+                    report_key=report_key,
                 )
             except (DeviceRegistryError, PSKError) as exc:
                 raise CommandError(f"{exc} [{exc.code}]", returncode=1) from exc
         key = f"DTLS PSK set (identity {device.endpoint})" if psk is not None else "no DTLS key"
-        self.stdout.write(f"device {device.endpoint} provisioned; {key}")
+        report = "SUIT report key set" if report_key is not None else "no SUIT report key"
+        self.stdout.write(f"device {device.endpoint} provisioned; {key}; {report}")
 
     def _import(self, options: dict[str, Any]) -> None:
         name = options["file"]

@@ -6,6 +6,9 @@ anchors are the active signing keys' public keys, as a vendor would provision th
 ``--dtls``: each device gets a random PSK (kept in the state file, like a key in the device's
 flash; identity = endpoint), provisioned on the server through ``device_psk_set``, and talks
 to the gateway's DTLS listener (``--server coaps://...``, default from LWM2M_DTLS_BIND).
+
+Each SUIT device gets its own report key (Ed25519, kept in the state file); its public key is
+registered with the device on the server (``device_report_key_set``), as provisioning would.
 """
 
 from __future__ import annotations
@@ -118,6 +121,12 @@ class Command(BaseCommand):
             fault_rates=rates,
             seed=options["seed"],
         )
+        from campaigns.device_services import device_report_key_set
+
+        report_keys = fleet.report_keys()
+        for endpoint, key_pem in report_keys.items():
+            device_report_key_set(endpoint=endpoint, key_pem=key_pem, actor="simulate_fleet")
+        self.stdout.write(f"{len(report_keys)} SUIT report keys registered")
         if options["dtls"]:
             from campaigns.device_services import device_psk_set
 
