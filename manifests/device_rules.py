@@ -12,8 +12,9 @@ anchor (checked by the caller with the SUIT codec, reported here through
 :func:`require_signature`); vendor and class IDs equal the device's; the manifest installs only
 into the device's fixed component with its payload format; the sequence number is strictly above
 the installed one; the security counter is not below the device's; the manifest has not expired
-by the device's own clock; the payload fits the slot; the downloaded payload has the declared size
-and SHA-256 digest.
+by the device's own clock; the payload fits the slot; an encrypted payload is taken only by a device
+holding a decryption key, and decrypts (its refusals: no recipient, key unwrap, GCM tag); the
+downloaded (decrypted) payload has the declared size and SHA-256 digest.
 """
 
 from __future__ import annotations
@@ -92,6 +93,27 @@ class UnsupportedManifestError(DeviceCheckError):
     code = "device.unsupported_manifest"
 
 
+class DecryptionNoRecipientError(DeviceCheckError):
+    """The encrypted payload's content key is wrapped for no key this device holds."""
+
+    code = "device.decryption_no_recipient"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
+class DecryptionKeyUnwrapError(DeviceCheckError):
+    """The content key does not unwrap under the device's key (wrong key or altered wrap)."""
+
+    code = "device.decryption_key_unwrap"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
+class DecryptionTagError(DeviceCheckError):
+    """The AES-GCM tag of the encrypted payload does not verify (ciphertext or tag altered)."""
+
+    code = "device.decryption_tag"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
 class MissingFieldError(DeviceCheckError):
     """The manifest lacks a field the device needs (digest, size, sequence, counter)."""
 
@@ -130,6 +152,10 @@ class DeviceIdentity:
     # "standard": they may be absent (the sequence number is then the anti-rollback floor and
     # the class's payload format applies); present, they are checked all the same.
     manifest_profile: str = "extended"
+    # The device holds a payload decryption key (a class key-encryption key or its own P-256
+    # key): it takes encrypted payloads, decrypts them after verifying the manifest, then
+    # checks the plaintext's size and digest (check_payload).
+    can_decrypt: bool = False
 
 
 @dataclass(frozen=True)
@@ -200,7 +226,7 @@ def check_manifest(
             f"components {[[p.hex() for p in c] for c in facts.components]} are not "
             f"[{[p.hex() for p in device.component_id]}]"
         )
-    if facts.encrypted:
+    if facts.encrypted and not device.can_decrypt:
         raise UnsupportedManifestError("the payload is encrypted; this device cannot decrypt it")
     standard = device.manifest_profile == "standard"
     if facts.payload_format != device.payload_format and not (
