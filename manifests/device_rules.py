@@ -156,6 +156,9 @@ class DeviceIdentity:
     # key): it takes encrypted payloads, decrypts them after verifying the manifest, then
     # checks the plaintext's size and digest (check_payload).
     can_decrypt: bool = False
+    # The kids of the keys it decrypts with: an encrypted manifest none of whose recipients
+    # names one of them is refused before the download (DecryptionNoRecipientError).
+    decryption_kids: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,7 @@ class ManifestFacts:
     payload_format: str | None
     uri: str | None
     encrypted: bool = False  # the payload is encrypted (firmware-encryption parameter 19)
+    recipient_kids: tuple[bytes, ...] = ()  # the kid of every recipient of its content key
 
 
 def facts_from_manifest(manifest: Any) -> ManifestFacts:
@@ -198,7 +202,25 @@ def facts_from_manifest(manifest: Any) -> ManifestFacts:
         payload_format=manifest.payload_format,
         uri=manifest.uri,
         encrypted=bool(getattr(manifest, "encryption_info", ())),
+        recipient_kids=recipient_kids(getattr(manifest, "encryption_info", ())),
     )
+
+
+def recipient_kids(encryption_info: Sequence[Any]) -> tuple[bytes, ...]:
+    """The kids of the recipients of decoded COSE_Encrypt structures (``[protected,
+    unprotected, ciphertext, recipients]``; a recipient's kid is unprotected label 4)."""
+    kids = []
+    for info in encryption_info:
+        body = getattr(info, "value", None)
+        if not isinstance(body, list | tuple) or len(body) != 4:
+            continue
+        for recipient in body[3] if isinstance(body[3], list | tuple) else ():
+            if isinstance(recipient, list | tuple) and len(recipient) == 3:
+                header = recipient[1]
+                kid = header.get(4) if hasattr(header, "get") else None
+                if type(kid) is bytes:
+                    kids.append(kid)
+    return tuple(kids)
 
 
 def require_signature(valid_kids: Sequence[bytes], *, threshold: int = 1) -> None:
@@ -228,6 +250,10 @@ def check_manifest(
         )
     if facts.encrypted and not device.can_decrypt:
         raise UnsupportedManifestError("the payload is encrypted; this device cannot decrypt it")
+    if facts.encrypted and not device.decryption_kids.intersection(facts.recipient_kids):
+        raise DecryptionNoRecipientError(
+            "the payload's content key is wrapped for none of this device's keys"
+        )
     standard = device.manifest_profile == "standard"
     if facts.payload_format != device.payload_format and not (
         standard and facts.payload_format is None

@@ -3,6 +3,7 @@
 The package is layered by concern; a module imports only modules on a floor below its own:
 
     roles, policies, delegations, keys   state changes that re-evaluate releases
+    encryption                           payload key-encryption keys, encrypted payloads
     releases, catalog                    releases and approval; vendors, classes, images, manifests
     facts                                rows turned into ``manifests.policy`` facts (reads only)
     access                               roles_of, require_role, the named role sets (models only)
@@ -14,6 +15,7 @@ from manifests.services.catalog import (
     device_class_set_delivery,
     device_class_set_manifest_profile,
     device_class_update,
+    image_is_confidential,
     image_storage,
     image_upload,
     integrated_envelope,
@@ -21,6 +23,12 @@ from manifests.services.catalog import (
     vendor_create,
 )
 from manifests.services.delegations import delegation_create, delegation_revoke
+from manifests.services.encryption import (
+    active_payload_key,
+    encryption_info_digest,
+    payload_encrypt,
+    payload_key_rotate,
+)
 from manifests.services.facts import key_is_usable, load_release_facts, policy_for
 from manifests.services.keys import key_revoke, key_rotate, signing_key_register
 from manifests.services.policies import policy_set
@@ -42,6 +50,7 @@ from manifests.services.roles import role_grant, role_revoke
 __all__ = [
     "ApprovalCapacity",
     "ReleaseDispatchState",
+    "active_payload_key",
     "approval_capacities",
     "delegated_roles",
     "delegation_create",
@@ -50,6 +59,8 @@ __all__ = [
     "device_class_set_delivery",
     "device_class_set_manifest_profile",
     "device_class_update",
+    "encryption_info_digest",
+    "image_is_confidential",
     "image_storage",
     "image_upload",
     "integrated_envelope",
@@ -58,6 +69,8 @@ __all__ = [
     "key_rotate",
     "load_release_facts",
     "manifest_import",
+    "payload_encrypt",
+    "payload_key_rotate",
     "policy_for",
     "policy_set",
     "release_approve",

@@ -268,6 +268,15 @@ def _parse(encryption_info: EncryptionInfo) -> _Parsed:
     return _Parsed(protected=protected, iv=iv, recipients=tuple(parsed))
 
 
+def encode_encryption_info(encryption_info: EncryptionInfo) -> bytes:
+    """The deterministic CBOR of an encryption info, the same for its encoded bytes and for the
+    decoder's CBORTag (how a stored encryption info is matched with a manifest's)."""
+    _parse(encryption_info)
+    if isinstance(encryption_info, CBORTag):
+        return dumps(encryption_info)
+    return dumps(cbor2.loads(bytes(encryption_info)))
+
+
 def recipients_of(encryption_info: EncryptionInfo) -> tuple[RecipientInfo, ...]:
     """Algorithm and kid of every recipient (what ``inspect`` and the planner look at)."""
     return tuple(RecipientInfo(alg=a, kid=k) for a, k, _, _ in _parse(encryption_info).recipients)

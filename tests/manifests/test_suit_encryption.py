@@ -4,6 +4,7 @@ draft defines them), and every tampering is refused with its own error."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import os
@@ -252,5 +253,9 @@ def test_device_without_a_decryption_key_refuses_an_encrypted_manifest(
         class_id=params.class_id,
         component_id=(b"00",),
         can_decrypt=True,
+        decryption_kids=frozenset({KEK_KID}),
     )
     device_rules.check_manifest(facts, device=capable, installed=installed, now=now)
+    other = dataclasses.replace(capable, decryption_kids=frozenset({b"another"}))
+    with pytest.raises(device_rules.DecryptionNoRecipientError):
+        device_rules.check_manifest(facts, device=other, installed=installed, now=now)

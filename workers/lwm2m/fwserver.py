@@ -69,10 +69,12 @@ class DjangoFirmwareSource:
         return bytes(row.envelope) if row is not None else None
 
     def image(self, sha256: str) -> bytes | None:
-        from manifests.services import image_storage
+        """The stored blob of that digest, unless it is an image released encrypted: its
+        plaintext is never served (only its ciphertext, under the ciphertext's own digest)."""
+        from manifests.services import image_is_confidential, image_storage
 
         store = image_storage()
-        if not store.exists(sha256):
+        if not store.exists(sha256) or image_is_confidential(sha256):
             return None
         data: bytes = store.read(sha256)
         return data

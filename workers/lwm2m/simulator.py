@@ -654,6 +654,9 @@ class SimulatedDevice:
             slot_size=self._slot_size(),
             manifest_profile=self.state.manifest_profile,
             can_decrypt=bool(self.state.decryption_key),
+            decryption_kids=frozenset(
+                [bytes.fromhex(self.state.decryption_kid)] if self.state.decryption_kid else []
+            ),
         )
 
     def _decrypt(self, ciphertext: bytes, envelope: Any) -> bytes:
