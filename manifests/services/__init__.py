@@ -28,6 +28,7 @@ from manifests.services.encryption import (
     encryption_info_digest,
     payload_encrypt,
     payload_key_rotate,
+    payload_key_secret,
 )
 from manifests.services.facts import key_is_usable, load_release_facts, policy_for
 from manifests.services.keys import key_revoke, key_rotate, signing_key_register
@@ -71,6 +72,7 @@ __all__ = [
     "manifest_import",
     "payload_encrypt",
     "payload_key_rotate",
+    "payload_key_secret",
     "policy_for",
     "policy_set",
     "release_approve",
