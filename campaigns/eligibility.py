@@ -106,8 +106,8 @@ def device_facts(
 
 
 def _identity(cls: Any) -> dc.DeviceIdentity:
-    """The class's devices as the server knows them. Every device of a class holds the class's
-    payload key-encryption keys; a device's own key is checked per device (``EncryptionGate``)."""
+    """The class's devices as the server knows them. Who can decrypt an encrypted release is
+    decided per device by ``EncryptionGate`` (class keys, registered device keys)."""
     return dc.DeviceIdentity(
         vendor_id=cls.vendor.uuid,
         class_id=cls.uuid,
@@ -115,16 +115,8 @@ def _identity(cls: Any) -> dc.DeviceIdentity:
         payload_format=cls.payload_format,
         manifest_profile=cls.manifest_profile,
         can_decrypt=True,
-        decryption_kids=_cached_class_kids(cls),
+        decryption_kids=None,
     )
-
-
-def _cached_class_kids(cls: Any) -> frozenset[bytes]:
-    """Read once per class object (planning and dispatch hold one per pass)."""
-    kids: frozenset[bytes] | None = cls.__dict__.get("_payload_kids")
-    if kids is None:
-        kids = cls.__dict__["_payload_kids"] = _class_kids(cls.pk)
-    return kids
 
 
 def _class_kids(class_id: int) -> frozenset[bytes]:
@@ -137,9 +129,10 @@ def _class_kids(class_id: int) -> frozenset[bytes]:
 
 
 class EncryptionGate:
-    """Who can decrypt an encrypted release whose content key is wrapped for device keys only
-    (no class key among its recipients): the devices with a registered key among them. Built
-    once per plan or dispatch pass (one query); ``refusal(device_id, endpoint)`` per device."""
+    """Who can decrypt an encrypted release: every device of the class when a class
+    key-encryption key is among its recipients (each device of a class holds the class's key);
+    otherwise the devices with a registered key among them. Built once per plan or dispatch pass
+    (one or two queries); ``refusal(device_id, endpoint)`` per device."""
 
     def __init__(self, manifest: dc.ManifestFacts, device_class: DeviceClass) -> None:
         self.active = bool(manifest.encrypted) and not (

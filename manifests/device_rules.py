@@ -157,8 +157,9 @@ class DeviceIdentity:
     # checks the plaintext's size and digest (check_payload).
     can_decrypt: bool = False
     # The kids of the keys it decrypts with: an encrypted manifest none of whose recipients
-    # names one of them is refused before the download (DecryptionNoRecipientError).
-    decryption_kids: frozenset[bytes] = frozenset()
+    # names one of them is refused before the download (DecryptionNoRecipientError). None: not
+    # known here (the server checks the recipients per device itself).
+    decryption_kids: frozenset[bytes] | None = frozenset()
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,11 @@ def check_manifest(
         )
     if facts.encrypted and not device.can_decrypt:
         raise UnsupportedManifestError("the payload is encrypted; this device cannot decrypt it")
-    if facts.encrypted and not device.decryption_kids.intersection(facts.recipient_kids):
+    if (
+        facts.encrypted
+        and device.decryption_kids is not None
+        and not device.decryption_kids.intersection(facts.recipient_kids)
+    ):
         raise DecryptionNoRecipientError(
             "the payload's content key is wrapped for none of this device's keys"
         )
