@@ -42,6 +42,10 @@ MISSING_FIELD = "manifest_incomplete"
 # A device of a SUIT class with no report key registered: its success could never be verified.
 NO_REPORT_KEY = "no_report_key"
 NO_SPACE = "no_space"
+# An encrypted release whose content key is wrapped for no key the server knows this device holds
+# (no class key-encryption key among its recipients, and the device's own key unregistered or not
+# among them): the device could not decrypt it.
+ENCRYPTION_KEY_UNKNOWN = "encryption_key_unknown"
 
 _DEVICE_RULES: dict[type[dc.DeviceCheckError], str] = {
     dc.VendorMismatchError: VENDOR_MISMATCH,
@@ -52,6 +56,7 @@ _DEVICE_RULES: dict[type[dc.DeviceCheckError], str] = {
     dc.ExpiredManifestError: EXPIRED,
     dc.MissingFieldError: MISSING_FIELD,
     dc.NoSpaceError: NO_SPACE,
+    dc.DecryptionNoRecipientError: ENCRYPTION_KEY_UNKNOWN,
 }
 
 

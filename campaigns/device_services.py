@@ -18,6 +18,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
@@ -32,6 +34,7 @@ from campaigns.models import (
     CommandStatus,
     Device,
     DeviceCommand,
+    DeviceEncryptionKey,
     DeviceEvent,
     DevicePSK,
     Rollout,
@@ -86,6 +89,13 @@ class DeviceOfflineError(DeviceRegistryError):
     """The device holds no registration, so no gateway can reach it now."""
 
     code = "device.offline"
+
+
+class DeviceEncryptionKeyError(DeviceRegistryError):
+    """A device's payload encryption key is refused (not a P-256 public key, bad kid, or a kid
+    another device already has)."""
+
+    code = "device.encryption_key"
 
 
 class CommandRefusedError(DeviceRegistryError):
@@ -782,6 +792,63 @@ def device_psk_set(*, endpoint: str, key: bytes) -> DevicePSK:
             },
         )
         return psk
+
+
+_MAX_KID_BYTES = 64
+
+
+def device_encryption_key_register(
+    *, endpoint: str, kid: bytes, public_key_pem: str, actor: Any, now: dt.datetime | None = None
+) -> DeviceEncryptionKey:
+    """Register (or replace) the P-256 public key a device decrypts payloads with, named by
+    ``kid`` as the device names it (ECDH-ES + AES-KW recipients, docs/suit.md). Operator or
+    admin; audited with the kid only. Registering the same key again changes nothing."""
+    now = now or timezone.now()
+    require_role(actor, *access.OPERATORS, at=now)
+    if type(kid) is not bytes or not 1 <= len(kid) <= _MAX_KID_BYTES:
+        raise DeviceEncryptionKeyError(f"a kid is 1..{_MAX_KID_BYTES} bytes")
+    try:
+        public = serialization.load_pem_public_key(public_key_pem.encode())
+    except (ValueError, UnicodeError):
+        raise DeviceEncryptionKeyError("not a PEM public key") from None
+    if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(
+        public.curve, ec.SECP256R1
+    ):
+        raise DeviceEncryptionKeyError("a device encryption key is a P-256 public key")
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+    with transaction.atomic():
+        device = Device.objects.select_for_update().filter(endpoint=endpoint).first()
+        if device is None:
+            raise UnknownDeviceError(f"no device {endpoint!r}")
+        taken = DeviceEncryptionKey.objects.filter(kid=kid.hex()).exclude(device=device)
+        if taken.exists():
+            raise DeviceEncryptionKeyError(f"kid {kid.hex()} belongs to another device")
+        current = DeviceEncryptionKey.objects.filter(device=device).first()
+        if current is not None and (current.kid, current.public_key_pem) == (kid.hex(), pem):
+            return current
+        row, _ = DeviceEncryptionKey.objects.update_or_create(
+            device=device, defaults={"kid": kid.hex(), "public_key_pem": pem}
+        )
+        audit_record(
+            actor=actor,
+            action="device.encryption_key",
+            object_type="device",
+            object_id=endpoint,
+            details={"kid": row.kid, "replaced": current.kid if current is not None else None},
+            now=now,
+        )
+        return row
+
+
+def device_encryption_recipients(device_class_id: int) -> list[tuple[str, str]]:
+    """``(kid hex, public PEM)`` of every device of the class with a registered key."""
+    return list(
+        DeviceEncryptionKey.objects.filter(device__device_class_id=device_class_id)
+        .order_by("kid")
+        .values_list("kid", "public_key_pem")
+    )
 
 
 def device_provision(

@@ -17,11 +17,18 @@ from django.db.models import (
 
 from campaigns import checks, clock
 from campaigns.errors import SpecError, UnknownReleaseError, UnknownTargetError
-from campaigns.models import IN_FLIGHT_STATES, Campaign, Device, EmergencyStop, Rollout
+from campaigns.models import (
+    IN_FLIGHT_STATES,
+    Campaign,
+    Device,
+    DeviceEncryptionKey,
+    EmergencyStop,
+    Rollout,
+)
 from campaigns.spec import CampaignSpec
 from manifests import device_rules as dc
 from manifests import suit
-from manifests.models import DeviceClass, Release
+from manifests.models import DeviceClass, PayloadEncryptionKey, Release
 from manifests.versions import VersionError, parse_version
 
 EXCLUDED_BY_SPEC = "excluded_by_spec"
@@ -99,13 +106,55 @@ def device_facts(
 
 
 def _identity(cls: Any) -> dc.DeviceIdentity:
+    """The class's devices as the server knows them. Who can decrypt an encrypted release is
+    decided per device by ``EncryptionGate`` (class keys, registered device keys)."""
     return dc.DeviceIdentity(
         vendor_id=cls.vendor.uuid,
         class_id=cls.uuid,
         component_id=cls.component_id_bytes,
         payload_format=cls.payload_format,
         manifest_profile=cls.manifest_profile,
+        can_decrypt=True,
+        decryption_kids=None,
     )
+
+
+def _class_kids(class_id: int) -> frozenset[bytes]:
+    return frozenset(
+        bytes.fromhex(kid)
+        for kid in PayloadEncryptionKey.objects.filter(device_class_id=class_id).values_list(
+            "kid", flat=True
+        )
+    )
+
+
+class EncryptionGate:
+    """Who can decrypt an encrypted release: every device of the class when a class
+    key-encryption key is among its recipients (each device of a class holds the class's key);
+    otherwise the devices with a registered key among them. Built once per plan or dispatch pass
+    (one or two queries); ``refusal(device_id, endpoint)`` per device."""
+
+    def __init__(self, manifest: dc.ManifestFacts, device_class: DeviceClass) -> None:
+        self.active = bool(manifest.encrypted) and not (
+            _class_kids(device_class.pk) & set(manifest.recipient_kids)
+        )
+        self.devices: frozenset[int] = frozenset()
+        if self.active:
+            self.devices = frozenset(
+                DeviceEncryptionKey.objects.filter(
+                    kid__in=[kid.hex() for kid in manifest.recipient_kids]
+                ).values_list("device_id", flat=True)
+            )
+
+    def refusal(self, device_id: int, endpoint: str) -> checks.Refusal | None:
+        if not self.active or device_id in self.devices:
+            return None
+        return checks.Refusal(
+            checks.ENCRYPTION_KEY_UNKNOWN,
+            f"{endpoint}: the release's content key is wrapped for device keys only, and this "
+            "device's key is not registered or not among them (manage.py device encryption-key, "
+            "then encrypt the payload again)",
+        )
 
 
 class PlanDevice:

@@ -46,6 +46,7 @@ from campaigns import checks, clock, delivery, ramp, stages, windows
 from campaigns.device_services import command_queue, commands_queue, device_command_create
 from campaigns.eligibility import (
     DispatchChecker,
+    EncryptionGate,
     PlanDevice,
     active_stops,
     classify_device,
@@ -631,6 +632,7 @@ def _dispatch_rows(
     )
     window_by_tags: dict[tuple[str, ...], bool] = {}
     method_of = delivery.methods_for(campaign.device_class.delivery_method)
+    gate = EncryptionGate(manifest, campaign.device_class)
     timeout = spec.timeouts.device
     skipped: dict[str, int] = {}
     refused: list[tuple[int, checks.Refusal]] = []
@@ -669,6 +671,8 @@ def _dispatch_rows(
                 checks.NO_REPORT_KEY,
                 f"{endpoint}: no report key registered (its success is unverifiable)",
             )
+        if refusal is None:
+            refusal = gate.refusal(device_id, endpoint)
         if refusal is None:
             decision = method_of(protocols, fw_method, psk is not None)
             if decision.method is not None:

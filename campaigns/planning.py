@@ -31,6 +31,7 @@ from campaigns.clock import SERVER_TIME_ONLY, clock_state
 from campaigns.eligibility import (
     _ENDPOINT,
     EXCLUDED_BY_SPEC,
+    EncryptionGate,
     PlanDevice,
     classify_device,
     held_for_clock,
@@ -320,6 +321,7 @@ def campaign_plan(
     # Who the gateway can deliver to: decided per device from its /5/0/8, /5/0/9 and DTLS,
     # after every other rule passed (a device refused anyway is counted under that reason).
     method_of = delivery.methods_for(resolved.device_class.delivery_method)
+    gate = EncryptionGate(manifest, resolved.device_class)
     undeliverable = rows.outcome_of(delivery.NO_SUPPORTED_DELIVERY, "")
     pushed = array("Q")
     groups: dict[tuple[Any, ...], tuple[int, str | None]] = {}
@@ -409,6 +411,9 @@ def campaign_plan(
             outcome, template = group
             if template is not None:
                 details[len(rows.device_ids)] = template.replace(_ENDPOINT, endpoint)
+        if not outcome and gate.active and (refusal := gate.refusal(pk, endpoint)):
+            outcome = rows.outcome_of(refusal.reason, "")
+            details[len(rows.device_ids)] = refusal.message
         if not outcome:
             decision = method_of(protocols, fw_method, psk is not None)
             if decision.method is None:

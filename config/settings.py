@@ -227,6 +227,9 @@ LWM2M_FW_POLL_SECONDS = envint("LWM2M_FW_POLL_SECONDS", 10, minimum=1)
 LWM2M_FW_UPDATE_TIMEOUT = envint("LWM2M_FW_UPDATE_TIMEOUT", 3600, minimum=1)
 # Secret the DTLS PSKs are encrypted under at rest (HKDF input); defaults to SECRET_KEY.
 LWM2M_PSK_ENCRYPTION_KEY = envopt("LWM2M_PSK_ENCRYPTION_KEY")
+# Secret the payload key-encryption keys are encrypted under at rest (HKDF input, its own label);
+# defaults to SECRET_KEY (docs/suit.md, "Encrypted payloads").
+PAYLOAD_KEY_ENCRYPTION_KEY = envopt("PAYLOAD_KEY_ENCRYPTION_KEY")
 # DTLS (PSK) listener HOST:PORT next to LWM2M_BIND; unset = no DTLS. Needs a specific address (the
 # DTLS transport answers from the address it is bound to, so not 0.0.0.0 or ::). docs/lwm2m.md.
 LWM2M_DTLS_BIND = envopt("LWM2M_DTLS_BIND")

@@ -12,8 +12,9 @@ anchor (checked by the caller with the SUIT codec, reported here through
 :func:`require_signature`); vendor and class IDs equal the device's; the manifest installs only
 into the device's fixed component with its payload format; the sequence number is strictly above
 the installed one; the security counter is not below the device's; the manifest has not expired
-by the device's own clock; the payload fits the slot; the downloaded payload has the declared size
-and SHA-256 digest.
+by the device's own clock; the payload fits the slot; an encrypted payload is taken only by a device
+holding a decryption key, and decrypts (its refusals: no recipient, key unwrap, GCM tag); the
+downloaded (decrypted) payload has the declared size and SHA-256 digest.
 """
 
 from __future__ import annotations
@@ -92,6 +93,27 @@ class UnsupportedManifestError(DeviceCheckError):
     code = "device.unsupported_manifest"
 
 
+class DecryptionNoRecipientError(DeviceCheckError):
+    """The encrypted payload's content key is wrapped for no key this device holds."""
+
+    code = "device.decryption_no_recipient"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
+class DecryptionKeyUnwrapError(DeviceCheckError):
+    """The content key does not unwrap under the device's key (wrong key or altered wrap)."""
+
+    code = "device.decryption_key_unwrap"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
+class DecryptionTagError(DeviceCheckError):
+    """The AES-GCM tag of the encrypted payload does not verify (ciphertext or tag altered)."""
+
+    code = "device.decryption_tag"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
 class MissingFieldError(DeviceCheckError):
     """The manifest lacks a field the device needs (digest, size, sequence, counter)."""
 
@@ -130,6 +152,14 @@ class DeviceIdentity:
     # "standard": they may be absent (the sequence number is then the anti-rollback floor and
     # the class's payload format applies); present, they are checked all the same.
     manifest_profile: str = "extended"
+    # The device holds a payload decryption key (a class key-encryption key or its own P-256
+    # key): it takes encrypted payloads, decrypts them after verifying the manifest, then
+    # checks the plaintext's size and digest (check_payload).
+    can_decrypt: bool = False
+    # The kids of the keys it decrypts with: an encrypted manifest none of whose recipients
+    # names one of them is refused before the download (DecryptionNoRecipientError). None: not
+    # known here (the server checks the recipients per device itself).
+    decryption_kids: frozenset[bytes] | None = frozenset()
 
 
 @dataclass(frozen=True)
@@ -155,6 +185,7 @@ class ManifestFacts:
     payload_format: str | None
     uri: str | None
     encrypted: bool = False  # the payload is encrypted (firmware-encryption parameter 19)
+    recipient_kids: tuple[bytes, ...] = ()  # the kid of every recipient of its content key
 
 
 def facts_from_manifest(manifest: Any) -> ManifestFacts:
@@ -172,7 +203,25 @@ def facts_from_manifest(manifest: Any) -> ManifestFacts:
         payload_format=manifest.payload_format,
         uri=manifest.uri,
         encrypted=bool(getattr(manifest, "encryption_info", ())),
+        recipient_kids=recipient_kids(getattr(manifest, "encryption_info", ())),
     )
+
+
+def recipient_kids(encryption_info: Sequence[Any]) -> tuple[bytes, ...]:
+    """The kids of the recipients of decoded COSE_Encrypt structures (``[protected,
+    unprotected, ciphertext, recipients]``; a recipient's kid is unprotected label 4)."""
+    kids = []
+    for info in encryption_info:
+        body = getattr(info, "value", None)
+        if not isinstance(body, list | tuple) or len(body) != 4:
+            continue
+        for recipient in body[3] if isinstance(body[3], list | tuple) else ():
+            if isinstance(recipient, list | tuple) and len(recipient) == 3:
+                header = recipient[1]
+                kid = header.get(4) if hasattr(header, "get") else None
+                if type(kid) is bytes:
+                    kids.append(kid)
+    return tuple(kids)
 
 
 def require_signature(valid_kids: Sequence[bytes], *, threshold: int = 1) -> None:
@@ -200,8 +249,16 @@ def check_manifest(
             f"components {[[p.hex() for p in c] for c in facts.components]} are not "
             f"[{[p.hex() for p in device.component_id]}]"
         )
-    if facts.encrypted:
+    if facts.encrypted and not device.can_decrypt:
         raise UnsupportedManifestError("the payload is encrypted; this device cannot decrypt it")
+    if (
+        facts.encrypted
+        and device.decryption_kids is not None
+        and not device.decryption_kids.intersection(facts.recipient_kids)
+    ):
+        raise DecryptionNoRecipientError(
+            "the payload's content key is wrapped for none of this device's keys"
+        )
     standard = device.manifest_profile == "standard"
     if facts.payload_format != device.payload_format and not (
         standard and facts.payload_format is None

@@ -56,7 +56,7 @@ from manifests.suit.cose import parse_sign1, sign1, verify_raw
 from manifests.suit.errors import SUITError, SUITUnsupportedError
 from manifests.suit.keys import KeyInfo, key_info
 from manifests.suit.model import Envelope, SignatureBlock
-from manifests.suit.verify import verify_envelope
+from manifests.suit.verify import unsupported_features, verify_envelope
 
 POLICY_TYPE = "fwupd-trust-policy"
 # The project's approving roles (manifests.policy.APPROVING_ROLES).
@@ -459,16 +459,26 @@ def held_policy(policy_hex: str) -> TrustPolicy | None:
 
 
 def verify_for_device(
-    envelope: Envelope, policy_hex: str, *, anchors: Sequence[Any], now: dt.datetime
+    envelope: Envelope,
+    policy_hex: str,
+    *,
+    anchors: Sequence[Any],
+    now: dt.datetime,
+    decrypting: bool = False,
 ) -> None:
     """The device's signature rule before install: its trust policy's thresholds when it holds
-    one, else one signature from its trust anchors (devices provisioned before policies)."""
+    one, else one signature from its trust anchors (devices provisioned before policies).
+    ``decrypting``: the device holds a payload decryption key, so an encrypted payload is one
+    it can take; under either rule an envelope it cannot enforce is refused first."""
+    problems = unsupported_features(envelope, decrypting=decrypting)
+    if problems:
+        raise UnsupportedManifestError("; ".join(problems))
     policy = held_policy(policy_hex)
     if policy is not None:
         check_envelope(envelope, policy, now=now)
         return
     try:
-        verdict = verify_envelope(envelope, anchors, threshold=1)
+        verdict = verify_envelope(envelope, anchors, threshold=1, decrypting=decrypting)
     except SUITUnsupportedError as exc:
         raise UnsupportedManifestError(str(exc)) from None
     require_signature(list(verdict.valid_kids))

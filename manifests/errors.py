@@ -78,6 +78,26 @@ class PayloadURIError(ManifestError):
     code = "manifest.payload_uri"
 
 
+class PayloadEncryptionError(ManifestError):
+    """A payload cannot be encrypted for the class (no key-encryption key and no device key,
+    or a stored key that does not decrypt under the deployment secret)."""
+
+    code = "manifest.payload_encryption"
+
+
+class EncryptionRequiredError(ManifestError):
+    """The class has a payload key-encryption key, so it takes encrypted payloads only."""
+
+    code = "manifest.encryption_required"
+
+
+class UnknownEncryptionInfoError(ManifestError):
+    """The manifest's encryption info is not one this server produced for the class and image
+    (its ciphertext would not be served, or its content key is unknown)."""
+
+    code = "manifest.encryption_unknown"
+
+
 class DeliveryConflictError(ManifestError):
     """A live release of the class names a payload URI the new delivery profile could not serve."""
 

@@ -465,3 +465,75 @@ class TrustPolicySignature(models.Model):
 
     def __str__(self) -> str:
         return f"{self.signer} on {self.policy}"
+
+
+class PayloadKeyStatus(models.TextChoices):
+    ACTIVE = "active", "active"
+    RETIRED = "retired", "retired"
+
+
+class PayloadEncryptionKey(models.Model):
+    """A device class's key-encryption key (AES-KW) for encrypted payloads, Fernet-encrypted at
+    rest (``manifests.payload_keys``). One active per class; rotation retires the old one, which
+    stays so releases wrapped under it can still be described."""
+
+    device_class = models.ForeignKey(
+        DeviceClass, on_delete=models.PROTECT, related_name="payload_keys"
+    )
+    kid = models.CharField(max_length=64, unique=True)  # hex; in every recipient it wraps for
+    key_encrypted = models.BinaryField()
+    size = models.PositiveSmallIntegerField()  # 16 (A128KW) or 32 (A256KW)
+    status = models.CharField(
+        max_length=16, choices=PayloadKeyStatus.choices, default=PayloadKeyStatus.ACTIVE
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device_class"],
+                condition=models.Q(status="active"),
+                name="one_active_payload_key_per_class",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_class} payload key {self.kid} ({self.status})"
+
+
+class EncryptedPayload(ImmutableModel):
+    """An image encrypted for a device class (one content key per row): the ciphertext is stored
+    content-addressed beside the images and served at ``/fw/i/<ciphertext sha256>``; the
+    encryption info is what the author puts into the signed manifest."""
+
+    image = models.ForeignKey(
+        FirmwareImage, on_delete=models.PROTECT, related_name="encrypted_payloads"
+    )
+    device_class = models.ForeignKey(
+        DeviceClass, on_delete=models.PROTECT, related_name="encrypted_payloads"
+    )
+    payload_key = models.ForeignKey(
+        PayloadEncryptionKey, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    ciphertext_sha256 = models.CharField(max_length=64, unique=True)
+    ciphertext_size = models.PositiveBigIntegerField()
+    encryption_info = models.BinaryField()
+    encryption_info_sha256 = models.CharField(max_length=64, unique=True)
+    # Hex kids of every recipient (the class KEK and/or device keys): who can decrypt it.
+    recipient_kids = models.JSONField(default=list)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["image"])]
+
+    def __str__(self) -> str:
+        return f"{self.device_class} encrypted payload {self.ciphertext_sha256[:12]}"

@@ -12,7 +12,14 @@ import uuid
 
 from django.db import connection, models
 
-__all__ = ["CommandStatus", "Device", "DeviceCommand", "DeviceEvent", "DevicePSK"]
+__all__ = [
+    "CommandStatus",
+    "Device",
+    "DeviceCommand",
+    "DeviceEncryptionKey",
+    "DeviceEvent",
+    "DevicePSK",
+]
 
 
 class DeviceQuerySet(models.QuerySet["Device"]):
@@ -136,6 +143,20 @@ class DevicePSK(models.Model):
 
     def __str__(self) -> str:
         return f"PSK {self.identity}"
+
+
+class DeviceEncryptionKey(models.Model):
+    """A device's own P-256 public key for encrypted payloads (ECDH-ES + AES-KW recipients),
+    named by ``kid`` (hex) as the device names it. Public: nothing secret is stored."""
+
+    device = models.OneToOneField(Device, on_delete=models.CASCADE, related_name="encryption_key")
+    kid = models.CharField(max_length=128, unique=True)
+    public_key_pem = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"encryption key {self.kid} of {self.device_id}"
 
 
 class CommandStatus(models.TextChoices):

@@ -3,6 +3,7 @@
 The package is layered by concern; a module imports only modules on a floor below its own:
 
     roles, policies, delegations, keys   state changes that re-evaluate releases
+    encryption                           payload key-encryption keys, encrypted payloads
     releases, catalog, trust             releases and approval; vendors, classes, images,
                                          manifests; device trust policies
     facts                                rows turned into ``manifests.policy`` facts (reads only)
@@ -15,6 +16,7 @@ from manifests.services.catalog import (
     device_class_set_delivery,
     device_class_set_manifest_profile,
     device_class_update,
+    image_is_confidential,
     image_storage,
     image_upload,
     integrated_envelope,
@@ -22,6 +24,13 @@ from manifests.services.catalog import (
     vendor_create,
 )
 from manifests.services.delegations import delegation_create, delegation_revoke
+from manifests.services.encryption import (
+    active_payload_key,
+    encryption_info_digest,
+    payload_encrypt,
+    payload_key_rotate,
+    payload_key_secret,
+)
 from manifests.services.facts import key_is_usable, load_release_facts, policy_for
 from manifests.services.keys import key_revoke, key_rotate, signing_key_register
 from manifests.services.policies import policy_set
@@ -48,6 +57,7 @@ from manifests.services.trust import (
 __all__ = [
     "ApprovalCapacity",
     "ReleaseDispatchState",
+    "active_payload_key",
     "approval_capacities",
     "delegated_roles",
     "delegation_create",
@@ -56,6 +66,8 @@ __all__ = [
     "device_class_set_delivery",
     "device_class_set_manifest_profile",
     "device_class_update",
+    "encryption_info_digest",
+    "image_is_confidential",
     "image_storage",
     "image_upload",
     "integrated_envelope",
@@ -64,6 +76,9 @@ __all__ = [
     "key_rotate",
     "load_release_facts",
     "manifest_import",
+    "payload_encrypt",
+    "payload_key_rotate",
+    "payload_key_secret",
     "policy_for",
     "policy_set",
     "release_approve",

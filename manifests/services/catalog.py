@@ -8,6 +8,7 @@ author's daily work: author or admin (``manifests.services.access``)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from manifests.errors import (
     DeliveryProfileError,
     DeviceClassExistsError,
     DuplicateManifestError,
+    EncryptionRequiredError,
     ImageNotFoundError,
     ImageTooLargeError,
     InvalidImageError,
@@ -36,6 +38,7 @@ from manifests.errors import (
     PayloadURIError,
     SequenceNumberConflictError,
     UnknownDeviceClassError,
+    UnknownEncryptionInfoError,
     UnknownVendorError,
     UntrustedManifestError,
     VendorExistsError,
@@ -46,10 +49,13 @@ from manifests.models import (
     DeliveryMethod,
     DeliveryProfile,
     DeviceClass,
+    EncryptedPayload,
     FirmwareImage,
     Manifest,
     ManifestProfile,
+    PayloadEncryptionKey,
     PayloadFormat,
+    PayloadKeyStatus,
     ReleaseStatus,
     SigningKey,
     Vendor,
@@ -337,10 +343,19 @@ def integrated_envelope(manifest_digest: str) -> bytes | None:
         return None
     envelope = served_envelope(row.manifest_digest)
     store = image_storage()
-    if envelope is None or not store.exists(row.image_digest):
+    if (
+        envelope is None
+        or not store.exists(row.image_digest)
+        or image_is_confidential(row.image_digest)
+    ):
         return None
     payload: bytes = store.read(row.image_digest)
     return suit.integrate_payload(envelope, payload, max_size=settings.SUIT_MAX_ENVELOPE_SIZE)
+
+
+def image_is_confidential(sha256: str) -> bool:
+    """The image is released encrypted for some class: its plaintext is never served."""
+    return EncryptedPayload.objects.filter(image__sha256=sha256.lower()).exists()
 
 
 def image_upload(*, data: bytes, actor: AbstractBaseUser, filename: str = "") -> FirmwareImage:
@@ -444,7 +459,12 @@ def manifest_import(
     security_counter = (
         m.security_counter if m.security_counter is not None else (image.security_counter or 0)
     )
-    problem = delivery_uri_problem(m.uri, profile=device_class.delivery, image_sha256=image.sha256)
+    encrypted = _encrypted_payload(env, image, device_class)
+    problem = delivery_uri_problem(
+        m.uri,
+        profile=device_class.delivery,
+        image_sha256=encrypted.ciphertext_sha256 if encrypted is not None else image.sha256,
+    )
     if problem is not None:
         raise PayloadURIError(f"{device_class} takes delivery {device_class.delivery!r}: {problem}")
     author_key = _author_key(env, owner=created_by, now=now)
@@ -486,9 +506,47 @@ def manifest_import(
                 "security_counter": manifest.security_counter,
                 "image": image.sha256,
                 "author_kid": author_key.kid,
+                "ciphertext": encrypted.ciphertext_sha256 if encrypted is not None else None,
             },
         )
         return manifest
+
+
+def _encrypted_payload(
+    env: suit.Envelope, image: FirmwareImage, device_class: DeviceClass
+) -> EncryptedPayload | None:
+    """The stored encryption the manifest names (None for a plaintext manifest). A class with a
+    payload key-encryption key takes encrypted manifests only; an encrypted manifest must carry
+    an encryption info produced here for this class and image (else its ciphertext is not the
+    one served, or no key here could have wrapped its content key)."""
+    infos = env.manifest.encryption_info
+    if not infos:
+        if PayloadEncryptionKey.objects.filter(
+            device_class=device_class, status=PayloadKeyStatus.ACTIVE
+        ).exists():
+            raise EncryptionRequiredError(
+                f"{device_class} has a payload key-encryption key: it takes encrypted payloads "
+                "only (manage.py payload encrypt, then suit create --encryption-info)"
+            )
+        return None
+    if device_class.delivery != DeliveryProfile.SUIT or len(infos) != 1:
+        raise UnknownEncryptionInfoError(
+            f"encrypted payloads are served detached to {DeliveryProfile.SUIT!r} classes, one "
+            f"per manifest; {device_class} takes {device_class.delivery!r}"
+        )
+    try:
+        digest = hashlib.sha256(suit.encode_encryption_info(infos[0])).hexdigest()
+    except suit.SUITEncryptionError as exc:
+        raise InvalidManifestError(str(exc), suit_code=exc.code) from exc
+    row = EncryptedPayload.objects.filter(
+        encryption_info_sha256=digest, device_class=device_class, image=image
+    ).first()
+    if row is None:
+        raise UnknownEncryptionInfoError(
+            f"the manifest's encryption info was not produced here for {device_class} and image "
+            f"{image.sha256[:12]}"
+        )
+    return row
 
 
 def _check_component(env: suit.Envelope, device_class: DeviceClass) -> None:

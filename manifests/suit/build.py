@@ -64,6 +64,7 @@ from .constants import (
     M_VALIDATE,
     M_VERSION,
     P_CLASS_ID,
+    P_ENCRYPTION_INFO,
     P_IMAGE_DIGEST,
     P_IMAGE_SIZE,
     P_PAYLOAD_FORMAT,
@@ -85,6 +86,7 @@ from .constants import (
 )
 from .cose import parse_sign1, sign1
 from .decode import DEFAULT_MAX_DEPTH, DEFAULT_MAX_SIZE, decode_envelope, parse_digest
+from .encryption import SUITEncryptionError, recipients_of
 from .errors import (
     SUITDigestMismatchError,
     SUITError,
@@ -181,6 +183,13 @@ def _check_params(p: ManifestParams) -> None:
             )
     if p.profile not in PROFILES:
         raise SUITParamsError(f"profile {p.profile!r} is not one of {PROFILES}")
+    if p.encryption_info is not None:
+        if type(p.encryption_info) is not bytes:
+            raise SUITParamsError("encryption_info must be the encoded SUIT_Encryption_Info")
+        try:
+            recipients_of(p.encryption_info)
+        except SUITEncryptionError as exc:
+            raise SUITParamsError(f"encryption_info: {exc}") from None
 
 
 def _sequence(*commands: Any) -> bytes:
@@ -213,6 +222,10 @@ def _members(p: ManifestParams) -> dict[int, bytes]:
     install_params: dict[int, Any] = {}
     if p.uri is not None:
         install_params[P_URI] = p.uri
+    if p.encryption_info is not None:
+        # Consumed by the fetch that follows: the device decrypts as it stores the payload, then
+        # image-match checks the plaintext (docs/suit.md, "Encrypted payloads").
+        install_params[P_ENCRYPTION_INFO] = p.encryption_info
     install: list[Any] = []
     if p.profile == PROFILE_EXTENDED:
         install_params[P_SECURITY_COUNTER] = p.security_counter

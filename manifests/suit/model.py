@@ -55,6 +55,10 @@ class ManifestParams:
     # "extended": security counter and payload format as custom parameters (-257/-258) in
     # install; "standard": no custom keys (the sequence number is the anti-rollback floor).
     profile: str = PROFILE_EXTENDED
+    # An encoded SUIT_Encryption_Info (``suit.encrypt_payload``): the payload the URI names is
+    # then the ciphertext, and image digest/size stay those of the plaintext (checked after
+    # decryption, "Image Match after Decryption" of firmware-encryption).
+    encryption_info: bytes | None = None
 
 
 @dataclass(frozen=True)

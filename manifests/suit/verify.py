@@ -56,10 +56,13 @@ def _family_ok(alg: int, info: KeyInfo) -> bool:
     )
 
 
-def unsupported_features(envelope: Envelope) -> list[str]:
-    """What in a valid envelope this product cannot enforce (empty when everything is)."""
+def unsupported_features(envelope: Envelope, *, decrypting: bool = False) -> list[str]:
+    """What in a valid envelope this product cannot enforce (empty when everything is).
+
+    ``decrypting``: the caller holds a decryption key and decrypts the payload after this
+    verification (``suit.decrypt_payload``), so an encrypted payload is enforceable."""
     out = []
-    if envelope.manifest.encryption_info:
+    if envelope.manifest.encryption_info and not decrypting:
         out.append(
             "the payload is encrypted (suit-parameter-encryption-info); decryption is not "
             "supported here"
@@ -81,6 +84,7 @@ def verify_envelope(
     *,
     threshold: int = 1,
     mac_keys: Sequence[bytes] = (),
+    decrypting: bool = False,
 ) -> VerificationResult:
     """Count distinct given keys with at least one valid block; ok iff count >= threshold.
 
@@ -89,7 +93,7 @@ def verify_envelope(
     """
     if type(threshold) is not int or threshold < 1:
         raise SUITSignatureError(f"threshold must be an integer >= 1, got {threshold!r}")
-    problems = unsupported_features(envelope)
+    problems = unsupported_features(envelope, decrypting=decrypting)
     if problems:
         raise SUITUnsupportedError("; ".join(problems))
     try:

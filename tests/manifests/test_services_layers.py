@@ -25,6 +25,7 @@ FLOORS = {
     "policies": 3,
     "delegations": 3,
     "keys": 3,
+    "encryption": 3,
 }
 
 

@@ -78,10 +78,12 @@ class DjangoFirmwareSource:
         return served_trust_policy(sha256)
 
     def image(self, sha256: str) -> bytes | None:
-        from manifests.services import image_storage
+        """The stored blob of that digest, unless it is an image released encrypted: its
+        plaintext is never served (only its ciphertext, under the ciphertext's own digest)."""
+        from manifests.services import image_is_confidential, image_storage
 
         store = image_storage()
-        if not store.exists(sha256):
+        if not store.exists(sha256) or image_is_confidential(sha256):
             return None
         data: bytes = store.read(sha256)
         return data

@@ -55,6 +55,8 @@ from urllib.parse import urljoin, urlsplit
 import aiocoap
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from manifests import device_rules, device_trust
 from manifests.images.mcuboot import IMAGE_MAGIC, ImageError, ImageInfo
@@ -182,6 +184,11 @@ class DeviceState:
     report_key: str = ""
     report_nonce: str = ""
     report: str = ""
+    # Payload decryption (docs/suit.md, "Encrypted payloads"): the kid (hex) the device's key is
+    # named by in an encryption info, and the key: a class key-encryption key (hex) or the
+    # device's own P-256 private key (PKCS#8 PEM). Empty: the device takes no encrypted payload.
+    decryption_kid: str = ""
+    decryption_key: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -674,7 +681,37 @@ class SimulatedDevice:
             payload_format=self.state.payload_format,
             slot_size=self._slot_size(),
             manifest_profile=self.state.manifest_profile,
+            can_decrypt=bool(self.state.decryption_key),
+            decryption_kids=frozenset(
+                [bytes.fromhex(self.state.decryption_kid)] if self.state.decryption_kid else []
+            ),
         )
+
+    def _decrypt(self, ciphertext: bytes, envelope: Any) -> bytes:
+        """The plaintext of an encrypted payload, as the device's SUIT processor decrypts it
+        after verifying the manifest; each failure is a device refusal with its own reason."""
+        from manifests import suit
+
+        key: Any = self.state.decryption_key
+        if key.startswith("-----BEGIN"):
+            key = serialization.load_pem_private_key(key.encode(), password=None)
+        else:
+            key = bytes.fromhex(key)
+        try:
+            return suit.decrypt_payload(
+                ciphertext,
+                envelope.manifest.encryption_info[0],
+                kid=bytes.fromhex(self.state.decryption_kid),
+                key=key,
+            )
+        except suit.SUITNoRecipientError as exc:
+            raise device_rules.DecryptionNoRecipientError(str(exc)) from None
+        except suit.SUITKeyUnwrapError as exc:
+            raise device_rules.DecryptionKeyUnwrapError(str(exc)) from None
+        except suit.SUITCiphertextError as exc:
+            raise device_rules.DecryptionTagError(str(exc)) from None
+        except suit.SUITEncryptionError as exc:
+            raise device_rules.UnsupportedManifestError(str(exc)) from None
 
     def _slot_size(self) -> int:
         return 1024 if self.state.faults.no_space else self.state.slot_size
@@ -702,7 +739,11 @@ class SimulatedDevice:
                 raise device_rules.SignatureCheckError(f"envelope does not decode: {exc}") from None
             digest = envelope.manifest_digest
             device_trust.verify_for_device(
-                envelope, self.state.trust_policy, anchors=self.trust_anchors, now=self.now()
+                envelope,
+                self.state.trust_policy,
+                anchors=self.trust_anchors,
+                now=self.now(),
+                decrypting=bool(self.state.decryption_key),
             )
             facts = device_rules.facts_from_manifest(envelope.manifest)
             device_rules.check_manifest(
@@ -717,6 +758,8 @@ class SimulatedDevice:
             payload = await self.fetch(payload_uri, drop_after=2 if faults.download_drop else None)
             if faults.digest_mismatch and payload:
                 payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
+            if facts.encrypted:
+                payload = self._decrypt(payload, envelope)
             device_rules.check_payload(payload, facts)
         except device_rules.DeviceCheckError as exc:
             self.events.append(f"refused {exc.code}")
@@ -804,9 +847,15 @@ class SimulatedDevice:
 
     @staticmethod
     def _payload_uri(package_uri: str, facts: device_rules.ManifestFacts) -> str:
-        """The manifest's URI when it is an absolute CoAP URI, else the server's digest path."""
+        """The manifest's URI when it is an absolute CoAP URI, else the server's digest path.
+        An encrypted payload is fetched from the manifest's URI only (resolved against the
+        Package URI): the image digest names the plaintext, which no server publishes."""
         if facts.uri and urlsplit(facts.uri).scheme in ("coap", "coaps"):
             return facts.uri
+        if facts.encrypted:
+            if not facts.uri or facts.uri.startswith("#"):
+                raise device_rules.MissingFieldError("an encrypted payload needs a fetch URI")
+            return urljoin(package_uri, facts.uri)
         if facts.image_digest is None:
             raise device_rules.MissingFieldError("manifest has no image digest")
         return urljoin(package_uri, f"/fw/i/{facts.image_digest.hex()}")
@@ -962,6 +1011,12 @@ class FleetSpec:
     protocols: list[int] = field(default_factory=lambda: [0])
     # suit profile: the signed device trust policy (hex) every device is provisioned with.
     trust_policy: str = ""
+    # Payload decryption: a class key-encryption key (hex, 16 or 32 bytes) every device holds,
+    # named by ``decryption_kid`` (hex); or ``device_keys``: each device its own P-256 key, named
+    # by its endpoint (docs/suit.md, "Encrypted payloads").
+    decryption_kid: str = ""
+    decryption_key: str = ""
+    device_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.delivery not in DELIVERY_PROFILES:
@@ -979,6 +1034,12 @@ class FleetSpec:
             raise ValueError(f"protocols {self.protocols} are not /5/0/8 values")
         if self.slot_size <= 0:
             raise ValueError("slot_size must be positive")
+        if bool(self.decryption_kid) != bool(self.decryption_key):
+            raise ValueError("decryption_kid and decryption_key go together")
+        if self.decryption_key and len(bytes.fromhex(self.decryption_key)) not in (16, 32):
+            raise ValueError("decryption_key is a 16- or 32-byte key-encryption key in hex")
+        if self.device_keys and self.decryption_key:
+            raise ValueError("a fleet holds a class key or device keys, not both")
 
 
 class Fleet:
@@ -1051,7 +1112,17 @@ class Fleet:
                 delivery_method=int(spec.delivery_method),
                 protocols=list(spec.protocols),
                 trust_policy=spec.trust_policy,
+                decryption_kid=spec.decryption_kid,
+                decryption_key=spec.decryption_key,
             )
+            if spec.device_keys:
+                private = ec.generate_private_key(ec.SECP256R1())
+                states[endpoint].decryption_kid = endpoint.encode().hex()
+                states[endpoint].decryption_key = private.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                ).decode()
         for state in states.values():
             if state.delivery == "suit" and not state.report_key:
                 key = suit_keys.generate_private_key("Ed25519")
@@ -1072,6 +1143,20 @@ class Fleet:
             )
         self.save()
         return [d.state for d in self.devices.values()]
+
+    def decryption_public_keys(self) -> dict[str, tuple[bytes, str]]:
+        """Endpoint -> (kid, public key PEM) of the devices holding their own P-256 key (to
+        register them on the server)."""
+        out = {}
+        for endpoint, device in self.devices.items():
+            key = device.state.decryption_key
+            if key.startswith("-----BEGIN"):
+                private = serialization.load_pem_private_key(key.encode(), password=None)
+                pem = private.public_key().public_bytes(
+                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+                out[endpoint] = (bytes.fromhex(device.state.decryption_kid), pem.decode())
+        return out
 
     def psks(self) -> dict[str, bytes]:
         """Endpoint -> PSK of the devices that have one (to provision them on the server)."""

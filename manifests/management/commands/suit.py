@@ -104,6 +104,11 @@ class Command(BaseCommand):
             "format)",
         )
         p.add_argument("--expires", help="ISO 8601 use-before time (UTC if no offset)")
+        p.add_argument(
+            "--encryption-info",
+            help="the encryption info `manage.py payload encrypt` wrote: the payload is then the "
+            "ciphertext, and --uri must name it (as that command printed)",
+        )
         p.add_argument("--component", default="00", help="component id, hex (default 00)")
         p.add_argument("--key", required=True)
         p.add_argument("--out", required=True)
@@ -177,6 +182,13 @@ class Command(BaseCommand):
             raise CommandError(f"--component {options['component']!r} is not hex") from None
         image_sha256 = hashlib.sha256(image).hexdigest()
         uri = options["uri"]
+        encryption_info = None
+        if options["encryption_info"]:
+            encryption_info = _read(options["encryption_info"])
+            if uri is None:
+                raise CommandError(
+                    "--encryption-info needs --uri naming the ciphertext (/fw/i/<its sha256>)"
+                )
         if uri is None:
             uri = delivery.default_payload_uri(options["delivery"], image_sha256)
         elif options["delivery"] == delivery.SUIT_INTEGRATED:
@@ -199,6 +211,7 @@ class Command(BaseCommand):
             component_id=(component,),
             payload_format=info.kind,
             profile=options["profile"],
+            encryption_info=encryption_info,
         )
         try:
             envelope = suit.create_envelope(params, keys=[_load_private(options["key"])])
