@@ -55,6 +55,9 @@ class ManifestParams:
     # "extended": security counter and payload format as custom parameters (-257/-258) in
     # install; "standard": no custom keys (the sequence number is the anti-rollback floor).
     profile: str = PROFILE_EXTENDED
+    # SHA-256 digests of the images a delta to this image may be applied to (custom parameter
+    # -259, extended profile only); empty: full images only.
+    precursor_digests: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class Manifest:
     encryption_info: tuple[Any, ...] = ()
     manifest_component_id: tuple[bytes, ...] | None = None  # trust-domains manifest key 5
     coswid: Any = None  # suit-coswid (decoded CBOR), when inline or severed and present
+    # custom parameter -259: SHA-256 digests of the precursors a delta may be applied to
+    precursor_digests: tuple[bytes, ...] = ()
 
     @property
     def profile(self) -> str:
@@ -205,6 +210,7 @@ class Envelope:
             ),
             "encryption_info": [_describe_cose(info) for info in m.encryption_info],
             "coswid": _json_safe(m.coswid) if m.coswid is not None else None,
+            "precursor_digests": [digest.hex() for digest in m.precursor_digests],
         }
 
 
