@@ -33,7 +33,12 @@ from dataclasses import dataclass
 import detools
 
 __all__ = [
+    "ALREADY_INSTALLED",
     "COMPRESSIONS",
+    "DELTA_NOT_SMALLER",
+    "INSTALLED_IMAGE_UNKNOWN",
+    "NO_DELTA_SUPPORT",
+    "PRECURSOR_NOT_SIGNED",
     "DeltaError",
     "DeltaFormatError",
     "DeltaHeader",
@@ -43,6 +48,7 @@ __all__ = [
     "WrongPrecursorError",
     "apply_delta",
     "create_delta",
+    "delta_refusal",
     "read_header",
 ]
 
@@ -182,3 +188,37 @@ def apply_delta(installed: bytes, delta: bytes) -> bytes:
             f"the delta names {header.result_sha256.hex()}"
         )
     return result
+
+
+# Why a device gets the full image rather than a delta (``delta_refusal``), as stable words.
+NO_DELTA_SUPPORT = "class_has_no_delta_support"
+INSTALLED_IMAGE_UNKNOWN = "installed_image_unknown"
+ALREADY_INSTALLED = "already_installed"
+PRECURSOR_NOT_SIGNED = "precursor_not_signed"
+DELTA_NOT_SMALLER = "delta_not_smaller"
+
+
+def delta_refusal(
+    *,
+    delta_updates: bool,
+    signs_precursors: bool,
+    installed_sha256: str,
+    target_sha256: str,
+    signed_precursors: tuple[bytes, ...],
+) -> str | None:
+    """None when a delta may be offered to a device, else the reason it gets the full image.
+
+    A delta is only ever offered on an installed image the server knows exactly (its digest
+    recorded when the device installed it through us), never on a version string. Where the
+    device's authority is a SUIT manifest (``signs_precursors``), that manifest must also name
+    the installed image as a precursor, or the device would refuse the delta anyway.
+    """
+    if not delta_updates:
+        return NO_DELTA_SUPPORT
+    if not installed_sha256:
+        return INSTALLED_IMAGE_UNKNOWN
+    if installed_sha256 == target_sha256:
+        return ALREADY_INSTALLED
+    if signs_precursors and bytes.fromhex(installed_sha256) not in signed_precursors:
+        return PRECURSOR_NOT_SIGNED
+    return None

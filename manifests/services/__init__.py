@@ -3,6 +3,7 @@
 The package is layered by concern; a module imports only modules on a floor below its own:
 
     roles, policies, delegations, keys   state changes that re-evaluate releases
+    deltas                               delta images: computed once per pair, offered per device
     releases, catalog                    releases and approval; vendors, classes, images, manifests
     facts                                rows turned into ``manifests.policy`` facts (reads only)
     access                               roles_of, require_role, the named role sets (models only)
@@ -12,6 +13,7 @@ from manifests.services.access import delegated_roles, require_role, roles_of
 from manifests.services.catalog import (
     device_class_create,
     device_class_set_delivery,
+    device_class_set_delta,
     device_class_set_manifest_profile,
     device_class_update,
     image_storage,
@@ -21,6 +23,7 @@ from manifests.services.catalog import (
     vendor_create,
 )
 from manifests.services.delegations import delegation_create, delegation_revoke
+from manifests.services.deltas import DeltaOffer, delta_ensure, delta_offer
 from manifests.services.facts import key_is_usable, load_release_facts, policy_for
 from manifests.services.keys import key_revoke, key_rotate, signing_key_register
 from manifests.services.policies import policy_set
@@ -41,13 +44,17 @@ from manifests.services.roles import role_grant, role_revoke
 
 __all__ = [
     "ApprovalCapacity",
+    "DeltaOffer",
     "ReleaseDispatchState",
     "approval_capacities",
     "delegated_roles",
     "delegation_create",
     "delegation_revoke",
+    "delta_ensure",
+    "delta_offer",
     "device_class_create",
     "device_class_set_delivery",
+    "device_class_set_delta",
     "device_class_set_manifest_profile",
     "device_class_update",
     "image_storage",

@@ -24,6 +24,7 @@ FLOORS = {
     "policies": 3,
     "delegations": 3,
     "keys": 3,
+    "deltas": 3,
 }
 
 
