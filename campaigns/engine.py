@@ -54,6 +54,8 @@ from campaigns.eligibility import (
 )
 from campaigns.models import (
     IN_FLIGHT_STATES,
+    ROLLOUT_PAYLOAD_DELTA,
+    ROLLOUT_PAYLOAD_FALLBACK,
     Campaign,
     CampaignStage,
     CampaignStatus,
@@ -68,7 +70,8 @@ from campaigns.planning import PlanRow, write_rows
 from campaigns.rollouts import confirm_successes, fail_rollout
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
-from manifests.services import release_dispatch_state
+from manifests.models import DeliveryProfile
+from manifests.services import DeltaOffer, delta_offer, release_dispatch_state
 from ops import tallies
 
 log = logging.getLogger(__name__)
@@ -586,6 +589,8 @@ def _dispatch(
             "device__fw_protocols",
             "device__fw_delivery_method",
             "device__psk",
+            "device__installed_image_digest",
+            "payload",
         )[: room * 2]
     )
 
@@ -606,11 +611,17 @@ def _dispatch(
     refused: list[tuple[int, checks.Refusal]] = []
     deferred: list[int] = []  # rollout ids: busy elsewhere or outside their group's window
     chosen: list[tuple[int, int, str]] = []  # (rollout id, device id, delivery method)
+    # Deltas offered (rollout id -> offer), decided once per installed image in a pass; a
+    # rollout whose delta failed ("fallback") gets the full image.
+    deltas_of: dict[int, DeltaOffer] = {}
+    was_delta: list[int] = []  # rollouts whose last dispatch was a delta, chosen again
+    offers: dict[str, DeltaOffer] = {}
+    device_class = campaign.device_class
     device_clocks: dict[int, str] = {}  # rollout id -> the device's clock state (recorded)
     max_skew = spec.freshness.max_clock_skew
     for (
         pk, device_id, endpoint, class_id, version, sequence, counter, offset, device_time,
-        trusted_at, tags, protocols, fw_method, psk,
+        trusted_at, tags, protocols, fw_method, psk, installed_digest, payload,
     ) in candidates:  # fmt: skip
         if len(chosen) >= room:
             break
@@ -637,6 +648,24 @@ def _dispatch(
             decision = method_of(protocols, fw_method, psk is not None)
             if decision.method is not None:
                 chosen.append((pk, device_id, decision.method))
+                if payload == ROLLOUT_PAYLOAD_DELTA:
+                    was_delta.append(pk)
+                if (
+                    device_class.delta_updates
+                    and installed_digest
+                    and payload != ROLLOUT_PAYLOAD_FALLBACK
+                    and _delta_deliverable(device_class.delivery, decision.method)
+                ):
+                    offer = offers.get(installed_digest)
+                    if offer is None:
+                        offer = offers[installed_digest] = delta_offer(
+                            device_class=device_class,
+                            manifest=campaign.release.manifest,
+                            installed_image_digest=installed_digest,
+                            signed_precursors=manifest.precursor_digests,
+                        )
+                    if offer.delta is not None:
+                        deltas_of[pk] = offer
                 device_clocks[pk] = clock.clock_state(
                     device_time=device_time, offset_seconds=offset, max_skew=max_skew
                 )
@@ -682,9 +711,10 @@ def _dispatch(
                 profile=campaign.device_class.delivery,
                 method=method,
                 timeout=timeout,
+                delta=deltas_of.get(pk),
             ),
         )
-        for _, device_id, method in chosen
+        for pk, device_id, method in chosen
     ]
     deadline = now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None
     try:
@@ -703,6 +733,10 @@ def _dispatch(
             )
             if claimed != len(chosen):
                 raise IntegrityError("rollouts changed under the dispatcher")
+            if deltas_of:
+                Rollout.objects.filter(pk__in=list(deltas_of)).update(payload=ROLLOUT_PAYLOAD_DELTA)
+            if full_again := [pk for pk in was_delta if pk not in deltas_of]:
+                Rollout.objects.filter(pk__in=full_again).update(payload="")
     except IntegrityError:
         # A device became busy in another campaign at the same moment: leave the batch pending
         # and let the next pass retry with fresh data.
@@ -713,12 +747,26 @@ def _dispatch(
     return len(chosen), skipped
 
 
+def _delta_deliverable(profile: str, method: str) -> bool:
+    """Where a delta can reach the device: an image device takes it pulled or pushed; a SUIT
+    device fetches it beside the envelope it pulls (a pushed envelope carries no delta); an
+    integrated envelope carries the full payload by definition."""
+    return profile == DeliveryProfile.IMAGE or (
+        profile == DeliveryProfile.SUIT and method == delivery.PULL
+    )
+
+
 def fw_update_args(
-    manifest: Any, *, profile: str, method: str, timeout: dt.timedelta | None
+    manifest: Any,
+    *,
+    profile: str,
+    method: str,
+    timeout: dt.timedelta | None,
+    delta: DeltaOffer | None = None,
 ) -> dict[str, Any]:
     """The ``fw_update`` command's arguments (the contract with the gateway, docs/lwm2m.md
     "fw_update command"): what to deliver for this manifest, in which profile, pulled or
-    pushed."""
+    pushed, and the delta offered instead of the full image, if any."""
     args: dict[str, Any] = {
         "manifest_digest": manifest.manifest_digest,
         "delivery": profile,
@@ -728,6 +776,9 @@ def fw_update_args(
     }
     if timeout:
         args["timeout"] = timeout.total_seconds()
+    if delta is not None and delta.delta is not None:
+        args["delta_sha256"] = delta.delta.sha256
+        args["delta_size"] = int(delta.delta.size)
     return args
 
 

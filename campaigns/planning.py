@@ -550,15 +550,16 @@ COPY_COLUMNS = (
     "attempts",
     "updated_at",
     "device_clock",
+    "payload",
 )
 
 
 def _copy_rows(campaign: Campaign, rows: PlanRows, existing: set[int]) -> None:
     """The rows ``_write_rows`` would create, as one ``COPY ... FROM STDIN`` (text format, built
     in chunks): the same columns and values bulk_create writes (attempts 0, updated_at now, no
-    device clock recorded yet: that is written when the rollout is claimed)."""
+    device clock recorded yet: that is written when the rollout is claimed; no delta sent)."""
     head = f"{campaign.pk}\t"
-    tail = f"\t0\t{timezone.now().isoformat()}\t\n"
+    tail = f"\t0\t{timezone.now().isoformat()}\t\t\n"  # no device clock, no delta yet
     pending, skipped = RolloutState.PENDING.value, RolloutState.SKIPPED.value
     chunk: list[str] = []
     with (

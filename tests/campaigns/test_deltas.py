@@ -1,6 +1,7 @@
-"""Delta offers in the campaign plan: per stage, how many devices get a delta and the bytes it
+"""Deltas in campaigns: the plan counts per stage how many devices get a delta and the bytes it
 saves; a device whose installed image the server does not know exactly gets the full image; a
-delta is computed once per (source, target) pair and stored content-addressed."""
+delta is computed once per (source, target) pair and stored content-addressed; the dispatcher
+sends it, and a failed delta falls back to the full image once, as one attempt."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from campaigns import planning
+from campaigns import engine, planning, rollouts, services
 from campaigns.device_services import device_fw_installed, device_info_record
+from campaigns.events import CommandResult
+from campaigns.models import DeviceCommand, Rollout, RolloutState
 from campaigns.spec import parse_spec
+from campaigns.wording import rollout_text
 from manifests import services as release_services
 from manifests import suit
 from manifests.errors import DeltaSettingError, PermissionDeniedError
@@ -198,3 +202,97 @@ def test_installed_digest_is_recorded_on_confirmed_install_and_cleared_on_anothe
     device_info_record(endpoint=device.endpoint, firmware_version="9.9.9")
     device.refresh_from_db()
     assert device.installed_image_digest == ""
+
+
+def _dispatch(catalog: Catalog, now: dt.datetime, campaign: Any) -> Rollout:
+    report = engine.campaign_reconcile(campaign.pk, now=now)
+    assert report is not None and report.dispatched == 1
+    return Rollout.objects.get(campaign=campaign)
+
+
+def test_failed_delta_falls_back_to_the_full_image_once_as_one_attempt(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, actor=catalog.admin
+    )
+    make_devices(catalog, 1, prefix="known", installed_image_digest=old.sha256)
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("fallback", release="thermo-1.2.0")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    delta = FirmwareDelta.objects.get()
+    args = DeviceCommand.objects.get(pk=rollout.command_id).args
+    assert (args["delta_sha256"], args["delta_size"]) == (delta.sha256, delta.size)
+    assert (rollout.payload, rollout.attempts) == ("delta", 1)
+
+    # The device refuses the delta (it reports Update Result 6): no retry policy is set, yet
+    # the full image follows at once and the attempt is not counted twice.
+    rollouts.rollouts_apply_event(
+        event=CommandResult(
+            command_id=str(rollout.command_id),
+            ok=False,
+            result={"phase": "downloading", "result": 6},
+            error_code="lwm2m.fw_update_failed",
+            permanent=True,
+        ),
+        now=now,
+    )
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.payload, rollout.reason) == (
+        RolloutState.PENDING,
+        "fallback",
+        "delta_fallback",
+    )
+    assert rollout.attempts == 0 and "unsupported_package" in rollout.detail
+    assert "the delta failed on the device" in rollout_text(
+        state=rollout.state, reason=rollout.reason
+    )
+
+    rollout = _dispatch(catalog, now, campaign)
+    args = DeviceCommand.objects.get(pk=rollout.command_id).args
+    assert "delta_sha256" not in args and args["image_sha256"] == new.sha256
+    assert (rollout.payload, rollout.attempts) == ("fallback", 1)
+
+    # The full image fails too: that is the attempt's failure, with no second fallback.
+    rollouts.rollouts_apply_event(
+        event=CommandResult(
+            command_id=str(rollout.command_id),
+            ok=False,
+            result={"phase": "downloading", "result": 5},
+            error_code="lwm2m.fw_update_failed",
+            permanent=True,
+        ),
+        now=now,
+    )
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.reason, rollout.payload) == (
+        RolloutState.FAILED,
+        "integrity_check_failed",
+        "fallback",
+    )
+    assert rollout.attempts == 1
+
+
+def test_device_whose_installed_digest_is_unknown_is_dispatched_the_full_image(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, actor=catalog.admin
+    )
+    make_devices(catalog, 1, prefix="unknown")
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("full", release="thermo-1.2.0")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    args = DeviceCommand.objects.get(pk=rollout.command_id).args
+    assert "delta_sha256" not in args and rollout.payload == ""
+    assert FirmwareDelta.objects.count() == 0
