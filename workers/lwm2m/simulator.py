@@ -273,6 +273,9 @@ class SimulatedDevice:
         self.registered = asyncio.Event()
         self.boots = 0
         self.events: list[str] = []
+        # Payload bytes this device received in Block2 responses (the delta benchmark's bytes on
+        # the wire; CoAP headers excluded).
+        self.bytes_fetched = 0
         # aiocoap keeps a DTLS client session only while something references it.
         self._dtls_session: Any = None
 
@@ -618,6 +621,7 @@ class SimulatedDevice:
                 raise DownloadError(f"{uri}: {exc}") from None
             if response.code != Code.CONTENT:
                 raise DownloadError(f"{uri}: {response.code}")
+            self.bytes_fetched += len(response.payload)
             if etag is None:
                 etag, total = response.opt.etag, response.opt.size2
                 remote = response.remote
