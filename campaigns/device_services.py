@@ -458,6 +458,8 @@ def device_info_record(
         if firmware_version and firmware_version != device.firmware_version:
             device.firmware_version = firmware_version[:64]
             device.sequence_number = None
+            # Another version than the one installed through us: its bytes are not known.
+            device.installed_image_digest = ""
         if device_class is not None and device.firmware_version:
             manifest = (
                 Manifest.objects.filter(device_class=device_class, version=device.firmware_version)
@@ -642,6 +644,7 @@ def device_fw_installed(
         if manifest is not None and device.firmware_version == manifest.version:
             device.sequence_number = max(device.sequence_number or 0, manifest.sequence_number)
             device.security_counter = max(device.security_counter, manifest.security_counter)
+            device.installed_image_digest = manifest.image_digest
         _seen(device, at)
         device.save()
         _log(device, "fw_installed", {"manifest_digest": manifest_digest}, gateway_id)

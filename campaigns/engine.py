@@ -56,6 +56,8 @@ from campaigns.eligibility import (
 )
 from campaigns.models import (
     IN_FLIGHT_STATES,
+    ROLLOUT_PAYLOAD_DELTA,
+    ROLLOUT_PAYLOAD_FALLBACK,
     Campaign,
     CampaignStage,
     CampaignStatus,
@@ -71,7 +73,8 @@ from campaigns.rollouts import confirm_successes, fail_rollout
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
 from manifests.delivery import REPORTING_PROFILES
-from manifests.services import release_dispatch_state
+from manifests.models import DeliveryProfile
+from manifests.services import DeltaOffer, delta_offer, release_dispatch_state
 from manifests.suit.report import MIN_NONCE_BYTES as REPORT_NONCE_BYTES
 from ops import tallies
 
@@ -617,6 +620,8 @@ def _dispatch_rows(
             "device__fw_delivery_method",
             "device__psk",
             "device__report_key",
+            "device__installed_image_digest",
+            "payload",
         )[: room * 2]
     )
 
@@ -638,12 +643,18 @@ def _dispatch_rows(
     refused: list[tuple[int, checks.Refusal]] = []
     deferred: list[int] = []  # rollout ids: busy elsewhere or outside their group's window
     chosen: list[tuple[int, int, str]] = []  # (rollout id, device id, delivery method)
+    # Deltas offered (rollout id -> offer), decided once per installed image in a pass; a
+    # rollout whose delta failed ("fallback") gets the full image.
+    deltas_of: dict[int, DeltaOffer] = {}
+    was_delta: list[int] = []  # rollouts whose last dispatch was a delta, chosen again
+    offers: dict[str, DeltaOffer] = {}
+    device_class = campaign.device_class
     device_clocks: dict[int, str] = {}  # rollout id -> the device's clock state (recorded)
     max_skew = spec.freshness.max_clock_skew
     needs_report = campaign.device_class.delivery in REPORTING_PROFILES
     for (
         pk, device_id, endpoint, class_id, version, sequence, counter, offset, device_time,
-        trusted_at, tags, protocols, fw_method, psk, report_key,
+        trusted_at, tags, protocols, fw_method, psk, report_key, installed_digest, payload,
     ) in candidates:  # fmt: skip
         if len(chosen) >= room:
             break
@@ -677,6 +688,24 @@ def _dispatch_rows(
             decision = method_of(protocols, fw_method, psk is not None)
             if decision.method is not None:
                 chosen.append((pk, device_id, decision.method))
+                if payload == ROLLOUT_PAYLOAD_DELTA:
+                    was_delta.append(pk)
+                if (
+                    device_class.delta_updates
+                    and installed_digest
+                    and payload != ROLLOUT_PAYLOAD_FALLBACK
+                    and _delta_deliverable(device_class.delivery, decision.method)
+                ):
+                    offer = offers.get(installed_digest)
+                    if offer is None:
+                        offer = offers[installed_digest] = delta_offer(
+                            device_class=device_class,
+                            manifest=campaign.release.manifest,
+                            installed_image_digest=installed_digest,
+                            signed_precursors=manifest.precursor_digests,
+                        )
+                    if offer.delta is not None:
+                        deltas_of[pk] = offer
                 device_clocks[pk] = clock.clock_state(
                     device_time=device_time, offset_seconds=offset, max_skew=max_skew
                 )
@@ -722,9 +751,10 @@ def _dispatch_rows(
                 profile=campaign.device_class.delivery,
                 method=method,
                 timeout=timeout,
+                delta=deltas_of.get(pk),
             ),
         )
-        for _, device_id, method in chosen
+        for pk, device_id, method in chosen
     ]
     deadline = now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None
     try:
@@ -743,6 +773,10 @@ def _dispatch_rows(
             )
             if claimed != len(chosen):
                 raise IntegrityError("rollouts changed under the dispatcher")
+            if deltas_of:
+                Rollout.objects.filter(pk__in=list(deltas_of)).update(payload=ROLLOUT_PAYLOAD_DELTA)
+            if full_again := [pk for pk in was_delta if pk not in deltas_of]:
+                Rollout.objects.filter(pk__in=full_again).update(payload="")
     except IntegrityError:
         # A device became busy in another campaign at the same moment: leave the batch pending
         # and let the next pass retry with fresh data.
@@ -761,14 +795,15 @@ _ENDPOINT_MARK = "\x1fendpoint\x1f"
 # The candidate window of a set-based pass: pending rollouts of online devices in the stages open
 # so far, due now, in (stage, bucket) order, as narrow rows: the rollout, its device, the device's
 # endpoint and clock state (``clock.clock_state``), and ``gkey``, the group whose answer it takes
-# (what the checks, windows and delivery method read of its device), or the rollout alone when
-# its device's clock is off and no operator accepted it (that refusal names its own offset).
+# (what the checks, windows, delivery method, report key, decryption key and delta offer read of
+# its device and rollout; ``{extra}`` adds only the fields this pass reads), or the rollout alone
+# when its device's clock is off and no operator accepted it (that refusal names its own offset).
 _WINDOW_SQL = """
 SELECT r.id, r.device_id, d.endpoint, s.clock,
        CASE WHEN s.clock = %(off)s AND d.clock_trusted_at IS NULL THEN 'device ' || r.id::text
             ELSE ROW(d.device_class_id, d.firmware_version, d.sequence_number,
                      d.security_counter, d.fw_protocols, d.fw_delivery_method,
-                     p.id IS NOT NULL{tags})::text END AS gkey,
+                     p.id IS NOT NULL{extra})::text END AS gkey,
        row_number() OVER (ORDER BY r.stage, r.bucket, r.id) AS pos
 FROM campaigns_rollout r
 JOIN campaigns_device d ON d.id = r.device_id
@@ -792,7 +827,8 @@ _GROUPS_SQL = """
 WITH w AS ({window}), reps AS (SELECT gkey, min(id) AS id FROM w GROUP BY gkey)
 SELECT reps.gkey, d.endpoint, d.device_class_id, d.firmware_version, d.sequence_number,
        d.security_counter, d.clock_offset_seconds, d.device_time, d.clock_trusted_at, d.tags,
-       d.fw_protocols, d.fw_delivery_method, (p.id IS NOT NULL)
+       d.fw_protocols, d.fw_delivery_method, (p.id IS NOT NULL), d.id, d.report_key <> '',
+       d.installed_image_digest, r.payload
 FROM reps
 JOIN campaigns_rollout r ON r.id = reps.id
 JOIN campaigns_device d ON d.id = r.device_id
@@ -805,9 +841,10 @@ LEFT JOIN campaigns_devicepsk p ON p.device_id = d.id
 # (UPDATE ... FROM, still pending or not at all), the refused and deferred ones are written the
 # same way. It returns what it wrote, so the caller sees a claim that lost a row.
 _DECIDE_SQL = """
-WITH g(gkey, verdict, reason, detail, args, gi) AS (
+WITH g(gkey, verdict, reason, detail, args, delta, gi) AS (
     SELECT * FROM unnest(%(gkeys)s::text[], %(verdicts)s::text[], %(reasons)s::text[],
-                         %(details)s::text[], %(args)s::text[]) WITH ORDINALITY
+                         %(details)s::text[], %(args)s::text[], %(deltas)s::boolean[])
+                  WITH ORDINALITY
 ),
 w AS MATERIALIZED ({window}),
 v AS (
@@ -829,8 +866,12 @@ cmd AS (
     INSERT INTO campaigns_devicecommand
         (id, device_id, operation, args, status, gateway_id, result, error_code, error, attempts,
          created_at, updated_at)
-    SELECT gen_random_uuid(), c.device_id, 'fw_update', g.args::jsonb, %(command_pending)s, '',
-           '{{}}'::jsonb, '', '', 0, %(stamp)s, %(stamp)s
+    SELECT gen_random_uuid(), c.device_id, 'fw_update',
+           g.args::jsonb || CASE WHEN %(nonce)s
+               THEN jsonb_build_object('report_nonce', replace(
+                   gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
+               ELSE '{{}}'::jsonb END,
+           %(command_pending)s, '', '{{}}'::jsonb, '', '', 0, %(stamp)s, %(stamp)s
     FROM chosen c JOIN g ON g.gi = c.gi WHERE c.verdict = 'go'
     RETURNING id, device_id
 ),
@@ -839,8 +880,11 @@ claimed AS (
     SET state = %(queued)s, manifest_id = %(manifest)s, command_id = cmd.id,
         device_clock = c.clock, dispatched_at = %(now)s, deadline_at = %(deadline)s,
         attempts = r.attempts + 1, next_attempt_at = NULL, reason = '', detail = '',
+        report = NULL, report_verdict = '',
+        payload = CASE WHEN g.delta THEN %(payload_delta)s
+                       WHEN r.payload = %(payload_delta)s THEN '' ELSE r.payload END,
         updated_at = %(now)s
-    FROM chosen c JOIN cmd ON cmd.device_id = c.device_id
+    FROM chosen c JOIN cmd ON cmd.device_id = c.device_id JOIN g ON g.gi = c.gi
     WHERE r.id = c.id AND r.state = %(pending)s
     RETURNING c.pos, cmd.id AS command_id
 ),
@@ -896,15 +940,28 @@ def _dispatch_set(
         "now": now,
         "window": room * 2,
     }
-    # Tags are read only by the windows: without windows they split no group.
-    window_sql = _WINDOW_SQL.format(tags=", d.tags" if spec.windows else "")
+    device_class = campaign.device_class
+    manifest, manifest_version = manifest_facts(campaign.release)
+    gate = EncryptionGate(manifest, device_class)
+    needs_report = device_class.delivery in REPORTING_PROFILES
+    # A field splits the groups only where this pass reads it: tags for the windows, the report
+    # key for a reporting class, the decryption key for a release wrapped for device keys, the
+    # installed image and the last payload for a class with deltas.
+    extra = ", d.tags" if spec.windows else ""
+    if needs_report:
+        extra += ", d.report_key <> ''"
+    if gate.active:
+        extra += ", d.id = ANY(%(decrypting)s::bigint[])"
+        params["decrypting"] = sorted(gate.devices)
+    if device_class.delta_updates:
+        extra += ", d.installed_image_digest, r.payload"
+    window_sql = _WINDOW_SQL.format(extra=extra)
     with connection.cursor() as cursor:
         cursor.execute(_GROUPS_SQL.format(window=window_sql), params)
         groups = cursor.fetchall()
     if not groups:
         return 0, {}
 
-    manifest, manifest_version = manifest_facts(campaign.release)
     checker = DispatchChecker(
         manifest,
         manifest_version,
@@ -913,20 +970,23 @@ def _dispatch_set(
         now=now,
         max_clock_skew=max_skew,
     )
-    method_of = delivery.methods_for(campaign.device_class.delivery_method)
+    method_of = delivery.methods_for(device_class.delivery_method)
     timeout = spec.timeouts.device
     manifest_row = campaign.release.manifest
-    args_of: dict[str, str] = {}
+    args_of: dict[tuple[str, str | None], str] = {}
+    offers: dict[str, DeltaOffer] = {}
     gkeys: list[str] = []
     verdicts: list[str] = []
     reasons: list[str | None] = []
     details: list[str | None] = []
     args: list[str | None] = []
+    deltas: list[bool] = []
     for (
         gkey, endpoint, class_id, version, sequence, counter, offset, device_time, trusted_at,
-        tags, protocols, fw_method, dtls,
+        tags, protocols, fw_method, dtls, device_id, has_report_key, installed_digest, payload,
     ) in groups:  # fmt: skip
         gkeys.append(gkey)
+        deltas.append(False)
         # Django's PostgreSQL backend hands jsonb to a raw cursor as its text.
         tags, protocols = _from_json(tags), _from_json(protocols)
         if spec.windows and not windows.window_open(
@@ -945,22 +1005,49 @@ def _dispatch_set(
                 device_time, trusted_at,
             )
         )  # fmt: skip
+        if refusal is None and needs_report and not has_report_key:
+            refusal = checks.Refusal(
+                checks.NO_REPORT_KEY,
+                f"{named}: no report key registered (its success is unverifiable)",
+            )
+        if refusal is None:
+            refusal = gate.refusal(device_id, named)
         if refusal is None:
             decision = method_of(protocols, fw_method, dtls)
             if decision.method is not None:
-                if decision.method not in args_of:
-                    args_of[decision.method] = json.dumps(
+                offer = None
+                if (
+                    device_class.delta_updates
+                    and installed_digest
+                    and payload != ROLLOUT_PAYLOAD_FALLBACK
+                    and _delta_deliverable(device_class.delivery, decision.method)
+                ):
+                    offer = offers.get(installed_digest)
+                    if offer is None:
+                        offer = offers[installed_digest] = delta_offer(
+                            device_class=device_class,
+                            manifest=manifest_row,
+                            installed_image_digest=installed_digest,
+                            signed_precursors=manifest.precursor_digests,
+                        )
+                    if offer.delta is None:
+                        offer = None
+                delta_sha = offer.delta.sha256 if offer is not None and offer.delta else None
+                if (decision.method, delta_sha) not in args_of:
+                    args_of[decision.method, delta_sha] = json.dumps(
                         fw_update_args(
                             manifest_row,
-                            profile=campaign.device_class.delivery,
+                            profile=device_class.delivery,
                             method=decision.method,
                             timeout=timeout,
+                            delta=offer,
                         )
                     )
                 verdicts.append("go")
                 reasons.append(None)
                 details.append(None)
-                args.append(args_of[decision.method])
+                args.append(args_of[decision.method, delta_sha])
+                deltas[-1] = offer is not None
                 continue
             refusal = checks.Refusal(delivery.NO_SUPPORTED_DELIVERY, f"{named}: {decision.reason}")
         verdicts.append("hold" if refusal.reason in checks.TRANSIENT_REASONS else "skip")
@@ -974,6 +1061,10 @@ def _dispatch_set(
         reasons=reasons,
         details=details,
         args=args,
+        deltas=deltas,
+        # Each command its own report nonce, drawn by PostgreSQL (a group shares its arguments).
+        nonce=needs_report,
+        payload_delta=ROLLOUT_PAYLOAD_DELTA,
         room=room,
         command_pending=CommandStatus.PENDING.value,
         queued=RolloutState.QUEUED.value,
@@ -1006,12 +1097,26 @@ def _from_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _delta_deliverable(profile: str, method: str) -> bool:
+    """Where a delta can reach the device: an image device takes it pulled or pushed; a SUIT
+    device fetches it beside the envelope it pulls (a pushed envelope carries no delta); an
+    integrated envelope carries the full payload by definition."""
+    return profile == DeliveryProfile.IMAGE or (
+        profile == DeliveryProfile.SUIT and method == delivery.PULL
+    )
+
+
 def fw_update_args(
-    manifest: Any, *, profile: str, method: str, timeout: dt.timedelta | None
+    manifest: Any,
+    *,
+    profile: str,
+    method: str,
+    timeout: dt.timedelta | None,
+    delta: DeltaOffer | None = None,
 ) -> dict[str, Any]:
     """The ``fw_update`` command's arguments (the contract with the gateway, docs/lwm2m.md
     "fw_update command"): what to deliver for this manifest, in which profile, pulled or
-    pushed."""
+    pushed, and the delta offered instead of the full image, if any."""
     args: dict[str, Any] = {
         "manifest_digest": manifest.manifest_digest,
         "delivery": profile,
@@ -1025,6 +1130,9 @@ def fw_update_args(
         args["report_nonce"] = secrets.token_hex(REPORT_NONCE_BYTES)
     if timeout:
         args["timeout"] = timeout.total_seconds()
+    if delta is not None and delta.delta is not None:
+        args["delta_sha256"] = delta.delta.sha256
+        args["delta_size"] = int(delta.delta.size)
     return args
 
 

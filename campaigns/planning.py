@@ -45,7 +45,7 @@ from campaigns.models import Campaign, Device, Rollout, RolloutState
 from campaigns.spec import CampaignSpec
 from manifests.models import DeviceClass
 from manifests.selectors import threshold_enforcement
-from manifests.services import release_dispatch_state
+from manifests.services import DeltaOffer, delta_offer, release_dispatch_state
 
 # Rows written per INSERT (or per COPY write) when persisting a plan: large enough to amortise
 # round trips, small enough to keep one statement's memory and lock time modest.
@@ -160,6 +160,12 @@ class Plan:
     # released device trust policy) or only the server does (image profile, no policy), and why.
     device_thresholds: bool = False
     thresholds_why: str = ""
+    # Per stage, the eligible devices offered a delta rather than the full image, and the bytes
+    # those deltas save on the wire (``manifests.services.delta_offer``); ``image_size`` is the
+    # full image's, so a stage's bytes on the wire are devices x image_size - saved.
+    image_size: int = 0
+    stage_delta: list[int] = field(default_factory=list)
+    stage_saved: list[int] = field(default_factory=list)
 
     @property
     def cohort(self) -> int:
@@ -182,8 +188,17 @@ class Plan:
             "cohort": self.cohort,
             "delivery": self.delivery,
             "delivery_method": self.delivery_method,
+            "image_size": self.image_size,
             "stages": [
-                {"name": name, "devices": count, "methods": self.stage_methods(index)}
+                {
+                    "name": name,
+                    "devices": count,
+                    "methods": self.stage_methods(index),
+                    "delta": {
+                        "devices": self.stage_delta[index] if self.stage_delta else 0,
+                        "bytes_saved": self.stage_saved[index] if self.stage_saved else 0,
+                    },
+                }
                 for index, (name, count) in enumerate(
                     zip(self.stage_names, self.stage_counts, strict=True)
                 )
@@ -268,6 +283,9 @@ def campaign_plan(
         stage_push=[0] * len(spec.stages),
         device_thresholds=device_thresholds,
         thresholds_why=thresholds_why,
+        image_size=resolved.release.manifest.image.size,
+        stage_delta=[0] * len(spec.stages),
+        stage_saved=[0] * len(spec.stages),
     )
     rows = plan.rows
     target = spec.target
@@ -291,6 +309,7 @@ def campaign_plan(
         "fw_protocols",
         "fw_delivery_method",
         "psk",
+        "installed_image_digest",
     )
     classes: dict[int | None, DeviceClass | None] = {
         None: None,
@@ -324,6 +343,11 @@ def campaign_plan(
     gate = EncryptionGate(manifest, resolved.device_class)
     undeliverable = rows.outcome_of(delivery.NO_SUPPORTED_DELIVERY, "")
     pushed = array("Q")
+    # Eligible devices offered a delta: (bucket, bytes saved); offers are the same for every
+    # device on one installed image, so they are decided once per digest.
+    with_delta: list[tuple[int, int]] = []
+    offers: dict[str, DeltaOffer] = {}
+    deltas_on = resolved.device_class.delta_updates
     groups: dict[tuple[Any, ...], tuple[int, str | None]] = {}
     tags_seen: dict[tuple[str, ...], bool] = {}
     counts: Counter[int] = Counter()
@@ -358,6 +382,7 @@ def campaign_plan(
         protocols,
         fw_method,
         psk,
+        installed_digest,
     ) in queryset.iterator(chunk_size=PLAN_READ_CHUNK):
         if tag_rules:
             tag_key = tuple(tags or ())
@@ -421,6 +446,17 @@ def campaign_plan(
                 details[len(rows.device_ids)] = f"{endpoint}: {decision.reason}"
             elif decision.method == delivery.PUSH:
                 pushed.append(value)
+            if deltas_on and installed_digest and decision.method is not None:
+                offer = offers.get(installed_digest)
+                if offer is None:
+                    offer = offers[installed_digest] = delta_offer(
+                        device_class=resolved.device_class,
+                        manifest=resolved.release.manifest,
+                        installed_image_digest=installed_digest,
+                        signed_precursors=manifest.precursor_digests,
+                    )
+                if offer.delta is not None:
+                    with_delta.append((value, offer.saved))
         add_id(pk)
         add_bucket(value)
         add_outcome(outcome)
@@ -463,6 +499,11 @@ def campaign_plan(
         index = find(value)
         if index is not None:
             plan.stage_push[index] += 1
+    for value, saved in with_delta:
+        index = find(value)
+        if index is not None:
+            plan.stage_delta[index] += 1
+            plan.stage_saved[index] += saved
     return plan
 
 
@@ -528,15 +569,17 @@ COPY_COLUMNS = (
     "updated_at",
     "device_clock",
     "report_verdict",
+    "payload",
 )
 
 
 def _copy_rows(campaign: Campaign, rows: PlanRows, existing: set[int]) -> None:
     """The rows ``_write_rows`` would create, as one ``COPY ... FROM STDIN`` (text format, built
     in chunks): the same columns and values bulk_create writes (attempts 0, updated_at now, no
-    device clock recorded yet: that is written when the rollout is claimed; no report verdict)."""
+    device clock recorded yet: that is written when the rollout is claimed; no report verdict,
+    no delta sent)."""
     head = f"{campaign.pk}\t"
-    tail = f"\t0\t{timezone.now().isoformat()}\t\t\n"
+    tail = f"\t0\t{timezone.now().isoformat()}\t\t\t\n"  # no device clock, verdict, delta
     pending, skipped = RolloutState.PENDING.value, RolloutState.SKIPPED.value
     chunk: list[str] = []
     with (

@@ -22,13 +22,22 @@ from collections.abc import Callable
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from audit.services import audit_record
 from campaigns import events
 from campaigns.device_services import device_command_create
-from campaigns.models import IN_FLIGHT_STATES, Device, DeviceCommand, Rollout, RolloutState
+from campaigns.models import (
+    IN_FLIGHT_STATES,
+    ROLLOUT_PAYLOAD_DELTA,
+    ROLLOUT_PAYLOAD_FALLBACK,
+    Device,
+    DeviceCommand,
+    Rollout,
+    RolloutState,
+)
 from campaigns.selectors import spec_of
 from campaigns.spec import FAILURE_REASON_BY_UPDATE_RESULT
 from manifests.delivery import REPORTING_PROFILES
@@ -38,6 +47,10 @@ from manifests.suit.errors import SUITError
 from manifests.versions import VersionError, parse_version
 
 FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
+# A failed delta's rollout goes back to pending for the full image with this reason.
+DELTA_FALLBACK = "delta_fallback"
+# Failures that are no fault of the delta: nothing to fall back from.
+NO_FALLBACK_REASONS = frozenset({"cancelled", "emergency_stop", "campaign_aborted"})
 # A failed command without a device Update Result: the gateway's error code (the stable codes of
 # ``workers.lwm2m.errors``) to the rollout's reason. Any other code is ``dispatch_failed``.
 REASON_BY_ERROR_CODE: dict[str, str] = {
@@ -299,6 +312,25 @@ def fail_rollout(
     the campaign's retry policy covers the reason and attempts remain. Conditional on the
     expected states. ``spec``: the campaign's, when the caller holds it (the engine's loops),
     so it is not parsed again per rollout."""
+    if rollout.payload == ROLLOUT_PAYLOAD_DELTA and reason not in NO_FALLBACK_REASONS:
+        # A failed delta is followed by the full image at once, whatever the retry policy:
+        # the pair counts as one attempt (the claim of the full image counts it again), and
+        # the rollout keeps "fallback" so the campaign reports it.
+        changed = Rollout.objects.filter(
+            pk=rollout.pk, state__in=expected, payload=ROLLOUT_PAYLOAD_DELTA
+        ).update(
+            state=RolloutState.PENDING,
+            payload=ROLLOUT_PAYLOAD_FALLBACK,
+            attempts=Greatest(F("attempts") - 1, 0),
+            reason=DELTA_FALLBACK,
+            detail=f"{reason}: {detail}"[:500] if detail else reason,
+            fw_result=fw_result,
+            next_attempt_at=now,
+            command_id=None,
+            updated_at=now,
+        )
+        if changed:
+            return True
     campaign = rollout.campaign
     retries = (spec if spec is not None else spec_of(campaign)).retries
     final = RolloutState.TIMED_OUT if reason == "timed_out" else RolloutState.FAILED

@@ -77,6 +77,14 @@ REASON_TEXT: dict[str, str] = {
     "offline_too_long": "the device has not been seen for too long",
     "version_constraint": "its installed version is outside the campaign's target",
     "not_in_any_stage": "it falls in no stage of the plan",
+    "delta_fallback": "the delta failed on the device; the full image follows",
+}
+
+# ``Rollout.payload`` in words (the device page, the campaign report).
+PAYLOAD_TEXT: dict[str, str] = {
+    "": "full image",
+    "delta": "delta",
+    "fallback": "full image after a failed delta",
 }
 
 # A rollout state as the start of a sentence (the reason follows after a colon).

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from manifests.images import delta as deltas
+
 
 class FwResult(enum.IntEnum):
     """The LwM2M Object 5 Update Result (/5/0/5) values a refusal is reported with."""
@@ -141,6 +143,20 @@ class ImageDigestMismatchError(DeviceCheckError):
     fw_result = FwResult.INTEGRITY_CHECK_FAILURE
 
 
+class WrongPrecursorError(DeviceCheckError):
+    """A delta whose base (precursor) is not the image the device has installed: applied, it
+    would write garbage into the slot (RFC 9124's precursor image digest condition)."""
+
+    code = "device.wrong_precursor"
+
+
+class DeltaFailedError(DeviceCheckError):
+    """A delta that is not one of ours or whose patch data could not be applied."""
+
+    code = "device.delta_failed"
+    fw_result = FwResult.INTEGRITY_CHECK_FAILURE
+
+
 @dataclass(frozen=True)
 class DeviceIdentity:
     vendor_id: uuid.UUID
@@ -186,6 +202,9 @@ class ManifestFacts:
     uri: str | None
     encrypted: bool = False  # the payload is encrypted (firmware-encryption parameter 19)
     recipient_kids: tuple[bytes, ...] = ()  # the kid of every recipient of its content key
+    # SHA-256 digests of the images a delta to this manifest's image may be applied to (the
+    # precursor image digest condition); empty: the manifest authorises full images only.
+    precursor_digests: tuple[bytes, ...] = ()
 
 
 def facts_from_manifest(manifest: Any) -> ManifestFacts:
@@ -204,6 +223,7 @@ def facts_from_manifest(manifest: Any) -> ManifestFacts:
         uri=manifest.uri,
         encrypted=bool(getattr(manifest, "encryption_info", ())),
         recipient_kids=recipient_kids(getattr(manifest, "encryption_info", ())),
+        precursor_digests=tuple(getattr(manifest, "precursor_digests", ()) or ()),
     )
 
 
@@ -299,3 +319,55 @@ def check_payload(payload: bytes, facts: ManifestFacts) -> None:
         )
     if not hmac.compare_digest(hashlib.sha256(payload).digest(), facts.image_digest):
         raise ImageDigestMismatchError("payload SHA-256 differs from the manifest's image digest")
+
+
+def apply_delta_update(
+    installed_image: bytes,
+    delta: bytes,
+    *,
+    result_digest: bytes,
+    signed_precursors: Sequence[bytes] | None,
+) -> bytes:
+    """The full image a downloaded delta makes of the installed one, checked before any swap.
+
+    ``result_digest`` is the SHA-256 the signed authority names for the new image (the SUIT
+    manifest's image digest; for an MCUboot image the caller then also checks the image's own
+    hash and signature). ``signed_precursors`` are the precursors the signed SUIT manifest
+    names (``precursor_digests``): the installed image must be one of them; None for an
+    MCUboot image, whose signature over the result stands in. The delta's own header is never
+    trusted on its own: it only lets a wrong base be refused before anything is written.
+    Order: format, precursor (before a byte is patched), the result digest the delta claims,
+    then the bytes actually produced.
+    """
+    try:
+        header = deltas.read_header(delta)
+    except deltas.DeltaFormatError as exc:
+        raise DeltaFailedError(str(exc)) from exc
+    installed = hashlib.sha256(installed_image).digest()
+    if signed_precursors is not None and not any(
+        hmac.compare_digest(installed, p) for p in signed_precursors
+    ):
+        raise WrongPrecursorError(
+            f"the signed manifest names no precursor {installed.hex()[:16]} for a delta"
+        )
+    if not hmac.compare_digest(header.source_sha256, installed):
+        raise WrongPrecursorError(
+            f"delta is for precursor {header.source_sha256.hex()[:16]}, "
+            f"installed is {installed.hex()[:16]}"
+        )
+    if not hmac.compare_digest(header.result_sha256, result_digest):
+        raise ImageDigestMismatchError(
+            f"delta produces {header.result_sha256.hex()[:16]}, "
+            f"the signed digest is {result_digest.hex()[:16]}"
+        )
+    try:
+        result = deltas.apply_delta(installed_image, delta)
+    except deltas.WrongPrecursorError as exc:  # pragma: no cover - checked just above
+        raise WrongPrecursorError(str(exc)) from exc
+    except deltas.DeltaResultMismatchError as exc:
+        raise ImageDigestMismatchError(str(exc)) from exc
+    except deltas.DeltaError as exc:
+        raise DeltaFailedError(str(exc)) from exc
+    if not hmac.compare_digest(hashlib.sha256(result).digest(), result_digest):
+        raise ImageDigestMismatchError("patched image differs from the signed digest")
+    return result

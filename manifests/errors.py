@@ -72,6 +72,12 @@ class DeliveryProfileError(ManifestError):
     code = "manifest.delivery_profile"
 
 
+class DeltaSettingError(ManifestError):
+    """A device class's delta setting names a compression the devices cannot decode."""
+
+    code = "manifest.delta_setting"
+
+
 class PayloadURIError(ManifestError):
     """The manifest's payload URI is one its device class's delivery profile could not serve."""
 

@@ -64,6 +64,13 @@ class ManifestProfile(models.TextChoices):
     EXTENDED = "extended", "Custom security counter and payload format (-257/-258)"
 
 
+class DeltaCompression(models.TextChoices):
+    """How a class's devices decompress delta patches (detools' device-side decoders)."""
+
+    HEATSHRINK = "heatshrink", "heatshrink (a few hundred bytes of RAM)"
+    LZMA = "lzma", "LZMA (smaller patches, more RAM)"
+
+
 class DeliveryMethod(models.TextChoices):
     """How the payload reaches the device: Object 5 pull (/5/0/1) or push (/5/0/0)."""
 
@@ -96,6 +103,12 @@ class DeviceClass(models.Model):
     # processors accept the envelope; the sequence number is the anti-rollback floor).
     manifest_profile = models.CharField(
         max_length=16, choices=ManifestProfile.choices, default=ManifestProfile.EXTENDED
+    )
+    # The class's devices apply detools deltas (docs/lwm2m.md, "Delta updates"): a device whose
+    # installed image the server knows exactly may get a delta instead of the full image.
+    delta_updates = models.BooleanField(default=False)
+    delta_compression = models.CharField(
+        max_length=16, choices=DeltaCompression.choices, default=DeltaCompression.HEATSHRINK
     )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -135,6 +148,29 @@ class FirmwareImage(ImmutableModel):
 
     def __str__(self) -> str:
         return f"{self.filename or 'image'} {self.version or '-'} ({self.sha256[:12]})"
+
+
+class FirmwareDelta(ImmutableModel):
+    """The detools delta from one stored image to another, computed once per (source, target,
+    compression) and kept in the image store under its own SHA-256 (``manifests.images.delta``
+    frames it with both images' digests)."""
+
+    source = models.ForeignKey(FirmwareImage, on_delete=models.PROTECT, related_name="+")
+    target = models.ForeignKey(FirmwareImage, on_delete=models.PROTECT, related_name="deltas")
+    compression = models.CharField(max_length=16, choices=DeltaCompression.choices)
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "target", "compression"], name="uniq_delta_per_pair"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"delta {self.source.sha256[:12]} -> {self.target.sha256[:12]} ({self.size} B)"
 
 
 class SigningAlgorithm(models.TextChoices):

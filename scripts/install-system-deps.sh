@@ -9,7 +9,8 @@
 # a package is missing. Runs as root (CI and developer machines are root here).
 set -euo pipefail
 
-PACKAGES=(libcoap3-bin chromium autoconf automake libtool)
+# gcc: the delta benchmark and tests compile two builds of one program (benchmarks/_firmware_builds.py).
+PACKAGES=(libcoap3-bin chromium autoconf automake libtool gcc)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

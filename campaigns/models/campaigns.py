@@ -14,6 +14,8 @@ from django.db import models
 __all__ = [
     "ACTIVE_ROLLOUT_STATES",
     "IN_FLIGHT_STATES",
+    "ROLLOUT_PAYLOAD_DELTA",
+    "ROLLOUT_PAYLOAD_FALLBACK",
     "TERMINAL_ROLLOUT_STATES",
     "Campaign",
     "CampaignRevision",
@@ -149,6 +151,10 @@ class RolloutState(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+# ``Rollout.payload``: what the last dispatch sent besides the full image.
+ROLLOUT_PAYLOAD_DELTA = "delta"
+ROLLOUT_PAYLOAD_FALLBACK = "fallback"
+
 IN_FLIGHT_STATES = (
     RolloutState.QUEUED,
     RolloutState.DISPATCHED,
@@ -182,6 +188,10 @@ class Rollout(models.Model):
     detail = models.TextField(blank=True)
     fw_result = models.PositiveSmallIntegerField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # What the last dispatch sent: "" the full image, "delta" a delta on the device's installed
+    # image, "fallback" the full image again after that delta failed (kept after success, so
+    # the campaign reports it; ``campaigns.rollouts.fail_rollout``).
+    payload = models.CharField(max_length=8, blank=True, default="", db_default="")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # The manifest actually sent (the newest approved release of the campaign at dispatch).
     manifest = models.ForeignKey(

@@ -4,6 +4,7 @@ The package is layered by concern; a module imports only modules on a floor belo
 
     roles, policies, delegations, keys   state changes that re-evaluate releases
     encryption                           payload key-encryption keys, encrypted payloads
+    deltas                               delta images: computed once per pair, offered per device
     releases, catalog, trust             releases and approval; vendors, classes, images,
                                          manifests; device trust policies
     facts                                rows turned into ``manifests.policy`` facts (reads only)
@@ -14,6 +15,7 @@ from manifests.services.access import delegated_roles, require_role, roles_of
 from manifests.services.catalog import (
     device_class_create,
     device_class_set_delivery,
+    device_class_set_delta,
     device_class_set_manifest_profile,
     device_class_update,
     image_is_confidential,
@@ -24,6 +26,7 @@ from manifests.services.catalog import (
     vendor_create,
 )
 from manifests.services.delegations import delegation_create, delegation_revoke
+from manifests.services.deltas import DeltaOffer, delta_ensure, delta_offer
 from manifests.services.encryption import (
     active_payload_key,
     encryption_info_digest,
@@ -56,14 +59,18 @@ from manifests.services.trust import (
 
 __all__ = [
     "ApprovalCapacity",
+    "DeltaOffer",
     "ReleaseDispatchState",
     "active_payload_key",
     "approval_capacities",
     "delegated_roles",
     "delegation_create",
     "delegation_revoke",
+    "delta_ensure",
+    "delta_offer",
     "device_class_create",
     "device_class_set_delivery",
+    "device_class_set_delta",
     "device_class_set_manifest_profile",
     "device_class_update",
     "encryption_info_digest",

@@ -24,6 +24,7 @@ from manifests import suit
 from manifests.errors import (
     DeliveryConflictError,
     DeliveryProfileError,
+    DeltaSettingError,
     DeviceClassExistsError,
     DuplicateManifestError,
     EncryptionRequiredError,
@@ -48,6 +49,7 @@ from manifests.images.storage import FileSystemImageStorage
 from manifests.models import (
     DeliveryMethod,
     DeliveryProfile,
+    DeltaCompression,
     DeviceClass,
     EncryptedPayload,
     FirmwareImage,
@@ -222,10 +224,12 @@ def device_class_update(
     delivery: str | None = None,
     delivery_method: str | None = None,
     manifest_profile: str | None = None,
+    delta_updates: bool | None = None,
+    delta_compression: str | None = None,
     actor: AbstractBaseUser,
 ) -> DeviceClass:
-    """The class's delivery (and forced method) and/or manifest profile, in one transaction:
-    either every asked change is made or none is."""
+    """The class's delivery (and forced method), manifest profile and/or delta setting, in one
+    transaction: either every asked change is made or none is."""
     with transaction.atomic():
         row = device_class
         if delivery is not None or delivery_method is not None:
@@ -239,10 +243,61 @@ def device_class_update(
             row = device_class_set_manifest_profile(
                 device_class=row, manifest_profile=manifest_profile, actor=actor
             )
+        if delta_updates is not None or delta_compression is not None:
+            row = device_class_set_delta(
+                device_class=row,
+                delta_updates=delta_updates,
+                compression=delta_compression,
+                actor=actor,
+            )
     # the caller's instance shows what was stored (as the single-purpose services do)
     device_class.delivery, device_class.delivery_method = row.delivery, row.delivery_method
     device_class.manifest_profile = row.manifest_profile
+    device_class.delta_updates = row.delta_updates
+    device_class.delta_compression = row.delta_compression
     return row
+
+
+def device_class_set_delta(
+    *,
+    device_class: DeviceClass,
+    delta_updates: bool | None = None,
+    compression: str | None = None,
+    actor: AbstractBaseUser,
+) -> DeviceClass:
+    """Declare whether the class's devices apply deltas, and with which decompressor (None keeps
+    the current value). Admin only, audited, idempotent (no change, no event)."""
+    require_role(actor, *CATALOG_ADMINS)
+    if compression is not None and compression not in DeltaCompression.values:
+        raise DeltaSettingError(
+            f"delta compression {compression!r} is not one of {DeltaCompression.values}"
+        )
+    with transaction.atomic():
+        row = (
+            DeviceClass.objects.select_for_update().select_related("vendor").get(pk=device_class.pk)
+        )
+        after = {
+            "delta_updates": row.delta_updates if delta_updates is None else bool(delta_updates),
+            "delta_compression": row.delta_compression if compression is None else compression,
+        }
+        before = {"delta_updates": row.delta_updates, "delta_compression": row.delta_compression}
+        if before == after:
+            return row
+        row.delta_updates, row.delta_compression = (
+            after["delta_updates"],
+            after["delta_compression"],
+        )
+        row.save(update_fields=["delta_updates", "delta_compression"])
+        audit_record(
+            actor=actor,
+            action="device_class.set_delta",
+            object_type="device_class",
+            object_id=row.pk,
+            details={"device_class": str(row), "before": before, "after": after},
+        )
+        device_class.delta_updates = row.delta_updates
+        device_class.delta_compression = row.delta_compression
+        return row
 
 
 def served_origins() -> list[str]:

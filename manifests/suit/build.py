@@ -68,6 +68,7 @@ from .constants import (
     P_IMAGE_DIGEST,
     P_IMAGE_SIZE,
     P_PAYLOAD_FORMAT,
+    P_PRECURSOR_DIGESTS,
     P_SECURITY_COUNTER,
     P_URI,
     P_USE_BEFORE,
@@ -190,6 +191,14 @@ def _check_params(p: ManifestParams) -> None:
             recipients_of(p.encryption_info)
         except SUITEncryptionError as exc:
             raise SUITParamsError(f"encryption_info: {exc}") from None
+    if not isinstance(p.precursor_digests, tuple) or not all(
+        type(d) is bytes and len(d) == 32 for d in p.precursor_digests
+    ):
+        raise SUITParamsError("precursor_digests must be a tuple of 32-byte SHA-256 digests")
+    if p.precursor_digests and p.profile != PROFILE_EXTENDED:
+        raise SUITParamsError("precursor digests are a custom parameter: extended profile only")
+    if len(set(p.precursor_digests)) != len(p.precursor_digests):
+        raise SUITParamsError("precursor_digests lists a digest twice")
 
 
 def _sequence(*commands: Any) -> bytes:
@@ -230,6 +239,10 @@ def _members(p: ManifestParams) -> dict[int, bytes]:
     if p.profile == PROFILE_EXTENDED:
         install_params[P_SECURITY_COUNTER] = p.security_counter
         install_params[P_PAYLOAD_FORMAT] = p.payload_format
+        if p.precursor_digests:
+            install_params[P_PRECURSOR_DIGESTS] = dumps(
+                [[ALG_SHA256, digest] for digest in p.precursor_digests]
+            )
         install += [
             DIR_OVERRIDE_PARAMETERS, install_params,
             COND_SECURITY_COUNTER, _REP_CONDITION,

@@ -166,6 +166,9 @@ P_COMPONENT_METADATA: Final = 30  # update-management
 # Custom parameters (negative = suit-parameter-custom); this product's choice, see docs/suit.md.
 P_SECURITY_COUNTER: Final = -257  # uint: anti-rollback counter of the image
 P_PAYLOAD_FORMAT: Final = -258  # tstr: "raw" | "mcuboot"
+# bstr .cbor [+ SUIT_Digest]: the images a delta to this manifest's image may be applied to (RFC
+# 9124's precursor image digest); consulted only when the device is handed a delta.
+P_PRECURSOR_DIGESTS: Final = -259
 
 PARAMETERS: Final[dict[int, str]] = {
     P_VENDOR_ID: "vendor-id",
@@ -190,6 +193,7 @@ PARAMETERS: Final[dict[int, str]] = {
     P_COMPONENT_METADATA: "component-metadata",
     P_SECURITY_COUNTER: "security-counter",
     P_PAYLOAD_FORMAT: "payload-format",
+    P_PRECURSOR_DIGESTS: "precursor-digests",
 }
 
 PAYLOAD_FORMATS: Final = ("raw", "mcuboot")

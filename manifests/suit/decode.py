@@ -64,6 +64,7 @@ from .constants import (
     P_IMAGE_DIGEST,
     P_IMAGE_SIZE,
     P_PAYLOAD_FORMAT,
+    P_PRECURSOR_DIGESTS,
     P_SECURITY_COUNTER,
     P_URI,
     P_USE_BEFORE,
@@ -336,6 +337,24 @@ def _p_payload_format(v: Any, where: str, key: int, ctx: _Ctx, depth: int) -> An
     )
 
 
+def _p_precursors(v: Any, where: str, key: int, ctx: _Ctx, depth: int) -> Any:
+    """``bstr .cbor [+ SUIT_Digest]``, SHA-256 only (what the device hashes its slot with)."""
+    path = _pp(where, key)
+    _want_bytes(v, path, "precursor-digests")
+    items = _want_list(decode_item(v, path, ctx.max_depth - depth), path, "precursor digests")
+    if not items:
+        raise SUITValueError("precursor digests must not be empty", path=path)
+    out = []
+    for index, item in enumerate(items):
+        alg, digest = parse_digest(item, f"{path}/{index}")
+        if alg != ALG_SHA256:
+            raise SUITDigestAlgorithmError("precursor digests must be SHA-256", path=path)
+        out.append(digest)
+    if len(set(out)) != len(out):
+        raise SUITValueError("precursor digests list a digest twice", path=path)
+    return tuple(out)
+
+
 def _p_encryption_info(v: Any, where: str, key: int, ctx: _Ctx, depth: int) -> Any:
     """firmware-encryption-24: ``bstr .cbor SUIT_Encryption_Info``, and
     ``SUIT_Encryption_Info = #6.96(COSE_Encrypt)``. Decoded and shown; acting on it (decrypting)
@@ -375,6 +394,7 @@ _PARAM_CHECKS: dict[int, Callable[[Any, str, int, _Ctx, int], Any]] = {
     30: _p_wrapped_map,  # component-metadata
     P_SECURITY_COUNTER: _p_uint,
     P_PAYLOAD_FORMAT: _p_payload_format,
+    P_PRECURSOR_DIGESTS: _p_precursors,
 }
 if _PARAM_CHECKS.keys() != PARAMETERS.keys():  # pragma: no cover - a table edit went wrong
     raise ImportError("parameter checks and parameter names disagree")
@@ -776,6 +796,7 @@ def _parse_manifest(
         encryption_info=tuple(ctx.encryption),
         manifest_component_id=manifest_component_id,
         coswid=coswid,
+        precursor_digests=facts.get(P_PRECURSOR_DIGESTS, ()),
     )
 
 

@@ -59,6 +59,9 @@ class ManifestParams:
     # then the ciphertext, and image digest/size stay those of the plaintext (checked after
     # decryption, "Image Match after Decryption" of firmware-encryption).
     encryption_info: bytes | None = None
+    # SHA-256 digests of the images a delta to this image may be applied to (custom parameter
+    # -259, extended profile only); empty: full images only.
+    precursor_digests: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ class Manifest:
     encryption_info: tuple[Any, ...] = ()
     manifest_component_id: tuple[bytes, ...] | None = None  # trust-domains manifest key 5
     coswid: Any = None  # suit-coswid (decoded CBOR), when inline or severed and present
+    # custom parameter -259: SHA-256 digests of the precursors a delta may be applied to
+    precursor_digests: tuple[bytes, ...] = ()
 
     @property
     def profile(self) -> str:
@@ -209,6 +214,7 @@ class Envelope:
             ),
             "encryption_info": [_describe_cose(info) for info in m.encryption_info],
             "coswid": _json_safe(m.coswid) if m.coswid is not None else None,
+            "precursor_digests": [digest.hex() for digest in m.precursor_digests],
         }
 
 

@@ -131,3 +131,14 @@ def test_bench_dtls_tiny() -> None:
     assert re.search(r"^gateway handshakes: completed 20\b", out, re.MULTILINE), out
     assert "INFO handshakes/s per gateway core: " in out, out
     _check(status, out, strict=True, goals=1)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_bench_delta_tiny(strict: bool) -> None:
+    status, out = _run("bench_delta.py", "--devices", "3", "--functions", "40", strict=strict)
+    assert re.search(r"^delta \(heatshrink, sequential\): [\d,]+ bytes ", out, re.MULTILINE), out
+    for side in ("full", "delta"):
+        assert re.search(rf"^  {side} +3 devices: .* 3 booted 1\.1\.0, 0 failed$", out, re.M), out
+    assert re.search(r"^bytes on the wire +full [\d,]+ B \| delta .*x of full\)$", out, re.M), out
+    assert re.search(r"^end-to-end time +full [\d.]+ s \| delta ", out, re.MULTILINE), out
+    _check(status, out, strict=strict, goals=2)

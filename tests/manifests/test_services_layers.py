@@ -26,6 +26,7 @@ FLOORS = {
     "delegations": 3,
     "keys": 3,
     "encryption": 3,
+    "deltas": 3,
 }
 
 

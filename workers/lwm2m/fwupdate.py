@@ -94,6 +94,9 @@ class UpdateRequest:
     uri: str | None = None
     # SUIT profiles: the nonce (hex) the device signs into its report of this attempt.
     report_nonce: str = ""
+    # A delta offered instead of the full image (its SHA-256 in the image store): an image
+    # device gets the delta itself; a SUIT device the envelope with ``?delta=`` on its URI.
+    delta_sha256: str | None = None
 
     @property
     def kind(self) -> str:
@@ -102,6 +105,8 @@ class UpdateRequest:
     @property
     def file_digest(self) -> str:
         """The digest the firmware server files the delivered bytes under."""
+        if self.delivery == "image" and self.delta_sha256 is not None:
+            return self.delta_sha256
         if self.delivery == "image":
             assert self.image_sha256 is not None  # noqa: S101 - checked in parse
             return self.image_sha256
@@ -130,6 +135,15 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
     image_sha256 = _hex64(args.get("image_sha256")) if args.get("image_sha256") else None
     if delivery == "image" and image_sha256 is None:
         raise DeviceOperationError("fw_update of an image needs image_sha256", permanent=True)
+    delta = _hex64(args.get("delta_sha256")) if args.get("delta_sha256") else None
+    if args.get("delta_sha256") and delta is None:
+        raise DeviceOperationError("fw_update: delta_sha256 is not a SHA-256", permanent=True)
+    if delta is not None and not (delivery == "image" or (delivery == "suit" and method == "pull")):
+        raise DeviceOperationError(
+            f"fw_update: a delta goes to image devices or pulling SUIT devices, not {delivery} "
+            f"({method})",
+            permanent=True,
+        )
     size = args.get("image_size")
     timeout = args.get("timeout")
     nonce = str(args.get("report_nonce") or "").lower()
@@ -146,6 +160,7 @@ def parse_update_args(args: dict[str, Any]) -> UpdateRequest:
         timeout=float(timeout) if isinstance(timeout, int | float) and timeout > 0 else None,
         uri=str(args["uri"]) if args.get("uri") else None,
         report_nonce=nonce,
+        delta_sha256=delta,
     )
 
 
@@ -316,6 +331,8 @@ class UpdateDriver:
         uri = request.uri or self.package_uri(
             request.file_digest, secure=reg.identity is not None, kind=request.kind
         )
+        if request.delta_sha256 is not None and request.delivery == "suit" and not request.uri:
+            uri += f"?delta={request.delta_sha256}"
         refusal: UnsupportedProtocolError | None = None
         try:
             self._check_scheme(reg, uri)

@@ -50,7 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import aiocoap
 from aiocoap import resource
@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from manifests import device_rules, device_trust
+from manifests.images import delta as deltas
 from manifests.images.mcuboot import IMAGE_MAGIC, ImageError, ImageInfo
 from manifests.images.signature import load_bootloader_key, verify_image_signature
 from manifests.suit import keys as suit_keys
@@ -269,6 +270,12 @@ class SimulatedDevice:
         )
         # The secondary slot of an image-profile device (kept in memory, not in the state file).
         self.slot: bytes | None = None
+        # The primary slot: the image the device runs, what a delta is applied to (in memory
+        # too: a restarted simulator knows none, so a delta is refused as on the wrong base
+        # and the server falls back to the full image). A SUIT device's staged payload waits
+        # beside it until the reboot.
+        self.installed_image: bytes | None = None
+        self._staged_image: bytes | None = None
         lost = {FwState.DOWNLOADING, FwState.UPDATING}
         if state.delivery == "image":
             lost.add(FwState.DOWNLOADED)
@@ -288,6 +295,9 @@ class SimulatedDevice:
         self.registered = asyncio.Event()
         self.boots = 0
         self.events: list[str] = []
+        # Payload bytes this device received in Block2 responses (the delta benchmark's bytes on
+        # the wire; CoAP headers excluded).
+        self.bytes_fetched = 0
         # aiocoap keeps a DTLS client session only while something references it.
         self._dtls_session: Any = None
 
@@ -646,6 +656,7 @@ class SimulatedDevice:
                 raise DownloadError(f"{uri}: {exc}") from None
             if response.code != Code.CONTENT:
                 raise DownloadError(f"{uri}: {response.code}")
+            self.bytes_fetched += len(response.payload)
             if etag is None:
                 etag, total = response.opt.etag, response.opt.size2
                 remote = response.remote
@@ -754,8 +765,22 @@ class SimulatedDevice:
                 ),
                 now=self.now(),
             )
-            payload_uri = self._payload_uri(base_uri, facts)
-            payload = await self.fetch(payload_uri, drop_after=2 if faults.download_drop else None)
+            drop = 2 if faults.download_drop else None
+            delta_uri = self._delta_uri(base_uri) if pushed is None else None
+            if delta_uri is not None:
+                # The signed manifest stays the authority: its precursors and image digest.
+                if facts.image_digest is None:
+                    raise device_rules.MissingFieldError("manifest has no image digest")
+                payload = device_rules.apply_delta_update(
+                    self.installed_image or b"",
+                    await self.fetch(delta_uri, drop_after=drop, max_size=self._slot_size()),
+                    result_digest=facts.image_digest,
+                    signed_precursors=facts.precursor_digests,
+                )
+                self.events.append("delta applied")
+            else:
+                payload_uri = self._payload_uri(base_uri, facts)
+                payload = await self.fetch(payload_uri, drop_after=drop)
             if faults.digest_mismatch and payload:
                 payload = bytes([payload[0] ^ 0xFF]) + payload[1:]
             if facts.encrypted:
@@ -783,6 +808,7 @@ class SimulatedDevice:
             "sequence_number": facts.sequence_number,
             "security_counter": facts.security_counter,
         }
+        self._staged_image = payload
         self.fw.download_succeeded()
         self.events.append("downloaded")
         self._persist()
@@ -831,6 +857,23 @@ class SimulatedDevice:
         (Zephyr's client reports that at the end of the download, Result 6)."""
         if self.fw.state is not FwState.DOWNLOADING or attempt != self._attempt:
             return  # cancelled meanwhile
+        if image[:4] == deltas.MAGIC:
+            # A delta: refused unless made for the running image; the result then goes through
+            # MCUboot's own hash and signature checks at Update like any image.
+            try:
+                image = device_rules.apply_delta_update(
+                    self.installed_image or b"",
+                    image,
+                    result_digest=deltas.read_header(image).result_sha256,
+                    signed_precursors=None,
+                )
+            except (device_rules.DeviceCheckError, deltas.DeltaError) as exc:
+                self.events.append(f"refused {exc.code}")
+                log.info("%s refuses delta: %s [%s]", self.state.endpoint, exc, exc.code)
+                result = getattr(exc, "fw_result", FwResult.UNSUPPORTED_PACKAGE_TYPE)
+                self._fail_download(FwResult(result), attempt)
+                return
+            self.events.append("delta applied")
         if image[:4] != _MCUBOOT_MAGIC:
             self.events.append("refused device.not_mcuboot")
             log.info("%s refuses update: not an MCUboot image", self.state.endpoint)
@@ -844,6 +887,18 @@ class SimulatedDevice:
         self.fw.download_succeeded()
         self.events.append("downloaded")
         self._persist()
+
+    @staticmethod
+    def _delta_uri(package_uri: str) -> str | None:
+        """The delta the server offers with this envelope (``?delta=<sha256>`` on the Package
+        URI: the signed manifest cannot name it, it names the result), on the same server."""
+        values = parse_qs(urlsplit(package_uri).query).get("delta")
+        if not values:
+            return None
+        digest = values[0].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise device_rules.DeltaFailedError("the offered delta is not named by a SHA-256")
+        return urljoin(package_uri, f"/fw/i/{digest}")
 
     @staticmethod
     def _payload_uri(package_uri: str, facts: device_rules.ManifestFacts) -> str:
@@ -905,9 +960,12 @@ class SimulatedDevice:
             )
             if digest:
                 self._sign_report(digest, None)
+            if self._staged_image is not None:
+                self.installed_image = self._staged_image
             self.fw.update_succeeded()
             self.events.append(f"booted {self.state.version}")
         self.state.staged = None
+        self._staged_image = None
         self._persist()
         await self.register()
 
@@ -945,6 +1003,7 @@ class SimulatedDevice:
                 self.state.security_counter = max(
                     self.state.security_counter, info.security_counter
                 )
+            self.installed_image = image
             self.fw.update_succeeded()
             self.events.append(f"booted {self.state.version}")
         self._persist()

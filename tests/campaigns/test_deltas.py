@@ -1,0 +1,298 @@
+"""Deltas in campaigns: the plan counts per stage how many devices get a delta and the bytes it
+saves; a device whose installed image the server does not know exactly gets the full image; a
+delta is computed once per (source, target) pair and stored content-addressed; the dispatcher
+sends it, and a failed delta falls back to the full image once, as one attempt."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import sys
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from audit.models import AuditEvent
+from campaigns import engine, planning, rollouts, services
+from campaigns.device_services import device_fw_installed, device_info_record
+from campaigns.events import CommandResult
+from campaigns.models import DeviceCommand, Rollout, RolloutState
+from campaigns.spec import parse_spec
+from campaigns.wording import rollout_text
+from manifests import services as release_services
+from manifests import suit
+from manifests.errors import DeltaSettingError, PermissionDeniedError
+from manifests.images import delta as deltas
+from manifests.images import imgtool
+from manifests.models import FirmwareDelta
+from manifests.selectors import manifest_params
+from tests.campaigns.support import Catalog, make_devices, spec_text
+from tests.conftest import REPO_ROOT
+from tests.helpers.deployment import DEFAULT_APPROVERS, release_from_envelope
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from _firmware_builds import build_program
+
+sys.path.remove(str(REPO_ROOT / "benchmarks"))
+
+pytestmark = pytest.mark.django_db
+
+STAGES = "  - name: first\n    size: 50%\n  - name: rest\n    size: 50%\n"
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    work = tmp_path_factory.mktemp("programs")
+    return build_program(work, release=1, functions=40), build_program(
+        work, release=2, functions=40
+    )
+
+
+def _upload(catalog: Catalog, program: bytes, version: str) -> Any:
+    return release_services.image_upload(
+        data=imgtool.build_image(program, version=version, security_counter=2),
+        actor=catalog.users["author"],
+    )
+
+
+def _release(catalog: Catalog, image: Any, *, precursors: tuple[bytes, ...]) -> Any:
+    params = manifest_params(
+        device_class=catalog.thermo,
+        image=image,
+        sequence_number=6,
+        security_counter=2,
+        version="1.2.0",
+        use_before=timezone.now() + dt.timedelta(days=30),
+    )
+    envelope = suit.create_envelope(
+        dataclasses.replace(params, precursor_digests=precursors), keys=[catalog.keys["author"]]
+    )
+    return release_from_envelope(
+        catalog, envelope, name="thermo-1.2.0", approvers=DEFAULT_APPROVERS
+    )
+
+
+def _plan(catalog: Catalog) -> planning.Plan:
+    return planning.campaign_plan(
+        spec=parse_spec(spec_text("deltas", release="thermo-1.2.0", stages=STAGES)),
+        now=timezone.now(),
+    )
+
+
+def test_plan_counts_deltas_and_bytes_saved_per_stage(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    old = _upload(catalog, programs[0], "1.0.0")
+    unsigned = _upload(catalog, programs[0] + b"\x00" * 64, "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    make_devices(catalog, 6, prefix="known", installed_image_digest=old.sha256)
+    make_devices(catalog, 3, prefix="unknown")  # installed image not known exactly
+    make_devices(catalog, 2, prefix="unsigned", installed_image_digest=unsigned.sha256)
+
+    plan = _plan(catalog)
+    assert plan.cohort == 11
+    assert plan.stage_delta == [0, 0]  # the class has not declared delta support
+    assert FirmwareDelta.objects.count() == 0
+
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, compression="lzma", actor=catalog.admin
+    )
+    plan = _plan(catalog)
+    delta = FirmwareDelta.objects.get()
+    assert (delta.source, delta.target, delta.compression) == (old, new, "lzma")
+    assert 0 < delta.size < new.size // 4
+    assert sum(plan.stage_delta) == 6
+    assert sum(plan.stage_saved) == 6 * (new.size - delta.size)
+    first, rest = plan.as_dict()["stages"]
+    assert first["delta"]["devices"] + rest["delta"]["devices"] == 6
+    assert first["delta"]["bytes_saved"] == first["delta"]["devices"] * (new.size - delta.size)
+    assert plan.as_dict()["image_size"] == new.size
+    # The stored delta turns the old image into the new one.
+    storage = release_services.image_storage()
+    assert deltas.apply_delta(storage.read(old.sha256), storage.read(delta.sha256)) == storage.read(
+        new.sha256
+    )
+    # Computed once per pair: planning again reuses it.
+    _plan(catalog)
+    assert FirmwareDelta.objects.count() == 1
+    assert AuditEvent.objects.filter(action="delta.create").count() == 1
+
+
+def test_device_whose_installed_digest_is_unknown_gets_the_full_image(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    release = _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, actor=catalog.admin
+    )
+    never_seen = "ab" * 32  # a digest no stored image has
+    for installed, reason in (
+        ("", deltas.INSTALLED_IMAGE_UNKNOWN),
+        (never_seen, deltas.PRECURSOR_NOT_SIGNED),
+        (new.sha256, deltas.ALREADY_INSTALLED),
+    ):
+        offer = release_services.delta_offer(
+            device_class=catalog.thermo,
+            manifest=release.manifest,
+            installed_image_digest=installed,
+            signed_precursors=(bytes.fromhex(old.sha256),),
+        )
+        assert (offer.delta, offer.reason, offer.wire_size) == (None, reason, new.size)
+    make_devices(catalog, 4, prefix="unknown")
+    assert _plan(catalog).stage_delta == [0, 0]
+    assert FirmwareDelta.objects.count() == 0
+
+
+def test_image_class_offers_a_delta_on_a_known_image_not_in_the_manifest(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    """An MCUboot (`image`) device checks the result's own signature, so no signed precursor
+    list is needed; a digest whose image is not stored still gets the full image."""
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    release = _release(catalog, new, precursors=())
+    release_services.device_class_update(
+        device_class=catalog.thermo, delivery="image", delta_updates=True, actor=catalog.admin
+    )
+    offer = release_services.delta_offer(
+        device_class=catalog.thermo,
+        manifest=release.manifest,
+        installed_image_digest=old.sha256,
+        signed_precursors=(),
+    )
+    assert offer.delta is not None and offer.saved == new.size - offer.delta.size
+    missing = release_services.delta_offer(
+        device_class=catalog.thermo,
+        manifest=release.manifest,
+        installed_image_digest="cd" * 32,
+        signed_precursors=(),
+    )
+    assert (missing.delta, missing.reason) == (None, deltas.INSTALLED_IMAGE_UNKNOWN)
+
+
+def test_delta_setting_is_admin_only_and_checked(catalog: Catalog) -> None:
+    with pytest.raises(PermissionDeniedError):
+        release_services.device_class_set_delta(
+            device_class=catalog.thermo, delta_updates=True, actor=catalog.users["author"]
+        )
+    with pytest.raises(DeltaSettingError):
+        release_services.device_class_set_delta(
+            device_class=catalog.thermo, compression="zip", actor=catalog.admin
+        )
+    catalog.thermo.refresh_from_db()
+    assert (catalog.thermo.delta_updates, catalog.thermo.delta_compression) == (
+        False,
+        "heatshrink",
+    )
+    assert not AuditEvent.objects.filter(action="device_class.set_delta").exists()
+
+
+def test_installed_digest_is_recorded_on_confirmed_install_and_cleared_on_another_version(
+    catalog: Catalog,
+) -> None:
+    (device,) = make_devices(catalog, 1, prefix="d", firmware_version="1.1.0")
+    manifest = catalog.release.manifest
+    device_fw_installed(endpoint=device.endpoint, manifest_digest=manifest.manifest_digest)
+    device.refresh_from_db()
+    assert device.installed_image_digest == manifest.image_digest
+    device_info_record(endpoint=device.endpoint, firmware_version="9.9.9")
+    device.refresh_from_db()
+    assert device.installed_image_digest == ""
+
+
+def _dispatch(catalog: Catalog, now: dt.datetime, campaign: Any) -> Rollout:
+    report = engine.campaign_reconcile(campaign.pk, now=now)
+    assert report is not None and report.dispatched == 1
+    return Rollout.objects.get(campaign=campaign)
+
+
+def test_failed_delta_falls_back_to_the_full_image_once_as_one_attempt(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, actor=catalog.admin
+    )
+    make_devices(catalog, 1, prefix="known", installed_image_digest=old.sha256)
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("fallback", release="thermo-1.2.0")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    delta = FirmwareDelta.objects.get()
+    args = DeviceCommand.objects.get(pk=rollout.command_id).args
+    assert (args["delta_sha256"], args["delta_size"]) == (delta.sha256, delta.size)
+    assert (rollout.payload, rollout.attempts) == ("delta", 1)
+
+    # The device refuses the delta (it reports Update Result 6): no retry policy is set, yet
+    # the full image follows at once and the attempt is not counted twice.
+    rollouts.rollouts_apply_event(
+        event=CommandResult(
+            command_id=str(rollout.command_id),
+            ok=False,
+            result={"phase": "downloading", "result": 6},
+            error_code="lwm2m.fw_update_failed",
+            permanent=True,
+        ),
+        now=now,
+    )
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.payload, rollout.reason) == (
+        RolloutState.PENDING,
+        "fallback",
+        "delta_fallback",
+    )
+    assert rollout.attempts == 0 and "unsupported_package" in rollout.detail
+    assert "the delta failed on the device" in rollout_text(
+        state=rollout.state, reason=rollout.reason
+    )
+
+    rollout = _dispatch(catalog, now, campaign)
+    args = DeviceCommand.objects.get(pk=rollout.command_id).args
+    assert "delta_sha256" not in args and args["image_sha256"] == new.sha256
+    assert (rollout.payload, rollout.attempts) == ("fallback", 1)
+
+    # The full image fails too: that is the attempt's failure, with no second fallback.
+    rollouts.rollouts_apply_event(
+        event=CommandResult(
+            command_id=str(rollout.command_id),
+            ok=False,
+            result={"phase": "downloading", "result": 5},
+            error_code="lwm2m.fw_update_failed",
+            permanent=True,
+        ),
+        now=now,
+    )
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.reason, rollout.payload) == (
+        RolloutState.FAILED,
+        "integrity_check_failed",
+        "fallback",
+    )
+    assert rollout.attempts == 1
+
+
+def test_device_whose_installed_digest_is_unknown_is_dispatched_the_full_image(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, actor=catalog.admin
+    )
+    make_devices(catalog, 1, prefix="unknown")
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("full", release="thermo-1.2.0")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    args = DeviceCommand.objects.get(pk=rollout.command_id).args
+    assert "delta_sha256" not in args and rollout.payload == ""
+    assert FirmwareDelta.objects.count() == 0
