@@ -868,8 +868,8 @@ cmd AS (
          created_at, updated_at)
     SELECT gen_random_uuid(), c.device_id, 'fw_update',
            g.args::jsonb || CASE WHEN %(nonce)s
-               THEN jsonb_build_object('report_nonce', replace(
-                   gen_random_uuid()::text || gen_random_uuid()::text, '-', ''))
+               THEN jsonb_build_object('report_nonce', left(replace(
+                   gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), %(nonce_hex)s))
                ELSE '{{}}'::jsonb END,
            %(command_pending)s, '', '{{}}'::jsonb, '', '', 0, %(stamp)s, %(stamp)s
     FROM chosen c JOIN g ON g.gi = c.gi WHERE c.verdict = 'go'
@@ -1064,6 +1064,7 @@ def _dispatch_set(
         deltas=deltas,
         # Each command its own report nonce, drawn by PostgreSQL (a group shares its arguments).
         nonce=needs_report,
+        nonce_hex=2 * REPORT_NONCE_BYTES,
         payload_delta=ROLLOUT_PAYLOAD_DELTA,
         room=room,
         command_pending=CommandStatus.PENDING.value,

@@ -4,7 +4,8 @@ same refusals with the same wording, the same deferrals, the same commands. Ever
 the checks tell apart is in the fleet: refused for rollback, already current (a message naming
 the device), a clock off (checked alone, held pending), a clock off accepted by an operator, a
 clockless device, no delivery method, push delivery, busy in another campaign, outside its
-maintenance window, and a room smaller than the eligible devices."""
+maintenance window, no report key registered, and a room smaller than the eligible devices.
+Each command carries its own report nonce (drawn apart by each path), compared by its shape."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _fleet(catalog: Catalog) -> None:
 
 FLEET = [
     ("ok", 24), ("counter", 3), ("current", 2), ("skewed", 3), ("trusted", 2), ("clockless", 2),
-    ("nopull", 2), ("push", 2), ("night", 3), ("busy", 2),
+    ("nopull", 2), ("push", 2), ("night", 3), ("busy", 2), ("nokey", 2),
 ]  # fmt: skip
 
 
@@ -49,6 +50,7 @@ def _change_after_planning(now: dt.datetime) -> None:
         "clockless": {"device_time": 100.0, "clock_offset_seconds": -1e9},
         "nopull": {"fw_protocols": [delivery.COAPS]},
         "push": {"fw_delivery_method": delivery.PUSH_ONLY},
+        "nokey": {"report_key": ""},
     }
     for prefix, fields in changes.items():
         Device.objects.filter(endpoint__startswith=f"{prefix}-").update(**fields)
@@ -69,14 +71,16 @@ def _decide(campaign: Campaign, path: Any, now: dt.datetime) -> tuple[Any, list[
             room = engine._room(locked, spec, now=now, batch=None)
             seen["answer"] = path(locked, spec, release, room=room, now=now)
             commands = {
-                c.pk: (c.device_id, c.operation, c.args, c.status)
+                c.pk: (c.device_id, c.operation, _nonce_shape(c.args), c.status)
                 for c in DeviceCommand.objects.filter(operation="fw_update")
             }
+            nonces = [c.args["report_nonce"] for c in DeviceCommand.objects.all()]
+            assert len(set(nonces)) == len(nonces)
             seen["rows"] = [
                 (
                     r.device.endpoint, r.state, r.reason, r.detail, r.device_clock, r.attempts,
                     r.next_attempt_at, r.finished_at, r.dispatched_at, r.deadline_at,
-                    r.manifest_id, commands.get(r.command_id),
+                    r.manifest_id, commands.get(r.command_id), r.payload, r.report_verdict,
                 )
                 for r in Rollout.objects.filter(campaign=campaign)
                 .select_related("device")
@@ -86,6 +90,12 @@ def _decide(campaign: Campaign, path: Any, now: dt.datetime) -> tuple[Any, list[
     except _Undo:
         pass
     return seen["answer"], seen["rows"]
+
+
+def _nonce_shape(args: dict[str, Any]) -> dict[str, Any]:
+    """The command's arguments with its report nonce replaced by its size in bytes."""
+    nonce = args.get("report_nonce")
+    return {**args, "report_nonce": len(bytes.fromhex(nonce)) if nonce else None}
 
 
 def _busy_elsewhere(catalog: Catalog, now: dt.datetime) -> None:
@@ -123,6 +133,7 @@ def test_set_based_dispatch_writes_what_the_row_path_writes(
             "already_current": 2,
             "clock_skew": 3,
             "no_supported_delivery": 2,
+            "no_report_key": 2,
             "rollback_refused_counter": 3,
         }
         by_endpoint = {row[0]: row for row in by_set}
