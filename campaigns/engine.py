@@ -792,19 +792,19 @@ def _dispatch_rows(
 # this control character).
 _ENDPOINT_MARK = "\x1fendpoint\x1f"
 
-# The candidate window of a set-based pass: pending rollouts of online devices in the stages open
-# so far, due now, in (stage, bucket) order, as narrow rows: the rollout, its device, the device's
-# endpoint and clock state (``clock.clock_state``), and ``gkey``, the group whose answer it takes
-# (what the checks, windows, delivery method, report key, decryption key and delta offer read of
-# its device and rollout; ``{extra}`` adds only the fields this pass reads), or the rollout alone
-# when its device's clock is off and no operator accepted it (that refusal names its own offset).
-_WINDOW_SQL = """
-SELECT r.id, r.device_id, d.endpoint, s.clock,
+# The candidates of a set-based pass: pending rollouts of online devices in the stages open so
+# far, due now, as narrow rows: the rollout, its device, the device's endpoint and clock state
+# (``clock.clock_state``), and ``gkey``, the group whose answer it takes (what the checks,
+# windows, delivery method, report key, decryption key and delta offer read of its device and
+# rollout; ``{extra}`` adds only the fields this pass reads), or the rollout alone when its
+# device's clock is off and no operator accepted it (that refusal names its own offset). The
+# window is the first ``room * 2`` of them in (stage, bucket) order, numbered.
+_CANDIDATES_SQL = """
+SELECT r.id, r.device_id, r.stage, r.bucket, d.endpoint, s.clock,
        CASE WHEN s.clock = %(off)s AND d.clock_trusted_at IS NULL THEN 'device ' || r.id::text
             ELSE ROW(d.device_class_id, d.firmware_version, d.sequence_number,
                      d.security_counter, d.fw_protocols, d.fw_delivery_method,
-                     p.id IS NOT NULL{extra})::text END AS gkey,
-       row_number() OVER (ORDER BY r.stage, r.bucket, r.id) AS pos
+                     p.id IS NOT NULL{extra})::text END AS gkey
 FROM campaigns_rollout r
 JOIN campaigns_device d ON d.id = r.device_id
 LEFT JOIN campaigns_devicepsk p ON p.device_id = d.id
@@ -817,14 +817,17 @@ CROSS JOIN LATERAL (
 ) s
 WHERE r.campaign_id = %(campaign)s AND r.state = %(pending)s AND r.stage <= %(stage)s
   AND d.online AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= %(now)s)
-ORDER BY r.stage, r.bucket, r.id
-LIMIT %(window)s
+"""
+_WINDOW_SQL = """
+SELECT c.*, row_number() OVER (ORDER BY c.stage, c.bucket, c.id) AS pos
+FROM ({candidates} ORDER BY r.stage, r.bucket, r.id LIMIT %(window)s) c
 """
 
-# One row per group of the window: its key and the fields of one of its devices (for a device
+# One row per group among the due candidates (a superset of the window's groups, found by
+# hashing rather than sorting): its key and the fields of one of its devices (for a device
 # checked alone, that device's own).
 _GROUPS_SQL = """
-WITH w AS ({window}), reps AS (SELECT gkey, min(id) AS id FROM w GROUP BY gkey)
+WITH c AS ({candidates}), reps AS (SELECT gkey, min(id) AS id FROM c GROUP BY gkey)
 SELECT reps.gkey, d.endpoint, d.device_class_id, d.firmware_version, d.sequence_number,
        d.security_counter, d.clock_offset_seconds, d.device_time, d.clock_trusted_at, d.tags,
        d.fw_protocols, d.fw_delivery_method, (p.id IS NOT NULL), d.id, d.report_key <> '',
@@ -919,7 +922,7 @@ def _dispatch_set(
     room: int,
     now: dt.datetime,
 ) -> tuple[int, dict[str, int]]:
-    """Dispatch set-based (PostgreSQL): one read of the distinct groups in the candidate window
+    """Dispatch set-based (PostgreSQL): one read of the distinct groups among the candidates
     (``_GROUPS_SQL``), the checks, windows and delivery decision once per group in Python, then
     one statement deciding, inserting the commands and claiming the rollouts (``_DECIDE_SQL``).
     Three queries per pass besides the counters, whatever the batch; the same answers as
@@ -955,9 +958,10 @@ def _dispatch_set(
         params["decrypting"] = sorted(gate.devices)
     if device_class.delta_updates:
         extra += ", d.installed_image_digest, r.payload"
-    window_sql = _WINDOW_SQL.format(extra=extra)
+    candidates_sql = _CANDIDATES_SQL.format(extra=extra)
+    window_sql = _WINDOW_SQL.format(candidates=candidates_sql)
     with connection.cursor() as cursor:
-        cursor.execute(_GROUPS_SQL.format(window=window_sql), params)
+        cursor.execute(_GROUPS_SQL.format(candidates=candidates_sql), params)
         groups = cursor.fetchall()
     if not groups:
         return 0, {}
