@@ -175,6 +175,7 @@ class PSKClient:
     _master: bytes = b""
     cipher_suite: int | None = None
     server_extensions: list[int] = field(default_factory=list)
+    _last_sent: tuple[int, bytes, int, bytes] | None = None
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -190,6 +191,7 @@ class PSKClient:
     def send_record(
         self, content_type: int, fragment: bytes, *, epoch: int = 0, version: bytes = DTLS_1_2
     ) -> None:
+        self._last_sent = (content_type, fragment, epoch, version)
         sequence = self._write_sequence[epoch]
         self._write_sequence[epoch] += 1
         if epoch:
@@ -344,3 +346,24 @@ class PSKClient:
             for content_type, epoch, sequence, fragment in self._receive()
             if content_type == APPLICATION_DATA and epoch == 1
         ]
+
+    def retransmit_last_record(self) -> None:
+        """Send the last record again, as a client whose retransmission timer fired does (the
+        same message under the next record sequence number)."""
+        assert self._last_sent is not None
+        content_type, fragment, epoch, version = self._last_sent
+        self.send_record(content_type, fragment, epoch=epoch, version=version)
+
+    def drain(self, quiet: float = 0.3) -> int:
+        """Read and drop what the server sent until it is quiet for ``quiet`` s; how many
+        datagrams."""
+        count = 0
+        self.sock.settimeout(quiet)
+        try:
+            while True:
+                self.sock.recv(65536)
+                count += 1
+        except TimeoutError:
+            return count
+        finally:
+            self.sock.settimeout(self.timeout)

@@ -327,3 +327,25 @@ def test_connection_id_offered_by_a_client_is_not_negotiated(gateway: GatewayThr
     finally:
         client.close()
     assert response.code == Code.CREATED
+
+
+def test_retransmitted_client_hello_does_not_restart_the_handshake(
+    gateway: GatewayThread,
+) -> None:
+    """A client whose timer fires before the server's flight arrives (a loaded gateway) sends
+    its ClientHello again. The gateway answers it with the same flight (RFC 6347 4.2.4); tinydtls
+    alone started a new handshake with a new server random, so the client's Finished, made from
+    the first, failed as bad_record_mac and the device was stuck until its retransmissions ran
+    out."""
+    client = _client(gateway)
+    try:
+        client.hello()
+        client.retransmit_last_record()
+        client.server_flight()
+        assert client.drain() >= 1  # the same flight again, for the retransmitted ClientHello
+        client.key_exchange()
+        client.finish()
+        response = _register(client)
+    finally:
+        client.close()
+    assert response.code == Code.CREATED
