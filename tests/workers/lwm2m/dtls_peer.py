@@ -176,6 +176,9 @@ class PSKClient:
     cipher_suite: int | None = None
     server_extensions: list[int] = field(default_factory=list)
     _last_sent: tuple[int, bytes, int, bytes] | None = None
+    # The records sent since the server last spoke: the client's current flight.
+    _flight: list[tuple[int, bytes, int, bytes]] = field(default_factory=list)
+    _received_since_send: bool = False
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -192,6 +195,9 @@ class PSKClient:
         self, content_type: int, fragment: bytes, *, epoch: int = 0, version: bytes = DTLS_1_2
     ) -> None:
         self._last_sent = (content_type, fragment, epoch, version)
+        if self._received_since_send:
+            self._flight, self._received_since_send = [], False
+        self._flight.append(self._last_sent)
         sequence = self._write_sequence[epoch]
         self._write_sequence[epoch] += 1
         if epoch:
@@ -217,7 +223,9 @@ class PSKClient:
         return message
 
     def _receive(self) -> list[tuple[int, int, int, bytes]]:
-        return parse_records(self.sock.recv(65536))
+        records = parse_records(self.sock.recv(65536))
+        self._received_since_send = True
+        return records
 
     def _next_handshake(self) -> tuple[int, bytes, bytes]:
         """The server's next handshake message (type, body, whole message); alerts raise.
@@ -367,3 +375,14 @@ class PSKClient:
             return count
         finally:
             self.sock.settimeout(self.timeout)
+
+    def retransmit_flight(self) -> None:
+        """Send the current flight again (each record under its next sequence number)."""
+        flight = list(self._flight)
+        self._flight, self._received_since_send = [], False
+        for content_type, fragment, epoch, version in flight:
+            self.send_record(content_type, fragment, epoch=epoch, version=version)
+
+    def receive_content_types(self) -> list[int]:
+        """The content types of the records in the server's next datagram."""
+        return [content_type for content_type, *_ in self._receive()]

@@ -22,8 +22,10 @@ from tests.workers.lwm2m.conftest import DictFirmware, ListSink, wait_for
 from tests.workers.lwm2m.dtls_peer import (
     ANJAY_MBEDTLS,
     APPLICATION_DATA,
+    CHANGE_CIPHER_SPEC,
     EMPTY_RENEGOTIATION_INFO_SCSV,
     EXTENDED_MASTER_SECRET,
+    HANDSHAKE,
     PSK_AES_128_CCM,
     PSK_AES_128_CCM_8,
     PSK_AES_128_GCM_SHA256,
@@ -345,6 +347,24 @@ def test_retransmitted_client_hello_does_not_restart_the_handshake(
         assert client.drain() >= 1  # the same flight again, for the retransmitted ClientHello
         client.key_exchange()
         client.finish()
+        response = _register(client)
+    finally:
+        client.close()
+    assert response.code == Code.CREATED
+
+
+def test_retransmitted_final_flight_gets_the_servers_finished_again(
+    gateway: GatewayThread,
+) -> None:
+    """The client's ClientKeyExchange, ChangeCipherSpec and Finished come again (our Finished
+    did not reach it in time): the gateway sends its ChangeCipherSpec and Finished again, and
+    the session stays usable."""
+    client = _client(gateway)
+    try:
+        client.handshake()
+        client.retransmit_flight()
+        again = client.receive_content_types() + client.receive_content_types()
+        assert CHANGE_CIPHER_SPEC in again and HANDSHAKE in again
         response = _register(client)
     finally:
         client.close()
