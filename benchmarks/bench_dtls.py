@@ -1,21 +1,26 @@
 """DTLS at fleet scale: N simulated DTLS (PSK) devices start in one burst against a gateway in
 its own process; how many register, how fast, and how many handshakes one gateway core does.
 
-Plain script: ``python benchmarks/bench_dtls.py [--devices N] [--deadline S]``. Two processes
-share the machine's two cores:
+Plain script: ``python benchmarks/bench_dtls.py [--devices N] [--deadline S]
+[--device-processes K]``. The processes share the machine's cores:
 
 * the gateway, ``manage.py lwm2m_gateway --dtls-bind ... --refuse-nosec`` as in production
   (DTLS devices only), its registry and keys in a throwaway PostgreSQL database
   (``<BENCH_DB_PREFIX>_dtls``, dropped at the end), device events to Redis (database 15, or
   BENCH_REDIS_URL; emptied before and after), its Prometheus metrics on a loopback port;
-* this process, running the N simulated devices (``workers/lwm2m/simulator.py``,
-  ``FleetSpec(dtls=True)``: each its own 16-byte PSK, identity = endpoint) in one asyncio loop.
-  Their keys are provisioned through ``device_psk_set`` before the gateway starts.
+* K device processes (children of this script), N / K simulated devices each
+  (``workers/lwm2m/simulator.py``, ``FleetSpec(dtls=True)``: each its own 16-byte PSK,
+  identity = endpoint) in one asyncio loop. Their keys are provisioned through
+  ``device_psk_set`` before the gateway starts; each device's DTLS client context is made before
+  the burst, then every process is told to go at the same moment and all its devices send
+  their registration at once (the handshake comes first).
 
 Figures:
 
 * got in: devices whose registration was answered 2.01 over their DTLS session within
   ``--deadline`` seconds of the burst's start (goal: all of them), and the time the last did;
+  the device processes' CPU time beside the gateway's (a device process that saturates its
+  core delays its own handshakes: the figure then prices the simulator);
 * handshakes completed by the gateway (its ``fwupd_gateway_dtls_handshakes_total`` counter,
   by outcome) and its CPU time (user + system, from /proc) over the burst: handshakes per
   gateway CPU-second is the figure per gateway core (each handshake here carries the
@@ -114,36 +119,68 @@ def wait_for_metrics(port: int, proc: subprocess.Popen[bytes], timeout: float = 
             time.sleep(0.2)
 
 
-async def burst(fleet: Any, deadline: float) -> dict[str, Any]:
-    """Start every device at once; when each registered, within ``deadline`` seconds."""
+def _fleet(uri: str, count: int, prefix: str) -> Any:
+    from workers.lwm2m.simulator import Fleet, FleetSpec
+
+    fleet = Fleet(server_uri=uri, trust_anchors=[])
+    fleet.load_or_create(
+        FleetSpec(
+            count=count,
+            prefix=prefix,
+            manufacturer="Acme Sensors",
+            model="thermo-v2",
+            vendor_id="fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe",
+            class_id="1492af14-2569-5e48-bf42-9b2d51f2ab45",
+            lifetime=3600,
+            dtls=True,
+        )
+    )
+    return fleet
+
+
+def _say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _device_process(uri: str, count: int, prefix: str, deadline: float) -> None:
+    """A device process: keys out, contexts made, then on "go" every device registers at once;
+    when each got in (seconds after "go") and this process's CPU time over the burst."""
+    fleet = _fleet(uri, count, prefix)
+    _say({"psks": {e: k.hex() for e, k in fleet.psks().items()}})
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)  # keys provisioned, gateway up
+    await fleet.open(concurrency=count)
+    _say({"ready": True})
+    await loop.run_in_executor(None, sys.stdin.readline)  # go
+    start, cpu = time.perf_counter(), time.process_time()
     done: list[float] = []
-    start = time.perf_counter()
 
     async def watch(device: Any) -> None:
         await device.registered.wait()
         done.append(time.perf_counter() - start)
 
     watchers = [asyncio.ensure_future(watch(d)) for d in fleet.devices.values()]
-    await fleet.start(concurrency=len(fleet.devices))
+    fleet.begin()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*watchers), deadline)
+    cpu = time.process_time() - cpu
     for task in watchers:
         task.cancel()
-    return {"registered": len(done), "times": sorted(done), "wall": time.perf_counter() - start}
-
-
-async def run_fleet(
-    fleet: Any, deadline: float, gateway_pid: int, metrics_port: int
-) -> dict[str, Any]:
-    before_cpu, before = cpu_seconds(gateway_pid), handshakes(metrics_port)
-    result = await burst(fleet, deadline)
-    # Let the gateway finish the device-information reads of the last devices in.
-    await asyncio.sleep(1.0)
-    result["gateway_cpu"] = cpu_seconds(gateway_pid) - before_cpu
-    after = handshakes(metrics_port)
-    result["handshakes"] = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    await asyncio.sleep(1.0)  # the gateway's reads of the last devices in
+    _say({"times": done, "cpu": cpu})
     await fleet.stop(deregister=False)
-    return result
+
+
+def _read(proc: subprocess.Popen[str], key: str) -> dict[str, Any]:
+    """The next message of a device process that carries ``key`` (other output passes by)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("{"):
+            message: dict[str, Any] = json.loads(line)
+            if key in message:
+                return message
+    raise SystemExit(f"a device process exited ({proc.wait()}) before it said {key!r}")
 
 
 def main() -> int:
@@ -152,7 +189,15 @@ def main() -> int:
     parser.add_argument(
         "--deadline", type=float, default=120.0, help="seconds the burst has to get in"
     )
+    parser.add_argument("--device-processes", type=int, default=2)
+    parser.add_argument(
+        "--device-process", nargs=3, metavar=("URI", "COUNT", "PREFIX"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
+    if args.device_process:
+        uri, count, prefix = args.device_process
+        asyncio.run(_device_process(uri, int(count), prefix, args.deadline))
+        return 0
 
     report = Report()
     report.machine()
@@ -161,7 +206,6 @@ def main() -> int:
 
     from workers.lwm2m.dtls import dtls_missing
     from workers.lwm2m.ports import claim_udp_port
-    from workers.lwm2m.simulator import Fleet, FleetSpec
 
     missing = dtls_missing()
     if missing is not None:
@@ -171,7 +215,10 @@ def main() -> int:
     db = f"{cw.DB_PREFIX}_dtls"
     cw.drop_db(db)
     cw.create_db(db)
-    proc: subprocess.Popen[bytes] | None = None
+    gateway: subprocess.Popen[bytes] | None = None
+    devices: list[subprocess.Popen[str]] = []
+    k = max(1, min(args.device_processes, args.devices))
+    shares = [args.devices // k + (1 if i < args.devices % k else 0) for i in range(k)]
     with (
         contextlib.ExitStack() as cleanup,
         tempfile.TemporaryDirectory(prefix="fwupd-dtlsbench-") as tmp,
@@ -182,7 +229,8 @@ def main() -> int:
             "CELERY_BROKER_URL": REDIS_URL,
             "FIRMWARE_STORAGE_ROOT": str(Path(tmp) / "images"),
             "DATABASE_URL": cw.db_url(db),
-            "LOG_LEVEL": "ERROR",
+            # BENCH_LOG_LEVEL=WARNING shows the gateway's lines on failed handshakes.
+            "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "ERROR"),
             "LWM2M_ADMISSION": "provisioned",
         }
         subprocess.run(
@@ -192,27 +240,37 @@ def main() -> int:
         )
         port, plain_port = claim_udp_port("127.0.0.1"), claim_udp_port("127.0.0.1")
         metrics_port = free_tcp_port()
-        fleet = Fleet(server_uri=f"coaps://127.0.0.1:{port}", trust_anchors=[])
-        fleet.load_or_create(
-            FleetSpec(
-                count=args.devices,
-                prefix="dtls",
-                manufacturer="Acme Sensors",
-                model="thermo-v2",
-                vendor_id="fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe",
-                class_id="1492af14-2569-5e48-bf42-9b2d51f2ab45",
-                lifetime=3600,
-                dtls=True,
-            )
-        )
-        began = time.perf_counter()
-        provision(env, fleet.psks())
-        print(
-            f"{args.devices:,} DTLS devices provisioned in {time.perf_counter() - began:.1f} s",
-            flush=True,
-        )
+        uri = f"coaps://127.0.0.1:{port}"
         try:
-            proc = subprocess.Popen(
+            for i, share in enumerate(shares):
+                devices.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            __file__,
+                            "--deadline",
+                            str(args.deadline),
+                            "--device-process",
+                            uri,
+                            str(share),
+                            f"dtls{i}",
+                        ],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        text=True,
+                        env={**os.environ, "LOG_LEVEL": "ERROR"},
+                    )
+                )
+            psks: dict[str, bytes] = {}
+            for proc in devices:
+                psks.update({e: bytes.fromhex(h) for e, h in _read(proc, "psks")["psks"].items()})
+            began = time.perf_counter()
+            provision(env, psks)
+            print(
+                f"{args.devices:,} DTLS devices provisioned in {time.perf_counter() - began:.1f} s",
+                flush=True,
+            )
+            gateway = subprocess.Popen(
                 [
                     sys.executable,
                     str(ROOT / "manage.py"),
@@ -229,14 +287,38 @@ def main() -> int:
                 ],
                 env=env,
             )
-            wait_for_metrics(metrics_port, proc)
+            wait_for_metrics(metrics_port, gateway)
+            for proc in devices:
+                assert proc.stdin is not None
+                proc.stdin.write("open\n")
+                proc.stdin.flush()
+            for proc in devices:
+                _read(proc, "ready")
             print(
-                f"burst: {args.devices:,} devices start at once, {args.deadline:.0f} s to get in",
+                f"burst: {args.devices:,} devices in {k} process(es) start at once, "
+                f"{args.deadline:.0f} s to get in",
                 flush=True,
             )
-            r = asyncio.run(run_fleet(fleet, args.deadline, proc.pid, metrics_port))
+            before_cpu, before = cpu_seconds(gateway.pid), handshakes(metrics_port)
+            for proc in devices:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            times: list[float] = []
+            device_cpu = 0.0
+            for proc in devices:
+                result = _read(proc, "times")
+                times.extend(result["times"])
+                device_cpu += result["cpu"]
+            gateway_cpu = cpu_seconds(gateway.pid) - before_cpu
+            after = handshakes(metrics_port)
+            outcome = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+            for proc in devices:
+                proc.wait(120)
         finally:
-            if proc is not None:
+            for proc in [*devices, gateway]:
+                if proc is None:
+                    continue
                 proc.terminate()
                 try:
                     proc.wait(15)
@@ -244,17 +326,21 @@ def main() -> int:
                     proc.kill()
             redis.Redis.from_url(REDIS_URL).flushdb()
 
-    n, got_in, times = args.devices, r["registered"], r["times"]
-    completed = r["handshakes"].get("completed", 0.0)
-    outcomes = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(r["handshakes"].items()))
+    n, got_in = args.devices, len(times)
+    times.sort()
+    completed = outcome.get("completed", 0.0)
+    outcomes = ", ".join(f"{name} {v:,.0f}" for name, v in sorted(outcome.items()))
     last = times[-1] if times else float("nan")
     half = times[len(times) // 2] if times else float("nan")
     print(
         f"got in: {got_in:,} of {n:,} registered within {args.deadline:.0f} s "
         f"(half by {half:.2f} s, the last at {last:.2f} s)"
     )
-    print(f"gateway handshakes: {outcomes or 'none'}; gateway CPU {r['gateway_cpu']:.2f} s")
-    per_core = completed / r["gateway_cpu"] if r["gateway_cpu"] else 0.0
+    print(
+        f"gateway handshakes: {outcomes or 'none'}; CPU over the burst: gateway "
+        f"{gateway_cpu:.2f} s, device processes {device_cpu:.2f} s"
+    )
+    per_core = completed / gateway_cpu if gateway_cpu else 0.0
     wall = completed / last if times else 0.0
     print(
         f"INFO handshakes/s per gateway core: {per_core:,.0f} "

@@ -463,6 +463,22 @@ def read_records(datagram: bytes) -> list[Record]:
     return out
 
 
+def _client_flight(records: list[Record]) -> tuple[bytes, ...] | None:
+    """What identifies a client's flight across its retransmissions: the plaintext handshake
+    messages of a datagram with a ClientHello carrying a cookie, or with a ClientKeyExchange
+    (the record headers differ between retransmissions, these messages do not); else None."""
+    messages = tuple(r.fragment for r in records if r.handshake_type is not None)
+    kinds = {m[0] for m in messages}
+    if _CLIENT_KEY_EXCHANGE in kinds:
+        return messages
+    for message in messages:
+        if message[0] == _CLIENT_HELLO:
+            hello = parse_client_hello(message)
+            if hello is not None and hello.cookie:
+                return messages
+    return None
+
+
 _DTLS_1_0 = b"\xfe\xff"
 _DTLS_1_2 = b"\xfe\xfd"
 
@@ -978,6 +994,11 @@ def _define_transport() -> None:
             self._sent_alerts: list[tuple[int, int]] = []
             self._plain_alerts: list[tuple[int, int]] = []
             self._wrote = False
+            self._written: list[bytes] = []  # what tinydtls wrote for the datagram in hand
+            # The peer's last flight that got an answer, and that answer (see receive).
+            self._flight: tuple[bytes, ...] | None = None  # the peer's current flight
+            self._answered: tuple[bytes, ...] | None = None
+            self._answer: list[bytes] = []
             self._dtls_socket = new_context(
                 read=self._read,
                 write=self._write,
@@ -1052,9 +1073,24 @@ def _define_transport() -> None:
             socket = self._dtls_socket
             if socket is None:
                 return
+            flight = _client_flight(records)
+            if flight is not None:
+                self._flight = flight
+            elif self.connected and any(r.content_type == _APPLICATION_DATA for r in records):
+                self._flight = self._answered = None  # the peer has our Finished
+                self._answer = []
+            if flight is not None and flight == self._answered:
+                # The peer's timer fired before our answer arrived: answer again, the same
+                # flight (RFC 6347 4.2.4). tinydtls would start a new handshake on the repeated
+                # ClientHello (new server random, so the peer's Finished, made from the first,
+                # fails) and ignores a repeated final flight (the peer never gets our Finished).
+                for datagram in self._answer:
+                    self._underlying_address.send(datagram)
+                return
             self._plain_alerts = [r.alert for r in records if r.alert is not None]
             self._sent_alerts = []
-            self._wrote, self._receiving = False, True
+            self._wrote, self._receiving, self._written = False, True, []
+            was_connected = self.connected
             self._retransmission_task.cancel()
             try:
                 result = socket.handleMessage(
@@ -1062,6 +1098,10 @@ def _define_transport() -> None:
                 )
             finally:
                 self._receiving = False
+            if self._written and self._flight is not None and not was_connected:
+                # Our answer to the peer's flight (its Finished may come in a datagram of its
+                # own, after the ClientKeyExchange: the answer is the flight's).
+                self._answered, self._answer = self._flight, self._written
             if not self.closed:
                 self._retransmission_task = asyncio.create_task(self._run_retransmissions())
             self._report(records, hello, result)
@@ -1159,6 +1199,7 @@ def _define_transport() -> None:
             self.last_out = describe_records(records)
             if self._receiving:
                 self._wrote = True
+                self._written.append(bytes(data))
                 self._sent_alerts.extend(r.alert for r in records if r.alert is not None)
             return int(super()._write(recipient, data))
 

@@ -309,6 +309,11 @@ class SimulatedDevice:
         return urlsplit(self.server_uri).scheme == "coaps"
 
     async def start(self) -> None:
+        await self.open()
+        self.begin()
+
+    async def open(self) -> None:
+        """The device's CoAP context (its socket, or its DTLS client), before it talks."""
         if self.secure:
             await self._start_dtls()
         else:
@@ -317,6 +322,9 @@ class SimulatedDevice:
             self.context = await aiocoap.Context.create_server_context(
                 self.resource, bind=(self.host, self.port), transports=["udp6"]
             )
+
+    def begin(self) -> None:
+        """Register, then keep the registration up (after :meth:`open`)."""
         self._spawn(self._registration_loop())
 
     async def _start_dtls(self) -> None:
@@ -1256,6 +1264,21 @@ class Fleet:
                 await device.start()
 
         await asyncio.gather(*(_one(d) for d in self.devices.values()))
+
+    async def open(self, *, concurrency: int = 200) -> None:
+        """Every device's context, none talking yet (:meth:`begin` starts them at once)."""
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def _one(device: SimulatedDevice) -> None:
+            async with semaphore:
+                await device.open()
+
+        await asyncio.gather(*(_one(d) for d in self.devices.values()))
+
+    def begin(self) -> None:
+        """Every opened device registers now: one burst."""
+        for device in self.devices.values():
+            device.begin()
 
     async def wait_registered(self, timeout: float = 30) -> None:
         await asyncio.wait_for(

@@ -175,6 +175,10 @@ class PSKClient:
     _master: bytes = b""
     cipher_suite: int | None = None
     server_extensions: list[int] = field(default_factory=list)
+    _last_sent: tuple[int, bytes, int, bytes] | None = None
+    # The records sent since the server last spoke: the client's current flight.
+    _flight: list[tuple[int, bytes, int, bytes]] = field(default_factory=list)
+    _received_since_send: bool = False
 
     def __post_init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -190,6 +194,10 @@ class PSKClient:
     def send_record(
         self, content_type: int, fragment: bytes, *, epoch: int = 0, version: bytes = DTLS_1_2
     ) -> None:
+        self._last_sent = (content_type, fragment, epoch, version)
+        if self._received_since_send:
+            self._flight, self._received_since_send = [], False
+        self._flight.append(self._last_sent)
         sequence = self._write_sequence[epoch]
         self._write_sequence[epoch] += 1
         if epoch:
@@ -215,7 +223,9 @@ class PSKClient:
         return message
 
     def _receive(self) -> list[tuple[int, int, int, bytes]]:
-        return parse_records(self.sock.recv(65536))
+        records = parse_records(self.sock.recv(65536))
+        self._received_since_send = True
+        return records
 
     def _next_handshake(self) -> tuple[int, bytes, bytes]:
         """The server's next handshake message (type, body, whole message); alerts raise.
@@ -344,3 +354,35 @@ class PSKClient:
             for content_type, epoch, sequence, fragment in self._receive()
             if content_type == APPLICATION_DATA and epoch == 1
         ]
+
+    def retransmit_last_record(self) -> None:
+        """Send the last record again, as a client whose retransmission timer fired does (the
+        same message under the next record sequence number)."""
+        assert self._last_sent is not None
+        content_type, fragment, epoch, version = self._last_sent
+        self.send_record(content_type, fragment, epoch=epoch, version=version)
+
+    def drain(self, quiet: float = 0.3) -> int:
+        """Read and drop what the server sent until it is quiet for ``quiet`` s; how many
+        datagrams."""
+        count = 0
+        self.sock.settimeout(quiet)
+        try:
+            while True:
+                self.sock.recv(65536)
+                count += 1
+        except TimeoutError:
+            return count
+        finally:
+            self.sock.settimeout(self.timeout)
+
+    def retransmit_flight(self) -> None:
+        """Send the current flight again (each record under its next sequence number)."""
+        flight = list(self._flight)
+        self._flight, self._received_since_send = [], False
+        for content_type, fragment, epoch, version in flight:
+            self.send_record(content_type, fragment, epoch=epoch, version=version)
+
+    def receive_content_types(self) -> list[int]:
+        """The content types of the records in the server's next datagram."""
+        return [content_type for content_type, *_ in self._receive()]

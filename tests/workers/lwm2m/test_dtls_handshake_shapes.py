@@ -22,8 +22,10 @@ from tests.workers.lwm2m.conftest import DictFirmware, ListSink, wait_for
 from tests.workers.lwm2m.dtls_peer import (
     ANJAY_MBEDTLS,
     APPLICATION_DATA,
+    CHANGE_CIPHER_SPEC,
     EMPTY_RENEGOTIATION_INFO_SCSV,
     EXTENDED_MASTER_SECRET,
+    HANDSHAKE,
     PSK_AES_128_CCM,
     PSK_AES_128_CCM_8,
     PSK_AES_128_GCM_SHA256,
@@ -323,6 +325,46 @@ def test_connection_id_offered_by_a_client_is_not_negotiated(gateway: GatewayThr
     try:
         client.handshake()
         assert CONNECTION_ID not in client.server_extensions
+        response = _register(client)
+    finally:
+        client.close()
+    assert response.code == Code.CREATED
+
+
+def test_retransmitted_client_hello_does_not_restart_the_handshake(
+    gateway: GatewayThread,
+) -> None:
+    """A client whose timer fires before the server's flight arrives (a loaded gateway) sends
+    its ClientHello again. The gateway answers it with the same flight (RFC 6347 4.2.4); tinydtls
+    alone started a new handshake with a new server random, so the client's Finished, made from
+    the first, failed as bad_record_mac and the device was stuck until its retransmissions ran
+    out."""
+    client = _client(gateway)
+    try:
+        client.hello()
+        client.retransmit_last_record()
+        client.server_flight()
+        assert client.drain() >= 1  # the same flight again, for the retransmitted ClientHello
+        client.key_exchange()
+        client.finish()
+        response = _register(client)
+    finally:
+        client.close()
+    assert response.code == Code.CREATED
+
+
+def test_retransmitted_final_flight_gets_the_servers_finished_again(
+    gateway: GatewayThread,
+) -> None:
+    """The client's ClientKeyExchange, ChangeCipherSpec and Finished come again (our Finished
+    did not reach it in time): the gateway sends its ChangeCipherSpec and Finished again, and
+    the session stays usable."""
+    client = _client(gateway)
+    try:
+        client.handshake()
+        client.retransmit_flight()
+        again = client.receive_content_types() + client.receive_content_types()
+        assert CHANGE_CIPHER_SPEC in again and HANDSHAKE in again
         response = _register(client)
     finally:
         client.close()
