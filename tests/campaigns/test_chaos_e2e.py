@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import threading
 import time
 import uuid
@@ -41,10 +43,12 @@ from campaigns.models import (
     RolloutState,
 )
 from campaigns.spec import parse_spec
+from config.celery import app as celery_app
 from tests.campaigns.chaos import Processes, RedisServer, RefusingProxy, process_env
 from tests.campaigns.support import Catalog, spec_text, wait_for
 from workers.lwm2m.ports import claim_udp_port
 from workers.lwm2m.simulator import Fleet, FleetSpec
+from workers.tasks import campaign_reconcile_task
 
 pytestmark = pytest.mark.skipif(
     connection.vendor != "postgresql",
@@ -108,11 +112,8 @@ class Chaos:
     def beat(self, campaign_id: int) -> None:
         """One reconcile tick through the scenario's Redis (lost while Redis is down, as a
         beat's tick would be; the next one comes soon)."""
-        from config.celery import app
-        from workers.tasks import campaign_reconcile_task
-
         try:
-            with app.connection_for_write(self.redis.url) as conn:
+            with celery_app.connection_for_write(self.redis.url) as conn:
                 campaign_reconcile_task.apply_async(
                     args=[campaign_id], queue=self.queue, connection=conn, retry=False
                 )
@@ -138,6 +139,13 @@ def chaos_world(tmp_path: Path, catalog: Catalog, devices_per_gateway: int) -> I
         firmware_root=str(settings.FIRMWARE_STORAGE_ROOT),
     )
     world = Chaos(redis=redis, proxy=proxy, procs=Processes(env, tmp_path), queue=queue)
+    # What this process queues itself (the apply's follow-up tasks) runs here, and its commands
+    # go to the gateways through the scenario's Redis.
+    app = celery_app
+    eager = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    bus_url = settings.LWM2M_COMMAND_BUS_URL
+    settings.LWM2M_COMMAND_BUS_URL = redis.url
     try:
         for gateway_id in ("gw-a", "gw-b"):
             port = claim_udp_port("127.0.0.1")
@@ -177,6 +185,8 @@ def chaos_world(tmp_path: Path, catalog: Catalog, devices_per_gateway: int) -> I
                 print(f"fleet stop: {exc!r}")
         world.loop.close()
         world.procs.stop()
+        app.conf.task_always_eager = eager
+        settings.LWM2M_COMMAND_BUS_URL = bus_url
         redis.stop()
         proxy.stop()
 
@@ -320,12 +330,46 @@ def check_nothing_lost(world: Chaos, campaign: Campaign) -> dict[str, int]:
     return outcome
 
 
+def _scenario(tmp_path: Path, catalog: Catalog, devices_per_gateway: int) -> dict[str, Any]:
+    """The scenario and its invariants; returns what it survived and how long it took."""
+    total = 2 * devices_per_gateway
+    started = time.monotonic()
+    with chaos_world(tmp_path, catalog, devices_per_gateway) as world:
+        campaign = run_chaos_campaign(world, catalog, total=total, timeout=150 + total)
+        outcome = check_nothing_lost(world, campaign)
+        devices = world.devices().values()
+        return {
+            "devices": total,
+            "status": str(campaign.status),
+            "outcome": {str(k): v for k, v in outcome.items()},
+            "survived": list(world.survived),
+            "seconds": time.monotonic() - started,
+            "boots": sum(d.boots for d in devices),
+            "waits": DeviceCommand.objects.filter(error_code="lwm2m.device_unreachable").count(),
+            "commands": DeviceCommand.objects.filter(operation="fw_update").count(),
+            "proxy_connections": world.proxy.connections,
+        }
+
+
 def test_campaign_through_gateway_worker_redis_and_database_faults_loses_nothing(
     transactional_db: None, catalog: Catalog, tmp_path: Path
 ) -> None:
+    report = _scenario(tmp_path, catalog, DEVICES_PER_GATEWAY)
     total = 2 * DEVICES_PER_GATEWAY
-    with chaos_world(tmp_path, catalog, DEVICES_PER_GATEWAY) as world:
-        campaign = run_chaos_campaign(world, catalog, total=total, timeout=150)
-        outcome = check_nothing_lost(world, campaign)
-        assert campaign.status == CampaignStatus.COMPLETED, (campaign.status, outcome)
-        assert outcome == {RolloutState.SUCCEEDED: total}, outcome
+    assert report["status"] == CampaignStatus.COMPLETED, report
+    assert report["outcome"] == {RolloutState.SUCCEEDED: total}, report
+
+
+@pytest.mark.bench
+def test_chaos_scenario_with_more_devices(
+    transactional_db: None, catalog: Catalog, tmp_path: Path
+) -> None:
+    """``make bench`` (benchmarks/bench_chaos.py): the same scenario with
+    FWUPD_CHAOS_DEVICES_PER_GATEWAY devices per gateway, its report written as JSON to
+    FWUPD_CHAOS_REPORT."""
+    per_gateway = int(os.environ.get("FWUPD_CHAOS_DEVICES_PER_GATEWAY", "250"))
+    report = _scenario(tmp_path, catalog, per_gateway)
+    Path(os.environ.get("FWUPD_CHAOS_REPORT", str(tmp_path / "chaos.json"))).write_text(
+        json.dumps(report)
+    )
+    assert report["status"] == CampaignStatus.COMPLETED, report
