@@ -76,6 +76,15 @@ REPORT_REASON_BY_CODE: dict[str, str] = {
     suit_report.ReportReplayedError.code: "report_replayed",
 }
 REPORT_REASONS = frozenset({REPORT_MISSING, REPORT_FAILURE, *REPORT_REASON_BY_CODE.values()})
+# Gateway error codes meaning the attempt ended before anything reached the device's update
+# state machine (it did not answer, or its gateway did not hold it): the rollout waits and is
+# dispatched again, without a failure counted against the stage (docs/lwm2m.md, "Device
+# information under load").
+WAIT_ERROR_CODES = frozenset({"lwm2m.device_unreachable"})
+WAIT_REASON = "device_unreachable"
+# Pause before such a rollout is dispatched again: doubling per attempt from the first, capped.
+WAIT_FIRST = dt.timedelta(seconds=10)
+WAIT_MAX = dt.timedelta(minutes=10)
 
 
 _ORDER = {
@@ -221,6 +230,9 @@ def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
         confirm_successes(Rollout.objects.filter(pk=rollout.pk), now=now)
         return
     result = event.update_result
+    if event.error_code in WAIT_ERROR_CODES and result is None:
+        wait_rollout(rollout, detail=event.error[:500], now=now)
+        return
     fail_rollout(
         rollout,
         reason=failure_reason(event),
@@ -354,6 +366,22 @@ def fail_rollout(
             finished_at=now,
             updated_at=now,
         )
+    return bool(changed)
+
+
+def wait_rollout(rollout: Rollout, *, detail: str, now: dt.datetime) -> bool:
+    """Back to pending (its reason says why) until a later dispatch, after a pause growing with
+    its attempts: the device was not reached, so nothing failed. Conditional on the in-flight
+    states; the attempt already counted stays counted (it matches the command sent)."""
+    pause = min(WAIT_FIRST * 2 ** min(max(rollout.attempts - 1, 0), 10), WAIT_MAX)
+    changed = Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
+        state=RolloutState.PENDING,
+        reason=WAIT_REASON,
+        detail=detail,
+        next_attempt_at=now + pause,
+        command_id=None,
+        updated_at=now,
+    )
     return bool(changed)
 
 

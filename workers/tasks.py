@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from celery import shared_task
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 
 from campaigns import device_services
 from campaigns.engine import campaign_reconcile
@@ -26,13 +26,27 @@ from workers.lwm2m.errors import LwM2MError
 logger = logging.getLogger(__name__)
 
 
+# A database that cannot be reached (restarting, failing over, refusing connections) is waited
+# for: the task runs again with a growing pause (capped at 30 s, jittered), up to 40 times
+# (about 20 minutes), instead of failing and being acknowledged with its work undone. The
+# tasks are idempotent, so running one again after a partial attempt changes nothing twice.
+DATABASE_RETRY: dict[str, Any] = {
+    "acks_late": True,
+    "autoretry_for": (OperationalError, InterfaceError),
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": True,
+    "max_retries": 40,
+}
+
+
 def _apply_event(data: dict[str, Any]) -> None:
     event = event_from_dict(data)  # EventError for anything outside the contract
     device_services.device_event_apply(event=event)
     rollouts_apply_event(event=event)
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def device_event_task(event: dict[str, Any]) -> None:
     """Apply one gateway event to the registry, then to the device's rollout, in one
     transaction. Idempotent: the services ignore stale and repeated events."""
@@ -42,7 +56,7 @@ def device_event_task(event: dict[str, Any]) -> None:
     tallies.events_applied(count=1, lag_seconds=event_lag([event], now=now), now=now)
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def device_events_task(events: list[dict[str, Any]]) -> int:
     """Apply a batch of one gateway's events, in their order, in one transaction: one commit
     for the batch instead of several per event (a commit waits for the disk). Each event runs
@@ -89,7 +103,7 @@ def event_lag(events: list[Any], *, now: float) -> float | None:
     return max(0.0, now - min(seen)) if seen else None
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
     """One reconcile pass of one campaign (skipped if another worker holds it)."""
     with log_context(campaign=campaign_id):
@@ -97,7 +111,7 @@ def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
     return None if report is None else report.as_dict()
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def releases_reevaluate_task() -> int:
     """Beat entry point: keys expire without an event, so live releases are re-evaluated
     periodically; one that lost approval is marked and its campaigns pause (signal)."""
@@ -106,7 +120,7 @@ def releases_reevaluate_task() -> int:
     return releases_reevaluate(actor="system:expiry-check")
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def campaigns_reconcile_all_task() -> int:
     """Beat entry point: fan out one reconcile task per running campaign."""
     from campaigns.models import Campaign, CampaignStatus
@@ -117,7 +131,7 @@ def campaigns_reconcile_all_task() -> int:
     return len(ids)
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def devices_clock_reread_task() -> int:
     """Beat entry point: devices held back for an off clock get their information read again
     (``read_info``) when the last reading is older than DEVICE_CLOCK_REREAD_MINUTES."""
@@ -128,14 +142,14 @@ def devices_clock_reread_task() -> int:
     )
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def registry_sweep_task() -> int:
     """Beat entry point: devices whose registration expired (past the grace) go offline, even
     when the gateway that held them died and never reported the expiry."""
     return device_services.registrations_sweep()
 
 
-@shared_task(acks_late=True)
+@shared_task(**DATABASE_RETRY)
 def device_command_task(command_id: str) -> str:
     """Send a pending command to its gateway (at least once; see ``device_command_send``)."""
     from workers.lwm2m.bus import bus_for_url, configured_bus_url

@@ -144,3 +144,38 @@ def test_every_state_change_stamps_the_rollouts_updated_at(catalog: Catalog) -> 
     services.campaign_abort(campaign=campaign, actor=catalog.ops, reason="x", now=aborted_at)
     assert Rollout.objects.get(campaign=campaign).state == RolloutState.CANCELLED
     assert stamp() == aborted_at
+
+
+def test_a_device_not_reached_waits_and_is_dispatched_again_without_a_failure(
+    catalog: Catalog,
+) -> None:
+    """No retry policy at all: a device that did not answer before the update began (a loaded
+    gateway, a gateway restarted before the device's next Update) is not a failure; its rollout
+    goes back to pending with the reason, and a later pass dispatches it again."""
+    campaign, rollout = _dispatched(catalog, "unreached", extra="")
+    first_command = rollout.command_id
+    rollout = _fail(
+        rollout, error_code="lwm2m.device_unreachable", error="dev-0: no answer", permanent=False
+    )
+    assert (rollout.state, rollout.reason) == (RolloutState.PENDING, "device_unreachable")
+    assert rollout.command_id is None and rollout.next_attempt_at is not None
+    assert not Rollout.objects.filter(campaign=campaign, state=RolloutState.FAILED).exists()
+    later = rollout.next_attempt_at + dt.timedelta(seconds=1)
+    report = engine.campaign_reconcile(campaign.pk, now=later)
+    assert report is not None and report.dispatched == 1
+    rollout.refresh_from_db()
+    assert rollout.attempts == 2 and rollout.command_id not in (None, first_command)
+
+
+def test_a_device_not_reached_waits_longer_each_time(catalog: Catalog) -> None:
+    campaign, rollout = _dispatched(catalog, "unreached-again", extra="")
+    now = timezone.now()
+    pauses = []
+    for _ in range(3):
+        rollout = _fail(rollout, error_code="lwm2m.device_unreachable", permanent=False)
+        pauses.append(rollout.next_attempt_at - rollout.updated_at)
+        now = rollout.next_attempt_at + dt.timedelta(seconds=1)
+        engine.campaign_reconcile(campaign.pk, now=now)
+        rollout.refresh_from_db()
+        assert rollout.state != RolloutState.PENDING
+    assert pauses[0] < pauses[1] < pauses[2] <= rollouts.WAIT_MAX

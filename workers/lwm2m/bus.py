@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 Command = dict[str, Any]
 
 
+# Pauses between attempts to reach a Redis that went away (restart, failover): short at first,
+# since a restart takes seconds, growing so a long outage costs little.
+RECONNECT_FIRST_PAUSE = 0.5
+RECONNECT_MAX_PAUSE = 10.0
+
+
 class CommandBus(Protocol):
     def publish(self, gateway_id: str, command: Command) -> None:
         """Queue ``command`` for ``gateway_id``; callable from any thread, never blocks long."""
@@ -124,22 +130,42 @@ class RedisCommandBus:
         return self._async
 
     async def consume(self, gateway_id: str) -> AsyncIterator[tuple[str, Command]]:
+        """Commands for ``gateway_id``: first the entries this consumer received and never
+        acknowledged (a restart, a lost connection), then new ones. A Redis that cannot be
+        reached (restarting, a network cut) is waited for, with a growing pause; once back, the
+        unacknowledged entries are read again, since a reply may have been lost with the
+        connection (the gateway runs a command id once, see ``Gateway._command_loop``)."""
         import redis
 
-        client = await self._client()
         stream = self.stream(gateway_id)
-        with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: already there
-            await client.xgroup_create(stream, self.GROUP, id="0", mkstream=True)
-        # First what this gateway had received but not finished (a restart), then new entries.
+        pause = RECONNECT_FIRST_PAUSE
         cursor = "0"
         while True:
-            entries = await client.xreadgroup(
-                self.GROUP, gateway_id, {stream: cursor}, count=32, block=1000
-            )
-            messages = entries[0][1] if entries else []
-            if cursor == "0" and not messages:
-                cursor = ">"
+            try:
+                client = await self._client()
+                if cursor == "0":
+                    with contextlib.suppress(redis.ResponseError):  # BUSYGROUP: already there
+                        await client.xgroup_create(stream, self.GROUP, id="0", mkstream=True)
+                entries = await client.xreadgroup(
+                    self.GROUP, gateway_id, {stream: cursor}, count=32, block=1000
+                )
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("command bus %s unreachable (%r); again in %.1f s", stream, exc, pause)
+                await self._drop_client()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_PAUSE)
+                cursor = "0"
                 continue
+            pause = RECONNECT_FIRST_PAUSE
+            messages = entries[0][1] if entries else []
+            if cursor != ">":
+                if not messages:
+                    cursor = ">"
+                    continue
+                # Reading the unacknowledged history: go on after the last entry read (a
+                # command still running stays unacknowledged and must not come back at once).
+                last = messages[-1][0]
+                cursor = last.decode() if isinstance(last, bytes) else str(last)
             for message_id, fields in messages:
                 token = message_id.decode() if isinstance(message_id, bytes) else message_id
                 raw = fields.get(b"c") or fields.get("c")
@@ -147,13 +173,26 @@ class RedisCommandBus:
                     command = json.loads(raw)
                 except (TypeError, ValueError):
                     log.warning("dropping undecodable command %s on %s", token, stream)
-                    await client.xack(stream, self.GROUP, token)
+                    await self.ack(gateway_id, token)
                     continue
                 yield token, command
 
+    async def _drop_client(self) -> None:
+        client, self._async = self._async, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+
     async def ack(self, gateway_id: str, token: str) -> None:
-        client = await self._client()
-        await client.xack(self.stream(gateway_id), self.GROUP, token)
+        """Acknowledge ``token``; while Redis cannot be reached the entry stays pending and
+        comes back when the consumer reconnects (and is acknowledged then, not run again)."""
+        import redis
+
+        try:
+            client = await self._client()
+            await client.xack(self.stream(gateway_id), self.GROUP, token)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("acknowledging command %s failed (%r); it comes back", token, exc)
 
     async def close(self) -> None:
         if self._async is not None:

@@ -12,6 +12,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
+import kombu.exceptions
+
 from campaigns import events
 from workers.lwm2m import logsafe
 
@@ -25,8 +27,19 @@ log = logsafe.guard(logging.getLogger("workers.lwm2m.gateway"))
 EVENT_BATCH = 100
 
 
-# Attempts to hand one event to the sink before giving up (with exponential backoff).
+# Attempts to hand one event to the sink before giving up (with exponential backoff), when
+# the sink failed for another reason than being unreachable.
 EMIT_ATTEMPTS = 5
+
+
+# While the sink is unreachable (SinkUnavailableError: the broker restarting) events are held
+# and handed over again, with a pause growing to this; none is dropped.
+UNAVAILABLE_MAX_PAUSE = 5.0
+
+
+class SinkUnavailableError(Exception):
+    """The sink cannot take events now (its broker cannot be reached); they are kept and
+    handed over again until it can."""
 
 
 class EventSink(Protocol):
@@ -41,12 +54,18 @@ class CeleryEventSink:
     def emit_many(self, events: list[dict[str, Any]]) -> None:
         from workers.tasks import device_events_task
 
-        device_events_task.delay(events)
+        try:
+            device_events_task.delay(events)
+        except (kombu.exceptions.OperationalError, ConnectionError) as exc:
+            raise SinkUnavailableError(f"broker unreachable: {exc!r}") from exc
 
     def emit(self, event: dict[str, Any]) -> None:
         from workers.tasks import device_event_task
 
-        device_event_task.delay(event)
+        try:
+            device_event_task.delay(event)
+        except (kombu.exceptions.OperationalError, ConnectionError) as exc:
+            raise SinkUnavailableError(f"broker unreachable: {exc!r}") from exc
 
 
 class EventEmitter:
@@ -89,10 +108,22 @@ class EventEmitter:
 
     async def _deliver(self, events: list[dict[str, Any]]) -> None:
         loop = asyncio.get_running_loop()
-        for attempt in range(EMIT_ATTEMPTS):
+        attempt = 0
+        unavailable = 0
+        while True:
             try:
                 await loop.run_in_executor(self._events, self._sink_emit, events)
+                if unavailable:
+                    log.warning("event sink back after %d attempts", unavailable + 1)
                 return
+            except SinkUnavailableError as exc:
+                # Unreachable (a broker restarting): hold the events, never drop them.
+                pause = min(0.1 * 2 ** min(unavailable, 8), UNAVAILABLE_MAX_PAUSE)
+                if not unavailable:
+                    log.warning("event sink unreachable (%s); holding %d events", exc, len(events))
+                unavailable += 1
+                await asyncio.sleep(pause)
+                continue
             except Exception as exc:
                 # Transient (broker hiccup, SQLite lock): retry a few times, then log it. The
                 # events are idempotent, so a batch applied in part may be applied again.
@@ -101,6 +132,7 @@ class EventEmitter:
                     log.error("event sink failed for %d events %s: %r", len(events), kinds, exc)
                     return
                 await asyncio.sleep(0.05 * (2**attempt))
+                attempt += 1
 
     def _sink_emit(self, events: list[dict[str, Any]]) -> None:
         emit_many = getattr(self.sink, "emit_many", None)

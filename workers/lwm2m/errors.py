@@ -121,6 +121,14 @@ class UpdateTimedOutError(DeviceOperationError):
     code = "lwm2m.fw_update_timed_out"
 
 
+class DeviceUnreachableError(DeviceOperationError):
+    """An update attempt ended before anything reached the device's update state machine: the
+    device did not answer in time, or is not held here now (transient: the campaign waits for
+    it and sends the update again, without counting a failure)."""
+
+    code = "lwm2m.device_unreachable"
+
+
 class DeviceNotConnectedError(DeviceOperationError):
     """The target device holds no registration on this gateway (transient: it may come back)."""
 

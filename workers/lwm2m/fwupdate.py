@@ -27,7 +27,10 @@ from campaigns import events
 from workers.lwm2m import content, logsafe
 from workers.lwm2m.errors import (
     DeviceBusyError,
+    DeviceNotConnectedError,
     DeviceOperationError,
+    DeviceTimeoutError,
+    DeviceUnreachableError,
     FirmwareUnavailableError,
     LwM2MError,
     NoSupportedDeliveryError,
@@ -289,7 +292,10 @@ class UpdateDriver:
     async def _op_fw_update(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
         """One update attempt: reset, deliver (pull or push), follow, execute, confirm."""
         request = parse_update_args(args)
-        reg = self.registration(endpoint)
+        try:
+            reg = self.registration(endpoint)
+        except DeviceNotConnectedError as exc:
+            raise DeviceUnreachableError(str(exc), permanent=False) from None
         running = self._fw_attempts.get(endpoint)
         this = asyncio.current_task()
         if running is not None and running is not this and not running.done():
@@ -371,13 +377,20 @@ class UpdateDriver:
     async def _fw_update_attempt(
         self, endpoint: str, reg: Registration, request: UpdateRequest
     ) -> dict[str, Any]:
-        method, uri = await self._plan(reg, request)
-        # A pull of a file we do not have, or a delivery form not installed here, fails now
-        # (clearly) rather than as the device's download failure; an explicit URI is the caller's.
-        package = await self._package(request) if uri is None or request.uri is None else None
-        timeout = request.timeout or self.config.fw_update_timeout
-        deadline = time.monotonic() + timeout
-        state, result = await self._fw_status(reg)
+        try:
+            method, uri = await self._plan(reg, request)
+            # A pull of a file we do not have, or a delivery form not installed here, fails now
+            # (clearly) rather than as the device's download failure; an explicit URI is the
+            # caller's.
+            package = await self._package(request) if uri is None or request.uri is None else None
+            timeout = request.timeout or self.config.fw_update_timeout
+            deadline = time.monotonic() + timeout
+            state, result = await self._fw_status(reg)
+        except (DeviceTimeoutError, DeviceNotConnectedError) as exc:
+            # Nothing asked of the device's update state machine yet: it waits, not fails.
+            raise DeviceUnreachableError(
+                f"{endpoint}: not reachable before the update began ({exc})", permanent=False
+            ) from None
         if state == FwState.UPDATING:
             raise DeviceBusyError(
                 f"{endpoint} is installing (State Updating) and cannot be reset", permanent=False

@@ -273,6 +273,9 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
         self._fw_cache_bytes = 0
         # Command ids run lately (None while running, else the outcome), oldest first.
         self._commands_seen: OrderedDict[str, events.CommandResult | None] = OrderedDict()
+        # Bus entries naming a command id that is still running here (delivered again): all
+        # acknowledged when it ends, so none comes back after a restart to run it twice.
+        self._command_tokens: dict[str, list[str]] = {}
         self._event_queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]] | None = None
         self.stats = {"registrations": 0, "updates": 0, "refused": 0, "commands": 0}
         self._claimed_port: int | None = None
@@ -471,8 +474,13 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
                 # Delivered again (the sender or the bus is at-least-once): never run twice.
                 # A finished one has its outcome reported again (applying it is idempotent).
                 outcome = self._commands_seen[command_id]
-                if outcome is not None:
-                    await self.emit(outcome)
+                if outcome is None:
+                    # Still running: acknowledged with it when it ends.
+                    tokens = self._command_tokens.setdefault(command_id, [])
+                    if token not in tokens:
+                        tokens.append(token)
+                    continue
+                await self.emit(outcome)
                 await self.bus.ack(self.config.gateway_id, token)
                 continue
             if command_id:
@@ -519,7 +527,8 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             if command_id in self._commands_seen:
                 self._commands_seen[command_id] = outcome
             await self.emit(outcome)
-        await self.bus.ack(self.config.gateway_id, token)
+        for each in {token, *self._command_tokens.pop(command_id, ())}:
+            await self.bus.ack(self.config.gateway_id, each)
 
     def registration(self, endpoint: str) -> Registration:
         reg = self.by_endpoint.get(endpoint)

@@ -11,8 +11,10 @@ registration another gateway of the deployment made, or this one before a restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import random
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +30,7 @@ from workers.lwm2m import transport as screened
 from workers.lwm2m.errors import (
     DeviceNotConnectedError,
     LinkFormatError,
+    LwM2MError,
     PayloadTooLargeError,
     RegistrationError,
     UnknownRegistrationError,
@@ -51,12 +54,17 @@ BINDING_CHARS = set("UQSTN")
 QUEUE_AWAKE_SECONDS = 93.0
 
 
-# Device-information reads after a registration: attempts, and the first pause between them
-# (doubling each time).
+# Device-information reads after a registration: attempts before what answered is reported
+# (the rest then still being read), the first pause between attempts (doubling each time), and
+# the longest pause (jittered, so devices that failed together do not come back together).
+# Nothing gives up while the registration lives: a gateway under load answers late, not never.
 DEVICE_INFO_ATTEMPTS = 4
 
 
 DEVICE_INFO_RETRY_SECONDS = 1.0
+
+
+DEVICE_INFO_MAX_PAUSE = 60.0
 
 
 # NoSec re-registration probes (workers.lwm2m.admission) in flight at once.
@@ -99,6 +107,8 @@ class Registration:
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
     identity: str | None = None  # authenticated DTLS PSK identity; None: registered in NoSec
     info_incomplete: bool = False  # some device-information reads never answered
+    info_reading: bool = False  # a device-information pass is under way (or waiting to retry)
+    info_wake: asyncio.Event = field(default_factory=asyncio.Event)  # an Update: retry now
 
     def touch(self, now: float) -> None:
         self.deadline = now + self.lifetime
@@ -110,6 +120,16 @@ class Registration:
             f"/{o.object_id}" + (f"/{o.instance_id}" if o.instance_id is not None else "")
             for o in self.objects.objects
         ]
+
+
+def _info_pause(attempt: int) -> float:
+    """The pause before device-information attempt ``attempt`` (from 1): doubling from
+    DEVICE_INFO_RETRY_SECONDS, capped at DEVICE_INFO_MAX_PAUSE, and beyond the first few drawn
+    from its upper half so a burst's failures spread out."""
+    pause = min(DEVICE_INFO_RETRY_SECONDS * 2 ** min(attempt - 1, 16), DEVICE_INFO_MAX_PAUSE)
+    if attempt < DEVICE_INFO_ATTEMPTS:
+        return pause
+    return pause * random.uniform(0.5, 1.0)  # noqa: S311 - spreading retries, not a secret
 
 
 class _Adoption:
@@ -432,18 +452,34 @@ class RegistrationInterface:
     async def read_device_info(self, reg: Registration) -> None:
         """Read /3/0/{0,1,2,3,13} and /5/0/{8,9}; report what answered.
 
-        A read that failed for a passing reason (no answer in time: a device busy, a burst of
-        registrations) is tried again, DEVICE_INFO_ATTEMPTS times in all with a growing pause;
-        a definite answer (4.04 for a resource the device lacks) is not. What is still missing
-        then is read again at the device's next registration update."""
+        A read that failed for a passing reason (no answer in time: a device busy, a gateway
+        loaded by a burst of registrations) is tried again with a growing pause; a definite
+        answer (4.04 for a resource the device lacks) is not. After DEVICE_INFO_ATTEMPTS what
+        answered is reported, and the rest is still read, at most DEVICE_INFO_MAX_PAUSE apart
+        and at once when the device sends an Update, until it answers or the registration ends
+        (docs/lwm2m.md, "Device information under load"). One pass per registration at a
+        time."""
+        if reg.info_reading:
+            reg.info_wake.set()
+            return
+        reg.info_reading = True
+        try:
+            await self._read_device_info(reg)
+        finally:
+            reg.info_reading = False
+
+    async def _read_device_info(self, reg: Registration) -> None:
         wanted: list[content.Path] = [(3, 0, 0), (3, 0, 1), (3, 0, 2), (3, 0, 3), (3, 0, 13)]
         if reg.objects.has_object(5):
             wanted += [(5, 0, 8), (5, 0, 9)]
         values: dict[content.Path, content.Value] = {}
         missing = wanted
-        for attempt in range(DEVICE_INFO_ATTEMPTS):
+        attempt = 0
+        while True:
             if attempt:
-                await asyncio.sleep(DEVICE_INFO_RETRY_SECONDS * 2 ** (attempt - 1))
+                reg.info_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reg.info_wake.wait(), _info_pause(attempt))
                 if self.by_id.get(reg.reg_id) is not reg:
                     return  # re-registered or gone: the new registration reads for itself
             results = await self._bounded_reads(reg, missing)
@@ -458,17 +494,26 @@ class RegistrationInterface:
                     continue
                 values.update(result)
             missing = retry
+            attempt += 1
             if not missing:
                 break
-        reg.info_incomplete = bool(missing)
-        if missing:
-            log.warning(
-                "device information of %s incomplete after %d attempts (%s); read again at its "
-                "next update",
-                reg.endpoint,
-                DEVICE_INFO_ATTEMPTS,
-                ", ".join(content.format_path(p) for p in missing),
-            )
+            if attempt == DEVICE_INFO_ATTEMPTS:
+                reg.info_incomplete = True
+                self._count("device_info_incomplete")
+                log.warning(
+                    "device information of %s incomplete after %d attempts (%s); reported as "
+                    "it is, the rest is read again later",
+                    reg.endpoint,
+                    attempt,
+                    ", ".join(content.format_path(p) for p in missing),
+                )
+                await self._emit_device_info(reg, values)
+        reg.info_incomplete = False
+        await self._emit_device_info(reg, values)
+
+    async def _emit_device_info(
+        self, reg: Registration, values: dict[content.Path, content.Value]
+    ) -> None:
         protocols = sorted(
             int(v) for p, v in values.items() if p[:3] == (5, 0, 8) and isinstance(v, int)
         )
@@ -492,18 +537,26 @@ class RegistrationInterface:
     async def _bounded_reads(
         self, reg: Registration, paths: list[content.Path]
     ) -> list[dict[content.Path, Any] | BaseException]:
-        """The reads of one device-information pass, holding one of ``device_info_concurrency``
-        slots: a burst of registrations (or of hostile ones that never answer) cannot make the
-        gateway hold more than that many devices' requests in flight."""
+        """The reads of one device-information pass, one after the other, holding one of
+        ``device_info_concurrency`` slots: a burst of registrations (or of hostile ones that
+        never answer) cannot make the gateway hold more than that many requests in flight.
+        One at a time because CoAP lets one request per device be outstanding (NSTART = 1,
+        RFC 7252 4.7): fired together, the later ones would wait behind the earlier ones, and
+        their timeout would run out while they wait, not while the device is asked."""
         self._info_pending += 1
         try:
             slots = self._info_slots or asyncio.Semaphore(1)
             async with slots:
-                if self.by_id.get(reg.reg_id) is not reg:
-                    return [DeviceNotConnectedError("registration replaced")] * len(paths)
-                return await asyncio.gather(
-                    *(self.read(reg, path) for path in paths), return_exceptions=True
-                )
+                out: list[dict[content.Path, Any] | BaseException] = []
+                for path in paths:
+                    if self.by_id.get(reg.reg_id) is not reg:
+                        out.append(DeviceNotConnectedError("registration replaced"))
+                        continue
+                    try:
+                        out.append(await self.read(reg, path))
+                    except LwM2MError as exc:
+                        out.append(exc)
+                return out
         finally:
             self._info_pending -= 1
 
@@ -661,8 +714,9 @@ class RegistrationInterface:
         reg.remote = request.remote  # NAT rebinding: answer where the device is now
         reg.touch(time.monotonic())
         self.stats["updates"] += 1
-        if reg.info_incomplete:
-            reg.info_incomplete = False
+        if reg.info_reading:
+            reg.info_wake.set()  # a pass waiting to retry: the device is awake now
+        elif reg.info_incomplete:
             self._spawn(self.read_device_info(reg))
         self._spawn(
             self.emit(

@@ -83,3 +83,53 @@ def test_read_info_reads_the_device_information_again(signing_key: Any) -> None:
         assert _versions(h, "sim-00000") == ["1.0.0", "1.0.1"]
 
     run_with_fleet(scenario, count=1, anchors=[signing_key.public_key()])
+
+
+def test_what_is_still_missing_is_read_again_later_without_an_update(
+    signing_key: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway under load does not give up: after the first attempts the device information
+    is reported as it is and the rest is read again later, at most DEVICE_INFO_MAX_PAUSE apart,
+    even when the device sends no Update."""
+    monkeypatch.setattr(registration_module, "DEVICE_INFO_MAX_PAUSE", 0.2)
+
+    async def scenario(h: Harness) -> None:
+        device = h.fleet.devices["sim-00000"]
+        await eventually(lambda: _versions(h, "sim-00000") == ["1.0.0"])  # first registration
+        attempts = registration_module.DEVICE_INFO_ATTEMPTS
+        calls = _busy_for(device, ("3", "0", "3"), attempts + 3)
+        before = len(_versions(h, "sim-00000"))
+        await device.register()
+        # First what answered (no version), then, without any Update, the version.
+        await eventually(lambda: _versions(h, "sim-00000")[before:] == ["", "1.0.0"], timeout=10)
+        assert calls[0] == attempts + 4
+        assert not h.gateway.by_endpoint["sim-00000"].info_incomplete
+
+    run_with_fleet(scenario, count=1, anchors=[signing_key.public_key()])
+
+
+def test_a_slow_device_is_read_in_one_pass_each_read_timed_alone(signing_key: Any) -> None:
+    """CoAP allows one outstanding request per device (NSTART = 1, so aiocoap queues the rest):
+    a pass asks one resource after the other, each with the whole request timeout, so a device
+    that answers each read in most of a second (5 s timeout, 7 reads) is read in one pass; fired
+    together, the last reads would time out while waiting behind their siblings."""
+
+    async def scenario(h: Harness) -> None:
+        device = h.fleet.devices["sim-00000"]
+        await eventually(lambda: _versions(h, "sim-00000") == ["1.0.0"])
+        render = device.resource.render
+        gets = [0]
+
+        async def slow(request: aiocoap.Message) -> aiocoap.Message:
+            if request.code == Code.GET:
+                gets[0] += 1
+                await asyncio.sleep(0.9)
+            return await render(request)
+
+        device.resource.render = slow
+        await h.gateway.run_operation("sim-00000", "read_info", {})
+        assert gets[0] == 7  # one pass, nothing read twice
+        assert _versions(h, "sim-00000")[-1] == "1.0.0"
+        assert not h.gateway.by_endpoint["sim-00000"].info_incomplete
+
+    run_with_fleet(scenario, count=1, anchors=[signing_key.public_key()])
