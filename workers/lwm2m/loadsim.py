@@ -166,12 +166,16 @@ class Stats:
 class _Exchange:
     """One confirmable request of a device: answered by a piggybacked or a separate response."""
 
-    __slots__ = ("acked", "future", "mid")
+    __slots__ = ("acked", "future", "mid", "observed")
 
-    def __init__(self, future: asyncio.Future[aiocoap.Message], mid: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[aiocoap.Message], mid: int, observed: bytes | None = None
+    ) -> None:
         self.future = future
         self.mid = mid
         self.acked = False
+        # A notification: the token of the observation it belongs to.
+        self.observed = observed
 
 
 class LoadDevice:
@@ -276,6 +280,7 @@ class LoadDevice:
         self.location = "/".join(response.opt.location_path)
         self.registered = True
         self.fleet.stats.registrations += 1
+        self.fleet.last_registered = time.time()
         self.fleet.schedule_update(self)
 
     async def update(self) -> None:
@@ -283,7 +288,7 @@ class LoadDevice:
             return
         try:
             response = await self.request(self._message(Code.POST, self.location))
-        except TimeoutError:
+        except (TimeoutError, LoadSimError):
             self.fleet.schedule_update(self)
             return
         self.fleet.stats.updates += 1
@@ -309,12 +314,14 @@ class LoadDevice:
 
     def _empty_answer(self, message: aiocoap.Message) -> None:
         """An empty ACK (the response comes later) or an RST (a notification was refused)."""
-        for token, exchange in list((self._exchanges or {}).items()):
+        for exchange in list((self._exchanges or {}).values()):
             if exchange.mid == message.mid:
-                if message.mtype is Type.RST:
+                if message.mtype is Type.RST and exchange.observed is not None:
+                    exchange.acked = True  # a notification refused: the observer is gone
+                    self._forget_observer(exchange.observed)
+                elif message.mtype is Type.RST:
                     if not exchange.future.done():
                         exchange.future.set_exception(LoadSimError("reset by the server"))
-                    self._forget_observer(token)
                 else:
                     exchange.acked = True
 
@@ -479,9 +486,9 @@ class LoadDevice:
         loop = asyncio.get_running_loop()
         if self._exchanges is None:
             self._exchanges = {}
-        # Keyed by token: an ACK or RST for this message id settles it.
-        key = b"n" + token
-        exchange = _Exchange(loop.create_future(), message.mid)
+        # Not a token (those are 4 bytes): an ACK or RST for this message id settles it.
+        key = b"notify" + message.mid.to_bytes(2, "big")
+        exchange = _Exchange(loop.create_future(), message.mid, observed=token)
         self._exchanges[key] = exchange
         data = message.encode()
         timeout = ACK_TIMEOUT
@@ -505,9 +512,8 @@ class LoadDevice:
     def _forget_observer(self, token: bytes) -> None:
         if self._observers is None:
             return
-        bare = token[1:] if token[:1] == b"n" else token
         for path, entry in list(self._observers.items()):
-            if entry[0] == bare:
+            if entry[0] == token:
                 del self._observers[path]
 
     # update
@@ -657,6 +663,9 @@ class LoadFleet:
         self._facts: dict[bytes, device_rules.ManifestFacts | device_rules.DeviceCheckError] = {}
         self._due: list[tuple[float, int]] = []
         self._slots: asyncio.Semaphore | None = None
+        # Wall-clock times (comparable between processes): registrations started, last done.
+        self.started_at = 0.0
+        self.last_registered = 0.0
 
     # socket
 
@@ -776,6 +785,7 @@ class LoadFleet:
     async def start(self) -> None:
         """Open the socket and register every device (paced by the spec)."""
         self.open()
+        self.started_at = time.time()
         self._slots = asyncio.Semaphore(self.spec.register_concurrency)
         self.spawn(self._update_loop())
         interval = 1 / self.spec.register_rate if self.spec.register_rate else 0.0
@@ -807,6 +817,8 @@ class LoadFleet:
         async def one(device: LoadDevice) -> None:
             nonlocal ok, failed
             async with slots:
+                self.stats.downloading += 1
+                self.stats.max_downloading = max(self.stats.max_downloading, self.stats.downloading)
                 try:
                     envelope = bytearray()
                     await device.fetch(uri, envelope.extend)
@@ -819,6 +831,8 @@ class LoadFleet:
                 except (DownloadFailedError, device_rules.DeviceCheckError) as exc:
                     log.info("%s plain download failed: %s", device.endpoint, exc)
                     failed += 1
+                finally:
+                    self.stats.downloading -= 1
 
         self.stats.downloading = 0
         await asyncio.gather(*(one(d) for d in self.devices))
@@ -850,6 +864,8 @@ def _status(fleet: LoadFleet, **extra: Any) -> str:
             "devices": len(fleet.devices),
             "installed": sum(1 for d in fleet.devices if d.boots),
             "rss": rss_bytes(),
+            "started_at": fleet.started_at,
+            "last_registered": fleet.last_registered,
             "stats": dataclasses.asdict(fleet.stats),
             **extra,
         },
@@ -865,6 +881,8 @@ async def serve(spec: LoadFleetSpec, *, status_seconds: float) -> None:
     envelope at URI and its payload (no campaign), answered with
     ``{"download": {"ok", "failed", "seconds", "max_downloading"}}``; ``quit`` ends it.
     """
+    from manifests import suit  # noqa: F401 - imported before the baseline is measured
+
     loop = asyncio.get_running_loop()
     before = rss_bytes()
     fleet = LoadFleet(spec)
