@@ -11,7 +11,7 @@ from audit.models import AuditEvent
 from manifests import services, suit
 from manifests.errors import ReleaseStateError
 from manifests.models import ReleaseStatus, SigningKey
-from manifests.selectors import served_envelope
+from manifests.selectors import envelope_frozen, served_envelope
 from tests.manifests.test_releases import NOW, approve, release, team  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -21,6 +21,7 @@ def test_approval_freezes_the_envelope_with_every_counted_signature(release, tea
     approve(release, team["qa"], "qa")
     release.refresh_from_db()
     assert release.released_envelope is None
+    assert not envelope_frozen(release.manifest.manifest_digest)
     assert served_envelope(release.manifest.manifest_digest) == release.manifest.envelope_bytes
     approve(release, team["security"], "security")
     release.refresh_from_db()
@@ -41,6 +42,7 @@ def test_approval_freezes_the_envelope_with_every_counted_signature(release, tea
     assert event.details["released_sha256"] == release.released_sha256
     assert services.released_envelope(release, now=NOW) == frozen
     assert served_envelope(release.manifest.manifest_digest) == frozen
+    assert envelope_frozen(release.manifest.manifest_digest)
 
 
 def test_a_later_approval_or_lost_approval_does_not_alter_the_published_file(
