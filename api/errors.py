@@ -48,6 +48,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (manifest_errors.ReleaseExistsError, status.HTTP_409_CONFLICT),
     (manifest_errors.ReleaseStateError, status.HTTP_409_CONFLICT),
     (manifest_errors.DuplicateApprovalError, status.HTTP_409_CONFLICT),
+    (manifest_errors.TrustPolicyStateError, status.HTTP_409_CONFLICT),
     (manifest_errors.ImageTooLargeError, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE),
     # everything else on the release side is a bad upload or a bad reference in it
     (manifest_errors.ManifestError, status.HTTP_400_BAD_REQUEST),

@@ -54,6 +54,7 @@ MATRIX: dict[str, dict[str, frozenset[str]]] = {
     "vendor-detail": {"GET": READ},
     "deviceclass-list": {"GET": READ, "POST": CATALOG_ADMINS},
     "deviceclass-detail": {"GET": READ, "PATCH": CATALOG_ADMINS},
+    "deviceclass-trust-policy": {"GET": READ},
     "image-list": {"GET": READ, "POST": CATALOG_WRITE},
     "image-detail": {"GET": READ},
     "manifest-list": {"GET": READ, "POST": CATALOG_WRITE},

@@ -38,7 +38,7 @@ from campaigns.fleet import DeviceFilter, TagChange
 from campaigns.models import Campaign, Device, DeviceGroup, EmergencyStop, Rollout
 from campaigns.spec import parse_spec
 from manifests import services, suit
-from manifests.errors import PermissionDeniedError
+from manifests.errors import PermissionDeniedError, TrustPolicyStateError
 from manifests.models import (
     Delegation,
     DeliveryMethod,
@@ -54,7 +54,7 @@ from manifests.models import (
     SigningKey,
     Vendor,
 )
-from manifests.selectors import verdict_dict
+from manifests.selectors import current_trust_policy, verdict_dict
 
 # Where the API says a spec came from (it appears in spec error messages and revisions).
 SPEC_SOURCE = "api"
@@ -195,7 +195,9 @@ class VendorViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         return Response(s.VendorSerializer(vendor).data, status=status.HTTP_201_CREATED)
 
 
-class DeviceClassViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class DeviceClassViewSet(
+    JSONErrorsMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
     queryset = DeviceClass.objects.select_related("vendor")
     serializer_class = s.DeviceClassSerializer
     filterset_class = filters.DeviceClassFilter
@@ -233,6 +235,21 @@ class DeviceClassViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             actor=request.user,
         )
         return Response(s.DeviceClassSerializer(device_class).data)
+
+    @extend_schema(
+        responses={**BINARY_RESPONSE, 409: s.ErrorSerializer},
+        summary="The class's released device trust policy of the highest version, the exact "
+        "signed document its SUIT devices hold (409 while it has none; docs/suit.md)",
+    )
+    @action(
+        detail=True, methods=["get"], url_path="trust-policy", renderer_classes=ENVELOPE_RENDERERS
+    )
+    def trust_policy(self, request: Request, pk: str) -> HttpResponse:
+        device_class = self.get_object()
+        policy = current_trust_policy(device_class)
+        if policy is None or policy.document is None:
+            raise TrustPolicyStateError(f"{device_class} has no released device trust policy")
+        return _binary(bytes(policy.document), f"trust-policy-v{policy.version}.cbor")
 
 
 class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -253,7 +253,8 @@ class InvalidTrustPolicyError(TrustPolicyServiceError):
 
 
 class TrustPolicyStateError(TrustPolicyServiceError):
-    """The policy is not a draft (signatures go to drafts only)."""
+    """The policy is not in the state asked for: signatures go to drafts only, and a class
+    without a released policy has none to hand out."""
 
     code = "trust_policy.state"
 

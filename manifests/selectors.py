@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.db.models import Q
 
 from manifests import suit
 from manifests.models import (
@@ -14,6 +15,7 @@ from manifests.models import (
     FirmwareImage,
     Manifest,
     Release,
+    ReleaseStatus,
     TrustPolicyStatus,
 )
 from manifests.policy import Verdict
@@ -159,4 +161,19 @@ def threshold_enforcement(device_class: DeviceClass) -> tuple[bool, str]:
     return True, (
         f"device trust policy v{policy.version}: the device checks every role's threshold "
         "before it installs"
+    )
+
+
+def envelope_frozen(manifest_digest: str) -> bool:
+    """Whether the envelope served for ``manifest_digest`` is final: its release's released
+    envelope is frozen, or the release was approved (or revoked) before envelopes were frozen
+    and keeps being served as imported. The author-only envelope of a release not yet approved
+    is replaced at approval, so a cache must not keep it."""
+    return (
+        Release.objects.filter(manifest__manifest_digest=str(manifest_digest).lower())
+        .filter(
+            Q(released_envelope__isnull=False)
+            | Q(status__in=[ReleaseStatus.APPROVED, ReleaseStatus.REVOKED])
+        )
+        .exists()
     )

@@ -311,16 +311,21 @@ def _counted_envelope(release: Release, verdict: Verdict) -> bytes:
 
 def released_envelope(release: Release, *, now: dt.datetime | None = None) -> bytes:
     """The released envelope: the bytes frozen when the release was first approved (what
-    devices download). A release approved before envelopes were frozen has none stored; its
-    envelope is then built from the approvals counted now, and refused unless it is approved."""
+    devices download). Refused unless the release is approved now (a revoked release, or one
+    whose approval was lost, has nothing to hand out even though its frozen file stays as it
+    was). A release approved before envelopes were frozen has none stored; its envelope is then
+    built from the approvals counted now."""
+    verdict = release_evaluate(release, now=now)
+    status = Release.objects.filter(pk=release.pk).values_list("status", flat=True).first()
+    if status == ReleaseStatus.REVOKED:
+        raise ReleaseStateError(f"release {release.name} is revoked")
+    if not verdict.approved:
+        raise ReleaseStateError(f"release {release.name} is not approved: {verdict.summary()}")
     frozen = (
         Release.objects.filter(pk=release.pk).values_list("released_envelope", flat=True).first()
     )
     if frozen is not None:
         return bytes(frozen)
-    verdict = release_evaluate(release, now=now)
-    if not verdict.approved:
-        raise ReleaseStateError(f"release {release.name} is not approved: {verdict.summary()}")
     return _counted_envelope(release, verdict)
 
 

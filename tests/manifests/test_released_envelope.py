@@ -9,8 +9,9 @@ import pytest
 
 from audit.models import AuditEvent
 from manifests import services, suit
+from manifests.errors import ReleaseStateError
 from manifests.models import ReleaseStatus, SigningKey
-from manifests.selectors import served_envelope
+from manifests.selectors import envelope_frozen, served_envelope
 from tests.manifests.test_releases import NOW, approve, release, team  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -20,6 +21,7 @@ def test_approval_freezes_the_envelope_with_every_counted_signature(release, tea
     approve(release, team["qa"], "qa")
     release.refresh_from_db()
     assert release.released_envelope is None
+    assert not envelope_frozen(release.manifest.manifest_digest)
     assert served_envelope(release.manifest.manifest_digest) == release.manifest.envelope_bytes
     approve(release, team["security"], "security")
     release.refresh_from_db()
@@ -40,6 +42,7 @@ def test_approval_freezes_the_envelope_with_every_counted_signature(release, tea
     assert event.details["released_sha256"] == release.released_sha256
     assert services.released_envelope(release, now=NOW) == frozen
     assert served_envelope(release.manifest.manifest_digest) == frozen
+    assert envelope_frozen(release.manifest.manifest_digest)
 
 
 def test_a_later_approval_or_lost_approval_does_not_alter_the_published_file(
@@ -57,3 +60,12 @@ def test_a_later_approval_or_lost_approval_does_not_alter_the_published_file(
     assert release.status == ReleaseStatus.PENDING
     assert (release.released_envelope_bytes, release.released_sha256) == (frozen, digest)
     assert served_envelope(release.manifest.manifest_digest) == frozen
+
+
+def test_released_envelope_of_a_release_that_lost_approval_is_refused(release, team):  # noqa: F811
+    approve(release, team["qa"], "qa")
+    approve(release, team["security"], "security")
+    qa_key = SigningKey.objects.get(owner=team["qa"].user)
+    services.key_revoke(key=qa_key, reason="lost laptop", actor=team["security"].user, now=NOW)
+    with pytest.raises(ReleaseStateError, match="not approved"):
+        services.released_envelope(release, now=NOW)

@@ -3,7 +3,8 @@
 payload integrated, for devices that take one file) and ``/fw/t/<sha256>`` (a released device
 trust policy), with hand-rolled Block2 so any block can be
 requested directly (resumable), Size2 on every block and an ETag derived from the content
-digest. Content is immutable, so caching it in memory is always correct.
+digest. Content is immutable once published, so caching it in memory is correct; an envelope
+whose release is not yet approved (its released envelope not yet frozen) is served uncached.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class FirmwareSource(Protocol):
 
 
 # A source may also have ``integrated(manifest_digest) -> bytes | None`` (the envelope with its
-# payload integrated, /fw/s/...); one without it serves no /fw/s.
+# payload integrated, /fw/s/...); one without it serves no /fw/s. One with
+# ``envelope_final(manifest_digest) -> bool`` says when an envelope may still change (a release
+# not approved yet): such bytes are served but not cached.
 # ``trust_policy(sha256)``: a signed device trust policy by the digest of its bytes (/fw/t/...).
 KIND_GETTERS = {"m": "envelope", "i": "image", "s": "integrated", "t": "trust_policy"}
 
@@ -70,6 +73,13 @@ class DjangoFirmwareSource:
         from manifests.selectors import served_envelope
 
         return served_envelope(manifest_digest)
+
+    def envelope_final(self, manifest_digest: str) -> bool:
+        """Whether the envelope served for this digest can no longer change (its release's
+        released envelope is frozen); until then the gateway does not cache it."""
+        from manifests.selectors import envelope_frozen
+
+        return envelope_frozen(manifest_digest)
 
     def trust_policy(self, sha256: str) -> bytes | None:
         """A released device trust policy, exact bytes, by their SHA-256."""
@@ -171,6 +181,15 @@ class FirmwareServer:
         data = await loop.run_in_executor(self._io, getter, digest)
         if data is None:
             return None
+        final = getattr(self.firmware, "envelope_final", None)
+        if (
+            kind in ("m", "s")
+            and final is not None
+            and not await loop.run_in_executor(self._io, final, digest)
+        ):
+            # Not frozen yet: the released envelope replaces it at approval, so it is served
+            # as it is now and not kept.
+            return PublishedFile(data=data, etag=hashlib.sha256(data).digest()[:8])
         if kind in ("i", "t") and hashlib.sha256(data).hexdigest() != digest:
             log.error("stored file %s does not match its digest; not serving it", digest)
             return None

@@ -189,3 +189,31 @@ def test_trust_policy_attacks_delivered_through_the_gateway_are_refused(keys, po
             assert h.fleet.devices[ENDPOINT].state.trust_policy == policy_v1.hex()
 
     _run(scenario, keys, policy_v1, _firmware(policies=tuple(attacks.values())))
+
+
+class _ApprovingFirmware(DictFirmware):
+    """A source whose envelope is final only once ``frozen`` is set (approval)."""
+
+    frozen = False
+
+    def envelope_final(self, manifest_digest: str) -> bool:
+        return self.frozen
+
+
+def test_gateway_does_not_cache_an_envelope_until_its_released_envelope_is_frozen(keys) -> None:
+    author_only = make_release(keys["author"][0])
+    released = _signed(keys, approvers=[keys["qa"][0], *keys["security"][:2]])
+    firmware = _ApprovingFirmware(envelopes={author_only.digest: author_only.envelope})
+
+    async def scenario(h: Harness) -> None:
+        first = await h.gateway.published_file("m", author_only.digest)
+        assert first is not None and first.data == author_only.envelope
+        firmware.envelopes[author_only.digest] = released.envelope  # approved: frozen
+        firmware.frozen = True
+        second = await h.gateway.published_file("m", author_only.digest)
+        assert second is not None and second.data == released.envelope
+        firmware.envelopes[author_only.digest] = b"changed"
+        third = await h.gateway.published_file("m", author_only.digest)
+        assert third is not None and third.data == released.envelope  # final: cached
+
+    run_with_fleet(scenario, count=1, anchors=[keys["author"][0].public_key()], firmware=firmware)
