@@ -19,7 +19,9 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import (
+    BooleanField,
     DateTimeField,
+    ExpressionWrapper,
     JSONField,
     Q,
     Value,
@@ -42,6 +44,7 @@ from campaigns.fleet import UnknownGroupError
 from campaigns.fleet_selectors import group_member_endpoints
 from campaigns.models import Campaign, Device, Rollout, RolloutState
 from campaigns.spec import CampaignSpec
+from manifests.delivery import REPORTING_PROFILES
 from manifests.models import DeviceClass
 from manifests.services import release_dispatch_state
 
@@ -277,6 +280,7 @@ def campaign_plan(
         "fw_protocols",
         "fw_delivery_method",
         "psk",
+        ExpressionWrapper(~Q(report_key=""), output_field=BooleanField()),
     )
     classes: dict[int | None, DeviceClass | None] = {
         None: None,
@@ -308,6 +312,9 @@ def campaign_plan(
     # after every other rule passed (a device refused anyway is counted under that reason).
     method_of = delivery.methods_for(resolved.device_class.delivery_method)
     undeliverable = rows.outcome_of(delivery.NO_SUPPORTED_DELIVERY, "")
+    # A SUIT class's device without a report key could never have its success verified.
+    needs_report = resolved.device_class.delivery in REPORTING_PROFILES
+    keyless = rows.outcome_of(checks.NO_REPORT_KEY, "")
     pushed = array("Q")
     groups: dict[tuple[Any, ...], tuple[int, str | None]] = {}
     tags_seen: dict[tuple[str, ...], bool] = {}
@@ -343,6 +350,7 @@ def campaign_plan(
         protocols,
         fw_method,
         psk,
+        has_report_key,
     ) in queryset.iterator(chunk_size=PLAN_READ_CHUNK):
         if tag_rules:
             tag_key = tuple(tags or ())
@@ -396,6 +404,9 @@ def campaign_plan(
             outcome, template = group
             if template is not None:
                 details[len(rows.device_ids)] = template.replace(_ENDPOINT, endpoint)
+        if not outcome and needs_report and not has_report_key:
+            outcome = keyless
+            details[len(rows.device_ids)] = f"{endpoint}: no report key registered"
         if not outcome:
             decision = method_of(protocols, fw_method, psk is not None)
             if decision.method is None:
