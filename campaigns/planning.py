@@ -19,7 +19,9 @@ from typing import Any
 
 from django.db import connection
 from django.db.models import (
+    BooleanField,
     DateTimeField,
+    ExpressionWrapper,
     JSONField,
     Q,
     Value,
@@ -43,6 +45,7 @@ from campaigns.fleet import UnknownGroupError
 from campaigns.fleet_selectors import group_member_endpoints
 from campaigns.models import Campaign, Device, Rollout, RolloutState
 from campaigns.spec import CampaignSpec
+from manifests.delivery import REPORTING_PROFILES
 from manifests.models import DeviceClass
 from manifests.selectors import threshold_enforcement
 from manifests.services import DeltaOffer, delta_offer, release_dispatch_state
@@ -310,6 +313,7 @@ def campaign_plan(
         "fw_delivery_method",
         "psk",
         "installed_image_digest",
+        ExpressionWrapper(~Q(report_key=""), output_field=BooleanField()),
     )
     classes: dict[int | None, DeviceClass | None] = {
         None: None,
@@ -342,6 +346,9 @@ def campaign_plan(
     method_of = delivery.methods_for(resolved.device_class.delivery_method)
     gate = EncryptionGate(manifest, resolved.device_class)
     undeliverable = rows.outcome_of(delivery.NO_SUPPORTED_DELIVERY, "")
+    # A SUIT class's device without a report key could never have its success verified.
+    needs_report = resolved.device_class.delivery in REPORTING_PROFILES
+    keyless = rows.outcome_of(checks.NO_REPORT_KEY, "")
     pushed = array("Q")
     # Eligible devices offered a delta: (bucket, bytes saved); offers are the same for every
     # device on one installed image, so they are decided once per digest.
@@ -383,6 +390,7 @@ def campaign_plan(
         fw_method,
         psk,
         installed_digest,
+        has_report_key,
     ) in queryset.iterator(chunk_size=PLAN_READ_CHUNK):
         if tag_rules:
             tag_key = tuple(tags or ())
@@ -436,6 +444,9 @@ def campaign_plan(
             outcome, template = group
             if template is not None:
                 details[len(rows.device_ids)] = template.replace(_ENDPOINT, endpoint)
+        if not outcome and needs_report and not has_report_key:
+            outcome = keyless
+            details[len(rows.device_ids)] = f"{endpoint}: no report key registered"
         if not outcome and gate.active and (refusal := gate.refusal(pk, endpoint)):
             outcome = rows.outcome_of(refusal.reason, "")
             details[len(rows.device_ids)] = refusal.message

@@ -15,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from campaigns import engine, rollouts, services
+from campaigns import engine, planning, rollouts, services
 from campaigns.events import CommandResult, FwStatus
 from campaigns.models import Device, Rollout, RolloutState
 from campaigns.spec import parse_spec
@@ -187,3 +187,25 @@ def test_the_nonce_is_fresh_per_attempt_and_long_enough(catalog: Catalog) -> Non
         other.device.commands.get(pk=other.command_id).args["report_nonce"]
         != (args["report_nonce"])
     )
+
+
+def test_the_plan_shows_suit_devices_without_report_key_as_excluded(catalog: Catalog) -> None:
+    make_devices(catalog, 2, prefix="keyed")
+    make_devices(catalog, 1, prefix="keyless", report_key="")
+    plan = planning.campaign_plan(spec=parse_spec(spec_text("preview")))
+    assert plan.cohort == 2
+    assert plan.excluded == {"no_report_key": 1}
+
+
+def test_a_report_key_removed_after_planning_stops_the_dispatch(catalog: Catalog) -> None:
+    now = timezone.now()
+    make_devices(catalog, 1)
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("key-removed")), actor=catalog.ops, now=now
+    )
+    assert Rollout.objects.get(campaign=campaign).state == RolloutState.PENDING
+    Device.objects.update(report_key="")
+    engine.campaign_reconcile(campaign.pk, now=now)
+    rollout = Rollout.objects.get(campaign=campaign)
+    assert (rollout.state, rollout.reason) == (RolloutState.SKIPPED, "no_report_key")
+    assert rollout.command_id is None
