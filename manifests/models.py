@@ -573,3 +573,38 @@ class EncryptedPayload(ImmutableModel):
 
     def __str__(self) -> str:
         return f"{self.device_class} encrypted payload {self.ciphertext_sha256[:12]}"
+
+
+class ImageEncryptionKey(models.Model):
+    """The public key a device class's MCUboot decrypts images with (ECIES-P256 or
+    ECIES-X25519; the devices hold the private key): what ``imgtool sign --encrypt`` encrypts an
+    image for. One active per class; replacing it retires the old one. Public: nothing secret."""
+
+    device_class = models.ForeignKey(
+        DeviceClass, on_delete=models.PROTECT, related_name="image_encryption_keys"
+    )
+    kind = models.CharField(max_length=16)  # "ecies-p256" | "ecies-x25519"
+    public_key_pem = models.TextField()
+    # First 8 bytes (hex) of the SHA-256 of the SubjectPublicKeyInfo: names the key.
+    kid = models.CharField(max_length=16, unique=True)
+    status = models.CharField(
+        max_length=16, choices=PayloadKeyStatus.choices, default=PayloadKeyStatus.ACTIVE
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField()
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["device_class"],
+                condition=models.Q(status="active"),
+                name="one_active_image_key_per_class",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.device_class} image key {self.kid} ({self.kind}, {self.status})"

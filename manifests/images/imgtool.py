@@ -68,12 +68,15 @@ def build_image(
     pad_header: bool = True,
     slot_size: int | None = None,
     extra_args: Sequence[str] = (),
+    encrypt_key_pem: bytes | None = None,
 ) -> bytes:
     """Return ``imgtool sign`` applied to ``payload``.
 
     ``security_counter=None`` leaves the SEC_CNT TLV out. Without ``key_path`` the image is
     unsigned (hash TLV only). ``vendor_id``/``class_id`` go to ``--vid``/``--cid``: a UUID or a
-    name (imgtool derives UUIDv5 like SUIT: class from the vendor UUID).
+    name (imgtool derives UUIDv5 like SUIT: class from the vendor UUID). ``encrypt_key_pem``
+    (a P-256 or X25519 public key) encrypts the body for it (``--encrypt``: ENC_EC256 /
+    ENC_X25519 TLV, AES-128).
     """
     with tempfile.TemporaryDirectory(prefix="fwupd-imgtool-") as tmp:
         src, out = Path(tmp) / "app.bin", Path(tmp) / "app.signed.bin"
@@ -98,5 +101,9 @@ def build_image(
             args += ["--vid", vendor_id]
         if class_id is not None:
             args += ["--cid", class_id]
+        if encrypt_key_pem is not None:
+            enc = Path(tmp) / "enc.pub.pem"
+            enc.write_bytes(encrypt_key_pem)
+            args += ["--encrypt", enc]
         run_imgtool(*args, *extra_args, src, out)
         return out.read_bytes()

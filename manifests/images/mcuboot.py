@@ -117,6 +117,15 @@ class ImageFlag(enum.IntFlag):
 
 
 _ENCRYPTED = ImageFlag.ENCRYPTED_AES128 | ImageFlag.ENCRYPTED_AES256
+_ENCRYPTION_TLVS = frozenset(
+    {
+        TlvType.ENC_RSA2048,
+        TlvType.ENC_KW,
+        TlvType.ENC_EC256,
+        TlvType.ENC_X25519,
+        TlvType.ENC_X25519_SHA512,
+    }
+)
 
 _HASH_TLVS: dict[int, tuple[str, int]] = {
     TlvType.SHA256: ("sha256", 32),
@@ -350,6 +359,12 @@ class ImageInfo:
     def is_encrypted(self) -> bool:
         return bool(self.flags is not None and self.flags & _ENCRYPTED)
 
+    @property
+    def encryption_tlvs(self) -> tuple[str, ...]:
+        """Names of the unprotected encryption TLVs (ENC_KW, ENC_EC256, ...): which kind of key
+        the image's AES key is wrapped for (``manifests.images.encryption``)."""
+        return tuple(t.name for t in self.tlvs if t.type in _ENCRYPTION_TLVS and not t.protected)
+
     def to_json_dict(self) -> dict[str, Any]:
         """JSON-safe view (hex for bytes, str for UUIDs) stored with the upload and shown by CLI."""
         data: dict[str, Any] = {"kind": self.kind, "size": self.size, "sha256": self.sha256}
@@ -382,6 +397,11 @@ class ImageInfo:
                 "trailing_size": self.trailing_size,
             }
         )
+        if self.is_encrypted:
+            data["encryption"] = {
+                "tlvs": list(self.encryption_tlvs),
+                "aes_bits": 256 if flags & ImageFlag.ENCRYPTED_AES256 else 128,
+            }
         return data
 
 
@@ -603,8 +623,10 @@ def ingest_image(
     """Classify an upload: anything claiming MCUboot magic must parse strictly, else it is raw.
 
     With ``require_valid_hash`` (the upload path) a corrupt MCUboot image is refused here, since
-    every device would reject it after downloading it.  Encrypted images are refused too: their
-    hash covers the plaintext, which the server cannot check.
+    every device would reject it after downloading it.  An encrypted image (flag set and exactly
+    one encryption TLV) is accepted with its encryption recorded: its hash covers the plaintext,
+    which the server cannot check, so the device checks it after decrypting; one flagged
+    encrypted without its TLV is refused.
     """
     data = bytes(data)
     if not data:
@@ -613,6 +635,8 @@ def ingest_image(
         return ImageInfo(kind="raw", size=len(data), sha256=hashlib.sha256(data).hexdigest())
     info = parse_image(data)
     if require_valid_hash and not info.hash_ok:
+        if info.is_encrypted and len(info.encryption_tlvs) == 1:
+            return info
         if info.is_encrypted:
             raise ImageHashMismatchError(
                 "image is encrypted; its hash TLV covers the plaintext and cannot be verified here"

@@ -28,8 +28,11 @@ from manifests.services.catalog import (
 from manifests.services.delegations import delegation_create, delegation_revoke
 from manifests.services.deltas import DeltaOffer, delta_ensure, delta_offer
 from manifests.services.encryption import (
+    active_image_key,
     active_payload_key,
     encryption_info_digest,
+    image_build_encrypted,
+    image_encryption_key_set,
     payload_encrypt,
     payload_key_rotate,
     payload_key_secret,
@@ -61,6 +64,7 @@ __all__ = [
     "ApprovalCapacity",
     "DeltaOffer",
     "ReleaseDispatchState",
+    "active_image_key",
     "active_payload_key",
     "approval_capacities",
     "delegated_roles",
@@ -74,6 +78,8 @@ __all__ = [
     "device_class_set_manifest_profile",
     "device_class_update",
     "encryption_info_digest",
+    "image_build_encrypted",
+    "image_encryption_key_set",
     "image_is_confidential",
     "image_storage",
     "image_upload",

@@ -53,6 +53,7 @@ from manifests.models import (
     DeviceClass,
     EncryptedPayload,
     FirmwareImage,
+    ImageEncryptionKey,
     Manifest,
     ManifestProfile,
     PayloadEncryptionKey,
@@ -509,6 +510,7 @@ def manifest_import(
             f"no stored image with digest {m.image_digest.hex()} and size {m.image_size}"
         )
     _check_image_agrees(env, image, device_class)
+    image_key = _check_image_encryption(image, device_class)
     # A standard-profile manifest carries no security counter; the release's is the image's own
     # (MCUboot's security-counter TLV, which its bootloader enforces), else 0.
     security_counter = (
@@ -562,9 +564,38 @@ def manifest_import(
                 "image": image.sha256,
                 "author_kid": author_key.kid,
                 "ciphertext": encrypted.ciphertext_sha256 if encrypted is not None else None,
+                "image_encrypted_for": image_key,
             },
         )
         return manifest
+
+
+_IMAGE_KEY_TLVS = {"ecies-p256": "ENC_EC256", "ecies-x25519": "ENC_X25519"}
+
+
+def _check_image_encryption(image: FirmwareImage, device_class: DeviceClass) -> str | None:
+    """A class with an MCUboot image encryption key takes images encrypted for that kind of key
+    only; an MCUboot-encrypted image needs a class whose devices have such a key. (Which public
+    key an ECIES-wrapped image is for cannot be checked without the device's private key: the
+    TLV kind is checked, and the import records the class's active key.)"""
+    key = ImageEncryptionKey.objects.filter(
+        device_class=device_class, status=PayloadKeyStatus.ACTIVE
+    ).first()
+    tlvs = (image.info.get("encryption") or {}).get("tlvs") or []
+    if key is None:
+        if tlvs:
+            raise UnknownEncryptionInfoError(
+                f"the image is MCUboot-encrypted ({', '.join(tlvs)}) but {device_class} has no "
+                "image encryption key (manage.py payload image-key)"
+            )
+        return None
+    wanted = _IMAGE_KEY_TLVS[key.kind]
+    if wanted not in tlvs:
+        raise EncryptionRequiredError(
+            f"{device_class} takes MCUboot images encrypted for its {key.kind} key {key.kid} "
+            f"({wanted}); this image has {tlvs or 'no encryption TLV'}"
+        )
+    return key.kid
 
 
 def _encrypted_payload(

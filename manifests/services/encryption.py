@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -24,10 +25,12 @@ from django.utils import timezone
 from audit.services import audit_record
 from manifests import payload_keys, suit
 from manifests.errors import PayloadEncryptionError
+from manifests.images import imgtool
 from manifests.models import (
     DeviceClass,
     EncryptedPayload,
     FirmwareImage,
+    ImageEncryptionKey,
     PayloadEncryptionKey,
     PayloadKeyStatus,
 )
@@ -172,3 +175,105 @@ def payload_encrypt(
             },
         )
         return row
+
+
+def _image_key_kind(pem: str) -> tuple[str, str]:
+    """(kind, kid) of an MCUboot image encryption public key."""
+    try:
+        public = serialization.load_pem_public_key(pem.encode())
+    except (ValueError, UnicodeError):
+        raise PayloadEncryptionError("not a PEM public key") from None
+    if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
+        kind = "ecies-p256"
+    elif isinstance(public, x25519.X25519PublicKey):
+        kind = "ecies-x25519"
+    else:
+        raise PayloadEncryptionError(
+            "an MCUboot image encryption key is a P-256 or X25519 public key (imgtool --encrypt)"
+        )
+    spki = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return kind, hashlib.sha256(spki).hexdigest()[:16]
+
+
+def image_encryption_key_set(
+    *,
+    device_class: DeviceClass,
+    public_key_pem: str,
+    actor: AbstractBaseUser,
+    now: dt.datetime | None = None,
+) -> ImageEncryptionKey:
+    """The public key the class's MCUboot decrypts images with; the active one, if another, is
+    retired. Setting the active key again changes nothing."""
+    now = now or timezone.now()
+    require_role(actor, *KEY_OFFICERS, at=now)
+    kind, kid = _image_key_kind(public_key_pem)
+    with transaction.atomic():
+        locked = DeviceClass.objects.select_for_update().get(pk=device_class.pk)
+        previous = ImageEncryptionKey.objects.filter(
+            device_class=locked, status=PayloadKeyStatus.ACTIVE
+        ).first()
+        if previous is not None and previous.kid == kid:
+            return previous
+        if ImageEncryptionKey.objects.filter(kid=kid).exists():
+            raise PayloadEncryptionError(f"image key {kid} was used before; use a new key")
+        if previous is not None:
+            ImageEncryptionKey.objects.filter(pk=previous.pk).update(
+                status=PayloadKeyStatus.RETIRED, retired_at=now
+            )
+        row = ImageEncryptionKey.objects.create(
+            device_class=locked,
+            kind=kind,
+            public_key_pem=public_key_pem,
+            kid=kid,
+            created_by=actor,
+            created_at=now,
+        )
+        audit_record(
+            actor=actor,
+            action="image_key.set",
+            object_type="device_class",
+            object_id=locked.pk,
+            details={
+                "device_class": str(locked),
+                "kid": kid,
+                "kind": kind,
+                "retired_kid": previous.kid if previous is not None else None,
+            },
+        )
+        return row
+
+
+def active_image_key(device_class: DeviceClass) -> ImageEncryptionKey | None:
+    return ImageEncryptionKey.objects.filter(
+        device_class=device_class, status=PayloadKeyStatus.ACTIVE
+    ).first()
+
+
+def image_build_encrypted(
+    *,
+    device_class: DeviceClass,
+    payload: bytes,
+    version: str,
+    security_counter: int | None,
+    signing_key_path: Path,
+) -> bytes:
+    """An MCUboot image of ``payload`` signed with the author's imgtool key and encrypted for the
+    class's active image key (``imgtool sign --encrypt``, MCUboot's own tool), with the class's
+    vendor/class UUID TLVs. Writes nothing: the author uploads the result like any image."""
+    key = active_image_key(device_class)
+    if key is None:
+        raise PayloadEncryptionError(f"{device_class} has no image encryption key")
+    try:
+        return imgtool.build_image(
+            payload,
+            version=version,
+            security_counter=security_counter,
+            key_path=signing_key_path,
+            vendor_id=str(device_class.vendor.uuid),
+            class_id=str(device_class.uuid),
+            encrypt_key_pem=key.public_key_pem.encode(),
+        )
+    except imgtool.ImgtoolError as exc:
+        raise PayloadEncryptionError(str(exc)) from None

@@ -13,7 +13,7 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
 
@@ -26,6 +26,8 @@ from manifests.errors import (
     PermissionDeniedError,
     UnknownEncryptionInfoError,
 )
+from manifests.images import imgtool
+from manifests.images.encryption import decrypt_image
 from manifests.models import EncryptedPayload, FirmwareImage, PayloadEncryptionKey
 from tests.helpers.imgtool import build_mcuboot_image
 from workers.lwm2m.fwserver import DjangoFirmwareSource
@@ -244,3 +246,86 @@ def test_no_key_material_in_the_audit_log_or_the_cli_output(
     assert {"payload_key.rotate", "payload.encrypt"} <= set(
         AuditEvent.objects.values_list("action", flat=True)
     )
+
+
+# --- MCUboot images encrypted for a class's image key ----------------------------------------
+
+
+@pytest.fixture
+def image_class(vendor: Any, catalog_admin: Any) -> Any:
+    return services.device_class_create(vendor=vendor, name="lock-v1", actor=catalog_admin)
+
+
+def test_server_builds_an_image_encrypted_for_the_class_and_import_records_the_key(
+    image_class: Any, admin: Any, author: Any, tmp_path: Path
+) -> None:
+    device_key = ec.generate_private_key(ec.SECP256R1())
+    pem = (
+        device_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    key = services.image_encryption_key_set(
+        device_class=image_class, public_key_pem=pem, actor=admin
+    )
+    assert (
+        services.image_encryption_key_set(device_class=image_class, public_key_pem=pem, actor=admin)
+        == key
+    )
+    signing = imgtool.keygen(tmp_path / "boot.pem")
+    built = services.image_build_encrypted(
+        device_class=image_class,
+        payload=MARKER * 100,
+        version="1.4.0+7",
+        security_counter=3,
+        signing_key_path=signing,
+    )
+    assert MARKER not in built
+    assert MARKER in decrypt_image(built, device_key)
+    uploaded = services.image_upload(data=built, filename="enc.bin", actor=author.user)
+    assert uploaded.info["encryption"] == {"tlvs": ["ENC_EC256"], "aes_bits": 128}
+    manifest = services.manifest_import(
+        envelope=_envelope(author, image_class, uploaded), created_by=author.user, now=NOW
+    )
+    event = AuditEvent.objects.get(action="manifest.import", object_id=manifest.manifest_digest)
+    assert event.details["image_encrypted_for"] == key.kid
+    # A plaintext image is refused for this class; an encrypted one for a class without a key too.
+    plain = services.image_upload(
+        data=imgtool.build_image(
+            MARKER * 90, version="1.4.0+7", security_counter=3, key_path=signing
+        ),
+        actor=author.user,
+    )
+    with pytest.raises(EncryptionRequiredError, match="ENC_EC256"):
+        services.manifest_import(
+            envelope=_envelope(author, image_class, plain, sequence_number=11),
+            created_by=author.user,
+            now=NOW,
+        )
+    other = services.device_class_create(vendor=image_class.vendor, name="lock-v2", actor=admin)
+    stray = services.image_upload(
+        data=imgtool.build_image(
+            MARKER * 80,
+            version="1.4.0+7",
+            security_counter=3,
+            key_path=signing,
+            encrypt_key_pem=pem.encode(),
+        ),
+        actor=author.user,
+    )
+    with pytest.raises(UnknownEncryptionInfoError, match="no image encryption key"):
+        services.manifest_import(
+            envelope=_envelope(author, other, stray), created_by=author.user, now=NOW
+        )
+
+
+def test_image_key_that_is_not_p256_or_x25519_is_refused(image_class: Any, admin: Any) -> None:
+    pem = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    with pytest.raises(PayloadEncryptionError, match="P-256 or X25519"):
+        services.image_encryption_key_set(device_class=image_class, public_key_pem=pem, actor=admin)
+    assert services.active_image_key(image_class) is None

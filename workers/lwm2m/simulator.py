@@ -60,7 +60,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from manifests import device_rules, device_trust
 from manifests.images import delta as deltas
-from manifests.images.mcuboot import IMAGE_MAGIC, ImageError, ImageInfo
+from manifests.images.encryption import NoEncryptionTlvError, decrypt_image
+from manifests.images.mcuboot import IMAGE_MAGIC, ImageError, ImageInfo, parse_image
 from manifests.images.signature import load_bootloader_key, verify_image_signature
 from manifests.suit import keys as suit_keys
 from manifests.suit import report as suit_report
@@ -706,16 +707,19 @@ class SimulatedDevice:
             ),
         )
 
+    def _decryption_key(self) -> Any:
+        """The device's decryption key: a PEM private key (P-256, X25519) or a hex KEK."""
+        key = self.state.decryption_key
+        if key.startswith("-----BEGIN"):
+            return serialization.load_pem_private_key(key.encode(), password=None)
+        return bytes.fromhex(key)
+
     def _decrypt(self, ciphertext: bytes, envelope: Any) -> bytes:
         """The plaintext of an encrypted payload, as the device's SUIT processor decrypts it
         after verifying the manifest; each failure is a device refusal with its own reason."""
         from manifests import suit
 
-        key: Any = self.state.decryption_key
-        if key.startswith("-----BEGIN"):
-            key = serialization.load_pem_private_key(key.encode(), password=None)
-        else:
-            key = bytes.fromhex(key)
+        key = self._decryption_key()
         try:
             return suit.decrypt_payload(
                 ciphertext,
@@ -986,6 +990,12 @@ class SimulatedDevice:
         try:
             if image is None:
                 raise ImageError("the secondary slot is empty")
+            if parse_image(image).is_encrypted:
+                # MCUboot decrypts the body while swapping it in, then checks the plaintext's
+                # hash and signature: a wrong key or an altered body fails one of them.
+                if not self.state.decryption_key:
+                    raise NoEncryptionTlvError("the image is encrypted and this device has no key")
+                image = decrypt_image(image, self._decryption_key())
             info = verify_image_signature(image, self.state.bootloader_key)
         except ImageError as exc:
             self.events.append(f"refused {exc.code}")
@@ -1080,7 +1090,8 @@ class FleetSpec:
     trust_policy: str = ""
     # Payload decryption: a class key-encryption key (hex, 16 or 32 bytes) every device holds,
     # named by ``decryption_kid`` (hex); or ``device_keys``: each device its own P-256 key, named
-    # by its endpoint (docs/suit.md, "Encrypted payloads").
+    # by its endpoint (docs/suit.md, "Encrypted payloads"). Image profile: the key MCUboot
+    # decrypts images with (a P-256 or X25519 private key PEM, or an AES-KW key in hex).
     decryption_kid: str = ""
     decryption_key: str = ""
     device_keys: bool = False
@@ -1101,10 +1112,14 @@ class FleetSpec:
             raise ValueError(f"protocols {self.protocols} are not /5/0/8 values")
         if self.slot_size <= 0:
             raise ValueError("slot_size must be positive")
-        if bool(self.decryption_kid) != bool(self.decryption_key):
+        if self.delivery == "suit" and bool(self.decryption_kid) != bool(self.decryption_key):
             raise ValueError("decryption_kid and decryption_key go together")
-        if self.decryption_key and len(bytes.fromhex(self.decryption_key)) not in (16, 32):
-            raise ValueError("decryption_key is a 16- or 32-byte key-encryption key in hex")
+        if (
+            self.decryption_key
+            and not self.decryption_key.startswith("-----BEGIN")
+            and len(bytes.fromhex(self.decryption_key)) not in (16, 32)
+        ):
+            raise ValueError("decryption_key is a PEM private key or a 16/32-byte KEK in hex")
         if self.device_keys and self.decryption_key:
             raise ValueError("a fleet holds a class key or device keys, not both")
 

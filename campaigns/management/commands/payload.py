@@ -4,6 +4,9 @@
 * ``key-rotate --class VENDOR/CLASS --user U [--key-file F]``: a new class key-encryption key
   (generated, or read from F: 16/32 raw bytes or their hex); the active one is retired.
 * ``device-key ENDPOINT --kid HEX --public-key PEM --user U``: register a device's P-256 key.
+* ``image-key --class VENDOR/CLASS --public-key PEM --user U``: the P-256/X25519 public key the
+  class's MCUboot decrypts images with; ``build-image --class ... --payload BIN --version V
+  --signing-key KEY --out IMG``: ``imgtool sign --encrypt`` for that key (then ``image upload``).
 * ``encrypt --class VENDOR/CLASS --image SHA256 --user U --out INFO [--device-keys]
   [--no-class-key]``: encrypt a stored image for the class; writes the encryption info for
   ``suit create --encryption-info`` and prints the ciphertext's URI for ``--uri``.
@@ -59,6 +62,18 @@ class Command(BaseCommand):
         p.add_argument("--kid", required=True, help="the key's identifier, hex")
         p.add_argument("--public-key", required=True, help="P-256 public key PEM")
         p.add_argument("--user", required=True)
+        p = sub.add_parser("image-key")
+        p.add_argument("--class", dest="device_class", required=True)
+        p.add_argument("--public-key", required=True, help="P-256 or X25519 public key PEM")
+        p.add_argument("--user", required=True)
+        p = sub.add_parser("build-image")
+        p.add_argument("--class", dest="device_class", required=True)
+        p.add_argument("--payload", required=True, help="the application binary")
+        p.add_argument("--version", required=True)
+        p.add_argument("--security-counter", type=int)
+        p.add_argument("--signing-key", required=True, help="the author's imgtool key")
+        p.add_argument("--out", required=True)
+        p.add_argument("--user", required=True)
         p = sub.add_parser("encrypt")
         p.add_argument("--class", dest="device_class", required=True)
         p.add_argument("--image", required=True, help="SHA-256 of a stored image")
@@ -83,6 +98,26 @@ class Command(BaseCommand):
             with service_errors():
                 row = services.payload_key_rotate(device_class=device_class, actor=actor, key=key)
             self.stdout.write(f"{device_class}: payload key {row.kid} active ({row.size} bytes)")
+        elif action == "image-key":
+            device_class = _class(options["device_class"])
+            pem = _read(options["public_key"], "public key").decode("ascii", "replace")
+            with service_errors():
+                key = services.image_encryption_key_set(
+                    device_class=device_class, public_key_pem=pem, actor=actor
+                )
+            self.stdout.write(f"{device_class}: image key {key.kid} ({key.kind}) active")
+        elif action == "build-image":
+            device_class = _class(options["device_class"])
+            with service_errors():
+                image = services.image_build_encrypted(
+                    device_class=device_class,
+                    payload=_read(options["payload"], "payload"),
+                    version=options["version"],
+                    security_counter=options["security_counter"],
+                    signing_key_path=Path(options["signing_key"]),
+                )
+            write_output(options["out"], image)
+            self.stdout.write(f"wrote {options['out']} ({len(image)} bytes), encrypted")
         elif action == "device-key":
             try:
                 kid = bytes.fromhex(options["kid"])

@@ -12,8 +12,10 @@ from typing import Any
 import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from manifests import suit
+from manifests.images import imgtool
 from tests.workers.lwm2m.conftest import (
     CLASS_ID,
     VENDOR_ID,
@@ -200,4 +202,95 @@ def test_device_without_a_key_refuses_an_encrypted_release_as_unsupported(
         count=1,
         anchors=[signing_key.public_key()],
         firmware=_firmware(envelope, digest, sealed.ciphertext),
+    )
+
+
+# --- MCUboot encrypted images (image delivery profile) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mcuboot(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("mcuboot-enc")
+    signing = imgtool.keygen(tmp / "boot.pem")
+    device_key = ec.generate_private_key(ec.SECP256R1())
+    pub = tmp / "enc.pub.pem"
+    pub.write_bytes(
+        device_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    image = imgtool.build_image(
+        PLAINTEXT,
+        version="1.1.0",
+        security_counter=2,
+        key_path=signing,
+        vendor_id=str(VENDOR_ID),
+        class_id=str(CLASS_ID),
+        extra_args=["--encrypt", str(pub)],
+    )
+    return {
+        "image": image,
+        "bootloader_key": imgtool.public_key_pem(signing).decode(),
+        "device_key": device_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    }
+
+
+def _pull_image(h: Harness, image: bytes) -> Any:
+    digest = hashlib.sha256(image).hexdigest()
+    return h.gateway.run_operation(
+        "sim-00000",
+        "fw_update",
+        {"manifest_digest": digest, "uri": f"{h.gateway.config.base_uri}/fw/i/{digest}"},
+    )
+
+
+@pytest.mark.parametrize("attack", [None, "wrong_key", "tampered_ciphertext"])
+def test_mcuboot_device_decrypts_during_the_swap_and_checks_hash_and_signature(
+    mcuboot: dict[str, Any], attack: str | None
+) -> None:
+    image, key = mcuboot["image"], mcuboot["device_key"]
+    assert MARKER not in image
+    if attack == "wrong_key":
+        key = (
+            ec.generate_private_key(ec.SECP256R1())
+            .private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            .decode()
+        )
+    elif attack == "tampered_ciphertext":
+        at = imgtool.DEFAULT_HEADER_SIZE + 50
+        image = image[:at] + bytes([image[at] ^ 1]) + image[at + 1 :]
+    firmware = DictFirmware(images={hashlib.sha256(image).hexdigest(): image})
+
+    async def scenario(h: Harness) -> None:
+        device = h.fleet.devices["sim-00000"]
+        if attack is None:
+            result = await _pull_image(h, image)
+            assert (result["phase"], result["result"]) == ("succeeded", 1)
+            assert device.state.version == "1.1.0"
+            return
+        with pytest.raises(DeviceOperationError) as raised:
+            await _pull_image(h, image)
+        assert raised.value.result["result"] == FwResult.INTEGRITY_CHECK_FAILURE  # type: ignore[attr-defined]
+        expected = "image.key_unwrap" if attack == "wrong_key" else "image.hash_mismatch"
+        assert any(e == f"refused {expected}" for e in device.events), device.events
+        assert device.state.version == "1.0.0"
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[],
+        firmware=firmware,
+        spec_kwargs={
+            "delivery": "image",
+            "bootloader_key": mcuboot["bootloader_key"],
+            "decryption_key": key,
+        },
     )
