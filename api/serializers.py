@@ -603,6 +603,11 @@ class StageStatusSerializer(serializers.Serializer):
         child=serializers.IntegerField(),
         help_text="rollouts dispatched by delivery method (pull, push)",
     )
+    payloads = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="rollouts last sent a delta (delta), or the full image after a failed delta "
+        "(fallback)",
+    )
     gate_approved_by = serializers.CharField(allow_null=True)
 
 
@@ -637,12 +642,20 @@ class CampaignApplyResultSerializer(serializers.Serializer):
     status = CampaignStatusSerializer()
 
 
+class PlanDeltaSerializer(serializers.Serializer):
+    devices = serializers.IntegerField(help_text="eligible devices offered a delta")
+    bytes_saved = serializers.IntegerField(
+        help_text="bytes those deltas save on the wire against the full image"
+    )
+
+
 class PlanStageSerializer(serializers.Serializer):
     name = serializers.CharField()
     devices = serializers.IntegerField()
     methods = serializers.DictField(
         child=serializers.IntegerField(), help_text="planned devices by delivery method"
     )
+    delta = PlanDeltaSerializer()
 
 
 class PlanBlockSerializer(serializers.Serializer):
@@ -658,6 +671,7 @@ class PlanSerializer(serializers.Serializer):
     cohort = serializers.IntegerField()
     delivery = serializers.CharField()
     delivery_method = serializers.CharField()
+    image_size = serializers.IntegerField(help_text="the release's full image, in bytes")
     stages = PlanStageSerializer(many=True)
     excluded = serializers.DictField(child=serializers.IntegerField())
     server_time_only = serializers.DictField(
