@@ -28,6 +28,7 @@ from manifests.models import (
     Delegation,
     DeliveryMethod,
     DeliveryProfile,
+    DeltaCompression,
     DeviceClass,
     FirmwareImage,
     Manifest,
@@ -106,16 +107,18 @@ class DeviceClassSerializer(serializers.ModelSerializer):
             "delivery",
             "delivery_method",
             "manifest_profile",
+            "delta_updates",
+            "delta_compression",
             "description",
             "created_at",
         ]
-        read_only_fields = ["id", "uuid", "created_at"]
+        read_only_fields = ["id", "uuid", "created_at", "delta_updates", "delta_compression"]
         validators: list[Any] = []  # duplicates: the service says 409
 
 
 class DeviceClassDeliverySerializer(serializers.Serializer):
-    """PATCH of a device class: its delivery profile, the forced method and the manifest profile
-    (each unchanged when left out; at least one is given)."""
+    """PATCH of a device class: its delivery profile, the forced method, the manifest profile and
+    its delta setting (each unchanged when left out; at least one is given)."""
 
     delivery = serializers.ChoiceField(choices=DeliveryProfile.choices, required=False)
     delivery_method = serializers.ChoiceField(choices=DeliveryMethod.choices, required=False)
@@ -124,11 +127,22 @@ class DeviceClassDeliverySerializer(serializers.Serializer):
         required=False,
         help_text="standard (no custom SUIT keys) or extended (security counter, payload format)",
     )
+    delta_updates = serializers.BooleanField(
+        required=False,
+        help_text="the class's devices apply detools deltas (offered where the device's "
+        "installed image is known exactly)",
+    )
+    delta_compression = serializers.ChoiceField(
+        choices=DeltaCompression.choices,
+        required=False,
+        help_text="the decompressor the devices have (heatshrink or lzma)",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
             raise serializers.ValidationError(
-                "give delivery, delivery_method and/or manifest_profile"
+                "give delivery, delivery_method, manifest_profile, delta_updates and/or "
+                "delta_compression"
             )
         return attrs
 
