@@ -105,6 +105,13 @@ class Command(BaseCommand):
         )
         p.add_argument("--expires", help="ISO 8601 use-before time (UTC if no offset)")
         p.add_argument("--component", default="00", help="component id, hex (default 00)")
+        p.add_argument(
+            "--precursor",
+            action="append",
+            default=[],
+            help="an earlier image file a delta to this image may be applied to (repeatable; "
+            "extended profile; its SHA-256 goes into the signed manifest, parameter -259)",
+        )
         p.add_argument("--key", required=True)
         p.add_argument("--out", required=True)
 
@@ -199,6 +206,9 @@ class Command(BaseCommand):
             component_id=(component,),
             payload_format=info.kind,
             profile=options["profile"],
+            precursor_digests=tuple(
+                dict.fromkeys(hashlib.sha256(_read(path)).digest() for path in options["precursor"])
+            ),
         )
         try:
             envelope = suit.create_envelope(params, keys=[_load_private(options["key"])])
