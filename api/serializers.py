@@ -28,6 +28,7 @@ from manifests.models import (
     Delegation,
     DeliveryMethod,
     DeliveryProfile,
+    DeltaCompression,
     DeviceClass,
     FirmwareImage,
     Manifest,
@@ -106,16 +107,18 @@ class DeviceClassSerializer(serializers.ModelSerializer):
             "delivery",
             "delivery_method",
             "manifest_profile",
+            "delta_updates",
+            "delta_compression",
             "description",
             "created_at",
         ]
-        read_only_fields = ["id", "uuid", "created_at"]
+        read_only_fields = ["id", "uuid", "created_at", "delta_updates", "delta_compression"]
         validators: list[Any] = []  # duplicates: the service says 409
 
 
 class DeviceClassDeliverySerializer(serializers.Serializer):
-    """PATCH of a device class: its delivery profile, the forced method and the manifest profile
-    (each unchanged when left out; at least one is given)."""
+    """PATCH of a device class: its delivery profile, the forced method, the manifest profile and
+    its delta setting (each unchanged when left out; at least one is given)."""
 
     delivery = serializers.ChoiceField(choices=DeliveryProfile.choices, required=False)
     delivery_method = serializers.ChoiceField(choices=DeliveryMethod.choices, required=False)
@@ -124,11 +127,22 @@ class DeviceClassDeliverySerializer(serializers.Serializer):
         required=False,
         help_text="standard (no custom SUIT keys) or extended (security counter, payload format)",
     )
+    delta_updates = serializers.BooleanField(
+        required=False,
+        help_text="the class's devices apply detools deltas (offered where the device's "
+        "installed image is known exactly)",
+    )
+    delta_compression = serializers.ChoiceField(
+        choices=DeltaCompression.choices,
+        required=False,
+        help_text="the decompressor the devices have (heatshrink or lzma)",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
             raise serializers.ValidationError(
-                "give delivery, delivery_method and/or manifest_profile"
+                "give delivery, delivery_method, manifest_profile, delta_updates and/or "
+                "delta_compression"
             )
         return attrs
 
@@ -603,6 +617,11 @@ class StageStatusSerializer(serializers.Serializer):
         child=serializers.IntegerField(),
         help_text="rollouts dispatched by delivery method (pull, push)",
     )
+    payloads = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="rollouts last sent a delta (delta), or the full image after a failed delta "
+        "(fallback)",
+    )
     gate_approved_by = serializers.CharField(allow_null=True)
 
 
@@ -649,12 +668,20 @@ class ThresholdEnforcementSerializer(serializers.Serializer):
     why = serializers.CharField()
 
 
+class PlanDeltaSerializer(serializers.Serializer):
+    devices = serializers.IntegerField(help_text="eligible devices offered a delta")
+    bytes_saved = serializers.IntegerField(
+        help_text="bytes those deltas save on the wire against the full image"
+    )
+
+
 class PlanStageSerializer(serializers.Serializer):
     name = serializers.CharField()
     devices = serializers.IntegerField()
     methods = serializers.DictField(
         child=serializers.IntegerField(), help_text="planned devices by delivery method"
     )
+    delta = PlanDeltaSerializer()
 
 
 class PlanBlockSerializer(serializers.Serializer):
@@ -670,6 +697,7 @@ class PlanSerializer(serializers.Serializer):
     cohort = serializers.IntegerField()
     delivery = serializers.CharField()
     delivery_method = serializers.CharField()
+    image_size = serializers.IntegerField(help_text="the release's full image, in bytes")
     stages = PlanStageSerializer(many=True)
     excluded = serializers.DictField(child=serializers.IntegerField())
     server_time_only = serializers.DictField(

@@ -232,6 +232,8 @@ class DeviceClassViewSet(
             delivery=data.get("delivery"),
             delivery_method=data.get("delivery_method"),
             manifest_profile=data.get("manifest_profile"),
+            delta_updates=data.get("delta_updates"),
+            delta_compression=data.get("delta_compression"),
             actor=request.user,
         )
         return Response(s.DeviceClassSerializer(device_class).data)

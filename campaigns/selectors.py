@@ -138,11 +138,28 @@ def stage_methods(campaign: Campaign) -> dict[int, dict[str, int]]:
     return methods
 
 
+def stage_payloads(campaign: Campaign) -> dict[int, dict[str, int]]:
+    """Per stage: rollouts whose last dispatch was a delta, and those that fell back to the
+    full image after a failed delta (``Rollout.payload``). One query."""
+    rows = (
+        Rollout.objects.filter(campaign=campaign)
+        .exclude(payload="")
+        .values_list("stage", "payload")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    payloads: dict[int, dict[str, int]] = defaultdict(lambda: {"delta": 0, "fallback": 0})
+    for stage, payload, n in rows:
+        payloads[stage][payload] = n
+    return payloads
+
+
 def campaign_status(campaign: Campaign, *, now: dt.datetime | None = None) -> dict[str, Any]:
     reasons = stage_reasons(campaign)
     start_at = start_at_of(campaign)
     waiting = scheduled_for(campaign, now=now or timezone.now())
     methods = stage_methods(campaign)
+    payloads = stage_payloads(campaign)
     device_class = campaign.device_class
     return {
         "campaign": campaign.name,
@@ -166,6 +183,7 @@ def campaign_status(campaign: Campaign, *, now: dt.datetime | None = None) -> di
                 "tally": stage_tally(campaign, stage.index).__dict__,
                 "reasons": dict(sorted(reasons.get(stage.index, {}).items())),
                 "methods": dict(methods.get(stage.index, {"pull": 0, "push": 0})),
+                "payloads": dict(payloads.get(stage.index, {"delta": 0, "fallback": 0})),
                 "gate_approved_by": stage.gate_approved_by.get_username()
                 if stage.gate_approved_by
                 else None,

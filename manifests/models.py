@@ -104,7 +104,7 @@ class DeviceClass(models.Model):
     manifest_profile = models.CharField(
         max_length=16, choices=ManifestProfile.choices, default=ManifestProfile.EXTENDED
     )
-    # The class's devices apply detools deltas (docs/lwm2m.md, "Delta updates"): a device whose
+    # The class's devices apply detools deltas (docs/architecture.md, section 4): a device whose
     # installed image the server knows exactly may get a delta instead of the full image.
     delta_updates = models.BooleanField(default=False)
     delta_compression = models.CharField(

@@ -201,6 +201,7 @@ def test_campaign_status_value_is_stable_for_the_console(
         "tally",
         "reasons",
         "methods",
+        "payloads",
         "gate_approved_by",
     }
 

@@ -134,3 +134,31 @@ def test_extended_class_refuses_a_standard_envelope(
         services.manifest_import(
             envelope=_envelope(device_class, author, image, "standard"), created_by=author.user
         )
+
+
+def test_admin_declares_delta_support_and_bad_settings_are_400s(
+    people: dict[str, Any], device_class: Any
+):
+    admin = people["admin"].client
+    body = admin.get(f"/api/device-classes/{device_class.pk}/").json()
+    assert (body["delta_updates"], body["delta_compression"]) == (False, "heatshrink")
+    changed = admin.patch(
+        f"/api/device-classes/{device_class.pk}/",
+        {"delta_updates": True, "delta_compression": "lzma"},
+        format="json",
+    )
+    assert changed.status_code == 200, changed.content
+    assert (changed.json()["delta_updates"], changed.json()["delta_compression"]) == (True, "lzma")
+    events = AuditEvent.objects.filter(action="device_class.set_delta")
+    assert events.count() == 1
+    bad = admin.patch(
+        f"/api/device-classes/{device_class.pk}/", {"delta_compression": "zip"}, format="json"
+    )
+    assert bad.status_code == 400
+    refused = people["auditor"].client.patch(
+        f"/api/device-classes/{device_class.pk}/", {"delta_updates": False}, format="json"
+    )
+    assert refused.status_code == 403
+    device_class.refresh_from_db()
+    assert (device_class.delta_updates, device_class.delta_compression) == (True, "lzma")
+    assert events.count() == 1

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from campaigns import engine, planning, rollouts, services
+from campaigns import engine, planning, rollouts, selectors, services
 from campaigns.device_services import device_fw_installed, device_info_record
 from campaigns.events import CommandResult
 from campaigns.models import DeviceCommand, Rollout, RolloutState
@@ -229,6 +229,10 @@ def test_failed_delta_falls_back_to_the_full_image_once_as_one_attempt(
     args = DeviceCommand.objects.get(pk=rollout.command_id).args
     assert (args["delta_sha256"], args["delta_size"]) == (delta.sha256, delta.size)
     assert (rollout.payload, rollout.attempts) == ("delta", 1)
+    assert selectors.campaign_status(campaign)["stages"][0]["payloads"] == {
+        "delta": 1,
+        "fallback": 0,
+    }
 
     # The device refuses the delta (it reports Update Result 6): no retry policy is set, yet
     # the full image follows at once and the attempt is not counted twice.
@@ -257,6 +261,10 @@ def test_failed_delta_falls_back_to_the_full_image_once_as_one_attempt(
     args = DeviceCommand.objects.get(pk=rollout.command_id).args
     assert "delta_sha256" not in args and args["image_sha256"] == new.sha256
     assert (rollout.payload, rollout.attempts) == ("fallback", 1)
+    assert selectors.campaign_status(campaign)["stages"][0]["payloads"] == {
+        "delta": 0,
+        "fallback": 1,
+    }
 
     # The full image fails too: that is the attempt's failure, with no second fallback.
     rollouts.rollouts_apply_event(

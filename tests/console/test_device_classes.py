@@ -77,6 +77,9 @@ def test_plan_preview_and_campaign_page_show_delivery_per_stage(login: Any, worl
     plan = client.post("/campaigns/+new/", {"spec": spec_text("deliv"), "action": "plan"})
     assert b'id="plan-delivery">delivery suit (method auto)' in plan.content
     assert plan.context["plan"]["stages"][0]["methods"]["pull"] >= 0
+    # No delta support declared: the plan says so per stage (tests/campaigns/test_deltas.py
+    # counts real offers).
+    assert 'data-role="delta">0 device(s), 0 bytes saved' in plan.content.decode()
     client.post("/campaigns/+new/", {"spec": spec_text("deliv"), "action": "apply"})
     page = client.get("/campaigns/deliv/").content.decode()
     assert '<span id="delivery">suit</span>' in page

@@ -161,6 +161,13 @@ def test_devclass_manifest_profile_is_set_at_add_and_changed_with_set(
     with pytest.raises(CommandError, match="--manifest-profile"):
         cli("devclass", "set", "--vendor-domain", "acme.example", "--name", "stock",
             "--user", catalog_admin.username)  # fmt: skip
+    output = cli(
+        "devclass", "set", "--vendor-domain", "acme.example", "--name", "stock",
+        "--delta", "on", "--delta-compression", "lzma", "--user", catalog_admin.username,
+    )  # fmt: skip
+    assert "deltas on (lzma)" in output
+    row = DeviceClass.objects.get(name="stock")
+    assert (row.delta_updates, row.delta_compression) == (True, "lzma")
 
 
 @pytest.mark.parametrize(

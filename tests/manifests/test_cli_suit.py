@@ -185,6 +185,29 @@ def test_create_then_inspect_shows_every_field_the_manifest_carries(
     ]
 
 
+def test_create_names_the_precursors_a_delta_may_apply_to(
+    tmp_path: Path, image: Path, author_key: tuple[Path, Path]
+):
+    earlier = tmp_path / "app-1.3.0.bin"
+    earlier.write_bytes(b"an earlier build" * 64)
+    out = tmp_path / "delta-ok.suit"
+    cli(*create_args(image, author_key[0], out), "--precursor", str(earlier))
+    assert inspect_json(out)["precursor_digests"] == [
+        hashlib.sha256(earlier.read_bytes()).hexdigest()
+    ]
+    assert (
+        inspect_json(tmp_path / "delta-ok.suit")["image_digest"]
+        == hashlib.sha256(image.read_bytes()).hexdigest()
+    )
+    message = refused(
+        *create_args(image, author_key[0], tmp_path / "std.suit", **{"--profile": "standard"}),
+        "--precursor",
+        str(earlier),
+    )
+    assert "extended profile only" in message
+    assert not (tmp_path / "std.suit").exists()
+
+
 def test_create_reports_the_manifest_digest_it_wrote(
     tmp_path: Path, image: Path, author_key: tuple[Path, Path]
 ):

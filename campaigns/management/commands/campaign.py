@@ -222,9 +222,11 @@ class Command(BaseCommand):
         if spec.start_at is not None:
             self.stdout.write(f"  {describe_start(spec.start_at)} (start_at)")
         for stage in data["stages"]:
+            delta = stage["delta"]
             self.stdout.write(
                 f"  stage {stage['name']:20} {stage['devices']:8} devices  "
-                f"{delivery_line(data['delivery'], stage['methods'])}"
+                f"{delivery_line(data['delivery'], stage['methods'])}  "
+                f"delta {delta['devices']} ({delta['bytes_saved']} bytes saved)"
             )
         self.stdout.write(f"  cohort {data['cohort']} devices")
         for reason, count in data["excluded"].items():
@@ -356,5 +358,10 @@ class Command(BaseCommand):
                 f"pending {t['pending']:5} skipped {t['skipped']:4}  "
                 f"{delivery_line(data['delivery'], stage['methods'])}"
             )
+            if any(stage["payloads"].values()):
+                self.stdout.write(
+                    f"        delta {stage['payloads']['delta']}, fell back to the full image "
+                    f"{stage['payloads']['fallback']}"
+                )
             for reason, count in stage["reasons"].items():
                 self.stdout.write(f"        {reason:28} {count}")

@@ -11,6 +11,7 @@ from manifests.management.cli import device_class_named, service_errors, user_na
 from manifests.models import (
     DeliveryMethod,
     DeliveryProfile,
+    DeltaCompression,
     DeviceClass,
     ManifestProfile,
     PayloadFormat,
@@ -63,6 +64,12 @@ class Command(BaseCommand):
             "--method", choices=DeliveryMethod.values, help="pull/push/auto (default: unchanged)"
         )
         p.add_argument("--manifest-profile", choices=ManifestProfile.values)
+        p.add_argument(
+            "--delta",
+            choices=["on", "off"],
+            help="whether the class's devices apply detools deltas (default: unchanged)",
+        )
+        p.add_argument("--delta-compression", choices=DeltaCompression.values)
         p.add_argument("--user", required=True, help="username of the acting admin")
         sub.add_parser("list")
 
@@ -89,8 +96,17 @@ class Command(BaseCommand):
             )
             return
         if options["action"] == "set":
-            if not (options["delivery"] or options["method"] or options["manifest_profile"]):
-                raise CommandError("give --delivery, --method and/or --manifest-profile")
+            if not (
+                options["delivery"]
+                or options["method"]
+                or options["manifest_profile"]
+                or options["delta"]
+                or options["delta_compression"]
+            ):
+                raise CommandError(
+                    "give --delivery, --method, --manifest-profile, --delta and/or "
+                    "--delta-compression"
+                )
             actor = user_named(options["user"])
             device_class = device_class_named(options["vendor_domain"], options["name"])
             with service_errors():
@@ -99,11 +115,15 @@ class Command(BaseCommand):
                     delivery=options["delivery"],
                     delivery_method=options["method"],
                     manifest_profile=options["manifest_profile"],
+                    delta_updates=None if options["delta"] is None else options["delta"] == "on",
+                    delta_compression=options["delta_compression"],
                     actor=actor,
                 )
             self.stdout.write(
                 f"device class {device_class} delivery {device_class.delivery} "
                 f"({device_class.delivery_method}) manifest profile {device_class.manifest_profile}"
+                f" deltas {'on' if device_class.delta_updates else 'off'}"
+                f" ({device_class.delta_compression})"
             )
             return
         for device_class in DeviceClass.objects.select_related("vendor"):

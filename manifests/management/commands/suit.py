@@ -110,6 +110,13 @@ class Command(BaseCommand):
             "ciphertext, and --uri must name it (as that command printed)",
         )
         p.add_argument("--component", default="00", help="component id, hex (default 00)")
+        p.add_argument(
+            "--precursor",
+            action="append",
+            default=[],
+            help="an earlier image file a delta to this image may be applied to (repeatable; "
+            "extended profile; its SHA-256 goes into the signed manifest, parameter -259)",
+        )
         p.add_argument("--key", required=True)
         p.add_argument("--out", required=True)
 
@@ -212,6 +219,9 @@ class Command(BaseCommand):
             payload_format=info.kind,
             profile=options["profile"],
             encryption_info=encryption_info,
+            precursor_digests=tuple(
+                dict.fromkeys(hashlib.sha256(_read(path)).digest() for path in options["precursor"])
+            ),
         )
         try:
             envelope = suit.create_envelope(params, keys=[_load_private(options["key"])])
