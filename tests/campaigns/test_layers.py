@@ -21,7 +21,7 @@ FLOORS = {
     "device_services": 3, "selectors": 3, "eligibility": 3, "fleet_selectors": 3,
     "device_selectors": 3,
     # planning, the per-device lifecycle, fleet management (tags, groups, import)
-    "planning": 4, "rollouts": 4, "fleet_services": 4,
+    "planning": 4, "rollouts": 4, "fleet_services": 4, "trust_delivery": 4,
     # state changes of campaigns, then the reconcile pass and what builds on it
     "services": 5,
     "engine": 6, "rollback": 6,

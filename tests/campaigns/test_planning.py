@@ -5,8 +5,10 @@ cannot go out blocks the plan (and so the apply).
 from __future__ import annotations
 
 import datetime as dt
+import io
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from campaigns import engine, planning, services
@@ -17,8 +19,10 @@ from campaigns.models import (
     RolloutState,
 )
 from campaigns.spec import parse_spec
+from campaigns.trust_delivery import trust_policy_deliver
 from manifests import device_trust, suit
 from manifests import services as release_services
+from manifests.errors import TrustPolicyStateError
 from tests.campaigns.support import (
     Catalog,
     apply,
@@ -158,3 +162,46 @@ def test_plan_counts_devices_protected_by_device_thresholds_and_by_the_server_on
     plan = planning.campaign_plan(spec=parse_spec(text)).as_dict()
     assert plan["threshold_enforcement"]["server_only"] == 4
     assert "MCUboot" in plan["threshold_enforcement"]["why"]
+
+
+def test_delivering_a_draft_or_to_an_image_class_is_refused(catalog: Catalog) -> None:
+    sec_kid = suit.kid_for_public_key(catalog.keys["sec"]).hex()
+    draft = release_services.trust_policy_draft(
+        device_class=catalog.thermo,
+        roles={"security": (1, [sec_kid])},
+        expires_at=timezone.now() + dt.timedelta(days=30),
+        actor=catalog.users["sec"],
+    )
+    with pytest.raises(TrustPolicyStateError, match="not released"):
+        trust_policy_deliver(policy=draft, actor=catalog.ops)
+    block = device_trust.sign_policy(draft.body_bytes, catalog.keys["sec"])
+    release_services.trust_policy_sign(policy=draft, signer=catalog.users["sec"], cose=block)
+    release_services.device_class_set_delivery(
+        device_class=catalog.thermo, delivery="image", actor=catalog.admin
+    )
+    with pytest.raises(TrustPolicyStateError, match="image-profile"):
+        trust_policy_deliver(policy=draft, actor=catalog.ops)
+    assert not DeviceCommand.objects.exists()
+
+
+def test_trustpolicy_deliver_command_sends_once_and_refuses_a_draft(catalog: Catalog) -> None:
+    make_devices(catalog, 3)
+    sec_kid = suit.kid_for_public_key(catalog.keys["sec"]).hex()
+    draft = release_services.trust_policy_draft(
+        device_class=catalog.thermo,
+        roles={"security": (1, [sec_kid])},
+        expires_at=timezone.now() + dt.timedelta(days=30),
+        actor=catalog.users["sec"],
+    )
+    where = ["--vendor-domain", "acme.example", "--class", "thermo-v2", "--policy-version", "1"]
+    with pytest.raises(CommandError, match=r"\[trust_policy.state\]"):
+        call_command("trustpolicy_deliver", *where, "--user", "ops", stdout=io.StringIO())
+    block = device_trust.sign_policy(draft.body_bytes, catalog.keys["sec"])
+    release_services.trust_policy_sign(policy=draft, signer=catalog.users["sec"], cose=block)
+    out = io.StringIO()
+    call_command("trustpolicy_deliver", *where, "--user", "ops", stdout=out)
+    assert "sent to 3 device(s) (0 already had it)" in out.getvalue()
+    out = io.StringIO()
+    call_command("trustpolicy_deliver", *where, "--user", "ops", stdout=out)
+    assert "sent to 0 device(s) (3 already had it)" in out.getvalue()
+    assert DeviceCommand.objects.filter(args__delivery="trust-policy").count() == 3

@@ -24,6 +24,7 @@ from campaigns.models import (
     RolloutState,
 )
 from campaigns.spec import parse_spec
+from campaigns.trust_delivery import trust_policy_deliver
 from manifests import device_trust, suit
 from manifests import services as release_services
 from manifests.models import DeviceTrustPolicy, SigningKey, TrustPolicyStatus
@@ -125,15 +126,13 @@ def test_approved_release_installs_and_after_rotation_the_revoked_key_no_longer_
     v2.refresh_from_db()
     assert v2.status == TrustPolicyStatus.RELEASED
 
-    # 3. v2 goes to every device through the gateway (a trust-policy package).
-    rotation = [
-        device_services.device_command_create(
-            endpoint=d.state.endpoint,
-            operation="fw_update",
-            args={"manifest_digest": v2.sha256, "delivery": "trust-policy"},
-        )
-        for d in devices
-    ]
+    # 3. v2 goes to every device of the class through the gateway (a trust-policy package);
+    # asked twice, no device gets a second command.
+    delivered = trust_policy_deliver(policy=v2, actor=catalog.ops)
+    assert (delivered.sent, delivered.already) == (DEVICES, 0)
+    assert trust_policy_deliver(policy=v2, actor=catalog.ops).sent == 0
+    rotation = list(DeviceCommand.objects.filter(args__delivery="trust-policy"))
+    assert len(rotation) == DEVICES
     wait_for(lambda: _commands_done(rotation), timeout=60)
     assert {DeviceCommand.objects.get(pk=c.pk).status for c in rotation} == {
         CommandStatus.SUCCEEDED

@@ -59,6 +59,7 @@ class Command(BaseCommand):
 
         from manifests import suit
         from manifests.models import DeviceClass, KeyStatus, SigningKey
+        from manifests.selectors import current_trust_policy
         from workers.lwm2m.simulator import Faults, Fleet, FleetSpec
 
         device_class = (
@@ -101,6 +102,8 @@ class Command(BaseCommand):
         )
         state_file.parent.mkdir(parents=True, exist_ok=True)
         fleet = Fleet(server_uri=server, trust_anchors=anchors, state_file=state_file)
+        # New devices are provisioned, as at manufacture, with the class's released trust policy.
+        policy = current_trust_policy(device_class)
         fleet.load_or_create(
             FleetSpec(
                 count=options["devices"],
@@ -116,6 +119,7 @@ class Command(BaseCommand):
                 component_id=list(device_class.component_id) or ["00"],
                 dtls=options["dtls"],
                 queue_mode=options["queue_mode"],
+                trust_policy=bytes(policy.document).hex() if policy and policy.document else "",
             ),
             faults=faults,
             fault_rates=rates,
