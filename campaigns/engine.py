@@ -749,7 +749,9 @@ _ENDPOINT_MARK = "\x1fendpoint\x1f"
 # (``clock.clock_state``), and ``gkey``, the group whose answer it takes (what the checks,
 # windows and delivery method read of its device), or the rollout alone when its device's clock
 # is off and no operator accepted it (that refusal names its own offset). The window is the
-# first ``room * 2`` of them in (stage, bucket) order, numbered.
+# first ``room * 2`` of them in (stage, bucket) order, numbered, their devices share-locked
+# before any rollout is: the lock order of event intake (device, then its rollouts), which the
+# commands' foreign key would otherwise reverse (it locks the devices at the statement's end).
 _CANDIDATES_SQL = """
 SELECT r.id, r.device_id, r.stage, r.bucket, d.endpoint, s.clock,
        CASE WHEN s.clock = %(off)s AND d.clock_trusted_at IS NULL THEN 'device ' || r.id::text
@@ -771,7 +773,7 @@ WHERE r.campaign_id = %(campaign)s AND r.state = %(pending)s AND r.stage <= %(st
 """
 _WINDOW_SQL = """
 SELECT c.*, row_number() OVER (ORDER BY c.stage, c.bucket, c.id) AS pos
-FROM ({candidates} ORDER BY r.stage, r.bucket, r.id LIMIT %(window)s) c
+FROM ({candidates} ORDER BY r.stage, r.bucket, r.id LIMIT %(window)s FOR KEY SHARE OF d) c
 """
 
 # One row per group among the due candidates (a superset of the window's groups, found by
