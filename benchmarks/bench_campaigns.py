@@ -15,14 +15,20 @@ cloned from one migrated template; every database is dropped at the end.
              rows, so the two bracket the planner's conditions); the ratio is to their mean. The
              rows are compared (device, stage, bucket, state, reason): they must be identical.
              Goal: ratio <= 3.
-* dispatch - ``engine._dispatch`` passes (DISPATCH_BATCH each, each in its own transaction
-             holding the campaign row lock as the reconcile does, commit included) until N
-             pending rollouts (default 50,000; 2% refused at dispatch) are decided. Celery's
-             ``device_command_task.delay`` is replaced in this process by a counter: what is
-             timed is the engine (checks, rollout and command writes), not a broker or gateway.
-             Goal (the performance issue): >= 50,000 decisions (dispatched + skipped) per
-             second.
-* queries  - SQL queries of one dispatch pass deciding 10, 100 and 1000 devices (DISPATCH_BATCH
+* dispatch - rounds (``--dispatch-rounds``, default 3) over one campaign's N pending rollouts
+             (default 50,000; 2% refused at dispatch), each starting from the same rows (every
+             rollout pending again, commands deleted, tables vacuumed): first the raw reference,
+             one statement doing the same writes (``INSERT ... SELECT`` of the commands,
+             ``UPDATE ... FROM`` of the claims and refusals, the bench world's refusals as a
+             CASE), then ``engine._dispatch`` passes (SET_DISPATCH_BATCH each on PostgreSQL,
+             each in its own transaction holding the campaign row lock as the reconcile does,
+             commit included) until all are decided. Both sides' rows are compared (device,
+             state, reason, clock, attempts, times, command); any difference is an ERROR.
+             Celery's ``device_command_task.delay`` is replaced in this process by a counter:
+             what is timed is the engine (checks, rollout and command writes), not a broker or
+             gateway. Goals (the performance issue): >= 50,000 decisions (dispatched + skipped)
+             per second and >= 0.5x of the raw reference, on the median round.
+* queries  - SQL queries of one dispatch pass deciding 10, 100 and 1000 devices (the batch
              raised to the size). Goal: the same count for every size.
 * fleet    - N simulated SUIT devices (default 10,000; plus N/10 image-profile devices on the
              same gateway, which the campaign skips as another class) through a 3-stage
@@ -499,7 +505,7 @@ def child_queries(args: argparse.Namespace) -> dict[str, Any]:
         campaign, spec = _dispatch_campaign(
             world, f"bench-q{size}", size + refused, refused, [f"q{size}"]
         )
-        engine.DISPATCH_BATCH = size + refused
+        engine.DISPATCH_BATCH = engine.SET_DISPATCH_BATCH = size + refused
         now = timezone.now()
         release = release_dispatch_state(campaign.release, now=now)
         with CaptureQueriesContext(connection) as ctx:

@@ -798,7 +798,10 @@ _ENDPOINT_MARK = "\x1fendpoint\x1f"
 # windows, delivery method, report key, decryption key and delta offer read of its device and
 # rollout; ``{extra}`` adds only the fields this pass reads), or the rollout alone when its
 # device's clock is off and no operator accepted it (that refusal names its own offset). The
-# window is the first ``room * 2`` of them in (stage, bucket) order, numbered.
+# window is the first ``room * 2`` of them in (stage, bucket) order, numbered, their devices
+# share-locked before any rollout is: the lock order of event intake (device, then its
+# rollouts), which the commands' foreign key would otherwise reverse (it locks the devices at
+# the statement's end).
 _CANDIDATES_SQL = """
 SELECT r.id, r.device_id, r.stage, r.bucket, d.endpoint, s.clock,
        CASE WHEN s.clock = %(off)s AND d.clock_trusted_at IS NULL THEN 'device ' || r.id::text
@@ -820,14 +823,16 @@ WHERE r.campaign_id = %(campaign)s AND r.state = %(pending)s AND r.stage <= %(st
 """
 _WINDOW_SQL = """
 SELECT c.*, row_number() OVER (ORDER BY c.stage, c.bucket, c.id) AS pos
-FROM ({candidates} ORDER BY r.stage, r.bucket, r.id LIMIT %(window)s) c
+FROM ({candidates} ORDER BY r.stage, r.bucket, r.id LIMIT %(window)s FOR KEY SHARE OF d) c
 """
 
-# One row per group among the due candidates (a superset of the window's groups, found by
-# hashing rather than sorting): its key and the fields of one of its devices (for a device
-# checked alone, that device's own).
+# One row per group of the window (the same first ``room * 2`` candidates, unlocked, not
+# numbered): its key and the fields of one of its devices (for a device checked alone, that
+# device's own). Bounded by the window, so a pass over a campaign of a million pending rollouts
+# reads what the index gives in order, not every candidate.
 _GROUPS_SQL = """
-WITH c AS ({candidates}), reps AS (SELECT gkey, min(id) AS id FROM c GROUP BY gkey)
+WITH c AS ({candidates} ORDER BY r.stage, r.bucket, r.id LIMIT %(window)s),
+reps AS (SELECT gkey, min(id) AS id FROM c GROUP BY gkey)
 SELECT reps.gkey, d.endpoint, d.device_class_id, d.firmware_version, d.sequence_number,
        d.security_counter, d.clock_offset_seconds, d.device_time, d.clock_trusted_at, d.tags,
        d.fw_protocols, d.fw_delivery_method, (p.id IS NOT NULL), d.id, d.report_key <> '',
@@ -922,7 +927,7 @@ def _dispatch_set(
     room: int,
     now: dt.datetime,
 ) -> tuple[int, dict[str, int]]:
-    """Dispatch set-based (PostgreSQL): one read of the distinct groups among the candidates
+    """Dispatch set-based (PostgreSQL): one read of the distinct groups of the candidate window
     (``_GROUPS_SQL``), the checks, windows and delivery decision once per group in Python, then
     one statement deciding, inserting the commands and claiming the rollouts (``_DECIDE_SQL``).
     Three queries per pass besides the counters, whatever the batch; the same answers as
