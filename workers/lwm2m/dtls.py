@@ -463,6 +463,31 @@ def read_records(datagram: bytes) -> list[Record]:
     return out
 
 
+def _opens_session(datagram: bytes) -> bool:
+    """Whether a datagram from an address without a session may open one: its first record is
+    a plaintext ClientHello."""
+    return (
+        len(datagram) > _RECORD_HEADER_BYTES
+        and datagram[0] == _HANDSHAKE_RECORD
+        and datagram[3:5] == b"\x00\x00"
+        and datagram[_RECORD_HEADER_BYTES] == _CLIENT_HELLO
+    )
+
+
+# A handshake whose peer keeps sending is given this many handshake timeouts in all.
+HANDSHAKE_TIMEOUTS_WHILE_ACTIVE = 4
+
+
+def _handshake_expired(session: Any, *, now: float, timeout: float) -> bool:
+    """A handshake is dropped once its peer has been silent for ``timeout`` seconds, or it has
+    run ``HANDSHAKE_TIMEOUTS_WHILE_ACTIVE`` times that long: in a burst a gateway's answers
+    come late, and a peer still retransmitting is still shaking hands."""
+    return (
+        now - session.last_in_at >= timeout
+        or now - session.started >= timeout * HANDSHAKE_TIMEOUTS_WHILE_ACTIVE
+    )
+
+
 def _client_flight(records: list[Record]) -> tuple[bytes, ...] | None:
     """What identifies a client's flight across its retransmissions: the plaintext handshake
     messages of a datagram with a ClientHello carrying a cookie, or with a ClientKeyExchange
@@ -1318,8 +1343,10 @@ def _define_transport() -> None:
         def datagram_received(self, data: bytes, sockaddr: Any) -> None:
             session = self._connections.get(sockaddr)
             if session is None:
-                if len(data) < _RECORD_HEADER_BYTES or data[0] != _HANDSHAKE_RECORD:
-                    return  # not a handshake: no session to open, nothing to answer
+                if not _opens_session(data):
+                    # Not a ClientHello: nothing to answer. (A later flight of a handshake this
+                    # listener dropped would only open a session that cannot complete it.)
+                    return
                 while len(self._connections) >= self.max_sessions:
                     _, oldest = next(iter(self._connections.items()))
                     log.info(
@@ -1347,9 +1374,11 @@ def _define_transport() -> None:
             interval = max(min(self.handshake_timeout / 2, 5.0), 0.05)
             while True:
                 await asyncio.sleep(interval)
-                cutoff = time.monotonic() - self.handshake_timeout
+                now = time.monotonic()
                 for session in list(self._connections.values()):
-                    if session.connected or session.started > cutoff:
+                    if session.connected or not _handshake_expired(
+                        session, now=now, timeout=self.handshake_timeout
+                    ):
                         continue
                     if session.failure is not None:
                         log.info(
