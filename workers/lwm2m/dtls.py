@@ -14,8 +14,12 @@ aiocoap configures it; this module subclasses it to fix what a gateway needs
   became port 1) without ``SO_REUSEPORT`` (a second gateway on the same port fails loudly);
 * the gateway can send requests over a device's session (aiocoap's server transport did not
   recognise its own session objects as remotes, so server-initiated reads would have failed);
-* only a DTLS handshake record opens a session, sessions are capped (least recently active
-  dropped first), and a handshake that does not complete within a timeout is dropped;
+* only a ClientHello opens a session, sessions are capped (least recently active dropped
+  first), and a handshake is dropped once its peer has been silent for the handshake timeout
+  (or after four of them);
+* every tinydtls context counts from one clock origin (see "tinydtls's clock"), and a client
+  flight that comes again is answered with the flight sent for it, not handed to tinydtls
+  (which would start the handshake over);
 * a handshake that fails is logged (WARNING, escaped, at most a few lines per kind and 10 s)
   with the alert sent or received and why, read off the wire because tinydtls reports little:
   the reason tinydtls refused a ClientHello (from the ClientHello itself), the alert it returned
