@@ -62,22 +62,32 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROVISION_TIMEOUT = 1800
 
 
-def provision(env: dict[str, str], psks: dict[str, bytes]) -> None:
-    """Store every device's key through the product's service, in a child (Django) process."""
+def provision(env: dict[str, str], psks: dict[str, bytes], *, processes: int = 4) -> None:
+    """Store every device's key through the product's service, in child (Django) processes."""
+    items = sorted(psks.items())
+    chunks = [dict(items[i::processes]) for i in range(processes)]
+    children = [_provision(env, chunk) for chunk in chunks if chunk]
+    for child, body in children:  # each reads all its input at once, then works
+        assert child.stdin is not None
+        child.stdin.write(body)
+        child.stdin.close()
+    for child, _ in children:
+        child.wait(PROVISION_TIMEOUT)
+        if child.returncode:
+            raise SystemExit(f"provisioning failed ({child.returncode})")
+
+
+def _provision(
+    env: dict[str, str], psks: dict[str, bytes]
+) -> tuple[subprocess.Popen[bytes], bytes]:
     code = (
         "import django, json, sys; django.setup();"
         "from campaigns.device_services import device_psk_set;"
         "[device_psk_set(endpoint=e, key=bytes.fromhex(k))"
         " for e, k in json.load(sys.stdin).items()]"
     )
-    subprocess.run(
-        [sys.executable, "-c", code],
-        input=json.dumps({e: k.hex() for e, k in psks.items()}).encode(),
-        env=env,
-        check=True,
-        cwd=ROOT,
-        timeout=PROVISION_TIMEOUT,
-    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, env=env, cwd=ROOT)
+    return child, json.dumps({e: k.hex() for e, k in psks.items()}).encode()
 
 
 def free_tcp_port() -> int:
@@ -313,8 +323,6 @@ def main() -> int:
             gateway_cpu = cpu_seconds(gateway.pid) - before_cpu
             after = handshakes(metrics_port)
             outcome = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
-            for proc in devices:
-                proc.wait(120)
         finally:
             for proc in [*devices, gateway]:
                 if proc is None:

@@ -14,8 +14,12 @@ aiocoap configures it; this module subclasses it to fix what a gateway needs
   became port 1) without ``SO_REUSEPORT`` (a second gateway on the same port fails loudly);
 * the gateway can send requests over a device's session (aiocoap's server transport did not
   recognise its own session objects as remotes, so server-initiated reads would have failed);
-* only a DTLS handshake record opens a session, sessions are capped (least recently active
-  dropped first), and a handshake that does not complete within a timeout is dropped;
+* only a ClientHello opens a session, sessions are capped (least recently active dropped
+  first), and a handshake is dropped once its peer has been silent for the handshake timeout
+  (or after four of them);
+* every tinydtls context counts from one clock origin (see "tinydtls's clock"), and a client
+  flight that comes again is answered with the flight sent for it, not handed to tinydtls
+  (which would start the handshake over);
 * a handshake that fails is logged (WARNING, escaped, at most a few lines per kind and 10 s)
   with the alert sent or received and why, read off the wire because tinydtls reports little:
   the reason tinydtls refused a ClientHello (from the ClientHello itself), the alert it returned
@@ -461,6 +465,31 @@ def read_records(datagram: bytes) -> list[Record]:
         out.append(Record(datagram[0], int.from_bytes(datagram[3:5], "big"), datagram[13:end]))
         datagram = datagram[end:]
     return out
+
+
+def _opens_session(datagram: bytes) -> bool:
+    """Whether a datagram from an address without a session may open one: its first record is
+    a plaintext ClientHello."""
+    return (
+        len(datagram) > _RECORD_HEADER_BYTES
+        and datagram[0] == _HANDSHAKE_RECORD
+        and datagram[3:5] == b"\x00\x00"
+        and datagram[_RECORD_HEADER_BYTES] == _CLIENT_HELLO
+    )
+
+
+# A handshake whose peer keeps sending is given this many handshake timeouts in all.
+HANDSHAKE_TIMEOUTS_WHILE_ACTIVE = 4
+
+
+def _handshake_expired(session: Any, *, now: float, timeout: float) -> bool:
+    """A handshake is dropped once its peer has been silent for ``timeout`` seconds, or it has
+    run ``HANDSHAKE_TIMEOUTS_WHILE_ACTIVE`` times that long: in a burst a gateway's answers
+    come late, and a peer still retransmitting is still shaking hands."""
+    return (
+        now - session.last_in_at >= timeout
+        or now - session.started >= timeout * HANDSHAKE_TIMEOUTS_WHILE_ACTIVE
+    )
 
 
 def _client_flight(records: list[Record]) -> tuple[bytes, ...] | None:
@@ -1318,8 +1347,10 @@ def _define_transport() -> None:
         def datagram_received(self, data: bytes, sockaddr: Any) -> None:
             session = self._connections.get(sockaddr)
             if session is None:
-                if len(data) < _RECORD_HEADER_BYTES or data[0] != _HANDSHAKE_RECORD:
-                    return  # not a handshake: no session to open, nothing to answer
+                if not _opens_session(data):
+                    # Not a ClientHello: nothing to answer. (A later flight of a handshake this
+                    # listener dropped would only open a session that cannot complete it.)
+                    return
                 while len(self._connections) >= self.max_sessions:
                     _, oldest = next(iter(self._connections.items()))
                     log.info(
@@ -1347,9 +1378,11 @@ def _define_transport() -> None:
             interval = max(min(self.handshake_timeout / 2, 5.0), 0.05)
             while True:
                 await asyncio.sleep(interval)
-                cutoff = time.monotonic() - self.handshake_timeout
+                now = time.monotonic()
                 for session in list(self._connections.values()):
-                    if session.connected or session.started > cutoff:
+                    if session.connected or not _handshake_expired(
+                        session, now=now, timeout=self.handshake_timeout
+                    ):
                         continue
                     if session.failure is not None:
                         log.info(

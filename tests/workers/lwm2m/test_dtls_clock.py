@@ -69,9 +69,8 @@ def test_a_lost_client_hello_is_retransmitted_while_new_sessions_open() -> None:
         retransmissions.cancel()
         assert session is not None
 
-    started = time.monotonic()
     asyncio.run(scenario())
     # This tinydtls build retransmits a flight after 2 s (then 4 s, 8 s...): on time, while
     # the sessions were still opening.
     assert len(sent) >= 2, f"ClientHello sent {len(sent)} time(s) in 3 s"
-    assert sent[1] - started < 3.0
+    assert sent[1] - sent[0] < 3.5

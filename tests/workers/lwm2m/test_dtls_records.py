@@ -224,3 +224,35 @@ def test_other_records_are_passed_on_unchanged(datagram: bytes) -> None:
 def test_normalising_hostile_bytes_never_raises_nor_changes_length(data: bytes) -> None:
     assert len(normalise_hello_record_version(data)) == len(data)
     assert len(normalise_hello_record_version(b"\x16\xfe\x00" + data)) == len(data) + 3
+
+
+def test_only_a_plaintext_client_hello_opens_a_session() -> None:
+    from workers.lwm2m.dtls import _opens_session
+
+    hello = _hello_record(DTLS_1_0)
+    assert _opens_session(hello)
+    assert not _opens_session(_hello_record(DTLS_1_0, epoch=1))
+    key_exchange = record(HANDSHAKE, 0, 3, bytes([16]) + bytes(11) + b"\x00\x02id", DTLS_1_0)
+    assert not _opens_session(key_exchange)  # a later flight of a handshake dropped here
+    assert not _opens_session(record(23, 1, 0, b"\x01abc", DTLS_1_0))
+    assert not _opens_session(hello[:13])
+
+
+@pytest.mark.parametrize(
+    ("started", "last_in", "expired"),
+    [
+        (0.0, 0.0, True),  # silent for the whole timeout
+        (0.0, 5.0, False),  # the peer spoke 5 s ago: still shaking hands
+        (-25.0, 9.0, False),
+        (-30.0, 9.9, True),  # four timeouts in all, however active
+    ],
+)
+def test_handshake_expires_on_silence_or_after_four_timeouts(
+    started: float, last_in: float, expired: bool
+) -> None:
+    from types import SimpleNamespace
+
+    from workers.lwm2m.dtls import _handshake_expired
+
+    session = SimpleNamespace(started=started, last_in_at=last_in)
+    assert _handshake_expired(session, now=10.0, timeout=10.0) is expired
