@@ -20,7 +20,7 @@ BENCH = REPO_ROOT / "benchmarks"
 VERDICT = re.compile(r"^(PASS|MISS) ", re.MULTILINE)
 
 
-def _run(script: str, *args: str, strict: bool) -> tuple[int, str]:
+def _run(script: str, *args: str, strict: bool, timeout: float = 300) -> tuple[int, str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env["BENCH_STRICT"] = "1" if strict else "0"
     # Throwaway databases of this run's own (the benchmark drops them).
@@ -31,7 +31,7 @@ def _run(script: str, *args: str, strict: bool) -> tuple[int, str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     return result.returncode, result.stdout + result.stderr
@@ -142,3 +142,23 @@ def test_bench_delta_tiny(strict: bool) -> None:
     assert re.search(r"^bytes on the wire +full [\d,]+ B \| delta .*x of full\)$", out, re.M), out
     assert re.search(r"^end-to-end time +full [\d.]+ s \| delta ", out, re.MULTILINE), out
     _check(status, out, strict=strict, goals=2)
+
+
+def test_bench_fleet_tiny_with_one_and_two_gateways() -> None:
+    """Gateways, workers and the load simulator in processes of their own, at 24 devices."""
+    _need_postgres()
+    args = ("--devices", "24", "--max-in-flight", "8", "--workers", "1", "--timeout", "400")
+    status, out = _run("bench_fleet.py", *args, strict=False, timeout=900)
+    for gateways in (1, 2):
+        assert f"{gateways} gateway process(es), 24 devices" in out, out
+    assert re.search(r"^  registration +[\d.]+ s +\([\d,]+/s; registry ", out, re.MULTILINE), out
+    assert re.search(r"registrations/s$", out, re.MULTILINE), out
+    assert "24 of 24 succeeded" in out, out
+    assert re.search(r"^  plain download +[\d.]+ s +\(24 ok, 0 failed\)", out, re.MULTILINE), out
+    assert re.search(r"^  events applied +[\d,]+ \([\d,]+/s into PostgreSQL", out, re.MULTILINE)
+    assert re.search(r"^  CPU during the campaign .*gateways .*workers ", out, re.MULTILINE) or (
+        re.search(r"^  CPU during the campaign .*workers .*gateways ", out, re.MULTILINE)
+    ), out
+    assert "B/device registered" in out, out
+    assert re.search(r"^registrations/s +1 gateway ", out, re.MULTILINE), out
+    _check(status, out, strict=False, goals=3)

@@ -517,6 +517,9 @@ class UpdateDriver:
                     f"{attempt.endpoint}: update timed out in {tracker.phase.name}",
                     result=attempt.outcome(),
                 )
+            # Cleared before the reads, so a notification that arrives while they run is not
+            # lost: the wait below then returns at once.
+            attempt.changed.clear()
             current_reg = self.by_endpoint.get(attempt.endpoint)
             if current_reg is not None and current_reg is not reg:
                 reg = current_reg  # rebooted and re-registered: follow the new registration
@@ -533,12 +536,12 @@ class UpdateDriver:
                     await self.execute(reg, (5, 0, 2))
                     tracker.update_executed()
                     continue
-            attempt.changed.clear()
+            if tracker.phase.terminal:
+                break  # the read above ended it: no poll interval to wait out
             wait = min(self.config.fw_poll_seconds, max(0.0, deadline - time.monotonic()))
             if tracker.phase is Phase.URI_WRITTEN:
                 wait = min(wait, max(0.0, start_deadline - time.monotonic()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(attempt.changed.wait(), timeout=wait + 0.01)
+            await _changed_or_replaced(attempt, reg, timeout=wait + 0.01)
 
     async def _apply_report(
         self, reg: Registration, attempt: _Attempt, state: int, result: int
@@ -612,6 +615,21 @@ class UpdateDriver:
             log.debug("observation of %s deregistered: %s", reg.endpoint, answer.code)
         except (TimeoutError, aiocoap.error.Error, OSError) as exc:
             log.info("deregistration of %s's observation got no answer: %s", reg.endpoint, exc)
+
+
+async def _changed_or_replaced(attempt: _Attempt, reg: Registration, *, timeout: float) -> None:
+    """Wait for a notification, the registration's replacement (the device rebooted and
+    registered again: its new State and Result are there to read, no poll interval to wait out)
+    or ``timeout``. A registration already replaced (or ended) with no new one yet is not waited
+    on: it would wake the loop at once, over and over."""
+    waiters = [asyncio.ensure_future(attempt.changed.wait())]
+    if not reg.replaced.is_set():
+        waiters.append(asyncio.ensure_future(reg.replaced.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def request_with_token(

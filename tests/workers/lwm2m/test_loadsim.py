@@ -146,3 +146,63 @@ def test_load_fleet_completes_a_three_stage_campaign_against_the_real_gateway(
     finally:
         runner.call(fleet.stop())
         runner.stop()
+
+
+def test_update_is_confirmed_at_the_reboot_registration_not_at_the_next_poll(
+    signing_key: Any,
+) -> None:
+    """A device forgets its observations when it reboots (the load simulator's do): with
+    polling slower than the whole update, notifications carry it to Execute and the device's new
+    registration wakes the driver, so no poll interval is waited out."""
+    import hashlib
+    import time
+
+    from tests.workers.lwm2m.conftest import (
+        CLASS_ID,
+        VENDOR_ID,
+        DictFirmware,
+        ListSink,
+        make_release,
+    )
+    from workers.lwm2m.bus import InMemoryCommandBus
+
+    release = make_release(signing_key)
+    firmware = DictFirmware(
+        envelopes={release.digest: release.envelope},
+        images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+    )
+
+    async def main() -> None:
+        gateway = Gateway(
+            GatewayConfig(
+                gateway_id="gw-reboot", port=0, fw_poll_seconds=60, request_timeout=5,
+                admission="open",
+            ),
+            bus=InMemoryCommandBus(), sink=ListSink(), firmware=firmware,
+        )  # fmt: skip
+        await gateway.start()
+        fleet = loadsim.LoadFleet(
+            loadsim.LoadFleetSpec(
+                server=gateway.config.base_uri,
+                count=1,
+                vendor_id=str(VENDOR_ID),
+                class_id=str(CLASS_ID),
+                trust_anchors_pem=[keys.public_key_pem(signing_key.public_key()).decode()],
+            )
+        )
+        try:
+            await fleet.start()
+            await fleet.wait_registered(10)
+            device = fleet.devices[0]
+            started = time.monotonic()
+            result = await gateway.run_operation(
+                device.endpoint, "fw_update", {"manifest_digest": release.digest}
+            )
+            assert result["phase"] == "succeeded"
+            assert time.monotonic() - started < 20
+            assert (device.version, device.boots) == ("1.1.0", 1)
+        finally:
+            await fleet.stop()
+            await gateway.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 50))
