@@ -15,7 +15,7 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from campaigns import engine, planning, rollouts, services
+from campaigns import device_services, engine, planning, rollouts, services
 from campaigns.events import CommandResult, FwStatus
 from campaigns.models import Device, Rollout, RolloutState
 from campaigns.spec import parse_spec
@@ -209,3 +209,28 @@ def test_a_report_key_removed_after_planning_stops_the_dispatch(catalog: Catalog
     rollout = Rollout.objects.get(campaign=campaign)
     assert (rollout.state, rollout.reason) == (RolloutState.SKIPPED, "no_report_key")
     assert rollout.command_id is None
+
+
+def test_a_fleet_registers_its_report_keys_at_once_and_one_bad_key_registers_none(
+    catalog: Catalog,
+) -> None:
+    keys = {
+        f"fleet-{i}": suit_keys.public_key_pem(suit_keys.generate_private_key("Ed25519")).decode()
+        for i in range(3)
+    }
+    with pytest.raises(device_services.ReportKeyError):
+        device_services.device_report_keys_register(
+            keys={**keys, "fleet-bad": "not a key"}, actor="simulator"
+        )
+    assert not Device.objects.filter(endpoint__startswith="fleet-").exists()
+    assert device_services.device_report_keys_register(keys=keys, actor="simulator") == 3
+    assert (
+        dict(
+            Device.objects.filter(endpoint__startswith="fleet-").values_list(
+                "endpoint", "report_key"
+            )
+        )
+        == keys
+    )
+    assert device_services.device_report_keys_register(keys=keys, actor="simulator") == 0
+    assert AuditEvent.objects.get(action="device.report_keys").details == {"count": 3}
