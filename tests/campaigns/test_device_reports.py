@@ -19,7 +19,8 @@ from audit.models import AuditEvent
 from campaigns import device_services, engine, planning, rollouts, services
 from campaigns.events import CommandResult, FwStatus
 from campaigns.models import Device, Rollout, RolloutState
-from campaigns.spec import parse_spec
+from campaigns.spec import FAILURE_REASONS, parse_spec
+from campaigns.wording import REASON_TEXT
 from manifests.suit import keys as suit_keys
 from manifests.suit import report as suit_report
 from tests.campaigns.support import Catalog, make_devices, signed_report, spec_text
@@ -243,3 +244,9 @@ def test_a_fleet_registers_its_report_keys_at_once_and_one_bad_key_registers_non
     )
     assert device_services.device_report_keys_register(keys=keys, actor="simulator") == 0
     assert AuditEvent.objects.get(action="device.report_keys").details == {"count": 3}
+
+
+def test_every_report_verdict_is_a_failure_reason_with_words() -> None:
+    for reason in (*rollouts.REPORT_REASONS, "no_report_key"):
+        assert reason in REASON_TEXT, reason
+    assert set(FAILURE_REASONS) >= rollouts.REPORT_REASONS
