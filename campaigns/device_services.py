@@ -151,6 +151,49 @@ def device_report_key_set(
         return device
 
 
+# Report keys registered per statement by ``device_report_keys_register``.
+REPORT_KEY_BATCH = 500
+
+
+def device_report_keys_register(
+    *, keys: dict[str, str], actor: Any, now: dt.datetime | None = None
+) -> int:
+    """Register many devices' report keys at once (a fleet provisioned together): every key is
+    checked first (one bad key registers none), the missing registry rows are created, keys
+    are written in batches, and one ``device.report_keys`` audit event records the count.
+    Returns how many devices' keys changed."""
+    now = now or timezone.now()
+    pems = {endpoint: report_key_pem(pem) for endpoint, pem in keys.items()}
+    if not pems:
+        return 0
+    with transaction.atomic():
+        Device.objects.bulk_create(
+            [Device(endpoint=endpoint) for endpoint in pems],
+            ignore_conflicts=True,
+            batch_size=REPORT_KEY_BATCH,
+        )
+        devices = list(
+            Device.objects.select_for_update()
+            .filter(endpoint__in=list(pems))
+            .order_by("pk")
+            .only("pk", "endpoint", "report_key")
+        )
+        changed = [d for d in devices if d.report_key != pems[d.endpoint]]
+        for device in changed:
+            device.report_key = pems[device.endpoint]
+        Device.objects.bulk_update(changed, ["report_key"], batch_size=REPORT_KEY_BATCH)
+        if changed:
+            audit_record(
+                actor=actor,
+                action="device.report_keys",
+                object_type="device",
+                object_id="",
+                details={"count": len(changed)},
+                now=now,
+            )
+    return len(changed)
+
+
 def command_queue(command_id: str) -> None:
     """Send a stored command once the current transaction commits (at once outside one), through
     the task registered under ``DEVICE_COMMAND_TASK``."""

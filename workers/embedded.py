@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from campaigns.device_services import device_report_key_set
+from campaigns.device_services import device_report_keys_register
 from workers.lwm2m.bus import bus_for_url, configured_bus_url
 from workers.lwm2m.gateway import (
     CeleryEventSink,
@@ -107,8 +107,7 @@ class EmbeddedFleet:
             self.fleet.load_or_create(spec, faults=faults, fault_rates=rates, seed=seed)
         # Provisioning, as a factory does it: each SUIT device's report key is registered
         # with its endpoint before it ever connects.
-        for endpoint, key_pem in self.fleet.report_keys().items():
-            device_report_key_set(endpoint=endpoint, key_pem=key_pem, actor="simulator")
+        device_report_keys_register(keys=self.fleet.report_keys(), actor="simulator")
         self.thread.call(
             self.fleet.start(concurrency=register_concurrency), timeout=register_timeout
         )

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from campaigns import engine, planning, rollouts, services
+from campaigns import device_services, engine, planning, rollouts, services
 from campaigns.events import CommandResult, FwStatus
 from campaigns.models import Device, Rollout, RolloutState
-from campaigns.spec import parse_spec
+from campaigns.spec import FAILURE_REASONS, parse_spec
+from campaigns.wording import REASON_TEXT
 from manifests.suit import keys as suit_keys
 from manifests.suit import report as suit_report
 from tests.campaigns.support import Catalog, make_devices, signed_report, spec_text
@@ -62,10 +64,18 @@ def _audited(rollout: Rollout) -> list[str]:
     )
 
 
-def test_a_verified_report_completes_the_update_and_is_stored(catalog: Catalog) -> None:
+def test_a_verified_report_completes_the_update_and_is_stored(
+    catalog: Catalog, django_assert_max_num_queries: Any
+) -> None:
     rollout = _dispatched(catalog, "verified")
     report_hex = signed_report(rollout)
-    rollout = _installed(rollout, report_hex)
+    # The event path stays a fixed number of statements: the rollout with its device, class
+    # and manifest, the command's nonce, the report and its audit event, the confirmation.
+    Device.objects.filter(pk=rollout.device_id).update(firmware_version=rollout.manifest.version)
+    event = CommandResult(command_id=str(rollout.command_id), ok=True, suit_report=report_hex)
+    with django_assert_max_num_queries(11):
+        rollouts.rollouts_apply_event(event=event)
+    rollout.refresh_from_db()
     assert rollout.state == RolloutState.SUCCEEDED
     assert rollout.report_verdict == "verified"
     assert bytes(rollout.report) == bytes.fromhex(report_hex)
@@ -209,3 +219,34 @@ def test_a_report_key_removed_after_planning_stops_the_dispatch(catalog: Catalog
     rollout = Rollout.objects.get(campaign=campaign)
     assert (rollout.state, rollout.reason) == (RolloutState.SKIPPED, "no_report_key")
     assert rollout.command_id is None
+
+
+def test_a_fleet_registers_its_report_keys_at_once_and_one_bad_key_registers_none(
+    catalog: Catalog,
+) -> None:
+    keys = {
+        f"fleet-{i}": suit_keys.public_key_pem(suit_keys.generate_private_key("Ed25519")).decode()
+        for i in range(3)
+    }
+    with pytest.raises(device_services.ReportKeyError):
+        device_services.device_report_keys_register(
+            keys={**keys, "fleet-bad": "not a key"}, actor="simulator"
+        )
+    assert not Device.objects.filter(endpoint__startswith="fleet-").exists()
+    assert device_services.device_report_keys_register(keys=keys, actor="simulator") == 3
+    assert (
+        dict(
+            Device.objects.filter(endpoint__startswith="fleet-").values_list(
+                "endpoint", "report_key"
+            )
+        )
+        == keys
+    )
+    assert device_services.device_report_keys_register(keys=keys, actor="simulator") == 0
+    assert AuditEvent.objects.get(action="device.report_keys").details == {"count": 3}
+
+
+def test_every_report_verdict_is_a_failure_reason_with_words() -> None:
+    for reason in (*rollouts.REPORT_REASONS, "no_report_key"):
+        assert reason in REASON_TEXT, reason
+    assert set(FAILURE_REASONS) >= rollouts.REPORT_REASONS

@@ -10,10 +10,15 @@ from campaigns.spec import parse_spec
 from manifests.suit import keys as suit_keys
 from manifests.suit import report as suit_report
 from tests.campaigns.support import spec_text, wait_for
+from workers.lwm2m.simulator import Faults
 
 
-def test_suit_devices_report_their_update_and_a_forged_report_is_refused(fleet_factory, catalog):
-    embedded = fleet_factory(catalog, count=3, wrong_class=0)
+def test_suit_devices_report_their_update_and_forged_or_missing_reports_are_refused(
+    fleet_factory, catalog
+):
+    embedded = fleet_factory(catalog, count=4, wrong_class=0)
+    # sim-00003 installs and reports Update Result 1 but signs no report.
+    embedded.set_faults(["sim-00003"], Faults(no_report=True))
     # The server holds another key for sim-00002 than the one the device signs with: its
     # reports read as forged (as would a device whose key was swapped by an attacker).
     impostor = suit_keys.generate_private_key("Ed25519")
@@ -46,5 +51,9 @@ def test_suit_devices_report_their_update_and_a_forged_report_is_refused(fleet_f
         assert stored.manifest_digest.hex() == rollout.manifest.manifest_digest
     forged = by_endpoint["sim-00002"]
     assert (forged.state, forged.reason) == (RolloutState.FAILED, "report_forged")
-    # The device did install (its own word, over /5/0/5 and /3/0/3), yet no success counts.
-    assert embedded.fleet.devices["sim-00002"].state.version == "1.1.0"
+    silent = by_endpoint["sim-00003"]
+    assert (silent.state, silent.reason) == (RolloutState.FAILED, "report_missing")
+    # Both devices did install (their own word, over /5/0/5 and /3/0/3), yet no success counts.
+    for endpoint in ("sim-00002", "sim-00003"):
+        assert embedded.fleet.devices[endpoint].state.version == "1.1.0"
+        assert by_endpoint[endpoint].fw_result == 1

@@ -75,6 +75,9 @@ DELIVERY_KINDS = {"suit": "m", "image": "i", "suit-integrated": "s", "trust-poli
 REPORT_NONCE_PATH = (26241, 0, 0)
 REPORT_PATH = (26241, 0, 1)
 MAX_NONCE_HEX = 128
+# A report read that got no answer is tried again (1, 2, 4 s apart).
+REPORT_READ_ATTEMPTS = 4
+REPORT_READ_RETRY_SECONDS = 1.0
 
 # A deregistration (GET with Observe: 1) waits at most this long for the device's answer.
 DEREGISTER_TIMEOUT = 5.0
@@ -427,7 +430,9 @@ class UpdateDriver:
             await asyncio.wait({observer}, timeout=DEREGISTER_TIMEOUT + 1)
         tracker = attempt.tracker
         if request.report_nonce:
-            attempt.suit_report = await self._read_report(self.by_endpoint.get(endpoint) or reg)
+            attempt.suit_report = await self._read_report(
+                endpoint, self.by_endpoint.get(endpoint) or reg
+            )
         outcome = attempt.outcome()
         if tracker.phase is Phase.SUCCEEDED:
             await self.emit(
@@ -451,15 +456,29 @@ class UpdateDriver:
                 raise
             log.info("%s takes no report nonce: %s", reg.endpoint, exc)
 
-    async def _read_report(self, reg: Registration) -> str:
+    async def _read_report(self, endpoint: str, reg: Registration) -> str:
         """The device's signed report of the attempt that just ended (hex; "" when it has
-        none or does not answer: the server decides what a missing report means)."""
-        try:
-            value = (await self.read(reg, REPORT_PATH)).get(REPORT_PATH)
-        except LwM2MError as exc:
-            log.info("read of %s's SUIT report failed: %s", reg.endpoint, exc)
-            return ""
-        return value.hex() if isinstance(value, bytes) else ""
+        none: the server decides what a missing report means). A read that got no answer is
+        tried again, REPORT_READ_ATTEMPTS times in all with a growing pause (on the device's
+        current registration): the report decides the attempt, so a busy moment must not
+        lose it; a definite answer (4.04: no report object) is not tried again."""
+        for attempt in range(REPORT_READ_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(REPORT_READ_RETRY_SECONDS * 2 ** (attempt - 1))
+                reg = self.by_endpoint.get(endpoint) or reg
+            try:
+                value = (await self.read(reg, REPORT_PATH)).get(REPORT_PATH)
+            except DeviceOperationError as exc:
+                log.info("read of %s's SUIT report failed: %s", endpoint, exc)
+                if exc.permanent:
+                    return ""
+                continue
+            except LwM2MError as exc:
+                log.info("read of %s's SUIT report failed: %s", endpoint, exc)
+                continue
+            return value.hex() if isinstance(value, bytes) else ""
+        log.warning("%s's SUIT report unread after %d attempts", endpoint, REPORT_READ_ATTEMPTS)
+        return ""
 
     async def _push(self, reg: Registration, attempt: _Attempt, data: bytes) -> None:
         """Block1 write of the package to /5/0/0. A 4.xx answer: the device's Update Result

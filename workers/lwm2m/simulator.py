@@ -28,7 +28,8 @@ Object 5 State and Result follow :class:`DeviceFirmwareObject`.
 Faults (per device, or drawn per device from rates with a seeded RNG): ``download_drop`` (result
 4), ``digest_mismatch`` (5), ``no_space`` (2), ``boot_fail`` (8 after a revert), ``offline``
 (silent for a while after registering), ``slow_link`` (delay per block), ``clock_skew`` (seconds
-added to its clock), ``wrong_class`` (its class ID differs from the one it claims).
+added to its clock), ``wrong_class`` (its class ID differs from the one it claims),
+``no_report`` (a SUIT device that signs no report of its updates).
 
 State persists to a JSON file (atomically replaced) so a fleet survives restarts.
 """
@@ -91,6 +92,7 @@ FAULTS = (
     "slow_link",
     "clock_skew",
     "wrong_class",
+    "no_report",
 )
 
 
@@ -126,6 +128,7 @@ class Faults:
     slow_link_seconds: float = 0.0
     clock_skew_seconds: float = 0.0
     wrong_class: bool = False
+    no_report: bool = False  # a SUIT device that signs no report (an old or broken one)
 
     @classmethod
     def parse(cls, specs: list[str]) -> Faults:
@@ -930,7 +933,7 @@ class SimulatedDevice:
     def _sign_report(self, manifest_digest: bytes, failure_code: str | None) -> None:
         """Sign the SUIT report of the attempt that just ended (a device with a report key, told
         a nonce by the server; without a nonce there is no attempt to report on)."""
-        if not self.state.report_key or not self.state.report_nonce:
+        if not self.state.report_key or not self.state.report_nonce or self.state.faults.no_report:
             return
         key = suit_keys.load_private_key_pem(self.state.report_key.encode())
         report = suit_report.SUITReport(

@@ -8,7 +8,7 @@ flash; identity = endpoint), provisioned on the server through ``device_psk_set`
 to the gateway's DTLS listener (``--server coaps://...``, default from LWM2M_DTLS_BIND).
 
 Each SUIT device gets its own report key (Ed25519, kept in the state file); its public key is
-registered with the device on the server (``device_report_key_set``), as provisioning would.
+registered with the device on the server (``device_report_keys_register``), as provisioning would.
 """
 
 from __future__ import annotations
@@ -125,11 +125,10 @@ class Command(BaseCommand):
             fault_rates=rates,
             seed=options["seed"],
         )
-        from campaigns.device_services import device_report_key_set
+        from campaigns.device_services import device_report_keys_register
 
         report_keys = fleet.report_keys()
-        for endpoint, key_pem in report_keys.items():
-            device_report_key_set(endpoint=endpoint, key_pem=key_pem, actor="simulate_fleet")
+        device_report_keys_register(keys=report_keys, actor="simulate_fleet")
         self.stdout.write(f"{len(report_keys)} SUIT report keys registered")
         if options["dtls"]:
             from campaigns.device_services import device_psk_set
