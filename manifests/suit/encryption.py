@@ -119,7 +119,7 @@ class RecipientInfo:
     """What a recipient says about itself (nothing secret)."""
 
     alg: int
-    kid: bytes
+    kid: bytes | None  # None: the recipient names no key (the draft's ECDH-ES example)
 
 
 def _kdf_context(recipient_protected: bytes) -> bytes:
@@ -208,7 +208,8 @@ def encrypt_payload(
 class _Parsed:
     protected: bytes
     iv: bytes
-    recipients: tuple[tuple[int, bytes, bytes, Any], ...]  # alg, kid, wrapped cek, recipient
+    # alg, kid (None: the recipient names no key), wrapped cek, the recipient itself
+    recipients: tuple[tuple[int, bytes | None, bytes, Any], ...]
 
 
 EncryptionInfo = bytes | CBORTag  # encoded, or as the decoder returns it (Manifest.encryption_info)
@@ -259,11 +260,11 @@ def _parse(encryption_info: EncryptionInfo) -> _Parsed:
         if not isinstance(r_header, Mapping):
             raise SUITEncryptionInfoError(f"recipient[{i}] protected is not a map")
         alg = r_header.get(_H_ALG, r_unprotected.get(_H_ALG))
-        kid = r_unprotected.get(_H_KID)
-        if alg not in (ALG_A128KW, ALG_A256KW, ALG_ECDH_ES_A128KW) or type(kid) is not bytes:
-            raise SUITEncryptionInfoError(
-                f"recipient[{i}] is not A128KW/A256KW/ECDH-ES+A128KW with a kid"
-            )
+        kid = r_unprotected.get(_H_KID, r_header.get(_H_KID))
+        if alg not in (ALG_A128KW, ALG_A256KW, ALG_ECDH_ES_A128KW):
+            raise SUITEncryptionInfoError(f"recipient[{i}] is not A128KW/A256KW/ECDH-ES+A128KW")
+        if kid is not None and type(kid) is not bytes:
+            raise SUITEncryptionInfoError(f"recipient[{i}] kid is not a byte string")
         parsed.append((alg, kid, wrapped, r))
     return _Parsed(protected=protected, iv=iv, recipients=tuple(parsed))
 
@@ -288,30 +289,45 @@ def unwrap_content_key(
     """The CEK from the recipient addressed to ``kid``: ``key`` is the class KEK (bytes) or the
     device's P-256 private key."""
     parsed = _parse(encryption_info)
-    for alg, r_kid, wrapped, recipient in parsed.recipients:
-        if r_kid != kid:
-            continue
+    # The recipients addressed to ``kid``; failing those, the ones that name no key (each is
+    # tried: only the right key passes AES-KW's integrity check).
+    candidates = [r for r in parsed.recipients if r[1] == kid] or [
+        r for r in parsed.recipients if r[1] is None
+    ]
+    if not candidates:
+        raise SUITNoRecipientError("no recipient is addressed to this device's key")
+    failures: list[SUITKeyUnwrapError] = []
+    for alg, _, wrapped, recipient in candidates:
         try:
-            if alg == ALG_ECDH_ES_A128KW:
-                if not isinstance(key, ec.EllipticCurvePrivateKey):
-                    raise SUITKeyUnwrapError("an ECDH-ES recipient needs the device's private key")
-                ephemeral = _ec2_from_cose(recipient[1].get(_H_EPHEMERAL))
-                kek = _ecdh_kek(key, ephemeral, recipient[0])
-            else:
-                if type(key) is not bytes or _KW_ALGS.get(len(key)) != alg:
-                    raise SUITKeyUnwrapError("the key does not fit the recipient's AES-KW size")
-                kek = key
-            cek = aes_key_unwrap(kek, wrapped)
-        except InvalidUnwrap:
-            raise SUITKeyUnwrapError(
-                "the content key does not unwrap (wrong key, or the wrapped key was altered)"
-            ) from None
-        except ValueError:
-            raise SUITKeyUnwrapError("the wrapped content key is malformed") from None
-        if len(cek) != _CEK_BYTES:
-            raise SUITKeyUnwrapError("the unwrapped content key is not 16 bytes")
-        return cek
-    raise SUITNoRecipientError("no recipient is addressed to this device's key")
+            return _unwrap(alg, wrapped, recipient, key)
+        except SUITKeyUnwrapError as exc:
+            failures.append(exc)
+    raise failures[0]
+
+
+def _unwrap(
+    alg: int, wrapped: bytes, recipient: Any, key: bytes | ec.EllipticCurvePrivateKey
+) -> bytes:
+    try:
+        if alg == ALG_ECDH_ES_A128KW:
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise SUITKeyUnwrapError("an ECDH-ES recipient needs the device's private key")
+            ephemeral = _ec2_from_cose(recipient[1].get(_H_EPHEMERAL))
+            kek = _ecdh_kek(key, ephemeral, recipient[0])
+        else:
+            if type(key) is not bytes or _KW_ALGS.get(len(key)) != alg:
+                raise SUITKeyUnwrapError("the key does not fit the recipient's AES-KW size")
+            kek = key
+        cek = aes_key_unwrap(kek, wrapped)
+    except InvalidUnwrap:
+        raise SUITKeyUnwrapError(
+            "the content key does not unwrap (wrong key, or the wrapped key was altered)"
+        ) from None
+    except ValueError:
+        raise SUITKeyUnwrapError("the wrapped content key is malformed") from None
+    if len(cek) != _CEK_BYTES:
+        raise SUITKeyUnwrapError("the unwrapped content key is not 16 bytes")
+    return cek
 
 
 def decrypt_payload(
