@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.utils import timezone
 
-from campaigns import engine, planning, services
+from campaigns import engine, planning, services, wording
 from campaigns.device_services import device_encryption_key_register
 from campaigns.models import (
     IN_FLIGHT_STATES,
@@ -98,6 +98,7 @@ def test_device_whose_key_is_unknown_is_refused_at_plan_with_its_reason(
     assert refused.count() == 3
     assert all("not registered or not among them" in r.detail for r in refused)
     assert keyed.pk not in set(refused.values_list("device_id", flat=True))
+    assert "not known to hold" in wording.REASON_TEXT["encryption_key_unknown"]
 
 
 def test_encrypted_release_campaign_completes_and_a_wrong_key_fails_with_its_reason(
