@@ -293,3 +293,42 @@ def test_the_drafts_ecdh_es_example_decrypts() -> None:
     assert suit.recipients_of(DRAFT_ECDH_INFO)[0].kid is None
     plain = suit.decrypt_payload(DRAFT_CIPHERTEXT, DRAFT_ECDH_INFO, kid=b"kid-2", key=device)
     assert plain == DRAFT_PLAINTEXT
+
+
+DRAFT_CTR_CIPHERTEXT = bytes.fromhex("2BB8DB522AE978246CC775C3B0241BD4B0333FFDD2DB70C7EE7A4966E3B7")
+DRAFT_AES_KW_CTR_INFO = bytes.fromhex(
+    "D8608440A20139FFFD0550DAE613B2E0DC55F4322BE38BDBA9DC68F6818340A2012204456B69642D315818CE"
+    "34035CE5C2E2666E46D4C131FC561DD190A6D26CFA1990"
+)
+DRAFT_ECDH_CTR_INFO = bytes.fromhex(
+    "D8608440A20139FFFD0550DAE613B2E0DC55F4322BE38BDBA9DC68F6818344A101381CA120A4010220012158"
+    "20EE0718F6B019C29CC611C18CEDE2214066DDCEDC2F0DBEF873CB224C715C1174225820279F2A88E4AB9E2ED3"
+    "0C0FCB69515B31B5D36725BFDB9AE02032ED4D5AB52CB85818E28B4502E4F5151884A995405579006E9465C3E9"
+    "4E3E0808"
+)
+
+
+def test_the_drafts_aes_ctr_examples_decrypt() -> None:
+    device = ec.derive_private_key(int(DRAFT_DEVICE_D, 16), ec.SECP256R1())
+    kw = suit.decrypt_payload(
+        DRAFT_CTR_CIPHERTEXT, DRAFT_AES_KW_CTR_INFO, kid=b"kid-1", key=b"aaaaaaaaaaaaaaaa"
+    )
+    ecdh = suit.decrypt_payload(DRAFT_CTR_CIPHERTEXT, DRAFT_ECDH_CTR_INFO, kid=b"x", key=device)
+    assert kw == ecdh == DRAFT_PLAINTEXT
+
+
+def test_aes_ctr_for_streaming_devices_round_trips_and_tampering_fails_the_digest() -> None:
+    sealed = suit.encrypt_payload(
+        PLAINTEXT, [suit.KEKRecipient(KEK_KID, KEK)], content_alg="A128CTR"
+    )
+    body = cbor2.loads(sealed.encryption_info).value
+    assert body[0] == b"" and body[1][1] == -65534 and len(body[1][5]) == 16
+    assert len(sealed.ciphertext) == len(PLAINTEXT) and MARKER not in sealed.ciphertext
+    info = sealed.encryption_info
+    assert suit.decrypt_payload(sealed.ciphertext, info, kid=KEK_KID, key=KEK) == PLAINTEXT
+    # No tag: an altered ciphertext decrypts to another plaintext, which the digest refuses.
+    env = suit.decode_envelope(suit.create_envelope(_params(encryption_info=info), keys=[]))
+    facts = device_rules.facts_from_manifest(env.manifest)
+    garbled = suit.decrypt_payload(_flip(sealed.ciphertext, 7), info, kid=KEK_KID, key=KEK)
+    with pytest.raises(device_rules.ImageDigestMismatchError):
+        device_rules.check_payload(garbled, facts)
