@@ -73,6 +73,7 @@ REASON_TEXT: dict[str, str] = {
     "expired_release": "the release has expired",
     "clock_skew": "the device's clock is off",
     "manifest_incomplete": "the manifest lacks a required field",
+    "encryption_key_unknown": "the release is encrypted for keys this device is not known to hold",
     "excluded_by_spec": "the campaign's spec excludes it",
     "offline_too_long": "the device has not been seen for too long",
     "version_constraint": "its installed version is outside the campaign's target",

@@ -123,11 +123,13 @@ def payload_encrypt(
     actor: AbstractBaseUser,
     device_keys: Sequence[tuple[str, str]] = (),
     class_key: bool = True,
+    content_alg: str = "A128GCM",
 ) -> EncryptedPayload:
     """Encrypt ``image`` under a fresh content key, wrapped for the class's active
     key-encryption key (``class_key``) and for each ``(kid hex, P-256 public PEM)`` in
     ``device_keys``. The ciphertext is stored content-addressed; the row holds the encryption
-    info the author signs into the manifest. Each call is a new content key (one per release)."""
+    info the author signs into the manifest. Each call is a new content key (one per release).
+    ``content_alg="A128CTR"`` for devices that decrypt while streaming (docs/suit.md)."""
     require_role(actor, *CATALOG_WRITE)
     recipients: list[suit.KEKRecipient | suit.ECDHRecipient] = []
     kek_row = active_payload_key(device_class) if class_key else None
@@ -146,7 +148,7 @@ def payload_encrypt(
         raise PayloadEncryptionError("no recipient: neither a class key nor a device key")
     store = image_storage()
     try:
-        sealed = suit.encrypt_payload(store.read(image.sha256), recipients)
+        sealed = suit.encrypt_payload(store.read(image.sha256), recipients, content_alg=content_alg)
     except suit.SUITEncryptionError as exc:
         raise PayloadEncryptionError(str(exc)) from None
     # Content first, row second (as image_upload): a crash leaves an unreferenced blob only.
@@ -172,6 +174,7 @@ def payload_encrypt(
                 "device_class": str(device_class),
                 "ciphertext": cipher_sha,
                 "recipient_kids": row.recipient_kids,
+                "content_alg": content_alg,
             },
         )
         return row

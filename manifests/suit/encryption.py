@@ -36,6 +36,7 @@ import cbor2
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
@@ -45,6 +46,7 @@ from .constants import TAG_COSE_ENCRYPT
 from .errors import SUITError
 
 ALG_A128GCM = 1
+ALG_A128CTR = -65534  # RFC 9459; no integrity of its own: the plaintext digest check carries it
 ALG_A128KW = -3
 ALG_A256KW = -5
 ALG_ECDH_ES_A128KW = -29
@@ -54,6 +56,8 @@ _H_ALG, _H_KID, _H_IV, _H_EPHEMERAL = 1, 4, 5, -1
 _KW_ALGS = {16: ALG_A128KW, 32: ALG_A256KW}
 _CEK_BYTES = 16
 _IV_BYTES = 12
+_CTR_IV_BYTES = 16
+CONTENT_ALGS = {"A128GCM": ALG_A128GCM, "A128CTR": ALG_A128CTR}
 _TAG_BYTES = 16
 _MAX_RECIPIENTS = 10_000  # a release addresses at most this many keys in its signed manifest
 
@@ -119,7 +123,7 @@ class RecipientInfo:
     """What a recipient says about itself (nothing secret)."""
 
     alg: int
-    kid: bytes
+    kid: bytes | None  # None: the recipient names no key (the draft's ECDH-ES example)
 
 
 def _kdf_context(recipient_protected: bytes) -> bytes:
@@ -183,9 +187,14 @@ def encrypt_payload(
     *,
     content_key: bytes | None = None,
     iv: bytes | None = None,
+    content_alg: str = "A128GCM",
 ) -> EncryptedPayload:
     """Encrypt ``plaintext`` under a fresh CEK (``content_key`` only for fixed test vectors) and
-    wrap the CEK once per recipient. Each call yields a new CEK: one per release."""
+    wrap the CEK once per recipient. Each call yields a new CEK: one per release.
+
+    ``content_alg``: "A128GCM" (default, authenticated) or "A128CTR" (the draft's choice for a
+    device that decrypts while streaming into flash: no tag, the IV is the initial counter block,
+    integrity rests on the plaintext's digest in the signed manifest)."""
     if not recipients:
         raise SUITEncryptionError("an encrypted payload needs at least one recipient")
     if len(recipients) > _MAX_RECIPIENTS:
@@ -193,13 +202,25 @@ def encrypt_payload(
     kids = [r.kid for r in recipients]
     if len(set(kids)) != len(kids):
         raise SUITEncryptionError("two recipients share a kid")
+    if content_alg not in CONTENT_ALGS:
+        raise SUITEncryptionError(f"content_alg must be one of {sorted(CONTENT_ALGS)}")
+    ctr = content_alg == "A128CTR"
+    iv_bytes = _CTR_IV_BYTES if ctr else _IV_BYTES
     cek = os.urandom(_CEK_BYTES) if content_key is None else content_key
-    nonce = os.urandom(_IV_BYTES) if iv is None else iv
-    if len(cek) != _CEK_BYTES or len(nonce) != _IV_BYTES:
-        raise SUITEncryptionError("A128GCM takes a 16-byte key and a 12-byte IV")
-    protected = dumps({_H_ALG: ALG_A128GCM})
-    ciphertext = AESGCM(cek).encrypt(nonce, bytes(plaintext), _enc_structure(protected))
-    body = [protected, {_H_IV: nonce}, None, [_wrap_for(r, cek) for r in recipients]]
+    nonce = os.urandom(iv_bytes) if iv is None else iv
+    if len(cek) != _CEK_BYTES or len(nonce) != iv_bytes:
+        raise SUITEncryptionError(f"{content_alg} takes a 16-byte key and a {iv_bytes}-byte IV")
+    if ctr:
+        # The draft's AES-CTR layout: alg and IV unprotected, no Enc_structure (no AAD).
+        protected = b""
+        unprotected: dict[int, Any] = {_H_ALG: ALG_A128CTR, _H_IV: nonce}
+        encryptor = Cipher(algorithms.AES(cek), modes.CTR(nonce)).encryptor()
+        ciphertext = encryptor.update(bytes(plaintext)) + encryptor.finalize()
+    else:
+        protected = dumps({_H_ALG: ALG_A128GCM})
+        unprotected = {_H_IV: nonce}
+        ciphertext = AESGCM(cek).encrypt(nonce, bytes(plaintext), _enc_structure(protected))
+    body = [protected, unprotected, None, [_wrap_for(r, cek) for r in recipients]]
     info = dumps(CBORTag(TAG_COSE_ENCRYPT, body))
     return EncryptedPayload(ciphertext=ciphertext, encryption_info=info, kids=tuple(kids))
 
@@ -207,8 +228,10 @@ def encrypt_payload(
 @dataclass(frozen=True)
 class _Parsed:
     protected: bytes
+    alg: int
     iv: bytes
-    recipients: tuple[tuple[int, bytes, bytes, Any], ...]  # alg, kid, wrapped cek, recipient
+    # alg, kid (None: the recipient names no key), wrapped cek, the recipient itself
+    recipients: tuple[tuple[int, bytes | None, bytes, Any], ...]
 
 
 EncryptionInfo = bytes | CBORTag  # encoded, or as the decoder returns it (Manifest.encryption_info)
@@ -234,11 +257,20 @@ def _parse(encryption_info: EncryptionInfo) -> _Parsed:
         header = cbor2.loads(protected) if protected else {}
     except Exception:
         raise SUITEncryptionInfoError("COSE_Encrypt protected header is not CBOR") from None
-    if not isinstance(header, Mapping) or header.get(_H_ALG) != ALG_A128GCM:
-        raise SUITEncryptionInfoError("content encryption is not A128GCM (alg 1)")
+    if not isinstance(header, Mapping):
+        raise SUITEncryptionInfoError("COSE_Encrypt protected header is not a map")
+    content_alg = header.get(_H_ALG, unprotected.get(_H_ALG))
+    if content_alg == ALG_A128GCM and header.get(_H_ALG) == ALG_A128GCM:
+        iv_bytes = _IV_BYTES
+    elif content_alg == ALG_A128CTR:
+        iv_bytes = _CTR_IV_BYTES
+    else:
+        raise SUITEncryptionInfoError(
+            "content encryption is not A128GCM (alg 1, protected) or A128CTR (alg -65534)"
+        )
     iv = unprotected.get(_H_IV)
-    if type(iv) is not bytes or len(iv) != _IV_BYTES:
-        raise SUITEncryptionInfoError("the IV is not 12 bytes")
+    if type(iv) is not bytes or len(iv) != iv_bytes:
+        raise SUITEncryptionInfoError(f"the IV is not {iv_bytes} bytes")
     if ciphertext is not None:
         raise SUITEncryptionInfoError("the ciphertext must be detached (nil)")
     if not isinstance(recipients, list | tuple) or not recipients:
@@ -259,13 +291,13 @@ def _parse(encryption_info: EncryptionInfo) -> _Parsed:
         if not isinstance(r_header, Mapping):
             raise SUITEncryptionInfoError(f"recipient[{i}] protected is not a map")
         alg = r_header.get(_H_ALG, r_unprotected.get(_H_ALG))
-        kid = r_unprotected.get(_H_KID)
-        if alg not in (ALG_A128KW, ALG_A256KW, ALG_ECDH_ES_A128KW) or type(kid) is not bytes:
-            raise SUITEncryptionInfoError(
-                f"recipient[{i}] is not A128KW/A256KW/ECDH-ES+A128KW with a kid"
-            )
+        kid = r_unprotected.get(_H_KID, r_header.get(_H_KID))
+        if alg not in (ALG_A128KW, ALG_A256KW, ALG_ECDH_ES_A128KW):
+            raise SUITEncryptionInfoError(f"recipient[{i}] is not A128KW/A256KW/ECDH-ES+A128KW")
+        if kid is not None and type(kid) is not bytes:
+            raise SUITEncryptionInfoError(f"recipient[{i}] kid is not a byte string")
         parsed.append((alg, kid, wrapped, r))
-    return _Parsed(protected=protected, iv=iv, recipients=tuple(parsed))
+    return _Parsed(protected=protected, alg=content_alg, iv=iv, recipients=tuple(parsed))
 
 
 def encode_encryption_info(encryption_info: EncryptionInfo) -> bytes:
@@ -288,30 +320,45 @@ def unwrap_content_key(
     """The CEK from the recipient addressed to ``kid``: ``key`` is the class KEK (bytes) or the
     device's P-256 private key."""
     parsed = _parse(encryption_info)
-    for alg, r_kid, wrapped, recipient in parsed.recipients:
-        if r_kid != kid:
-            continue
+    # The recipients addressed to ``kid``; failing those, the ones that name no key (each is
+    # tried: only the right key passes AES-KW's integrity check).
+    candidates = [r for r in parsed.recipients if r[1] == kid] or [
+        r for r in parsed.recipients if r[1] is None
+    ]
+    if not candidates:
+        raise SUITNoRecipientError("no recipient is addressed to this device's key")
+    failures: list[SUITKeyUnwrapError] = []
+    for alg, _, wrapped, recipient in candidates:
         try:
-            if alg == ALG_ECDH_ES_A128KW:
-                if not isinstance(key, ec.EllipticCurvePrivateKey):
-                    raise SUITKeyUnwrapError("an ECDH-ES recipient needs the device's private key")
-                ephemeral = _ec2_from_cose(recipient[1].get(_H_EPHEMERAL))
-                kek = _ecdh_kek(key, ephemeral, recipient[0])
-            else:
-                if type(key) is not bytes or _KW_ALGS.get(len(key)) != alg:
-                    raise SUITKeyUnwrapError("the key does not fit the recipient's AES-KW size")
-                kek = key
-            cek = aes_key_unwrap(kek, wrapped)
-        except InvalidUnwrap:
-            raise SUITKeyUnwrapError(
-                "the content key does not unwrap (wrong key, or the wrapped key was altered)"
-            ) from None
-        except ValueError:
-            raise SUITKeyUnwrapError("the wrapped content key is malformed") from None
-        if len(cek) != _CEK_BYTES:
-            raise SUITKeyUnwrapError("the unwrapped content key is not 16 bytes")
-        return cek
-    raise SUITNoRecipientError("no recipient is addressed to this device's key")
+            return _unwrap(alg, wrapped, recipient, key)
+        except SUITKeyUnwrapError as exc:
+            failures.append(exc)
+    raise failures[0]
+
+
+def _unwrap(
+    alg: int, wrapped: bytes, recipient: Any, key: bytes | ec.EllipticCurvePrivateKey
+) -> bytes:
+    try:
+        if alg == ALG_ECDH_ES_A128KW:
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise SUITKeyUnwrapError("an ECDH-ES recipient needs the device's private key")
+            ephemeral = _ec2_from_cose(recipient[1].get(_H_EPHEMERAL))
+            kek = _ecdh_kek(key, ephemeral, recipient[0])
+        else:
+            if type(key) is not bytes or _KW_ALGS.get(len(key)) != alg:
+                raise SUITKeyUnwrapError("the key does not fit the recipient's AES-KW size")
+            kek = key
+        cek = aes_key_unwrap(kek, wrapped)
+    except InvalidUnwrap:
+        raise SUITKeyUnwrapError(
+            "the content key does not unwrap (wrong key, or the wrapped key was altered)"
+        ) from None
+    except ValueError:
+        raise SUITKeyUnwrapError("the wrapped content key is malformed") from None
+    if len(cek) != _CEK_BYTES:
+        raise SUITKeyUnwrapError("the unwrapped content key is not 16 bytes")
+    return cek
 
 
 def decrypt_payload(
@@ -324,6 +371,10 @@ def decrypt_payload(
     """The plaintext, or a :class:`SUITEncryptionError` saying which check failed."""
     parsed = _parse(encryption_info)
     cek = unwrap_content_key(encryption_info, kid=kid, key=key)
+    if parsed.alg == ALG_A128CTR:
+        # No integrity here: the caller checks the plaintext's digest (the device always does).
+        decryptor = Cipher(algorithms.AES(cek), modes.CTR(parsed.iv)).decryptor()
+        return decryptor.update(bytes(ciphertext)) + decryptor.finalize()
     if len(ciphertext) < _TAG_BYTES:
         raise SUITCiphertextError("the ciphertext is shorter than the GCM tag")
     try:

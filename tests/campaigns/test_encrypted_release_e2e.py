@@ -8,17 +8,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from campaigns import engine, planning, services
+from campaigns import engine, planning, services, wording
 from campaigns.device_services import device_encryption_key_register
 from campaigns.models import (
     IN_FLIGHT_STATES,
     Campaign,
     CampaignStatus,
     Device,
+    DeviceEncryptionKey,
     Rollout,
     RolloutState,
 )
@@ -98,6 +101,7 @@ def test_device_whose_key_is_unknown_is_refused_at_plan_with_its_reason(
     assert refused.count() == 3
     assert all("not registered or not among them" in r.detail for r in refused)
     assert keyed.pk not in set(refused.values_list("device_id", flat=True))
+    assert "not known to hold" in wording.REASON_TEXT["encryption_key_unknown"]
 
 
 def test_encrypted_release_campaign_completes_and_a_wrong_key_fails_with_its_reason(
@@ -157,3 +161,33 @@ def test_encrypted_release_campaign_completes_and_a_wrong_key_fails_with_its_rea
         assert "4/5 succeeded" in final.pause_reason and "1 failed" in final.pause_reason
     finally:
         embedded.stop()
+
+
+def test_device_key_that_is_not_a_p256_public_key_is_refused_and_changes_nothing(
+    catalog: Catalog, tmp_path: Any
+) -> None:
+    device = make_devices(catalog, 1)[0]
+    pem = tmp_path / "ed.pem"
+    pem.write_bytes(
+        ed25519.Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(CommandError, match="P-256"):
+        call_command(
+            "payload", "device-key", device.endpoint, "--kid", "01",
+            "--public-key", str(pem), "--user", catalog.ops.get_username(),
+        )  # fmt: skip
+    good = tmp_path / "p256.pem"
+    good.write_text(_public_pem())
+    call_command(
+        "payload", "device-key", device.endpoint, "--kid", "01",
+        "--public-key", str(good), "--user", catalog.ops.get_username(),
+    )  # fmt: skip
+    assert DeviceEncryptionKey.objects.get(device=device).kid == "01"
+    other = make_devices(catalog, 1, prefix="other")[0]
+    with pytest.raises(CommandError, match="another device"):
+        call_command(
+            "payload", "device-key", other.endpoint, "--kid", "01",
+            "--public-key", str(good), "--user", catalog.ops.get_username(),
+        )  # fmt: skip

@@ -683,3 +683,38 @@ def test_inspect_and_verify_name_an_untagged_envelope(tmp_path: Path, envelope: 
         extra = ["--mac-key", str(envelope)] if action == "verify" else []
         message = refused("suit", action, str(untagged), *extra)
         assert "untagged SUIT_Envelope (tag 107 missing) [suit.tag]" in message
+
+
+def test_create_with_encryption_info_puts_it_in_the_signed_install_sequence(
+    workdir: Path, image: Path, author_key: tuple[Path, Path]
+) -> None:
+    sealed = suit.encrypt_payload(image.read_bytes(), [suit.KEKRecipient(b"k1", bytes(16))])
+    info = workdir / "info.cbor"
+    info.write_bytes(sealed.encryption_info)
+    out = workdir / "enc.suit"
+    cipher_uri = "/fw/i/" + hashlib.sha256(sealed.ciphertext).hexdigest()
+    cli(
+        *create_args(
+            image, author_key[0], out, **{"--encryption-info": str(info)}, **{"--uri": cipher_uri}
+        )
+    )
+    env = suit.decode_envelope(out.read_bytes())
+    assert suit.encode_encryption_info(env.manifest.encryption_info[0]) == sealed.encryption_info
+    assert env.manifest.uri == cipher_uri
+
+
+def test_create_with_encryption_info_but_no_uri_is_refused(
+    workdir: Path, image: Path, author_key: tuple[Path, Path]
+) -> None:
+    info = workdir / "info2.cbor"
+    info.write_bytes(
+        suit.encrypt_payload(b"x", [suit.KEKRecipient(b"k", bytes(16))]).encryption_info
+    )
+    args = create_args(
+        image, author_key[0], workdir / "none.suit", **{"--encryption-info": str(info)}
+    )
+    at = args.index("--uri")
+    del args[at : at + 2]
+    with pytest.raises(CommandError, match="needs --uri"):
+        call_command(*args)
+    assert not (workdir / "none.suit").exists()

@@ -259,3 +259,76 @@ def test_device_without_a_decryption_key_refuses_an_encrypted_manifest(
     other = dataclasses.replace(capable, decryption_kids=frozenset({b"another"}))
     with pytest.raises(device_rules.DecryptionNoRecipientError):
         device_rules.check_manifest(facts, device=other, installed=installed, now=now)
+
+
+# --- the draft's own examples (draft-ietf-suit-firmware-encryption, section "Examples") -------
+# Keys, encryption infos and ciphertexts as published in the working group's repository
+# (suit-wg/suit-firmware-encryption, examples/); the plaintext is "This is a real firmware image."
+DRAFT_PLAINTEXT = b"This is a real firmware image."
+DRAFT_CIPHERTEXT = bytes.fromhex(
+    "758C4B7BBAE2C4C1D462423E0F0DC3164FFA7B85BB94D4BD6D7ED26AB32FEB063385D4D3465927EC82CB5E198A59"
+)
+DRAFT_AES_KW_INFO = bytes.fromhex(
+    "D8608443A10101A1054CF14AAB9D81D51F7AD943FE87F6818340A2012204456B69642D31581875603FFC9518D7"
+    "94713C8CA8A115A7FB32565A6D59534D62"
+)
+DRAFT_ECDH_INFO = bytes.fromhex(
+    "D8608443A10101A1054CF14AAB9D81D51F7AD943FE87F6818344A101381CA120A40102200121582073024F415A"
+    "A51529A66CCEFD88F3F62A734492FF45F6AD37FD2888E73EAF19DA2258204005B48A6FD091AA6ABFE3CFBEEDE8"
+    "8B347E521D43405FDBD7D2CFF0EBC21B265818A06B8E6550F308712B1DF044B21B7D11D9B22792F1DE0997"
+)
+DRAFT_DEVICE_D = "60FE6DD6D85D5740A5349B6F91267EEAC5BA81B8CB53EE249E4B4EB102C476B3"
+
+
+def test_the_drafts_aes_kw_example_decrypts() -> None:
+    plain = suit.decrypt_payload(
+        DRAFT_CIPHERTEXT, DRAFT_AES_KW_INFO, kid=b"kid-1", key=b"aaaaaaaaaaaaaaaa"
+    )
+    assert plain == DRAFT_PLAINTEXT
+
+
+def test_the_drafts_ecdh_es_example_decrypts() -> None:
+    device = ec.derive_private_key(int(DRAFT_DEVICE_D, 16), ec.SECP256R1())
+    # The example's recipient names no key, so the device's key is tried on it.
+    assert suit.recipients_of(DRAFT_ECDH_INFO)[0].kid is None
+    plain = suit.decrypt_payload(DRAFT_CIPHERTEXT, DRAFT_ECDH_INFO, kid=b"kid-2", key=device)
+    assert plain == DRAFT_PLAINTEXT
+
+
+DRAFT_CTR_CIPHERTEXT = bytes.fromhex("2BB8DB522AE978246CC775C3B0241BD4B0333FFDD2DB70C7EE7A4966E3B7")
+DRAFT_AES_KW_CTR_INFO = bytes.fromhex(
+    "D8608440A20139FFFD0550DAE613B2E0DC55F4322BE38BDBA9DC68F6818340A2012204456B69642D315818CE"
+    "34035CE5C2E2666E46D4C131FC561DD190A6D26CFA1990"
+)
+DRAFT_ECDH_CTR_INFO = bytes.fromhex(
+    "D8608440A20139FFFD0550DAE613B2E0DC55F4322BE38BDBA9DC68F6818344A101381CA120A4010220012158"
+    "20EE0718F6B019C29CC611C18CEDE2214066DDCEDC2F0DBEF873CB224C715C1174225820279F2A88E4AB9E2ED3"
+    "0C0FCB69515B31B5D36725BFDB9AE02032ED4D5AB52CB85818E28B4502E4F5151884A995405579006E9465C3E9"
+    "4E3E0808"
+)
+
+
+def test_the_drafts_aes_ctr_examples_decrypt() -> None:
+    device = ec.derive_private_key(int(DRAFT_DEVICE_D, 16), ec.SECP256R1())
+    kw = suit.decrypt_payload(
+        DRAFT_CTR_CIPHERTEXT, DRAFT_AES_KW_CTR_INFO, kid=b"kid-1", key=b"aaaaaaaaaaaaaaaa"
+    )
+    ecdh = suit.decrypt_payload(DRAFT_CTR_CIPHERTEXT, DRAFT_ECDH_CTR_INFO, kid=b"x", key=device)
+    assert kw == ecdh == DRAFT_PLAINTEXT
+
+
+def test_aes_ctr_for_streaming_devices_round_trips_and_tampering_fails_the_digest() -> None:
+    sealed = suit.encrypt_payload(
+        PLAINTEXT, [suit.KEKRecipient(KEK_KID, KEK)], content_alg="A128CTR"
+    )
+    body = cbor2.loads(sealed.encryption_info).value
+    assert body[0] == b"" and body[1][1] == -65534 and len(body[1][5]) == 16
+    assert len(sealed.ciphertext) == len(PLAINTEXT) and MARKER not in sealed.ciphertext
+    info = sealed.encryption_info
+    assert suit.decrypt_payload(sealed.ciphertext, info, kid=KEK_KID, key=KEK) == PLAINTEXT
+    # No tag: an altered ciphertext decrypts to another plaintext, which the digest refuses.
+    env = suit.decode_envelope(suit.create_envelope(_params(encryption_info=info), keys=[]))
+    facts = device_rules.facts_from_manifest(env.manifest)
+    garbled = suit.decrypt_payload(_flip(sealed.ciphertext, 7), info, kid=KEK_KID, key=KEK)
+    with pytest.raises(device_rules.ImageDigestMismatchError):
+        device_rules.check_payload(garbled, facts)

@@ -82,6 +82,11 @@ class Command(BaseCommand):
             "--device-keys", action="store_true", help="also wrap for every registered device key"
         )
         p.add_argument("--no-class-key", action="store_true", help="device keys only")
+        p.add_argument(
+            "--aes-ctr",
+            action="store_true",
+            help="A128CTR instead of A128GCM, for devices that decrypt while streaming",
+        )
         p.add_argument("--user", required=True)
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -144,6 +149,7 @@ class Command(BaseCommand):
                     actor=actor,
                     device_keys=keys,
                     class_key=not options["no_class_key"],
+                    content_alg="A128CTR" if options["aes_ctr"] else "A128GCM",
                 )
             write_output(options["out"], bytes(row.encryption_info))
             self.stdout.write(

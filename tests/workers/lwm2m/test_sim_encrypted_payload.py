@@ -185,6 +185,39 @@ def test_tampered_encrypted_payload_is_refused_on_the_device(signing_key: Any, a
     )
 
 
+@pytest.mark.parametrize("tampered", [False, True], ids=["intact", "tampered_ciphertext"])
+def test_aes_ctr_release_installs_and_a_tampered_one_fails_the_plaintext_digest(
+    signing_key: Any, tampered: bool
+) -> None:
+    sealed = suit.encrypt_payload(
+        PLAINTEXT, [suit.KEKRecipient(KEK_KID, KEK)], content_alg="A128CTR"
+    )
+    if tampered:
+        sealed = dataclasses.replace(sealed, ciphertext=_flip(sealed.ciphertext, 99))
+    envelope, digest = _release(signing_key, sealed)
+
+    async def scenario(h: Harness) -> None:
+        device = h.fleet.devices["sim-00000"]
+        if not tampered:
+            result = await h.gateway.run_operation(
+                "sim-00000", "fw_update", {"manifest_digest": digest}
+            )
+            assert (result["phase"], result["result"]) == ("succeeded", 1)
+            return
+        with pytest.raises(DeviceOperationError) as raised:
+            await h.gateway.run_operation("sim-00000", "fw_update", {"manifest_digest": digest})
+        assert raised.value.result["result"] == FwResult.INTEGRITY_CHECK_FAILURE  # type: ignore[attr-defined]
+        assert "refused device.image_digest_mismatch" in device.events
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=_firmware(envelope, digest, sealed.ciphertext),
+        spec_kwargs=_class_kek_fleet(),
+    )
+
+
 def test_device_without_a_key_refuses_an_encrypted_release_as_unsupported(
     signing_key: Any,
 ) -> None:
