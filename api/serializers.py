@@ -29,6 +29,7 @@ from manifests.models import (
     DeliveryMethod,
     DeliveryProfile,
     DeltaCompression,
+    DeltaPatchType,
     DeviceClass,
     FirmwareImage,
     Manifest,
@@ -109,10 +110,18 @@ class DeviceClassSerializer(serializers.ModelSerializer):
             "manifest_profile",
             "delta_updates",
             "delta_compression",
+            "delta_patch_type",
             "description",
             "created_at",
         ]
-        read_only_fields = ["id", "uuid", "created_at", "delta_updates", "delta_compression"]
+        read_only_fields = [
+            "id",
+            "uuid",
+            "created_at",
+            "delta_updates",
+            "delta_compression",
+            "delta_patch_type",
+        ]
         validators: list[Any] = []  # duplicates: the service says 409
 
 
@@ -137,12 +146,17 @@ class DeviceClassDeliverySerializer(serializers.Serializer):
         required=False,
         help_text="the decompressor the devices have (heatshrink or lzma)",
     )
+    delta_patch_type = serializers.ChoiceField(
+        choices=DeltaPatchType.choices,
+        required=False,
+        help_text="sequential (the result into the other slot) or in-place (one slot)",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if not attrs:
             raise serializers.ValidationError(
-                "give delivery, delivery_method, manifest_profile, delta_updates and/or "
-                "delta_compression"
+                "give delivery, delivery_method, manifest_profile, delta_updates, "
+                "delta_compression and/or delta_patch_type"
             )
         return attrs
 

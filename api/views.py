@@ -234,6 +234,7 @@ class DeviceClassViewSet(
             manifest_profile=data.get("manifest_profile"),
             delta_updates=data.get("delta_updates"),
             delta_compression=data.get("delta_compression"),
+            delta_patch_type=data.get("delta_patch_type"),
             actor=request.user,
         )
         return Response(s.DeviceClassSerializer(device_class).data)

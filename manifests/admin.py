@@ -11,6 +11,7 @@ from manifests.models import (
     Approval,
     Delegation,
     DeviceClass,
+    FirmwareDelta,
     FirmwareImage,
     Manifest,
     Release,
@@ -44,6 +45,10 @@ class DeviceClassAdmin(admin.ModelAdmin):
         "component_id",
         "payload_format",
         "manifest_profile",
+        # Changed through device_class_set_delta (admin, audited), not here.
+        "delta_updates",
+        "delta_compression",
+        "delta_patch_type",
         "created_at",
     )
 
@@ -56,6 +61,13 @@ class FirmwareImageAdmin(ReadOnlyAdmin):
     list_display = ("filename", "kind", "version", "security_counter", "size", "sha256")
     list_filter = ("kind",)
     search_fields = ("sha256", "filename", "version")
+
+
+@admin.register(FirmwareDelta)
+class FirmwareDeltaAdmin(ReadOnlyAdmin):
+    list_display = ("source", "target", "compression", "patch_type", "size", "sha256")
+    list_filter = ("compression", "patch_type")
+    search_fields = ("sha256", "source__sha256", "target__sha256")
 
 
 @admin.register(Manifest)

@@ -71,6 +71,13 @@ class DeltaCompression(models.TextChoices):
     LZMA = "lzma", "LZMA (smaller patches, more RAM)"
 
 
+class DeltaPatchType(models.TextChoices):
+    """How a class's devices apply a delta (detools patch types)."""
+
+    SEQUENTIAL = "sequential", "Sequential: the result written to the other slot (MCUboot swap)"
+    IN_PLACE = "in-place", "In place: one slot rewritten segment by segment (no second slot)"
+
+
 class DeliveryMethod(models.TextChoices):
     """How the payload reaches the device: Object 5 pull (/5/0/1) or push (/5/0/0)."""
 
@@ -109,6 +116,9 @@ class DeviceClass(models.Model):
     delta_updates = models.BooleanField(default=False)
     delta_compression = models.CharField(
         max_length=16, choices=DeltaCompression.choices, default=DeltaCompression.HEATSHRINK
+    )
+    delta_patch_type = models.CharField(
+        max_length=16, choices=DeltaPatchType.choices, default=DeltaPatchType.SEQUENTIAL
     )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -152,12 +162,15 @@ class FirmwareImage(ImmutableModel):
 
 class FirmwareDelta(ImmutableModel):
     """The detools delta from one stored image to another, computed once per (source, target,
-    compression) and kept in the image store under its own SHA-256 (``manifests.images.delta``
-    frames it with both images' digests)."""
+    compression, patch type) and kept in the image store under its own SHA-256
+    (``manifests.images.delta`` frames it with both images' digests)."""
 
     source = models.ForeignKey(FirmwareImage, on_delete=models.PROTECT, related_name="+")
     target = models.ForeignKey(FirmwareImage, on_delete=models.PROTECT, related_name="deltas")
     compression = models.CharField(max_length=16, choices=DeltaCompression.choices)
+    patch_type = models.CharField(
+        max_length=16, choices=DeltaPatchType.choices, default=DeltaPatchType.SEQUENTIAL
+    )
     sha256 = models.CharField(max_length=64)
     size = models.PositiveBigIntegerField()
     created_at = models.DateTimeField(auto_now_add=True)
@@ -165,7 +178,8 @@ class FirmwareDelta(ImmutableModel):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["source", "target", "compression"], name="uniq_delta_per_pair"
+                fields=["source", "target", "compression", "patch_type"],
+                name="uniq_delta_per_pair_and_form",
             )
         ]
 

@@ -24,6 +24,7 @@ def test_admin_changelist_loads(client: Any, admin: Any, model: Any):
     [
         "manifests.manifest",
         "manifests.firmwareimage",
+        "manifests.firmwaredelta",
         "audit.auditevent",
         "manifests.approval",
         "campaigns.rollout",

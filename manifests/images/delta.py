@@ -169,6 +169,11 @@ def apply_delta(installed: bytes, delta: bytes) -> bytes:
         if header.patch_type is PatchType.IN_PLACE:
             # patch_info: ("in-place", (patch size, compression, options, memory size, ...)).
             memory_size = detools.patch_info(io.BytesIO(delta[HEADER_SIZE:]))[1][3]
+            # Our deltas use the larger image rounded up to a segment: anything larger is not
+            # one of ours, and would make the device set aside memory the patch asks for.
+            limit = max(len(installed), header.result_size) + IN_PLACE_SEGMENT_SIZE
+            if not isinstance(memory_size, int) or not 0 < memory_size <= limit:
+                raise DeltaFormatError(f"in-place memory size {memory_size} is not {limit} or less")
             memory = io.BytesIO(installed + b"\xff" * max(0, memory_size - len(installed)))
             size = detools.apply_patch_in_place(memory, patch)
             result = memory.getvalue()[:size]
@@ -176,10 +181,13 @@ def apply_delta(installed: bytes, delta: bytes) -> bytes:
             out = io.BytesIO()
             detools.apply_patch(io.BytesIO(installed), patch, out)
             result = out.getvalue()
-    except (detools.Error, ValueError, IndexError, EOFError, OSError) as exc:
-        # detools raises its own Error for most damage, but a truncated LZMA or heatshrink
-        # stream surfaces as the decompressor's error; both mean the same to a device.
-        raise DeltaPatchError(f"patch could not be applied: {exc}") from exc
+    except DeltaFormatError:
+        raise
+    except Exception as exc:
+        # detools raises its own Error for most damage, but damaged data also surfaces as the
+        # decompressor's or the parser's own errors (ValueError, IndexError, OverflowError, ...);
+        # all mean the same to a device: this patch cannot be applied.
+        raise DeltaPatchError(f"patch could not be applied: {type(exc).__name__}: {exc}") from exc
     if len(result) != header.result_size or not hmac.compare_digest(
         hashlib.sha256(result).digest(), header.result_sha256
     ):

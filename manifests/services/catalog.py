@@ -50,6 +50,7 @@ from manifests.models import (
     DeliveryMethod,
     DeliveryProfile,
     DeltaCompression,
+    DeltaPatchType,
     DeviceClass,
     EncryptedPayload,
     FirmwareImage,
@@ -227,6 +228,7 @@ def device_class_update(
     manifest_profile: str | None = None,
     delta_updates: bool | None = None,
     delta_compression: str | None = None,
+    delta_patch_type: str | None = None,
     actor: AbstractBaseUser,
 ) -> DeviceClass:
     """The class's delivery (and forced method), manifest profile and/or delta setting, in one
@@ -244,11 +246,16 @@ def device_class_update(
             row = device_class_set_manifest_profile(
                 device_class=row, manifest_profile=manifest_profile, actor=actor
             )
-        if delta_updates is not None or delta_compression is not None:
+        if (
+            delta_updates is not None
+            or delta_compression is not None
+            or delta_patch_type is not None
+        ):
             row = device_class_set_delta(
                 device_class=row,
                 delta_updates=delta_updates,
                 compression=delta_compression,
+                patch_type=delta_patch_type,
                 actor=actor,
             )
     # the caller's instance shows what was stored (as the single-purpose services do)
@@ -256,6 +263,7 @@ def device_class_update(
     device_class.manifest_profile = row.manifest_profile
     device_class.delta_updates = row.delta_updates
     device_class.delta_compression = row.delta_compression
+    device_class.delta_patch_type = row.delta_patch_type
     return row
 
 
@@ -264,14 +272,20 @@ def device_class_set_delta(
     device_class: DeviceClass,
     delta_updates: bool | None = None,
     compression: str | None = None,
+    patch_type: str | None = None,
     actor: AbstractBaseUser,
 ) -> DeviceClass:
-    """Declare whether the class's devices apply deltas, and with which decompressor (None keeps
-    the current value). Admin only, audited, idempotent (no change, no event)."""
+    """Declare whether the class's devices apply deltas, with which decompressor and how
+    (sequential or in place; None keeps the current value). Admin only, audited, idempotent (no
+    change, no event)."""
     require_role(actor, *CATALOG_ADMINS)
     if compression is not None and compression not in DeltaCompression.values:
         raise DeltaSettingError(
             f"delta compression {compression!r} is not one of {DeltaCompression.values}"
+        )
+    if patch_type is not None and patch_type not in DeltaPatchType.values:
+        raise DeltaSettingError(
+            f"delta patch type {patch_type!r} is not one of {DeltaPatchType.values}"
         )
     with transaction.atomic():
         row = (
@@ -280,15 +294,19 @@ def device_class_set_delta(
         after = {
             "delta_updates": row.delta_updates if delta_updates is None else bool(delta_updates),
             "delta_compression": row.delta_compression if compression is None else compression,
+            "delta_patch_type": row.delta_patch_type if patch_type is None else patch_type,
         }
-        before = {"delta_updates": row.delta_updates, "delta_compression": row.delta_compression}
+        before = {
+            "delta_updates": row.delta_updates,
+            "delta_compression": row.delta_compression,
+            "delta_patch_type": row.delta_patch_type,
+        }
         if before == after:
             return row
-        row.delta_updates, row.delta_compression = (
-            after["delta_updates"],
-            after["delta_compression"],
-        )
-        row.save(update_fields=["delta_updates", "delta_compression"])
+        row.delta_updates = after["delta_updates"]
+        row.delta_compression = after["delta_compression"]
+        row.delta_patch_type = after["delta_patch_type"]
+        row.save(update_fields=["delta_updates", "delta_compression", "delta_patch_type"])
         audit_record(
             actor=actor,
             action="device_class.set_delta",
@@ -298,6 +316,7 @@ def device_class_set_delta(
         )
         device_class.delta_updates = row.delta_updates
         device_class.delta_compression = row.delta_compression
+        device_class.delta_patch_type = row.delta_patch_type
         return row
 
 

@@ -18,10 +18,22 @@ from django.db import IntegrityError, transaction
 
 from audit.services import audit_record
 from manifests.images import delta as deltas
-from manifests.models import DeliveryProfile, DeviceClass, FirmwareDelta, FirmwareImage, Manifest
+from manifests.models import (
+    DeliveryProfile,
+    DeltaPatchType,
+    DeviceClass,
+    FirmwareDelta,
+    FirmwareImage,
+    Manifest,
+)
 from manifests.services.catalog import image_storage
 
 __all__ = ["DeltaOffer", "delta_ensure", "delta_offer"]
+
+_PATCH_TYPES = {
+    DeltaPatchType.SEQUENTIAL: deltas.PatchType.SEQUENTIAL,
+    DeltaPatchType.IN_PLACE: deltas.PatchType.IN_PLACE,
+}
 
 
 @dataclass(frozen=True)
@@ -42,17 +54,23 @@ class DeltaOffer:
 
 
 def delta_ensure(
-    *, source: FirmwareImage, target: FirmwareImage, compression: str
+    *,
+    source: FirmwareImage,
+    target: FirmwareImage,
+    compression: str,
+    patch_type: str = DeltaPatchType.SEQUENTIAL,
 ) -> FirmwareDelta:
     """The stored delta from ``source`` to ``target``, computing and storing it the first time."""
-    found = FirmwareDelta.objects.filter(
-        source=source, target=target, compression=compression
-    ).first()
+    form = {"compression": compression, "patch_type": patch_type}
+    found = FirmwareDelta.objects.filter(source=source, target=target, **form).first()
     if found is not None:
         return found
     storage = image_storage()
     blob = deltas.create_delta(
-        storage.read(source.sha256), storage.read(target.sha256), compression=compression
+        storage.read(source.sha256),
+        storage.read(target.sha256),
+        compression=compression,
+        patch_type=_PATCH_TYPES[patch_type],
     )
     digest = storage.put(blob)
     if digest != hashlib.sha256(blob).hexdigest():  # pragma: no cover - the store's contract
@@ -60,7 +78,7 @@ def delta_ensure(
     try:
         with transaction.atomic():
             row = FirmwareDelta.objects.create(
-                source=source, target=target, compression=compression, sha256=digest, size=len(blob)
+                source=source, target=target, sha256=digest, size=len(blob), **form
             )
             audit_record(
                 actor=None,
@@ -71,6 +89,7 @@ def delta_ensure(
                     "source": source.sha256,
                     "target": target.sha256,
                     "compression": compression,
+                    "patch_type": patch_type,
                     "sha256": digest,
                     "size": len(blob),
                 },
@@ -78,7 +97,7 @@ def delta_ensure(
             return row
     except IntegrityError:
         # Another process stored the same pair first: its row names the same bytes.
-        return FirmwareDelta.objects.get(source=source, target=target, compression=compression)
+        return FirmwareDelta.objects.get(source=source, target=target, **form)
 
 
 def delta_offer(
@@ -104,7 +123,12 @@ def delta_offer(
     source = FirmwareImage.objects.filter(sha256=installed_image_digest).first()
     if source is None:
         return DeltaOffer(None, target.size, deltas.INSTALLED_IMAGE_UNKNOWN)
-    delta = delta_ensure(source=source, target=target, compression=device_class.delta_compression)
+    delta = delta_ensure(
+        source=source,
+        target=target,
+        compression=device_class.delta_compression,
+        patch_type=device_class.delta_patch_type,
+    )
     if delta.size >= target.size:
         return DeltaOffer(None, target.size, deltas.DELTA_NOT_SMALLER)
     return DeltaOffer(delta, target.size)

@@ -137,11 +137,14 @@ def test_bench_dtls_tiny() -> None:
 def test_bench_delta_tiny(strict: bool) -> None:
     status, out = _run("bench_delta.py", "--devices", "3", "--functions", "40", strict=strict)
     assert re.search(r"^delta \(heatshrink, sequential\): [\d,]+ bytes ", out, re.MULTILINE), out
-    for side in ("full", "delta"):
-        assert re.search(rf"^  {side} +3 devices: .* 3 booted 1\.1\.0, 0 failed$", out, re.M), out
-    assert re.search(r"^bytes on the wire +full [\d,]+ B \| delta .*x of full\)$", out, re.M), out
-    assert re.search(r"^end-to-end time +full [\d.]+ s \| delta ", out, re.MULTILINE), out
-    _check(status, out, strict=strict, goals=2)
+    for profile in ("image", "suit"):
+        for side in ("full", "delta"):
+            line = rf"^  {profile} +{side} +3 devices: .* 3 booted 1\.1\.0, 0 failed$"
+            assert re.search(line, out, re.M), out
+        line = rf"^{profile} bytes on the wire +full [\d,]+ B \| delta .*x of full\)$"
+        assert re.search(line, out, re.M), out
+        assert re.search(rf"^{profile} end-to-end time +full [\d.]+ s \| delta ", out, re.M), out
+    _check(status, out, strict=strict, goals=4)
 
 
 def test_bench_fleet_tiny_with_one_and_two_gateways() -> None:

@@ -92,7 +92,12 @@ def test_plan_refuses_devices_without_a_usable_delivery_and_counts_methods_per_s
     assert plan.stage_counts == [8]
     assert plan.stage_methods(0) == {"pull": 6, "push": 2}
     assert plan.as_dict()["stages"] == [
-        {"name": "all", "devices": 8, "methods": {"pull": 6, "push": 2}}
+        {
+            "name": "all",
+            "devices": 8,
+            "methods": {"pull": 6, "push": 2},
+            "delta": {"devices": 0, "bytes_saved": 0},
+        }
     ]
     details = {
         Device.objects.get(pk=row.device_id).endpoint: row.detail

@@ -304,3 +304,43 @@ def test_device_whose_installed_digest_is_unknown_is_dispatched_the_full_image(
     args = DeviceCommand.objects.get(pk=rollout.command_id).args
     assert "delta_sha256" not in args and rollout.payload == ""
     assert FirmwareDelta.objects.count() == 0
+
+
+def test_in_place_class_gets_an_in_place_delta_stored_beside_the_sequential_one(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    """A class whose devices have one slot takes in-place patches: a delta of its own form,
+    computed once, which applies to the same base."""
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    release = _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    signed = (bytes.fromhex(old.sha256),)
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, actor=catalog.admin
+    )
+    sequential = release_services.delta_offer(
+        device_class=catalog.thermo,
+        manifest=release.manifest,
+        installed_image_digest=old.sha256,
+        signed_precursors=signed,
+    )
+    release_services.device_class_update(
+        device_class=catalog.thermo, delta_patch_type="in-place", actor=catalog.admin
+    )
+    in_place = release_services.delta_offer(
+        device_class=catalog.thermo,
+        manifest=release.manifest,
+        installed_image_digest=old.sha256,
+        signed_precursors=signed,
+    )
+    assert sequential.delta is not None and in_place.delta is not None
+    assert (sequential.delta.patch_type, in_place.delta.patch_type) == ("sequential", "in-place")
+    storage = release_services.image_storage()
+    blob = storage.read(in_place.delta.sha256)
+    assert deltas.read_header(blob).patch_type is deltas.PatchType.IN_PLACE
+    assert deltas.apply_delta(storage.read(old.sha256), blob) == storage.read(new.sha256)
+    assert FirmwareDelta.objects.count() == 2
+    with pytest.raises(DeltaSettingError):
+        release_services.device_class_set_delta(
+            device_class=catalog.thermo, patch_type="scattered", actor=catalog.admin
+        )

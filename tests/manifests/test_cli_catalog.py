@@ -165,7 +165,7 @@ def test_devclass_manifest_profile_is_set_at_add_and_changed_with_set(
         "devclass", "set", "--vendor-domain", "acme.example", "--name", "stock",
         "--delta", "on", "--delta-compression", "lzma", "--user", catalog_admin.username,
     )  # fmt: skip
-    assert "deltas on (lzma)" in output
+    assert "deltas on (lzma, sequential)" in output
     row = DeviceClass.objects.get(name="stock")
     assert (row.delta_updates, row.delta_compression) == (True, "lzma")
 

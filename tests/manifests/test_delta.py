@@ -10,6 +10,8 @@ import sys
 import uuid
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from manifests import device_rules as dc
 from manifests import suit
@@ -204,3 +206,37 @@ def test_manifest_names_the_precursors_a_delta_may_apply_to() -> None:
 def test_bad_precursor_parameters_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(SUITError):
         suit.create_envelope(dataclasses.replace(PARAMS, **changes), keys=[])  # type: ignore[arg-type]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    patch_type=st.sampled_from(list(deltas.PatchType)),
+    compression=st.sampled_from(deltas.COMPRESSIONS),
+    edits=st.lists(
+        st.tuples(st.integers(min_value=0), st.integers(0, 255)), min_size=1, max_size=4
+    ),
+    cut=st.one_of(st.none(), st.integers(min_value=0)),
+)
+def test_mutated_delta_is_refused_with_a_delta_error_only(
+    builds: tuple[bytes, bytes, bytes],
+    patch_type: deltas.PatchType,
+    compression: str,
+    edits: list[tuple[int, int]],
+    cut: int | None,
+) -> None:
+    """Damaged patch data never escapes as another exception (a device must answer with a
+    reason, not crash) and never yields anything but the exact result."""
+    old, new, _ = builds
+    delta = bytearray(deltas.create_delta(old, new, compression=compression, patch_type=patch_type))
+    body = len(delta) - deltas.HEADER_SIZE
+    for at, value in edits:
+        delta[deltas.HEADER_SIZE + at % body] = value
+    if cut is not None:
+        delta = delta[: deltas.HEADER_SIZE + cut % body]
+    try:
+        result = deltas.apply_delta(old, bytes(delta))
+    except deltas.DeltaError:
+        return
+    assert result == new

@@ -12,6 +12,7 @@ from manifests.models import (
     DeliveryMethod,
     DeliveryProfile,
     DeltaCompression,
+    DeltaPatchType,
     DeviceClass,
     ManifestProfile,
     PayloadFormat,
@@ -70,6 +71,7 @@ class Command(BaseCommand):
             help="whether the class's devices apply detools deltas (default: unchanged)",
         )
         p.add_argument("--delta-compression", choices=DeltaCompression.values)
+        p.add_argument("--delta-patch-type", choices=DeltaPatchType.values)
         p.add_argument("--user", required=True, help="username of the acting admin")
         sub.add_parser("list")
 
@@ -102,10 +104,11 @@ class Command(BaseCommand):
                 or options["manifest_profile"]
                 or options["delta"]
                 or options["delta_compression"]
+                or options["delta_patch_type"]
             ):
                 raise CommandError(
-                    "give --delivery, --method, --manifest-profile, --delta and/or "
-                    "--delta-compression"
+                    "give --delivery, --method, --manifest-profile, --delta, "
+                    "--delta-compression and/or --delta-patch-type"
                 )
             actor = user_named(options["user"])
             device_class = device_class_named(options["vendor_domain"], options["name"])
@@ -117,13 +120,14 @@ class Command(BaseCommand):
                     manifest_profile=options["manifest_profile"],
                     delta_updates=None if options["delta"] is None else options["delta"] == "on",
                     delta_compression=options["delta_compression"],
+                    delta_patch_type=options["delta_patch_type"],
                     actor=actor,
                 )
             self.stdout.write(
                 f"device class {device_class} delivery {device_class.delivery} "
                 f"({device_class.delivery_method}) manifest profile {device_class.manifest_profile}"
                 f" deltas {'on' if device_class.delta_updates else 'off'}"
-                f" ({device_class.delta_compression})"
+                f" ({device_class.delta_compression}, {device_class.delta_patch_type})"
             )
             return
         for device_class in DeviceClass.objects.select_related("vendor"):

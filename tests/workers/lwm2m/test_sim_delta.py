@@ -267,3 +267,15 @@ def test_image_delta_whose_result_is_not_signed_by_the_bootloader_key_is_refused
         expect=FwResult.INTEGRITY_CHECK_FAILURE,
         event="refused",
     )
+
+
+def test_image_device_applies_an_in_place_delta(mcuboot: dict[str, Any]) -> None:
+    _image_run(
+        mcuboot,
+        installed="old",
+        delta=deltas.create_delta(
+            mcuboot["old"], mcuboot["new"], patch_type=deltas.PatchType.IN_PLACE
+        ),
+        expect=FwResult.SUCCESS,
+        event="delta applied",
+    )
