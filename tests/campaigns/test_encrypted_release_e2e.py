@@ -138,7 +138,12 @@ def test_encrypted_release_campaign_completes_and_a_wrong_key_fails_with_its_rea
                 campaign=campaign, state__in=[RolloutState.PENDING, *IN_FLIGHT_STATES]
             ).exists()
 
-        wait_for(done, timeout=120, tick=lambda: engine.campaign_reconcile(campaign.pk))
+        def settled() -> bool:
+            # Every rollout final, and the reconcile pass after the last one evaluated the stage.
+            status = Campaign.objects.get(pk=campaign.pk).status
+            return done() and status != CampaignStatus.RUNNING
+
+        wait_for(settled, timeout=120, tick=lambda: engine.campaign_reconcile(campaign.pk))
         states = dict(
             Rollout.objects.filter(campaign=campaign).values_list("device__endpoint", "state")
         )
