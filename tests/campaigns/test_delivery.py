@@ -156,8 +156,12 @@ def test_dispatch_writes_the_fw_update_contract_with_the_method_per_device(catal
         "image_size": manifest.image_size,
         "method": "push",
         "timeout": args["waka-00000"]["timeout"],
+        "report_nonce": args["waka-00000"]["report_nonce"],
     }
     assert isinstance(args["waka-00000"]["timeout"], float)
+    # Each command its own nonce for the device's signed report (16 bytes, hex).
+    nonces = [a["report_nonce"] for a in args.values()]
+    assert len(set(nonces)) == len(nonces) and all(len(bytes.fromhex(n)) == 16 for n in nonces)
     assert {e: a["method"] for e, a in args.items()} == {
         **{f"legacy-{i:05d}": "pull" for i in range(4)},
         **{f"anjay-{i:05d}": "pull" for i in range(2)},
