@@ -803,8 +803,9 @@ _classes: dict[str, type] = {}
 
 _TICKS_PER_SECOND = 1000  # DTLS_TICKS_PER_SECOND of DTLSSocket's tinydtls build (posix)
 _ORIGIN_MAX_AGE_S = 2**31 // _TICKS_PER_SECOND
-# Bounds on a sleep until tinydtls's next retransmission deadline (its first timeout is 1 s and
-# doubles per retransmission, up to 60 s).
+# Bounds on a sleep until tinydtls's next retransmission deadline (this build retransmits a
+# flight first after 2 s, then doubles the wait). A deadline more than twice the upper bound
+# away is read as one just passed (the 32-bit difference wrapped): asked again soon.
 _RETRANSMIT_MIN_SLEEP_S = 0.005
 _RETRANSMIT_MAX_SLEEP_S = 60.0
 _clock: dict[str, Any] = {}
