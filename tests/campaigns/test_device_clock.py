@@ -34,6 +34,7 @@ from tests.campaigns.support import (
     make_release,
     spec_text,
 )
+from tests.helpers.deployment import DEVICE_REPORT_KEY_PEM
 
 pytestmark = pytest.mark.django_db
 
@@ -173,6 +174,8 @@ def test_a_class_created_after_a_device_registered_maps_it_at_once_and_a_campaig
         at=now,
     )
     assert Device.objects.get(endpoint="early-1").device_class is None
+    # Provisioned like every SUIT device: the key it signs its update reports with.
+    Device.objects.filter(endpoint="early-1").update(report_key=DEVICE_REPORT_KEY_PEM)
     catalog = build_catalog(django_user_model)  # creates the vendor and its classes
     device = Device.objects.select_related("vendor", "device_class").get(endpoint="early-1")
     assert (device.vendor, device.device_class) == (catalog.vendor, catalog.thermo)
