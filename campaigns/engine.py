@@ -70,7 +70,6 @@ from campaigns.planning import PlanRow, write_rows
 from campaigns.rollouts import confirm_successes, fail_rollout
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
-from manifests.models import DeliveryProfile
 from manifests.services import DeltaOffer, delta_offer, release_dispatch_state
 from ops import tallies
 
@@ -654,7 +653,7 @@ def _dispatch(
                     device_class.delta_updates
                     and installed_digest
                     and payload != ROLLOUT_PAYLOAD_FALLBACK
-                    and _delta_deliverable(device_class.delivery, decision.method)
+                    and delivery.delta_deliverable(device_class.delivery, decision.method)
                 ):
                     offer = offers.get(installed_digest)
                     if offer is None:
@@ -745,15 +744,6 @@ def _dispatch(
         command_id = str(command.pk)
         command_queue(command_id)
     return len(chosen), skipped
-
-
-def _delta_deliverable(profile: str, method: str) -> bool:
-    """Where a delta can reach the device: an image device takes it pulled or pushed; a SUIT
-    device fetches it beside the envelope it pulls (a pushed envelope carries no delta); an
-    integrated envelope carries the full payload by definition."""
-    return profile == DeliveryProfile.IMAGE or (
-        profile == DeliveryProfile.SUIT and method == delivery.PULL
-    )
 
 
 def fw_update_args(
