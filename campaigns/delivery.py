@@ -100,3 +100,11 @@ def methods_for(
         return decision
 
     return method_of
+
+
+def delta_deliverable(profile: str, method: str) -> bool:
+    """Whether a delta can reach a device of this delivery profile by this method: an ``image``
+    device takes it pulled or pushed; a ``suit`` device fetches it beside the envelope it pulls
+    (a pushed envelope carries no delta); a ``suit-integrated`` envelope carries the full
+    payload by definition. The plan and the dispatcher both ask this, so they agree."""
+    return profile == "image" or (profile == "suit" and method == PULL)

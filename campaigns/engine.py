@@ -73,7 +73,6 @@ from campaigns.rollouts import confirm_successes, fail_rollout
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
 from manifests.delivery import REPORTING_PROFILES
-from manifests.models import DeliveryProfile
 from manifests.services import DeltaOffer, delta_offer, release_dispatch_state
 from manifests.suit.report import MIN_NONCE_BYTES as REPORT_NONCE_BYTES
 from ops import tallies
@@ -694,7 +693,7 @@ def _dispatch_rows(
                     device_class.delta_updates
                     and installed_digest
                     and payload != ROLLOUT_PAYLOAD_FALLBACK
-                    and _delta_deliverable(device_class.delivery, decision.method)
+                    and delivery.delta_deliverable(device_class.delivery, decision.method)
                 ):
                     offer = offers.get(installed_digest)
                     if offer is None:
@@ -1029,7 +1028,7 @@ def _dispatch_set(
                     device_class.delta_updates
                     and installed_digest
                     and payload != ROLLOUT_PAYLOAD_FALLBACK
-                    and _delta_deliverable(device_class.delivery, decision.method)
+                    and delivery.delta_deliverable(device_class.delivery, decision.method)
                 ):
                     offer = offers.get(installed_digest)
                     if offer is None:
@@ -1105,15 +1104,6 @@ def _dispatch_set(
 
 def _from_json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
-
-
-def _delta_deliverable(profile: str, method: str) -> bool:
-    """Where a delta can reach the device: an image device takes it pulled or pushed; a SUIT
-    device fetches it beside the envelope it pulls (a pushed envelope carries no delta); an
-    integrated envelope carries the full payload by definition."""
-    return profile == DeliveryProfile.IMAGE or (
-        profile == DeliveryProfile.SUIT and method == delivery.PULL
-    )
 
 
 def fw_update_args(

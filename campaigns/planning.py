@@ -457,7 +457,12 @@ def campaign_plan(
                 details[len(rows.device_ids)] = f"{endpoint}: {decision.reason}"
             elif decision.method == delivery.PUSH:
                 pushed.append(value)
-            if deltas_on and installed_digest and decision.method is not None:
+            if (
+                deltas_on
+                and installed_digest
+                and decision.method is not None
+                and delivery.delta_deliverable(resolved.device_class.delivery, decision.method)
+            ):
                 offer = offers.get(installed_digest)
                 if offer is None:
                     offer = offers[installed_digest] = delta_offer(

@@ -105,6 +105,11 @@ STATE_TEXT: dict[str, str] = {
 }
 
 
+def payload_text(payload: str) -> str:
+    """What a rollout's last dispatch sent (``Rollout.payload``), in words."""
+    return PAYLOAD_TEXT.get(payload, payload)
+
+
 def fw_state_text(state: int | None) -> str:
     if state is None:
         return "not reported"

@@ -147,11 +147,13 @@ def device_detail(request: HttpRequest, endpoint: str) -> HttpResponse:
         item["text"] = wording.rollout_text(
             state=rollout.state, reason=rollout.reason, fw_result=rollout.fw_result
         )
+        item["payload"] = wording.payload_text(rollout.payload) if rollout.payload else ""
         item["attempt_rows"] = [
             {
                 "number": n,
                 "command": command,
                 "method": (command.args or {}).get("method", ""),
+                "delta": bool((command.args or {}).get("delta_sha256")),
                 "text": wording.attempt_text(
                     status=command.status,
                     result=command.result or {},

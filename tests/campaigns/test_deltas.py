@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from audit.models import AuditEvent
-from campaigns import engine, planning, rollouts, selectors, services
+from campaigns import delivery, engine, planning, rollouts, selectors, services
 from campaigns.device_services import device_fw_installed, device_info_record
 from campaigns.events import CommandResult
 from campaigns.models import DeviceCommand, Rollout, RolloutState
@@ -344,3 +344,19 @@ def test_in_place_class_gets_an_in_place_delta_stored_beside_the_sequential_one(
         release_services.device_class_set_delta(
             device_class=catalog.thermo, patch_type="scattered", actor=catalog.admin
         )
+
+
+@pytest.mark.parametrize(
+    ("profile", "method", "deliverable"),
+    [
+        ("image", "pull", True),
+        ("image", "push", True),
+        ("suit", "pull", True),
+        ("suit", "push", False),  # a pushed envelope carries no delta
+        ("suit-integrated", "pull", False),  # the envelope carries the full payload
+    ],
+)
+def test_plan_and_dispatch_offer_deltas_only_where_they_can_be_delivered(
+    profile: str, method: str, deliverable: bool
+) -> None:
+    assert delivery.delta_deliverable(profile, method) is deliverable

@@ -100,6 +100,11 @@ def test_device_page_lists_each_attempt_and_says_how_it_ended(
     page = response.content.decode()
     assert "Update failed: integrity check failure" in page
     assert "attempt 2" in page
+    assert item["payload"] == "" and 'data-role="payload"' not in page  # full images only
+    # A rollout whose delta failed says so (tests/campaigns/test_deltas.py makes one for real).
+    Rollout.objects.filter(pk=rollout.pk).update(payload="fallback")
+    page = client.get(f"/devices/{device.endpoint}/").content.decode()
+    assert 'data-role="payload">[full image after a failed delta]' in page
 
 
 def test_a_device_never_in_a_campaign_says_so(login: Any, world: Any) -> None:
