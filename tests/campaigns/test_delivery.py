@@ -151,8 +151,11 @@ def test_dispatch_writes_the_fw_update_contract_with_the_method_per_device(catal
         "image_size": manifest.image_size,
         "method": "push",
         "timeout": args["waka-00000"]["timeout"],
+        "report_nonce": args["waka-00000"]["report_nonce"],
     }
     assert isinstance(args["waka-00000"]["timeout"], float)
+    # A SUIT class: each command carries its own fresh nonce for the device's report.
+    assert len({a["report_nonce"] for a in args.values()}) == len(args)
     assert {e: a["method"] for e, a in args.items()} == {
         **{f"legacy-{i:05d}": "pull" for i in range(4)},
         **{f"anjay-{i:05d}": "pull" for i in range(2)},
