@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from manifests.suit import keys as suit_keys
+
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 # Database names start with this prefix (BENCH_DB_PREFIX), so two checkouts can run at once.
@@ -152,6 +154,10 @@ def make_world(*, image_payload: int = 8192, now: dt.datetime | None = None) -> 
     )
 
 
+# One report key for every generated device (only its presence matters to dispatch).
+BENCH_REPORT_KEY_PEM = suit_keys.public_key_pem(suit_keys.generate_private_key("Ed25519")).decode()
+
+
 def insert_devices(
     world: World,
     *,
@@ -183,7 +189,7 @@ def insert_devices(
             sequence_number, security_counter, fw_protocols, clock_offset_seconds, online,
             last_seen, registration_id, lifetime, binding, lwm2m_version, queue_mode,
             gateway_id, lwm2m_objects, tags, created_at, updated_at, registration_address,
-            registration_identity, registration_root_path)
+            registration_identity, registration_root_path, report_key)
         SELECT
             %(prefix)s || '-' || lpad(i::text, 7, '0'),
             CASE WHEN {m} = 4 THEN NULL ELSE %(vendor)s END,
@@ -197,7 +203,8 @@ def insert_devices(
             '[0]'::jsonb,
             CASE WHEN {m} = 3 THEN 7200 + (i %% 977) ELSE ((i %% 1999) - 999) / 1000.0 END,
             true, now(), 'r' || i::text, 300, 'U', '1.1', false, 'gw-bench',
-            '["/3/0", "/5/0"]'::jsonb, %(tags)s::jsonb, now(), now(), '', '', ''
+            '["/3/0", "/5/0"]'::jsonb, %(tags)s::jsonb, now(), now(), '', '', '',
+            %(report_key)s
         FROM generate_series(%(start)s, %(stop)s) AS i
     """  # noqa: S608
     with connection.cursor() as cursor:
@@ -211,6 +218,8 @@ def insert_devices(
                 "v3name": IMAGE_CLASS,
                 "thermo": thermo,
                 "tags": json.dumps(tags or []),
+                # The rows stand for provisioned devices: each SUIT device has a report key.
+                "report_key": BENCH_REPORT_KEY_PEM,
                 "start": start,
                 "stop": start + count - 1,
             },

@@ -146,6 +146,13 @@ def judge_report(rollout: Rollout, suit_report_hex: str) -> tuple[str, str, byte
     nonce of the command that carried the attempt."""
     if not suit_report_hex:
         return REPORT_MISSING, "the device gave no SUIT report of this attempt", None
+    if len(suit_report_hex) > 2 * suit_report.MAX_REPORT_BYTES:
+        # Not kept: a report is small, and a device must not fill the rollout table.
+        return (
+            REPORT_MALFORMED,
+            f"the SUIT report is over {suit_report.MAX_REPORT_BYTES} bytes",
+            None,
+        )
     try:
         data = bytes.fromhex(suit_report_hex)
     except ValueError:
@@ -178,9 +185,7 @@ def _record_report(
     digest; (verdict, detail)."""
     verdict, detail, data = judge_report(rollout, event.suit_report)
     with transaction.atomic():
-        Rollout.objects.filter(pk=rollout.pk, command_id=rollout.command_id).update(
-            report=data, report_verdict=verdict, updated_at=now
-        )
+        # The audit chain's lock first, then the row: the order the engine's pass takes them.
         audit_record(
             actor=f"gateway:{event.gateway_id}" if event.gateway_id else "gateway",
             action="rollout.device_report",
@@ -194,6 +199,9 @@ def _record_report(
                 "report_sha256": suit_report.report_digest(data) if data else None,
             },
             now=now,
+        )
+        Rollout.objects.filter(pk=rollout.pk, command_id=rollout.command_id).update(
+            report=data, report_verdict=verdict, updated_at=now
         )
     return verdict, detail
 

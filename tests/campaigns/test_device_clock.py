@@ -179,6 +179,10 @@ def test_a_class_created_after_a_device_registered_maps_it_at_once_and_a_campaig
     catalog = build_catalog(django_user_model)  # creates the vendor and its classes
     device = Device.objects.select_related("vendor", "device_class").get(endpoint="early-1")
     assert (device.vendor, device.device_class) == (catalog.vendor, catalog.thermo)
+    # Provisioned with its SUIT report key, as a device of a SUIT class must be.
+    device_services.device_report_key_set(
+        endpoint="early-1", key_pem=DEVICE_REPORT_KEY_PEM, actor="factory"
+    )
     campaign = apply(catalog, spec_text("early"))
     report = engine.campaign_reconcile(campaign.pk)
     assert report is not None and report.dispatched == 1

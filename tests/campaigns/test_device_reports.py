@@ -138,6 +138,13 @@ def test_a_report_that_is_not_cbor_is_refused_as_malformed(catalog: Catalog) -> 
     assert (rollout.state, rollout.reason) == (RolloutState.FAILED, "report_malformed")
 
 
+def test_an_oversized_report_is_refused_and_not_kept(catalog: Catalog) -> None:
+    rollout = _dispatched(catalog, "oversized")
+    rollout = _installed(rollout, "00" * (suit_report.MAX_REPORT_BYTES + 1))
+    assert (rollout.state, rollout.reason) == (RolloutState.FAILED, "report_malformed")
+    assert rollout.report is None
+
+
 def test_a_success_claim_whose_signed_report_says_failure_is_refused(catalog: Catalog) -> None:
     rollout = _dispatched(catalog, "says-failed")
     report_hex = signed_report(rollout, failure_code="device.image_digest_mismatch")
