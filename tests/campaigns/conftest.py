@@ -70,6 +70,10 @@ def start_fleet(
                 Device.objects.filter(online=True, firmware_version=version).count()
                 == count + wrong_class
             ),
+            # A bound, not a pace: on a loaded machine a few hundred registrations and their
+            # information reads take longer than a minute (about 0.5 s per device under a
+            # load of 8 per core), and they still all get in.
+            timeout=max(60.0, 0.5 * (count + wrong_class)),
             what="fleet registered",
         )
     except BaseException:

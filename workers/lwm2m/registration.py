@@ -11,7 +11,6 @@ registration another gateway of the deployment made, or this one before a restar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import random
@@ -478,8 +477,11 @@ class RegistrationInterface:
         while True:
             if attempt:
                 reg.info_wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(reg.info_wake.wait(), _info_pause(attempt))
+                woken = asyncio.ensure_future(reg.info_wake.wait())
+                try:
+                    await asyncio.wait({woken}, timeout=_info_pause(attempt))
+                finally:
+                    woken.cancel()
                 if self.by_id.get(reg.reg_id) is not reg:
                     return  # re-registered or gone: the new registration reads for itself
             results = await self._bounded_reads(reg, missing)
@@ -555,6 +557,11 @@ class RegistrationInterface:
                     try:
                         out.append(await self.read(reg, path))
                     except LwM2MError as exc:
+                        # A request cut short by this task's cancellation (the gateway
+                        # stopping) surfaces as a transport error: stop, do not retry.
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise asyncio.CancelledError from exc
                         out.append(exc)
                 return out
         finally:
