@@ -74,6 +74,10 @@ IO_THREADS = 4
 COMMANDS_REMEMBERED = 10_000
 
 
+# Pause before reading the command bus again after it failed.
+COMMAND_BUS_RETRY_SECONDS = 1.0
+
+
 @dataclass
 class GatewayConfig:
     gateway_id: str
@@ -468,6 +472,25 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             )
 
     async def _command_loop(self) -> None:
+        """Consume commands for ever: a bus that fails (a Redis read timing out under load, a
+        Redis restart) is read again after a pause, from this gateway's unfinished entries on,
+        instead of ending the loop (a gateway that stops taking commands stalls every campaign
+        of its devices while it keeps answering them)."""
+        while True:
+            try:
+                await self._consume_commands()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "command bus of %s failed (%s); reading it again in %.0f s",
+                    self.config.gateway_id,
+                    logsafe.one_line(repr(exc)),
+                    COMMAND_BUS_RETRY_SECONDS,
+                )
+                await asyncio.sleep(COMMAND_BUS_RETRY_SECONDS)
+
+    async def _consume_commands(self) -> None:
         async for token, command in self.bus.consume(self.config.gateway_id):
             command_id = str(command.get("command_id", ""))
             if command_id and command_id in self._commands_seen:

@@ -106,3 +106,57 @@ def test_reuse_port_gateways_share_one_port_and_the_devices_spread_over_both(por
         for gw, loop in zip(gateways, gw_loops, strict=True):
             loop.call(gw.stop())
             loop.stop()
+
+
+class _BusFailingOnce(InMemoryCommandBus):
+    """The in-memory bus whose first read fails as a Redis read does when it times out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 0
+
+    async def consume(self, gateway_id: str) -> Any:
+        if not self.failures:
+            self.failures += 1
+            raise TimeoutError("Timeout reading from 127.0.0.1:6379")
+        async for item in super().consume(gateway_id):
+            yield item
+
+
+def test_gateway_keeps_taking_commands_after_its_bus_failed(port: int) -> None:
+    async def main() -> None:
+        bus = _BusFailingOnce()
+        sink = ListSink()
+        gateway = Gateway(
+            GatewayConfig(gateway_id="gw-bus", port=port, request_timeout=2, admission="open"),
+            bus=bus,
+            sink=sink,
+        )
+        await gateway.start()
+        fleet = loadsim.LoadFleet(
+            loadsim.LoadFleetSpec(
+                server=gateway.config.base_uri, count=1, vendor_id=ANY_UUID, class_id=ANY_UUID,
+                trust_anchors_pem=[], prefix="bus",
+            )
+        )  # fmt: skip
+        try:
+            await fleet.start()
+            await fleet.wait_registered(10)
+            endpoint = fleet.devices[0].endpoint
+            bus.publish(
+                "gw-bus",
+                {"command_id": "c-1", "endpoint": endpoint, "operation": "read",
+                 "args": {"path": "/3/0/3"}},
+            )  # fmt: skip
+            for _ in range(100):
+                if sink.of("command_result"):
+                    break
+                await asyncio.sleep(0.05)
+            assert bus.failures == 1
+            [result] = sink.of("command_result")
+            assert result["ok"] and result["result"]["values"]["/3/0/3"] == "1.0.0"
+        finally:
+            await fleet.stop()
+            await gateway.stop()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
