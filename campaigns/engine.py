@@ -43,7 +43,12 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from campaigns import checks, clock, delivery, ramp, stages, windows
-from campaigns.device_services import command_queue, commands_queue, device_command_create
+from campaigns.device_services import (
+    DeviceOfflineError,
+    command_queue,
+    commands_queue,
+    device_command_create,
+)
 from campaigns.eligibility import (
     DispatchChecker,
     EncryptionGate,
@@ -69,7 +74,7 @@ from campaigns.models import (
     StageStatus,
 )
 from campaigns.planning import PlanRow, write_rows
-from campaigns.rollouts import confirm_successes, fail_rollout
+from campaigns.rollouts import confirm_successes, fail_rollout, wait_rollout
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
 from manifests.delivery import REPORTING_PROFILES
@@ -405,6 +410,11 @@ def _advance(campaign: Campaign, stage: CampaignStage, *, now: dt.datetime) -> b
     return True
 
 
+# Error codes of a command the fleet side did not send because the device was offline then:
+# its rollout waits and is dispatched again later.
+SEND_WAIT_CODES = frozenset({DeviceOfflineError.code})
+
+
 def _progress_commands(
     rollouts: Any, spec: Any, report: ReconcileReport, *, now: dt.datetime
 ) -> None:
@@ -423,6 +433,12 @@ def _progress_commands(
         rollout = queued[command.pk]
         if command.status == CommandStatus.SENT:
             sent.append(rollout.pk)
+        elif command.status == CommandStatus.FAILED and command.error_code in SEND_WAIT_CODES:
+            # Not sent: the registry saw the device offline or its registration lapsed (its
+            # Updates late under load, or its gateway died). It waits, as a device not reached
+            # does, instead of failing (docs/lwm2m.md, "Device information under load").
+            if wait_rollout(rollout, detail=command.error[:500], now=now):
+                report.retrying += 1
         elif command.status == CommandStatus.FAILED:
             retry = spec.retries.retryable("dispatch_failed", attempt=rollout.attempts)
             if fail_rollout(

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from campaigns import engine, rollouts, services
 from campaigns.events import CommandResult
-from campaigns.models import Campaign, Rollout, RolloutState
+from campaigns.models import Campaign, CommandStatus, DeviceCommand, Rollout, RolloutState
 from campaigns.spec import parse_spec
 from tests.campaigns.support import Catalog, make_devices, spec_text
 
@@ -179,3 +179,19 @@ def test_a_device_not_reached_waits_longer_each_time(catalog: Catalog) -> None:
         rollout.refresh_from_db()
         assert rollout.state != RolloutState.PENDING
     assert pauses[0] < pauses[1] < pauses[2] <= rollouts.WAIT_MAX
+
+
+def test_a_command_not_sent_because_the_device_seemed_offline_waits(catalog: Catalog) -> None:
+    """The registry saw the device offline (its registration lapsed: Updates late on a loaded
+    machine, or its gateway died) when the command was to be sent: the rollout waits and is
+    dispatched again, it does not fail as dispatch_failed."""
+    campaign, rollout = _dispatched(catalog, "seemed-offline", extra="")
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.QUEUED)
+    DeviceCommand.objects.filter(pk=rollout.command_id).update(
+        status=CommandStatus.FAILED, error_code="device.offline", error="dev-0 is offline"
+    )
+    report = engine.campaign_reconcile(campaign.pk, now=timezone.now())
+    assert report is not None and report.dispatch_failed == 0
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.reason) == (RolloutState.PENDING, "device_unreachable")
+    assert not Rollout.objects.filter(campaign=campaign, state=RolloutState.FAILED).exists()
