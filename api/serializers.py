@@ -673,11 +673,12 @@ class CampaignApplyResultSerializer(serializers.Serializer):
 class ThresholdEnforcementSerializer(serializers.Serializer):
     device = serializers.IntegerField(
         help_text="cohort devices that check the approval thresholds themselves (a SUIT class "
-        "with a released device trust policy)"
+        "with a released device trust policy, and the device's install of one confirmed by its "
+        "signed report)"
     )
     server_only = serializers.IntegerField(
         help_text="cohort devices protected by the server's release checks only (image "
-        "profile, or no device trust policy)"
+        "profile, no released device trust policy, or no confirmed install of one)"
     )
     why = serializers.CharField()
 

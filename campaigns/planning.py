@@ -163,6 +163,10 @@ class Plan:
     # released device trust policy) or only the server does (image profile, no policy), and why.
     device_thresholds: bool = False
     thresholds_why: str = ""
+    # Eligible devices the registry knows hold a released trust policy of the class (a
+    # confirmed delivery, ``Device.trust_policy_version``): only they check thresholds; the
+    # others of a SUIT class with a policy are counted as protected by the server only.
+    policy_holders: int = 0
     # Per stage, the eligible devices offered a delta rather than the full image, and the bytes
     # those deltas save on the wire (``manifests.services.delta_offer``); ``image_size`` is the
     # full image's, so a stage's bytes on the wire are devices x image_size - saved.
@@ -173,6 +177,9 @@ class Plan:
     @property
     def cohort(self) -> int:
         return sum(self.stage_counts)
+
+    def _holders(self) -> int:
+        return min(self.policy_holders, self.cohort) if self.device_thresholds else 0
 
     def stage_methods(self, index: int) -> dict[str, int]:
         push = self.stage_push[index] if index < len(self.stage_push) else 0
@@ -209,8 +216,8 @@ class Plan:
             "excluded": dict(sorted(self.excluded.items())),
             "server_time_only": dict(sorted(self.server_time_only.items())),
             "threshold_enforcement": {
-                "device": self.cohort if self.device_thresholds else 0,
-                "server_only": 0 if self.device_thresholds else self.cohort,
+                "device": self._holders(),
+                "server_only": self.cohort - self._holders(),
                 "why": self.thresholds_why,
             },
         }
@@ -314,6 +321,7 @@ def campaign_plan(
         "psk",
         "installed_image_digest",
         ExpressionWrapper(~Q(report_key=""), output_field=BooleanField()),
+        "trust_policy_version",
     )
     classes: dict[int | None, DeviceClass | None] = {
         None: None,
@@ -391,6 +399,7 @@ def campaign_plan(
         psk,
         installed_digest,
         has_report_key,
+        policy_version,
     ) in queryset.iterator(chunk_size=PLAN_READ_CHUNK):
         if tag_rules:
             tag_key = tuple(tags or ())
@@ -480,6 +489,8 @@ def campaign_plan(
             counts[outcome] += 1
         else:
             eligible.append(value)
+            if policy_version is not None:
+                plan.policy_holders += 1
             state = clock_state(device_time=device_time, offset_seconds=offset, max_skew=max_skew)
             if state in SERVER_TIME_ONLY:
                 server_only.append((value, state))

@@ -19,6 +19,7 @@ from campaigns import device_services
 from campaigns.engine import campaign_reconcile
 from campaigns.events import EventError, event_from_dict
 from campaigns.rollouts import rollouts_apply_event
+from campaigns.trust_delivery import trust_policy_apply_event
 from ops import tallies
 from ops.logs import log_context
 from workers.lwm2m.errors import LwM2MError
@@ -44,6 +45,7 @@ def _apply_event(data: dict[str, Any]) -> None:
     event = event_from_dict(data)  # EventError for anything outside the contract
     device_services.device_event_apply(event=event)
     rollouts_apply_event(event=event)
+    trust_policy_apply_event(event=event)
 
 
 @shared_task(**DATABASE_RETRY)

@@ -103,6 +103,14 @@ class Device(models.Model):
     # provisioning (``device_report_key_set``). A device of a SUIT class without one is not
     # dispatched to: its success could never be verified (docs/suit.md, "Device reports").
     report_key = models.TextField(blank=True, default="", db_default="")
+    # The device trust policy the device is known to hold (docs/suit.md, "Device trust
+    # policy"): version and SHA-256 of the released document, set only when a delivery of it
+    # was confirmed by the device (Object 5 success and, for a SUIT class, its signed report
+    # naming the document's digest; ``campaigns.trust_delivery``). Never lowered. Null: the
+    # server does not know of any, and counts the device as protected by the server only.
+    trust_policy_version = models.PositiveIntegerField(null=True, blank=True)
+    trust_policy_sha256 = models.CharField(max_length=64, blank=True, default="", db_default="")
+    trust_policy_confirmed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

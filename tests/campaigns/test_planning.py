@@ -14,6 +14,7 @@ from django.utils import timezone
 from campaigns import engine, planning, services
 from campaigns.errors import CampaignStateError
 from campaigns.models import (
+    Device,
     DeviceCommand,
     Rollout,
     RolloutState,
@@ -153,6 +154,11 @@ def test_plan_counts_devices_protected_by_device_thresholds_and_by_the_server_on
     )
     block = device_trust.sign_policy(draft.body_bytes, catalog.keys["sec"])
     release_services.trust_policy_sign(policy=draft, signer=catalog.users["sec"], cose=block)
+    plan = planning.campaign_plan(spec=parse_spec(text)).as_dict()
+    # Released, but no device has confirmed holding it: the server alone protects them.
+    assert plan["threshold_enforcement"]["device"] == 0
+    assert plan["threshold_enforcement"]["server_only"] == 4
+    Device.objects.update(trust_policy_version=draft.version)
     plan = planning.campaign_plan(spec=parse_spec(text)).as_dict()
     assert plan["threshold_enforcement"]["device"] == 4
     assert plan["threshold_enforcement"]["server_only"] == 0

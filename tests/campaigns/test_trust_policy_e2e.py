@@ -138,6 +138,12 @@ def test_approved_release_installs_and_after_rotation_the_revoked_key_no_longer_
         CommandStatus.SUCCEEDED
     }
     assert {d.state.trust_policy for d in devices} == {bytes(v2.document).hex()}
+    # Each device signed its report of the install: the registry records v2 as held.
+    wait_for(
+        lambda: Device.objects.filter(trust_policy_version=2).count() == DEVICES,
+        what="policy v2 recorded as held",
+    )
+    assert set(Device.objects.values_list("trust_policy_sha256", flat=True)) == {v2.sha256}
 
     # 4. A compromised server sends 1.2.0's frozen envelope (its security signature is sec's,
     # the revoked key) straight through the gateway: every device refuses it (Result 5).

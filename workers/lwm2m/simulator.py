@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -758,7 +759,9 @@ class SimulatedDevice:
         try:
             envelope_bytes = pushed if pushed is not None else await self.fetch(base_uri)
             if device_trust.is_trust_policy(envelope_bytes):
-                return self._stage_trust_policy(envelope_bytes, attempt)
+                # Its report names the document's SHA-256 as the manifest digest.
+                digest = hashlib.sha256(envelope_bytes).digest()
+                return self._stage_trust_policy(envelope_bytes, digest, attempt)
             try:
                 envelope = suit.decode_envelope(envelope_bytes)
             except suit.SUITError as exc:
@@ -828,7 +831,7 @@ class SimulatedDevice:
         self.events.append("downloaded")
         self._persist()
 
-    def _stage_trust_policy(self, data: bytes, attempt: int) -> None:
+    def _stage_trust_policy(self, data: bytes, digest: bytes, attempt: int) -> None:
         """A trust-policy package: staged when the device's rotation rule accepts it (raises
         the refusal otherwise); Execute Update makes it the device's policy."""
         policy = device_trust.next_policy(
@@ -840,7 +843,11 @@ class SimulatedDevice:
         )
         if self.fw.state is not FwState.DOWNLOADING or attempt != self._attempt:
             return  # cancelled meanwhile
-        self.state.staged = {"trust_policy": policy.raw.hex(), "version": policy.version}
+        self.state.staged = {
+            "trust_policy": policy.raw.hex(),
+            "version": policy.version,
+            "manifest_digest": digest.hex(),
+        }
         self.fw.download_succeeded()
         self.events.append("downloaded")
         self._persist()
@@ -963,6 +970,8 @@ class SimulatedDevice:
             self.events.append("boot failed, reverted")
         elif "trust_policy" in staged:
             self.state.trust_policy = str(staged["trust_policy"])
+            if digest:
+                self._sign_report(digest, None)
             self.fw.update_succeeded()
             self.events.append(f"trust policy v{staged['version']}")
         else:
