@@ -3,17 +3,22 @@
 from django.db import migrations, models
 
 
-class AddIndexWherePossible(migrations.AddIndex):
-    """SQLite sorts with NULLS FIRST but cannot index that way: the embedded database (demo,
-    small fleets) goes without this one index; the model state keeps it for PostgreSQL."""
+LAST_SEEN_INDEX = (
+    "CREATE INDEX device_last_seen_idx ON campaigns_device (last_seen ASC NULLS FIRST, endpoint)"
+)
 
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor != "sqlite":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor != "sqlite":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
+def last_seen_index(apps, schema_editor):
+    """SQLite sorts NULLS FIRST but cannot index that way: the embedded database (demo, small
+    fleets) goes without this one index. It stays out of the model state, so a table SQLite
+    remakes (any later field of Device) does not try to build it."""
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute(LAST_SEEN_INDEX)
+
+
+def drop_last_seen_index(apps, schema_editor):
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("DROP INDEX IF EXISTS device_last_seen_idx")
 
 
 class Migration(migrations.Migration):
@@ -32,10 +37,7 @@ class Migration(migrations.Migration):
             model_name='device',
             index=models.Index(fields=['firmware_version', 'endpoint'], name='device_version_idx'),
         ),
-        AddIndexWherePossible(
-            model_name='device',
-            index=models.Index(models.OrderBy(models.F('last_seen'), nulls_first=True), models.OrderBy(models.F('endpoint')), name='device_last_seen_idx'),
-        ),
+        migrations.RunPython(last_seen_index, drop_last_seen_index),
         migrations.AddIndex(
             model_name='rollout',
             index=models.Index(fields=['device', 'id'], name='rollout_device_latest_idx'),

@@ -6,7 +6,7 @@ class Migration(migrations.Migration):
     the SUIT envelope), so they are added as "suit"; the default for new classes is "image"."""
 
     dependencies = [
-        ("manifests", "0001_initial"),
+        ('manifests', '0001_initial'),
     ]
 
     operations = [

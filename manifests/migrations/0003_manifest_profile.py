@@ -6,7 +6,7 @@ class Migration(migrations.Migration):
     payload format, so it is "extended"; that stays the default."""
 
     dependencies = [
-        ("manifests", "0002_device_class_delivery"),
+        ('manifests', '0002_device_class_delivery'),
     ]
 
     operations = [

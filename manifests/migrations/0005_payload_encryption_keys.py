@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('manifests', '0003_manifest_profile'),
+        ('manifests', '0004_device_class_delta_updates'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

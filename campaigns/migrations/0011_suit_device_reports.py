@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0008_registration_expiry'),
+        ('campaigns', '0010_device_installed_image_digest'),
     ]
 
     operations = [

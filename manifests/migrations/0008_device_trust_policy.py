@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('manifests', '0004_release_frozen_envelope'),
+        ('manifests', '0007_delta_patch_type'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

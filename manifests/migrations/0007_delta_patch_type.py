@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('manifests', '0004_device_class_delta_updates'),
+        ('manifests', '0006_release_frozen_envelope'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0011_merge_20261207_1533'),
+        ('campaigns', '0012_rollout_delta_payload'),
     ]
 
     operations = [

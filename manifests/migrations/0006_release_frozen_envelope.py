@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('manifests', '0003_manifest_profile'),
+        ('manifests', '0005_payload_encryption_keys'),
     ]
 
     operations = [

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('manifests', '0004_payload_encryption_keys'),
+        ('manifests', '0008_device_trust_policy'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0009_device_installed_image_digest'),
+        ('campaigns', '0011_suit_device_reports'),
     ]
 
     operations = [
