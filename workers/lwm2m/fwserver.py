@@ -14,13 +14,13 @@ import hashlib
 import logging
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import aiocoap
 from aiocoap.numbers.codes import Code
 
-from workers.lwm2m import content, logsafe
+from workers.lwm2m import content, fastfw, logsafe
 from workers.lwm2m.blocks import block_slice
 from workers.lwm2m.errors import (
     DeviceOperationError,
@@ -48,6 +48,11 @@ class PublishedFile:
 
     data: bytes
     etag: bytes
+    # The options every block of it carries (ETag, Content-Format, Max-Age), encoded once.
+    options: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "options", fastfw.static_options(self.etag))
 
 
 class FirmwareSource(Protocol):
@@ -200,6 +205,21 @@ class FirmwareServer:
             _, dropped = self._fw_cache.popitem(last=False)
             self._fw_cache_bytes -= len(dropped.data)
         return published
+
+    def direct_fw_answer(self, datagram: bytes) -> bytes | None:
+        """The answer to a Block2 GET of a cached /fw file, built without aiocoap
+        (``workers.lwm2m.fastfw``), or None: any other request, a file not in the cache (not
+        loaded yet, or never cached) or a block past its end, which the firmware resource
+        answers. Only cached files: the cache holds what ``published_file`` decided to serve."""
+        request = fastfw.parse_fw_get(datagram)
+        if request is None:
+            return None
+        key = (request.kind, request.digest)
+        cached = self._fw_cache.get(key)
+        if cached is None:
+            return None
+        self._fw_cache.move_to_end(key)
+        return fastfw.encode_block2(request, cached.data, cached.options)
 
     def package_uri(self, manifest_digest: str, *, secure: bool = False, kind: str = "m") -> str:
         """Where a device downloads a file (by default the envelope of ``manifest_digest``; for

@@ -316,6 +316,7 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             port=self.config.port,
             max_datagram=self.config.max_payload + screened.DATAGRAM_OVERHEAD,
             guard=self.guard,
+            direct=self.direct_fw_answer,
         )
         self._configure_sockets()
         self._event_queue = asyncio.Queue()

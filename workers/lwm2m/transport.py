@@ -24,6 +24,7 @@ import collections
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiocoap
@@ -76,6 +77,8 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
 
     guard: InputGuard = InputGuard()
     max_datagram: int = 4096
+    # Answers a datagram directly (the cached /fw Block2 GET: workers.lwm2m.fastfw), or None.
+    direct: Callable[[bytes], bytes | None] | None = None
 
     def datagram_msg_received(self, data: bytes, ancdata: Any, flags: int, address: Any) -> None:
         self.guard.received += 1
@@ -86,6 +89,15 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
             if verdict.reply is not None:
                 self._reply(verdict.reply, address, ancdata)
             return
+        if self.direct is not None:
+            try:
+                answer = self.direct(data)
+            except Exception as exc:  # a fault there must not cost the request: aiocoap answers
+                self.guard.refused("unhandled", _peer(address), f"{type(exc).__name__}: {exc}")
+                answer = None
+            if answer is not None:
+                self._reply(answer, address, ancdata)
+                return
         pktinfo = None
         for level, kind, value in ancdata:
             if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
@@ -117,10 +129,17 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
 
 
 async def open_server_context(
-    site: Any, *, host: str, port: int, max_datagram: int, guard: InputGuard
+    site: Any,
+    *,
+    host: str,
+    port: int,
+    max_datagram: int,
+    guard: InputGuard,
+    direct: Callable[[bytes], bytes | None] | None = None,
 ) -> aiocoap.Context:
     """A server context like ``Context.create_server_context(site, bind, transports=["udp6"])``,
-    with :class:`ScreenedUDP6` reading datagrams of up to ``max_datagram`` bytes."""
+    with :class:`ScreenedUDP6` reading datagrams of up to ``max_datagram`` bytes; ``direct``
+    answers the screened datagrams it recognises before aiocoap decodes them."""
     loop = asyncio.get_running_loop()
     context = aiocoap.Context(loop=loop, serversite=site, loggername="coap-server")
 
@@ -129,6 +148,7 @@ async def open_server_context(
 
     _Screened.guard = guard
     _Screened.max_datagram = max_datagram
+    _Screened.direct = staticmethod(direct) if direct is not None else None
 
     async def construct(mman: Any) -> Any:
         interface = await _Screened.create_server_transport_endpoint(
