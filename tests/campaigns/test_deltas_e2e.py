@@ -103,6 +103,14 @@ def test_fleet_gets_deltas_and_a_wrong_base_falls_back_to_the_full_image(
     assert "refused device.wrong_precursor" in devices[STRAY].events
     assert all("delta applied" in devices[ep].events for ep in devices if ep != STRAY)
     assert all(d.installed_image == storage.read(new.sha256) for d in devices.values())
-    # The server now knows each device's image exactly again: the next release can be a delta.
-    assert set(Device.objects.values_list("installed_image_digest", flat=True)) == {new.sha256}
+    # The server now knows each device's image exactly again: the next release can be a delta
+    # (recorded from the device's report of its version, which may come after the campaign's
+    # last success was counted).
+    wait_for(
+        lambda: (
+            set(Device.objects.values_list("installed_image_digest", flat=True)) == {new.sha256}
+        ),
+        timeout=30,
+        what="every device's installed image recorded",
+    )
     assert FirmwareDelta.objects.count() == 1
