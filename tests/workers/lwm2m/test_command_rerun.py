@@ -1,0 +1,133 @@
+"""A gateway restarted mid-command gets its unacknowledged `fw_update` back from the bus: the
+claim recorded under the command id makes it resume, never repeat an irreversible step
+(docs/lwm2m.md, "Command bus" and "Faults that lose nothing")."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+from tests.workers.lwm2m.conftest import (
+    DictFirmware,
+    Harness,
+    eventually,
+    make_release,
+    run_with_fleet,
+)
+from workers.lwm2m.object5 import FwResult, FwState
+
+ENDPOINT = "sim-00000"
+
+
+def _package_writes(h: Harness) -> list[str]:
+    return [
+        e
+        for e in h.fleet.devices[ENDPOINT].events
+        if e.startswith("write_uri") and e != "write_uri ''"
+    ]
+
+
+def _downloads(h: Harness) -> int:
+    return h.fleet.devices[ENDPOINT].events.count("downloaded")
+
+
+async def _deliver(h: Harness, command: dict[str, Any]) -> dict[str, Any]:
+    """Publish ``command`` on the gateway's bus and wait for its result."""
+    before = len(h.sink.of("command_result"))
+    h.gateway.bus.publish(h.gateway.config.gateway_id, command)
+    await eventually(lambda: len(h.sink.of("command_result")) > before, timeout=25)
+    result: dict[str, Any] = h.sink.of("command_result")[-1]
+    return result
+
+
+def _restart_memory(h: Harness) -> None:
+    """What a SIGKILL and restart under the same id leaves: the gateway's memory of command ids
+    is gone; the bus (Redis in production) keeps the claims."""
+    h.gateway._commands_seen.clear()
+
+
+def test_fw_update_redelivered_after_install_succeeds_without_a_second_package_write(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key)
+    command = {
+        "command_id": uuid.uuid4().hex,
+        "endpoint": ENDPOINT,
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+
+    async def scenario(h: Harness) -> None:
+        first = await _deliver(h, command)
+        assert first["ok"], first
+        device = h.fleet.devices[ENDPOINT]
+        assert device.state.version == "1.1.0" and device.boots == 1
+        claimed = await h.gateway.bus.claimed(h.gateway.config.gateway_id, command["command_id"])
+        assert claimed == "update_executed"
+        await eventually(lambda: ENDPOINT in h.gateway.by_endpoint)
+        _restart_memory(h)
+
+        again = await _deliver(h, command)
+
+        assert again["ok"], again
+        assert again["result"]["phase"] == "succeeded" and again["result"]["result"] == 1
+        assert again["result"]["resumed"] is True
+        assert again["result"]["firmware_version"] == "1.1.0"
+        assert len(_package_writes(h)) == 1
+        assert _downloads(h) == 1
+        assert device.boots == 1
+        assert device.fw.state is FwState.IDLE and device.fw.result is FwResult.SUCCESS
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=DictFirmware(
+            envelopes={release.digest: release.envelope},
+            images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+        ),
+        timeout=60,
+    )
+
+
+def test_fw_update_redelivered_whose_first_run_never_wrote_the_package_runs_normally(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key)
+    command = {
+        "command_id": uuid.uuid4().hex,
+        "endpoint": ENDPOINT,
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+
+    async def scenario(h: Harness) -> None:
+        # The first run ends before anything reaches the device's update state machine (the
+        # envelope not yet published here): nothing claimed, no Package URI written.
+        first = await _deliver(h, command)
+        assert not first["ok"] and first["error_code"] == "lwm2m.firmware_unavailable", first
+        assert (
+            await h.gateway.bus.claimed(h.gateway.config.gateway_id, command["command_id"]) is None
+        )
+        assert _package_writes(h) == []
+        h.firmware.envelopes[release.digest] = release.envelope
+        _restart_memory(h)
+
+        again = await _deliver(h, command)
+
+        assert again["ok"], again
+        assert again["result"]["phase"] == "succeeded" and "resumed" not in again["result"]
+        assert len(_package_writes(h)) == 1
+        assert _downloads(h) == 1
+        assert h.fleet.devices[ENDPOINT].state.version == "1.1.0"
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=DictFirmware(
+            images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+        ),
+        timeout=60,
+    )
