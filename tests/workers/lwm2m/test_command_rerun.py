@@ -70,7 +70,7 @@ def test_fw_update_redelivered_after_install_succeeds_without_a_second_package_w
 
         again = await _deliver(h, command)
 
-        assert again["ok"], again
+        assert again["ok"], (again["error_code"], again["error"], again["result"])
         assert again["result"]["phase"] == "succeeded" and again["result"]["result"] == 1
         assert again["result"]["resumed"] is True
         assert again["result"]["firmware_version"] == "1.1.0"
@@ -116,7 +116,7 @@ def test_fw_update_redelivered_whose_first_run_never_wrote_the_package_runs_norm
 
         again = await _deliver(h, command)
 
-        assert again["ok"], again
+        assert again["ok"], (again["error_code"], again["error"], again["result"])
         assert again["result"]["phase"] == "succeeded" and "resumed" not in again["result"]
         assert len(_package_writes(h)) == 1
         assert _downloads(h) == 1
@@ -127,6 +127,47 @@ def test_fw_update_redelivered_whose_first_run_never_wrote_the_package_runs_norm
         count=1,
         anchors=[signing_key.public_key()],
         firmware=DictFirmware(
+            images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+        ),
+        timeout=60,
+    )
+
+
+def test_fw_update_redelivered_mid_download_is_followed_and_executed_without_a_second_write(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key)
+    command = {
+        "command_id": uuid.uuid4().hex,
+        "endpoint": ENDPOINT,
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+
+    async def scenario(h: Harness) -> None:
+        # The first run claimed the package write and wrote the Package URI, then the gateway
+        # died: the device downloads on its own.
+        gateway_id = h.gateway.config.gateway_id
+        await h.gateway.bus.claim(gateway_id, command["command_id"], "package_written")
+        uri = h.gateway.package_uri(release.digest, secure=False, kind="m")
+        await h.gateway.run_operation(ENDPOINT, "write_uri", {"uri": uri})
+
+        again = await _deliver(h, command)
+
+        assert again["ok"], (again["error_code"], again["error"], again["result"])
+        assert again["result"]["phase"] == "succeeded" and again["result"]["resumed"] is True
+        assert len(_package_writes(h)) == 1
+        assert _downloads(h) == 1
+        device = h.fleet.devices[ENDPOINT]
+        assert device.state.version == "1.1.0" and device.boots == 1
+        assert await h.gateway.bus.claimed(gateway_id, command["command_id"]) == "update_executed"
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=DictFirmware(
+            envelopes={release.digest: release.envelope},
             images={hashlib.sha256(release.payload).hexdigest(): release.payload},
         ),
         timeout=60,
