@@ -415,6 +415,17 @@ class UpdateDriver:
         written again; the device's State and Update Result say where it is (already ended:
         its outcome; still under way: followed to its end, Update executed if it waits
         Downloaded and the first run never executed it)."""
+        if claimed == CLAIM_PACKAGE_WRITTEN:
+            status: tuple[int, int] | None = None
+            with contextlib.suppress(LwM2MError):
+                status = await self._fw_status(reg)
+            if status == (FwState.IDLE, FwResult.INITIAL):
+                # Claimed, but the gateway stopped before the package reached the device (or
+                # the device dropped it): never executed, so delivering it is the first time.
+                log.info(
+                    "%s: command %s claimed no delivery the device holds", endpoint, command_id
+                )
+                return await self._fw_update_attempt(endpoint, reg, request, command_id)
         log.info("%s: command %s resumed from %s", endpoint, command_id, claimed)
         method = "push" if reg.delivery_method == DELIVERY_PUSH else request.method
         tracker = UpdateTracker()

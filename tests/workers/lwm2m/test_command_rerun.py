@@ -172,3 +172,39 @@ def test_fw_update_redelivered_mid_download_is_followed_and_executed_without_a_s
         ),
         timeout=60,
     )
+
+
+def test_fw_update_redelivered_after_a_claim_whose_write_never_reached_the_device_runs_normally(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key)
+    command = {
+        "command_id": uuid.uuid4().hex,
+        "endpoint": ENDPOINT,
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+
+    async def scenario(h: Harness) -> None:
+        # The first run claimed the package write and died before sending it: the device is
+        # Idle with Result 0 and was never told to update.
+        gateway_id = h.gateway.config.gateway_id
+        await h.gateway.bus.claim(gateway_id, command["command_id"], "package_written")
+
+        again = await _deliver(h, command)
+
+        assert again["ok"], (again["error_code"], again["error"], again["result"])
+        assert again["result"]["phase"] == "succeeded" and "resumed" not in again["result"]
+        assert len(_package_writes(h)) == 1
+        assert h.fleet.devices[ENDPOINT].state.version == "1.1.0"
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=DictFirmware(
+            envelopes={release.digest: release.envelope},
+            images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+        ),
+        timeout=60,
+    )
