@@ -90,6 +90,7 @@ HANDOVER_SECONDS = DEREGISTER_TIMEOUT + 5.0
 # the step they name: a command given back after a restart resumes from what was claimed.
 CLAIM_PACKAGE_WRITTEN = "package_written"
 CLAIM_UPDATE_EXECUTED = "update_executed"
+CLAIM_CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -339,6 +340,8 @@ class UpdateDriver:
             claimed = (
                 await self.bus.claimed(self.config.gateway_id, command_id) if command_id else None
             )
+            if claimed == CLAIM_CANCELLED:
+                raise _cancelled(endpoint, request)
             if claimed is not None:
                 return await self._fw_resume(endpoint, reg, request, command_id, claimed)
             return await self._fw_update_attempt(endpoint, reg, request, command_id)
@@ -348,15 +351,11 @@ class UpdateDriver:
             self._fw_cancelled.discard(endpoint)
             if this is not None:
                 this.uncancel()
-            raise UpdateCancelledError(
-                f"{endpoint}: update cancelled",
-                permanent=True,
-                result={
-                    "phase": "cancelled",
-                    "result": 10,
-                    "manifest_digest": request.manifest_digest,
-                },
-            ) from None
+            if command_id:
+                # Given back after a restart, the command reports its cancellation again
+                # instead of delivering the update the operator cancelled.
+                await self.bus.claim(self.config.gateway_id, command_id, CLAIM_CANCELLED)
+            raise _cancelled(endpoint, request) from None
         finally:
             if self._fw_attempts.get(endpoint) is this:
                 self._fw_attempts.pop(endpoint, None)
@@ -718,6 +717,14 @@ class UpdateDriver:
             log.debug("observation of %s deregistered: %s", reg.endpoint, answer.code)
         except (TimeoutError, aiocoap.error.Error, OSError) as exc:
             log.info("deregistration of %s's observation got no answer: %s", reg.endpoint, exc)
+
+
+def _cancelled(endpoint: str, request: UpdateRequest) -> UpdateCancelledError:
+    return UpdateCancelledError(
+        f"{endpoint}: update cancelled",
+        permanent=True,
+        result={"phase": "cancelled", "result": 10, "manifest_digest": request.manifest_digest},
+    )
 
 
 async def _changed_or_replaced(attempt: _Attempt, reg: Registration, *, timeout: float) -> None:

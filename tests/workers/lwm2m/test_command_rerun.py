@@ -16,6 +16,7 @@ from tests.workers.lwm2m.conftest import (
     run_with_fleet,
 )
 from workers.lwm2m.object5 import FwResult, FwState
+from workers.lwm2m.simulator import Faults
 
 ENDPOINT = "sim-00000"
 
@@ -206,5 +207,48 @@ def test_fw_update_redelivered_after_a_claim_whose_write_never_reached_the_devic
             envelopes={release.digest: release.envelope},
             images={hashlib.sha256(release.payload).hexdigest(): release.payload},
         ),
+        timeout=60,
+    )
+
+
+def test_fw_update_cancelled_then_redelivered_reports_the_cancellation_without_delivering(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key)
+    command = {
+        "command_id": uuid.uuid4().hex,
+        "endpoint": ENDPOINT,
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+
+    async def scenario(h: Harness) -> None:
+        gateway_id = h.gateway.config.gateway_id
+        before = len(h.sink.of("command_result"))
+        h.gateway.bus.publish(gateway_id, command)
+        await eventually(lambda: len(_package_writes(h)) == 1)
+        await h.gateway.run_operation(ENDPOINT, "fw_cancel", {})
+        await eventually(lambda: len(h.sink.of("command_result")) > before, timeout=25)
+        first = h.sink.of("command_result")[-1]
+        assert not first["ok"] and first["result"]["phase"] == "cancelled", first
+        assert await h.gateway.bus.claimed(gateway_id, command["command_id"]) == "cancelled"
+        _restart_memory(h)
+
+        again = await _deliver(h, command)
+
+        assert not again["ok"] and again["error_code"] == first["error_code"]
+        assert again["result"]["phase"] == "cancelled"
+        assert len(_package_writes(h)) == 1
+        assert h.fleet.devices[ENDPOINT].state.version == "1.0.0"
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=DictFirmware(
+            envelopes={release.digest: release.envelope},
+            images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+        ),
+        faults={ENDPOINT: Faults(slow_link_seconds=0.2)},
         timeout=60,
     )
