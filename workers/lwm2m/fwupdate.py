@@ -317,10 +317,17 @@ class UpdateDriver:
         """One update attempt: reset, deliver (pull or push), follow, execute, confirm. The
         same command given back after a restart (a claim recorded under its id) resumes."""
         request = parse_update_args(args)
-        try:
-            reg = self.registration(endpoint)
-        except DeviceNotConnectedError as exc:
-            raise DeviceUnreachableError(str(exc), permanent=False) from None
+        claimed = await self.bus.claimed(self.config.gateway_id, command_id) if command_id else None
+        if claimed is not None and claimed != CLAIM_CANCELLED:
+            # The device may be rebooting into what the first run installed: its registration
+            # comes back with its next Register or Update. Sending the update again instead
+            # (what an unreachable device gets) could deliver it twice.
+            reg = await self._registration_within(endpoint, request, claimed)
+        else:
+            try:
+                reg = self.registration(endpoint)
+            except DeviceNotConnectedError as exc:
+                raise DeviceUnreachableError(str(exc), permanent=False) from None
         running = self._fw_attempts.get(endpoint)
         this = asyncio.current_task()
         if running is not None and running is not this and not running.done():
@@ -337,9 +344,6 @@ class UpdateDriver:
         if this is not None:
             self._fw_attempts[endpoint] = this
         try:
-            claimed = (
-                await self.bus.claimed(self.config.gateway_id, command_id) if command_id else None
-            )
             if claimed == CLAIM_CANCELLED:
                 raise _cancelled(endpoint, request)
             if claimed is not None:
@@ -401,6 +405,26 @@ class UpdateDriver:
                     raise
                 log.info("reset of %s by an empty Package URI refused: %s", reg.endpoint, exc)
         await self.write_blockwise(reg, (5, 0, 0), b"")
+
+    async def _registration_within(
+        self, endpoint: str, request: UpdateRequest, claimed: str
+    ) -> Registration:
+        """The device's registration here, waited for up to the update's timeout."""
+        give_up = time.monotonic() + (request.timeout or self.config.fw_update_timeout)
+        while (reg := self.by_endpoint.get(endpoint)) is None:
+            if time.monotonic() > give_up:
+                raise UpdateTimedOutError(
+                    f"{endpoint}: resumed update ({claimed}) timed out waiting for the device "
+                    "to register",
+                    result={
+                        "phase": claimed,
+                        "result": None,
+                        "manifest_digest": request.manifest_digest,
+                        "resumed": True,
+                    },
+                )
+            await asyncio.sleep(min(self.config.fw_poll_seconds, 1.0))
+        return reg
 
     async def _fw_resume(
         self,

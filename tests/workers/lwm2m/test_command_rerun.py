@@ -4,6 +4,7 @@ claim recorded under the command id makes it resume, never repeat an irreversibl
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from typing import Any
@@ -250,5 +251,51 @@ def test_fw_update_cancelled_then_redelivered_reports_the_cancellation_without_d
             images={hashlib.sha256(release.payload).hexdigest(): release.payload},
         ),
         faults={ENDPOINT: Faults(slow_link_seconds=0.2)},
+        timeout=60,
+    )
+
+
+def test_fw_update_redelivered_before_the_device_registers_again_waits_for_it_and_resumes(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key)
+    command = {
+        "command_id": uuid.uuid4().hex,
+        "endpoint": ENDPOINT,
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+
+    async def scenario(h: Harness) -> None:
+        first = await _deliver(h, command)
+        assert first["ok"], first
+        await eventually(lambda: ENDPOINT in h.gateway.by_endpoint)
+        # The restarted gateway holds no registration of the device yet.
+        h.gateway.by_endpoint.clear()
+        h.gateway.by_id.clear()
+        _restart_memory(h)
+        before = len(h.sink.of("command_result"))
+        h.gateway.bus.publish(h.gateway.config.gateway_id, command)
+        await asyncio.sleep(0.5)
+        assert len(h.sink.of("command_result")) == before  # waiting, not failed as unreachable
+        device = h.fleet.devices[ENDPOINT]
+        device.registered.clear()
+        await device.register()
+        await eventually(lambda: len(h.sink.of("command_result")) > before, timeout=25)
+        again = h.sink.of("command_result")[-1]
+
+        assert again["ok"], (again["error_code"], again["error"], again["result"])
+        assert again["result"]["phase"] == "succeeded" and again["result"]["resumed"] is True
+        assert len(_package_writes(h)) == 1
+        assert device.boots == 1
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=DictFirmware(
+            envelopes={release.digest: release.envelope},
+            images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+        ),
         timeout=60,
     )
