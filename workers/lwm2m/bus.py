@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -36,6 +37,15 @@ Command = dict[str, Any]
 RECONNECT_FIRST_PAUSE = 0.5
 RECONNECT_MAX_PAUSE = 10.0
 
+# Claim records (docs/lwm2m.md, "Command bus"): the phase an update command reached, kept per
+# command id so a gateway that gets the command back after a restart resumes it instead of
+# repeating a step the device cannot take twice. Kept longer than any update attempt runs.
+CLAIM_TTL_SECONDS = 7 * 24 * 3600
+CLAIMS_REMEMBERED = 10_000  # in-memory bus: the newest claims kept
+# A claim that cannot be written (Redis restarting) is tried again for this long; the step it
+# guards is not taken without it.
+CLAIM_RETRY_SECONDS = 30.0
+
 
 class CommandBus(Protocol):
     def publish(self, gateway_id: str, command: Command) -> None:
@@ -47,6 +57,12 @@ class CommandBus(Protocol):
     async def ack(self, gateway_id: str, token: str) -> None:
         """Mark a command finished so it is not redelivered."""
 
+    async def claim(self, gateway_id: str, command_id: str, phase: str) -> None:
+        """Record that ``command_id`` is about to take the irreversible step ``phase``."""
+
+    async def claimed(self, gateway_id: str, command_id: str) -> str | None:
+        """The phase last claimed for ``command_id`` (None: nothing irreversible done)."""
+
     async def close(self) -> None: ...
 
 
@@ -57,6 +73,7 @@ class InMemoryCommandBus:
         self._lock = threading.Lock()
         self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue[Command]]] = {}
         self._counter = 0
+        self._claims: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def attach(self, gateway_id: str) -> None:
         loop = asyncio.get_running_loop()
@@ -90,6 +107,17 @@ class InMemoryCommandBus:
 
     async def ack(self, gateway_id: str, token: str) -> None:
         return None
+
+    async def claim(self, gateway_id: str, command_id: str, phase: str) -> None:
+        with self._lock:
+            self._claims[(gateway_id, command_id)] = phase
+            self._claims.move_to_end((gateway_id, command_id))
+            while len(self._claims) > CLAIMS_REMEMBERED:
+                self._claims.popitem(last=False)
+
+    async def claimed(self, gateway_id: str, command_id: str) -> str | None:
+        with self._lock:
+            return self._claims.get((gateway_id, command_id))
 
     async def close(self) -> None:
         return None
@@ -193,6 +221,55 @@ class RedisCommandBus:
             await client.xack(self.stream(gateway_id), self.GROUP, token)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             log.warning("acknowledging command %s failed (%r); it comes back", token, exc)
+
+    @staticmethod
+    def claim_key(gateway_id: str, command_id: str) -> str:
+        return f"fwupd:lwm2m:gw:{gateway_id}:claim:{command_id}"
+
+    async def claim(self, gateway_id: str, command_id: str, phase: str) -> None:
+        """SET the claim record (expiring after CLAIM_TTL_SECONDS). While Redis cannot be
+        reached it is tried again for CLAIM_RETRY_SECONDS, then the error is raised: the step
+        it guards is not taken unrecorded."""
+        import redis
+
+        key = self.claim_key(gateway_id, command_id)
+        give_up = asyncio.get_running_loop().time() + CLAIM_RETRY_SECONDS
+        pause = RECONNECT_FIRST_PAUSE
+        while True:
+            try:
+                client = await self._client()
+                await client.set(key, phase, ex=CLAIM_TTL_SECONDS)
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if asyncio.get_running_loop().time() > give_up:
+                    raise
+                log.warning("claim %s not written (%r); again in %.1f s", key, exc, pause)
+                await self._drop_client()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_PAUSE)
+
+    async def claimed(self, gateway_id: str, command_id: str) -> str | None:
+        """The claim record, read with the same patience as :meth:`claim`."""
+        import redis
+
+        key = self.claim_key(gateway_id, command_id)
+        give_up = asyncio.get_running_loop().time() + CLAIM_RETRY_SECONDS
+        pause = RECONNECT_FIRST_PAUSE
+        while True:
+            try:
+                client = await self._client()
+                value = await client.get(key)
+                break
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if asyncio.get_running_loop().time() > give_up:
+                    raise
+                log.warning("claim %s not read (%r); again in %.1f s", key, exc, pause)
+                await self._drop_client()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RECONNECT_MAX_PAUSE)
+        if value is None:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
 
     async def close(self) -> None:
         if self._async is not None:

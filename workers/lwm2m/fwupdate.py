@@ -52,6 +52,7 @@ from workers.lwm2m.object5 import (
 )
 
 if TYPE_CHECKING:
+    from workers.lwm2m.bus import InMemoryCommandBus, RedisCommandBus
     from workers.lwm2m.fwserver import PublishedFile
     from workers.lwm2m.gateway import GatewayConfig
 from workers.lwm2m.registration import Registration
@@ -84,6 +85,12 @@ DEREGISTER_TIMEOUT = 5.0
 # A new attempt for a device whose previous attempt is still ending (its outcome decided, its
 # observation being deregistered) waits this long for it before the device counts as busy.
 HANDOVER_SECONDS = DEREGISTER_TIMEOUT + 5.0
+
+# Claim phases (docs/lwm2m.md, "Command bus"), recorded on the bus under the command id before
+# the step they name: a command given back after a restart resumes from what was claimed.
+CLAIM_PACKAGE_WRITTEN = "package_written"
+CLAIM_UPDATE_EXECUTED = "update_executed"
+CLAIM_CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -211,6 +218,9 @@ class _Attempt:
     stuck: tuple[int, int] | None = None
     observer: asyncio.Task[Any] | None = None
     suit_report: str = ""  # the device's signed report of this attempt (hex), once read
+    command_id: str = ""  # the command running it ("": no claims recorded)
+    resumed: bool = False  # taken over from a run of the same command before a restart
+    firmware_version: str | None = None  # /3/0/3 as a resumed attempt found it
 
     def outcome(self) -> dict[str, Any]:
         tracker = self.tracker
@@ -222,6 +232,9 @@ class _Attempt:
         }
         if self.suit_report:
             outcome["suit_report"] = self.suit_report
+        if self.resumed:
+            outcome["resumed"] = True
+            outcome["firmware_version"] = self.firmware_version
         return outcome
 
 
@@ -230,6 +243,7 @@ class UpdateDriver:
 
     config: GatewayConfig
     context: aiocoap.Context | None
+    bus: InMemoryCommandBus | RedisCommandBus
     by_endpoint: dict[str, Registration]
     _fw_attempts: dict[str, asyncio.Task[Any]]
     _fw_cancelled: set[str]
@@ -292,13 +306,28 @@ class UpdateDriver:
             return None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    async def _op_fw_update(self, endpoint: str, args: dict[str, Any]) -> dict[str, Any]:
-        """One update attempt: reset, deliver (pull or push), follow, execute, confirm."""
+    async def _claim(self, attempt: _Attempt, phase: str) -> None:
+        """Record, before taking it, that the attempt's command takes the step ``phase``."""
+        if attempt.command_id:
+            await self.bus.claim(self.config.gateway_id, attempt.command_id, phase)
+
+    async def _op_fw_update(
+        self, endpoint: str, args: dict[str, Any], *, command_id: str = ""
+    ) -> dict[str, Any]:
+        """One update attempt: reset, deliver (pull or push), follow, execute, confirm. The
+        same command given back after a restart (a claim recorded under its id) resumes."""
         request = parse_update_args(args)
-        try:
-            reg = self.registration(endpoint)
-        except DeviceNotConnectedError as exc:
-            raise DeviceUnreachableError(str(exc), permanent=False) from None
+        claimed = await self.bus.claimed(self.config.gateway_id, command_id) if command_id else None
+        if claimed is not None and claimed != CLAIM_CANCELLED:
+            # The device may be rebooting into what the first run installed: its registration
+            # comes back with its next Register or Update. Sending the update again instead
+            # (what an unreachable device gets) could deliver it twice.
+            reg = await self._registration_within(endpoint, request, claimed)
+        else:
+            try:
+                reg = self.registration(endpoint)
+            except DeviceNotConnectedError as exc:
+                raise DeviceUnreachableError(str(exc), permanent=False) from None
         running = self._fw_attempts.get(endpoint)
         this = asyncio.current_task()
         if running is not None and running is not this and not running.done():
@@ -315,22 +344,22 @@ class UpdateDriver:
         if this is not None:
             self._fw_attempts[endpoint] = this
         try:
-            return await self._fw_update_attempt(endpoint, reg, request)
+            if claimed == CLAIM_CANCELLED:
+                raise _cancelled(endpoint, request)
+            if claimed is not None:
+                return await self._fw_resume(endpoint, reg, request, command_id, claimed)
+            return await self._fw_update_attempt(endpoint, reg, request, command_id)
         except asyncio.CancelledError:
             if endpoint not in self._fw_cancelled:
                 raise  # the gateway is stopping
             self._fw_cancelled.discard(endpoint)
             if this is not None:
                 this.uncancel()
-            raise UpdateCancelledError(
-                f"{endpoint}: update cancelled",
-                permanent=True,
-                result={
-                    "phase": "cancelled",
-                    "result": 10,
-                    "manifest_digest": request.manifest_digest,
-                },
-            ) from None
+            if command_id:
+                # Given back after a restart, the command reports its cancellation again
+                # instead of delivering the update the operator cancelled.
+                await self.bus.claim(self.config.gateway_id, command_id, CLAIM_CANCELLED)
+            raise _cancelled(endpoint, request) from None
         finally:
             if self._fw_attempts.get(endpoint) is this:
                 self._fw_attempts.pop(endpoint, None)
@@ -377,8 +406,101 @@ class UpdateDriver:
                 log.info("reset of %s by an empty Package URI refused: %s", reg.endpoint, exc)
         await self.write_blockwise(reg, (5, 0, 0), b"")
 
+    async def _registration_within(
+        self, endpoint: str, request: UpdateRequest, claimed: str
+    ) -> Registration:
+        """The device's registration here, waited for up to the update's timeout."""
+        give_up = time.monotonic() + (request.timeout or self.config.fw_update_timeout)
+        while (reg := self.by_endpoint.get(endpoint)) is None:
+            if time.monotonic() > give_up:
+                raise UpdateTimedOutError(
+                    f"{endpoint}: resumed update ({claimed}) timed out waiting for the device "
+                    "to register",
+                    result={
+                        "phase": claimed,
+                        "result": None,
+                        "manifest_digest": request.manifest_digest,
+                        "resumed": True,
+                    },
+                )
+            await asyncio.sleep(min(self.config.fw_poll_seconds, 1.0))
+        return reg
+
+    async def _fw_resume(
+        self,
+        endpoint: str,
+        reg: Registration,
+        request: UpdateRequest,
+        command_id: str,
+        claimed: str,
+    ) -> dict[str, Any]:
+        """Take over an attempt this command began before the gateway restarted: nothing is
+        written again; the device's State and Update Result say where it is (already ended:
+        its outcome; still under way: followed to its end, Update executed if it waits
+        Downloaded and the first run never executed it)."""
+        if claimed == CLAIM_PACKAGE_WRITTEN:
+            status: tuple[int, int] | None = None
+            with contextlib.suppress(LwM2MError):
+                status = await self._fw_status(reg)
+            if status == (FwState.IDLE, FwResult.INITIAL):
+                # Claimed, but the gateway stopped before the package reached the device (or
+                # the device dropped it): never executed, so delivering it is the first time.
+                log.info(
+                    "%s: command %s claimed no delivery the device holds", endpoint, command_id
+                )
+                return await self._fw_update_attempt(endpoint, reg, request, command_id)
+        log.info("%s: command %s resumed from %s", endpoint, command_id, claimed)
+        method = "push" if reg.delivery_method == DELIVERY_PUSH else request.method
+        tracker = UpdateTracker()
+        tracker.uri_written()
+        if claimed == CLAIM_UPDATE_EXECUTED:
+            tracker.phase = Phase.UPDATE_EXECUTED
+        attempt = _Attempt(endpoint, request, method, tracker, asyncio.Event())
+        attempt.command_id = command_id
+        attempt.resumed = True
+        deadline = time.monotonic() + (request.timeout or self.config.fw_update_timeout)
+        with contextlib.suppress(LwM2MError):
+            value = (await self.read(reg, (3, 0, 3))).get((3, 0, 3))
+            attempt.firmware_version = value if isinstance(value, str) else None
+        attempt.observer = self._spawn(self._observe_fw(reg, attempt))
+        try:
+            await self._follow(reg, attempt, deadline)
+        finally:
+            await self._end_observer(attempt)
+        return await self._fw_outcome(endpoint, reg, attempt)
+
+    async def _end_observer(self, attempt: _Attempt) -> None:
+        observer = attempt.observer
+        if observer is None:
+            return
+        observer.cancel()
+        # Let the deregistration go out before the outcome is reported.
+        await asyncio.wait({observer}, timeout=DEREGISTER_TIMEOUT + 1)
+
+    async def _fw_outcome(
+        self, endpoint: str, reg: Registration, attempt: _Attempt
+    ) -> dict[str, Any]:
+        """The ended attempt's outcome (with the device's SUIT report when the command gave a
+        nonce); success emits fw_installed, anything else raises UpdateFailedError."""
+        request, tracker = attempt.request, attempt.tracker
+        if request.report_nonce:
+            attempt.suit_report = await self._read_report(
+                endpoint, self.by_endpoint.get(endpoint) or reg
+            )
+        outcome = attempt.outcome()
+        if tracker.phase is Phase.SUCCEEDED:
+            await self.emit(
+                events.FwInstalled(endpoint=endpoint, manifest_digest=request.manifest_digest)
+            )
+            return outcome
+        raise UpdateFailedError(
+            f"{endpoint}: update {tracker.phase.name.lower()} with result {outcome['result']}",
+            permanent=True,
+            result=outcome,
+        )
+
     async def _fw_update_attempt(
-        self, endpoint: str, reg: Registration, request: UpdateRequest
+        self, endpoint: str, reg: Registration, request: UpdateRequest, command_id: str = ""
     ) -> dict[str, Any]:
         try:
             method, uri = await self._plan(reg, request)
@@ -399,6 +521,7 @@ class UpdateDriver:
                 f"{endpoint} is installing (State Updating) and cannot be reset", permanent=False
             )
         attempt = _Attempt(endpoint, request, method, UpdateTracker(), asyncio.Event())
+        attempt.command_id = command_id
         if state != FwState.IDLE:
             await self._fw_reset(reg, method)
             state, result = await self._fw_status(reg)
@@ -415,6 +538,7 @@ class UpdateDriver:
             await self._write_report_nonce(reg, request.report_nonce)
         attempt.observer = self._spawn(self._observe_fw(reg, attempt))
         try:
+            await self._claim(attempt, CLAIM_PACKAGE_WRITTEN)
             attempt.tracker.uri_written()
             if method == "pull":
                 assert uri is not None  # noqa: S101 - _plan gives a pull its URI
@@ -424,26 +548,8 @@ class UpdateDriver:
                 await self._push(reg, attempt, package.data)
             await self._follow(reg, attempt, deadline)
         finally:
-            observer = attempt.observer
-            observer.cancel()
-            # Let the deregistration go out before the outcome is reported.
-            await asyncio.wait({observer}, timeout=DEREGISTER_TIMEOUT + 1)
-        tracker = attempt.tracker
-        if request.report_nonce:
-            attempt.suit_report = await self._read_report(
-                endpoint, self.by_endpoint.get(endpoint) or reg
-            )
-        outcome = attempt.outcome()
-        if tracker.phase is Phase.SUCCEEDED:
-            await self.emit(
-                events.FwInstalled(endpoint=endpoint, manifest_digest=request.manifest_digest)
-            )
-            return outcome
-        raise UpdateFailedError(
-            f"{endpoint}: update {tracker.phase.name.lower()} with result {outcome['result']}",
-            permanent=True,
-            result=outcome,
-        )
+            await self._end_observer(attempt)
+        return await self._fw_outcome(endpoint, reg, attempt)
 
     async def _write_report_nonce(self, reg: Registration, nonce: str) -> None:
         """Give the device this attempt's report nonce. A device without the report object
@@ -552,6 +658,7 @@ class UpdateDriver:
             if tracker.can_execute:
                 state, _ = await self._fw_status(reg)
                 if state == FwState.DOWNLOADED:
+                    await self._claim(attempt, CLAIM_UPDATE_EXECUTED)
                     await self.execute(reg, (5, 0, 2))
                     tracker.update_executed()
                     continue
@@ -634,6 +741,14 @@ class UpdateDriver:
             log.debug("observation of %s deregistered: %s", reg.endpoint, answer.code)
         except (TimeoutError, aiocoap.error.Error, OSError) as exc:
             log.info("deregistration of %s's observation got no answer: %s", reg.endpoint, exc)
+
+
+def _cancelled(endpoint: str, request: UpdateRequest) -> UpdateCancelledError:
+    return UpdateCancelledError(
+        f"{endpoint}: update cancelled",
+        permanent=True,
+        result={"phase": "cancelled", "result": 10, "manifest_digest": request.manifest_digest},
+    )
 
 
 async def _changed_or_replaced(attempt: _Attempt, reg: Registration, *, timeout: float) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -521,6 +522,7 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
                 str(command.get("endpoint", "")),
                 str(command.get("operation", "")),
                 dict(command.get("args") or {}),
+                command_id=command_id,
             )
             result = dict(result)
             outcome = events.CommandResult(
@@ -561,14 +563,16 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
         return reg
 
     async def run_operation(
-        self, endpoint: str, operation: str, args: dict[str, Any]
+        self, endpoint: str, operation: str, args: dict[str, Any], *, command_id: str = ""
     ) -> dict[str, Any]:
-        """One device operation; raises LwM2MError subclasses on refusal or failure."""
+        """One device operation; raises LwM2MError subclasses on refusal or failure. An update
+        with a ``command_id`` records its phases under it (a claim on the bus) and, given the
+        same id again after a restart, resumes instead of starting over."""
         handlers: dict[str, Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]] = {
             "read": self._op_read,
             "execute": self._op_execute,
             "write_uri": self._op_write_uri,
-            "fw_update": self._op_fw_update,
+            "fw_update": functools.partial(self._op_fw_update, command_id=command_id),
             "fw_cancel": self._op_fw_cancel,
             "read_info": self._op_read_info,
         }

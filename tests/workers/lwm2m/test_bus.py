@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from workers.lwm2m.bus import InMemoryCommandBus, RedisCommandBus, bus_for_url
+from workers.lwm2m.bus import CLAIM_TTL_SECONDS, InMemoryCommandBus, RedisCommandBus, bus_for_url
 from workers.lwm2m.errors import DeviceNotConnectedError
 
 REDIS_URL = os.environ.get("LWM2M_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -60,6 +60,44 @@ def test_redis_bus_routes_per_gateway_and_redelivers_unacked() -> None:
             await client.delete(bus.stream(gw_a), bus.stream(gw_b))
             await client.aclose()
             await bus.close()
+
+    asyncio.run(main())
+
+
+def test_redis_bus_keeps_a_command_claim_per_gateway_with_an_expiry() -> None:
+    """The claim a restarted gateway resumes from survives the gateway (it is in Redis), is
+    per gateway and command id, moves forward with the phase, and expires."""
+    _redis_or_skip()
+    gw_a, gw_b = f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"
+
+    async def main() -> None:
+        bus = RedisCommandBus(REDIS_URL)
+        restarted = RedisCommandBus(REDIS_URL)
+        try:
+            assert await bus.claimed(gw_a, "7") is None
+            await bus.claim(gw_a, "7", "package_written")
+            await bus.claim(gw_a, "7", "update_executed")
+            assert await restarted.claimed(gw_a, "7") == "update_executed"
+            assert await restarted.claimed(gw_b, "7") is None
+            client = await bus._client()
+            ttl = await client.ttl(bus.claim_key(gw_a, "7"))
+            assert 0 < ttl <= CLAIM_TTL_SECONDS
+        finally:
+            client = await bus._client()
+            await client.delete(bus.claim_key(gw_a, "7"))
+            await bus.close()
+            await restarted.close()
+
+    asyncio.run(main())
+
+
+def test_memory_bus_keeps_a_command_claim_per_gateway() -> None:
+    async def main() -> None:
+        bus = InMemoryCommandBus()
+        assert await bus.claimed("gw-a", "7") is None
+        await bus.claim("gw-a", "7", "package_written")
+        assert await bus.claimed("gw-a", "7") == "package_written"
+        assert await bus.claimed("gw-b", "7") is None
 
     asyncio.run(main())
 

@@ -471,6 +471,7 @@ def test_wakaama_exits_when_its_registration_update_gets_4_04() -> None:
         await rig.gateway.deregister(reg.reg_id, _FromPeer(reg.remote))  # type: ignore[arg-type]
         assert await device.update() == Code.NOT_FOUND
         await eventually(lambda: device.exited and device.context is None)
+        # Nothing reached its update state machine: the attempt waits (transient), not fails.
         with pytest.raises(errors.DeviceUnreachableError) as info:
             await rig.update(device.endpoint)
         assert info.value.permanent is False
