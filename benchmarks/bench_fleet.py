@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -236,10 +237,12 @@ def _setup_django(db: str, storage: str, queue: str, prefix: str) -> None:
 
 def child_run(args: argparse.Namespace) -> dict[str, Any]:
     from campaigns import services
+    from campaigns.device_services import device_report_keys_register
     from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
     from campaigns.spec import parse_spec
     from manifests.suit import keys
     from ops import tallies
+    from workers.lwm2m import loadsim
     from workers.lwm2m.ports import claim_udp_port
     from workers.tasks import campaign_reconcile_task
 
@@ -284,6 +287,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         for gateway_id in gateway_ids:
             procs.wait_line(gateway_id, b" on coap://")
         anchors = [keys.public_key_pem(world.author_key.public_key()).decode()]
+        report_seed = secrets.token_hex(32)
         per = math.ceil(n / args.sim_processes)
         meter.start()
         start = time.perf_counter()
@@ -292,20 +296,22 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
             if count <= 0:
                 break
             spec_file = log_dir / f"sim-{k}.json"
-            spec_file.write_text(
-                json.dumps(
-                    {
-                        "server": f"coap://127.0.0.1:{port}",
-                        "count": count,
-                        "first": k * per,
-                        "vendor_id": str(world.vendor.uuid),
-                        "class_id": str(world.thermo.uuid),
-                        "trust_anchors_pem": anchors,
-                        "lifetime": 3600,
-                        "register_concurrency": args.register_concurrency,
-                    }
-                )
+            spec: dict[str, Any] = {
+                "server": f"coap://127.0.0.1:{port}",
+                "count": count,
+                "first": k * per,
+                "vendor_id": str(world.vendor.uuid),
+                "class_id": str(world.thermo.uuid),
+                "trust_anchors_pem": anchors,
+                "lifetime": 3600,
+                "register_concurrency": args.register_concurrency,
+                "report_seed": report_seed,
+            }
+            # Provisioning: each device's report key registered before it first registers.
+            device_report_keys_register(
+                keys=loadsim.report_public_keys(loadsim.LoadFleetSpec(**spec)), actor="bench"
             )
+            spec_file.write_text(json.dumps(spec))
             proc = procs.start(
                 f"sim-{k}",
                 [sys.executable, "-m", "workers.lwm2m.loadsim", str(spec_file)],

@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import connection
 
 from campaigns import services
+from campaigns.device_services import device_report_keys_register
 from campaigns.models import (
     IN_FLIGHT_STATES,
     Campaign,
@@ -172,17 +173,19 @@ def test_two_gateway_processes_serve_one_fleet_and_one_sigkilled_hands_its_devic
     gateways = Gateways(broker_queue, port, tmp_path)
     workers = Workers(broker_queue, tmp_path)
     loop = _Loop()
-    fleet = loadsim.LoadFleet(
-        loadsim.LoadFleetSpec(
-            server=f"coap://127.0.0.1:{port}",
-            count=DEVICES,
-            vendor_id=str(catalog.vendor.uuid),
-            class_id=str(catalog.thermo.uuid),
-            trust_anchors_pem=[keys.public_key_pem(catalog.author_public_key).decode()],
-            lifetime=LIFETIME,
-            prefix="group",
-        )
+    spec = loadsim.LoadFleetSpec(
+        server=f"coap://127.0.0.1:{port}",
+        count=DEVICES,
+        vendor_id=str(catalog.vendor.uuid),
+        class_id=str(catalog.thermo.uuid),
+        trust_anchors_pem=[keys.public_key_pem(catalog.author_public_key).decode()],
+        lifetime=LIFETIME,
+        prefix="group",
+        report_seed="9a" * 32,
     )
+    # Provisioning: the devices' report keys, so their successes come with verified reports.
+    device_report_keys_register(keys=loadsim.report_public_keys(spec), actor="provisioning")
+    fleet = loadsim.LoadFleet(spec)
     try:
         workers.start()
         gateways.start("gw-a")

@@ -67,6 +67,8 @@ from aiocoap.numbers.types import Type
 from aiocoap.optiontypes import BlockOption
 
 from manifests import device_rules
+from manifests.suit import keys as suit_keys
+from manifests.suit import report as suit_report
 from workers.lwm2m import content
 from workers.lwm2m.errors import LwM2MError, Object5TransitionError
 from workers.lwm2m.linkformat import ObjectLink, format_registration_payload
@@ -131,6 +133,10 @@ class LoadFleetSpec:
     # pacing), so a fleet coming up does not arrive as one burst unless asked to.
     register_concurrency: int = 500
     register_rate: float = 0.0
+    # SUIT reports (docs/lwm2m.md, "SUIT reports"): a hex seed from which each device's Ed25519
+    # report key is derived (``report_key``), so a process holds no key per device and the
+    # server side can register the public keys from the same seed. Empty: no object 26241.
+    report_seed: str = ""
 
     def __post_init__(self) -> None:
         if self.count < 0 or self.first < 0:
@@ -178,6 +184,29 @@ class _Exchange:
         self.observed = observed
 
 
+REPORT_OBJECT = 26241
+REPORT_NONCE_PATH = (REPORT_OBJECT, 0, 0)
+REPORT_PATH = (REPORT_OBJECT, 0, 1)
+
+
+def report_key(seed: str, index: int) -> Any:
+    """Device ``index``'s report signing key, derived from the fleet's seed."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    material = hashlib.sha256(bytes.fromhex(seed) + index.to_bytes(8, "big")).digest()
+    return Ed25519PrivateKey.from_private_bytes(material)
+
+
+def report_public_keys(spec: LoadFleetSpec) -> dict[str, str]:
+    """Endpoint -> public key PEM of every device of ``spec`` (what provisioning registers)."""
+    return {
+        f"{spec.prefix}-{index:06d}": suit_keys.public_key_pem(
+            report_key(spec.report_seed, index)
+        ).decode()
+        for index in range(spec.first, spec.first + spec.count)
+    }
+
+
 class LoadDevice:
     __slots__ = (
         "_attempt",
@@ -193,9 +222,12 @@ class LoadDevice:
         "index",
         "location",
         "registered",
+        "report",
+        "report_nonce",
         "security_counter",
         "sequence_number",
         "staged",
+        "staged_digest",
         "update_due",
         "version",
     )
@@ -214,7 +246,10 @@ class LoadDevice:
         self.registered = False
         self.boots = 0
         self.staged: device_rules.ManifestFacts | None = None
+        self.staged_digest = b""
         self.update_due = 0.0
+        self.report_nonce = b""  # the server's nonce for the current attempt
+        self.report = b""  # the signed report of the last attempt that ended
         self._attempt = 0
         self._mid = random.getrandbits(16)
         self._exchanges: dict[bytes, _Exchange] | None = None
@@ -267,6 +302,8 @@ class LoadDevice:
     async def register(self) -> None:
         spec = self.fleet.spec
         objects = [ObjectLink(1, 0), ObjectLink(3, 0), ObjectLink(5, None, "1.1"), ObjectLink(5, 0)]
+        if spec.report_seed:
+            objects.append(ObjectLink(REPORT_OBJECT, 0))
         message = self._message(
             Code.POST,
             "rd",
@@ -409,6 +446,7 @@ class LoadDevice:
             (5, 0, 5): int(self.fw.result),
             (5, 0, 8, 0): 0,
             (5, 0, 9): int(DeliveryMethod.PULL),
+            **({REPORT_PATH: self.report} if spec.report_seed else {}),
         }
 
     def _read(self, path: content.Path, accept: int | None) -> aiocoap.Message:
@@ -416,7 +454,10 @@ class LoadDevice:
         if not selected:
             return aiocoap.Message(code=Code.NOT_FOUND)
         single = len(path) >= 3 and list(selected) == [path]
-        fmt = (content.CT_TEXT if single else content.CT_TLV) if accept is None else accept
+        text = (
+            content.CT_OPAQUE if single and isinstance(selected[path], bytes) else content.CT_TEXT
+        )
+        fmt = (text if single else content.CT_TLV) if accept is None else accept
         if fmt in (content.CT_TEXT, content.CT_OPAQUE) and not single:
             return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
         try:
@@ -426,6 +467,12 @@ class LoadDevice:
         return aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=fmt)
 
     def _write(self, path: content.Path, request: aiocoap.Message) -> aiocoap.Message:
+        if path == REPORT_NONCE_PATH and self.fleet.spec.report_seed:
+            nonce = content.decode(request.opt.content_format, request.payload, path).get(path)
+            if not isinstance(nonce, bytes) or len(nonce) > suit_report.MAX_NONCE_BYTES:
+                return aiocoap.Message(code=Code.BAD_REQUEST)
+            self.report_nonce, self.report = nonce, b""
+            return aiocoap.Message(code=Code.CHANGED)
         if path != (5, 0, 1):
             return aiocoap.Message(code=Code.METHOD_NOT_ALLOWED)
         uri = content.decode(request.opt.content_format, request.payload, path).get(path)
@@ -566,10 +613,12 @@ class LoadDevice:
         stats.downloads_started += 1
         stats.downloading += 1
         stats.max_downloading = max(stats.max_downloading, stats.downloading)
+        digest_of_manifest = b""
         try:
             envelope = bytearray()
             await self.fetch(uri, envelope.extend)
             facts = self.fleet.manifest_facts(bytes(envelope))
+            digest_of_manifest = self.fleet.manifest_digest(bytes(envelope))
             device_rules.check_manifest(
                 facts,
                 device=self._identity(),
@@ -593,11 +642,15 @@ class LoadDevice:
         except device_rules.DeviceCheckError as exc:
             log.info("%s refuses update: %s [%s]", self.endpoint, exc, exc.code)
             stats.downloads_failed += 1
+            if digest_of_manifest:
+                self._sign_report(digest_of_manifest, exc.code)
             self._fail(FwResult(exc.fw_result), attempt)
             return
         except DownloadFailedError as exc:
             log.info("%s download failed: %s", self.endpoint, exc)
             stats.downloads_failed += 1
+            if digest_of_manifest:
+                self._sign_report(digest_of_manifest, "device.download_failed")
             self._fail(FwResult.CONNECTION_LOST, attempt)
             return
         finally:
@@ -606,8 +659,21 @@ class LoadDevice:
         if self.fw.state is not FwState.DOWNLOADING or attempt != self._attempt:
             return  # cancelled or reset meanwhile
         self.staged = facts
+        self.staged_digest = digest_of_manifest
         self.fw.download_succeeded()
         self._changed()
+
+    def _sign_report(self, manifest_digest: bytes, failure_code: str | None) -> None:
+        """Sign the SUIT report of the attempt that just ended (told a nonce by the server)."""
+        spec = self.fleet.spec
+        if not spec.report_seed or not self.report_nonce:
+            return
+        report = suit_report.SUITReport(
+            manifest_digest=manifest_digest,
+            nonce=self.report_nonce,
+            failure=None if failure_code is None else suit_report.failure_for(failure_code),
+        )
+        self.report = suit_report.sign_report(report, report_key(spec.report_seed, self.index))
 
     def _fail(self, result: FwResult, attempt: int) -> None:
         if self.fw.state is FwState.DOWNLOADING and attempt == self._attempt:
@@ -622,15 +688,21 @@ class LoadDevice:
         self.boots += 1
         self.registered = False
         self._observers = None  # a reboot forgets every observation
+        digest = self.staged_digest
         if staged is None:
+            if digest:
+                self._sign_report(digest, "device.boot_failed")
             self.fw.update_failed()
         else:
+            if digest:
+                self._sign_report(digest, None)
             self.version = staged.firmware_version or self.version
             self.sequence_number = staged.sequence_number
             self.security_counter = max(self.security_counter, staged.security_counter or 0)
             self.fw.update_succeeded()
             self.fleet.stats.installed += 1
         self.staged = None
+        self.staged_digest = b""
         await self.fleet.register_until_done(self)
 
 
@@ -661,6 +733,7 @@ class LoadFleet:
         self.sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._facts: dict[bytes, device_rules.ManifestFacts | device_rules.DeviceCheckError] = {}
+        self._digests: dict[bytes, bytes] = {}  # envelope SHA-256 -> its manifest's SUIT digest
         self._due: list[tuple[float, int]] = []
         self._slots: asyncio.Semaphore | None = None
         # Wall-clock times (comparable between processes): registrations started, last done.
@@ -732,6 +805,10 @@ class LoadFleet:
             raise known
         return known
 
+    def manifest_digest(self, envelope: bytes) -> bytes:
+        """The SUIT digest of a verified envelope's manifest (what a report names)."""
+        return self._digests.get(hashlib.sha256(envelope).digest(), b"")
+
     def _verify(
         self, envelope_bytes: bytes
     ) -> device_rules.ManifestFacts | device_rules.DeviceCheckError:
@@ -747,6 +824,7 @@ class LoadFleet:
             except suit.SUITUnsupportedError as exc:
                 raise device_rules.UnsupportedManifestError(str(exc)) from None
             device_rules.require_signature(list(verdict.valid_kids))
+            self._digests[hashlib.sha256(envelope_bytes).digest()] = envelope.manifest_digest
             return device_rules.facts_from_manifest(envelope.manifest)
         except device_rules.DeviceCheckError as exc:
             return exc

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from campaigns import services
+from campaigns.device_services import device_report_keys_register
 from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
 from campaigns.spec import parse_spec
 from manifests.suit import keys
@@ -71,6 +72,11 @@ def gateway(transactional_db: None, eager_celery: None) -> Iterator[Gateway]:
     thread.stop()
 
 
+# Each load device's report key derives from this (loadsim.report_key); provisioning registers
+# the public keys, so the campaign's successes come with verified SUIT reports.
+REPORT_SEED = "5eed" * 16
+
+
 def _spec(catalog: Catalog, server: str, count: int, **kwargs: Any) -> loadsim.LoadFleetSpec:
     return loadsim.LoadFleetSpec(
         server=server,
@@ -78,6 +84,7 @@ def _spec(catalog: Catalog, server: str, count: int, **kwargs: Any) -> loadsim.L
         vendor_id=str(catalog.vendor.uuid),
         class_id=str(catalog.thermo.uuid),
         trust_anchors_pem=[keys.public_key_pem(catalog.author_public_key).decode()],
+        report_seed=REPORT_SEED,
         **kwargs,
     )
 
@@ -106,7 +113,9 @@ def test_spec_with_another_scheme_or_a_bad_class_is_refused() -> None:
 def test_load_fleet_completes_a_three_stage_campaign_against_the_real_gateway(
     catalog: Catalog, gateway: Gateway
 ) -> None:
-    fleet = loadsim.LoadFleet(_spec(catalog, gateway.config.base_uri, DEVICES, lifetime=60))
+    spec = _spec(catalog, gateway.config.base_uri, DEVICES, lifetime=60)
+    device_report_keys_register(keys=loadsim.report_public_keys(spec), actor="provisioning")
+    fleet = loadsim.LoadFleet(spec)
     runner = LoopThread()
     try:
         runner.call(fleet.start())
@@ -138,6 +147,8 @@ def test_load_fleet_completes_a_three_stage_campaign_against_the_real_gateway(
         )
         rollouts = Rollout.objects.filter(campaign=campaign)
         assert rollouts.filter(state=RolloutState.SUCCEEDED).count() == DEVICES
+        # Each success stands on the device's signed SUIT report, verified by the server.
+        assert set(rollouts.values_list("report_verdict", flat=True)) == {"verified"}
         assert all(r.attempts == 1 for r in rollouts)
         assert Device.objects.filter(firmware_version="1.1.0").count() == DEVICES
         assert all(d.version == "1.1.0" and d.boots == 1 for d in fleet.devices)
