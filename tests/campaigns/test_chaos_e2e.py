@@ -32,6 +32,7 @@ from django.db import OperationalError, connection
 
 from audit.services import audit_verify
 from campaigns import selectors, services
+from campaigns.device_services import device_report_keys_register
 from campaigns.engine import transient_conflict
 from campaigns.models import (
     Campaign,
@@ -168,6 +169,8 @@ def chaos_world(tmp_path: Path, catalog: Catalog, devices_per_gateway: int) -> I
                     lifetime=LIFETIME,
                 )
             )
+            # Provisioning: the devices' report keys (their successes need verified reports).
+            device_report_keys_register(keys=fleet.report_keys(), actor="provisioning")
             world.fleets.append(fleet)
         world.procs.start_worker()
         world.procs.start_worker()
