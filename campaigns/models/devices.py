@@ -57,7 +57,7 @@ class Device(models.Model):
     # SHA-256 of the image the device runs, known exactly only when it installed a release's
     # image through us (confirmed by its reported version); "" otherwise, and cleared when it
     # reports another version. A delta is offered only on this digest.
-    installed_image_digest = models.CharField(max_length=64, blank=True)
+    installed_image_digest = models.CharField(max_length=64, blank=True, default="", db_default="")
     sequence_number = models.PositiveBigIntegerField(null=True, blank=True)
     security_counter = models.PositiveBigIntegerField(default=0)
     # Object 5 as last reported: /5/0/3 State, /5/0/5 Update Result, /5/0/8, /5/0/9.
