@@ -335,8 +335,12 @@ cmd AS (
     INSERT INTO campaigns_devicecommand
         (id, device_id, operation, args, status, gateway_id, result, error_code, error, attempts,
          created_at, updated_at)
-    SELECT gen_random_uuid(), c.device_id, 'fw_update', %(args)s::jsonb, 'pending', '',
-           '{}'::jsonb, '', '', 0, now(), now()
+    SELECT gen_random_uuid(), c.device_id, 'fw_update',
+           %(args)s::jsonb || CASE WHEN %(nonce)s
+               THEN jsonb_build_object('report_nonce', left(replace(
+                   gen_random_uuid()::text || gen_random_uuid()::text, '-', ''), %(nonce_hex)s))
+               ELSE '{}'::jsonb END,
+           'pending', '', '{}'::jsonb, '', '', 0, now(), now()
     FROM c WHERE c.reason = ''
     RETURNING id, device_id
 ),
@@ -361,11 +365,12 @@ SELECT (SELECT count(*) FROM claimed), (SELECT count(*) FROM refused)
 """
 
 # What both write, compared row by row (the refusal's wording is not: the reference's is its
-# own; its reason is).
+# own; its reason is; a SUIT command's report nonce is drawn per command, so its length is).
 DISPATCH_ROWS = """
 SELECT r.device_id, r.state, r.reason, r.device_clock, r.attempts, r.manifest_id,
        r.dispatched_at, r.deadline_at, r.finished_at, r.next_attempt_at IS NULL,
-       c.device_id, c.operation, c.args::text, c.status
+       c.device_id, c.operation, (c.args - 'report_nonce')::text,
+       length(c.args ->> 'report_nonce'), c.status
 FROM campaigns_rollout r LEFT JOIN campaigns_devicecommand c ON c.id = r.command_id
 WHERE r.campaign_id = %s ORDER BY r.device_id
 """
@@ -403,6 +408,9 @@ def _raw_dispatch(campaign: Any, spec: Any, now: Any) -> tuple[float, int, int]:
         "max_skew": spec.freshness.max_clock_skew.total_seconds(),
         "campaign": campaign.pk,
         "args": json.dumps(args),
+        # Each command its own report nonce, as the engine draws them (a SUIT class).
+        "nonce": "report_nonce" in args,
+        "nonce_hex": len(str(args.get("report_nonce", ""))),
         "manifest": manifest.pk,
         "now": now,
         "deadline": now + timeout + engine.GATEWAY_TIMEOUT_MARGIN,
