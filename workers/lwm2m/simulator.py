@@ -81,6 +81,7 @@ from workers.lwm2m.object5 import (
     FwState,
 )
 from workers.lwm2m.ports import claim_udp_port, release_udp_port
+from workers.lwm2m.reads import read_answer
 
 log = logging.getLogger("workers.lwm2m.simulator")
 
@@ -493,21 +494,7 @@ class SimulatedDevice:
         return values
 
     def handle_read(self, path: content.Path, accept: int | None) -> aiocoap.Message:
-        selected = {p: v for p, v in self.values().items() if p[: len(path)] == path}
-        if not selected:
-            return aiocoap.Message(code=Code.NOT_FOUND)
-        single = len(path) >= 3 and list(selected) == [path]
-        text = (
-            content.CT_OPAQUE if single and isinstance(selected[path], bytes) else content.CT_TEXT
-        )
-        fmt = (text if single else content.CT_TLV) if accept is None else accept
-        if fmt in (content.CT_TEXT, content.CT_OPAQUE) and not single:
-            return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
-        try:
-            payload = content.encode(fmt, selected, path)
-        except LwM2MError:
-            return aiocoap.Message(code=Code.NOT_ACCEPTABLE)
-        return aiocoap.Message(code=Code.CONTENT, payload=payload, content_format=fmt)
+        return read_answer(self.values(), path, accept)
 
     def handle_write(self, path: content.Path, request: aiocoap.Message) -> aiocoap.Message:
         if path == REPORT_NONCE_PATH and self.state.report_key:
