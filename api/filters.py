@@ -33,6 +33,7 @@ from campaigns.models import (
 from manifests.models import (
     Delegation,
     DeviceClass,
+    DeviceTrustPolicy,
     FirmwareImage,
     KeyStatus,
     Manifest,
@@ -45,6 +46,7 @@ from manifests.models import (
     Role,
     RoleAssignment,
     SigningKey,
+    TrustPolicyStatus,
     Vendor,
 )
 
@@ -230,6 +232,15 @@ class PolicyFilter(StrictFilterSet):
     class Meta:
         model = ReleasePolicy
         fields = ["device_class", "kind"]
+
+
+class TrustPolicyFilter(StrictFilterSet):
+    device_class = IdFilter("device_class_id")
+    status = df.ChoiceFilter(choices=TrustPolicyStatus.choices)
+
+    class Meta:
+        model = DeviceTrustPolicy
+        fields = ["device_class", "status"]
 
 
 class RoleAssignmentFilter(StrictFilterSet):

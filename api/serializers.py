@@ -31,6 +31,7 @@ from manifests.models import (
     DeltaCompression,
     DeltaPatchType,
     DeviceClass,
+    DeviceTrustPolicy,
     FirmwareImage,
     Manifest,
     ManifestProfile,
@@ -339,6 +340,144 @@ class ApprovalResultSerializer(serializers.Serializer):
     release = ReleaseDetailSerializer()
 
 
+# --- device trust policies -----------------------------------------------------------------------
+TRUST_ROLES = ["author", "qa", "security", "fleet_operator"]  # manifests.device_trust.ROLES
+MAX_TRUST_KEYS = 64  # keys a role may list in one draft (a policy document is at most 64 KiB)
+
+
+class TrustRoleRuleSerializer(serializers.Serializer):
+    threshold = serializers.IntegerField(
+        min_value=1, max_value=MAX_TRUST_KEYS, help_text="distinct keys that must sign"
+    )
+    kids = serializers.ListField(
+        child=serializers.RegexField(r"^[0-9a-fA-F]{64}$", help_text="a registered key's kid"),
+        min_length=1,
+        max_length=MAX_TRUST_KEYS,
+        help_text="kids of registered, usable keys (the role's trusted keys)",
+    )
+
+
+class TrustPolicySignatureSerializer(serializers.Serializer):
+    signer = serializers.CharField(source="signer.username")
+    kid = serializers.CharField(source="key.kid")
+    signed_at = serializers.DateTimeField()
+
+
+class TrustPolicySerializer(serializers.ModelSerializer):
+    device_class_name = serializers.CharField(source="device_class.__str__", read_only=True)
+    created_by = UsernameField(read_only=True, allow_null=True)
+    signature_count = serializers.IntegerField(
+        read_only=True, help_text="signatures uploaded so far"
+    )
+
+    class Meta:
+        model = DeviceTrustPolicy
+        fields = [
+            "id",
+            "device_class",
+            "device_class_name",
+            "version",
+            "status",
+            "expires_at",
+            "body_sha256",
+            "sha256",
+            "reason",
+            "signature_count",
+            "created_by",
+            "created_at",
+            "released_at",
+        ]
+        read_only_fields = fields
+
+
+class TrustPolicyDetailSerializer(TrustPolicySerializer):
+    roles = serializers.DictField(
+        child=TrustRoleRuleSerializer(), help_text="per role: threshold and trusted kids"
+    )
+    signatures = TrustPolicySignatureSerializer(many=True)
+    refusal = serializers.CharField(
+        allow_null=True,
+        help_text="a draft: why the class's devices would refuse it as signed so far (null: "
+        "they would accept it); null once released",
+    )
+
+    class Meta(TrustPolicySerializer.Meta):
+        fields = [*TrustPolicySerializer.Meta.fields, "roles", "signatures", "refusal"]
+        read_only_fields = fields
+
+
+class TrustPolicyDraftSerializer(serializers.Serializer):
+    device_class = serializers.PrimaryKeyRelatedField(queryset=DeviceClass.objects.all())
+    roles = serializers.DictField(
+        child=TrustRoleRuleSerializer(),
+        allow_empty=False,
+        help_text=f"role ({', '.join(TRUST_ROLES)}) -> threshold and kids; security is required",
+    )
+    expires_at = serializers.DateTimeField(help_text="ISO 8601; in the future")
+    reason = serializers.CharField(max_length=2000, allow_blank=True, default="")
+
+    def validate_roles(self, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(TRUST_ROLES))
+        if unknown:
+            raise serializers.ValidationError(
+                f"unknown role(s) {', '.join(unknown)}: use {', '.join(TRUST_ROLES)}"
+            )
+        return value
+
+
+class TrustPolicySignUploadSerializer(serializers.Serializer):
+    signature = serializers.CharField(
+        help_text="the COSE_Sign1 over the policy body (GET .../body/), base64"
+    )
+
+    def validate_signature(self, value: str) -> bytes:
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise serializers.ValidationError("not valid base64") from None
+
+
+class TrustPolicySignResultSerializer(serializers.Serializer):
+    released = serializers.BooleanField(help_text="this signature completed the policy")
+    policy = TrustPolicyDetailSerializer()
+
+
+class TrustVersionCountSerializer(serializers.Serializer):
+    version = serializers.IntegerField(allow_null=True, help_text="null: no policy known held")
+    devices = serializers.IntegerField()
+
+
+class TrustHolderSerializer(serializers.Serializer):
+    endpoint = serializers.CharField()
+    trust_policy_version = serializers.IntegerField(allow_null=True)
+    trust_policy_sha256 = serializers.CharField(allow_blank=True)
+    trust_policy_confirmed_at = serializers.DateTimeField(allow_null=True)
+    protection = serializers.ChoiceField(
+        choices=["device", "server_only"],
+        help_text="device: it checks the approval thresholds itself; server_only: only the "
+        "server's release checks stand for it",
+    )
+
+
+class TrustHoldingsSerializer(serializers.Serializer):
+    device_class = serializers.IntegerField()
+    device_class_name = serializers.CharField()
+    delivery = serializers.CharField(help_text="the class's delivery profile (image: MCUboot)")
+    device_side_thresholds = serializers.BooleanField(
+        help_text="the class's devices can check thresholds (a SUIT class with a released "
+        "policy); false for image-profile classes, always"
+    )
+    statement = serializers.CharField(help_text="device-side thresholds / server only, and why")
+    current_version = serializers.IntegerField(allow_null=True)
+    current_sha256 = serializers.CharField(allow_blank=True)
+    devices = serializers.IntegerField()
+    protected_on_device = serializers.IntegerField()
+    server_only = serializers.IntegerField()
+    by_version = TrustVersionCountSerializer(many=True)
+    holders = TrustHolderSerializer(many=True, help_text="one page of the class's devices")
+    next_offset = serializers.IntegerField(allow_null=True)
+
+
 class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
 
@@ -528,6 +667,8 @@ class DeviceSerializer(serializers.ModelSerializer):
             "queue_mode",
             "gateway_id",
             "tags",
+            "trust_policy_version",
+            "trust_policy_confirmed_at",
             "created_at",
             "updated_at",
         ]
@@ -540,6 +681,13 @@ class DeviceSerializer(serializers.ModelSerializer):
 class RolloutSerializer(serializers.ModelSerializer):
     campaign = serializers.SlugRelatedField(slug_field="name", read_only=True)
     device = serializers.SlugRelatedField(slug_field="endpoint", read_only=True)
+    report_verdict = serializers.CharField(
+        read_only=True,
+        help_text="the server's verdict on the device's signed SUIT report of its last attempt: "
+        "verified, or why it was not taken (report_forged, report_replayed, "
+        "report_wrong_manifest, report_malformed, report_missing, report_failure); empty: no "
+        "report expected or none yet (docs/suit.md, 'Device reports')",
+    )
 
     class Meta:
         model = Rollout
@@ -552,6 +700,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             "reason",
             "detail",
             "fw_result",
+            "report_verdict",
             "attempts",
             "next_attempt_at",
             "device_clock",

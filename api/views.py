@@ -15,11 +15,12 @@ from django.db.models import Count
 from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, parsers, renderers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -27,6 +28,7 @@ from rest_framework.views import APIView
 from api import filters, webhooks
 from api import serializers as s
 from api.models import Webhook, WebhookDelivery
+from api.pagination import LimitOffsetPagination
 from api.parsers import JSONParser, contains_nul
 from api.permissions import request_roles
 from audit.chain import canonical_time
@@ -37,13 +39,15 @@ from campaigns import services as campaign_services
 from campaigns.fleet import DeviceFilter, TagChange
 from campaigns.models import Campaign, Device, DeviceGroup, EmergencyStop, Rollout
 from campaigns.spec import parse_spec
-from manifests import services, suit
+from campaigns.trust_holdings import protection_of, trust_holders, trust_holdings
+from manifests import device_trust, services, suit
 from manifests.errors import PermissionDeniedError, TrustPolicyStateError
 from manifests.models import (
     Delegation,
     DeliveryMethod,
     DeliveryProfile,
     DeviceClass,
+    DeviceTrustPolicy,
     FirmwareImage,
     Manifest,
     ManifestProfile,
@@ -52,6 +56,7 @@ from manifests.models import (
     Role,
     RoleAssignment,
     SigningKey,
+    TrustPolicyStatus,
     Vendor,
 )
 from manifests.selectors import current_trust_policy, verdict_dict
@@ -62,6 +67,8 @@ SPEC_SOURCE = "api"
 # character (PostgreSQL refuses NUL in text: a lookup with one would fail, not miss).
 NAME_REGEX = r"[^/\x00-\x1f]+"
 RECENT_ROLLOUTS = 20  # rollout history rows on a device's page
+HOLDERS_PAGE = 100  # devices per page of a class's trust holdings
+HOLDERS_MAX = 500  # the list endpoints' own cap
 
 
 class OctetStreamParser(parsers.BaseParser):
@@ -254,6 +261,54 @@ class DeviceClassViewSet(
             raise TrustPolicyStateError(f"{device_class} has no released device trust policy")
         return _binary(bytes(policy.document), f"trust-policy-v{policy.version}.cbor")
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("limit", int, description=f"holders per page (1..{HOLDERS_MAX})"),
+            OpenApiParameter("offset", int, description="holders to skip"),
+        ],
+        responses=s.TrustHoldingsSerializer,
+        summary="Which device trust policy the class's devices hold, and which of them check "
+        "approval thresholds themselves (device) or are protected by the server only",
+    )
+    @action(detail=True, methods=["get"], url_path="trust-holdings")
+    def trust_holdings(self, request: Request, pk: str) -> Response:
+        device_class = self.get_object()
+        paginator = LimitOffsetPagination()
+        paginator.default_limit, paginator.max_limit = HOLDERS_PAGE, HOLDERS_MAX
+        limit = paginator.get_limit(request) or HOLDERS_PAGE
+        offset = paginator.get_offset(request)
+        holdings = trust_holdings(device_class)
+        page = list(trust_holders(device_class)[offset : offset + limit + 1])
+        return Response(
+            {
+                "device_class": device_class.pk,
+                "device_class_name": str(device_class),
+                "delivery": device_class.delivery,
+                "device_side_thresholds": holdings.device_side,
+                "statement": (
+                    "device-side thresholds: " if holdings.device_side else "server only: "
+                )
+                + holdings.why,
+                "current_version": holdings.current_version,
+                "current_sha256": holdings.current_sha256,
+                "devices": holdings.devices,
+                "protected_on_device": holdings.protected_on_device,
+                "server_only": holdings.server_only,
+                "by_version": [{"version": v, "devices": n} for v, n in holdings.by_version],
+                "holders": [
+                    {
+                        "endpoint": d.endpoint,
+                        "trust_policy_version": d.trust_policy_version,
+                        "trust_policy_sha256": d.trust_policy_sha256,
+                        "trust_policy_confirmed_at": d.trust_policy_confirmed_at,
+                        "protection": protection_of(d, device_side=holdings.device_side),
+                    }
+                    for d in page[:limit]
+                ],
+                "next_offset": offset + limit if len(page) > limit else None,
+            }
+        )
+
 
 class ImageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     queryset = FirmwareImage.objects.select_related("uploaded_by")
@@ -433,6 +488,125 @@ class ReleaseViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericVie
     def envelope(self, request: Request, name: str) -> HttpResponse:
         release = self._release(name)
         return _binary(services.released_envelope(release), f"{release.name}.suit")
+
+
+# --- device trust policies -----------------------------------------------------------------------
+def _trust_policy_detail(policy: DeviceTrustPolicy) -> dict[str, Any]:
+    """A policy with its roles (decoded from its exact body), signatures and, for a draft, why
+    its devices would still refuse it."""
+    data = s.TrustPolicySerializer(policy).data
+    data["roles"] = {
+        role: {"threshold": rule.threshold, "kids": sorted(k.hex() for k in rule.kids)}
+        for role, rule in device_trust.body_roles(policy.body_bytes).items()
+    }
+    data["signatures"] = s.TrustPolicySignatureSerializer(
+        policy.signatures.select_related("signer", "key").order_by("pk"), many=True
+    ).data
+    data["refusal"] = (
+        services.trust_policy_refusal(policy, now=timezone.now())
+        if policy.status == TrustPolicyStatus.DRAFT
+        else None
+    )
+    return data
+
+
+class TrustPolicyViewSet(JSONErrorsMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Device trust policies (docs/suit.md, "Device trust policy"): draft one for a class,
+    upload signatures made offline over its body, release it when the class's devices would
+    accept it. The services decide; a draft is released by the device's own rule."""
+
+    queryset = (
+        DeviceTrustPolicy.objects.select_related("device_class__vendor", "created_by")
+        .annotate(signature_count=Count("signatures"))
+        .order_by("device_class_id", "-version")
+    )
+    serializer_class = s.TrustPolicySerializer
+    filterset_class = filters.TrustPolicyFilter
+    ordering_fields = ["version", "created_at"]
+
+    def _policy(self, pk: str) -> DeviceTrustPolicy:
+        if not pk.isdigit() or int(pk) > filters.ID_MAX:
+            raise NotFound("no such trust policy")
+        return get_object_or_404(self.get_queryset(), pk=int(pk))
+
+    @extend_schema(responses=s.TrustPolicyDetailSerializer, summary="A policy, decoded")
+    def retrieve(self, request: Request, pk: str) -> Response:
+        return Response(_trust_policy_detail(self._policy(pk)))
+
+    @extend_schema(
+        request=s.TrustPolicyDraftSerializer,
+        responses={201: s.TrustPolicyDetailSerializer},
+        summary="Draft the next version of a class's trust policy (security, admin; audited)",
+    )
+    def create(self, request: Request) -> Response:
+        data = _validated(s.TrustPolicyDraftSerializer, request)
+        policy = services.trust_policy_draft(
+            device_class=data["device_class"],
+            roles={
+                role: (rule["threshold"], [kid.lower() for kid in rule["kids"]])
+                for role, rule in data["roles"].items()
+            },
+            expires_at=data["expires_at"],
+            reason=data["reason"],
+            actor=request.user,
+        )
+        return Response(_trust_policy_detail(self._policy(str(policy.pk))), status=201)
+
+    @extend_schema(
+        responses={**BINARY_RESPONSE, 404: s.ErrorSerializer},
+        summary="The exact body bytes to sign (detached COSE_Sign1, docs/suit.md)",
+    )
+    @action(detail=True, methods=["get"], renderer_classes=ENVELOPE_RENDERERS)
+    def body(self, request: Request, pk: str) -> HttpResponse:
+        policy = self._policy(pk)
+        return _binary(policy.body_bytes, f"trust-policy-v{policy.version}.body.cbor")
+
+    @extend_schema(
+        responses={**BINARY_RESPONSE, 409: s.ErrorSerializer},
+        summary="The released signed document, as devices download it (409 while a draft)",
+    )
+    @action(detail=True, methods=["get"], renderer_classes=ENVELOPE_RENDERERS)
+    def document(self, request: Request, pk: str) -> HttpResponse:
+        policy = self._policy(pk)
+        if policy.document is None:
+            raise TrustPolicyStateError(f"{policy} is not released yet")
+        return _binary(bytes(policy.document), f"trust-policy-v{policy.version}.cbor")
+
+    @extend_schema(
+        request={
+            "application/json": s.TrustPolicySignUploadSerializer,
+            "application/octet-stream": OpenApiTypes.BINARY,
+        },
+        responses={201: s.TrustPolicySignResultSerializer},
+        summary="Upload one COSE_Sign1 over the policy body, made offline with your key; the "
+        "draft is released as soon as its devices would accept it",
+    )
+    @action(detail=True, methods=["post"], parser_classes=[JSONParser, OctetStreamParser])
+    def signatures(self, request: Request, pk: str) -> Response:
+        policy = self._policy(pk)
+        if isinstance(request.data, bytes):
+            cose = request.data
+        else:
+            cose = _validated(s.TrustPolicySignUploadSerializer, request)["signature"]
+        signed = services.trust_policy_sign(policy=policy, signer=request.user, cose=cose)
+        return Response(
+            {
+                "released": signed.status == TrustPolicyStatus.RELEASED,
+                "policy": _trust_policy_detail(self._policy(pk)),
+            },
+            status=201,
+        )
+
+    @extend_schema(
+        request=None,
+        responses={200: s.TrustPolicyDetailSerializer, 409: s.ErrorSerializer},
+        summary="Release a draft its devices would accept (idempotent; 409 "
+        "trust_policy.not_accepted with the device rule's reason otherwise)",
+    )
+    @action(detail=True, methods=["post"])
+    def release(self, request: Request, pk: str) -> Response:
+        services.trust_policy_release(policy=self._policy(pk), actor=request.user)
+        return Response(_trust_policy_detail(self._policy(pk)))
 
 
 class _QueryRole:

@@ -280,6 +280,12 @@ def _parse_body(body: bytes) -> tuple[uuid.UUID, int, dt.datetime, dict[str, Rol
     return uuid.UUID(bytes=doc["class"]), doc["version"], expires, roles
 
 
+def body_roles(body: bytes) -> Mapping[str, RoleRule]:
+    """The roles of a policy body (a draft's, before any signature), by the same structural
+    rules as :func:`decode_policy`."""
+    return _parse_body(bytes(body))[3]
+
+
 def decode_policy(data: bytes) -> TrustPolicy:
     """Structural decoding of a signed trust policy; signatures are not verified here."""
     data = bytes(data)

@@ -259,6 +259,12 @@ class TrustPolicyStateError(TrustPolicyServiceError):
     code = "trust_policy.state"
 
 
+class TrustPolicyNotAcceptedError(TrustPolicyStateError):
+    """A draft cannot be released: the class's devices would refuse it as signed so far."""
+
+    code = "trust_policy.not_accepted"
+
+
 class BadTrustPolicySignatureError(TrustPolicyServiceError):
     """The uploaded signature is not a COSE_Sign1 over this policy by a usable key of the
     signer, or that key already signed it."""

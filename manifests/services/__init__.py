@@ -57,6 +57,8 @@ from manifests.services.roles import role_grant, role_revoke
 from manifests.services.trust import (
     trust_policies_after_revocation,
     trust_policy_draft,
+    trust_policy_refusal,
+    trust_policy_release,
     trust_policy_sign,
 )
 
@@ -109,6 +111,8 @@ __all__ = [
     "signing_key_register",
     "trust_policies_after_revocation",
     "trust_policy_draft",
+    "trust_policy_refusal",
+    "trust_policy_release",
     "trust_policy_sign",
     "vendor_create",
 ]

@@ -25,6 +25,7 @@ from manifests import device_trust, suit
 from manifests.errors import (
     BadTrustPolicySignatureError,
     InvalidTrustPolicyError,
+    TrustPolicyNotAcceptedError,
     TrustPolicyStateError,
 )
 from manifests.models import (
@@ -188,8 +189,13 @@ def trust_policy_sign(
         return locked
 
 
-def _release_if_accepted(policy: DeviceTrustPolicy, *, actor: Any, now: dt.datetime) -> None:
+def trust_policy_refusal(policy: DeviceTrustPolicy, *, now: dt.datetime) -> str | None:
+    """Why the class's devices would refuse ``policy`` as signed so far (the device's own rule:
+    ``accept_initial`` for a first policy, else ``accept_rotation`` of the current one), as
+    "reason [code]"; None when they would accept it."""
     blocks = [bytes(s.cose) for s in policy.signatures.order_by("pk")]
+    if not blocks:
+        return "no signature yet [trust_policy.unsigned]"
     document = device_trust.assemble_policy(policy.body_bytes, blocks)
     current = current_trust_policy(policy.device_class)
     try:
@@ -198,13 +204,25 @@ def _release_if_accepted(policy: DeviceTrustPolicy, *, actor: Any, now: dt.datet
         else:
             held = device_trust.decode_policy(bytes(current.document))
             device_trust.accept_rotation(held, document, now=now)
-    except device_trust.TrustPolicyError:
-        return  # not yet what a device accepts: it stays a draft
+    except device_trust.TrustPolicyError as exc:
+        return f"{exc} [{exc.code}]"
+    return None
+
+
+def _release_if_accepted(policy: DeviceTrustPolicy, *, actor: Any, now: dt.datetime) -> str | None:
+    """Release ``policy`` if its devices would accept it now; else the refusal (it stays a
+    draft). The caller holds the policy's row lock."""
+    refusal = trust_policy_refusal(policy, now=now)
+    if refusal is not None:
+        return refusal
+    blocks = [bytes(s.cose) for s in policy.signatures.order_by("pk")]
+    document = device_trust.assemble_policy(policy.body_bytes, blocks)
     digest = hashlib.sha256(document).hexdigest()
     DeviceTrustPolicy.objects.filter(pk=policy.pk, status=TrustPolicyStatus.DRAFT).update(
         status=TrustPolicyStatus.RELEASED, document=document, sha256=digest, released_at=now
     )
     policy.status, policy.document, policy.sha256 = TrustPolicyStatus.RELEASED, document, digest
+    policy.released_at = now
     audit_record(
         actor=actor,
         action="trust_policy.released",
@@ -213,6 +231,34 @@ def _release_if_accepted(policy: DeviceTrustPolicy, *, actor: Any, now: dt.datet
         details={"version": policy.version, "sha256": digest, "signatures": len(blocks)},
         now=now,
     )
+    return None
+
+
+def trust_policy_release(
+    *, policy: DeviceTrustPolicy, actor: AbstractBaseUser, now: dt.datetime | None = None
+) -> DeviceTrustPolicy:
+    """Release a draft now, by the same rule as the signature upload (which releases a draft
+    as soon as it is accepted): for a draft whose signatures were all in before the current
+    policy changed, or to learn why it is still refused. Security or admin only.
+
+    Idempotent: a released policy is returned as it is. A draft the devices would refuse is
+    ``TrustPolicyNotAcceptedError`` with the device rule's reason, and nothing changes."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        require_role(actor, *TRUST_POLICY_WRITERS, at=now)
+        locked = (
+            DeviceTrustPolicy.objects.select_for_update()
+            .select_related("device_class")
+            .get(pk=policy.pk)
+        )
+        if locked.status == TrustPolicyStatus.RELEASED:
+            return locked
+        refusal = _release_if_accepted(locked, actor=actor, now=now)
+        if refusal is not None:
+            raise TrustPolicyNotAcceptedError(
+                f"{locked}: the class's devices would refuse it: {refusal}"
+            )
+        return locked
 
 
 def trust_policies_after_revocation(
