@@ -166,14 +166,12 @@ def threshold_enforcement(device_class: DeviceClass) -> tuple[bool, str]:
 
 def envelope_frozen(manifest_digest: str) -> bool:
     """Whether the envelope served for ``manifest_digest`` is final: its release's released
-    envelope is frozen, or the release was approved (or revoked) before envelopes were frozen
-    and keeps being served as imported. The author-only envelope of a release not yet approved
-    is replaced at approval, so a cache must not keep it."""
+    envelope is frozen, or the release was revoked before envelopes were frozen and keeps being
+    served as imported. The author-only envelope of a release not yet approved is replaced at
+    approval, and that of a release approved before envelopes were frozen is replaced by
+    ``release freeze-envelopes`` (``released_envelopes_freeze``): a cache must keep neither."""
     return (
         Release.objects.filter(manifest__manifest_digest=str(manifest_digest).lower())
-        .filter(
-            Q(released_envelope__isnull=False)
-            | Q(status__in=[ReleaseStatus.APPROVED, ReleaseStatus.REVOKED])
-        )
+        .filter(Q(released_envelope__isnull=False) | Q(status=ReleaseStatus.REVOKED))
         .exists()
     )

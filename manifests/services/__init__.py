@@ -42,6 +42,7 @@ from manifests.services.keys import key_revoke, key_rotate, signing_key_register
 from manifests.services.policies import policy_set
 from manifests.services.releases import (
     ApprovalCapacity,
+    EnvelopeFreeze,
     ReleaseDispatchState,
     approval_capacities,
     release_approve,
@@ -51,6 +52,7 @@ from manifests.services.releases import (
     release_revoke,
     release_submit,
     released_envelope,
+    released_envelopes_freeze,
     releases_reevaluate,
 )
 from manifests.services.roles import role_grant, role_revoke
@@ -65,6 +67,7 @@ from manifests.services.trust import (
 __all__ = [
     "ApprovalCapacity",
     "DeltaOffer",
+    "EnvelopeFreeze",
     "ReleaseDispatchState",
     "active_image_key",
     "active_payload_key",
@@ -103,6 +106,7 @@ __all__ = [
     "release_revoke",
     "release_submit",
     "released_envelope",
+    "released_envelopes_freeze",
     "releases_reevaluate",
     "require_role",
     "role_grant",

@@ -37,6 +37,7 @@ KEY_HOLDERS = frozenset({AUTHOR, QA, SECURITY, OPERATOR, ADMIN})  # own keys; se
 KEY_OFFICERS = frozenset({SECURITY, ADMIN})  # rotate / revoke someone else's key
 REVOKERS = frozenset({SECURITY, ADMIN})  # release_revoke
 TRUST_POLICY_WRITERS = frozenset({SECURITY, ADMIN})  # trust_policy_draft
+ENVELOPE_FREEZERS = frozenset({SECURITY, ADMIN})  # released_envelopes_freeze
 ADMINS = frozenset({ADMIN})  # policy_set, role_grant / role_revoke, webhooks
 DELEGATORS = frozenset({AUTHOR, QA, SECURITY, OPERATOR})  # delegation_create (own role)
 DELEGATION_OFFICERS = frozenset({SECURITY, ADMIN})  # revoke someone else's delegation

@@ -49,7 +49,13 @@ from manifests.policy import (
     chain_valid,
     evaluate,
 )
-from manifests.services.access import RELEASE_WRITE, REVOKERS, require_role, roles_of
+from manifests.services.access import (
+    ENVELOPE_FREEZERS,
+    RELEASE_WRITE,
+    REVOKERS,
+    require_role,
+    roles_of,
+)
 from manifests.services.facts import (
     delegation_facts,
     key_fact,
@@ -402,6 +408,79 @@ def _freeze_released_envelope(release: Release, verdict: Verdict) -> dict[str, s
     release.released_envelope, release.released_sha256 = data, digest
     signatures = len(suit.decode_envelope(data).signatures)
     return {"released_sha256": digest, "released_signatures": str(signatures)}
+
+
+@dataclass(frozen=True)
+class EnvelopeFreeze:
+    """What ``released_envelopes_freeze`` did: releases frozen now (name, digest), approved
+    releases that already had one, and approved releases whose approval does not hold now
+    (name, why): these are left as they are (the periodic re-evaluation marks them pending)."""
+
+    frozen: tuple[tuple[str, str], ...]
+    already: int
+    not_approved: tuple[tuple[str, str], ...]
+
+
+def released_envelopes_freeze(
+    *,
+    actor: AbstractBaseUser,
+    names: Sequence[str] | None = None,
+    dry_run: bool = False,
+    now: dt.datetime | None = None,
+) -> EnvelopeFreeze:
+    """Freeze the released envelope of approved releases that have none: releases approved
+    before envelopes were frozen at approval, which are served author-only, so SUIT devices
+    holding a trust policy refuse them (docs/architecture.md, section 7).
+
+    The envelope is built as approval builds it: the imported manifest bytes with the
+    COSE_Sign1 of every stored approval the policy counts *now*; a release whose approval no
+    longer holds gets none. Idempotent (the conditional update never overwrites a frozen
+    envelope; a second run freezes nothing), audited per release (``release.envelope_frozen``
+    with the digest), rows locked in primary-key order. ``names`` narrows it; ``dry_run``
+    reports what would be frozen and writes nothing. Security or admin."""
+    now = now or timezone.now()
+    frozen: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = []
+    with transaction.atomic():
+        require_role(actor, *ENVELOPE_FREEZERS, at=now)
+        releases = Release.objects.filter(status=ReleaseStatus.APPROVED)
+        if names is not None:
+            unknown = sorted(
+                set(names) - set(releases.filter(name__in=names).values_list("name", flat=True))
+            )
+            if unknown:
+                raise ReleaseStateError(f"not an approved release: {', '.join(unknown)}")
+            releases = releases.filter(name__in=names)
+        already = releases.filter(released_envelope__isnull=False).count()
+        pending = (
+            releases.filter(released_envelope__isnull=True)
+            .select_for_update(of=("self",))
+            .select_related("manifest")
+            .order_by("pk")
+        )
+        for release in pending:
+            verdict = release_evaluate(release, now=now)
+            if not verdict.approved:
+                skipped.append((release.name, verdict.summary()))
+                continue
+            if dry_run:
+                data = _counted_envelope(release, verdict)
+                frozen.append((release.name, hashlib.sha256(data).hexdigest()))
+                continue
+            details = _freeze_released_envelope(release, verdict)
+            if not details:
+                already += 1
+                continue
+            audit_record(
+                actor=actor,
+                action="release.envelope_frozen",
+                object_type="release",
+                object_id=release.name,
+                details={**details, "summary": verdict.summary()},
+                now=now,
+            )
+            frozen.append((release.name, details["released_sha256"]))
+    return EnvelopeFreeze(frozen=tuple(frozen), already=already, not_approved=tuple(skipped))
 
 
 # --- who may sign what: one answer for this service, the console and the API -----------------

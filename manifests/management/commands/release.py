@@ -1,4 +1,4 @@
-"""``manage.py release create|submit|show|approve|revoke|envelope``."""
+"""``manage.py release create|submit|show|approve|revoke|envelope|freeze-envelopes``."""
 
 from __future__ import annotations
 
@@ -87,9 +87,35 @@ class Command(BaseCommand):
         p = sub.add_parser("envelope", help="write the envelope with all counted approvals")
         p.add_argument("name")
         p.add_argument("--out", required=True)
+        p = sub.add_parser(
+            "freeze-envelopes",
+            help="freeze the released envelope of approved releases that have none (approved "
+            "before envelopes were frozen at approval); idempotent, audited",
+        )
+        p.add_argument("names", nargs="*", help="only these releases (default: all approved)")
+        p.add_argument("--user", required=True, help="security or admin")
+        p.add_argument("--dry-run", action="store_true", help="say what would be frozen")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        getattr(self, f"_{options['action']}")(options)
+        action = options["action"].replace("-", "_")
+        getattr(self, f"_{action}")(options)
+
+    def _freeze_envelopes(self, options: dict[str, Any]) -> None:
+        with service_errors():
+            result = services.released_envelopes_freeze(
+                actor=user_named(options["user"]),
+                names=options["names"] or None,
+                dry_run=options["dry_run"],
+            )
+        verb = "would freeze" if options["dry_run"] else "froze"
+        for name, digest in result.frozen:
+            self.stdout.write(f"{verb} {name}: released sha256 {digest}")
+        for name, why in result.not_approved:
+            self.stdout.write(f"left {name}: not approved now ({why})")
+        self.stdout.write(
+            f"{verb} {len(result.frozen)}, already frozen {result.already}, "
+            f"not approved now {len(result.not_approved)}"
+        )
 
     def _create(self, options: dict[str, Any]) -> None:
         actor = user_named(options["user"])
