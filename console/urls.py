@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from console import fleet_views, views, views_devices, webhooks
+from console import fleet_views, trust_views, views, views_devices, webhooks
 
 app_name = "console"
 
@@ -32,6 +32,26 @@ urlpatterns = [
         "device-classes/<int:pk>/delivery/",
         views.device_class_delivery,
         name="device-class-delivery",
+    ),
+    # Device trust policies (console/trust_views.py).
+    path("device-classes/<int:pk>/trust/", trust_views.class_trust, name="class-trust"),
+    path(
+        "device-classes/<int:pk>/trust/draft/",
+        trust_views.class_trust_draft,
+        name="class-trust-draft",
+    ),
+    path("trust-policies/<int:pk>/", trust_views.policy_detail, name="trust-policy"),
+    path("trust-policies/<int:pk>/body/", trust_views.policy_body, name="trust-policy-body"),
+    path(
+        "trust-policies/<int:pk>/document/",
+        trust_views.policy_document,
+        name="trust-policy-document",
+    ),
+    path("trust-policies/<int:pk>/sign/", trust_views.policy_sign, name="trust-policy-sign"),
+    path(
+        "trust-policies/<int:pk>/release/",
+        trust_views.policy_release,
+        name="trust-policy-release",
     ),
     path("devices/", views_devices.device_list, name="devices"),
     path("devices/<str:endpoint>/", views_devices.device_detail, name="device"),
