@@ -95,6 +95,12 @@ def fuller_world(world: dict[str, Any], people: dict[str, Any]) -> dict[str, Any
     webhooks.webhook_create(
         actor=admin, url="https://hooks.example.com/fwupd", name="off", active=False
     )
+    world["trust_policy"] = services.trust_policy_draft(
+        device_class=world["release"].manifest.device_class,
+        roles={"security": (1, [suit.kid_for_public_key(people["security"].key).hex()])},
+        expires_at=timezone.now() + dt.timedelta(days=30),
+        actor=security,
+    )
     return world
 
 
@@ -131,6 +137,7 @@ def real_ids(fuller_world: dict[str, Any], people: dict[str, Any]) -> dict[tuple
         ("rollouts", "id"): Rollout.objects.order_by("pk").first().pk,
         ("emergency-stops", "id"): EmergencyStop.objects.filter(lifted_at=None).first().pk,
         ("audit-events", "seq"): 1,
+        ("trust-policies", "id"): fuller_world["trust_policy"].pk,
         ("webhooks", "id"): Webhook.objects.first().pk,
         ("device-groups", "name"): fleet_services.device_group_create(
             actor=people["admin"].user, name="pilot", device_filter=DeviceFilter(tag="eu")
