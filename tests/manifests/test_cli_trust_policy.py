@@ -59,3 +59,33 @@ def test_malformed_trust_policy_draft_exits_1_and_writes_nothing(team, device_cl
         )  # fmt: skip
     assert info.value.returncode == 1
     assert not DeviceTrustPolicy.objects.exists()
+
+
+def test_release_of_a_draft_short_of_its_threshold_exits_1_with_the_device_rule(
+    team,  # noqa: F811
+    device_class,
+    tmp_path,
+):
+    where = ["--vendor-domain", device_class.vendor.domain, "--class", device_class.name]
+    sec, qa = team["security"], team["qa"]
+    kids = ",".join(suit.kid_for_public_key(p.private_key).hex() for p in (sec, qa))
+    expires = (NOW + dt.timedelta(days=3650)).isoformat()
+    user = ["--user", sec.user.username]
+    cli("trustpolicy", "draft", *where, "--role", f"security=2:{kids}", "--expires", expires, *user)
+    with pytest.raises(CommandError) as info:
+        cli("trustpolicy", "release", *where, "--version", "1", *user)
+    assert info.value.returncode == 1 and "trust_policy.not_accepted" in str(info.value)
+    assert DeviceTrustPolicy.objects.get().status == "draft"
+    for persona in (sec, qa):
+        block = tmp_path / persona.user.username
+        block.write_bytes(
+            device_trust.sign_policy(
+                DeviceTrustPolicy.objects.get().body_bytes, persona.private_key
+            )
+        )
+        cli(
+            "trustpolicy", "sign", *where, "--version", "1", "--signature", block,
+            "--user", persona.user.username,
+        )  # fmt: skip
+    out = cli("trustpolicy", "release", *where, "--version", "1", *user)
+    assert "released trust policy v1" in out  # idempotent: already released by the signature

@@ -1,4 +1,4 @@
-"""``manage.py trustpolicy draft|body|sign-body|sign|show|export``: device trust policies
+"""``manage.py trustpolicy draft|body|sign-body|sign|release|show|export``: device trust policies
 (docs/suit.md, "Device trust policy"). The body is signed offline (``sign-body`` with a private
 key file, or any COSE tool) and the COSE_Sign1 uploaded with ``sign``."""
 
@@ -72,6 +72,12 @@ class Command(BaseCommand):
         p.add_argument("--version", type=int, required=True)
         p.add_argument("--signature", required=True, help="COSE_Sign1 file")
         p.add_argument("--user", required=True)
+        p = sub.add_parser(
+            "release", help="release a draft the devices would accept now (else say why)"
+        )
+        self._class_args(p)
+        p.add_argument("--version", type=int, required=True)
+        p.add_argument("--user", required=True)
         p = sub.add_parser("show")
         self._class_args(p)
 
@@ -120,6 +126,13 @@ class Command(BaseCommand):
                     cose=_read(options["signature"]),
                 )
             self.stdout.write(f"signed {policy}")
+        elif action == "release":
+            with service_errors():
+                policy = services.trust_policy_release(
+                    policy=_policy(device_class, options["version"]),
+                    actor=user_named(options["user"]),
+                )
+            self.stdout.write(f"released {policy} (sha256 {policy.sha256})")
         else:
             for row in DeviceTrustPolicy.objects.filter(device_class=device_class):
                 self.stdout.write(
