@@ -50,6 +50,7 @@ from .constants import (
 )
 from .model import Envelope, Manifest, SignatureBlock, format_version, full_version
 from .model import build_frozen as _frozen
+from .model import build_lazy as _lazy
 
 # The deepest layout accepted here decodes with the general decoder at max_depth=7 (a test
 # proves it); below that the general decoder must run to refuse it.
@@ -305,29 +306,86 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     except (_Miss, ValueError, OverflowError, OSError):
         return None  # bad UTF-8, use-before out of range: the general decoder reports it
 
+    version_range = None
+    if has_version:
+        try:
+            version_range = (v_cmp[0], _uints(v_value))
+        except _Miss:
+            return None
+
+    def build() -> dict[str, Any]:
+        return _manifest_fields(
+            vendor, class_, image_digest, _arg(size), use_before_at, version_range,
+            has_cversion, uri, security_counter, payload_format, current, parts, component,
+            _arg(seq),
+        )  # fmt: skip
+
+    # Every check is done: what the manifest holds is built when it is first read (verifying
+    # reads none of it). The fields the dataclass has class-level defaults for are set now.
+    manifest = _lazy(
+        Manifest,
+        {
+            "raw": manifest_bytes,
+            "set_version": parts,
+            "encryption_info": (),
+            "manifest_component_id": None,
+            "coswid": None,
+            "precursor_digests": (),  # an install with -259 is not the fast path's shape
+        },
+        build,
+    )
+    return _frozen(
+        Envelope,
+        {
+            "raw": data,
+            "manifest_bytes": manifest_bytes,
+            "manifest_digest": manifest_digest,
+            "digest_bstr": digest_bstr,
+            "digest_alg": ALG_SHA256,
+            "signatures": _signatures(blocks),
+            "manifest": manifest,
+            "severed": _EMPTY,
+            "integrated_payloads": _EMPTY,
+        },
+    )
+
+
+def _manifest_fields(
+    vendor: bytes,
+    class_: bytes,
+    image_digest: bytes,
+    image_size: int,
+    use_before_at: dt.datetime | None,
+    version_range: tuple[int, tuple[int, ...]] | None,
+    has_cversion: bool,
+    uri: str | None,
+    security_counter: int | None,
+    payload_format: str | None,
+    current: str,
+    parts: tuple[int, ...],
+    component: tuple[bytes, ...],
+    sequence_number: int,
+) -> dict[str, Any]:
+    """The fields of a fast-path manifest beyond those :func:`decode_fast` sets at once, from
+    the values it checked (nothing here can fail)."""
     vendor_id = _new(uuid.UUID)  # uuid.UUID(bytes=...) without its argument juggling
     _set(vendor_id, "int", int.from_bytes(vendor, "big"))
     _set(vendor_id, "is_safe", _SAFE_UNKNOWN)
     class_id = _new(uuid.UUID)
     _set(class_id, "int", int.from_bytes(class_, "big"))
     _set(class_id, "is_safe", _SAFE_UNKNOWN)
-    image_size = _arg(size)
     params: dict[int, Any] = {1: vendor_id, 2: class_id, 3: (ALG_SHA256, image_digest)}
     shared_seq: list[tuple[int, Any]] = [(20, None), (1, 15), (2, 15)]
     conditions = [1, 2, 3]
-    if has_ub:
+    if use_before_at is not None:
         params[4] = use_before_at
         shared_seq.append((4, 15))
         conditions.append(4)
     params[14] = image_size
     comparison = None
-    if has_version:
-        cmp = v_cmp[0]
-        try:
-            params[28] = (cmp, _uints(v_value))
-        except _Miss:
-            return None
-        comparison = VERSION_COMPARISONS[cmp]
+    if version_range is not None:
+        params[28] = version_range
+        comparison = VERSION_COMPARISONS[version_range[0]]
     if has_cversion:
         shared_seq.append((28, 15))
         conditions.append(28)
@@ -351,55 +409,32 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     text_languages = MappingProxyType(
         {"en": MappingProxyType({component: MappingProxyType(entries)})}
     )
-    manifest = _frozen(
-        Manifest,
-        {
-            "manifest_version": 1,
-            "sequence_number": _arg(seq),
-            "components": (component,),
-            "vendor_id": vendor_id,
-            "class_id": class_id,
-            "image_digest": image_digest,
-            "image_digest_alg": ALG_SHA256,
-            "image_size": image_size,
-            "uri": uri,
-            "firmware_version": format_version(firmware_parts),
-            "version_parts": firmware_parts,
-            "version_comparison": comparison,
-            "use_before": use_before_at,
-            "security_counter": security_counter,
-            "payload_format": payload_format,
-            "text": MappingProxyType({"current-version": current}),
-            "reference_uri": None,
-            "conditions": frozenset(conditions),
-            "sequences": MappingProxyType(
-                {
-                    "shared-sequence": tuple(shared_seq),
-                    "validate": _VALIDATE_SEQ,
-                    "invoke": _INVOKE_SEQ,
-                    "install": tuple(install_seq),
-                }
-            ),
-            "text_languages": text_languages,
-            "raw": manifest_bytes,
-            "set_version": parts,
-            "encryption_info": (),
-            "manifest_component_id": None,
-            "coswid": None,
-            "precursor_digests": (),  # an install with -259 is not the fast path's shape
-        },
-    )
-    return _frozen(
-        Envelope,
-        {
-            "raw": data,
-            "manifest_bytes": manifest_bytes,
-            "manifest_digest": manifest_digest,
-            "digest_bstr": digest_bstr,
-            "digest_alg": ALG_SHA256,
-            "signatures": _signatures(blocks),
-            "manifest": manifest,
-            "severed": _EMPTY,
-            "integrated_payloads": _EMPTY,
-        },
-    )
+    return {
+        "manifest_version": 1,
+        "sequence_number": sequence_number,
+        "components": (component,),
+        "vendor_id": vendor_id,
+        "class_id": class_id,
+        "image_digest": image_digest,
+        "image_digest_alg": ALG_SHA256,
+        "image_size": image_size,
+        "uri": uri,
+        "firmware_version": format_version(firmware_parts),
+        "version_parts": firmware_parts,
+        "version_comparison": comparison,
+        "use_before": use_before_at,
+        "security_counter": security_counter,
+        "payload_format": payload_format,
+        "text": MappingProxyType({"current-version": current}),
+        "reference_uri": None,
+        "conditions": frozenset(conditions),
+        "sequences": MappingProxyType(
+            {
+                "shared-sequence": tuple(shared_seq),
+                "validate": _VALIDATE_SEQ,
+                "invoke": _INVOKE_SEQ,
+                "install": tuple(install_seq),
+            }
+        ),
+        "text_languages": text_languages,
+    }

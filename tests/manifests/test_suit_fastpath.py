@@ -3,6 +3,7 @@ accepts, with an identical result, and hands everything else (or any doubt) to i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -256,3 +257,26 @@ def test_der_signature_is_encode_dss_signature(raw: bytes) -> None:
         int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
     )
     assert _der_signature(raw) == expected
+
+
+@pytest.mark.parametrize("name", sorted(ENVELOPES))
+def test_lazy_manifest_is_built_on_first_read_and_copies_whole(name: str) -> None:
+    """The fast path leaves the manifest's fields to its first read (verifying reads none); a
+    copy taken before that read holds the whole manifest, equal to the general decoder's, and
+    no pending builder."""
+    data = ENVELOPES[name]
+    general = _decode_envelope(data, suit.DEFAULT_MAX_DEPTH).manifest
+    names = {f.name for f in dataclasses.fields(suit.Manifest)}
+    fast = decode_fast(data, suit.DEFAULT_MAX_DEPTH)
+    assert fast is not None
+    assert not names <= set(vars(fast.manifest))  # not built yet
+    taken = copy.copy(fast.manifest)
+    assert set(vars(taken)) == names
+    assert taken == general
+    fast = decode_fast(data, suit.DEFAULT_MAX_DEPTH)
+    assert fast is not None
+    assert suit.verify_envelope(fast, [ES_KEY.public_key(), ED_KEY.public_key()]).ok
+    assert fast.manifest.firmware_version == general.firmware_version
+    assert set(vars(fast.manifest)) == names
+    with pytest.raises(AttributeError):
+        fast.manifest.no_such_field  # noqa: B018
