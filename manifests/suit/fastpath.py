@@ -192,9 +192,41 @@ def _components(count: int, blob: bytes) -> tuple[bytes, ...]:
     return tuple(parts)
 
 
+_EXT = rb"\x39\x01\x00(" + _UINT + rb")\x39\x01\x01" + _FMT + rb"\x39\x01\x00\x0f\x39\x01\x01\x0f"
+# The four forms in one pattern (groups: extended no URI 1-2; extended with URI 3-6; standard
+# with URI 7-8). A URI is taken up to the last place the rest fits; when that is not the length
+# its head declares (a URI holding the bytes of what follows it), _install_cut decides.
+_INSTALL_FORMS = re.compile(
+    rb"\x82\x03\x0f"
+    rb"|\x88\x14\xa2" + _EXT + rb"\x03\x0f"
+    rb"|\x8a\x14\xa3\x15(" + _THEAD + rb")(.*)" + _EXT + rb"\x15\x02\x03\x0f"
+    rb"|\x86\x14\xa1\x15(" + _THEAD + rb")(.*)\x15\x02\x03\x0f",
+    re.DOTALL,
+).fullmatch
+
+
 def _install(install: bytes) -> tuple[str | None, int | None, str | None] | None:
     """(uri, security counter, payload format) of an install sequence the builder writes, or
     None for any other bytes."""
+    form = _INSTALL_FORMS(install)
+    if form is None:
+        return None
+    counter, fmt, thead, uri, counter_u, fmt_u, thead_s, uri_s = form.groups()
+    if counter is not None:
+        return None, _arg(counter), "raw" if len(fmt) == 4 else "mcuboot"
+    if thead is not None:
+        if _arg(thead) != len(uri):
+            return _install_cut(install)
+        return uri.decode("utf-8"), _arg(counter_u), "raw" if len(fmt_u) == 4 else "mcuboot"
+    if thead_s is not None:
+        if _arg(thead_s) != len(uri_s):
+            return _install_cut(install)
+        return uri_s.decode("utf-8"), None, None
+    return None, None, None
+
+
+def _install_cut(install: bytes) -> tuple[str | None, int | None, str | None] | None:
+    """:func:`_install` cutting the URI by its head's length first (any URI)."""
     if install == _STD_NO_URI:
         return None, None, None
     head = install[:3]
