@@ -129,6 +129,19 @@ def _arg(head: bytes) -> int:
     return int.from_bytes(head[1:], "big")
 
 
+# The argument of every preferred-form uint, bstr and tstr head of up to 2 bytes and of byte
+# string heads up to 4 KiB (a dictionary lookup instead of a call on the hot path; ``_HEAD_ARG
+# .get(h) or _arg(h)`` for any head).
+_HEAD_ARG: dict[bytes, int] = {}
+for _major in (0x00, 0x40, 0x60):
+    for _n in range(256):
+        _h = bytes((_major | _n,)) if _n < 24 else bytes((_major | 24, _n))
+        _HEAD_ARG[_h] = _n
+for _n in range(256, 4096):
+    _HEAD_ARG[b"\x59" + _n.to_bytes(2, "big")] = _n
+_HA = _HEAD_ARG.get
+
+
 def _uints(data: bytes) -> tuple[int, ...]:
     """The uints of ``8N uint{N}`` the pattern matched (a miss unless there are exactly N)."""
     count = data[0] - 0x80
@@ -215,7 +228,7 @@ def _install(install: bytes) -> tuple[str | None, int | None, str | None] | None
     if counter is not None:
         return None, _arg(counter), "raw" if len(fmt) == 4 else "mcuboot"
     if thead is not None:
-        if _arg(thead) != len(uri):
+        if (_HA(thead) or _arg(thead)) != len(uri):
             return _install_cut(install)
         return uri.decode("utf-8"), _arg(counter_u), "raw" if len(fmt_u) == 4 else "mcuboot"
     if thead_s is not None:
@@ -266,13 +279,17 @@ def _text(rest: bytes, component_array: bytes) -> str | None:
     if bhead is None:
         return None
     text = rest[bhead.end() :]
-    if _arg(bhead.group()) != len(text):
+    head = bhead.group()
+    if (_HA(head) or _arg(head)) != len(text):
         return None
     prefix = b"\xa1\x62en\xa1" + component_array + b"\xa1\x08"
     if not text.startswith(prefix):
         return None
     thead = _THEAD_AT(text, len(prefix))
-    if thead is None or _arg(thead.group()) != len(text) - thead.end():
+    if thead is None:
+        return None
+    head = thead.group()
+    if (_HA(head) or _arg(head)) != len(text) - thead.end():
         return None
     return text[thead.end() :].decode("utf-8")  # UnicodeDecodeError: the caller's miss
 
@@ -304,18 +321,18 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     # Every length a head declares must be the length the pattern found; every count the
     # number of items. (The manifest is the last member, so its length is implied.)
     if (
-        _bh(len(auth)) != auth_head
+        (_HA(auth_head) or _arg(auth_head)) != len(auth)
         or len(auth) != 39 + 112 * (auth[0] - 0x81)
-        or _bh(len(manifest_bytes)) != manifest_head
-        or _bh(len(common)) != common_head
-        or _bh(len(shared)) != shared_head
-        or _bh(len(set_version)) != set_version_head
+        or (_HA(manifest_head) or _arg(manifest_head)) != len(manifest_bytes)
+        or (_HA(common_head) or _arg(common_head)) != len(common)
+        or (_HA(shared_head) or _arg(shared_head)) != len(shared)
+        or (_HA(set_version_head) or _arg(set_version_head)) != len(set_version)
         or n_items[0] != 0x86 + 2 * (has_cub + has_cversion)
         or n_params[0] != 0xA4 + has_ub + has_version
         or (has_version and _bh(2 + len(v_value)) != v_len)
     ):
         return None
-    install_len = _arg(install_head)
+    install_len = _HA(install_head) or _arg(install_head)
     install = rest[:install_len]
     if len(install) != install_len:
         return None
