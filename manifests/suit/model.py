@@ -168,7 +168,8 @@ class Manifest:
 
     def __getstate__(self) -> dict[str, Any]:
         # pickle / copy: the whole manifest, never the pending builder
-        self.__getattr__("manifest_version")
+        if _LAZY in self.__dict__:
+            self.__getattr__("manifest_version")
         return dict(self.__dict__)
 
     @property

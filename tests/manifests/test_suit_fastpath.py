@@ -273,6 +273,7 @@ def test_lazy_manifest_is_built_on_first_read_and_copies_whole(name: str) -> Non
     taken = copy.copy(fast.manifest)
     assert set(vars(taken)) == names
     assert taken == general
+    assert copy.copy(general) == general  # a manifest built at once copies as before
     fast = decode_fast(data, suit.DEFAULT_MAX_DEPTH)
     assert fast is not None
     assert suit.verify_envelope(fast, [ES_KEY.public_key(), ED_KEY.public_key()]).ok
