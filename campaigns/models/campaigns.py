@@ -174,9 +174,16 @@ ACTIVE_ROLLOUT_STATES = (RolloutState.PENDING, *IN_FLIGHT_STATES)
 
 
 class Rollout(models.Model):
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="rollouts")
+    # Every index here is written by each dispatch (the claim changes ``state``, so no update is
+    # HOT): only indexes some query needs exist. The foreign keys' own single-column indexes
+    # are left out: ``campaign`` leads the unique (campaign, device) and the campaign indexes,
+    # ``device`` leads (device, id) and the in-flight unique index; nothing reads rollouts by
+    # manifest (manifests are never deleted, so PROTECT never scans for them).
+    campaign = models.ForeignKey(
+        Campaign, on_delete=models.CASCADE, related_name="rollouts", db_index=False
+    )
     device = models.ForeignKey(
-        "campaigns.Device", on_delete=models.PROTECT, related_name="rollouts"
+        "campaigns.Device", on_delete=models.PROTECT, related_name="rollouts", db_index=False
     )
     stage = models.PositiveSmallIntegerField()
     bucket = models.DecimalField(max_digits=21, decimal_places=0)
@@ -195,7 +202,12 @@ class Rollout(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     # The manifest actually sent (the newest approved release of the campaign at dispatch).
     manifest = models.ForeignKey(
-        "manifests.Manifest", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        "manifests.Manifest",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     command_id = models.UUIDField(null=True, blank=True)
     # The device's clock when it was dispatched (``campaigns.clock``): "ok" (it judges expiry
@@ -226,9 +238,10 @@ class Rollout(models.Model):
             models.Index(fields=["campaign", "stage", "state"]),
             # The dispatcher's candidate scan: pending rollouts in (stage, bucket) order.
             models.Index(fields=["campaign", "state", "stage", "bucket"]),
-            models.Index(fields=["device", "state"]),
-            # A device's latest rollout (the device list's update state): one backward step.
+            # A device's rollouts (one per campaign, so few; its in-flight one by the unique
+            # index above) and its latest (the device list's update state): one backward step.
             models.Index(fields=["device", "id"], name="rollout_device_latest_idx"),
+            # Expired in-flight rollouts (the deadline sweep).
             models.Index(fields=["state", "deadline_at"]),
         ]
 

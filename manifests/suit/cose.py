@@ -58,6 +58,9 @@ _UNDERSTOOD_CRIT = frozenset({HDR_ALG, HDR_KID})
 
 def _to_be_authenticated(prefix: bytes, protected: bytes, payload: bytes) -> bytes:
     """Encoded ``[context, protected, h'', payload]`` (built directly, no re-encoding)."""
+    if len(protected) == 38 and len(payload) == 38:
+        # the product's blocks ({1: alg, 4: kid}) over a SHA-256 SUIT_Digest: both 0x58 0x26
+        return b"".join((prefix, b"\x58\x26", protected, b"\x40\x58\x26", payload))
     return b"".join(
         (
             prefix,

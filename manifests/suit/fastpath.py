@@ -50,6 +50,7 @@ from .constants import (
 )
 from .model import Envelope, Manifest, SignatureBlock, format_version, full_version
 from .model import build_frozen as _frozen
+from .model import build_lazy as _lazy
 
 # The deepest layout accepted here decodes with the general decoder at max_depth=7 (a test
 # proves it); below that the general decoder must run to refuse it.
@@ -128,6 +129,19 @@ def _arg(head: bytes) -> int:
     return int.from_bytes(head[1:], "big")
 
 
+# The argument of every preferred-form uint, bstr and tstr head of up to 2 bytes and of byte
+# string heads up to 4 KiB (a dictionary lookup instead of a call on the hot path; ``_HEAD_ARG
+# .get(h) or _arg(h)`` for any head).
+_HEAD_ARG: dict[bytes, int] = {}
+for _major in (0x00, 0x40, 0x60):
+    for _n in range(256):
+        _h = bytes((_major | _n,)) if _n < 24 else bytes((_major | 24, _n))
+        _HEAD_ARG[_h] = _n
+for _n in range(256, 4096):
+    _HEAD_ARG[b"\x59" + _n.to_bytes(2, "big")] = _n
+_HA = _HEAD_ARG.get
+
+
 def _uints(data: bytes) -> tuple[int, ...]:
     """The uints of ``8N uint{N}`` the pattern matched (a miss unless there are exactly N)."""
     count = data[0] - 0x80
@@ -191,9 +205,41 @@ def _components(count: int, blob: bytes) -> tuple[bytes, ...]:
     return tuple(parts)
 
 
+_EXT = rb"\x39\x01\x00(" + _UINT + rb")\x39\x01\x01" + _FMT + rb"\x39\x01\x00\x0f\x39\x01\x01\x0f"
+# The four forms in one pattern (groups: extended no URI 1-2; extended with URI 3-6; standard
+# with URI 7-8). A URI is taken up to the last place the rest fits; when that is not the length
+# its head declares (a URI holding the bytes of what follows it), _install_cut decides.
+_INSTALL_FORMS = re.compile(
+    rb"\x82\x03\x0f"
+    rb"|\x88\x14\xa2" + _EXT + rb"\x03\x0f"
+    rb"|\x8a\x14\xa3\x15(" + _THEAD + rb")(.*)" + _EXT + rb"\x15\x02\x03\x0f"
+    rb"|\x86\x14\xa1\x15(" + _THEAD + rb")(.*)\x15\x02\x03\x0f",
+    re.DOTALL,
+).fullmatch
+
+
 def _install(install: bytes) -> tuple[str | None, int | None, str | None] | None:
     """(uri, security counter, payload format) of an install sequence the builder writes, or
     None for any other bytes."""
+    form = _INSTALL_FORMS(install)
+    if form is None:
+        return None
+    counter, fmt, thead, uri, counter_u, fmt_u, thead_s, uri_s = form.groups()
+    if counter is not None:
+        return None, _arg(counter), "raw" if len(fmt) == 4 else "mcuboot"
+    if thead is not None:
+        if (_HA(thead) or _arg(thead)) != len(uri):
+            return _install_cut(install)
+        return uri.decode("utf-8"), _arg(counter_u), "raw" if len(fmt_u) == 4 else "mcuboot"
+    if thead_s is not None:
+        if _arg(thead_s) != len(uri_s):
+            return _install_cut(install)
+        return uri_s.decode("utf-8"), None, None
+    return None, None, None
+
+
+def _install_cut(install: bytes) -> tuple[str | None, int | None, str | None] | None:
+    """:func:`_install` cutting the URI by its head's length first (any URI)."""
     if install == _STD_NO_URI:
         return None, None, None
     head = install[:3]
@@ -233,13 +279,17 @@ def _text(rest: bytes, component_array: bytes) -> str | None:
     if bhead is None:
         return None
     text = rest[bhead.end() :]
-    if _arg(bhead.group()) != len(text):
+    head = bhead.group()
+    if (_HA(head) or _arg(head)) != len(text):
         return None
     prefix = b"\xa1\x62en\xa1" + component_array + b"\xa1\x08"
     if not text.startswith(prefix):
         return None
     thead = _THEAD_AT(text, len(prefix))
-    if thead is None or _arg(thead.group()) != len(text) - thead.end():
+    if thead is None:
+        return None
+    head = thead.group()
+    if (_HA(head) or _arg(head)) != len(text) - thead.end():
         return None
     return text[thead.end() :].decode("utf-8")  # UnicodeDecodeError: the caller's miss
 
@@ -271,18 +321,18 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     # Every length a head declares must be the length the pattern found; every count the
     # number of items. (The manifest is the last member, so its length is implied.)
     if (
-        _bh(len(auth)) != auth_head
+        (_HA(auth_head) or _arg(auth_head)) != len(auth)
         or len(auth) != 39 + 112 * (auth[0] - 0x81)
-        or _bh(len(manifest_bytes)) != manifest_head
-        or _bh(len(common)) != common_head
-        or _bh(len(shared)) != shared_head
-        or _bh(len(set_version)) != set_version_head
+        or (_HA(manifest_head) or _arg(manifest_head)) != len(manifest_bytes)
+        or (_HA(common_head) or _arg(common_head)) != len(common)
+        or (_HA(shared_head) or _arg(shared_head)) != len(shared)
+        or (_HA(set_version_head) or _arg(set_version_head)) != len(set_version)
         or n_items[0] != 0x86 + 2 * (has_cub + has_cversion)
         or n_params[0] != 0xA4 + has_ub + has_version
         or (has_version and _bh(2 + len(v_value)) != v_len)
     ):
         return None
-    install_len = _arg(install_head)
+    install_len = _HA(install_head) or _arg(install_head)
     install = rest[:install_len]
     if len(install) != install_len:
         return None
@@ -305,29 +355,86 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     except (_Miss, ValueError, OverflowError, OSError):
         return None  # bad UTF-8, use-before out of range: the general decoder reports it
 
+    version_range = None
+    if has_version:
+        try:
+            version_range = (v_cmp[0], _uints(v_value))
+        except _Miss:
+            return None
+
+    def build() -> dict[str, Any]:
+        return _manifest_fields(
+            vendor, class_, image_digest, _arg(size), use_before_at, version_range,
+            has_cversion, uri, security_counter, payload_format, current, parts, component,
+            _arg(seq),
+        )  # fmt: skip
+
+    # Every check is done: what the manifest holds is built when it is first read (verifying
+    # reads none of it). The fields the dataclass has class-level defaults for are set now.
+    manifest = _lazy(
+        Manifest,
+        {
+            "raw": manifest_bytes,
+            "set_version": parts,
+            "encryption_info": (),
+            "manifest_component_id": None,
+            "coswid": None,
+            "precursor_digests": (),  # an install with -259 is not the fast path's shape
+        },
+        build,
+    )
+    return _frozen(
+        Envelope,
+        {
+            "raw": data,
+            "manifest_bytes": manifest_bytes,
+            "manifest_digest": manifest_digest,
+            "digest_bstr": digest_bstr,
+            "digest_alg": ALG_SHA256,
+            "signatures": _signatures(blocks),
+            "manifest": manifest,
+            "severed": _EMPTY,
+            "integrated_payloads": _EMPTY,
+        },
+    )
+
+
+def _manifest_fields(
+    vendor: bytes,
+    class_: bytes,
+    image_digest: bytes,
+    image_size: int,
+    use_before_at: dt.datetime | None,
+    version_range: tuple[int, tuple[int, ...]] | None,
+    has_cversion: bool,
+    uri: str | None,
+    security_counter: int | None,
+    payload_format: str | None,
+    current: str,
+    parts: tuple[int, ...],
+    component: tuple[bytes, ...],
+    sequence_number: int,
+) -> dict[str, Any]:
+    """The fields of a fast-path manifest beyond those :func:`decode_fast` sets at once, from
+    the values it checked (nothing here can fail)."""
     vendor_id = _new(uuid.UUID)  # uuid.UUID(bytes=...) without its argument juggling
     _set(vendor_id, "int", int.from_bytes(vendor, "big"))
     _set(vendor_id, "is_safe", _SAFE_UNKNOWN)
     class_id = _new(uuid.UUID)
     _set(class_id, "int", int.from_bytes(class_, "big"))
     _set(class_id, "is_safe", _SAFE_UNKNOWN)
-    image_size = _arg(size)
     params: dict[int, Any] = {1: vendor_id, 2: class_id, 3: (ALG_SHA256, image_digest)}
     shared_seq: list[tuple[int, Any]] = [(20, None), (1, 15), (2, 15)]
     conditions = [1, 2, 3]
-    if has_ub:
+    if use_before_at is not None:
         params[4] = use_before_at
         shared_seq.append((4, 15))
         conditions.append(4)
     params[14] = image_size
     comparison = None
-    if has_version:
-        cmp = v_cmp[0]
-        try:
-            params[28] = (cmp, _uints(v_value))
-        except _Miss:
-            return None
-        comparison = VERSION_COMPARISONS[cmp]
+    if version_range is not None:
+        params[28] = version_range
+        comparison = VERSION_COMPARISONS[version_range[0]]
     if has_cversion:
         shared_seq.append((28, 15))
         conditions.append(28)
@@ -351,55 +458,32 @@ def decode_fast(data: bytes, max_depth: int) -> Envelope | None:
     text_languages = MappingProxyType(
         {"en": MappingProxyType({component: MappingProxyType(entries)})}
     )
-    manifest = _frozen(
-        Manifest,
-        {
-            "manifest_version": 1,
-            "sequence_number": _arg(seq),
-            "components": (component,),
-            "vendor_id": vendor_id,
-            "class_id": class_id,
-            "image_digest": image_digest,
-            "image_digest_alg": ALG_SHA256,
-            "image_size": image_size,
-            "uri": uri,
-            "firmware_version": format_version(firmware_parts),
-            "version_parts": firmware_parts,
-            "version_comparison": comparison,
-            "use_before": use_before_at,
-            "security_counter": security_counter,
-            "payload_format": payload_format,
-            "text": MappingProxyType({"current-version": current}),
-            "reference_uri": None,
-            "conditions": frozenset(conditions),
-            "sequences": MappingProxyType(
-                {
-                    "shared-sequence": tuple(shared_seq),
-                    "validate": _VALIDATE_SEQ,
-                    "invoke": _INVOKE_SEQ,
-                    "install": tuple(install_seq),
-                }
-            ),
-            "text_languages": text_languages,
-            "raw": manifest_bytes,
-            "set_version": parts,
-            "encryption_info": (),
-            "manifest_component_id": None,
-            "coswid": None,
-            "precursor_digests": (),  # an install with -259 is not the fast path's shape
-        },
-    )
-    return _frozen(
-        Envelope,
-        {
-            "raw": data,
-            "manifest_bytes": manifest_bytes,
-            "manifest_digest": manifest_digest,
-            "digest_bstr": digest_bstr,
-            "digest_alg": ALG_SHA256,
-            "signatures": _signatures(blocks),
-            "manifest": manifest,
-            "severed": _EMPTY,
-            "integrated_payloads": _EMPTY,
-        },
-    )
+    return {
+        "manifest_version": 1,
+        "sequence_number": sequence_number,
+        "components": (component,),
+        "vendor_id": vendor_id,
+        "class_id": class_id,
+        "image_digest": image_digest,
+        "image_digest_alg": ALG_SHA256,
+        "image_size": image_size,
+        "uri": uri,
+        "firmware_version": format_version(firmware_parts),
+        "version_parts": firmware_parts,
+        "version_comparison": comparison,
+        "use_before": use_before_at,
+        "security_counter": security_counter,
+        "payload_format": payload_format,
+        "text": MappingProxyType({"current-version": current}),
+        "reference_uri": None,
+        "conditions": frozenset(conditions),
+        "sequences": MappingProxyType(
+            {
+                "shared-sequence": tuple(shared_seq),
+                "validate": _VALIDATE_SEQ,
+                "invoke": _INVOKE_SEQ,
+                "install": tuple(install_seq),
+            }
+        ),
+        "text_languages": text_languages,
+    }

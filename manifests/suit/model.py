@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -27,6 +27,20 @@ def build_frozen(cls: type[_T], values: dict[str, Any]) -> _T:
     through ``object.__setattr__``, which is most of the cost of a 21-field Manifest."""
     out = object.__new__(cls)
     out.__dict__.update(values)
+    return out
+
+
+_LAZY = "_build"
+
+
+def build_lazy(cls: type[_T], values: dict[str, Any], build: Callable[[], dict[str, Any]]) -> _T:
+    """Like :func:`build_frozen`, with the fields not in ``values`` produced by ``build()`` when
+    one of them is first read (only :class:`Manifest` supports this). The caller has already
+    checked everything ``build`` reads, so building cannot fail or refuse; the instance compares,
+    prints, pickles and copies as the fully built one does."""
+    out = object.__new__(cls)
+    out.__dict__.update(values)
+    out.__dict__[_LAZY] = build
     return out
 
 
@@ -138,6 +152,25 @@ class Manifest:
     coswid: Any = None  # suit-coswid (decoded CBOR), when inline or severed and present
     # custom parameter -259: SHA-256 digests of the precursors a delta may be applied to
     precursor_digests: tuple[bytes, ...] = ()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for a name the instance does not hold: the fields of a manifest the
+        # exact-layout fast path decoded lazily (``build_lazy``) are filled in on first read.
+        values = self.__dict__
+        build = values.get(_LAZY)
+        if build is not None:
+            # Idempotent: two threads may both build; they write equal values.
+            values.update(build())
+            values.pop(_LAZY, None)
+            if name in values:
+                return values[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # pickle / copy: the whole manifest, never the pending builder
+        if _LAZY in self.__dict__:
+            self.__getattr__("manifest_version")
+        return dict(self.__dict__)
 
     @property
     def profile(self) -> str:

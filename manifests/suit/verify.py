@@ -93,11 +93,10 @@ def verify_envelope(
     """
     if type(threshold) is not int or threshold < 1:
         raise SUITSignatureError(f"threshold must be an integer >= 1, got {threshold!r}")
-    problems = unsupported_features(envelope, decrypting=decrypting)
-    if problems:
-        raise SUITUnsupportedError("; ".join(problems))
+    if envelope.manifest.encryption_info and not decrypting:
+        raise SUITUnsupportedError("; ".join(unsupported_features(envelope)))
     try:
-        macs = _mac_kids(mac_keys)
+        macs = _mac_kids(mac_keys) if mac_keys else {}
         keys: dict[bytes, KeyInfo] = {}
         for key in public_keys:
             info = key_info(key)

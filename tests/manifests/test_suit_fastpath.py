@@ -3,6 +3,7 @@ accepts, with an identical result, and hands everything else (or any doubt) to i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from manifests import suit
-from manifests.suit.cbor import encode_bstr
+from manifests.suit.cbor import bstr_header, encode_bstr
 from manifests.suit.cose import _der_signature
 from manifests.suit.decode import _decode_envelope
 from manifests.suit.fastpath import FAST_MIN_DEPTH, decode_fast
@@ -256,3 +257,52 @@ def test_der_signature_is_encode_dss_signature(raw: bytes) -> None:
         int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
     )
     assert _der_signature(raw) == expected
+
+
+@pytest.mark.parametrize("name", sorted(ENVELOPES))
+def test_lazy_manifest_is_built_on_first_read_and_copies_whole(name: str) -> None:
+    """The fast path leaves the manifest's fields to its first read (verifying reads none); a
+    copy taken before that read holds the whole manifest, equal to the general decoder's, and
+    no pending builder."""
+    data = ENVELOPES[name]
+    general = _decode_envelope(data, suit.DEFAULT_MAX_DEPTH).manifest
+    names = {f.name for f in dataclasses.fields(suit.Manifest)}
+    fast = decode_fast(data, suit.DEFAULT_MAX_DEPTH)
+    assert fast is not None
+    assert not names <= set(vars(fast.manifest))  # not built yet
+    taken = copy.copy(fast.manifest)
+    assert set(vars(taken)) == names
+    assert taken == general
+    assert copy.copy(general) == general  # a manifest built at once copies as before
+    fast = decode_fast(data, suit.DEFAULT_MAX_DEPTH)
+    assert fast is not None
+    assert suit.verify_envelope(fast, [ES_KEY.public_key(), ED_KEY.public_key()]).ok
+    assert fast.manifest.firmware_version == general.firmware_version
+    assert set(vars(fast.manifest)) == names
+    with pytest.raises(AttributeError):
+        fast.manifest.no_such_field  # noqa: B018
+
+
+_EXT_BYTES = b"\x39\x01\x00\x05\x39\x01\x01\x63raw\x39\x01\x00\x0f\x39\x01\x01\x0f"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [b"coap://fw", _EXT_BYTES, _EXT_BYTES + b"\x15\x02\x03\x0f", b"x\x15\x02\x03\x0f", b""],
+    ids=["plain", "holds-the-tail", "holds-tail-and-fetch", "holds-fetch", "empty"],
+)
+def test_install_forms_pattern_agrees_with_cutting_by_the_uri_head(uri: bytes) -> None:
+    """A URI holding the bytes of what follows it in install: the one-pattern reading and the
+    reading that cuts the URI by its head's length give the same answer."""
+    from manifests.suit import fastpath
+
+    head = bstr_header(len(uri))
+    thead = bytes((head[0] + 0x20,)) + head[1:]  # a text string of that length
+    for install in (
+        b"\x8a\x14\xa3\x15" + thead + uri + _EXT_BYTES + b"\x15\x02\x03\x0f",
+        b"\x86\x14\xa1\x15" + thead + uri + b"\x15\x02\x03\x0f",
+        b"\x88\x14\xa2" + _EXT_BYTES + b"\x03\x0f",
+        b"\x82\x03\x0f",
+    ):
+        assert fastpath._install(install) == fastpath._install_cut(install)
+        assert fastpath._install(install) is not None

@@ -14,6 +14,15 @@ besides, no payload. :func:`encode_block2` builds the same piggybacked 2.05 the 
 Block2 and Size2. Anything else (another option, a NON request, an upper-case digest, a block
 past the end, a file not cached) is not recognised and goes through aiocoap as before, so every
 refusal and every rule of the firmware resource stays where it is.
+
+Most requests of a download repeat one already answered: the same file, the same 1 KiB block,
+only the message id and token differ. :func:`remember` keeps the answer of such a request past
+its header and token, keyed by the request's bytes past its Uri-Path; :func:`replay` finds it
+with two dictionary lookups on slices of the datagram (the Uri-Path bytes of a cached file, then
+the rest) and puts the new message id and token in front. Only requests byte-equal past the
+token to one :func:`parse_fw_get` recognised (and :func:`workers.lwm2m.wire.screen` passed) are
+replayed, so the screen need not run again for them; anything else is not found and takes the
+way above.
 """
 
 from __future__ import annotations
@@ -151,3 +160,56 @@ def encode_block2(request: FwGet, data: bytes, options: bytes) -> bytes | None:
         out += b"\xff"
         out += data[start:stop]
     return bytes(out)
+
+
+# Uri-Path "fw" (delta 11, length 2), the kind (length 1), the digest (64: length 13 + 51).
+_PATH_HEAD = bytes((0xB2,)) + b"fw"
+PATH_BYTES = 3 + 2 + 2 + 64
+
+
+def path_key(kind: str, digest: str) -> bytes | None:
+    """The exact Uri-Path options of a request :func:`parse_fw_get` takes for ``kind`` and
+    ``digest`` (a lower-case hex SHA-256), or None for a name no such request can carry."""
+    if kind not in KINDS or len(digest) != 64 or not _HEX.issuperset(digest.encode("ascii")):
+        return None
+    return _PATH_HEAD + bytes((0x01,)) + kind.encode("ascii") + b"\x0d\x33" + digest.encode("ascii")
+
+
+def _block2_bytes(num: int) -> bytes:
+    """The Block2 option (after Uri-Path) of block ``num`` of 1 KiB, as a client writes it."""
+    return _option(BLOCK2 - URI_PATH, _uint((num << 4) | DEFAULT_BLOCK_SZX))
+
+
+def remember(request: FwGet, datagram: bytes, answer: bytes, answers: dict[bytes, bytes]) -> None:
+    """Keep ``answer`` (to ``request``, read from ``datagram``) in ``answers`` for
+    :func:`replay`, when the request asks for a 1 KiB block (or none: block 0) in the shortest
+    encoding, so a file keeps at most one answer per block."""
+    start = 4 + len(request.token)
+    rest = datagram[start + PATH_BYTES :]
+    if request.block2 is None:
+        if rest:
+            return
+    elif request.block2[1] != DEFAULT_BLOCK_SZX or rest != _block2_bytes(request.block2[0]):
+        return
+    if datagram[start : start + PATH_BYTES] != path_key(request.kind, request.digest):
+        return
+    answers[rest] = answer[start:]
+
+
+def replay(datagram: bytes, paths: dict[bytes, dict[bytes, bytes]]) -> bytes | None:
+    """The answer to ``datagram`` when it is a confirmable GET (version 1, token of at most 8
+    bytes) whose bytes past the token equal those of a request :func:`remember` kept, under
+    ``paths`` (cached files by :func:`path_key`); else None."""
+    if len(datagram) < 4 + PATH_BYTES:
+        return None
+    first = datagram[0]
+    if not 0x40 <= first <= 0x48 or datagram[1] != GET:
+        return None
+    start = first - 0x3C  # 4 + token length
+    answers = paths.get(datagram[start : start + PATH_BYTES])
+    if answers is None:
+        return None
+    tail = answers.get(datagram[start + PATH_BYTES :])
+    if tail is None:
+        return None
+    return b"".join((bytes((first | 0x20, CONTENT)), datagram[2:start], tail))

@@ -51,6 +51,11 @@ class PublishedFile:
     # The options every block of it carries (ETag, Content-Format, Max-Age), encoded once.
     options: bytes = field(init=False, repr=False)
 
+    # Direct answers already given, past their header and token, by the request's bytes past
+    # its Uri-Path (``fastfw.remember``): 1 KiB blocks only, each under one encoding of its
+    # Block2 option, so at most the file's size again.
+    answers: dict[bytes, bytes] = field(init=False, repr=False, compare=False, default_factory=dict)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", fastfw.static_options(self.etag))
 
@@ -166,6 +171,8 @@ class FirmwareServer:
     firmware: FirmwareSource
     _fw_cache: OrderedDict[tuple[str, str], PublishedFile]
     _fw_cache_bytes: int
+    # The cached files by the exact Uri-Path options of their requests (``fastfw.path_key``).
+    _fw_paths: dict[bytes, dict[bytes, bytes]]
     _io: ThreadPoolExecutor
 
     async def published_file(self, kind: str, digest: str) -> PublishedFile | None:
@@ -201,9 +208,15 @@ class FirmwareServer:
         published = PublishedFile(data=data, etag=hashlib.sha256(data).digest()[:8])
         self._fw_cache[key] = published
         self._fw_cache_bytes += len(data)
+        path = fastfw.path_key(kind, digest)
+        if path is not None:
+            self._fw_paths[path] = published.answers
         while self._fw_cache_bytes > FW_CACHE_BYTES and len(self._fw_cache) > 1:
-            _, dropped = self._fw_cache.popitem(last=False)
+            (old_kind, old_digest), dropped = self._fw_cache.popitem(last=False)
             self._fw_cache_bytes -= len(dropped.data)
+            old_path = fastfw.path_key(old_kind, old_digest)
+            if old_path is not None:
+                self._fw_paths.pop(old_path, None)
         return published
 
     def direct_fw_answer(self, datagram: bytes) -> bytes | None:
@@ -219,7 +232,15 @@ class FirmwareServer:
         if cached is None:
             return None
         self._fw_cache.move_to_end(key)
-        return fastfw.encode_block2(request, cached.data, cached.options)
+        answer = fastfw.encode_block2(request, cached.data, cached.options)
+        if answer is not None:
+            fastfw.remember(request, datagram, answer, cached.answers)
+        return answer
+
+    def known_fw_answer(self, datagram: bytes) -> bytes | None:
+        """The answer to a request equal, past its message id and token, to one
+        ``direct_fw_answer`` answered (and remembered), or None (``fastfw.replay``)."""
+        return fastfw.replay(datagram, self._fw_paths)
 
     def package_uri(self, manifest_digest: str, *, secure: bool = False, kind: str = "m") -> str:
         """Where a device downloads a file (by default the envelope of ``manifest_digest``; for

@@ -276,6 +276,7 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
         self._fw_cancelled: set[str] = set()
         self._fw_cache: OrderedDict[tuple[str, str], PublishedFile] = OrderedDict()
         self._fw_cache_bytes = 0
+        self._fw_paths: dict[bytes, dict[bytes, bytes]] = {}
         # Command ids run lately (None while running, else the outcome), oldest first.
         self._commands_seen: OrderedDict[str, events.CommandResult | None] = OrderedDict()
         # Bus entries naming a command id that is still running here (delivered again): all
@@ -318,6 +319,7 @@ class Gateway(RegistrationInterface, DeviceRequests, UpdateDriver, FirmwareServe
             max_datagram=self.config.max_payload + screened.DATAGRAM_OVERHEAD,
             guard=self.guard,
             direct=self.direct_fw_answer,
+            known=self.known_fw_answer,
         )
         self._configure_sockets()
         self._event_queue = asyncio.Queue()

@@ -79,10 +79,18 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
     max_datagram: int = 4096
     # Answers a datagram directly (the cached /fw Block2 GET: workers.lwm2m.fastfw), or None.
     direct: Callable[[bytes], bytes | None] | None = None
+    # Answers a datagram equal past its token to one ``direct`` answered (so one the screen
+    # passed: workers.lwm2m.fastfw.replay), or None; asked before the screen.
+    known: Callable[[bytes], bytes | None] | None = None
 
     def datagram_msg_received(self, data: bytes, ancdata: Any, flags: int, address: Any) -> None:
         self.guard.received += 1
         truncated = bool(flags & socket.MSG_TRUNC)
+        if self.known is not None and not truncated:
+            answer = self.known(data)
+            if answer is not None:
+                self._reply(answer, address, ancdata)
+                return
         verdict = wire.screen(data, truncated=truncated, limit=self.max_datagram)
         if not verdict.ok:
             self.guard.refused(verdict.kind, _peer(address), verdict.reason)
@@ -120,12 +128,49 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
             self.guard.refused("unhandled", _peer(address), f"{type(exc).__name__}: {exc}")
 
     def _reply(self, reply: bytes, address: Any, ancdata: Any) -> None:
-        out = [
-            (level, kind, value)
-            for level, kind, value in ancdata
-            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
-        ]
+        if len(ancdata) == 1 and ancdata[0][:2] == _PKTINFO:
+            out = ancdata  # the usual case: the packet info alone
+        else:
+            out = [
+                (level, kind, value)
+                for level, kind, value in ancdata
+                if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
+            ]
         self.transport.sendmsg(reply, out, 0, address)
+
+
+_PKTINFO = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
+# Datagrams read per readiness of the socket before the loop runs other work again.
+DRAIN_MAX = 64
+
+
+def drain_reads(transport: Any) -> None:
+    """Make aiocoap's recvmsg transport read up to :data:`DRAIN_MAX` datagrams each time the
+    socket is readable, instead of one: under a download wave the queue holds many, and each
+    wake-up of the loop (and aiocoap's look into the error queue, a failing syscall when empty)
+    then serves a batch. The error queue is still read once per wake-up, first, as aiocoap
+    does; a datagram is handed to the protocol exactly as aiocoap's reader hands it."""
+    read_one = transport._read_ready  # aiocoap's: the error queue, then one datagram
+    sock = transport.get_extra_info("socket")
+    recvmsg = sock.recvmsg
+
+    def read_ready() -> None:
+        read_one()
+        protocol = transport._protocol
+        size = transport.max_size
+        for _ in range(DRAIN_MAX - 1):
+            if protocol is None or transport._protocol is not protocol:
+                return  # closed by what the last datagram caused
+            try:
+                data, ancdata, flags, address = recvmsg(size, 1024)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+            protocol.datagram_msg_received(data, ancdata, flags, address)
+
+    transport._read_ready = read_ready
 
 
 async def open_server_context(
@@ -136,6 +181,7 @@ async def open_server_context(
     max_datagram: int,
     guard: InputGuard,
     direct: Callable[[bytes], bytes | None] | None = None,
+    known: Callable[[bytes], bytes | None] | None = None,
 ) -> aiocoap.Context:
     """A server context like ``Context.create_server_context(site, bind, transports=["udp6"])``,
     with :class:`ScreenedUDP6` reading datagrams of up to ``max_datagram`` bytes; ``direct``
@@ -149,12 +195,14 @@ async def open_server_context(
     _Screened.guard = guard
     _Screened.max_datagram = max_datagram
     _Screened.direct = staticmethod(direct) if direct is not None else None
+    _Screened.known = staticmethod(known) if known is not None else None
 
     async def construct(mman: Any) -> Any:
         interface = await _Screened.create_server_transport_endpoint(
             mman, log=context.log, loop=loop, bind=(host, port), multicast=[]
         )
         interface.transport.max_size = max_datagram
+        drain_reads(interface.transport)
         return interface
 
     # The constructor aiocoap's create_server_context uses (pinned aiocoap: requirements.txt).

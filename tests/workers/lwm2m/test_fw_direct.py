@@ -5,6 +5,7 @@ a file the gateway does not cache."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 from collections.abc import Awaitable, Callable
@@ -203,3 +204,149 @@ def test_mangled_fw_get_datagrams_are_refused_by_the_direct_parser() -> None:
             answer = fastfw.encode_block2(parsed, PAYLOAD, fastfw.static_options(b"e" * 8))
             if answer is not None:
                 assert aiocoap.Message.decode(answer).code == Code.CONTENT
+
+
+def _with(message: aiocoap.Message, mid: int, token: bytes) -> bytes:
+    message.mid, message.token = mid, token
+    return message.encode()
+
+
+def test_replayed_answers_are_the_direct_answers_with_the_new_id_and_token() -> None:
+    """A request equal past its token to one answered directly is answered from what was kept,
+    byte for byte what the direct answer (and so the firmware resource) gives it."""
+
+    async def scenario(gw: Gateway, client: aiocoap.Context) -> None:
+        await gw.published_file("i", DIGEST)
+        for block2 in [None, *((n, 6) for n in range(11))]:
+            message = request(["fw", "i", DIGEST], block2)
+            first = _with(message, 1, b"\x01")
+            assert gw.known_fw_answer(first) is None  # not answered yet
+            assert gw.direct_fw_answer(first) is not None
+            for mid, token in ((2, b""), (0xFFFF, b"\xaa" * 8), (7, b"\x01\x02\x03")):
+                again = _with(message, mid, token)
+                assert gw.known_fw_answer(again) == gw.direct_fw_answer(again)
+                decoded = aiocoap.Message.decode(gw.known_fw_answer(again))
+                assert decoded.mid == mid and decoded.token == token
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "block2", [(3, 4), (0, 0), (2, 7), (1, 5)], ids=["256", "16", "bert", "512"]
+)
+def test_only_1_kib_blocks_are_kept_for_replay(block2: tuple[int, int]) -> None:
+    """Other block sizes are answered directly each time, never kept: a file keeps at most one
+    answer per 1 KiB block."""
+
+    async def scenario(gw: Gateway, client: aiocoap.Context) -> None:
+        await gw.published_file("i", DIGEST)
+        datagram = request(["fw", "i", DIGEST], block2).encode()
+        assert gw.direct_fw_answer(datagram) is not None
+        assert gw.known_fw_answer(datagram) is None
+        assert not gw._fw_cache[("i", DIGEST)].answers
+
+    run(scenario)
+
+
+def test_a_block2_option_in_a_longer_encoding_is_not_kept() -> None:
+    """The same block asked with a zero-padded Block2 value or the M bit set: answered
+    directly, not kept (one kept answer per block, whatever a client sends)."""
+
+    async def scenario(gw: Gateway, client: aiocoap.Context) -> None:
+        await gw.published_file("i", DIGEST)
+        canonical = request(["fw", "i", DIGEST], (1, 6)).encode()
+        assert canonical.endswith(b"\xc1\x16")
+        for variant in (canonical[:-2] + b"\xc2\x00\x16", canonical[:-2] + b"\xc1\x1e"):
+            assert gw.direct_fw_answer(variant) == gw.direct_fw_answer(canonical)
+            assert gw.known_fw_answer(variant) is None
+        assert list(gw._fw_cache[("i", DIGEST)].answers) == [b"\xc1\x16"]
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: bytes((0x50 | (d[0] & 0x0F),)) + d[1:],  # NON
+        lambda d: d[:1] + b"\x02" + d[2:],  # POST
+        lambda d: d + b"\xff\x00",  # a payload
+        lambda d: d[:-1] + bytes((d[-1] ^ 0x01,)),  # another block, never asked
+        lambda d: d.replace(DIGEST.encode(), DIGEST.upper().encode()),  # upper case
+        lambda d: d[:-2],  # no Block2: block 0, never asked that way
+        lambda d: d[:20],  # cut
+        lambda d: b"",
+        lambda d: d[:2],
+    ],
+    ids=["non", "post", "payload", "other-block", "upper-case", "no-block2", "cut", "empty", "2"],
+)
+def test_anything_but_a_repeat_is_not_replayed(change: Callable[[bytes], bytes]) -> None:
+    async def scenario(gw: Gateway, client: aiocoap.Context) -> None:
+        await gw.published_file("i", DIGEST)
+        datagram = request(["fw", "i", DIGEST], (4, 6)).encode()
+        assert gw.direct_fw_answer(datagram) is not None
+        assert gw.known_fw_answer(datagram) is not None
+        assert gw.known_fw_answer(change(datagram)) is None
+
+    run(scenario)
+
+
+def test_a_file_dropped_from_the_cache_is_not_replayed() -> None:
+    async def scenario(gw: Gateway, client: aiocoap.Context) -> None:
+        await gw.published_file("i", DIGEST)
+        datagram = request(["fw", "i", DIGEST], (4, 6)).encode()
+        gw.direct_fw_answer(datagram)
+        assert gw.known_fw_answer(datagram) is not None
+        import workers.lwm2m.fwserver as fwserver
+
+        limit = fwserver.FW_CACHE_BYTES
+        fwserver.FW_CACHE_BYTES = len(ENVELOPE)  # the next file pushes the image out
+        try:
+            gw.firmware.envelope_final = lambda digest: True  # type: ignore[method-assign]
+            await gw.published_file("m", ENVELOPE_DIGEST)
+        finally:
+            fwserver.FW_CACHE_BYTES = limit
+        assert ("i", DIGEST) not in gw._fw_cache
+        assert gw.known_fw_answer(datagram) is None
+        assert list(gw._fw_paths) == [fastfw.path_key("m", ENVELOPE_DIGEST)]
+
+    run(scenario)
+
+
+def test_a_burst_of_requests_is_answered_in_full_over_the_listener() -> None:
+    """Datagrams queued faster than the loop turns are all read (several per wake-up) and all
+    answered: 400 requests sent at once from one socket, 400 answers with their own ids."""
+
+    async def scenario(gw: Gateway, client: aiocoap.Context) -> None:
+        import socket
+
+        uri = f"{gw.config.base_uri}/fw/i/{DIGEST}"
+        assert (await client.request(aiocoap.Message(code=Code.GET, uri=uri)).response).payload
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        # room for the answers to pile up while this loop is the gateway's too
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        try:
+            loop = asyncio.get_running_loop()
+            sent = {}
+            for mid in range(400):
+                message = request(["fw", "i", DIGEST], (mid % 11, 6))
+                sent[mid] = message.opt.block2.block_number
+                sock.sendto(
+                    _with(message, mid, mid.to_bytes(2, "big")), ("127.0.0.1", gw.config.port)
+                )
+            got = {}
+            while len(got) < len(sent):
+                datagrams = [await loop.sock_recv(sock, 4096)]
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        datagrams.append(sock.recv(4096))
+                for datagram in datagrams:
+                    answer = aiocoap.Message.decode(datagram)
+                    assert answer.token == answer.mid.to_bytes(2, "big")
+                    got[answer.mid] = answer.opt.block2.block_number
+            assert got == sent
+            assert gw.guard.counts.get("malformed", 0) == 0
+        finally:
+            sock.close()
+
+    run(scenario)
