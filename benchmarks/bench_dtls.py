@@ -103,6 +103,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/statm").read_text().split()
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def handshakes(metrics_port: int) -> dict[str, float]:
     """The gateway's DTLS handshakes by outcome, from its metrics endpoint."""
     url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -257,6 +263,7 @@ def _load_burst(
         flush=True,
     )
     before_cpu, before = cpu_seconds(gateway.pid), handshakes(metrics_port)
+    rss_before = rss_bytes(gateway.pid)
     sims_cpu = [cpu_seconds(sim.proc.pid) for sim in sims]
     start = time.time()
     for sim in sims:
@@ -277,6 +284,14 @@ def _load_burst(
     time.sleep(1.0)  # the gateway's reads of the last devices in
     gateway_cpu = cpu_seconds(gateway.pid) - before_cpu
     after = handshakes(metrics_port)
+    grown = rss_bytes(gateway.pid) - rss_before
+    completed = after.get("completed", 0.0) - before.get("completed", 0.0)
+    if completed:
+        print(
+            f"INFO gateway memory: RSS grew {grown / 2**20:,.1f} MiB over the burst, "
+            f"{grown / completed / 1024:,.1f} KiB per device in (its DTLS session, registration "
+            "and reads)"
+        )
     for sim in sims:
         sim.send("status")
     time.sleep(0.5)

@@ -19,8 +19,8 @@ in this build, driven by ``checkRetransmit``) is not used. A flight is what tiny
 while handling one call (``connect`` or one datagram from the server) before the handshake
 completed; the answer to it (any datagram from which tinydtls writes a new flight, or the
 connected event) stops its timer. After :data:`MAX_FLIGHT_SENDS` sends of one flight with no
-answer (about two minutes), or on a fatal alert, the device starts a new handshake on a new
-context. CoAP requests wait for the session instead of timing out while the handshake is
+answer (63 s after the first send, as mbed TLS's client), or on a fatal alert, the device starts
+a new handshake on a new context. CoAP requests wait for the session instead of timing out while the handshake is
 retransmitted, so a slow gateway costs a device retransmissions, never a new handshake.
 """
 
@@ -41,8 +41,11 @@ log = logging.getLogger("workers.lwm2m.loadsim")
 PSK_BYTES = 16  # tinydtls's limit (dtls.MAX_PSK_BYTES)
 INITIAL_FLIGHT_TIMEOUT = 1.0  # RFC 6347 4.2.4.1: initial timer 1 s
 MAX_FLIGHT_TIMEOUT = 60.0  # ... doubled at each retransmission, up to 60 s
-# Sends of one flight before the handshake is started over (1+2+4+...+60 s: about 2 minutes).
-MAX_FLIGHT_SENDS = 8
+# Sends of one flight before the handshake is given up and started over: the first and five
+# retransmissions (after 1, 2, 4, 8, 16 s), then 32 s more of waiting; the next wait would be 64 s,
+# past the 60 s maximum, which is where mbed TLS's client gives up a handshake too. The longest
+# silence is then 32 s, within the gateway's handshake timeout (LWM2M_DTLS_HANDSHAKE_TIMEOUT).
+MAX_FLIGHT_SENDS = 6
 # tinydtls needs some address for its session; the datagrams go where the fleet sends them.
 _SESSION_ADDRESS = "::1"
 _SESSION_PORT = 1234
