@@ -300,7 +300,7 @@ def _load_burst(
     half = next((t for t, k in progress if k >= (got + 1) // 2), last)
     # The status lines give counts, not each device's time: ``got`` times, half at ``half``
     # and the last at ``last`` (what the report prints).
-    times = [half] * ((got + 1) // 2) + [last] * (got - (got + 1) // 2) if got else []
+    times = [half] * (got // 2 + 1) + [last] * (got - got // 2 - 1) if got else []
     figures = {"handshakes": 0, "retransmissions": 0, "restarts": 0}
     for sim in sims:
         for name in figures:

@@ -20,8 +20,9 @@ while handling one call (``connect`` or one datagram from the server) before the
 completed; the answer to it (any datagram from which tinydtls writes a new flight, or the
 connected event) stops its timer. After :data:`MAX_FLIGHT_SENDS` sends of one flight with no
 answer (63 s after the first send, as mbed TLS's client), or on a fatal alert, the device starts
-a new handshake on a new context. CoAP requests wait for the session instead of timing out while the handshake is
-retransmitted, so a slow gateway costs a device retransmissions, never a new handshake.
+a new handshake on a new context. CoAP requests wait for the session instead of timing out while
+the handshake is retransmitted, so a slow gateway costs a device retransmissions, not a new
+handshake.
 """
 
 from __future__ import annotations
