@@ -1428,6 +1428,7 @@ def _define_transport() -> None:
         def _verify_hello(self, data: bytes, sockaddr: Any) -> None:
             """Answer a cookieless ClientHello with a HelloVerifyRequest; no session."""
             self._verifying = sockaddr
+            self.cookies_sent += 1
             try:
                 self.verifier.handleMessage(
                     tinydtls_session(sockaddr), normalise_hello_record_version(data)
@@ -1436,7 +1437,6 @@ def _define_transport() -> None:
                 log.debug("ClientHello from %s not answered", sockaddr, exc_info=True)
             finally:
                 self._verifying = None
-            self.cookies_sent += 1
 
         def datagram_received(self, data: bytes, sockaddr: Any) -> None:
             session = self._connections.get(sockaddr)
