@@ -14,9 +14,11 @@ aiocoap configures it; this module subclasses it to fix what a gateway needs
   became port 1) without ``SO_REUSEPORT`` (a second gateway on the same port fails loudly);
 * the gateway can send requests over a device's session (aiocoap's server transport did not
   recognise its own session objects as remotes, so server-initiated reads would have failed);
-* only a ClientHello opens a session, sessions are capped (least recently active dropped
-  first), and a handshake is dropped once its peer has been silent for the handshake timeout
-  (or after four of them);
+* a ClientHello without a cookie is answered by one stateless verifier context (RFC 6347
+  4.2.1) and only a ClientHello echoing a cookie made for its address opens a session (each
+  session's context takes the verifier's cookie secret), sessions are capped (least recently
+  active dropped first), and a handshake is dropped once its peer has been silent for the
+  handshake timeout (or after four of them);
 * every tinydtls context counts from one clock origin (see "tinydtls's clock"), and a client
   flight that comes again is answered with the flight sent for it, not handed to tinydtls
   (which would start the handshake over);
