@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import socket
 import subprocess
 import sys
@@ -100,6 +101,12 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process ``pid`` (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/statm").read_text().split()
+    return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def handshakes(metrics_port: int) -> dict[str, float]:
@@ -182,6 +189,221 @@ async def _device_process(uri: str, count: int, prefix: str, deadline: float) ->
     await fleet.stop(deregister=False)
 
 
+def _load_burst(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    shares: list[int],
+    port: int,
+    plain_port: int,
+    metrics_port: int,
+    tmp: Path,
+    cleanup: contextlib.ExitStack,
+) -> tuple[list[float], float, float, dict[str, float], dict[str, int]]:
+    """The burst with load-simulator device processes (``loadsim --dtls``): keys derived from
+    one seed and provisioned, the gateway started, every process builds its devices, then all
+    are told ``go`` at once. Returns (times in, reconstructed from the processes' status
+    lines; device CPU-seconds; gateway CPU-seconds; gateway handshakes by outcome; the device
+    side's DTLS figures)."""
+    from bench_fleet import SimProcess
+
+    from workers.lwm2m.loaddtls import psk_for
+
+    seed = secrets.token_hex(32)
+    firsts = [sum(shares[:i]) for i in range(len(shares))]
+    psks = {f"dtls-{index:06d}": psk_for(seed, f"dtls-{index:06d}") for index in range(sum(shares))}
+    began = time.perf_counter()
+    provision(env, psks)
+    print(
+        f"{len(psks):,} DTLS devices provisioned in {time.perf_counter() - began:.1f} s", flush=True
+    )
+    gateway = _start_gateway(env, port, plain_port, metrics_port)
+    cleanup.callback(_stop, gateway)
+    wait_for_metrics(metrics_port, gateway)
+    # The same vendor and class as the full simulator's fleet (_fleet): the registration
+    # reads report them; the gateway does not need them to exist.
+    world = {
+        "vendor_id": "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe",
+        "class_id": "1492af14-2569-5e48-bf42-9b2d51f2ab45",
+    }
+    sims: list[SimProcess] = []
+    for i, (share, first) in enumerate(zip(shares, firsts, strict=True)):
+        spec_file = tmp / f"load-{i}.json"
+        spec_file.write_text(
+            json.dumps(
+                {
+                    "server": f"coaps://127.0.0.1:{port}",
+                    "count": share,
+                    "first": first,
+                    "prefix": "dtls",
+                    "lifetime": 3600,
+                    "register_concurrency": max(share, 1),  # the whole share at once
+                    "trust_anchors_pem": [],
+                    **world,
+                }
+            )
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "workers.lwm2m.loadsim", str(spec_file), "--dtls", seed,
+                "--wait-for-go", "--status-seconds", "0.25",
+            ],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )  # fmt: skip
+        cleanup.callback(_stop, proc)
+        sims.append(SimProcess(proc))
+    deadline = time.monotonic() + 300
+    while not all(sim.built for sim in sims):
+        if time.monotonic() > deadline or any(sim.proc.poll() is not None for sim in sims):
+            raise SystemExit("a load-simulator process did not build its devices")
+        time.sleep(0.1)
+    print(
+        f"burst: {sum(shares):,} devices in {len(sims)} load-simulator process(es) start at "
+        f"once, {args.deadline:.0f} s to get in",
+        flush=True,
+    )
+    before_cpu, before = cpu_seconds(gateway.pid), handshakes(metrics_port)
+    rss_before = rss_bytes(gateway.pid)
+    sims_cpu = [cpu_seconds(sim.proc.pid) for sim in sims]
+    start = time.time()
+    for sim in sims:
+        sim.send("go")
+    n = sum(shares)
+    # (seconds since go, devices in) from the status lines, to find when half were in.
+    progress: list[tuple[float, int]] = []
+    end = time.monotonic() + args.deadline
+    while time.monotonic() < end:
+        got = sum(sim.status.get("registered", 0) for sim in sims)
+        progress.append((time.time() - start, got))
+        if got >= n:
+            break
+        if any(sim.proc.poll() is not None for sim in sims):
+            raise SystemExit("a load-simulator process exited during the burst")
+        time.sleep(0.1)
+    device_cpu = sum(cpu_seconds(sim.proc.pid) - c for sim, c in zip(sims, sims_cpu, strict=True))
+    time.sleep(1.0)  # the gateway's reads of the last devices in
+    gateway_cpu = cpu_seconds(gateway.pid) - before_cpu
+    after = handshakes(metrics_port)
+    grown = rss_bytes(gateway.pid) - rss_before
+    completed = after.get("completed", 0.0) - before.get("completed", 0.0)
+    if completed:
+        print(
+            f"INFO gateway memory: RSS grew {grown / 2**20:,.1f} MiB over the burst, "
+            f"{grown / completed / 1024:,.1f} KiB per device in (its DTLS session, registration "
+            "and reads)"
+        )
+    for sim in sims:
+        sim.send("status")
+    time.sleep(0.5)
+    got = sum(sim.status.get("registered", 0) for sim in sims)
+    last = max((sim.status.get("last_registered", 0.0) for sim in sims), default=0.0) - start
+    half = next((t for t, k in progress if k >= (got + 1) // 2), last)
+    # The status lines give counts, not each device's time: ``got`` times, half at ``half``
+    # and the last at ``last`` (what the report prints).
+    times = [half] * (got // 2 + 1) + [last] * (got - got // 2 - 1) if got else []
+    figures = {"handshakes": 0, "retransmissions": 0, "restarts": 0}
+    for sim in sims:
+        for name in figures:
+            figures[name] += int(sim.status.get("dtls", {}).get(name, 0))
+    outcome = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    return times, device_cpu, gateway_cpu, outcome, figures
+
+
+def _full_burst(
+    args: argparse.Namespace,
+    env: dict[str, str],
+    shares: list[int],
+    port: int,
+    plain_port: int,
+    metrics_port: int,
+    devices: list[subprocess.Popen[str]],
+    procs: list[subprocess.Popen[bytes] | None],
+) -> tuple[list[float], float, float, dict[str, float], dict[str, int]]:
+    """The burst with the full simulator's device processes (an aiocoap DTLS client per
+    device); the same figures as :func:`_load_burst`."""
+    uri = f"coaps://127.0.0.1:{port}"
+    k = len(shares)
+    for i, share in enumerate(shares):
+        devices.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--deadline",
+                    str(args.deadline),
+                    "--device-process",
+                    uri,
+                    str(share),
+                    f"dtls{i}",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "LOG_LEVEL": "ERROR"},
+            )
+        )
+    psks: dict[str, bytes] = {}
+    for proc in devices:
+        psks.update({e: bytes.fromhex(h) for e, h in _read(proc, "psks")["psks"].items()})
+    began = time.perf_counter()
+    provision(env, psks)
+    print(
+        f"{args.devices:,} DTLS devices provisioned in {time.perf_counter() - began:.1f} s",
+        flush=True,
+    )
+    gateway = procs[0] = _start_gateway(env, port, plain_port, metrics_port)
+    wait_for_metrics(metrics_port, gateway)
+    for proc in devices:
+        assert proc.stdin is not None
+        proc.stdin.write("open\n")
+        proc.stdin.flush()
+    for proc in devices:
+        _read(proc, "ready")
+    print(
+        f"burst: {args.devices:,} devices in {k} process(es) start at once, "
+        f"{args.deadline:.0f} s to get in",
+        flush=True,
+    )
+    before_cpu, before = cpu_seconds(gateway.pid), handshakes(metrics_port)
+    for proc in devices:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    times: list[float] = []
+    device_cpu = 0.0
+    for proc in devices:
+        result = _read(proc, "times")
+        times.extend(result["times"])
+        device_cpu += result["cpu"]
+    gateway_cpu = cpu_seconds(gateway.pid) - before_cpu
+    after = handshakes(metrics_port)
+    outcome = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    return times, device_cpu, gateway_cpu, outcome, {}
+
+
+def _start_gateway(
+    env: dict[str, str], port: int, plain_port: int, metrics_port: int
+) -> subprocess.Popen[bytes]:
+    """``manage.py lwm2m_gateway`` for DTLS devices only, as in production."""
+    return subprocess.Popen(
+        [
+            sys.executable, str(ROOT / "manage.py"), "lwm2m_gateway",
+            "--bind", f"127.0.0.1:{plain_port}", "--dtls-bind", f"127.0.0.1:{port}",
+            "--refuse-nosec", "--gateway-id", "bench-dtls", "--metrics-port", str(metrics_port),
+        ],
+        env=env,
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def _read(proc: subprocess.Popen[str], key: str) -> dict[str, Any]:
     """The next message of a device process that carries ``key`` (other output passes by)."""
     assert proc.stdout is not None
@@ -200,6 +422,13 @@ def main() -> int:
         "--deadline", type=float, default=120.0, help="seconds the burst has to get in"
     )
     parser.add_argument("--device-processes", type=int, default=2)
+    parser.add_argument(
+        "--simulator",
+        choices=("load", "full"),
+        default="load",
+        help="the devices: the load simulator's DTLS clients (workers.lwm2m.loadsim --dtls, "
+        "default) or the full simulator's (an aiocoap context per device)",
+    )
     parser.add_argument(
         "--device-process", nargs=3, metavar=("URI", "COUNT", "PREFIX"), help=argparse.SUPPRESS
     )
@@ -225,7 +454,7 @@ def main() -> int:
     db = f"{cw.DB_PREFIX}_dtls"
     cw.drop_db(db)
     cw.create_db(db)
-    gateway: subprocess.Popen[bytes] | None = None
+    procs: list[subprocess.Popen[bytes] | None] = [None]  # the gateway (full simulator)
     devices: list[subprocess.Popen[str]] = []
     k = max(1, min(args.device_processes, args.devices))
     shares = [args.devices // k + (1 if i < args.devices % k else 0) for i in range(k)]
@@ -250,81 +479,17 @@ def main() -> int:
         )
         port, plain_port = claim_udp_port("127.0.0.1"), claim_udp_port("127.0.0.1")
         metrics_port = free_tcp_port()
-        uri = f"coaps://127.0.0.1:{port}"
         try:
-            for i, share in enumerate(shares):
-                devices.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            __file__,
-                            "--deadline",
-                            str(args.deadline),
-                            "--device-process",
-                            uri,
-                            str(share),
-                            f"dtls{i}",
-                        ],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        text=True,
-                        env={**os.environ, "LOG_LEVEL": "ERROR"},
-                    )
+            if args.simulator == "load":
+                times, device_cpu, gateway_cpu, outcome, dtls_figures = _load_burst(
+                    args, env, shares, port, plain_port, metrics_port, Path(tmp), cleanup
                 )
-            psks: dict[str, bytes] = {}
-            for proc in devices:
-                psks.update({e: bytes.fromhex(h) for e, h in _read(proc, "psks")["psks"].items()})
-            began = time.perf_counter()
-            provision(env, psks)
-            print(
-                f"{args.devices:,} DTLS devices provisioned in {time.perf_counter() - began:.1f} s",
-                flush=True,
-            )
-            gateway = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "manage.py"),
-                    "lwm2m_gateway",
-                    "--bind",
-                    f"127.0.0.1:{plain_port}",
-                    "--dtls-bind",
-                    f"127.0.0.1:{port}",
-                    "--refuse-nosec",
-                    "--gateway-id",
-                    "bench-dtls",
-                    "--metrics-port",
-                    str(metrics_port),
-                ],
-                env=env,
-            )
-            wait_for_metrics(metrics_port, gateway)
-            for proc in devices:
-                assert proc.stdin is not None
-                proc.stdin.write("open\n")
-                proc.stdin.flush()
-            for proc in devices:
-                _read(proc, "ready")
-            print(
-                f"burst: {args.devices:,} devices in {k} process(es) start at once, "
-                f"{args.deadline:.0f} s to get in",
-                flush=True,
-            )
-            before_cpu, before = cpu_seconds(gateway.pid), handshakes(metrics_port)
-            for proc in devices:
-                assert proc.stdin is not None
-                proc.stdin.write("go\n")
-                proc.stdin.flush()
-            times: list[float] = []
-            device_cpu = 0.0
-            for proc in devices:
-                result = _read(proc, "times")
-                times.extend(result["times"])
-                device_cpu += result["cpu"]
-            gateway_cpu = cpu_seconds(gateway.pid) - before_cpu
-            after = handshakes(metrics_port)
-            outcome = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+            else:
+                times, device_cpu, gateway_cpu, outcome, dtls_figures = _full_burst(
+                    args, env, shares, port, plain_port, metrics_port, devices, procs
+                )
         finally:
-            for proc in [*devices, gateway]:
+            for proc in [*devices, *procs]:
                 if proc is None:
                     continue
                 proc.terminate()
@@ -348,6 +513,12 @@ def main() -> int:
         f"gateway handshakes: {outcomes or 'none'}; CPU over the burst: gateway "
         f"{gateway_cpu:.2f} s, device processes {device_cpu:.2f} s"
     )
+    if dtls_figures:
+        print(
+            f"device side (load simulator): {dtls_figures['handshakes']:,} handshakes, "
+            f"{dtls_figures['retransmissions']:,} flights sent again (RFC 6347 timers), "
+            f"{dtls_figures['restarts']:,} handshakes started over"
+        )
     per_core = completed / gateway_cpu if gateway_cpu else 0.0
     wall = completed / last if times else 0.0
     print(

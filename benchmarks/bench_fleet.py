@@ -14,6 +14,14 @@ campaign's wall time with 1 gateway against 2 (goal >= 1.8x).
 
 N is ``--devices``, default ``BENCH_FLEET_DEVICES`` or 100,000. The machine is shared: its load
 is printed at start and end.
+
+``--dtls``: the devices speak DTLS (PSK) to the gateways (``loadsim --dtls``, keys derived from
+one seed and provisioned through ``device_psk_set`` before the gateways start). A DTLS listener
+binds its port alone (no SO_REUSEPORT group: a session lives in one process), so each gateway
+gets a coaps port of its own and the load-simulator processes are dealt to the gateways in turn
+(at least one per gateway), as a source-address-affine load balancer would. Printed besides:
+handshakes per gateway process (its ``fwupd_gateway_dtls_handshakes_total``), per second of the
+registration phase and per CPU-second of that gateway over it.
 """
 
 from __future__ import annotations
@@ -235,7 +243,21 @@ def _setup_django(db: str, storage: str, queue: str, prefix: str) -> None:
     django.setup()
 
 
+def _provision_psks(seed: str, endpoints: list[str]) -> None:
+    """Each device's DTLS key, derived from the fleet's seed, stored through the product's
+    service (in child processes: one transaction per key)."""
+    from bench_dtls import provision
+
+    from workers.lwm2m.loaddtls import psk_for
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cw.REPO), str(here)])}
+    provision(env, {e: psk_for(seed, e) for e in endpoints}, processes=4)
+
+
 def child_run(args: argparse.Namespace) -> dict[str, Any]:
+    from bench_dtls import free_tcp_port, handshakes
+
     from campaigns import services
     from campaigns.device_services import device_report_keys_register
     from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
@@ -263,6 +285,15 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
     meter = CpuMeter(args.db)
     sims: list[SimProcess] = []
     result: dict[str, Any] = {"devices": n, "gateways": gateways, "log_dir": str(log_dir)}
+    psk_seed = secrets.token_hex(32) if args.dtls else ""
+    # Per gateway: its coaps port and metrics port (DTLS only).
+    dtls_ports: list[tuple[int, int]] = []
+    gateway_pids: list[int] = []
+    if args.dtls:
+        began = time.perf_counter()
+        _provision_psks(psk_seed, [f"load-{i:06d}" for i in range(n)])
+        _log(f"{n} DTLS keys provisioned in {time.perf_counter() - began:.1f} s")
+        dtls_ports = [(claim_udp_port("127.0.0.1"), free_tcp_port()) for _ in range(gateways)]
     try:
         for i in range(args.workers):
             proc = procs.start(
@@ -275,29 +306,43 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
             )  # fmt: skip
             meter.add("workers", proc.pid)
         gateway_ids = [f"{queue}-gw{i}" for i in range(gateways)]
-        for gateway_id in gateway_ids:
+        for i, gateway_id in enumerate(gateway_ids):
+            dtls_args = (
+                ["--dtls-bind", f"127.0.0.1:{dtls_ports[i][0]}", "--refuse-nosec",
+                 "--metrics-port", str(dtls_ports[i][1])]
+                if args.dtls
+                else []
+            )  # fmt: skip
             proc = procs.start(
                 gateway_id,
                 [
                     sys.executable, "manage.py", "lwm2m_gateway", "--bind",
                     f"127.0.0.1:{port}", "--reuse-port", "--gateway-id", gateway_id,
+                    *dtls_args,
                 ],
             )  # fmt: skip
             meter.add("gateways", proc.pid)
+            gateway_pids.append(proc.pid)
         for gateway_id in gateway_ids:
             procs.wait_line(gateway_id, b" on coap://")
         anchors = [keys.public_key_pem(world.author_key.public_key()).decode()]
         report_seed = secrets.token_hex(32)
-        per = math.ceil(n / args.sim_processes)
+        sim_processes = max(args.sim_processes, gateways) if args.dtls else args.sim_processes
+        per = math.ceil(n / sim_processes)
         meter.start()
+        gateway_cpu = [cpu_seconds(pid) or 0.0 for pid in gateway_pids]
         start = time.perf_counter()
-        for k in range(args.sim_processes):
+        for k in range(sim_processes):
             count = min(per, n - k * per)
             if count <= 0:
                 break
             spec_file = log_dir / f"sim-{k}.json"
             spec: dict[str, Any] = {
-                "server": f"coap://127.0.0.1:{port}",
+                "server": (
+                    f"coaps://127.0.0.1:{dtls_ports[k % gateways][0]}"
+                    if args.dtls
+                    else f"coap://127.0.0.1:{port}"
+                ),
                 "count": count,
                 "first": k * per,
                 "vendor_id": str(world.vendor.uuid),
@@ -306,6 +351,7 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
                 "lifetime": 3600,
                 "register_concurrency": args.register_concurrency,
                 "report_seed": report_seed,
+                "psk_seed": psk_seed,
             }
             # Provisioning: each device's report key registered before it first registers.
             device_report_keys_register(
@@ -331,6 +377,20 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         register_s = max(s.status["last_registered"] for s in sims) - min(
             s.status["started_at"] for s in sims
         )
+        if args.dtls:
+            result["dtls"] = [
+                {
+                    "handshakes": handshakes(metrics).get("completed", 0.0),
+                    "cpu": (cpu_seconds(pid) or 0.0) - before,
+                }
+                for (_, metrics), pid, before in zip(
+                    dtls_ports, gateway_pids, gateway_cpu, strict=True
+                )
+            ]
+            result["dtls_devices"] = {
+                name: sum(s.status.get("dtls", {}).get(name, 0) for s in sims)
+                for name in ("handshakes", "retransmissions", "restarts")
+            }
         while Device.objects.filter(online=True, firmware_version="1.0.0").count() < n:
             if time.monotonic() > deadline:
                 raise SystemExit("the registry did not show the fleet in time")
@@ -456,6 +516,7 @@ def run(gateways: int, args: argparse.Namespace, storage: str) -> dict[str, Any]
             "--timeout", str(args.timeout),
             "--register-concurrency", str(args.register_concurrency),
             *(["--register-only"] if args.register_only else []),
+            *(["--dtls"] if args.dtls else []),
         ]  # fmt: skip
         proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -479,6 +540,19 @@ def report_run(r: dict[str, Any], report: Report) -> None:
         print(
             f"    {gateway_id:28} {count:8,} devices, {count / r['register_s']:,.0f} "
             "registrations/s"
+        )
+    for i, gw in enumerate(r.get("dtls", [])):
+        per_cpu = gw["handshakes"] / gw["cpu"] if gw["cpu"] else 0.0
+        print(
+            f"    gateway {i} DTLS            {gw['handshakes']:8,.0f} handshakes, "
+            f"{gw['handshakes'] / r['register_s']:,.0f}/s, {per_cpu:,.0f} per gateway "
+            f"CPU-second ({gw['cpu']:.1f} s CPU over the registration)"
+        )
+    if "dtls_devices" in r:
+        d = r["dtls_devices"]
+        print(
+            f"    devices' side              {d['handshakes']:,} handshakes, "
+            f"{d['retransmissions']:,} flights sent again, {d['restarts']:,} started over"
         )
     built = r["sim_built"]
     baseline = sum(b.get("rss_before", 0) for b in built)
@@ -548,6 +622,9 @@ def main() -> int:
         "--register-only",
         action="store_true",
         help="registrations and memory only (no campaign, no plain download, no goals)",
+    )
+    parser.add_argument(
+        "--dtls", action="store_true", help="devices over DTLS (PSK); prints handshakes/s"
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)

@@ -249,10 +249,15 @@ LWM2M_MAX_REGISTRATIONS = envint("LWM2M_MAX_REGISTRATIONS", 100_000, minimum=1)
 # How often the gateway reloads DevicePSK rows into its in-memory key cache (seconds); a handshake
 # with an unknown identity or a failed key also brings the next reload forward.
 LWM2M_PSK_REFRESH_SECONDS = envint("LWM2M_PSK_REFRESH_SECONDS", 60, minimum=1)
-# A DTLS handshake not completed after this long is dropped and logged (seconds).
-LWM2M_DTLS_HANDSHAKE_TIMEOUT = envint("LWM2M_DTLS_HANDSHAKE_TIMEOUT", 10, minimum=1)
-# Most DTLS sessions one gateway keeps; past it the least recently active one is closed.
-LWM2M_DTLS_MAX_SESSIONS = envint("LWM2M_DTLS_MAX_SESSIONS", 10000, minimum=1)
+# A DTLS handshake whose peer has been silent this long (or that has run four times this long)
+# is dropped and logged (seconds). At least the longest wait of a client's retransmission timer
+# (RFC 6347 4.2.4: doubled from 1 s; mbed TLS gives up after waiting 32 s), or a client still
+# retransmitting loses its handshake; sessions open only for cookie-verified addresses, so a
+# long timeout costs no slot per spoofed ClientHello.
+LWM2M_DTLS_HANDSHAKE_TIMEOUT = envint("LWM2M_DTLS_HANDSHAKE_TIMEOUT", 60, minimum=1)
+# Most DTLS sessions one gateway keeps; past it the least recently active one is closed. A
+# registered DTLS device keeps its session, so this matches LWM2M_MAX_REGISTRATIONS.
+LWM2M_DTLS_MAX_SESSIONS = envint("LWM2M_DTLS_MAX_SESSIONS", 100_000, minimum=1)
 # --- end LwM2M gateway --------------------------------------------------------------------
 
 # --- REST API -------------------------------------------------------------------------------

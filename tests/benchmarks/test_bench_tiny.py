@@ -130,7 +130,40 @@ def test_bench_dtls_tiny() -> None:
     assert re.search(r"^got in: 20 of 20 registered within 60 s ", out, re.MULTILINE), out
     assert re.search(r"^gateway handshakes: completed 20\b", out, re.MULTILINE), out
     assert "INFO handshakes/s per gateway core: " in out, out
+    # The devices came from the load simulator's DTLS clients (the default).
+    assert re.search(r"^device side \(load simulator\): 20 handshakes, ", out, re.M), out
+    assert re.search(r"^INFO gateway memory: RSS grew .* KiB per device in ", out, re.M), out
     _check(status, out, strict=True, goals=1)
+
+
+def test_bench_dtls_tiny_with_the_full_simulator() -> None:
+    _need_postgres()
+    args = ("--devices", "10", "--deadline", "60", "--simulator", "full")
+    status, out = _run("bench_dtls.py", *args, strict=True)
+    assert re.search(r"^got in: 10 of 10 registered within 60 s ", out, re.MULTILINE), out
+    _check(status, out, strict=True, goals=1)
+
+
+def test_bench_dtls_stacks_tiny() -> None:
+    status, out = _run("bench_dtls_stacks.py", "--handshakes", "20", strict=True)
+    for stack in ("tinydtls (DTLSSocket 0.2.3)", "mbed TLS (python-mbedtls 2.10.1)"):
+        line = rf"^INFO {re.escape(stack)}: 20 handshakes .* handshakes per server CPU-second"
+        assert re.search(line, out, re.MULTILINE), out
+    assert "mbed TLS (python-mbedtls 2.10.1): 32-byte key: yes; 64-byte identity: yes" in out
+    _check(status, out, strict=True, goals=0)
+
+
+def test_bench_fleet_tiny_over_dtls() -> None:
+    """The fleet benchmark with DTLS devices prints handshakes per gateway."""
+    _need_postgres()
+    args = ("--devices", "12", "--workers", "1", "--register-only", "--dtls", "--timeout", "300")
+    status, out = _run("bench_fleet.py", *args, strict=False, timeout=900)
+    for gateways in (1, 2):
+        assert f"{gateways} gateway process(es), 12 devices" in out, out
+    line = r"^    gateway \d DTLS +[\d,]+ handshakes, [\d,]+/s, [\d,]+ per gateway CPU-second"
+    assert len(re.findall(line, out, re.MULTILINE)) == 3, out  # 1 + 2 gateways
+    assert re.search(r"^    devices' side +12 handshakes, ", out, re.MULTILINE), out
+    _check(status, out, strict=False, goals=0)
 
 
 @pytest.mark.parametrize("strict", [False, True])

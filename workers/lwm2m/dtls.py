@@ -14,9 +14,11 @@ aiocoap configures it; this module subclasses it to fix what a gateway needs
   became port 1) without ``SO_REUSEPORT`` (a second gateway on the same port fails loudly);
 * the gateway can send requests over a device's session (aiocoap's server transport did not
   recognise its own session objects as remotes, so server-initiated reads would have failed);
-* only a ClientHello opens a session, sessions are capped (least recently active dropped
-  first), and a handshake is dropped once its peer has been silent for the handshake timeout
-  (or after four of them);
+* a ClientHello without a cookie is answered by one stateless verifier context (RFC 6347
+  4.2.1) and only a ClientHello echoing a cookie made for its address opens a session (each
+  session's context takes the verifier's cookie secret), sessions are capped (least recently
+  active dropped first), and a handshake is dropped once its peer has been silent for the
+  handshake timeout (or after four of them);
 * every tinydtls context counts from one clock origin (see "tinydtls's clock"), and a client
   flight that comes again is answered with the flight sent for it, not handed to tinydtls
   (which would start the handshake over);
@@ -467,6 +469,25 @@ def read_records(datagram: bytes) -> list[Record]:
     return out
 
 
+_HELLO_VERIFY_REQUEST = 3
+
+
+def _hello_has_cookie(datagram: bytes) -> bool:
+    """Whether the ClientHello a datagram starts with carries a cookie (else it is answered
+    statelessly with a HelloVerifyRequest: RFC 6347 4.2.1)."""
+    records = read_records(datagram)
+    if not records or records[0].handshake_type != _CLIENT_HELLO:
+        return False
+    hello = parse_client_hello(records[0].fragment)
+    return hello is not None and bool(hello.cookie)
+
+
+def _sends_hello_verify(datagrams: list[bytes]) -> bool:
+    return any(
+        r.handshake_type == _HELLO_VERIFY_REQUEST for d in datagrams for r in read_records(d)
+    )
+
+
 def _opens_session(datagram: bytes) -> bool:
     """Whether a datagram from an address without a session may open one: its first record is
     a plaintext ClientHello."""
@@ -716,6 +737,34 @@ _USER_PARAMETERS_ADDRESS = ctypes.cast(_user_parameters_handler, ctypes.c_void_p
 
 def _pointer_at(address: int) -> int:
     return ctypes.c_void_p.from_address(address).value or 0
+
+
+# The start of tinydtls's dtls_context_t: cookie_secret[12] and cookie_secret_age (a 32-bit
+# clock_time_t in this build), then the peers pointer at 16 (the layout configure_tinydtls
+# checks ends with app at 32 and the handler table at 40).
+_CTX_COOKIE_SECRET_BYTES = 16
+
+
+def share_cookie_secret(source: Any, target: Any) -> None:
+    """Give ``target`` the HelloVerifyRequest cookie secret (and its age) of ``source``, so a
+    cookie ``source`` sent verifies in ``target``. Both must have been through
+    :func:`configure_tinydtls` (which checks the layout this relies on)."""
+    source_ctx = _pointer_at(id(source) + _OBJ_CTX)
+    target_ctx = _pointer_at(id(target) + _OBJ_CTX)
+    if not source_ctx or not target_ctx:
+        raise DTLSUnavailableError("a tinydtls context is missing")
+    ctypes.memmove(target_ctx, source_ctx, _CTX_COOKIE_SECRET_BYTES)
+
+
+def tinydtls_session(sockaddr: Any) -> Any:
+    """The tinydtls session for a peer's address: its cookie is computed over this address, so
+    a cookie fetched from one address does not open a session from another."""
+    from DTLSSocket import dtls
+
+    host, port = str(sockaddr[0]), int(sockaddr[1])
+    if ":" not in host:
+        host = "::ffff:" + host  # DTLSSocket takes IPv6 text only
+    return dtls.Session(host, port)
 
 
 @functools.cache
@@ -980,7 +1029,6 @@ def _define_transport() -> None:
     from aiocoap.transports import simplesocketserver, tinydtls, tinydtls_server
     from aiocoap.transports.generic_udp import GenericMessageInterface
     from aiocoap.util import hostportjoin
-    from DTLSSocket import dtls
 
     class _SessionKeys:
         """The mapping DTLSSocket asks for a key (``in`` then ``[]``), bound to one session."""
@@ -1037,9 +1085,10 @@ def _define_transport() -> None:
                 pskStore=_SessionKeys(self),
             )
             configure_tinydtls(self._dtls_socket)
-            self._dtls_session = dtls.Session(
-                tinydtls_server._SENTINEL_ADDRESS, tinydtls_server._SENTINEL_PORT
-            )
+            # The cookie the peer echoes was made by the pool's stateless verifier.
+            share_cookie_secret(pool.verifier, self._dtls_socket)
+            self.cookie_refused = False  # its ClientHello's cookie did not verify
+            self._dtls_session = tinydtls_session(sockaddr)
             self._retransmission_task = asyncio.create_task(self._run_retransmissions())
 
         @property
@@ -1128,6 +1177,8 @@ def _define_transport() -> None:
                 )
             finally:
                 self._receiving = False
+            if not was_connected and hello is not None and _sends_hello_verify(self._written):
+                self.cookie_refused = True  # a cookie not made for this peer (or too old)
             if self._written and self._flight is not None and not was_connected:
                 # Our answer to the peer's flight (its Finished may come in a datagram of its
                 # own, after the ClientKeyExchange: the answer is the flight's).
@@ -1224,6 +1275,17 @@ def _define_transport() -> None:
                     self.failure,
                 )
 
+        def _read(self, sender: Any, data: bytes) -> int:
+            """A decrypted datagram, to aiocoap. Nothing may escape into tinydtls's C callback
+            (it comes out of handleMessage as a SystemError, the datagram's processing cut
+            half-way): aiocoap 0.4.17 raises InvalidStateError delivering a response to a
+            request whose caller stopped waiting, seen in a 10,000-device burst."""
+            try:
+                self._protocol._message_interface._received_plaintext(self, data)
+            except asyncio.InvalidStateError:
+                log.debug("late response from %s dropped", self.hostinfo)
+            return len(data)
+
         def _write(self, recipient: Any, data: bytes) -> int:
             records = read_records(data)
             self.last_out = describe_records(records)
@@ -1277,7 +1339,7 @@ def _define_transport() -> None:
             if self.closed:
                 return
             self.closed = True
-            if not self.connected:  # the handshake ended without completing
+            if not self.connected and not self.cookie_refused:  # ended without completing
                 self._protocol.handshakes["failed" if self.failure else "dropped"] += 1
             self._retransmission_task.cancel()
             connections = self._protocol._connections
@@ -1342,8 +1404,41 @@ def _define_transport() -> None:
             self.limiter = RateLimiter(interval=10.0, burst=5)
             # Handshakes by outcome (completed, failed, dropped), for the gateway's metrics.
             self.handshakes: collections.Counter[str] = collections.Counter()
+            # The stateless side of the cookie exchange (RFC 6347 4.2.1): a ClientHello without
+            # a cookie, from an address with no session, is answered with a HelloVerifyRequest
+            # by this one context, which keeps no state for it; only a ClientHello that echoes
+            # a cookie made for its address opens a session. A spoofed source address never
+            # sees its cookie, so it costs a HelloVerifyRequest and no session slot.
+            self.verifier = new_context(
+                read=lambda _sender, data: len(data),
+                write=self._verifier_write,
+                event=lambda _level, _code: None,
+                pskId=b"-",
+                pskStore={},
+            )
+            configure_tinydtls(self.verifier)
+            self._verifying: Any = None  # the address the verifier is answering
+            self.cookies_sent = 0
             self._sweeper = loop.create_task(self._sweep())
             return self
+
+        def _verifier_write(self, _recipient: Any, data: bytes) -> int:
+            if self._verifying is not None:
+                self._transport.sendto(bytes(data), self._verifying)
+            return len(data)
+
+        def _verify_hello(self, data: bytes, sockaddr: Any) -> None:
+            """Answer a cookieless ClientHello with a HelloVerifyRequest; no session."""
+            self._verifying = sockaddr
+            self.cookies_sent += 1
+            try:
+                self.verifier.handleMessage(
+                    tinydtls_session(sockaddr), normalise_hello_record_version(data)
+                )
+            except Exception:  # a malformed hello: tinydtls refused it, nothing to keep
+                log.debug("ClientHello from %s not answered", sockaddr, exc_info=True)
+            finally:
+                self._verifying = None
 
         def datagram_received(self, data: bytes, sockaddr: Any) -> None:
             session = self._connections.get(sockaddr)
@@ -1351,6 +1446,9 @@ def _define_transport() -> None:
                 if not _opens_session(data):
                     # Not a ClientHello: nothing to answer. (A later flight of a handshake this
                     # listener dropped would only open a session that cannot complete it.)
+                    return
+                if not _hello_has_cookie(data):
+                    self._verify_hello(data, sockaddr)
                     return
                 while len(self._connections) >= self.max_sessions:
                     _, oldest = next(iter(self._connections.items()))
@@ -1363,8 +1461,12 @@ def _define_transport() -> None:
                     oldest.close(error.LibraryShutdown("DTLS session evicted"))
                 session = _Session(self, sockaddr)
                 self._connections[sockaddr] = session
-            else:
-                self._connections.move_to_end(sockaddr)
+                session.receive(data)
+                if session.cookie_refused:
+                    # tinydtls answered with a fresh HelloVerifyRequest: no state kept.
+                    session.close(tinydtls.FatalDTLSError("cookie not verified"))
+                return
+            self._connections.move_to_end(sockaddr)
             session.receive(data)
 
         def warn(self, kind: str, message: str, *args: Any) -> None:

@@ -111,8 +111,8 @@ class GatewayConfig:
     accept_nosec: bool = True
     psk_refresh_seconds: float = 60.0
     psk_miss_refresh_seconds: float = 2.0
-    dtls_handshake_timeout: float = 10.0
-    dtls_max_sessions: int = 10000
+    dtls_handshake_timeout: float = 60.0
+    dtls_max_sessions: int = 100_000
     # Who may register (workers.lwm2m.admission): "provisioned" (the registry's endpoints only)
     # or "open" (any well-formed name: labs, the demo, simulated fleets).
     admission: str = "provisioned"

@@ -72,6 +72,7 @@ from manifests.suit import report as suit_report
 from workers.lwm2m import content
 from workers.lwm2m.errors import LwM2MError, Object5TransitionError
 from workers.lwm2m.linkformat import ObjectLink, format_registration_payload
+from workers.lwm2m.loaddtls import DTLSLink, psk_for
 from workers.lwm2m.object5 import DeliveryMethod, DeviceFirmwareObject, FwResult, FwState
 from workers.lwm2m.reads import read_answer
 
@@ -138,6 +139,11 @@ class LoadFleetSpec:
     # report key is derived (``report_key``), so a process holds no key per device and the
     # server side can register the public keys from the same seed. Empty: no object 26241.
     report_seed: str = ""
+    # DTLS (``--dtls``): a hex seed from which each device's PSK is derived
+    # (:func:`workers.lwm2m.loaddtls.psk_for`; identity = endpoint), so the server side
+    # provisions the same keys from the seed; the server is then a coaps:// URI.
+    # Empty: NoSec.
+    psk_seed: str = ""
 
     def __post_init__(self) -> None:
         if self.count < 0 or self.first < 0:
@@ -145,8 +151,11 @@ class LoadFleetSpec:
         device_address(self.first + max(self.count - 1, 0))  # within the address plan
         uuid.UUID(self.vendor_id)
         uuid.UUID(self.class_id)
-        if not urlsplit(self.server).scheme == "coap":
-            raise ValueError(f"server {self.server!r} is not a coap:// URI")
+        scheme = "coaps" if self.psk_seed else "coap"
+        if urlsplit(self.server).scheme != scheme:
+            raise ValueError(f"server {self.server!r} is not a {scheme}:// URI")
+        if self.psk_seed:
+            bytes.fromhex(self.psk_seed)
 
 
 @dataclass
@@ -221,6 +230,7 @@ class LoadDevice:
         "fleet",
         "fw",
         "index",
+        "link",
         "location",
         "registered",
         "report",
@@ -257,6 +267,32 @@ class LoadDevice:
         self._last_reply: tuple[int, bytes] | None = None
         # Observed path -> (token, next sequence number).
         self._observers: dict[tuple[int, ...], list[Any]] | None = None
+        # The DTLS session (a spec with ``psk_seed``), else None: CoAP goes out as it is.
+        self.link: DTLSLink | None = None
+        if spec.psk_seed:
+            self.link = DTLSLink(
+                identity=self.endpoint.encode(),
+                key=psk_for(spec.psk_seed, self.endpoint),
+                send_raw=self._send_raw,
+                deliver=self.received,
+            )
+
+    def _send_raw(self, data: bytes) -> None:
+        self.fleet.send(self.addr, data)
+
+    def send(self, data: bytes) -> None:
+        """A CoAP message to the server (over the device's DTLS session if it has one)."""
+        if self.link is None:
+            self.fleet.send(self.addr, data)
+        else:
+            self.link.send(data)
+
+    def datagram(self, data: bytes) -> None:
+        """A datagram from the server to this device's address."""
+        if self.link is None:
+            self.received(data)
+        else:
+            self.link.received(data)
 
     # outgoing requests
 
@@ -267,6 +303,9 @@ class LoadDevice:
     async def request(self, message: aiocoap.Message) -> aiocoap.Message:
         """Send ``message`` confirmable and return the response (piggybacked or separate)."""
         loop = asyncio.get_running_loop()
+        if self.link is not None:
+            # The handshake has its own timers (RFC 6347); the exchange's start after it.
+            await self.link.ready()
         token = secrets.token_bytes(4)
         message.mtype = Type.CON
         message.mid = self._next_mid()
@@ -279,13 +318,13 @@ class LoadDevice:
         deadline = loop.time() + EXCHANGE_SECONDS
         timeout = ACK_TIMEOUT * (1 + random.random() * (ACK_RANDOM_FACTOR - 1))  # noqa: S311
         try:
-            self.fleet.send(self.addr, data)
+            self.send(data)
             for _ in range(MAX_RETRANSMIT + 1):
                 done, _pending = await asyncio.wait({exchange.future}, timeout=timeout)
                 if done or exchange.acked:
                     break
                 self.fleet.stats.retransmissions += 1
-                self.fleet.send(self.addr, data)
+                self.send(data)
                 timeout *= 2
             remaining = deadline - loop.time()
             return await asyncio.wait_for(exchange.future, timeout=max(remaining, 0.0))
@@ -367,7 +406,7 @@ class LoadDevice:
         if message.mtype is Type.CON:
             ack = aiocoap.Message(code=Code.EMPTY)
             ack.mtype, ack.mid, ack.token = Type.ACK, message.mid, b""
-            self.fleet.send(self.addr, ack.encode())
+            self.send(ack.encode())
         exchange = (self._exchanges or {}).get(message.token)
         if exchange is not None and not exchange.future.done():
             exchange.future.set_result(message)
@@ -379,7 +418,7 @@ class LoadDevice:
         data = response.encode()
         if request.mtype is Type.CON:
             self._last_reply = (request.mid, data)
-        self.fleet.send(self.addr, data)
+        self.send(data)
 
     def _serve(self, request: aiocoap.Message) -> None:
         if (
@@ -387,7 +426,7 @@ class LoadDevice:
             and self._last_reply is not None
             and self._last_reply[0] == request.mid
         ):
-            self.fleet.send(self.addr, self._last_reply[1])  # a repeat: the same reply again
+            self.send(self._last_reply[1])  # a repeat: the same reply again
             return
         try:
             path = content.parse_path("/" + "/".join(request.opt.uri_path))
@@ -529,7 +568,7 @@ class LoadDevice:
         self.fleet.stats.notifications += 1
         try:
             for _ in range(MAX_RETRANSMIT + 1):
-                self.fleet.send(self.addr, data)
+                self.send(data)
                 await asyncio.sleep(timeout)
                 if exchange.acked or exchange.future.done():
                     return
@@ -767,7 +806,7 @@ class LoadFleet:
                 if level == socket.IPPROTO_IP and kind == IP_PKTINFO:
                     device = self.by_addr.get(_PKTINFO.unpack(value)[2])
                     if device is not None:
-                        device.received(data)
+                        device.datagram(data)
 
     # bookkeeping shared by the devices
 
@@ -903,7 +942,21 @@ class LoadFleet:
         await asyncio.gather(*(one(d) for d in self.devices))
         return ok, failed
 
+    def dtls_figures(self) -> dict[str, int]:
+        """The fleet's DTLS sessions: up now, handshakes completed, flights sent again,
+        handshakes given up and started over (all 0 without DTLS)."""
+        links = [d.link for d in self.devices if d.link is not None]
+        return {
+            "connected": sum(1 for link in links if link.connected),
+            "handshakes": sum(link.handshakes for link in links),
+            "retransmissions": sum(link.retransmissions for link in links),
+            "restarts": sum(link.restarts for link in links),
+        }
+
     async def stop(self) -> None:
+        for device in self.devices:
+            if device.link is not None:
+                device.link.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
@@ -932,15 +985,18 @@ def _status(fleet: LoadFleet, **extra: Any) -> str:
             "started_at": fleet.started_at,
             "last_registered": fleet.last_registered,
             "stats": dataclasses.asdict(fleet.stats),
+            "dtls": fleet.dtls_figures(),
             **extra,
         },
         sort_keys=True,
     )
 
 
-async def serve(spec: LoadFleetSpec, *, status_seconds: float) -> None:
+async def serve(spec: LoadFleetSpec, *, status_seconds: float, wait_for_go: bool = False) -> None:
     """Run one load fleet until stdin closes. Prints one JSON line per ``status_seconds`` and
-    one answer per command line read from stdin:
+    one answer per command line read from stdin (with ``wait_for_go``, the devices are built
+    and start registering only when the line ``go`` is read: processes of one burst start
+    together):
 
     ``status`` -> the status line; ``download URI CONCURRENCY`` -> every device downloads the
     envelope at URI and its payload (no campaign), answered with
@@ -953,10 +1009,13 @@ async def serve(spec: LoadFleetSpec, *, status_seconds: float) -> None:
     fleet = LoadFleet(spec)
     built = rss_bytes()
     print(json.dumps({"built": len(fleet.devices), "rss_before": before, "rss": built}), flush=True)
-    started = time.monotonic()
-    await fleet.start()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    if wait_for_go:
+        while (await reader.readline()).strip() not in (b"go", b""):
+            pass
+    started = time.monotonic()
+    await fleet.start()
 
     async def report() -> None:
         while True:
@@ -995,14 +1054,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("spec", help="JSON file of LoadFleetSpec fields")
     parser.add_argument("--status-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--dtls",
+        metavar="PSK_SEED",
+        help="DTLS (PSK) to a coaps:// server; each device's key derives from this hex seed "
+        "(the spec's psk_seed)",
+    )
+    parser.add_argument(
+        "--wait-for-go", action="store_true", help="build the devices, register on a 'go' line"
+    )
     args = parser.parse_args(argv)
     with open(args.spec) as f:
         try:
-            spec = LoadFleetSpec(**json.load(f))
+            fields = json.load(f)
+            if args.dtls:
+                fields["psk_seed"] = args.dtls
+            spec = LoadFleetSpec(**fields)
         except (TypeError, ValueError) as exc:
             parser.error(f"{args.spec}: {exc}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(serve(spec, status_seconds=args.status_seconds))
+    asyncio.run(serve(spec, status_seconds=args.status_seconds, wait_for_go=args.wait_for_go))
     return 0
 
 

@@ -11,6 +11,7 @@ tinydtls used to refuse that with a fatal handshake_failure. Keys are provisione
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import aiocoap
@@ -23,18 +24,22 @@ from tests.workers.lwm2m.dtls_peer import (
     ANJAY_MBEDTLS,
     APPLICATION_DATA,
     CHANGE_CIPHER_SPEC,
+    CLIENT_HELLO,
     EMPTY_RENEGOTIATION_INFO_SCSV,
     EXTENDED_MASTER_SECRET,
     HANDSHAKE,
+    HELLO_VERIFY_REQUEST,
     PSK_AES_128_CCM,
     PSK_AES_128_CCM_8,
     PSK_AES_128_GCM_SHA256,
     RENEGOTIATION_INFO,
+    SERVER_HELLO,
     WAKAAMA_ECC_AND_PSK,
     WAKAAMA_PSK,
     AlertReceived,
     HelloShape,
     PSKClient,
+    client_hello_body,
 )
 from workers.lwm2m.admission import peer_address
 from workers.lwm2m.bus import InMemoryCommandBus
@@ -369,3 +374,59 @@ def test_retransmitted_final_flight_gets_the_servers_finished_again(
     finally:
         client.close()
     assert response.code == Code.CREATED
+
+
+def _send_hello(client: PSKClient, random: bytes, cookie: bytes) -> tuple[int, bytes]:
+    """A ClientHello (with ``cookie``, maybe empty): the type and body of the answer."""
+    body = client_hello_body(client.shape, random, cookie)
+    client.send_record(HANDSHAKE, client._handshake_message(CLIENT_HELLO, body, hashed=False))
+    msg_type, answer, _ = client._next_handshake()
+    return msg_type, answer
+
+
+def test_spoofed_client_hellos_get_a_cookie_and_no_session(gateway: GatewayThread) -> None:
+    """ClientHellos from a source that never echoes its cookie (a spoofed address never sees
+    it) are answered statelessly (RFC 6347 4.2.1): no session, so no slot and no timer each;
+    tinydtls alone kept a context per source address until the handshake timeout."""
+    listener = gateway.gateway.dtls
+    assert listener is not None
+    client = _client(gateway)
+    try:
+        for _ in range(20):
+            msg_type, _ = _send_hello(client, os.urandom(32), b"")
+            assert msg_type == HELLO_VERIFY_REQUEST
+        assert listener.sessions == {}
+        wait_for(lambda: listener.interface._pool.cookies_sent >= 20, 5)
+    finally:
+        client.close()
+    client = _client(gateway)  # a real device still gets in
+    try:
+        client.handshake()
+        assert _register(client).code == Code.CREATED
+    finally:
+        client.close()
+
+
+def test_cookie_fetched_from_another_address_opens_no_session(gateway: GatewayThread) -> None:
+    """A cookie is bound to the address it was sent to: replayed from another source (an
+    attacker fetching one cookie to open sessions for spoofed addresses) it gets a fresh
+    HelloVerifyRequest, and no session stays open for that source."""
+    listener = gateway.gateway.dtls
+    assert listener is not None
+    fetcher, replayer = _client(gateway), _client(gateway)
+    try:
+        random = os.urandom(32)
+        msg_type, body = _send_hello(fetcher, random, b"")
+        assert msg_type == HELLO_VERIFY_REQUEST
+        cookie = body[3 : 3 + body[2]]
+        msg_type, body = _send_hello(replayer, random, cookie)
+        assert msg_type == HELLO_VERIFY_REQUEST  # not a ServerHello
+        assert body[3 : 3 + body[2]] != cookie
+        wait_for(lambda: listener.sessions == {}, 5)
+        # The same cookie from the address it was made for opens the handshake.
+        msg_type, _ = _send_hello(fetcher, random, cookie)
+        assert msg_type == SERVER_HELLO
+        assert len(listener.sessions) == 1
+    finally:
+        fetcher.close()
+        replayer.close()
