@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from campaigns import events
-from campaigns.device_services import device_command_create
+from campaigns.device_services import device_command_create, device_installed_images_record
 from campaigns.models import (
     IN_FLIGHT_STATES,
     ROLLOUT_PAYLOAD_DELTA,
@@ -289,8 +289,13 @@ def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -
 
 
 def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
-    """Updating rollouts whose device reports the manifest's version with result 1 succeed."""
+    """Updating rollouts whose device reports the manifest's version with result 1 succeed.
+
+    Each success is the device's install of the manifest's image through the product: once the
+    confirmation committed, the image's digest is recorded as the device's installed image
+    (``device_installed_images_record``), whichever event (or the engine's pass) completed it."""
     confirmed = 0
+    succeeded: list[Any] = []
     candidates = (
         rollouts.filter(state=RolloutState.UPDATING, fw_result=1)
         # A SUIT device's success needs its verified report (module docstring).
@@ -310,10 +315,13 @@ def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
             )
         except VersionError:
             same = False
-        if same:
-            confirmed += Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
-                state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail="", updated_at=now
-            )
+        if same and Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
+            state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail="", updated_at=now
+        ):
+            confirmed += 1
+            succeeded.append(rollout.pk)
+    if succeeded:
+        transaction.on_commit(lambda: device_installed_images_record(rollout_ids=succeeded))
     return confirmed
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import sys
 from typing import Any
 
@@ -15,9 +16,13 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from campaigns import delivery, engine, planning, rollouts, selectors, services
-from campaigns.device_services import device_fw_installed, device_info_record
-from campaigns.events import CommandResult
-from campaigns.models import DeviceCommand, Rollout, RolloutState
+from campaigns.device_services import (
+    device_fw_installed,
+    device_info_record,
+    device_installed_images_record,
+)
+from campaigns.events import CommandResult, DeviceInfo, FwInstalled
+from campaigns.models import Device, DeviceCommand, Rollout, RolloutState
 from campaigns.spec import parse_spec
 from campaigns.wording import rollout_text
 from manifests import services as release_services
@@ -27,9 +32,10 @@ from manifests.images import delta as deltas
 from manifests.images import imgtool
 from manifests.models import FirmwareDelta
 from manifests.selectors import manifest_params
-from tests.campaigns.support import Catalog, make_devices, spec_text
+from tests.campaigns.support import Catalog, make_devices, signed_report, spec_text
 from tests.conftest import REPO_ROOT
 from tests.helpers.deployment import DEFAULT_APPROVERS, release_from_envelope
+from workers.tasks import device_event_task
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from _firmware_builds import build_program
@@ -202,6 +208,104 @@ def test_installed_digest_is_recorded_on_confirmed_install_and_cleared_on_anothe
     device_info_record(endpoint=device.endpoint, firmware_version="9.9.9")
     device.refresh_from_db()
     assert device.installed_image_digest == ""
+
+
+# The three events a confirmed install brings: the gateway's command result (Update Result 1,
+# with the device's signed report), its fw_installed, and the device information read at the
+# registration after the reboot (the new version). Their order varies: the gateway follows the
+# update and reads the new registration concurrently, and event batches may be applied by
+# concurrent workers.
+SUCCESS_EVENTS = ("command_result", "fw_installed", "device_info")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(SUCCESS_EVENTS)))
+def test_installed_digest_is_recorded_whatever_order_the_success_events_arrive_in(
+    catalog: Catalog, order: tuple[str, ...], django_capture_on_commit_callbacks: Any
+) -> None:
+    (device,) = make_devices(
+        catalog, 1, prefix="d", model="thermo-v2", installed_image_digest="ab" * 32
+    )
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("order")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    manifest = catalog.release.manifest
+    stamp = {"gateway_id": "gw-none", "at": now.timestamp()}
+    events = {
+        "command_result": CommandResult(
+            command_id=str(rollout.command_id),
+            ok=True,
+            result={"phase": "succeeded", "result": 1},
+            suit_report=signed_report(rollout),
+            endpoint=device.endpoint,
+            **stamp,
+        ),
+        "fw_installed": FwInstalled(
+            endpoint=device.endpoint, manifest_digest=manifest.manifest_digest, **stamp
+        ),
+        "device_info": DeviceInfo(
+            endpoint=device.endpoint,
+            manufacturer="Acme Sensors",
+            model="thermo-v2",
+            firmware_version=manifest.version,
+            **stamp,
+        ),
+    }
+    for kind in order:
+        with django_capture_on_commit_callbacks(execute=True):
+            device_event_task.run(events[kind].to_dict())
+    rollout.refresh_from_db()
+    device.refresh_from_db()
+    assert rollout.state == RolloutState.SUCCEEDED
+    assert (device.firmware_version, device.installed_image_digest) == (
+        manifest.version,
+        manifest.image_digest,
+    )
+
+
+def test_installed_digest_is_recorded_when_the_engine_confirms_the_success(
+    catalog: Catalog, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Two events applied in concurrent transactions each saw half of the success (the result
+    without the version, the version without the result): the engine's pass confirms it, and
+    the image is recorded then."""
+    (device,) = make_devices(catalog, 1, prefix="d", model="thermo-v2")
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("skew")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    manifest = catalog.release.manifest
+    Rollout.objects.filter(pk=rollout.pk).update(
+        state=RolloutState.UPDATING, fw_result=1, report_verdict=rollouts.REPORT_VERIFIED
+    )
+    Device.objects.filter(pk=device.pk).update(firmware_version=manifest.version)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = engine.campaign_reconcile(campaign.pk, now=now)
+    assert report is not None and report.succeeded == 1
+    device.refresh_from_db()
+    assert device.installed_image_digest == manifest.image_digest
+
+
+def test_installed_digest_is_not_recorded_for_a_device_reporting_another_version_since(
+    catalog: Catalog,
+) -> None:
+    (device,) = make_devices(catalog, 1, prefix="d", model="thermo-v2")
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("since")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.SUCCEEDED)
+    # Another version was reported between the confirmation and the recording.
+    Device.objects.filter(pk=device.pk).update(firmware_version="1.3.0")
+    assert device_installed_images_record(rollout_ids=[rollout.pk]) == 0
+    device.refresh_from_db()
+    assert device.installed_image_digest == ""
+    Device.objects.filter(pk=device.pk).update(firmware_version=catalog.release.manifest.version)
+    assert device_installed_images_record(rollout_ids=[rollout.pk]) == 1
+    assert device_installed_images_record(rollout_ids=[rollout.pk]) == 0  # already known
 
 
 def _dispatch(catalog: Catalog, now: dt.datetime, campaign: Any) -> Rollout:
