@@ -21,7 +21,7 @@ from campaigns.device_services import (
     device_info_record,
     device_installed_images_record,
 )
-from campaigns.events import CommandResult, DeviceInfo, FwInstalled
+from campaigns.events import CommandResult, DeviceInfo, FwInstalled, FwStatus
 from campaigns.models import Device, DeviceCommand, Rollout, RolloutState
 from campaigns.spec import parse_spec
 from campaigns.wording import rollout_text
@@ -388,6 +388,101 @@ def test_failed_delta_falls_back_to_the_full_image_once_as_one_attempt(
         "fallback",
     )
     assert rollout.attempts == 1
+
+
+def _delta_rollout(catalog: Catalog, programs: tuple[bytes, bytes], profile: str) -> Rollout:
+    """One device of ``profile`` dispatched a delta on its recorded image."""
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    suit_class = profile == "suit"
+    _release(catalog, new, precursors=(bytes.fromhex(old.sha256),) if suit_class else ())
+    release_services.device_class_update(
+        device_class=catalog.thermo, delivery=profile, delta_updates=True, actor=catalog.admin
+    )
+    make_devices(catalog, 1, prefix="known", installed_image_digest=old.sha256)
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("wrong-base", release="thermo-1.2.0")),
+        actor=catalog.ops,
+        now=now,
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    assert rollout.payload == "delta"
+    return rollout
+
+
+def _refused(rollout: Rollout, *, report: str = "", refusal: str | None = None) -> Rollout:
+    """The device ends the attempt with Update Result 6: its Object 5 report (which decides
+    nothing for a delta: Result 6 alone does not say why), then the gateway's command result."""
+    state = rollout.state
+    endpoint = rollout.device.endpoint
+    rollouts.rollouts_apply_event(event=FwStatus(endpoint=endpoint, state=0, result=6))
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.payload) == (state, "delta")
+    result: dict[str, Any] = {"phase": "downloading", "result": 6}
+    if refusal is not None:
+        result["refusal"] = refusal
+    rollouts.rollouts_apply_event(
+        event=CommandResult(
+            command_id=str(rollout.command_id),
+            ok=False,
+            result=result,
+            error_code="lwm2m.fw_update_failed",
+            error="update downloading with result 6",
+            permanent=True,
+            suit_report=report,
+        ),
+        now=timezone.now(),
+    )
+    rollout.refresh_from_db()
+    return rollout
+
+
+def _delta_failure(rollout: Rollout) -> str:
+    """The failed delta's reason, kept as the start of the fallback's detail."""
+    assert (rollout.state, rollout.payload, rollout.reason) == (
+        RolloutState.PENDING,
+        "fallback",
+        "delta_fallback",
+    )
+    return rollout.detail.split(":", 1)[0]
+
+
+def test_delta_to_the_wrong_base_is_recorded_as_wrong_precursor_from_the_signed_report(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    rollout = _delta_rollout(catalog, programs, "suit")
+    report = signed_report(rollout, failure_code="device.wrong_precursor")
+    rollout = _refused(rollout, report=report, refusal="wrong_precursor")
+    assert _delta_failure(rollout) == "wrong_precursor"
+    assert rollout.report_verdict == "report_failure"
+    audited = AuditEvent.objects.get(action="rollout.device_report")
+    assert "wrong precursor" in audited.details["detail"]
+
+
+def test_wrong_precursor_claim_of_a_suit_device_without_its_signed_report_is_not_taken(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    """The gateway's Package Name reading is no SUIT device's word: its report (here a generic
+    failure, then none) decides, and Result 6 stays an unsupported package."""
+    rollout = _delta_rollout(catalog, programs, "suit")
+    report = signed_report(rollout, failure_code="device.download_failed")
+    rollout = _refused(rollout, report=report, refusal="wrong_precursor")
+    assert _delta_failure(rollout) == "unsupported_package"
+
+
+@pytest.mark.parametrize(
+    ("refusal", "reason"),
+    [("wrong_precursor", "wrong_precursor"), (None, "unsupported_package")],
+)
+def test_delta_to_the_wrong_base_of_an_image_device_is_recorded_as_wrong_precursor(
+    catalog: Catalog, programs: tuple[bytes, bytes], refusal: str | None, reason: str
+) -> None:
+    """An MCUboot device says it by Result 6 and the Package Name convention (the gateway's
+    ``refusal``); Result 6 alone (a real client that cannot take the format) stays
+    ``unsupported_package``."""
+    rollout = _delta_rollout(catalog, programs, "image")
+    assert _delta_failure(_refused(rollout, refusal=refusal)) == reason
 
 
 def test_device_whose_installed_digest_is_unknown_is_dispatched_the_full_image(

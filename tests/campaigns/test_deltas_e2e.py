@@ -13,6 +13,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from audit.models import AuditEvent
 from campaigns import engine, planning, selectors, services
 from campaigns.models import Campaign, CampaignStatus, Device, Rollout, RolloutState
 from campaigns.spec import parse_spec
@@ -101,6 +102,13 @@ def test_fleet_gets_deltas_and_a_wrong_base_falls_back_to_the_full_image(
     }
     devices = embedded.fleet.devices
     assert "refused device.wrong_precursor" in devices[STRAY].events
+    # The server recorded the refusal as the wrong base, from the device's signed report.
+    refusals = AuditEvent.objects.filter(
+        action="rollout.device_report", details__endpoint=STRAY, details__verdict="report_failure"
+    )
+    assert [e.details["detail"] for e in refusals] == [
+        "device report: failure (wrong precursor, condition-failed) at command 3 in section 20"
+    ]
     assert all("delta applied" in devices[ep].events for ep in devices if ep != STRAY)
     assert all(d.installed_image == storage.read(new.sha256) for d in devices.values())
     # The server now knows each device's image exactly again: the next release can be a delta
