@@ -310,6 +310,7 @@ SPECTACULAR_SETTINGS = {
         "ReleaseStatusEnum": "manifests.models.ReleaseStatus",
         "CampaignStatusEnum": "campaigns.models.CampaignStatus",
         "WebhookDeliveryStatusEnum": "api.models.DeliveryStatus",
+        "PayloadKeyStatusEnum": "manifests.models.PayloadKeyStatus",
     },
 }
 # Outbound webhooks: HTTP timeout per attempt (seconds), attempts before a delivery is marked
