@@ -44,6 +44,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (manifest_errors.SequenceNumberConflictError, status.HTTP_409_CONFLICT),
     (manifest_errors.KeyExistsError, status.HTTP_409_CONFLICT),
     (manifest_errors.KeyStateError, status.HTTP_409_CONFLICT),
+    (manifest_errors.PayloadKeyStateError, status.HTTP_409_CONFLICT),
     (manifest_errors.ImmutableRecordError, status.HTTP_409_CONFLICT),
     (manifest_errors.ReleaseExistsError, status.HTTP_409_CONFLICT),
     (manifest_errors.ReleaseStateError, status.HTTP_409_CONFLICT),

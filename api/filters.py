@@ -35,9 +35,12 @@ from manifests.models import (
     DeviceClass,
     DeviceTrustPolicy,
     FirmwareImage,
+    ImageEncryptionKey,
     KeyStatus,
     Manifest,
+    PayloadEncryptionKey,
     PayloadFormat,
+    PayloadKeyStatus,
     PolicyKind,
     Release,
     ReleaseKind,
@@ -223,6 +226,24 @@ class KeyFilter(StrictFilterSet):
     class Meta:
         model = SigningKey
         fields = ["owner", "status", "algorithm"]
+
+
+class PayloadKeyFilter(StrictFilterSet):
+    device_class = IdFilter("device_class_id")
+    status = df.ChoiceFilter(choices=PayloadKeyStatus.choices)
+
+    class Meta:
+        model = PayloadEncryptionKey
+        fields = ["device_class", "status"]
+
+
+class ImageKeyFilter(StrictFilterSet):
+    device_class = IdFilter("device_class_id")
+    status = df.ChoiceFilter(choices=PayloadKeyStatus.choices)
+
+    class Meta:
+        model = ImageEncryptionKey
+        fields = ["device_class", "status", "kind"]
 
 
 class PolicyFilter(StrictFilterSet):

@@ -33,8 +33,10 @@ from manifests.models import (
     DeviceClass,
     DeviceTrustPolicy,
     FirmwareImage,
+    ImageEncryptionKey,
     Manifest,
     ManifestProfile,
+    PayloadEncryptionKey,
     PolicyKind,
     Release,
     ReleaseKind,
@@ -536,6 +538,94 @@ class KeyRevokeSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=2000)
     effective_at = serializers.DateTimeField(
         required=False, allow_null=True, default=None, help_text="default now; may be past"
+    )
+
+
+class PayloadKeySerializer(serializers.ModelSerializer):
+    """A class key-encryption key as the API shows it: its kid and facts, never its bytes."""
+
+    created_by = UsernameField(read_only=True)
+    algorithm = serializers.SerializerMethodField(help_text="A128KW or A256KW")
+
+    class Meta:
+        model = PayloadEncryptionKey
+        fields = [
+            "kid",
+            "device_class",
+            "algorithm",
+            "size",
+            "status",
+            "created_by",
+            "created_at",
+            "retired_at",
+        ]
+        read_only_fields = fields
+
+    def get_algorithm(self, key: PayloadEncryptionKey) -> str:
+        return f"A{8 * key.size}KW"
+
+
+class KeyFileField(serializers.CharField):
+    """A key file's content, base64: the raw 16 or 32 bytes, or their hex. Never echoed back,
+    not even in an error."""
+
+    def to_internal_value(self, data: Any) -> bytes:  # type: ignore[override]
+        text = super().to_internal_value(data)
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise serializers.ValidationError("not base64") from None
+
+
+class PayloadKeyCreateSerializer(serializers.Serializer):
+    device_class = serializers.PrimaryKeyRelatedField(queryset=DeviceClass.objects.all())
+    key_file = KeyFileField(
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=200,
+        write_only=True,
+        help_text="a key file's content, base64 (raw 16/32 bytes or their hex); default: the "
+        "server generates a 16-byte key",
+    )
+
+
+class PayloadKeyRotateSerializer(serializers.Serializer):
+    key_file = KeyFileField(
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=200,
+        write_only=True,
+        help_text="a key file's content, base64 (raw 16/32 bytes or their hex); default: the "
+        "server generates a 16-byte key",
+    )
+
+
+class ImageKeySerializer(serializers.ModelSerializer):
+    """A class's MCUboot image encryption key: public, so shown whole."""
+
+    created_by = UsernameField(read_only=True)
+
+    class Meta:
+        model = ImageEncryptionKey
+        fields = [
+            "kid",
+            "device_class",
+            "kind",
+            "public_key_pem",
+            "status",
+            "created_by",
+            "created_at",
+            "retired_at",
+        ]
+        read_only_fields = fields
+
+
+class ImageKeySetSerializer(serializers.Serializer):
+    device_class = serializers.PrimaryKeyRelatedField(queryset=DeviceClass.objects.all())
+    public_key_pem = serializers.CharField(
+        max_length=10_000, help_text="P-256 or X25519 public key (PEM) the devices decrypt with"
     )
 
 

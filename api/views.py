@@ -40,8 +40,8 @@ from campaigns.fleet import DeviceFilter, TagChange
 from campaigns.models import Campaign, Device, DeviceGroup, EmergencyStop, Rollout
 from campaigns.spec import parse_spec
 from campaigns.trust_holdings import protection_of, trust_holders, trust_holdings
-from manifests import device_trust, services, suit
-from manifests.errors import PermissionDeniedError, TrustPolicyStateError
+from manifests import device_trust, payload_keys, services, suit
+from manifests.errors import PayloadEncryptionError, PermissionDeniedError, TrustPolicyStateError
 from manifests.models import (
     Delegation,
     DeliveryMethod,
@@ -49,8 +49,10 @@ from manifests.models import (
     DeviceClass,
     DeviceTrustPolicy,
     FirmwareImage,
+    ImageEncryptionKey,
     Manifest,
     ManifestProfile,
+    PayloadEncryptionKey,
     Release,
     ReleasePolicy,
     Role,
@@ -668,6 +670,76 @@ class KeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gene
             actor=request.user,
         )
         return Response(s.KeySerializer(key).data)
+
+
+def _key_file(content: bytes | None) -> bytes | None:
+    """The key a key file's content holds; its bytes never reach the message of a refusal."""
+    if content is None:
+        return None
+    try:
+        return payload_keys.read_kek_file(content)
+    except payload_keys.PayloadKeyError as exc:
+        raise PayloadEncryptionError(str(exc)) from None
+
+
+class PayloadKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Class key-encryption keys of encrypted SUIT payloads (docs/suit.md, "Encrypted
+    payloads"). Answers carry kids and facts only: the key bytes stay encrypted at rest."""
+
+    queryset = PayloadEncryptionKey.objects.select_related("created_by")
+    serializer_class = s.PayloadKeySerializer
+    filterset_class = filters.PayloadKeyFilter
+    lookup_field = "kid"
+    lookup_value_regex = "[0-9a-f]+"
+    ordering_fields = ["created_at"]
+
+    @extend_schema(request=s.PayloadKeyCreateSerializer, responses={201: s.PayloadKeySerializer})
+    def create(self, request: Request) -> Response:
+        """A new active key for the class, generated or imported from a key file's content;
+        the class's active key, if any, is retired."""
+        data = _validated(s.PayloadKeyCreateSerializer, request)
+        key = services.payload_key_rotate(
+            device_class=data["device_class"],
+            key=_key_file(data["key_file"]),
+            actor=request.user,
+        )
+        return Response(s.PayloadKeySerializer(key).data, status=201)
+
+    @extend_schema(request=s.PayloadKeyRotateSerializer, responses={201: s.PayloadKeySerializer})
+    @action(detail=True, methods=["post"])
+    def rotate(self, request: Request, kid: str) -> Response:
+        """Replace this key, if it is still its class's active one (409 otherwise)."""
+        key = self.get_object()
+        data = _validated(s.PayloadKeyRotateSerializer, request)
+        new = services.payload_key_rotate(
+            device_class=key.device_class,
+            key=_key_file(data["key_file"]),
+            replaces=key.kid,
+            actor=request.user,
+        )
+        return Response(s.PayloadKeySerializer(new).data, status=201)
+
+
+class ImageKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The public keys classes' MCUboot decrypts images with (``imgtool sign --encrypt``)."""
+
+    queryset = ImageEncryptionKey.objects.select_related("created_by")
+    serializer_class = s.ImageKeySerializer
+    filterset_class = filters.ImageKeyFilter
+    lookup_field = "kid"
+    lookup_value_regex = "[0-9a-f]+"
+    ordering_fields = ["created_at"]
+
+    @extend_schema(request=s.ImageKeySetSerializer, responses={201: s.ImageKeySerializer})
+    def create(self, request: Request) -> Response:
+        """Set the class's image key; the active one, if another, is retired."""
+        data = _validated(s.ImageKeySetSerializer, request)
+        key = services.image_encryption_key_set(
+            device_class=data["device_class"],
+            public_key_pem=data["public_key_pem"],
+            actor=request.user,
+        )
+        return Response(s.ImageKeySerializer(key).data, status=201)
 
 
 class PolicyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):

@@ -694,6 +694,44 @@ def device_fw_installed(
         return device
 
 
+def device_installed_images_record(*, rollout_ids: list[Any]) -> int:
+    """Record the image each of these just-confirmed rollouts installed as its device's
+    ``installed_image_digest``, where the device still reports the manifest's version.
+
+    A confirmed success (``campaigns.rollouts.confirm_successes``: Update Result 1, the
+    reported version equal to the manifest's, and for SUIT devices a verified report) is the
+    install through the product, whichever of the device's events came last: the gateway's
+    ``fw_installed`` may be applied before the registration's device information carries the
+    new version (``device_fw_installed`` then cannot record it), and two events applied in
+    concurrent transactions may each see only half of the success, leaving it to the engine's
+    pass. Called after the confirmation committed; each device is locked alone, in its own
+    transaction (no lock held while waiting for another, whatever order event batches lock
+    devices in), and a version reported meanwhile wins. Returns the number of devices
+    recorded."""
+    from manifests.versions import VersionError, parse_version
+
+    if not rollout_ids:
+        return 0
+    installs = Rollout.objects.filter(
+        pk__in=rollout_ids, state=RolloutState.SUCCEEDED, manifest__isnull=False
+    ).values_list("device_id", "manifest__version", "manifest__image_digest")
+    recorded = 0
+    for device_id, version, digest in sorted(installs):
+        with transaction.atomic():
+            device = Device.objects.select_for_update().filter(pk=device_id).first()
+            if device is None or not digest or device.installed_image_digest == digest:
+                continue
+            try:
+                same = parse_version(device.firmware_version or "") == parse_version(version)
+            except VersionError:
+                same = False
+            if same:
+                device.installed_image_digest = digest
+                device.save(update_fields=["installed_image_digest", "updated_at"])
+                recorded += 1
+    return recorded
+
+
 def device_command_create(
     *, endpoint: str, operation: str, args: dict[str, Any] | None = None
 ) -> DeviceCommand:

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from campaigns import events
-from campaigns.device_services import device_command_create
+from campaigns.device_services import device_command_create, device_installed_images_record
 from campaigns.models import (
     IN_FLIGHT_STATES,
     ROLLOUT_PAYLOAD_DELTA,
@@ -76,6 +76,12 @@ REPORT_REASON_BY_CODE: dict[str, str] = {
     suit_report.ReportReplayedError.code: "report_replayed",
 }
 REPORT_REASONS = frozenset({REPORT_MISSING, REPORT_FAILURE, *REPORT_REASON_BY_CODE.values()})
+# A delta refused by the device as not made for its running image. Object 5 has no Update
+# Result for it: a SUIT device's verified report says it (``ReportFailure.wrong_precursor``);
+# an image device says it by Update Result 6 and the Package Name convention the gateway
+# reads (its outcome's ``refusal``; docs/lwm2m.md). Result 6 alone stays
+# ``unsupported_package``: a real client that cannot take the delta's format says just that.
+WRONG_PRECURSOR = "wrong_precursor"
 # Gateway error codes meaning the attempt ended before anything reached the device's update
 # state machine (it did not answer, or its gateway did not hold it): the rollout waits and is
 # dispatched again, without a failure counted against the stage (docs/lwm2m.md, "Device
@@ -140,29 +146,33 @@ def needs_report(rollout: Rollout) -> bool:
     return bool(profiles & REPORTING_PROFILES)
 
 
-def judge_report(rollout: Rollout, suit_report_hex: str) -> tuple[str, str, bytes | None]:
-    """(verdict, detail, report bytes) of the report a SUIT device gave for the rollout's
-    current attempt: checked against the device's registered key, the manifest sent and the
-    nonce of the command that carried the attempt."""
+Judgement = tuple[str, str, bytes | None, suit_report.SUITReport | None]
+
+
+def judge_report(rollout: Rollout, suit_report_hex: str) -> Judgement:
+    """(verdict, detail, report bytes, the verified report) of the report a SUIT device gave
+    for the rollout's current attempt: checked against the device's registered key, the
+    manifest sent and the nonce of the command that carried the attempt."""
     if not suit_report_hex:
-        return REPORT_MISSING, "the device gave no SUIT report of this attempt", None
+        return REPORT_MISSING, "the device gave no SUIT report of this attempt", None, None
     if len(suit_report_hex) > 2 * suit_report.MAX_REPORT_BYTES:
         # Not kept: a report is small, and a device must not fill the rollout table.
         return (
             REPORT_MALFORMED,
             f"the SUIT report is over {suit_report.MAX_REPORT_BYTES} bytes",
             None,
+            None,
         )
     try:
         data = bytes.fromhex(suit_report_hex)
     except ValueError:
-        return REPORT_MALFORMED, "the SUIT report is not hex", None
+        return REPORT_MALFORMED, "the SUIT report is not hex", None, None
     command = DeviceCommand.objects.filter(pk=rollout.command_id).only("args").first()
     nonce_hex = str(((command.args if command else None) or {}).get("report_nonce") or "")
     key_pem = rollout.device.report_key
     if not key_pem or not nonce_hex or rollout.manifest is None:
         why = "no report key registered" if not key_pem else "no nonce was given this attempt"
-        return REPORT_MISSING, f"the report cannot be checked: {why}", data
+        return REPORT_MISSING, f"the report cannot be checked: {why}", data, None
     try:
         report = suit_report.verify_report(
             data,
@@ -172,18 +182,18 @@ def judge_report(rollout: Rollout, suit_report_hex: str) -> tuple[str, str, byte
         )
     except SUITError as exc:
         reason = REPORT_REASON_BY_CODE.get(exc.code, REPORT_MALFORMED)
-        return reason, f"SUIT report refused: {exc}"[:500], data
+        return reason, f"SUIT report refused: {exc}"[:500], data, None
     if not report.success:
-        return REPORT_FAILURE, report.describe(), data
-    return REPORT_VERIFIED, report.describe(), data
+        return REPORT_FAILURE, report.describe(), data, report
+    return REPORT_VERIFIED, report.describe(), data, report
 
 
 def _record_report(
     rollout: Rollout, event: events.CommandResult, now: dt.datetime
-) -> tuple[str, str]:
+) -> tuple[str, str, suit_report.SUITReport | None]:
     """Judge and store the report on the rollout, audited with the verdict and the report's
-    digest; (verdict, detail)."""
-    verdict, detail, data = judge_report(rollout, event.suit_report)
+    digest; (verdict, detail, the verified report)."""
+    verdict, detail, data, report = judge_report(rollout, event.suit_report)
     with transaction.atomic():
         # The audit chain's lock first, then the row: the order the engine's pass takes them.
         audit_record(
@@ -203,7 +213,20 @@ def _record_report(
         Rollout.objects.filter(pk=rollout.pk, command_id=rollout.command_id).update(
             report=data, report_verdict=verdict, updated_at=now
         )
-    return verdict, detail
+    return verdict, detail, report
+
+
+def _wrong_precursor(
+    rollout: Rollout, event: events.CommandResult, report: suit_report.SUITReport | None
+) -> bool:
+    """Whether the device refused this attempt's delta as not made for its running image: a
+    SUIT device only by its verified report, an image device by Result 6 with the gateway's
+    ``refusal`` (module constant ``WRONG_PRECURSOR``)."""
+    if rollout.payload != ROLLOUT_PAYLOAD_DELTA:
+        return False
+    if needs_report(rollout):
+        return report is not None and report.failure is not None and report.failure.wrong_precursor
+    return event.update_result == 6 and event.result.get("refusal") == WRONG_PRECURSOR
 
 
 def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
@@ -214,8 +237,9 @@ def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
     )
     if rollout is None or rollout.state not in IN_FLIGHT_STATES:
         return
+    report = None
     if needs_report(rollout):
-        verdict, detail = _record_report(rollout, event, now)
+        verdict, detail, report = _record_report(rollout, event, now)
         genuine = verdict in (REPORT_VERIFIED, REPORT_FAILURE, REPORT_MISSING)
         if (event.ok and verdict != REPORT_VERIFIED) or not genuine:
             # A success without a verified report is no success; a report that is not the
@@ -243,7 +267,9 @@ def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
         return
     fail_rollout(
         rollout,
-        reason=failure_reason(event),
+        reason=WRONG_PRECURSOR
+        if _wrong_precursor(rollout, event, report)
+        else failure_reason(event),
         fw_result=result,
         detail=event.error[:500],
         now=now,
@@ -266,6 +292,11 @@ def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -
     if rollout is None:
         return
     if state == 0 and result >= 2:
+        if result == 6 and rollout.payload == ROLLOUT_PAYLOAD_DELTA:
+            # Result 6 to a delta is either the wrong base or a format the device does not
+            # take: the command's result says which (the SUIT report, the Package Name), so it
+            # decides, as it does for every attempt whose command ends (or the timeout).
+            return
         fail_rollout(
             rollout,
             reason=FW_RESULT_REASONS.get(result, "update_failed"),
@@ -289,8 +320,13 @@ def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -
 
 
 def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
-    """Updating rollouts whose device reports the manifest's version with result 1 succeed."""
+    """Updating rollouts whose device reports the manifest's version with result 1 succeed.
+
+    Each success is the device's install of the manifest's image through the product: once the
+    confirmation committed, the image's digest is recorded as the device's installed image
+    (``device_installed_images_record``), whichever event (or the engine's pass) completed it."""
     confirmed = 0
+    succeeded: list[Any] = []
     candidates = (
         rollouts.filter(state=RolloutState.UPDATING, fw_result=1)
         # A SUIT device's success needs its verified report (module docstring).
@@ -310,10 +346,13 @@ def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
             )
         except VersionError:
             same = False
-        if same:
-            confirmed += Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
-                state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail="", updated_at=now
-            )
+        if same and Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
+            state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail="", updated_at=now
+        ):
+            confirmed += 1
+            succeeded.append(rollout.pk)
+    if succeeded:
+        transaction.on_commit(lambda: device_installed_images_record(rollout_ids=succeeded))
     return confirmed
 
 

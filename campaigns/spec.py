@@ -80,6 +80,9 @@ FAILURE_REASONS: tuple[str, ...] = (
     "report_wrong_manifest",
     "report_replayed",
     "report_failure",
+    # A delta refused by the device because its base is not the device's running image (the
+    # signed SUIT report says so, or an image device's Package Name with Update Result 6).
+    "wrong_precursor",
 )
 
 GATE_ROLES = ("qa", "security", "fleet_operator", "admin")

@@ -56,6 +56,7 @@ REASON_TEXT: dict[str, str] = {
     "report_wrong_manifest": "the SUIT report is about another manifest",
     "report_replayed": "the SUIT report is of another attempt (its nonce)",
     "report_failure": "the device's signed SUIT report says the update failed",
+    "wrong_precursor": "the device refused a delta not made for the image it runs",
     "no_report_key": "no SUIT report key is registered for the device",
     "unreachable": "the device stayed offline too long",
     "emergency_stop": "an emergency stop is in force",

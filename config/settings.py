@@ -316,6 +316,7 @@ SPECTACULAR_SETTINGS = {
         "CampaignStatusEnum": "campaigns.models.CampaignStatus",
         "WebhookDeliveryStatusEnum": "api.models.DeliveryStatus",
         "TrustPolicyStatusEnum": "manifests.models.TrustPolicyStatus",
+        "PayloadKeyStatusEnum": "manifests.models.PayloadKeyStatus",
     },
 }
 # Outbound webhooks: HTTP timeout per attempt (seconds), attempts before a delivery is marked

@@ -91,6 +91,13 @@ class PayloadEncryptionError(ManifestError):
     code = "manifest.payload_encryption"
 
 
+class PayloadKeyStateError(ManifestError):
+    """A rotation of a class key that is no longer the class's active one (another rotation
+    came first): nothing changed."""
+
+    code = "manifest.payload_key_state"
+
+
 class EncryptionRequiredError(ManifestError):
     """The class has a payload key-encryption key, so it takes encrypted payloads only."""
 

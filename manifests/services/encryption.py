@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from audit.services import audit_record
 from manifests import payload_keys, suit
-from manifests.errors import PayloadEncryptionError
+from manifests.errors import PayloadEncryptionError, PayloadKeyStateError
 from manifests.images import imgtool
 from manifests.models import (
     DeviceClass,
@@ -54,10 +54,13 @@ def payload_key_rotate(
     device_class: DeviceClass,
     actor: AbstractBaseUser,
     key: bytes | None = None,
+    replaces: str | None = None,
     now: dt.datetime | None = None,
 ) -> PayloadEncryptionKey:
     """A new active key-encryption key for the class (generated, or ``key`` as read from a file);
-    the active one, if any, is retired. Releases encrypted afterwards wrap under the new key."""
+    the active one, if any, is retired. Releases encrypted afterwards wrap under the new key.
+    ``replaces``: the kid the caller saw active; if another is active now (or none), nothing
+    changes (``PayloadKeyStateError``), so two officers rotating at once make one new key."""
     now = now or timezone.now()
     require_role(actor, *KEY_OFFICERS, at=now)
     try:
@@ -70,6 +73,11 @@ def payload_key_rotate(
         previous = PayloadEncryptionKey.objects.filter(
             device_class=locked, status=PayloadKeyStatus.ACTIVE
         ).first()
+        if replaces is not None and (previous is None or previous.kid != replaces):
+            raise PayloadKeyStateError(
+                f"key {replaces} is not the active key of {locked} "
+                f"(active: {previous.kid if previous is not None else 'none'})"
+            )
         if previous is not None:
             PayloadEncryptionKey.objects.filter(pk=previous.pk).update(
                 status=PayloadKeyStatus.RETIRED, retired_at=now

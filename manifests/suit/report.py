@@ -61,6 +61,7 @@ from .constants import (
     M_INVOKE,
     M_SEQUENCE,
     M_VALIDATE,
+    P_PRECURSOR_DIGESTS,
     TAG_COSE_SIGN1,
 )
 from .cose import sig_structure
@@ -130,7 +131,12 @@ FAILURE_BY_DEVICE_CODE: Final[dict[str, tuple[int, int, int]]] = {
     "device.image_digest_mismatch": (M_INSTALL, COND_IMAGE_MATCH, REASON_CONDITION_FAILED),
     "device.download_failed": (M_INSTALL, DIR_FETCH, REASON_OPERATION_FAILED),
     "device.boot_failed": (M_INVOKE, DIR_INVOKE, REASON_OPERATION_FAILED),
+    # A delta refused because the running image is not among the signed precursors: the
+    # precursor's image-match condition, told from the result's by the record's properties,
+    # which carry the precursor parameter (-259) with the running image's digest.
+    "device.wrong_precursor": (M_INSTALL, COND_IMAGE_MATCH, REASON_CONDITION_FAILED),
 }
+WRONG_PRECURSOR: Final = "device.wrong_precursor"
 # Any other device failure.
 GENERIC_FAILURE: Final = (M_INSTALL, 0, REASON_OPERATION_FAILED)
 
@@ -176,10 +182,18 @@ class ReportFailure:
     section: int
     command: int
     reason: int
+    # A wrong-precursor refusal: the SHA-256 of the image the device runs (b"" when it did
+    # not say), carried in the record's properties as the precursor parameter (-259).
+    precursor: bytes | None = None
 
     @property
     def reason_name(self) -> str:
         return REASON_NAMES.get(self.reason, f"reason {self.reason}")
+
+    @property
+    def wrong_precursor(self) -> bool:
+        """The device refused a delta whose base is not its running image."""
+        return self.precursor is not None
 
 
 @dataclass(frozen=True)
@@ -200,16 +214,19 @@ class SUITReport:
         if self.failure is None:
             return "device report: success"
         f = self.failure
+        what = "wrong precursor, " if f.wrong_precursor else ""
         return (
-            f"device report: failure ({f.reason_name}) at command {f.command} "
+            f"device report: failure ({what}{f.reason_name}) at command {f.command} "
             f"in section {f.section}"
         )
 
 
-def failure_for(device_code: str) -> ReportFailure:
-    """The report failure a device records for one of its check codes."""
+def failure_for(device_code: str, *, running_digest: bytes = b"") -> ReportFailure:
+    """The report failure a device records for one of its check codes (``running_digest``:
+    the SHA-256 of its running image, for a wrong-precursor refusal)."""
     section, command, reason = FAILURE_BY_DEVICE_CODE.get(device_code, GENERIC_FAILURE)
-    return ReportFailure(section=section, command=command, reason=reason)
+    precursor = running_digest if device_code == WRONG_PRECURSOR else None
+    return ReportFailure(section=section, command=command, reason=reason, precursor=precursor)
 
 
 def encode_report(report: SUITReport) -> bytes:
@@ -220,7 +237,11 @@ def encode_report(report: SUITReport) -> bytes:
     result: Any = True
     if report.failure is not None:
         f = report.failure
-        record = [[], f.section, 0, 0, {}]
+        properties: dict[int, Any] = {}
+        if f.precursor is not None:
+            digests = [[ALG_SHA256, f.precursor]] if f.precursor else []
+            properties[P_PRECURSOR_DIGESTS] = dumps(digests)
+        record = [[], f.section, 0, 0, properties]
         result = {RESULT_CODE: f.command, RESULT_RECORD: record, RESULT_REASON: f.reason}
     return dumps(
         {
@@ -301,16 +322,42 @@ def _parse_report(payload: bytes) -> SUITReport:
         record = result.get(RESULT_RECORD)
         if not isinstance(record, list | tuple) or len(record) < 5:
             raise ReportMalformedError("suit-report-result-record must be a SUIT_Record")
+        if not isinstance(record[4], Mapping):
+            raise ReportMalformedError("suit-record-properties must be a map")
         failure = ReportFailure(
             section=_uint(record[1], "suit-record-manifest-section"),
             command=_uint(result.get(RESULT_CODE), "suit-report-result-code"),
             reason=_uint(result.get(RESULT_REASON), "suit-report-result-reason"),
+            precursor=_precursor(record[4]),
         )
         if failure.reason == REASON_OK:
             raise ReportMalformedError("a failure result with reason ok")
     else:
         raise ReportMalformedError("suit-report-result is true or a failure map")
     return SUITReport(manifest_digest=digest[1], nonce=nonce, failure=failure)
+
+
+def _precursor(properties: Mapping[Any, Any]) -> bytes | None:
+    """The running image's SHA-256 a wrong-precursor record carries (b"" when it names none),
+    or None when the record is about something else."""
+    if P_PRECURSOR_DIGESTS not in properties:
+        return None
+    value = properties[P_PRECURSOR_DIGESTS]
+    digests = _loads(value, "the precursor property") if isinstance(value, bytes) else None
+    if not isinstance(digests, list) or len(digests) > 1:
+        raise ReportMalformedError("the precursor property is bstr .cbor [? SUIT_Digest]")
+    if not digests:
+        return b""
+    digest = digests[0]
+    if (
+        not isinstance(digest, list)
+        or len(digest) != 2
+        or digest[0] != ALG_SHA256
+        or not isinstance(digest[1], bytes)
+        or len(digest[1]) != 32
+    ):
+        raise ReportMalformedError("the precursor property names a SHA-256 SUIT_Digest")
+    return bytes(digest[1])
 
 
 def _verify_signature(protected: bytes, payload: bytes, signature: bytes, public_key: Any) -> None:

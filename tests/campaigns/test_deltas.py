@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import sys
 from typing import Any
 
@@ -15,9 +16,13 @@ from django.utils import timezone
 
 from audit.models import AuditEvent
 from campaigns import delivery, engine, planning, rollouts, selectors, services
-from campaigns.device_services import device_fw_installed, device_info_record
-from campaigns.events import CommandResult
-from campaigns.models import DeviceCommand, Rollout, RolloutState
+from campaigns.device_services import (
+    device_fw_installed,
+    device_info_record,
+    device_installed_images_record,
+)
+from campaigns.events import CommandResult, DeviceInfo, FwInstalled, FwStatus
+from campaigns.models import Device, DeviceCommand, Rollout, RolloutState
 from campaigns.spec import parse_spec
 from campaigns.wording import rollout_text
 from manifests import services as release_services
@@ -27,9 +32,10 @@ from manifests.images import delta as deltas
 from manifests.images import imgtool
 from manifests.models import FirmwareDelta
 from manifests.selectors import manifest_params
-from tests.campaigns.support import Catalog, make_devices, spec_text
+from tests.campaigns.support import Catalog, make_devices, signed_report, spec_text
 from tests.conftest import REPO_ROOT
 from tests.helpers.deployment import DEFAULT_APPROVERS, release_from_envelope
+from workers.tasks import device_event_task
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from _firmware_builds import build_program
@@ -204,6 +210,104 @@ def test_installed_digest_is_recorded_on_confirmed_install_and_cleared_on_anothe
     assert device.installed_image_digest == ""
 
 
+# The three events a confirmed install brings: the gateway's command result (Update Result 1,
+# with the device's signed report), its fw_installed, and the device information read at the
+# registration after the reboot (the new version). Their order varies: the gateway follows the
+# update and reads the new registration concurrently, and event batches may be applied by
+# concurrent workers.
+SUCCESS_EVENTS = ("command_result", "fw_installed", "device_info")
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(SUCCESS_EVENTS)))
+def test_installed_digest_is_recorded_whatever_order_the_success_events_arrive_in(
+    catalog: Catalog, order: tuple[str, ...], django_capture_on_commit_callbacks: Any
+) -> None:
+    (device,) = make_devices(
+        catalog, 1, prefix="d", model="thermo-v2", installed_image_digest="ab" * 32
+    )
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("order")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    manifest = catalog.release.manifest
+    stamp = {"gateway_id": "gw-none", "at": now.timestamp()}
+    events = {
+        "command_result": CommandResult(
+            command_id=str(rollout.command_id),
+            ok=True,
+            result={"phase": "succeeded", "result": 1},
+            suit_report=signed_report(rollout),
+            endpoint=device.endpoint,
+            **stamp,
+        ),
+        "fw_installed": FwInstalled(
+            endpoint=device.endpoint, manifest_digest=manifest.manifest_digest, **stamp
+        ),
+        "device_info": DeviceInfo(
+            endpoint=device.endpoint,
+            manufacturer="Acme Sensors",
+            model="thermo-v2",
+            firmware_version=manifest.version,
+            **stamp,
+        ),
+    }
+    for kind in order:
+        with django_capture_on_commit_callbacks(execute=True):
+            device_event_task.run(events[kind].to_dict())
+    rollout.refresh_from_db()
+    device.refresh_from_db()
+    assert rollout.state == RolloutState.SUCCEEDED
+    assert (device.firmware_version, device.installed_image_digest) == (
+        manifest.version,
+        manifest.image_digest,
+    )
+
+
+def test_installed_digest_is_recorded_when_the_engine_confirms_the_success(
+    catalog: Catalog, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Two events applied in concurrent transactions each saw half of the success (the result
+    without the version, the version without the result): the engine's pass confirms it, and
+    the image is recorded then."""
+    (device,) = make_devices(catalog, 1, prefix="d", model="thermo-v2")
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("skew")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    manifest = catalog.release.manifest
+    Rollout.objects.filter(pk=rollout.pk).update(
+        state=RolloutState.UPDATING, fw_result=1, report_verdict=rollouts.REPORT_VERIFIED
+    )
+    Device.objects.filter(pk=device.pk).update(firmware_version=manifest.version)
+    with django_capture_on_commit_callbacks(execute=True):
+        report = engine.campaign_reconcile(campaign.pk, now=now)
+    assert report is not None and report.succeeded == 1
+    device.refresh_from_db()
+    assert device.installed_image_digest == manifest.image_digest
+
+
+def test_installed_digest_is_not_recorded_for_a_device_reporting_another_version_since(
+    catalog: Catalog,
+) -> None:
+    (device,) = make_devices(catalog, 1, prefix="d", model="thermo-v2")
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("since")), actor=catalog.ops, now=now
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    Rollout.objects.filter(pk=rollout.pk).update(state=RolloutState.SUCCEEDED)
+    # Another version was reported between the confirmation and the recording.
+    Device.objects.filter(pk=device.pk).update(firmware_version="1.3.0")
+    assert device_installed_images_record(rollout_ids=[rollout.pk]) == 0
+    device.refresh_from_db()
+    assert device.installed_image_digest == ""
+    Device.objects.filter(pk=device.pk).update(firmware_version=catalog.release.manifest.version)
+    assert device_installed_images_record(rollout_ids=[rollout.pk]) == 1
+    assert device_installed_images_record(rollout_ids=[rollout.pk]) == 0  # already known
+
+
 def _dispatch(catalog: Catalog, now: dt.datetime, campaign: Any) -> Rollout:
     report = engine.campaign_reconcile(campaign.pk, now=now)
     assert report is not None and report.dispatched == 1
@@ -284,6 +388,101 @@ def test_failed_delta_falls_back_to_the_full_image_once_as_one_attempt(
         "fallback",
     )
     assert rollout.attempts == 1
+
+
+def _delta_rollout(catalog: Catalog, programs: tuple[bytes, bytes], profile: str) -> Rollout:
+    """One device of ``profile`` dispatched a delta on its recorded image."""
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    suit_class = profile == "suit"
+    _release(catalog, new, precursors=(bytes.fromhex(old.sha256),) if suit_class else ())
+    release_services.device_class_update(
+        device_class=catalog.thermo, delivery=profile, delta_updates=True, actor=catalog.admin
+    )
+    make_devices(catalog, 1, prefix="known", installed_image_digest=old.sha256)
+    now = timezone.now()
+    campaign, _ = services.campaign_apply(
+        spec=parse_spec(spec_text("wrong-base", release="thermo-1.2.0")),
+        actor=catalog.ops,
+        now=now,
+    )
+    rollout = _dispatch(catalog, now, campaign)
+    assert rollout.payload == "delta"
+    return rollout
+
+
+def _refused(rollout: Rollout, *, report: str = "", refusal: str | None = None) -> Rollout:
+    """The device ends the attempt with Update Result 6: its Object 5 report (which decides
+    nothing for a delta: Result 6 alone does not say why), then the gateway's command result."""
+    state = rollout.state
+    endpoint = rollout.device.endpoint
+    rollouts.rollouts_apply_event(event=FwStatus(endpoint=endpoint, state=0, result=6))
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.payload) == (state, "delta")
+    result: dict[str, Any] = {"phase": "downloading", "result": 6}
+    if refusal is not None:
+        result["refusal"] = refusal
+    rollouts.rollouts_apply_event(
+        event=CommandResult(
+            command_id=str(rollout.command_id),
+            ok=False,
+            result=result,
+            error_code="lwm2m.fw_update_failed",
+            error="update downloading with result 6",
+            permanent=True,
+            suit_report=report,
+        ),
+        now=timezone.now(),
+    )
+    rollout.refresh_from_db()
+    return rollout
+
+
+def _delta_failure(rollout: Rollout) -> str:
+    """The failed delta's reason, kept as the start of the fallback's detail."""
+    assert (rollout.state, rollout.payload, rollout.reason) == (
+        RolloutState.PENDING,
+        "fallback",
+        "delta_fallback",
+    )
+    return rollout.detail.split(":", 1)[0]
+
+
+def test_delta_to_the_wrong_base_is_recorded_as_wrong_precursor_from_the_signed_report(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    rollout = _delta_rollout(catalog, programs, "suit")
+    report = signed_report(rollout, failure_code="device.wrong_precursor")
+    rollout = _refused(rollout, report=report, refusal="wrong_precursor")
+    assert _delta_failure(rollout) == "wrong_precursor"
+    assert rollout.report_verdict == "report_failure"
+    audited = AuditEvent.objects.get(action="rollout.device_report")
+    assert "wrong precursor" in audited.details["detail"]
+
+
+def test_wrong_precursor_claim_of_a_suit_device_without_its_signed_report_is_not_taken(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    """The gateway's Package Name reading is no SUIT device's word: its report (here a generic
+    failure, then none) decides, and Result 6 stays an unsupported package."""
+    rollout = _delta_rollout(catalog, programs, "suit")
+    report = signed_report(rollout, failure_code="device.download_failed")
+    rollout = _refused(rollout, report=report, refusal="wrong_precursor")
+    assert _delta_failure(rollout) == "unsupported_package"
+
+
+@pytest.mark.parametrize(
+    ("refusal", "reason"),
+    [("wrong_precursor", "wrong_precursor"), (None, "unsupported_package")],
+)
+def test_delta_to_the_wrong_base_of_an_image_device_is_recorded_as_wrong_precursor(
+    catalog: Catalog, programs: tuple[bytes, bytes], refusal: str | None, reason: str
+) -> None:
+    """An MCUboot device says it by Result 6 and the Package Name convention (the gateway's
+    ``refusal``); Result 6 alone (a real client that cannot take the format) stays
+    ``unsupported_package``."""
+    rollout = _delta_rollout(catalog, programs, "image")
+    assert _delta_failure(_refused(rollout, refusal=refusal)) == reason
 
 
 def test_device_whose_installed_digest_is_unknown_is_dispatched_the_full_image(

@@ -521,6 +521,7 @@ def test_failure_reasons_cover_update_results_2_to_11() -> None:
         "report_wrong_manifest",
         "report_replayed",
         "report_failure",
+        "wrong_precursor",
     )
     enum = S.schema()["properties"]["retries"]["properties"]["on"]["items"]["enum"]
     assert tuple(enum) == S.FAILURE_REASONS

@@ -43,6 +43,31 @@ def test_a_failure_report_names_the_failing_command_and_reason(key: Any) -> None
     assert "condition-failed" in report.describe()
 
 
+def test_a_wrong_precursor_refusal_is_told_apart_from_an_image_mismatch(key: Any) -> None:
+    """Both fail suit-condition-image-match in install; the wrong base's record carries the
+    precursor parameter (-259) with the device's running image, the result's does not."""
+    running = bytes(range(32, 64))
+    wrong = R.failure_for("device.wrong_precursor", running_digest=running)
+    mismatch = R.failure_for("device.image_digest_mismatch")
+    assert (wrong.section, wrong.command, wrong.reason) == (
+        mismatch.section,
+        mismatch.command,
+        mismatch.reason,
+    )
+    report = _verify(R.sign_report(R.SUITReport(DIGEST, NONCE, wrong), key), key)
+    assert report.failure is not None and report.failure.wrong_precursor
+    assert report.failure.precursor == running
+    assert "wrong precursor" in report.describe()
+    body = cbor2.loads(R.encode_report(R.SUITReport(DIGEST, NONCE, wrong)))
+    assert cbor2.loads(body[4][6][4][-259]) == [[-16, running]]
+    other = _verify(R.sign_report(R.SUITReport(DIGEST, NONCE, mismatch), key), key)
+    assert other.failure is not None and not other.failure.wrong_precursor
+    unnamed = R.failure_for("device.wrong_precursor")
+    assert _verify(R.sign_report(R.SUITReport(DIGEST, NONCE, unnamed), key), key).failure == (
+        unnamed
+    )
+
+
 def test_the_report_map_uses_the_drafts_keys() -> None:
     body = cbor2.loads(R.encode_report(R.SUITReport(DIGEST, NONCE)))
     assert body == {2: NONCE, 3: [], 4: True, 99: [[-16, DIGEST]]}
@@ -98,6 +123,15 @@ GOOD_BODY: dict[int, Any] = {2: NONCE, 3: [], 4: True, 99: [[-16, DIGEST]]}
         pytest.param({**GOOD_BODY, 4: False}, id="result-false"),
         pytest.param({**GOOD_BODY, 4: {5: 3, 6: [[], 20, 0, 0, {}], 7: 0}}, id="failure-ok"),
         pytest.param({**GOOD_BODY, 4: {5: 3, 6: [1], 7: 10}}, id="bad-record"),
+        pytest.param({**GOOD_BODY, 4: {5: 3, 6: [[], 20, 0, 0, []], 7: 10}}, id="bad-properties"),
+        pytest.param(
+            {**GOOD_BODY, 4: {5: 3, 6: [[], 20, 0, 0, {-259: b"\xff"}], 7: 10}},
+            id="precursor-not-cbor",
+        ),
+        pytest.param(
+            {**GOOD_BODY, 4: {5: 3, 6: [[], 20, 0, 0, {-259: dumps([[-16, b"x"]])}], 7: 10}},
+            id="precursor-short-digest",
+        ),
         pytest.param({**GOOD_BODY, 3: {}}, id="records-not-list"),
         pytest.param([1, 2], id="not-a-map"),
     ],

@@ -43,7 +43,9 @@ from workers.lwm2m.errors import (
 )
 from workers.lwm2m.object5 import (
     DOWNLOAD_FAILURES,
+    PKG_NAME_PATH,
     PROTOCOL_SCHEMES,
+    WRONG_PRECURSOR_PKG_NAME,
     FwResult,
     FwState,
     Phase,
@@ -73,6 +75,8 @@ DELIVERY_KINDS = {"suit": "m", "image": "i", "suit-integrated": "s", "trust-poli
 
 # The SUIT report object (docs/lwm2m.md, "SUIT reports"): the attempt's nonce is written to
 # /26241/0/0 before delivery; the device's signed report of the attempt is read from /26241/0/1.
+# The outcome's ``refusal`` when the device said a delta's base is not its running image.
+WRONG_PRECURSOR = "wrong_precursor"
 REPORT_NONCE_PATH = (26241, 0, 0)
 REPORT_PATH = (26241, 0, 1)
 MAX_NONCE_HEX = 128
@@ -493,6 +497,12 @@ class UpdateDriver:
                 events.FwInstalled(endpoint=endpoint, manifest_digest=request.manifest_digest)
             )
             return outcome
+        if (
+            request.delta_sha256 is not None
+            and tracker.result == FwResult.UNSUPPORTED_PACKAGE_TYPE
+            and await self._refused_wrong_base(self.by_endpoint.get(endpoint) or reg)
+        ):
+            outcome["refusal"] = WRONG_PRECURSOR
         raise UpdateFailedError(
             f"{endpoint}: update {tracker.phase.name.lower()} with result {outcome['result']}",
             permanent=True,
@@ -551,6 +561,18 @@ class UpdateDriver:
             await self._end_observer(attempt)
         return await self._fw_outcome(endpoint, reg, attempt)
 
+    async def _refused_wrong_base(self, reg: Registration) -> bool:
+        """Whether a device that refused a delta with Update Result 6 says, by this product's
+        convention (Package Name ``WRONG_PRECURSOR_PKG_NAME``), that the delta's base is not
+        its running image. Best effort: a device that does not answer, or answers anything
+        else (a real client's own package name), made no such claim."""
+        try:
+            value = (await self.read(reg, PKG_NAME_PATH)).get(PKG_NAME_PATH)
+        except LwM2MError as exc:
+            log.debug("read of %s's Package Name failed: %s", reg.endpoint, exc)
+            return False
+        return value == WRONG_PRECURSOR_PKG_NAME
+
     async def _write_report_nonce(self, reg: Registration, nonce: str) -> None:
         """Give the device this attempt's report nonce. A device without the report object
         refuses the write: the update goes on, and the server, finding no report, does not
@@ -603,10 +625,17 @@ class UpdateDriver:
             status = await self._fw_status(reg)
         if status is not None and status[1] in DOWNLOAD_FAILURES:
             attempt.tracker.report(*status)
+            result = {**attempt.outcome(), "result": status[1]}
+            if (
+                attempt.request.delta_sha256 is not None
+                and status[1] == FwResult.UNSUPPORTED_PACKAGE_TYPE
+                and await self._refused_wrong_base(reg)
+            ):
+                result["refusal"] = WRONG_PRECURSOR
             raise UpdateFailedError(
                 f"{reg.endpoint}: pushed package refused with Update Result {status[1]}",
                 permanent=True,
-                result={**attempt.outcome(), "result": status[1]},
+                result=result,
             )
         raise PushRefusedError(
             f"{reg.endpoint}: pushed package refused: {refusal}",

@@ -34,6 +34,14 @@ class FwState(enum.IntEnum):
     UPDATING = 3
 
 
+# Package Name (/5/0/6) a device of this product's convention reports after refusing a delta
+# whose base is not its running image, beside Update Result 6 (docs/lwm2m.md, "Delta updates
+# on simulated devices"). Object 5 has no Result for it; a client that does not follow the
+# convention reports Result 6 alone, which stays "unsupported_package".
+WRONG_PRECURSOR_PKG_NAME = "fwupd:wrong-precursor"
+PKG_NAME_PATH = (5, 0, 6)
+
+
 class FwResult(enum.IntEnum):
     INITIAL = 0
     SUCCESS = 1

@@ -75,6 +75,7 @@ from workers.lwm2m.errors import LwM2MError, Object5TransitionError, PayloadTooL
 from workers.lwm2m.linkformat import ObjectLink, format_registration_payload
 from workers.lwm2m.object5 import (
     PROTOCOL_SCHEMES,
+    WRONG_PRECURSOR_PKG_NAME,
     DeliveryMethod,
     DeviceFirmwareObject,
     FwResult,
@@ -281,6 +282,9 @@ class SimulatedDevice:
         # and the server falls back to the full image). A SUIT device's staged payload waits
         # beside it until the reboot.
         self.installed_image: bytes | None = None
+        # Package Name (/5/0/6): set to WRONG_PRECURSOR_PKG_NAME with a wrong-base refusal of
+        # a delta, cleared when the next attempt begins.
+        self.pkg_name = ""
         self._staged_image: bytes | None = None
         lost = {FwState.DOWNLOADING, FwState.UPDATING}
         if state.delivery == "image":
@@ -485,6 +489,7 @@ class SimulatedDevice:
             (5, 0, 1): self.fw.package_uri,
             (5, 0, 3): int(self.fw.state),
             (5, 0, 5): int(self.fw.result),
+            (5, 0, 6): self.pkg_name,
             (5, 0, 9): int(s.delivery_method),
         }
         for i, proto in enumerate(s.protocols):
@@ -517,6 +522,7 @@ class SimulatedDevice:
         else:
             self._reset()
         self._attempt += 1
+        self.pkg_name = ""
         self.events.append(f"write_uri {uri!r}")
         if uri:
             scheme = urlsplit(uri).scheme
@@ -558,6 +564,7 @@ class SimulatedDevice:
         if num == 0 and not (self._push is not None and self.fw.state is FwState.DOWNLOADING):
             self.fw.start_push()  # refused (4.05) unless Idle
             self._attempt += 1
+            self.pkg_name = ""
             self._push = Block1Assembler(
                 max_bytes=self._slot_size(), max_assemblies=1, max_per_peer=1, ttl=60
             )
@@ -792,6 +799,7 @@ class SimulatedDevice:
                 payload = self._decrypt(payload, envelope)
             device_rules.check_payload(payload, facts)
         except device_rules.DeviceCheckError as exc:
+            self._refused_wrong_base(exc.code)
             self.events.append(f"refused {exc.code}")
             log.info("%s refuses update: %s [%s]", self.state.endpoint, exc, exc.code)
             if digest and attempt == self._attempt:
@@ -877,6 +885,7 @@ class SimulatedDevice:
                     signed_precursors=None,
                 )
             except (device_rules.DeviceCheckError, deltas.DeltaError) as exc:
+                self._refused_wrong_base(exc.code)
                 self.events.append(f"refused {exc.code}")
                 log.info("%s refuses delta: %s [%s]", self.state.endpoint, exc, exc.code)
                 result = getattr(exc, "fw_result", FwResult.UNSUPPORTED_PACKAGE_TYPE)
@@ -896,6 +905,12 @@ class SimulatedDevice:
         self.fw.download_succeeded()
         self.events.append("downloaded")
         self._persist()
+
+    def _refused_wrong_base(self, code: str) -> None:
+        """A delta refused as not made for the running image says so in /5/0/6 (both
+        profiles; a SUIT device's signed report says it too)."""
+        if code == device_rules.WrongPrecursorError.code:
+            self.pkg_name = WRONG_PRECURSOR_PKG_NAME
 
     @staticmethod
     def _delta_uri(package_uri: str) -> str | None:
@@ -933,7 +948,11 @@ class SimulatedDevice:
         report = suit_report.SUITReport(
             manifest_digest=manifest_digest,
             nonce=bytes.fromhex(self.state.report_nonce),
-            failure=None if failure_code is None else suit_report.failure_for(failure_code),
+            failure=None
+            if failure_code is None
+            else suit_report.failure_for(
+                failure_code, running_digest=hashlib.sha256(self.installed_image or b"").digest()
+            ),
         )
         self.state.report = suit_report.sign_report(report, key).hex()
         self.events.append("report " + ("success" if failure_code is None else failure_code))

@@ -86,6 +86,7 @@ def _suit_run(
     precursors: tuple[bytes, ...],
     expect: FwResult,
     event: str,
+    refusal: str | None = None,
 ) -> None:
     digest, envelope = _envelope(key, builds.new, precursors=precursors)
     firmware = DictFirmware(
@@ -105,6 +106,7 @@ def _suit_run(
             with pytest.raises(DeviceOperationError) as info:
                 await h.gateway.run_operation(EP, "fw_update", args)
             assert info.value.result["result"] == expect  # type: ignore[attr-defined]
+            assert info.value.result.get("refusal") == refusal  # type: ignore[attr-defined]
             assert device.installed_image == installed and device.state.version == "1.0.0"
         assert event in device.events, device.events
 
@@ -136,6 +138,7 @@ def test_suit_delta_to_the_wrong_base_is_refused_on_the_device(
         precursors=(hashlib.sha256(builds.old).digest(), hashlib.sha256(builds.other).digest()),
         expect=FwResult.UNSUPPORTED_PACKAGE_TYPE,
         event="refused device.wrong_precursor",
+        refusal="wrong_precursor",
     )
 
 
@@ -150,6 +153,7 @@ def test_suit_delta_on_a_precursor_the_manifest_does_not_name_is_refused(
         precursors=(hashlib.sha256(builds.other).digest(),),
         expect=FwResult.UNSUPPORTED_PACKAGE_TYPE,
         event="refused device.wrong_precursor",
+        refusal="wrong_precursor",
     )
 
 
@@ -193,7 +197,13 @@ def mcuboot(tmp_path_factory: pytest.TempPathFactory, builds: Builds) -> dict[st
 
 
 def _image_run(
-    mcuboot: dict[str, Any], *, installed: str, delta: bytes, expect: FwResult, event: str
+    mcuboot: dict[str, Any],
+    *,
+    installed: str,
+    delta: bytes,
+    expect: FwResult,
+    event: str,
+    refusal: str | None = None,
 ) -> None:
     firmware = DictFirmware(images={_sha(delta): delta})
 
@@ -218,6 +228,9 @@ def _image_run(
             with pytest.raises(DeviceOperationError) as info:
                 await h.gateway.run_operation(EP, "fw_update", args)
             assert info.value.result["result"] == expect  # type: ignore[attr-defined]
+            # The wrong base is told apart from any other Result 6 by the Package Name the
+            # device reports beside it (docs/lwm2m.md).
+            assert info.value.result.get("refusal") == refusal  # type: ignore[attr-defined]
             assert device.installed_image == mcuboot[installed]
             assert device.fw.state is FwState.IDLE
         assert any(e.startswith(event) for e in device.events), device.events
@@ -252,6 +265,21 @@ def test_image_delta_to_the_wrong_base_is_refused_on_the_device(
         delta=deltas.create_delta(mcuboot["old"], mcuboot["new"]),
         expect=FwResult.UNSUPPORTED_PACKAGE_TYPE,
         event="refused device.wrong_precursor",
+        refusal="wrong_precursor",
+    )
+
+
+def test_image_device_result_6_without_the_package_name_is_no_wrong_precursor_claim(
+    mcuboot: dict[str, Any],
+) -> None:
+    """A package the device does not take at all (as a real MCUboot client answers a delta
+    format it does not know): Result 6, and no claim about the base."""
+    _image_run(
+        mcuboot,
+        installed="old",
+        delta=b"not a delta, not an MCUboot image",
+        expect=FwResult.UNSUPPORTED_PACKAGE_TYPE,
+        event="refused device.not_mcuboot",
     )
 
 
