@@ -17,7 +17,7 @@ from django.db import InterfaceError, OperationalError, transaction
 
 from campaigns import device_services
 from campaigns.engine import campaign_reconcile
-from campaigns.events import EventError, event_from_dict
+from campaigns.events import DeviceEvent, EventError, event_from_dict
 from campaigns.rollouts import rollouts_apply_event
 from campaigns.trust_delivery import trust_policy_apply_event
 from ops import tallies
@@ -42,7 +42,10 @@ DATABASE_RETRY: dict[str, Any] = {
 
 
 def _apply_event(data: dict[str, Any]) -> None:
-    event = event_from_dict(data)  # EventError for anything outside the contract
+    _apply_parsed(event_from_dict(data))  # EventError for anything outside the contract
+
+
+def _apply_parsed(event: DeviceEvent) -> None:
     device_services.device_event_apply(event=event)
     rollouts_apply_event(event=event)
     trust_policy_apply_event(event=event)
@@ -61,25 +64,36 @@ def device_event_task(event: dict[str, Any]) -> None:
 @shared_task(**DATABASE_RETRY)
 def device_events_task(events: list[dict[str, Any]]) -> int:
     """Apply a batch of one gateway's events, in their order, in one transaction: one commit
-    for the batch instead of several per event (a commit waits for the disk). Each event runs
-    in its own savepoint, so one that fails is rolled back alone and logged while the others
-    are kept; the first such error is raised after the commit, and the sender retries the
-    batch (applying an event again changes nothing). An event outside the contract
+    for the batch instead of several per event (a commit waits for the disk). The batch's
+    locks are taken first, in the one order every batch uses
+    (``device_services.device_events_lock``), so two workers never deadlock on two batches.
+    Each event runs in its own savepoint, so one that fails is rolled back alone and logged
+    while the others are kept; the first such error is raised after the commit, and the sender
+    retries the batch (applying an event again changes nothing). An event outside the contract
     (``campaigns.events.EventError``) is logged and dropped: no retry can make it valid.
     Returns the number of events."""
+    parsed: list[tuple[dict[str, Any], DeviceEvent | None]] = []
+    for data in events:
+        try:
+            parsed.append((data, event_from_dict(data)))
+        except EventError as exc:
+            # Outside the contract: applying it again cannot help, so it is not retried.
+            with log_context(device=_endpoint(data)):
+                logger.error("device event refused: %s", exc)
+            parsed.append((data, None))
     error: Exception | None = None
     with transaction.atomic():
-        for event in events:
-            with log_context(device=_endpoint(event)):
+        device_services.device_events_lock(batch=[e for _, e in parsed if e is not None])
+        for data, event in parsed:
+            if event is None:
+                continue
+            with log_context(device=_endpoint(data)):
                 try:
                     with transaction.atomic():
-                        _apply_event(event)
-                except EventError as exc:
-                    # Outside the contract: applying it again cannot help, so it is not retried.
-                    logger.error("device event refused: %s", exc)
+                        _apply_parsed(event)
                 except Exception as exc:
                     logger.exception(
-                        "device event %s for %r failed", event.get("type"), event.get("endpoint")
+                        "device event %s for %r failed", data.get("type"), data.get("endpoint")
                     )
                     error = error or exc
     if error is not None:
