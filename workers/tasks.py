@@ -16,7 +16,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
 from campaigns import device_services
-from campaigns.engine import campaign_reconcile
+from campaigns.engine import campaign_reconcile, campaign_reconcile_nudged
 from campaigns.events import DeviceEvent, EventError, event_from_dict
 from campaigns.rollouts import rollouts_apply_event
 from campaigns.trust_delivery import trust_policy_apply_event
@@ -120,10 +120,14 @@ def event_lag(events: list[Any], *, now: float) -> float | None:
 
 
 @shared_task(**DATABASE_RETRY)
-def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
-    """One reconcile pass of one campaign (skipped if another worker holds it)."""
+def campaign_reconcile_task(campaign_id: int, nudged: bool = False) -> dict[str, Any] | None:
+    """One reconcile pass of one campaign (skipped if another worker holds it); ``nudged``: a
+    pass a rollout's end asked for (``campaigns.rollouts.campaign_nudge``)."""
     with log_context(campaign=campaign_id):
-        report = campaign_reconcile(campaign_id)
+        if nudged:
+            report = campaign_reconcile_nudged(campaign_id)
+        else:
+            report = campaign_reconcile(campaign_id)
     return None if report is None else report.as_dict()
 
 
