@@ -95,6 +95,40 @@ def test_a_failed_hand_over_is_retried_with_the_same_batch() -> None:
     assert flat == [f"dev-{i}" for i in range(30)]
 
 
+def test_a_steady_trickle_of_events_is_handed_over_in_few_batches() -> None:
+    """Events that come one at a time, each a few milliseconds after the last (devices going
+    through their updates), are gathered for EVENT_FLUSH_SECONDS after a hand-over: a few
+    tasks a second, not one per event. A busier machine only makes the batches bigger."""
+    sink = BatchSink()
+    sink.batches.append([])  # no slow first call: every hand-over is immediate
+    gateway = Gateway(
+        GatewayConfig(gateway_id="gw-batch", port=0, admission="open"),
+        bus=InMemoryCommandBus(),
+        sink=sink,
+    )
+
+    async def main() -> None:
+        await gateway.start()
+        try:
+            pending = []
+            for i in range(100):
+                pending.append(
+                    asyncio.ensure_future(
+                        gateway.emit(FwStatus(endpoint=f"dev-{i}", state=1, result=0))
+                    )
+                )
+                await asyncio.sleep(0.002)
+            await asyncio.gather(*pending)
+        finally:
+            await gateway.stop()
+
+    asyncio.run(main())
+    batches = sink.batches[1:]
+    flat = [event["endpoint"] for batch in batches for event in batch]
+    assert flat == [f"dev-{i}" for i in range(100)]
+    assert len(batches) <= 100 // 4, [len(b) for b in batches]
+
+
 def _registered(endpoint: str) -> dict[str, Any]:
     return {
         "type": "registered",
