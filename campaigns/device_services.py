@@ -72,6 +72,11 @@ SWEPT = "swept"
 # The task that sends a stored command to its gateway, by its registered name: the worker side
 # defines it, the fleet side only queues it (``command_queue``).
 DEVICE_COMMAND_TASK = "workers.tasks.device_command_task"
+# The same for a batch of commands (a reconcile pass's), and the most one task sends: a pass of
+# 500 devices is 10 tasks behind the event batches in the workers' queue instead of 500, each
+# command still sent in its own transaction.
+DEVICE_COMMANDS_TASK = "workers.tasks.device_commands_task"
+COMMAND_SEND_BATCH = 50
 
 
 class DeviceRegistryError(Exception):
@@ -205,14 +210,15 @@ def command_queue(command_id: str) -> None:
 
 
 def commands_queue(command_ids: list[str]) -> None:
-    """``command_queue`` for a batch: one commit hook sends them all, in order."""
+    """``command_queue`` for a batch: one commit hook sends them all, in order, as tasks of up
+    to COMMAND_SEND_BATCH commands each."""
     from celery import current_app
 
-    task = current_app.tasks[DEVICE_COMMAND_TASK]
+    task = current_app.tasks[DEVICE_COMMANDS_TASK]
 
     def send() -> None:
-        for command_id in command_ids:
-            task.delay(command_id)
+        for start in range(0, len(command_ids), COMMAND_SEND_BATCH):
+            task.delay(command_ids[start : start + COMMAND_SEND_BATCH])
 
     transaction.on_commit(send)
 

@@ -2,7 +2,8 @@
 
 ``device_events_task`` is how gateways report (registrations, Object 5 status, command results),
 a batch of one gateway's events at a time; ``device_event_task`` applies a single event;
-``device_command_task`` routes a stored command to the gateway holding the device.
+``device_command_task`` routes a stored command to the gateway holding the device,
+``device_commands_task`` a reconcile pass's commands, a batch at a time.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
@@ -169,9 +171,7 @@ def registry_sweep_task() -> int:
     return device_services.registrations_sweep()
 
 
-@shared_task(**DATABASE_RETRY)
-def device_command_task(command_id: str) -> str:
-    """Send a pending command to its gateway (at least once; see ``device_command_send``)."""
+def _publisher() -> Callable[[str, dict[str, Any]], None]:
     from workers.lwm2m.bus import bus_for_url, configured_bus_url
 
     bus = bus_for_url(configured_bus_url())
@@ -182,4 +182,35 @@ def device_command_task(command_id: str) -> str:
         except LwM2MError as exc:  # the bus refused it: the command fails, no retry
             raise device_services.CommandRefusedError(str(exc), code=exc.code) from exc
 
-    return device_services.device_command_send(command_id=command_id, publish=publish)
+    return publish
+
+
+@shared_task(**DATABASE_RETRY)
+def device_command_task(command_id: str) -> str:
+    """Send a pending command to its gateway (at least once; see ``device_command_send``)."""
+    return device_services.device_command_send(command_id=command_id, publish=_publisher())
+
+
+@shared_task(**DATABASE_RETRY)
+def device_commands_task(command_ids: list[str]) -> dict[str, int]:
+    """Send a batch of pending commands (a reconcile pass's), each as ``device_command_task``
+    would, in its own transaction. A command whose sending failed (the bus unreachable) stays
+    pending and the others are still sent; the first such error is raised at the end, so the
+    task is retried (a command already sent is skipped) or, failing that, the reconcile's
+    resend sends it. Returns how many commands had each outcome."""
+    publish = _publisher()
+    outcomes: dict[str, int] = {}
+    error: Exception | None = None
+    for command_id in command_ids:
+        try:
+            outcome = device_services.device_command_send(command_id=command_id, publish=publish)
+        except (OperationalError, InterfaceError):
+            raise  # the database: retried with backoff as a whole (DATABASE_RETRY)
+        except Exception as exc:
+            logger.exception("command %s not sent", command_id)
+            error = error or exc
+            continue
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if error is not None:
+        raise error
+    return outcomes
