@@ -1059,6 +1059,8 @@ def device_events_lock(*, batch: list[events.DeviceEvent]) -> int:
     while it waits for that device (each deadlock cost a second's detection and a retry of the
     whole batch with backoff). Devices not yet in the registry are created by their event, in
     its savepoint, as before. Returns the number of devices locked."""
+    if len(batch) == 1 and not isinstance(batch[0], events.CommandResult):
+        return 0  # one device, and the first lock its event takes is that device's row
     endpoints = sorted({e.endpoint for e in batch if e.endpoint})
     command_ids = []
     for event in batch:
@@ -1069,8 +1071,10 @@ def device_events_lock(*, batch: list[events.DeviceEvent]) -> int:
                 continue
     if any(isinstance(e, events.CommandResult) for e in batch):
         audit_lock()
-    device_ids = set(
-        DeviceCommand.objects.filter(pk__in=command_ids).values_list("device_id", flat=True)
+    device_ids = (
+        set(DeviceCommand.objects.filter(pk__in=command_ids).values_list("device_id", flat=True))
+        if command_ids
+        else set()
     )
     if not endpoints and not device_ids:
         return 0
