@@ -99,6 +99,9 @@ CAMPAIGN_RECONCILE_TASK = "workers.tasks.campaign_reconcile_task"
 # A nudge's flag (a pass queued and not yet started) drops by itself after this long, so a
 # nudge whose task was lost delays the next one by this at most (the beat's pass goes on).
 NUDGE_FLAG_SECONDS = 30.0
+# A nudged pass runs this long after the nudge: the rollouts that end meanwhile share it, so a
+# fleet finishing fifty updates a second costs its campaign two passes a second, not fifty.
+NUDGE_DELAY_SECONDS = 0.5
 
 # Campaigns whose rollouts left flight while one event was applied (``rollouts_apply_event``
 # collects them; the functions that end a rollout note its campaign here).
@@ -118,10 +121,11 @@ def nudge_flag(campaign_id: int) -> str:
     return f"nudge:campaign:{campaign_id}"
 
 
-def campaign_nudge(campaign_id: int, *, countdown: float | None = None) -> bool:
-    """Ask for a reconcile pass of the campaign once the current transaction commits: a
-    device's rollout ended (succeeded, failed, went back to pending), so its in-flight slot is
-    free and the next device can be dispatched now instead of at the beat's next pass
+def campaign_nudge(campaign_id: int, *, countdown: float = NUDGE_DELAY_SECONDS) -> bool:
+    """Ask for a reconcile pass of the campaign once the current transaction commits, to run
+    ``countdown`` seconds later: a device's rollout ended (succeeded, failed, went back to
+    pending), so its in-flight slot is free and the next device can be dispatched now instead
+    of at the beat's next pass
     (CAMPAIGN_RECONCILE_SECONDS). At most one nudged pass per campaign is queued at a time:
     the flag ``nudge_flag`` is raised when one is queued and lowered when it starts
     (``engine.campaign_reconcile_nudged``), so a change committed before the pass starts is

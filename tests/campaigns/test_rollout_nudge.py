@@ -82,7 +82,7 @@ def test_a_rollout_ending_queues_one_pass_after_commit(
         )
         _succeed(first)
         assert nudges == []  # not before the rollout's end is committed
-    assert nudges == [(campaign.pk, {"nudged": True}, None)]
+    assert nudges == [(campaign.pk, {"nudged": True}, rollouts.NUDGE_DELAY_SECONDS)]
 
     # A second end before the nudged pass started: that pass will see it.
     with django_capture_on_commit_callbacks(execute=True):
@@ -102,7 +102,7 @@ def test_a_rollout_ending_queues_one_pass_after_commit(
     )
     with django_capture_on_commit_callbacks(execute=True):
         _succeed(third)
-    assert nudges == [(campaign.pk, {"nudged": True}, None)] * 2
+    assert nudges == [(campaign.pk, {"nudged": True}, rollouts.NUDGE_DELAY_SECONDS)] * 2
 
 
 def test_no_nudge_when_tasks_run_eagerly(
