@@ -25,6 +25,15 @@ class AuditError(Exception):
     code = "audit.error"
 
 
+def audit_lock() -> None:
+    """Take the chain's append lock now, in the caller's transaction (held to its end), so that
+    a transaction that will append later can take it before its other locks: one lock order
+    for every writer (device event batches take it before their devices' rows)."""
+    if not connection.in_atomic_block:
+        raise AuditError("audit_lock must run inside the transaction that appends")
+    _lock_chain()
+
+
 def _lock_chain() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:

@@ -294,6 +294,7 @@ def _patch_delay() -> list[str]:
 
     sent: list[str] = []
     tasks.device_command_task.delay = sent.append  # type: ignore[method-assign]
+    tasks.device_commands_task.delay = sent.extend  # type: ignore[method-assign]
     return sent
 
 

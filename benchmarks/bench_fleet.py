@@ -419,11 +419,18 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         max_downloads = 0
         status = campaign.status
         last_beat = 0.0
+        queue_lengths: list[int] = []
+        lags: list[float] = []
         while status == CampaignStatus.RUNNING and time.perf_counter() - start < args.timeout:
             # Beat: a reconcile every 0.5 s while the queue is empty, else every 5 s at most
             # (reconciles sent faster than the workers run them would only queue up).
+            snap = tallies.snapshot(queues=[queue])
+            queued_now = int(snap.queue_lengths.get(queue, 0))
+            queue_lengths.append(queued_now)
+            if snap.event_lag_seconds is not None:
+                lags.append(snap.event_lag_seconds)
             since = time.monotonic() - last_beat
-            if since >= 5 or (since >= 0.5 and not _queued(tallies, queue)):
+            if since >= 5 or (since >= 0.5 and not queued_now):
                 campaign_reconcile_task.delay(campaign.pk)
                 last_beat = time.monotonic()
             max_downloads = max(
@@ -444,6 +451,10 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
             succeeded=succeeded,
             events=events,
             max_downloads=max_downloads,
+            queue_mean=sum(queue_lengths) / max(1, len(queue_lengths)),
+            queue_max=max(queue_lengths, default=0),
+            lag_mean=sum(lags) / max(1, len(lags)),
+            lag_max=max(lags, default=0.0),
             cpu={g: cpu_after.get(g, 0.0) - cpu_before.get(g, 0.0) for g in cpu_after},
         )
 
@@ -489,10 +500,6 @@ def child_run(args: argparse.Namespace) -> dict[str, Any]:
         client.delete(*(f"{args.tally_prefix}{k}" for k in ("dispatches", "device-events")))
         client.close()
     return result
-
-
-def _queued(tallies: Any, queue: str) -> int:
-    return int(tallies.snapshot(queues=[queue]).queue_lengths.get(queue, 0))
 
 
 def _count() -> dict[str, Any]:
@@ -583,6 +590,12 @@ def report_run(r: dict[str, Any], report: Report) -> None:
         f"  downloads at once         {r['max_downloads']:,} in the campaign, "
         f"{r['download_max']:,} in the plain download"
     )
+    if "queue_mean" in r:
+        print(
+            f"  workers' queue            {r['queue_mean']:,.0f} tasks waiting on average, "
+            f"{r['queue_max']:,} at most; event lag (gateway to PostgreSQL) "
+            f"{r['lag_mean']:,.1f} s on average, {r['lag_max']:,.1f} s at most"
+        )
     cpu = r["cpu"]
     total = sum(cpu.values()) or 1.0
     parts = ", ".join(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +26,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
-from audit.services import audit_record
+from audit.services import audit_lock, audit_record
 from campaigns import events
 from campaigns.checks import CLASS_MISMATCH, CLOCK_SKEW, UNMAPPED_DEVICE
 from campaigns.events import UnknownEventError
@@ -71,6 +72,11 @@ SWEPT = "swept"
 # The task that sends a stored command to its gateway, by its registered name: the worker side
 # defines it, the fleet side only queues it (``command_queue``).
 DEVICE_COMMAND_TASK = "workers.tasks.device_command_task"
+# The same for a batch of commands (a reconcile pass's), and the most one task sends: a pass of
+# 500 devices is 10 tasks behind the event batches in the workers' queue instead of 500, each
+# command still sent in its own transaction.
+DEVICE_COMMANDS_TASK = "workers.tasks.device_commands_task"
+COMMAND_SEND_BATCH = 50
 
 
 class DeviceRegistryError(Exception):
@@ -204,14 +210,15 @@ def command_queue(command_id: str) -> None:
 
 
 def commands_queue(command_ids: list[str]) -> None:
-    """``command_queue`` for a batch: one commit hook sends them all, in order."""
+    """``command_queue`` for a batch: one commit hook sends them all, in order, as tasks of up
+    to COMMAND_SEND_BATCH commands each."""
     from celery import current_app
 
-    task = current_app.tasks[DEVICE_COMMAND_TASK]
+    task = current_app.tasks[DEVICE_COMMANDS_TASK]
 
     def send() -> None:
-        for command_id in command_ids:
-            task.delay(command_id)
+        for start in range(0, len(command_ids), COMMAND_SEND_BATCH):
+            task.delay(command_ids[start : start + COMMAND_SEND_BATCH])
 
     transaction.on_commit(send)
 
@@ -1079,6 +1086,42 @@ _REGISTRY_APPLY: dict[type[events.DeviceEvent], Callable[[Any, dt.datetime], Non
     events.FwInstalled: _apply_fw_installed,
     events.CommandResult: _apply_command_result,
 }
+
+
+def device_events_lock(*, batch: list[events.DeviceEvent]) -> int:
+    """Take, at the start of an event batch's transaction, the locks its events will take, in
+    one order for every batch: the audit chain's append lock first (when a command result may
+    record a device's report), then the rows of the batch's devices by primary key. Two
+    workers applying two batches then wait for each other instead of deadlocking: event by
+    event, one batch would lock a device and then wait for the audit lock that the other holds
+    while it waits for that device (each deadlock cost a second's detection and a retry of the
+    whole batch with backoff). Devices not yet in the registry are created by their event, in
+    its savepoint, as before. Returns the number of devices locked."""
+    if len(batch) == 1 and not isinstance(batch[0], events.CommandResult):
+        return 0  # one device, and the first lock its event takes is that device's row
+    endpoints = sorted({e.endpoint for e in batch if e.endpoint})
+    command_ids = []
+    for event in batch:
+        if isinstance(event, events.CommandResult):
+            try:
+                command_ids.append(uuid.UUID(str(event.command_id)))
+            except ValueError:
+                continue
+    if any(isinstance(e, events.CommandResult) for e in batch):
+        audit_lock()
+    device_ids = (
+        set(DeviceCommand.objects.filter(pk__in=command_ids).values_list("device_id", flat=True))
+        if command_ids
+        else set()
+    )
+    if not endpoints and not device_ids:
+        return 0
+    return len(
+        Device.objects.select_for_update()
+        .filter(Q(endpoint__in=endpoints) | Q(pk__in=device_ids))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
 
 
 def device_event_apply(*, event: events.DeviceEvent) -> None:

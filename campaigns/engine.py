@@ -74,7 +74,13 @@ from campaigns.models import (
     StageStatus,
 )
 from campaigns.planning import PlanRow, write_rows
-from campaigns.rollouts import confirm_successes, fail_rollout, wait_rollout
+from campaigns.rollouts import (
+    campaign_nudge,
+    confirm_successes,
+    fail_rollout,
+    nudge_flag,
+    wait_rollout,
+)
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
 from manifests.delivery import REPORTING_PROFILES
@@ -91,6 +97,9 @@ DISPATCH_BATCH = 500
 # The same on PostgreSQL, where a pass is decided and written set-based (``_dispatch_set``): the
 # cost per rollout is PostgreSQL's own, so a pass takes many more while its locks stay short.
 SET_DISPATCH_BATCH = 25_000
+# A nudged pass that found its campaign held by another pass asks again after this long (short:
+# the other pass is one transaction; not zero: it would spin while that pass runs).
+NUDGE_AGAIN_SECONDS = 0.5
 # Newly registered devices examined per reconcile pass (the rest join on the next passes).
 ENROLL_BATCH = 1000
 # A command still unsent after this long (its task was lost with a worker) is sent again.
@@ -202,6 +211,21 @@ def campaign_reconcile(
             tallies.dispatches_add(campaign=report.campaign, count=report.dispatched)
         return report
     return None  # not reached: the last attempt returns or raises
+
+
+def campaign_reconcile_nudged(campaign_id: int) -> ReconcileReport | None:
+    """A pass asked for by a rollout's end (``rollouts.campaign_nudge``). The nudge's flag is
+    lowered before the pass reads anything, so a rollout that ends after this point nudges
+    again. A pass skipped because another worker holds the campaign is asked for again
+    shortly: that pass may have read the rollouts before the change that nudged."""
+    tallies.flag_lower(nudge_flag(campaign_id))
+    report = campaign_reconcile(campaign_id)
+    if (
+        report is None
+        and Campaign.objects.filter(pk=campaign_id, status=CampaignStatus.RUNNING).exists()
+    ):
+        campaign_nudge(campaign_id, countdown=NUDGE_AGAIN_SECONDS)
+    return report
 
 
 def transient_conflict(exc: BaseException) -> bool:

@@ -17,10 +17,13 @@ retry. Image-profile (MCUboot) devices cannot sign reports and are judged as bef
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import logging
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
@@ -45,6 +48,9 @@ from manifests.suit import keys as suit_keys
 from manifests.suit import report as suit_report
 from manifests.suit.errors import SUITError
 from manifests.versions import VersionError, parse_version
+from ops import tallies
+
+log = logging.getLogger(__name__)
 
 FW_RESULT_REASONS = FAILURE_REASON_BY_UPDATE_RESULT
 # A failed delta's rollout goes back to pending for the full image with this reason.
@@ -93,6 +99,66 @@ WAIT_FIRST = dt.timedelta(seconds=10)
 WAIT_MAX = dt.timedelta(minutes=10)
 
 
+# The task that runs one reconcile pass, by its registered name (the worker side defines it; the
+# fleet side only queues it, as ``device_services.command_queue`` does for commands).
+CAMPAIGN_RECONCILE_TASK = "workers.tasks.campaign_reconcile_task"
+# A nudge's flag (a pass queued and not yet started) drops by itself after this long, so a
+# nudge whose task was lost delays the next one by this at most (the beat's pass goes on).
+NUDGE_FLAG_SECONDS = 30.0
+# A nudged pass runs this long after the nudge: the rollouts that end meanwhile share it, so a
+# fleet finishing fifty updates a second costs its campaign two passes a second, not fifty.
+NUDGE_DELAY_SECONDS = 0.5
+
+# Campaigns whose rollouts left flight while one event was applied (``rollouts_apply_event``
+# collects them; the functions that end a rollout note its campaign here).
+_ended: contextvars.ContextVar[set[int] | None] = contextvars.ContextVar(
+    "rollouts_ended", default=None
+)
+
+
+def _note_ended(campaign_id: int) -> None:
+    ended = _ended.get()
+    if ended is not None:
+        ended.add(campaign_id)
+
+
+def nudge_flag(campaign_id: int) -> str:
+    """The shared flag that is up while a nudged pass of the campaign is queued, not started."""
+    return f"nudge:campaign:{campaign_id}"
+
+
+def campaign_nudge(campaign_id: int, *, countdown: float = NUDGE_DELAY_SECONDS) -> bool:
+    """Ask for a reconcile pass of the campaign once the current transaction commits, to run
+    ``countdown`` seconds later: a device's rollout ended (succeeded, failed, went back to
+    pending), so its in-flight slot is free and the next device can be dispatched now instead
+    of at the beat's next pass
+    (CAMPAIGN_RECONCILE_SECONDS). At most one nudged pass per campaign is queued at a time:
+    the flag ``nudge_flag`` is raised when one is queued and lowered when it starts
+    (``engine.campaign_reconcile_nudged``), so a change committed before the pass starts is
+    seen by it, and one committed later nudges again. Off when tasks run eagerly (the embedded
+    default, tests: the caller's own process would run the pass inside the event's
+    application) or with CAMPAIGN_NUDGE=false. True when a nudge is to be sent."""
+    from celery import current_app
+
+    if not settings.CAMPAIGN_NUDGE or current_app.conf.task_always_eager:
+        return False
+
+    def send() -> None:
+        flag = nudge_flag(campaign_id)
+        if not tallies.flag_raise(flag, ttl_seconds=NUDGE_FLAG_SECONDS):
+            return  # a nudged pass is queued and has not started: it will see this change
+        try:
+            current_app.tasks[CAMPAIGN_RECONCILE_TASK].apply_async(
+                (campaign_id,), {"nudged": True}, countdown=countdown
+            )
+        except Exception as exc:  # the broker is down: the beat's pass moves the campaign
+            tallies.flag_lower(flag)
+            log.warning("could not nudge campaign %s: %s", campaign_id, exc)
+
+    transaction.on_commit(send)
+    return True
+
+
 _ORDER = {
     s: i
     for i, s in enumerate(
@@ -117,8 +183,16 @@ _FW_STATE_TO_ROLLOUT = {
 def rollouts_apply_event(*, event: events.DeviceEvent, now: dt.datetime | None = None) -> None:
     """Fold one gateway event into the device's rollout (called after the registry update)."""
     apply = _ROLLOUT_APPLY.get(type(event))
-    if apply is not None:
+    if apply is None:
+        return
+    token = _ended.set(set())
+    try:
         apply(event, now or timezone.now())
+        ended = _ended.get() or set()
+    finally:
+        _ended.reset(token)
+    for campaign_id in sorted(ended):
+        campaign_nudge(campaign_id)
 
 
 def _confirm_device(event: events.DeviceEvent, now: dt.datetime) -> None:
@@ -351,6 +425,7 @@ def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
         ):
             confirmed += 1
             succeeded.append(rollout.pk)
+            _note_ended(rollout.campaign_id)
     if succeeded:
         transaction.on_commit(lambda: device_installed_images_record(rollout_ids=succeeded))
     return confirmed
@@ -389,6 +464,7 @@ def fail_rollout(
             updated_at=now,
         )
         if changed:
+            _note_ended(rollout.campaign_id)
             return True
     campaign = rollout.campaign
     retries = (spec if spec is not None else spec_of(campaign)).retries
@@ -413,6 +489,8 @@ def fail_rollout(
             finished_at=now,
             updated_at=now,
         )
+    if changed:
+        _note_ended(rollout.campaign_id)
     return bool(changed)
 
 
@@ -429,6 +507,8 @@ def wait_rollout(rollout: Rollout, *, detail: str, now: dt.datetime) -> bool:
         command_id=None,
         updated_at=now,
     )
+    if changed:
+        _note_ended(rollout.campaign_id)
     return bool(changed)
 
 

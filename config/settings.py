@@ -162,6 +162,10 @@ REGISTRATION_GRACE_SECONDS = envint("REGISTRATION_GRACE_SECONDS", 30, minimum=0)
 REGISTRY_SWEEP_SECONDS = envint("REGISTRY_SWEEP_SECONDS", 30, minimum=1)
 # How often running campaigns are moved forward (seconds).
 CAMPAIGN_RECONCILE_SECONDS = envint("CAMPAIGN_RECONCILE_SECONDS", 5, minimum=1)
+# A device's rollout ending (an event applied by a worker) asks for a pass of its campaign at
+# once, so the next device goes out without waiting for the beat
+# (campaigns.rollouts.campaign_nudge).
+CAMPAIGN_NUDGE = envbool("CAMPAIGN_NUDGE", True)
 CELERY_BEAT_SCHEDULE = {
     "reconcile-campaigns": {
         "task": "workers.tasks.campaigns_reconcile_all_task",

@@ -110,6 +110,33 @@ def events_applied(*, count: int, lag_seconds: float | None, now: float | None =
         logger.warning("could not record %d applied device events: %s", count, exc)
 
 
+def flag_raise(name: str, *, ttl_seconds: float) -> bool:
+    """Raise the shared flag ``name`` unless it is up already: True when this call raised it
+    (the caller then does the work the flag stands for), False when it was up. The flag drops
+    by itself after ``ttl_seconds`` (its holder may die) or by ``flag_lower``. Without Redis,
+    or when Redis cannot be reached, every call raises it (True): the work is done each time
+    rather than never."""
+    client = _client()
+    if client is None:
+        return True
+    try:
+        return bool(client.set(key(name), b"1", nx=True, px=max(1, int(ttl_seconds * 1000))))
+    except Exception as exc:
+        logger.warning("could not raise the flag %s: %s", name, exc)
+        return True
+
+
+def flag_lower(name: str) -> None:
+    """Lower the shared flag ``name`` (the next ``flag_raise`` raises it again)."""
+    client = _client()
+    if client is None:
+        return
+    try:
+        client.delete(key(name))
+    except Exception as exc:
+        logger.warning("could not lower the flag %s: %s", name, exc)
+
+
 def _number(value: Any) -> float | None:
     if value is None:
         return None

@@ -2,7 +2,8 @@
 
 ``device_events_task`` is how gateways report (registrations, Object 5 status, command results),
 a batch of one gateway's events at a time; ``device_event_task`` applies a single event;
-``device_command_task`` routes a stored command to the gateway holding the device.
+``device_command_task`` routes a stored command to the gateway holding the device,
+``device_commands_task`` a reconcile pass's commands, a batch at a time.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery import shared_task
 from django.db import InterfaceError, OperationalError, transaction
 
 from campaigns import device_services
-from campaigns.engine import campaign_reconcile
-from campaigns.events import EventError, event_from_dict
+from campaigns.engine import campaign_reconcile, campaign_reconcile_nudged
+from campaigns.events import DeviceEvent, EventError, event_from_dict
 from campaigns.rollouts import rollouts_apply_event
 from campaigns.trust_delivery import trust_policy_apply_event
 from ops import tallies
@@ -42,7 +44,10 @@ DATABASE_RETRY: dict[str, Any] = {
 
 
 def _apply_event(data: dict[str, Any]) -> None:
-    event = event_from_dict(data)  # EventError for anything outside the contract
+    _apply_parsed(event_from_dict(data))  # EventError for anything outside the contract
+
+
+def _apply_parsed(event: DeviceEvent) -> None:
     device_services.device_event_apply(event=event)
     rollouts_apply_event(event=event)
     trust_policy_apply_event(event=event)
@@ -61,25 +66,36 @@ def device_event_task(event: dict[str, Any]) -> None:
 @shared_task(**DATABASE_RETRY)
 def device_events_task(events: list[dict[str, Any]]) -> int:
     """Apply a batch of one gateway's events, in their order, in one transaction: one commit
-    for the batch instead of several per event (a commit waits for the disk). Each event runs
-    in its own savepoint, so one that fails is rolled back alone and logged while the others
-    are kept; the first such error is raised after the commit, and the sender retries the
-    batch (applying an event again changes nothing). An event outside the contract
+    for the batch instead of several per event (a commit waits for the disk). The batch's
+    locks are taken first, in the one order every batch uses
+    (``device_services.device_events_lock``), so two workers never deadlock on two batches.
+    Each event runs in its own savepoint, so one that fails is rolled back alone and logged
+    while the others are kept; the first such error is raised after the commit, and the sender
+    retries the batch (applying an event again changes nothing). An event outside the contract
     (``campaigns.events.EventError``) is logged and dropped: no retry can make it valid.
     Returns the number of events."""
+    parsed: list[tuple[dict[str, Any], DeviceEvent | None]] = []
+    for data in events:
+        try:
+            parsed.append((data, event_from_dict(data)))
+        except EventError as exc:
+            # Outside the contract: applying it again cannot help, so it is not retried.
+            with log_context(device=_endpoint(data)):
+                logger.error("device event refused: %s", exc)
+            parsed.append((data, None))
     error: Exception | None = None
     with transaction.atomic():
-        for event in events:
-            with log_context(device=_endpoint(event)):
+        device_services.device_events_lock(batch=[e for _, e in parsed if e is not None])
+        for data, event in parsed:
+            if event is None:
+                continue
+            with log_context(device=_endpoint(data)):
                 try:
                     with transaction.atomic():
-                        _apply_event(event)
-                except EventError as exc:
-                    # Outside the contract: applying it again cannot help, so it is not retried.
-                    logger.error("device event refused: %s", exc)
+                        _apply_parsed(event)
                 except Exception as exc:
                     logger.exception(
-                        "device event %s for %r failed", event.get("type"), event.get("endpoint")
+                        "device event %s for %r failed", data.get("type"), data.get("endpoint")
                     )
                     error = error or exc
     if error is not None:
@@ -106,10 +122,14 @@ def event_lag(events: list[Any], *, now: float) -> float | None:
 
 
 @shared_task(**DATABASE_RETRY)
-def campaign_reconcile_task(campaign_id: int) -> dict[str, Any] | None:
-    """One reconcile pass of one campaign (skipped if another worker holds it)."""
+def campaign_reconcile_task(campaign_id: int, nudged: bool = False) -> dict[str, Any] | None:
+    """One reconcile pass of one campaign (skipped if another worker holds it); ``nudged``: a
+    pass a rollout's end asked for (``campaigns.rollouts.campaign_nudge``)."""
     with log_context(campaign=campaign_id):
-        report = campaign_reconcile(campaign_id)
+        if nudged:
+            report = campaign_reconcile_nudged(campaign_id)
+        else:
+            report = campaign_reconcile(campaign_id)
     return None if report is None else report.as_dict()
 
 
@@ -151,9 +171,7 @@ def registry_sweep_task() -> int:
     return device_services.registrations_sweep()
 
 
-@shared_task(**DATABASE_RETRY)
-def device_command_task(command_id: str) -> str:
-    """Send a pending command to its gateway (at least once; see ``device_command_send``)."""
+def _publisher() -> Callable[[str, dict[str, Any]], None]:
     from workers.lwm2m.bus import bus_for_url, configured_bus_url
 
     bus = bus_for_url(configured_bus_url())
@@ -164,4 +182,35 @@ def device_command_task(command_id: str) -> str:
         except LwM2MError as exc:  # the bus refused it: the command fails, no retry
             raise device_services.CommandRefusedError(str(exc), code=exc.code) from exc
 
-    return device_services.device_command_send(command_id=command_id, publish=publish)
+    return publish
+
+
+@shared_task(**DATABASE_RETRY)
+def device_command_task(command_id: str) -> str:
+    """Send a pending command to its gateway (at least once; see ``device_command_send``)."""
+    return device_services.device_command_send(command_id=command_id, publish=_publisher())
+
+
+@shared_task(**DATABASE_RETRY)
+def device_commands_task(command_ids: list[str]) -> dict[str, int]:
+    """Send a batch of pending commands (a reconcile pass's), each as ``device_command_task``
+    would, in its own transaction. A command whose sending failed (the bus unreachable) stays
+    pending and the others are still sent; the first such error is raised at the end, so the
+    task is retried (a command already sent is skipped) or, failing that, the reconcile's
+    resend sends it. Returns how many commands had each outcome."""
+    publish = _publisher()
+    outcomes: dict[str, int] = {}
+    error: Exception | None = None
+    for command_id in command_ids:
+        try:
+            outcome = device_services.device_command_send(command_id=command_id, publish=publish)
+        except (OperationalError, InterfaceError):
+            raise  # the database: retried with backoff as a whole (DATABASE_RETRY)
+        except Exception as exc:
+            logger.exception("command %s not sent", command_id)
+            error = error or exc
+            continue
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if error is not None:
+        raise error
+    return outcomes

@@ -127,7 +127,7 @@ def test_worker_counts_reach_the_web_tiers_metrics_and_its_logs_carry_the_reques
         }
 
     # The commands the pass queued run after it: wait for the last of them to be logged.
-    wait_for(lambda: "workers.tasks.device_command_task" in traced(), worker)
+    wait_for(lambda: "workers.tasks.device_commands_task" in traced(), worker)
     lines = json_lines()
     refused = next((e for e in lines if "device event refused" in e.get("message", "")), None)
     assert refused is not None, worker.logs()
@@ -137,5 +137,5 @@ def test_worker_counts_reach_the_web_tiers_metrics_and_its_logs_carry_the_reques
     assert traced() >= {
         "workers.tasks.campaign_reconcile_task",
         "workers.tasks.device_events_task",
-        "workers.tasks.device_command_task",
+        "workers.tasks.device_commands_task",
     }

@@ -27,6 +27,13 @@ log = logsafe.guard(logging.getLogger("workers.lwm2m.gateway"))
 EVENT_BATCH = 100
 
 
+# Least time between two hand-overs while events keep coming (seconds): what arrives meanwhile
+# joins the next batch, so a steady flow of events becomes a few tasks a second per gateway
+# (each task costs a worker a broker round trip and a transaction whatever its size) instead
+# of one task per event. An event after a quiet spell is handed over at once.
+EVENT_FLUSH_SECONDS = 0.05
+
+
 # Attempts to hand one event to the sink before giving up (with exponential backoff), when
 # the sink failed for another reason than being unreachable.
 EMIT_ATTEMPTS = 5
@@ -95,10 +102,23 @@ class EventEmitter:
     async def _event_pump(
         self, queue: asyncio.Queue[tuple[dict[str, Any], asyncio.Future[None]]]
     ) -> None:
+        loop = asyncio.get_running_loop()
+        handed_over = -EVENT_FLUSH_SECONDS
         while True:
             batch = [await queue.get()]
-            while len(batch) < EVENT_BATCH and not queue.empty():
-                batch.append(queue.get_nowait())
+            gather_until = handed_over + EVENT_FLUSH_SECONDS
+            while len(batch) < EVENT_BATCH:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                remaining = gather_until - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            handed_over = loop.time()
             try:
                 await self._deliver([event for event, _ in batch])
             finally:
