@@ -13,6 +13,12 @@ sent and carries the attempt's nonce (``manifests.suit.report``): its rollout su
 ``report_verdict == "verified"``, whatever /5/0/5 says. Any other report (or none) is recorded
 on the rollout and in the audit log and fails the rollout with the report's reason, without
 retry. Image-profile (MCUboot) devices cannot sign reports and are judged as before.
+
+In a trust-policy campaign (its target a released device trust policy, no manifest) success is
+the device's confirmed install of the policy: Update Result 1, the verified report naming the
+policy document's SHA-256, and the registry recording the device holding that policy
+(``Device.trust_policy_sha256``, written by ``campaigns.trust_delivery`` from the same report).
+A refusal by the device's rotation rule is Update Result 5, a failure like any other.
 """
 
 from __future__ import annotations
@@ -160,14 +166,15 @@ def judge_report(rollout: Rollout, suit_report_hex: str) -> tuple[str, str, byte
     command = DeviceCommand.objects.filter(pk=rollout.command_id).only("args").first()
     nonce_hex = str(((command.args if command else None) or {}).get("report_nonce") or "")
     key_pem = rollout.device.report_key
-    if not key_pem or not nonce_hex or rollout.manifest is None:
+    digest = sent_digest(rollout)
+    if not key_pem or not nonce_hex or digest is None:
         why = "no report key registered" if not key_pem else "no nonce was given this attempt"
         return REPORT_MISSING, f"the report cannot be checked: {why}", data
     try:
         report = suit_report.verify_report(
             data,
             public_key=suit_keys.load_public_key_pem(key_pem.encode()),
-            manifest_digest=bytes.fromhex(rollout.manifest.manifest_digest),
+            manifest_digest=bytes.fromhex(digest),
             nonce=bytes.fromhex(nonce_hex),
         )
     except SUITError as exc:
@@ -176,6 +183,15 @@ def judge_report(rollout: Rollout, suit_report_hex: str) -> tuple[str, str, byte
     if not report.success:
         return REPORT_FAILURE, report.describe(), data
     return REPORT_VERIFIED, report.describe(), data
+
+
+def sent_digest(rollout: Rollout) -> str | None:
+    """The digest a report of the rollout's attempt must name: the manifest's sent, or in a
+    trust-policy campaign the policy document's SHA-256."""
+    if rollout.manifest is not None:
+        return str(rollout.manifest.manifest_digest)
+    policy = rollout.campaign.trust_policy
+    return str(policy.sha256) if policy is not None and policy.sha256 else None
 
 
 def _record_report(
@@ -209,7 +225,9 @@ def _record_report(
 def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
     rollout = (
         Rollout.objects.filter(command_id=event.command_id)
-        .select_related("device__device_class", "campaign__device_class", "manifest")
+        .select_related(
+            "device__device_class", "campaign__device_class", "campaign__trust_policy", "manifest"
+        )
         .first()
     )
     if rollout is None or rollout.state not in IN_FLIGHT_STATES:
@@ -289,7 +307,8 @@ def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -
 
 
 def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
-    """Updating rollouts whose device reports the manifest's version with result 1 succeed."""
+    """Updating rollouts whose device reports the manifest's version with result 1 succeed; in
+    a trust-policy campaign, those whose device the registry records holding the policy."""
     confirmed = 0
     candidates = (
         rollouts.filter(state=RolloutState.UPDATING, fw_result=1)
@@ -301,15 +320,21 @@ def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
             )
             & ~Q(report_verdict=REPORT_VERIFIED)
         )
-        .select_related("device", "manifest")
+        .select_related("device", "manifest", "campaign__trust_policy")
     )
     for rollout in candidates:
-        try:
-            same = parse_version(rollout.device.firmware_version or "") == parse_version(
-                rollout.manifest.version
-            )
-        except VersionError:
+        policy = rollout.campaign.trust_policy
+        if policy is not None:
+            same = bool(policy.sha256) and rollout.device.trust_policy_sha256 == policy.sha256
+        elif rollout.manifest is None:
             same = False
+        else:
+            try:
+                same = parse_version(rollout.device.firmware_version or "") == parse_version(
+                    rollout.manifest.version
+                )
+            except VersionError:
+                same = False
         if same:
             confirmed += Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
                 state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail="", updated_at=now
