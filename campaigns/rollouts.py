@@ -232,8 +232,11 @@ def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
     )
     if rollout is None or rollout.state not in IN_FLIGHT_STATES:
         return
+    own_words = ""  # a failure's signed account by the device (its failing command and reason)
     if needs_report(rollout):
         verdict, detail = _record_report(rollout, event, now)
+        if verdict == REPORT_FAILURE:
+            own_words = f" ({detail})"
         genuine = verdict in (REPORT_VERIFIED, REPORT_FAILURE, REPORT_MISSING)
         if (event.ok and verdict != REPORT_VERIFIED) or not genuine:
             # A success without a verified report is no success; a report that is not the
@@ -263,7 +266,7 @@ def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
         rollout,
         reason=failure_reason(event),
         fw_result=result,
-        detail=event.error[:500],
+        detail=f"{event.error}{own_words}"[:500],
         now=now,
         # The device's own Update Result is judged by the campaign's retry policy; a gateway
         # error the gateway calls permanent (the same command cannot succeed) is not retried.
