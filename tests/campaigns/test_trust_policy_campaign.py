@@ -7,10 +7,14 @@ trip the stage's failure threshold."""
 from __future__ import annotations
 
 import datetime as dt
+from io import StringIO
+from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from campaigns import engine, planning, rollouts, services
 from campaigns.errors import (
@@ -243,3 +247,58 @@ def test_a_campaigns_kind_cannot_change_on_revision(catalog: Catalog) -> None:
             spec=parse_spec(spec_text("kind", trust_policy=1)), actor=catalog.ops
         )
     assert "kind" in str(info.value)
+
+
+def test_cli_plan_shows_the_target_and_the_devices_already_at_the_version(
+    catalog: Catalog, tmp_path: Path
+) -> None:
+    release_trust_policy(catalog)
+    release_trust_policy(catalog)
+    make_devices(catalog, 6, prefix="new", trust_policy_version=1)
+    make_devices(catalog, 2, prefix="held", trust_policy_version=2)
+    path = tmp_path / "rotate.yaml"
+    path.write_text(spec_text("rotate", trust_policy=2, stages=CANARY))
+    out = StringIO()
+    call_command("campaign", "plan", str(path), stdout=out)
+    text = out.getvalue()
+    assert "campaign rotate: target trust policy v2 to acme.example/thermo-v2" in text
+    assert "already at v2" in text
+    assert "excluded trust_policy_held" in text
+    assert not Campaign.objects.exists()
+
+
+def test_api_creates_a_trust_policy_campaign_and_refuses_a_rollback(catalog: Catalog) -> None:
+    release_trust_policy(catalog)
+    release_trust_policy(catalog)
+    make_devices(catalog, 3, trust_policy_version=1)
+    client = APIClient()
+    client.force_login(catalog.ops)
+    plan = client.post(
+        "/api/campaign-plans/", {"document": spec_text("rotate", trust_policy=2)}, format="json"
+    )
+    assert plan.status_code == 200, plan.content
+    assert (plan.json()["trust_policy"], plan.json()["release"]) == (2, None)
+    created = client.post(
+        "/api/campaigns/", {"document": spec_text("rotate", trust_policy=2)}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert body["campaign"]["trust_policy"] == 2
+    assert body["campaign"]["release"] is None
+    assert body["campaign"]["target"] == "trust policy v2"
+    assert body["status"]["target"] == "trust policy v2"
+    back = client.post(
+        "/api/campaigns/", {"document": spec_text("back", trust_policy=1)}, format="json"
+    )
+    assert back.status_code == 409
+    assert back.json()["code"] == "campaign.trust_policy_rollback"
+    unknown = client.post(
+        "/api/campaigns/", {"document": spec_text("nine", trust_policy=9)}, format="json"
+    )
+    assert unknown.status_code == 400
+    assert unknown.json()["code"] == "campaign.unknown_trust_policy"
+    assert list(Campaign.objects.values_list("name", flat=True)) == ["rotate"]
+    for url in ("/campaigns/rotate/", "/campaigns/", "/"):
+        page = client.get(url)
+        assert page.status_code == 200, url
+        assert b"trust policy v2" in page.content, url
