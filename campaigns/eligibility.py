@@ -110,11 +110,12 @@ class PolicyState:
     approved: bool
     summary: str
     superseded_by: int | None = None
+    expired: bool = False
     revoked: bool = False
     rollback: bool = False
 
 
-def policy_dispatch_state(policy: DeviceTrustPolicy) -> PolicyState:
+def policy_dispatch_state(policy: DeviceTrustPolicy, *, now: dt.datetime) -> PolicyState:
     later = (
         DeviceTrustPolicy.objects.filter(
             device_class_id=policy.device_class_id,
@@ -133,6 +134,13 @@ def policy_dispatch_state(policy: DeviceTrustPolicy) -> PolicyState:
             f"trust policy v{later} of the class is released: rolling v{policy.version} out "
             "would be a rollback, which devices refuse",
             superseded_by=later,
+        )
+    if now >= policy.expires_at:
+        # Devices refuse an expired policy: nothing more is sent (a new version is needed).
+        return PolicyState(
+            False,
+            f"trust policy v{policy.version} expired {policy.expires_at.isoformat()}",
+            expired=True,
         )
     return PolicyState(True, f"trust policy v{policy.version} is released")
 

@@ -147,7 +147,7 @@ def campaign_target(campaign: Campaign) -> Target:
 def target_state(campaign: Campaign, *, now: dt.datetime) -> checks.ReleaseState:
     """The campaign's release as dispatch sees it now, or its trust policy's state."""
     if campaign.trust_policy is not None:
-        return policy_dispatch_state(campaign.trust_policy)
+        return policy_dispatch_state(campaign.trust_policy, now=now)
     return release_dispatch_state(campaign.release, now=now)
 
 
@@ -310,9 +310,15 @@ def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | 
             return report
         if not release.approved:
             if campaign.trust_policy is not None:
-                # A later policy of the class was released: this one would be a rollback.
-                engine_pause(campaign, f"trust policy superseded: {release.summary}", now)
-                report.status, report.decision = CampaignStatus.PAUSED, "trust policy superseded"
+                # A later policy of the class was released (this one would be a rollback), or
+                # this one expired: devices would refuse it either way.
+                why = (
+                    "trust policy expired"
+                    if getattr(release, "expired", False)
+                    else "trust policy superseded"
+                )
+                engine_pause(campaign, f"{why}: {release.summary}", now)
+                report.status, report.decision = CampaignStatus.PAUSED, why
                 return report
             engine_pause(campaign, f"release no longer approved: {release.summary}", now)
             report.status, report.decision = CampaignStatus.PAUSED, "approval lost"

@@ -293,7 +293,7 @@ def campaign_plan(
     if resolved.trust_policy is not None:
         # A trust-policy campaign: the policy is "the release" of the rules below.
         policy = policy_facts(resolved.trust_policy)
-        release = state = policy_dispatch_state(resolved.trust_policy)
+        release = state = policy_dispatch_state(resolved.trust_policy, now=now)
         if resolved.device_class.delivery == "image":
             release_refusal = checks.Refusal(
                 checks.IMAGE_PROFILE,
@@ -302,12 +302,10 @@ def campaign_plan(
             )
         elif state.superseded_by is not None:
             release_refusal = checks.Refusal(checks.TRUST_POLICY_SUPERSEDED, state.summary)
+        elif state.expired:
+            release_refusal = checks.Refusal(checks.TRUST_POLICY_EXPIRED, state.summary)
         elif not state.approved:
             release_refusal = checks.Refusal(checks.NOT_APPROVED, state.summary)
-        elif now >= policy.expires_at:
-            release_refusal = checks.Refusal(
-                checks.TRUST_POLICY_EXPIRED, f"expired {policy.expires_at.isoformat()}"
-            )
         image_size = len(bytes(resolved.trust_policy.document or b""))
     else:
         assert resolved.release is not None  # noqa: S101 - resolve gives one of the two

@@ -302,3 +302,26 @@ def test_api_creates_a_trust_policy_campaign_and_refuses_a_rollback(catalog: Cat
         page = client.get(url)
         assert page.status_code == 200, url
         assert b"trust policy v2" in page.content, url
+
+
+def test_an_expired_trust_policy_is_refused_at_plan_and_pauses_a_running_campaign(
+    catalog: Catalog,
+) -> None:
+    now = timezone.now()
+    release_trust_policy(catalog, expires_at=now + dt.timedelta(hours=1))
+    make_devices(catalog, 3)
+    campaign = apply(catalog, spec_text("short-lived", trust_policy=1), now=now)
+    later = now + dt.timedelta(hours=2)
+    report = engine.campaign_reconcile(campaign.pk, now=later)
+    assert report is not None and report.decision == "trust policy expired"
+    campaign.refresh_from_db()
+    assert campaign.status == CampaignStatus.PAUSED
+    assert not DeviceCommand.objects.exists()
+    plan = planning.campaign_plan(
+        spec=parse_spec(spec_text("too-late", trust_policy=1)), now=later
+    ).as_dict()
+    assert plan["release_blocked"]["reason"] == "trust_policy_expired"
+    with pytest.raises(CampaignStateError, match="trust_policy_expired"):
+        services.campaign_apply(
+            spec=parse_spec(spec_text("too-late", trust_policy=1)), actor=catalog.ops, now=later
+        )
