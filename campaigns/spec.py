@@ -810,6 +810,10 @@ def parse_spec(document: str | bytes | dict[str, Any], *, source: str = "<api>")
     if problems:
         raise _many(problems, source)
     problems = list(_schema_problems(data))
+    if "release" not in data and "trust_policy" not in data:
+        # The schema requires neither alone (a campaign names one of the two); a document with
+        # neither misses its release, as it always did.
+        problems.append(("release", "required key is missing"))
     if problems:
         raise _many(problems, source)
     builder = _Builder()
