@@ -57,6 +57,7 @@ STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
     (campaign_errors.SpecError, status.HTTP_400_BAD_REQUEST),
     (campaign_errors.UnknownReleaseError, status.HTTP_400_BAD_REQUEST),
     (campaign_errors.UnknownTargetError, status.HTTP_400_BAD_REQUEST),
+    (campaign_errors.UnknownTrustPolicyError, status.HTTP_400_BAD_REQUEST),
     (campaign_errors.GateError, status.HTTP_403_FORBIDDEN),
     (campaign_errors.CampaignError, status.HTTP_409_CONFLICT),
     # fleet management: tags, groups, import (a bad import lists its rows)

@@ -811,7 +811,24 @@ class DeviceDetailSerializer(DeviceSerializer):
 
 
 class CampaignSerializer(serializers.ModelSerializer):
-    release = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    release = serializers.SlugRelatedField(
+        slug_field="name",
+        read_only=True,
+        allow_null=True,
+        help_text="null: a trust-policy campaign",
+    )
+    trust_policy = serializers.SlugRelatedField(
+        slug_field="version",
+        read_only=True,
+        allow_null=True,
+        help_text="a trust-policy campaign: the version of the device trust policy it rolls out "
+        "(else null)",
+    )
+    target = serializers.CharField(
+        source="target_label",
+        read_only=True,
+        help_text="what the campaign rolls out: the release's name or 'trust policy vN'",
+    )
     device_class_name = serializers.CharField(source="device_class.__str__", read_only=True)
     created_by = UsernameField(read_only=True)
     target_member_count = serializers.SerializerMethodField(
@@ -823,6 +840,8 @@ class CampaignSerializer(serializers.ModelSerializer):
         fields = [
             "name",
             "release",
+            "trust_policy",
+            "target",
             "device_class",
             "device_class_name",
             "status",
@@ -881,7 +900,11 @@ class StageStatusSerializer(serializers.Serializer):
 class CampaignStatusSerializer(serializers.Serializer):
     campaign = serializers.CharField()
     status = serializers.CharField()
-    release = serializers.CharField()
+    release = serializers.CharField(allow_null=True, help_text="null: a trust-policy campaign")
+    trust_policy = serializers.IntegerField(
+        allow_null=True, help_text="a trust-policy campaign: the policy's version (else null)"
+    )
+    target = serializers.CharField(help_text="the release's name or 'trust policy vN'")
     revision = serializers.IntegerField()
     current_stage = serializers.IntegerField()
     pause_reason = serializers.CharField(allow_blank=True)
@@ -936,6 +959,10 @@ class PlanStageSerializer(serializers.Serializer):
         child=serializers.IntegerField(), help_text="planned devices by delivery method"
     )
     delta = PlanDeltaSerializer()
+    already_held = serializers.IntegerField(
+        help_text="a trust-policy campaign: devices of the stage the registry records holding "
+        "the policy already (excluded as trust_policy_held); 0 for a release"
+    )
 
 
 class PlanBlockSerializer(serializers.Serializer):
@@ -945,13 +972,19 @@ class PlanBlockSerializer(serializers.Serializer):
 
 class PlanSerializer(serializers.Serializer):
     campaign = serializers.CharField()
-    release = serializers.CharField()
+    release = serializers.CharField(allow_null=True, help_text="null: a trust-policy campaign")
+    trust_policy = serializers.IntegerField(
+        allow_null=True, help_text="a trust-policy campaign: the policy's version (else null)"
+    )
+    target = serializers.CharField(help_text="the release's name or 'trust policy vN'")
     device_class = serializers.CharField()
     release_blocked = PlanBlockSerializer(allow_null=True)
     cohort = serializers.IntegerField()
     delivery = serializers.CharField()
     delivery_method = serializers.CharField()
-    image_size = serializers.IntegerField(help_text="the release's full image, in bytes")
+    image_size = serializers.IntegerField(
+        help_text="the release's full image, or the trust policy document, in bytes"
+    )
     stages = PlanStageSerializer(many=True)
     excluded = serializers.DictField(child=serializers.IntegerField())
     server_time_only = serializers.DictField(

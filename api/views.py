@@ -978,7 +978,9 @@ class CampaignPlanViewSet(viewsets.GenericViewSet):
 
 
 class CampaignViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    queryset = Campaign.objects.select_related("release", "device_class__vendor", "created_by")
+    queryset = Campaign.objects.select_related(
+        "release", "trust_policy", "device_class__vendor", "created_by"
+    )
     serializer_class = s.CampaignSerializer
     filterset_class = filters.CampaignFilter
     lookup_field = "name"

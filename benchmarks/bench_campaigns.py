@@ -306,7 +306,7 @@ def _one_pass(campaign_id: int, spec: Any, release: Any, now: Any) -> tuple[int,
 
     with transaction.atomic():
         campaign = (
-            Campaign.objects.select_for_update()
+            Campaign.objects.select_for_update(of=("self",))
             .select_related("release__manifest", "device_class__vendor")
             .get(pk=campaign_id)
         )

@@ -16,6 +16,7 @@ human message.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,6 +47,16 @@ NO_SPACE = "no_space"
 # (no class key-encryption key among its recipients, and the device's own key unregistered or not
 # among them): the device could not decrypt it.
 ENCRYPTION_KEY_UNKNOWN = "encryption_key_unknown"
+# A trust-policy campaign (the campaign's target is a released device trust policy): the device
+# already holds this version (its confirmed install recorded in the registry), or a later one
+# (a device refuses a policy rollback, so it is never sent one); the policy has expired (a
+# device refuses an expired policy); the class is image-profile (MCUboot holds no policy); a
+# later policy of the class is released (rolling an older one out is a rollback, refused).
+TRUST_POLICY_HELD = "trust_policy_held"
+TRUST_POLICY_ROLLBACK = "trust_policy_rollback"
+TRUST_POLICY_EXPIRED = "trust_policy_expired"
+TRUST_POLICY_SUPERSEDED = "trust_policy_superseded"
+IMAGE_PROFILE = "image_profile_no_policy"
 
 _DEVICE_RULES: dict[type[dc.DeviceCheckError], str] = {
     dc.VendorMismatchError: VENDOR_MISMATCH,
@@ -152,6 +163,73 @@ def check_dispatch(
             f"{'.'.join(map(str, manifest_version))} is older than the installed "
             f"{'.'.join(map(str, device.installed_version))}; only a rollback release may "
             "install an older version",
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class PolicyFacts:
+    """The released device trust policy a trust-policy campaign delivers."""
+
+    version: int
+    class_id: uuid.UUID
+    # The class's delivery profile: "image" devices (MCUboot) cannot hold a policy.
+    profile: str
+    expires_at: dt.datetime
+
+
+def check_policy_dispatch(
+    policy: PolicyFacts,
+    *,
+    device: DeviceFacts,
+    held_version: int | None,
+    release: ReleaseState,
+    now: dt.datetime,
+    max_clock_skew: dt.timedelta,
+) -> Refusal | None:
+    """``check_dispatch`` for a trust-policy campaign: None when the device may be sent the
+    policy now, else the first rule it breaks. ``held_version`` is the policy version the
+    registry records the device holding (``Device.trust_policy_version``, None: none); the
+    device's own rotation rule refuses anything not above it, so the server never sends it.
+    ``release`` is the policy's state (released, not superseded), in the release's shape."""
+    if release.revoked:
+        return Refusal(RELEASE_REVOKED, release.summary)
+    if not release.approved:
+        return Refusal(NOT_APPROVED, f"the trust policy cannot be rolled out: {release.summary}")
+    if policy.profile == "image":
+        return Refusal(
+            IMAGE_PROFILE,
+            f"{device.endpoint} is image-profile (MCUboot): it cannot hold a trust policy",
+        )
+    if device.identity is None:
+        return Refusal(UNMAPPED_DEVICE, f"{device.endpoint} is not mapped to a device class")
+    if device.identity.class_id != policy.class_id:
+        return Refusal(CLASS_MISMATCH, f"{device.endpoint} is not of the policy's class")
+    if held_version is not None and held_version == policy.version:
+        return Refusal(
+            TRUST_POLICY_HELD, f"{device.endpoint} already holds trust policy v{policy.version}"
+        )
+    if held_version is not None and held_version > policy.version:
+        return Refusal(
+            TRUST_POLICY_ROLLBACK,
+            f"{device.endpoint} holds trust policy v{held_version}: v{policy.version} would be "
+            "a rollback, which the device refuses",
+        )
+    if now >= policy.expires_at:
+        return Refusal(
+            TRUST_POLICY_EXPIRED,
+            f"trust policy v{policy.version} expired {policy.expires_at.isoformat()}",
+        )
+    if (
+        device.clock_offset_seconds is not None
+        and not device.clock_trusted
+        and device.clock_state(max_clock_skew) == clock.OFF
+    ):
+        return Refusal(
+            CLOCK_SKEW,
+            f"device clock is {clock.describe_offset(device.clock_offset_seconds)} (limit "
+            f"{max_clock_skew}); it would judge the policy's expiry wrongly. Held until it "
+            "reports a good clock, or an operator accepts it (manage.py device clock-trust)",
         )
     return None
 

@@ -292,10 +292,10 @@ def device_attempts(device: Device) -> list[dict[str, Any]]:
     """Every rollout of the device across campaigns, newest first, each with its attempts:
     the ``fw_update`` commands sent for it (a retry is a new command). A command belongs to
     the rollout of the newest campaign, created before the command, whose release has the
-    manifest the command carried. Two queries."""
+    manifest the command carried (or whose trust policy it carried). Two queries."""
     rollouts = list(
         Rollout.objects.filter(device=device)
-        .select_related("campaign__release__manifest", "manifest")
+        .select_related("campaign__release__manifest", "campaign__trust_policy", "manifest")
         .order_by("-campaign__created_at", "-pk")
     )
     commands = list(
@@ -307,12 +307,17 @@ def device_attempts(device: Device) -> list[dict[str, Any]]:
     for command in commands:
         digest = (command.args or {}).get("manifest_digest")
         for rollout in rollouts:
-            manifest = rollout.manifest or rollout.campaign.release.manifest
-            if (
-                manifest is not None
-                and manifest.manifest_digest == digest
-                and rollout.campaign.created_at <= command.created_at
-            ):
+            campaign = rollout.campaign
+            # What the command carried: the manifest's digest, or a trust-policy campaign's
+            # policy's (its document's SHA-256).
+            if campaign.trust_policy is not None:
+                sent = campaign.trust_policy.sha256
+            else:
+                manifest = rollout.manifest or (
+                    campaign.release.manifest if campaign.release is not None else None
+                )
+                sent = manifest.manifest_digest if manifest is not None else None
+            if sent is not None and sent == digest and campaign.created_at <= command.created_at:
                 attempts[rollout.pk].append(command)
                 break
     # Oldest first within a rollout: attempt 1, 2, ...

@@ -16,7 +16,12 @@ from django.db.models import (
 )
 
 from campaigns import checks, clock
-from campaigns.errors import SpecError, UnknownReleaseError, UnknownTargetError
+from campaigns.errors import (
+    SpecError,
+    UnknownReleaseError,
+    UnknownTargetError,
+    UnknownTrustPolicyError,
+)
 from campaigns.models import (
     IN_FLIGHT_STATES,
     Campaign,
@@ -28,7 +33,13 @@ from campaigns.models import (
 from campaigns.spec import CampaignSpec
 from manifests import device_rules as dc
 from manifests import suit
-from manifests.models import DeviceClass, PayloadEncryptionKey, Release
+from manifests.models import (
+    DeviceClass,
+    DeviceTrustPolicy,
+    PayloadEncryptionKey,
+    Release,
+    TrustPolicyStatus,
+)
 from manifests.versions import VersionError, parse_version
 
 EXCLUDED_BY_SPEC = "excluded_by_spec"
@@ -38,9 +49,13 @@ VERSION_CONSTRAINT = "version_constraint"
 
 @dataclass(frozen=True)
 class Resolved:
+    """The spec's names looked up: its class and its target, a release or (a trust-policy
+    campaign) a device trust policy of the class; exactly one of the two is set."""
+
     spec: CampaignSpec
-    release: Release
+    release: Release | None
     device_class: DeviceClass
+    trust_policy: DeviceTrustPolicy | None = None
 
 
 def resolve(spec: CampaignSpec, *, source: str = "<api>") -> Resolved:
@@ -55,6 +70,19 @@ def resolve(spec: CampaignSpec, *, source: str = "<api>") -> Resolved:
         raise UnknownTargetError(
             f"{source}: target.device_class: no device class {spec.target.device_class!r}"
         )
+    if spec.trust_policy is not None:
+        policy = (
+            DeviceTrustPolicy.objects.select_related("device_class__vendor")
+            .filter(device_class=device_class, version=spec.trust_policy)
+            .first()
+        )
+        if policy is None or policy.status != TrustPolicyStatus.RELEASED:
+            raise UnknownTrustPolicyError(
+                f"{source}: trust_policy: {device_class} has no released trust policy "
+                f"v{spec.trust_policy}"
+                + (" (it is a draft still collecting signatures)" if policy else "")
+            )
+        return Resolved(spec=spec, release=None, device_class=device_class, trust_policy=policy)
     release = (
         Release.objects.select_related("manifest__device_class__vendor", "manifest__image")
         .filter(name=spec.release)
@@ -70,6 +98,60 @@ def resolve(spec: CampaignSpec, *, source: str = "<api>") -> Resolved:
             f"not {device_class}",
         )
     return Resolved(spec=spec, release=release, device_class=device_class)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """A trust-policy campaign's policy as dispatch sees it now, in the shape of
+    ``checks.ReleaseState``: "approved" while it is released and no later policy of its class
+    is (rolling an older policy out is a rollback, which devices refuse). Never revoked: a
+    revoked key leads to the next policy, not to the withdrawal of this one."""
+
+    approved: bool
+    summary: str
+    superseded_by: int | None = None
+    expired: bool = False
+    revoked: bool = False
+    rollback: bool = False
+
+
+def policy_dispatch_state(policy: DeviceTrustPolicy, *, now: dt.datetime) -> PolicyState:
+    later = (
+        DeviceTrustPolicy.objects.filter(
+            device_class_id=policy.device_class_id,
+            status=TrustPolicyStatus.RELEASED,
+            version__gt=policy.version,
+        )
+        .order_by("-version")
+        .values_list("version", flat=True)
+        .first()
+    )
+    if policy.status != TrustPolicyStatus.RELEASED:
+        return PolicyState(False, f"trust policy v{policy.version} is not released")
+    if later is not None:
+        return PolicyState(
+            False,
+            f"trust policy v{later} of the class is released: rolling v{policy.version} out "
+            "would be a rollback, which devices refuse",
+            superseded_by=later,
+        )
+    if now >= policy.expires_at:
+        # Devices refuse an expired policy: nothing more is sent (a new version is needed).
+        return PolicyState(
+            False,
+            f"trust policy v{policy.version} expired {policy.expires_at.isoformat()}",
+            expired=True,
+        )
+    return PolicyState(True, f"trust policy v{policy.version} is released")
+
+
+def policy_facts(policy: DeviceTrustPolicy) -> checks.PolicyFacts:
+    return checks.PolicyFacts(
+        version=policy.version,
+        class_id=policy.device_class.uuid,
+        profile=policy.device_class.delivery,
+        expires_at=policy.expires_at,
+    )
 
 
 def manifest_facts(release: Release) -> tuple[dc.ManifestFacts, tuple[int, int, int, int]]:
@@ -134,12 +216,15 @@ class EncryptionGate:
     otherwise the devices with a registered key among them. Built once per plan or dispatch pass
     (one or two queries); ``refusal(device_id, endpoint)`` per device."""
 
-    def __init__(self, manifest: dc.ManifestFacts, device_class: DeviceClass) -> None:
-        self.active = bool(manifest.encrypted) and not (
-            _class_kids(device_class.pk) & set(manifest.recipient_kids)
+    def __init__(self, manifest: dc.ManifestFacts | None, device_class: DeviceClass) -> None:
+        # No manifest (a trust-policy campaign): nothing is encrypted.
+        self.active = (
+            manifest is not None
+            and bool(manifest.encrypted)
+            and not (_class_kids(device_class.pk) & set(manifest.recipient_kids))
         )
         self.devices: frozenset[int] = frozenset()
-        if self.active:
+        if self.active and manifest is not None:
             self.devices = frozenset(
                 DeviceEncryptionKey.objects.filter(
                     kid__in=[kid.hex() for kid in manifest.recipient_kids]
@@ -175,6 +260,7 @@ class PlanDevice:
         "pk",
         "security_counter",
         "sequence_number",
+        "trust_policy_version",
     )
 
     def __init__(
@@ -192,6 +278,7 @@ class PlanDevice:
         created_at: dt.datetime | None,
         device_time: float | None = None,
         clock_trusted_at: dt.datetime | None = None,
+        trust_policy_version: int | None = None,
     ) -> None:
         self.pk, self.endpoint = pk, endpoint
         self.device_class_id, self.device_class = device_class_id, device_class
@@ -199,6 +286,7 @@ class PlanDevice:
         self.security_counter, self.clock_offset_seconds = security_counter, clock_offset_seconds
         self.online, self.last_seen, self.created_at = online, last_seen, created_at
         self.device_time, self.clock_trusted_at = device_time, clock_trusted_at
+        self.trust_policy_version = trust_policy_version
 
 
 def held_for_clock(
@@ -223,12 +311,14 @@ def classify_device(
     device: Device | PlanDevice,
     *,
     resolved: Resolved,
-    manifest: dc.ManifestFacts,
-    manifest_version: tuple[int, int, int, int],
+    manifest: dc.ManifestFacts | None,
+    manifest_version: tuple[int, int, int, int] | None,
     release: checks.ReleaseState,
     now: dt.datetime,
+    policy: checks.PolicyFacts | None = None,
 ) -> checks.Refusal | None:
-    """Why a selected device is excluded from the campaign now, or None if it is eligible."""
+    """Why a selected device is excluded from the campaign now, or None if it is eligible.
+    ``policy``: a trust-policy campaign's policy (then there is no manifest)."""
     spec, device_class = resolved.spec, resolved.device_class
     if device.endpoint in spec.target.exclude:
         return checks.Refusal(EXCLUDED_BY_SPEC, "listed under target.exclude")
@@ -248,6 +338,16 @@ def classify_device(
         return checks.Refusal(
             VERSION_CONSTRAINT, f"installed {device.firmware_version or 'unknown'} is outside it"
         )
+    if policy is not None:
+        return checks.check_policy_dispatch(
+            policy,
+            device=facts,
+            held_version=device.trust_policy_version,
+            release=release,
+            now=now,
+            max_clock_skew=spec.freshness.max_clock_skew,
+        )
+    assert manifest is not None and manifest_version is not None  # noqa: S101 - a release's
     return checks.check_dispatch(
         manifest,
         manifest_version,
@@ -270,18 +370,22 @@ class DispatchChecker:
     and not accepted by an operator (the refusal names its own offset) is checked alone. A
     clockless device, one whose clock was never read, and an accepted one pass the clock rule
     like the group's representative, so they share its answer. The answer is the one
-    ``check_dispatch(..., device=device_facts(device, device_class))`` gives."""
+    ``check_dispatch(..., device=device_facts(device, device_class))`` gives. With ``policy``
+    (a trust-policy campaign, no manifest) it is ``check_policy_dispatch``'s, and the policy
+    version the device holds is part of the group."""
 
     def __init__(
         self,
-        manifest: dc.ManifestFacts,
-        manifest_version: tuple[int, int, int, int],
+        manifest: dc.ManifestFacts | None,
+        manifest_version: tuple[int, int, int, int] | None,
         *,
         device_class: DeviceClass,
         release: checks.ReleaseState,
         now: dt.datetime,
         max_clock_skew: dt.timedelta,
+        policy: checks.PolicyFacts | None = None,
     ) -> None:
+        self.policy = policy
         self.manifest, self.manifest_version = manifest, manifest_version
         self.device_class, self.release, self.now = device_class, release, now
         self.max_clock_skew = max_clock_skew
@@ -299,6 +403,16 @@ class DispatchChecker:
                 .first()
             )
         device.device_class = self._classes[device.device_class_id]
+        if self.policy is not None:
+            return checks.check_policy_dispatch(
+                self.policy,
+                device=device_facts(device, self.device_class),
+                held_version=device.trust_policy_version,
+                release=self.release,
+                now=self.now,
+                max_clock_skew=self.max_clock_skew,
+            )
+        assert self.manifest is not None and self.manifest_version is not None  # noqa: S101
         return checks.check_dispatch(
             self.manifest,
             self.manifest_version,
@@ -321,6 +435,7 @@ class DispatchChecker:
             device.firmware_version,
             device.sequence_number,
             device.security_counter,
+            device.trust_policy_version if self.policy is not None else None,
         )
         group = self._groups.get(key)
         if group is None:
@@ -328,6 +443,7 @@ class DispatchChecker:
                 PlanDevice(
                     device.pk, _ENDPOINT, device.device_class_id, None, device.firmware_version,
                     device.sequence_number, device.security_counter, None, True, None, None,
+                    None, None, device.trust_policy_version,
                 )
             )  # fmt: skip
             group = self._groups[key] = (
@@ -346,6 +462,7 @@ def active_stops(campaign: Campaign) -> list[EmergencyStop]:
     return list(
         EmergencyStop.objects.filter(lifted_at__isnull=True).filter(
             Q(scope="global")
+            # A trust-policy campaign has no release: a release-scope stop never names it.
             | Q(scope="release", release_id=campaign.release_id)
             | Q(scope="device_class", device_class_id=campaign.device_class_id)
         )

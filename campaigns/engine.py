@@ -57,6 +57,8 @@ from campaigns.eligibility import (
     classify_device,
     in_flight_elsewhere,
     manifest_facts,
+    policy_dispatch_state,
+    policy_facts,
     resolve,
 )
 from campaigns.models import (
@@ -83,6 +85,7 @@ from campaigns.rollouts import (
 )
 from campaigns.selectors import describe_start, spec_of, stage_tally
 from campaigns.services import abort_campaign
+from manifests import device_rules as dc
 from manifests.delivery import REPORTING_PROFILES
 from manifests.services import DeltaOffer, delta_offer, release_dispatch_state
 from manifests.suit.report import MIN_NONCE_BYTES as REPORT_NONCE_BYTES
@@ -112,6 +115,76 @@ GATEWAY_TIMEOUT_MARGIN = dt.timedelta(seconds=30)
 DEFER_RECHECK = dt.timedelta(seconds=30)
 # Runs of a reconcile pass that lost a deadlock or serialization conflict.
 RECONCILE_ATTEMPTS = 3
+
+
+# The ``fw_update`` delivery of a trust-policy campaign's commands (``campaigns.trust_delivery``):
+# the gateway serves the policy document at /fw/t/<sha256>.
+TRUST_POLICY_DELIVERY = "trust-policy"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a campaign rolls out, as its checks and commands read it: a release's manifest
+    (facts, version and row), or a trust-policy campaign's policy (no manifest; the policy's
+    facts and its document's SHA-256, which the commands carry as their digest)."""
+
+    manifest: dc.ManifestFacts | None
+    manifest_version: tuple[int, int, int, int] | None
+    manifest_row: Any
+    policy: checks.PolicyFacts | None
+    policy_sha256: str = ""
+
+    @property
+    def manifest_id(self) -> int | None:
+        return self.manifest_row.pk if self.manifest_row is not None else None
+
+
+def campaign_target(campaign: Campaign) -> Target:
+    if campaign.trust_policy is not None:
+        return Target(
+            None,
+            None,
+            None,
+            policy_facts(campaign.trust_policy),
+            policy_sha256=campaign.trust_policy.sha256,
+        )
+    assert campaign.release is not None  # noqa: S101 - the campaign_one_target constraint
+    manifest, version = manifest_facts(campaign.release)
+    return Target(manifest, version, campaign.release.manifest, None)
+
+
+def target_state(campaign: Campaign, *, now: dt.datetime) -> checks.ReleaseState:
+    """The campaign's release as dispatch sees it now, or its trust policy's state."""
+    if campaign.trust_policy is not None:
+        return policy_dispatch_state(campaign.trust_policy, now=now)
+    return release_dispatch_state(campaign.release, now=now)
+
+
+def command_args(
+    campaign: Campaign,
+    target: Target,
+    *,
+    method: str,
+    timeout: dt.timedelta | None,
+    delta: DeltaOffer | None = None,
+) -> dict[str, Any]:
+    """A dispatch's ``fw_update`` arguments: the release's (``fw_update_args``) or a
+    trust-policy package's (the arguments ``trust_policy_deliver`` sends, pulled or pushed)."""
+    profile = campaign.device_class.delivery
+    if target.policy is None:
+        return fw_update_args(
+            target.manifest_row, profile=profile, method=method, timeout=timeout, delta=delta
+        )
+    args: dict[str, Any] = {
+        "manifest_digest": target.policy_sha256,
+        "delivery": TRUST_POLICY_DELIVERY,
+        "method": method,
+    }
+    if profile in REPORTING_PROFILES:
+        args["report_nonce"] = secrets.token_hex(REPORT_NONCE_BYTES)
+    if timeout:
+        args["timeout"] = timeout.total_seconds()
+    return args
 
 
 @dataclass
@@ -241,8 +314,12 @@ def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | 
 
     with transaction.atomic():
         campaign = (
-            Campaign.objects.select_for_update(skip_locked=True)
-            .select_related("release__manifest", "device_class__vendor")
+            # The campaign row alone: its target (release or trust policy) is a nullable join,
+            # which PostgreSQL cannot lock, and the class is shared with other campaigns.
+            Campaign.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related(
+                "release__manifest", "device_class__vendor", "trust_policy__device_class"
+            )
             .filter(pk=campaign_id)
             .first()
         )
@@ -250,12 +327,23 @@ def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | 
             return None
         spec = spec_of(campaign)
         report = ReconcileReport(campaign.name, campaign.status, campaign.current_stage)
-        release = release_dispatch_state(campaign.release, now=now)
+        release = target_state(campaign, now=now)
         if release.revoked:
             abort_campaign(campaign, actor=ENGINE, reason="release revoked", now=now)
             report.status, report.decision = CampaignStatus.ABORTED, "release revoked"
             return report
         if not release.approved:
+            if campaign.trust_policy is not None:
+                # A later policy of the class was released (this one would be a rollback), or
+                # this one expired: devices would refuse it either way.
+                why = (
+                    "trust policy expired"
+                    if getattr(release, "expired", False)
+                    else "trust policy superseded"
+                )
+                engine_pause(campaign, f"{why}: {release.summary}", now)
+                report.status, report.decision = CampaignStatus.PAUSED, why
+                return report
             engine_pause(campaign, f"release no longer approved: {release.summary}", now)
             report.status, report.decision = CampaignStatus.PAUSED, "approval lost"
             return report
@@ -318,8 +406,8 @@ def enroll_new_devices(campaign: Campaign, spec: Any, *, now: dt.datetime) -> in
         return 0
 
     resolved = resolve(spec)
-    release = release_dispatch_state(campaign.release, now=now)
-    manifest, version = manifest_facts(campaign.release)
+    release = target_state(campaign, now=now)
+    target = campaign_target(campaign)
     bounds = [
         int(b) for b in campaign.stages.order_by("index").values_list("bucket_upper", flat=True)
     ]
@@ -328,10 +416,11 @@ def enroll_new_devices(campaign: Campaign, spec: Any, *, now: dt.datetime) -> in
         refusal = classify_device(
             device,
             resolved=resolved,
-            manifest=manifest,
-            manifest_version=version,
+            manifest=target.manifest,
+            manifest_version=target.manifest_version,
             release=release,
             now=now,
+            policy=target.policy,
         )
         value = stages.bucket(campaign.salt, device.endpoint)
         index = stages.stage_for(value, bounds, current=campaign.current_stage)
@@ -661,18 +750,21 @@ def _dispatch_rows(
             "device__report_key",
             "device__installed_image_digest",
             "payload",
+            "device__trust_policy_version",
         )[: room * 2]
     )
 
     busy = in_flight_elsewhere([c[1] for c in candidates], campaign)
-    manifest, manifest_version = manifest_facts(campaign.release)
+    target = campaign_target(campaign)
+    manifest = target.manifest
     checker = DispatchChecker(
         manifest,
-        manifest_version,
+        target.manifest_version,
         device_class=campaign.device_class,
         release=release,
         now=now,
         max_clock_skew=spec.freshness.max_clock_skew,
+        policy=target.policy,
     )
     window_by_tags: dict[tuple[str, ...], bool] = {}
     method_of = delivery.methods_for(campaign.device_class.delivery_method)
@@ -694,6 +786,7 @@ def _dispatch_rows(
     for (
         pk, device_id, endpoint, class_id, version, sequence, counter, offset, device_time,
         trusted_at, tags, protocols, fw_method, psk, report_key, installed_digest, payload,
+        held_policy,
     ) in candidates:  # fmt: skip
         if len(chosen) >= room:
             break
@@ -713,7 +806,7 @@ def _dispatch_rows(
         refusal = checker.check(
             PlanDevice(
                 device_id, endpoint, class_id, None, version, sequence, counter, offset,
-                True, None, None, device_time, trusted_at,
+                True, None, None, device_time, trusted_at, held_policy,
             )
         )  # fmt: skip
         if refusal is None and needs_report and not report_key:
@@ -730,7 +823,8 @@ def _dispatch_rows(
                 if payload == ROLLOUT_PAYLOAD_DELTA:
                     was_delta.append(pk)
                 if (
-                    device_class.delta_updates
+                    manifest is not None
+                    and device_class.delta_updates
                     and installed_digest
                     and payload != ROLLOUT_PAYLOAD_FALLBACK
                     and delivery.delta_deliverable(device_class.delivery, decision.method)
@@ -739,7 +833,7 @@ def _dispatch_rows(
                     if offer is None:
                         offer = offers[installed_digest] = delta_offer(
                             device_class=device_class,
-                            manifest=campaign.release.manifest,
+                            manifest=target.manifest_row,
                             installed_image_digest=installed_digest,
                             signed_precursors=manifest.precursor_digests,
                         )
@@ -780,17 +874,12 @@ def _dispatch_rows(
         )
     if not chosen:
         return 0, skipped
-    manifest_row = campaign.release.manifest
     commands = [
         DeviceCommand(
             device_id=device_id,
             operation="fw_update",
-            args=fw_update_args(
-                manifest_row,
-                profile=campaign.device_class.delivery,
-                method=method,
-                timeout=timeout,
-                delta=deltas_of.get(pk),
+            args=command_args(
+                campaign, target, method=method, timeout=timeout, delta=deltas_of.get(pk)
             ),
         )
         for pk, device_id, method in chosen
@@ -802,7 +891,7 @@ def _dispatch_rows(
             # Claim the whole batch with one conditional update (a constant number of queries
             # per batch, not one per device); any row that left PENDING meanwhile voids it.
             claimed = _claim(
-                campaign,
+                target,
                 [
                     (pk, command.pk, device_clocks[pk])
                     for (pk, _, _), command in zip(chosen, commands, strict=True)
@@ -875,7 +964,7 @@ reps AS (SELECT gkey, min(id) AS id FROM c GROUP BY gkey)
 SELECT reps.gkey, d.endpoint, d.device_class_id, d.firmware_version, d.sequence_number,
        d.security_counter, d.clock_offset_seconds, d.device_time, d.clock_trusted_at, d.tags,
        d.fw_protocols, d.fw_delivery_method, (p.id IS NOT NULL), d.id, d.report_key <> '',
-       d.installed_image_digest, r.payload
+       d.installed_image_digest, r.payload, d.trust_policy_version
 FROM reps
 JOIN campaigns_rollout r ON r.id = reps.id
 JOIN campaigns_device d ON d.id = r.device_id
@@ -988,20 +1077,25 @@ def _dispatch_set(
         "window": room * 2,
     }
     device_class = campaign.device_class
-    manifest, manifest_version = manifest_facts(campaign.release)
+    target = campaign_target(campaign)
+    manifest = target.manifest
     gate = EncryptionGate(manifest, device_class)
     needs_report = device_class.delivery in REPORTING_PROFILES
+    deltas_on = device_class.delta_updates and manifest is not None
     # A field splits the groups only where this pass reads it: tags for the windows, the report
     # key for a reporting class, the decryption key for a release wrapped for device keys, the
-    # installed image and the last payload for a class with deltas.
+    # installed image and the last payload for a class with deltas, the policy version held
+    # for a trust-policy campaign.
     extra = ", d.tags" if spec.windows else ""
     if needs_report:
         extra += ", d.report_key <> ''"
     if gate.active:
         extra += ", d.id = ANY(%(decrypting)s::bigint[])"
         params["decrypting"] = sorted(gate.devices)
-    if device_class.delta_updates:
+    if deltas_on:
         extra += ", d.installed_image_digest, r.payload"
+    if target.policy is not None:
+        extra += ", d.trust_policy_version"
     candidates_sql = _CANDIDATES_SQL.format(extra=extra)
     window_sql = _WINDOW_SQL.format(candidates=candidates_sql)
     with connection.cursor() as cursor:
@@ -1012,15 +1106,16 @@ def _dispatch_set(
 
     checker = DispatchChecker(
         manifest,
-        manifest_version,
+        target.manifest_version,
         device_class=campaign.device_class,
         release=release,
         now=now,
         max_clock_skew=max_skew,
+        policy=target.policy,
     )
     method_of = delivery.methods_for(device_class.delivery_method)
     timeout = spec.timeouts.device
-    manifest_row = campaign.release.manifest
+    manifest_row = target.manifest_row
     args_of: dict[tuple[str, str | None], str] = {}
     offers: dict[str, DeltaOffer] = {}
     gkeys: list[str] = []
@@ -1032,6 +1127,7 @@ def _dispatch_set(
     for (
         gkey, endpoint, class_id, version, sequence, counter, offset, device_time, trusted_at,
         tags, protocols, fw_method, dtls, device_id, has_report_key, installed_digest, payload,
+        held_policy,
     ) in groups:  # fmt: skip
         gkeys.append(gkey)
         deltas.append(False)
@@ -1050,7 +1146,7 @@ def _dispatch_set(
         refusal = checker.check(
             PlanDevice(
                 0, named, class_id, None, version, sequence, counter, offset, True, None, None,
-                device_time, trusted_at,
+                device_time, trusted_at, held_policy,
             )
         )  # fmt: skip
         if refusal is None and needs_report and not has_report_key:
@@ -1065,7 +1161,8 @@ def _dispatch_set(
             if decision.method is not None:
                 offer = None
                 if (
-                    device_class.delta_updates
+                    deltas_on
+                    and manifest is not None
                     and installed_digest
                     and payload != ROLLOUT_PAYLOAD_FALLBACK
                     and delivery.delta_deliverable(device_class.delivery, decision.method)
@@ -1083,12 +1180,8 @@ def _dispatch_set(
                 delta_sha = offer.delta.sha256 if offer is not None and offer.delta else None
                 if (decision.method, delta_sha) not in args_of:
                     args_of[decision.method, delta_sha] = json.dumps(
-                        fw_update_args(
-                            manifest_row,
-                            profile=device_class.delivery,
-                            method=decision.method,
-                            timeout=timeout,
-                            delta=offer,
+                        command_args(
+                            campaign, target, method=decision.method, timeout=timeout, delta=offer
                         )
                     )
                 verdicts.append("go")
@@ -1118,7 +1211,7 @@ def _dispatch_set(
         command_pending=CommandStatus.PENDING.value,
         queued=RolloutState.QUEUED.value,
         skipped=RolloutState.SKIPPED.value,
-        manifest=manifest_row.pk,
+        manifest=target.manifest_id,
         deadline=now + timeout + GATEWAY_TIMEOUT_MARGIN if timeout else None,
         recheck=now + DEFER_RECHECK,
         mark=_ENDPOINT_MARK,
@@ -1197,7 +1290,7 @@ def _per_value(claims: list[tuple[int, Any, str]], field: Any) -> Any:
 
 
 def _claim(
-    campaign: Campaign,
+    target: Target,
     claims: list[tuple[int, Any, str]],
     *,
     now: dt.datetime,
@@ -1219,7 +1312,7 @@ def _claim(
                 " WHERE r.id = v.id AND r.state = %s",
                 [
                     RolloutState.QUEUED.value,
-                    campaign.release.manifest_id,
+                    target.manifest_id,
                     now,
                     deadline,
                     now,
@@ -1234,7 +1327,7 @@ def _claim(
         pk__in=[pk for pk, _, _ in claims], state=RolloutState.PENDING
     ).update(
         state=RolloutState.QUEUED,
-        manifest=campaign.release.manifest,
+        manifest=target.manifest_row,
         command_id=Case(
             *(When(pk=pk, then=Value(command_id)) for pk, command_id, _ in claims),
             output_field=UUIDField(),

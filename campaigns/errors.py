@@ -47,6 +47,12 @@ class UnknownReleaseError(CampaignError):
     code = "campaign.unknown_release"
 
 
+class UnknownTrustPolicyError(CampaignError):
+    """The spec names a trust-policy version its device class does not have released."""
+
+    code = "campaign.unknown_trust_policy"
+
+
 class UnknownTargetError(CampaignError):
     """The spec's target names a vendor or device class this server does not know."""
 
@@ -57,6 +63,12 @@ class CampaignStateError(CampaignError):
     """The operation is not allowed in the campaign's current state."""
 
     code = "campaign.state"
+
+
+class TrustPolicyRollbackError(CampaignStateError):
+    """A later trust policy of the class is released: rolling an older one out is a rollback."""
+
+    code = "campaign.trust_policy_rollback"
 
 
 class CampaignStartedError(CampaignStateError):

@@ -38,6 +38,8 @@ from campaigns.eligibility import (
     classify_device,
     held_for_clock,
     manifest_facts,
+    policy_dispatch_state,
+    policy_facts,
     resolve,
 )
 from campaigns.errors import SpecError
@@ -173,6 +175,14 @@ class Plan:
     image_size: int = 0
     stage_delta: list[int] = field(default_factory=list)
     stage_saved: list[int] = field(default_factory=list)
+    # A trust-policy campaign: the policy's version (``release`` is then ""), and per stage the
+    # devices the registry records already holding it (excluded as ``trust_policy_held``).
+    trust_policy: int | None = None
+    stage_held: list[int] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return self.release if self.trust_policy is None else f"trust policy v{self.trust_policy}"
 
     @property
     def cohort(self) -> int:
@@ -188,7 +198,9 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {
             "campaign": self.campaign,
-            "release": self.release,
+            "release": self.release or None,
+            "trust_policy": self.trust_policy,
+            "target": self.target,
             "device_class": self.device_class,
             "release_blocked": (
                 {"reason": self.release_refusal.reason, "detail": self.release_refusal.message}
@@ -208,6 +220,8 @@ class Plan:
                         "devices": self.stage_delta[index] if self.stage_delta else 0,
                         "bytes_saved": self.stage_saved[index] if self.stage_saved else 0,
                     },
+                    # Devices of the stage already at the campaign's trust-policy version.
+                    "already_held": self.stage_held[index] if self.stage_held else 0,
                 }
                 for index, (name, count) in enumerate(
                     zip(self.stage_names, self.stage_counts, strict=True)
@@ -270,19 +284,45 @@ def campaign_plan(
             members = group_members(spec.target.group, source=source)
         spec = spec.narrowed(members)
     resolved = resolve(spec, source=source)
-    release = release_dispatch_state(resolved.release, now=now)
-    manifest, manifest_version = manifest_facts(resolved.release)
     device_thresholds, thresholds_why = threshold_enforcement(resolved.device_class)
     release_refusal = None
-    if release.revoked:
-        release_refusal = checks.Refusal(checks.RELEASE_REVOKED, "release revoked")
-    elif not release.approved:
-        release_refusal = checks.Refusal(checks.NOT_APPROVED, release.summary)
-    elif manifest.use_before is not None and now >= manifest.use_before:
-        release_refusal = checks.Refusal(checks.EXPIRED, f"expired {manifest.use_before}")
+    policy = None
+    manifest: Any = None
+    manifest_version: Any = None
+    release: checks.ReleaseState
+    if resolved.trust_policy is not None:
+        # A trust-policy campaign: the policy is "the release" of the rules below.
+        policy = policy_facts(resolved.trust_policy)
+        release = state = policy_dispatch_state(resolved.trust_policy, now=now)
+        if resolved.device_class.delivery == "image":
+            release_refusal = checks.Refusal(
+                checks.IMAGE_PROFILE,
+                f"{resolved.device_class} is an image-profile class: MCUboot devices cannot "
+                "hold a trust policy",
+            )
+        elif state.superseded_by is not None:
+            release_refusal = checks.Refusal(checks.TRUST_POLICY_SUPERSEDED, state.summary)
+        elif state.expired:
+            release_refusal = checks.Refusal(checks.TRUST_POLICY_EXPIRED, state.summary)
+        elif not state.approved:
+            release_refusal = checks.Refusal(checks.NOT_APPROVED, state.summary)
+        image_size = len(bytes(resolved.trust_policy.document or b""))
+    else:
+        assert resolved.release is not None  # noqa: S101 - resolve gives one of the two
+        release = release_dispatch_state(resolved.release, now=now)
+        manifest, manifest_version = manifest_facts(resolved.release)
+        if release.revoked:
+            release_refusal = checks.Refusal(checks.RELEASE_REVOKED, "release revoked")
+        elif not release.approved:
+            release_refusal = checks.Refusal(checks.NOT_APPROVED, release.summary)
+        elif manifest.use_before is not None and now >= manifest.use_before:
+            release_refusal = checks.Refusal(checks.EXPIRED, f"expired {manifest.use_before}")
+        image_size = resolved.release.manifest.image.size
     plan = Plan(
         campaign=spec.name,
-        release=resolved.release.name,
+        release=resolved.release.name if resolved.release is not None else "",
+        trust_policy=resolved.trust_policy.version if resolved.trust_policy else None,
+        stage_held=[0] * len(spec.stages),
         device_class=str(resolved.device_class),
         release_refusal=release_refusal,
         stage_names=[s.name for s in spec.stages],
@@ -293,7 +333,7 @@ def campaign_plan(
         stage_push=[0] * len(spec.stages),
         device_thresholds=device_thresholds,
         thresholds_why=thresholds_why,
-        image_size=resolved.release.manifest.image.size,
+        image_size=image_size,
         stage_delta=[0] * len(spec.stages),
         stage_saved=[0] * len(spec.stages),
     )
@@ -343,6 +383,7 @@ def campaign_plan(
             manifest_version=manifest_version,
             release=release,
             now=now,
+            policy=policy,
         )
 
     excluded_everyone = (
@@ -362,7 +403,9 @@ def campaign_plan(
     # device on one installed image, so they are decided once per digest.
     with_delta: list[tuple[int, int]] = []
     offers: dict[str, DeltaOffer] = {}
-    deltas_on = resolved.device_class.delta_updates
+    deltas_on = resolved.device_class.delta_updates and policy is None
+    held_outcome = rows.outcome_of(checks.TRUST_POLICY_HELD, "")
+    held: list[int] = []  # buckets of devices already at the campaign's policy version
     groups: dict[tuple[Any, ...], tuple[int, str | None]] = {}
     tags_seen: dict[tuple[str, ...], bool] = {}
     counts: Counter[int] = Counter()
@@ -424,6 +467,7 @@ def campaign_plan(
                 PlanDevice(
                     pk, endpoint, class_id, device_class_of(class_id), version, sequence,
                     counter, offset, online, last_seen, created_at, device_time, trusted_at,
+                    policy_version,
                 )
             )  # fmt: skip
             if refusal is None:
@@ -432,7 +476,8 @@ def campaign_plan(
                 outcome = rows.outcome_of(refusal.reason, "")
                 details[len(rows.device_ids)] = refusal.message
         else:
-            key = (class_id, version, sequence, counter)
+            # A trust-policy campaign's rules also read the policy version the device holds.
+            key = (class_id, version, sequence, counter, policy_version if policy else None)
             group = groups.get(key)
             if group is None:
                 # Passing the offline and clock checks is what this group shares: the
@@ -440,7 +485,7 @@ def campaign_plan(
                 refusal = classify(
                     PlanDevice(
                         pk, _ENDPOINT, class_id, device_class_of(class_id), version, sequence,
-                        counter, None, True, None, None,
+                        counter, None, True, None, None, None, None, policy_version,
                     )
                 )  # fmt: skip
                 if refusal is None:
@@ -487,6 +532,8 @@ def campaign_plan(
         add_outcome(outcome)
         if outcome:
             counts[outcome] += 1
+            if outcome == held_outcome:
+                held.append(value)
         else:
             eligible.append(value)
             if policy_version is not None:
@@ -531,6 +578,11 @@ def campaign_plan(
         if index is not None:
             plan.stage_delta[index] += 1
             plan.stage_saved[index] += saved
+    last = len(plan.stage_held) - 1
+    for value in held:
+        # Reported under the stage its bucket falls in, as every excluded row is.
+        index = find(value)
+        plan.stage_held[last if index is None else index] += 1
     return plan
 
 

@@ -13,6 +13,12 @@ sent and carries the attempt's nonce (``manifests.suit.report``): its rollout su
 ``report_verdict == "verified"``, whatever /5/0/5 says. Any other report (or none) is recorded
 on the rollout and in the audit log and fails the rollout with the report's reason, without
 retry. Image-profile (MCUboot) devices cannot sign reports and are judged as before.
+
+In a trust-policy campaign (its target a released device trust policy, no manifest) success is
+the device's confirmed install of the policy: Update Result 1, the verified report naming the
+policy document's SHA-256, and the registry recording the device holding that policy
+(``Device.trust_policy_sha256``, written by ``campaigns.trust_delivery`` from the same report).
+A refusal by the device's rotation rule is Update Result 5, a failure like any other.
 """
 
 from __future__ import annotations
@@ -244,14 +250,15 @@ def judge_report(rollout: Rollout, suit_report_hex: str) -> Judgement:
     command = DeviceCommand.objects.filter(pk=rollout.command_id).only("args").first()
     nonce_hex = str(((command.args if command else None) or {}).get("report_nonce") or "")
     key_pem = rollout.device.report_key
-    if not key_pem or not nonce_hex or rollout.manifest is None:
+    digest = sent_digest(rollout)
+    if not key_pem or not nonce_hex or digest is None:
         why = "no report key registered" if not key_pem else "no nonce was given this attempt"
         return REPORT_MISSING, f"the report cannot be checked: {why}", data, None
     try:
         report = suit_report.verify_report(
             data,
             public_key=suit_keys.load_public_key_pem(key_pem.encode()),
-            manifest_digest=bytes.fromhex(rollout.manifest.manifest_digest),
+            manifest_digest=bytes.fromhex(digest),
             nonce=bytes.fromhex(nonce_hex),
         )
     except SUITError as exc:
@@ -260,6 +267,15 @@ def judge_report(rollout: Rollout, suit_report_hex: str) -> Judgement:
     if not report.success:
         return REPORT_FAILURE, report.describe(), data, report
     return REPORT_VERIFIED, report.describe(), data, report
+
+
+def sent_digest(rollout: Rollout) -> str | None:
+    """The digest a report of the rollout's attempt must name: the manifest's sent, or in a
+    trust-policy campaign the policy document's SHA-256."""
+    if rollout.manifest is not None:
+        return str(rollout.manifest.manifest_digest)
+    policy = rollout.campaign.trust_policy
+    return str(policy.sha256) if policy is not None and policy.sha256 else None
 
 
 def _record_report(
@@ -306,14 +322,19 @@ def _wrong_precursor(
 def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
     rollout = (
         Rollout.objects.filter(command_id=event.command_id)
-        .select_related("device__device_class", "campaign__device_class", "manifest")
+        .select_related(
+            "device__device_class", "campaign__device_class", "campaign__trust_policy", "manifest"
+        )
         .first()
     )
     if rollout is None or rollout.state not in IN_FLIGHT_STATES:
         return
     report = None
+    own_words = ""  # a failure's signed account by the device (its failing command and reason)
     if needs_report(rollout):
         verdict, detail, report = _record_report(rollout, event, now)
+        if verdict == REPORT_FAILURE:
+            own_words = f" ({detail})"
         genuine = verdict in (REPORT_VERIFIED, REPORT_FAILURE, REPORT_MISSING)
         if (event.ok and verdict != REPORT_VERIFIED) or not genuine:
             # A success without a verified report is no success; a report that is not the
@@ -345,7 +366,7 @@ def _on_command_result(event: events.CommandResult, now: dt.datetime) -> None:
         if _wrong_precursor(rollout, event, report)
         else failure_reason(event),
         fw_result=result,
-        detail=event.error[:500],
+        detail=f"{event.error}{own_words}"[:500],
         now=now,
         # The device's own Update Result is judged by the campaign's retry policy; a gateway
         # error the gateway calls permanent (the same command cannot succeed) is not retried.
@@ -394,11 +415,13 @@ def _on_fw_status(endpoint: str, state: int, result: int, *, now: dt.datetime) -
 
 
 def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
-    """Updating rollouts whose device reports the manifest's version with result 1 succeed.
+    """Updating rollouts whose device reports the manifest's version with result 1 succeed; in
+    a trust-policy campaign, those whose device the registry records holding the policy.
 
-    Each success is the device's install of the manifest's image through the product: once the
-    confirmation committed, the image's digest is recorded as the device's installed image
-    (``device_installed_images_record``), whichever event (or the engine's pass) completed it."""
+    Each success of a release is the device's install of the manifest's image through the
+    product: once the confirmation committed, the image's digest is recorded as the device's
+    installed image (``device_installed_images_record``), whichever event (or the engine's
+    pass) completed it."""
     confirmed = 0
     succeeded: list[Any] = []
     candidates = (
@@ -411,15 +434,21 @@ def confirm_successes(rollouts: Any, *, now: dt.datetime) -> int:
             )
             & ~Q(report_verdict=REPORT_VERIFIED)
         )
-        .select_related("device", "manifest")
+        .select_related("device", "manifest", "campaign__trust_policy")
     )
     for rollout in candidates:
-        try:
-            same = parse_version(rollout.device.firmware_version or "") == parse_version(
-                rollout.manifest.version
-            )
-        except VersionError:
+        policy = rollout.campaign.trust_policy
+        if policy is not None:
+            same = bool(policy.sha256) and rollout.device.trust_policy_sha256 == policy.sha256
+        elif rollout.manifest is None:
             same = False
+        else:
+            try:
+                same = parse_version(rollout.device.firmware_version or "") == parse_version(
+                    rollout.manifest.version
+                )
+            except VersionError:
+                same = False
         if same and Rollout.objects.filter(pk=rollout.pk, state=RolloutState.UPDATING).update(
             state=RolloutState.SUCCEEDED, finished_at=now, reason="", detail="", updated_at=now
         ):

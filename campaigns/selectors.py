@@ -164,7 +164,11 @@ def campaign_status(campaign: Campaign, *, now: dt.datetime | None = None) -> di
     return {
         "campaign": campaign.name,
         "status": campaign.status,
-        "release": campaign.release.name,
+        "release": campaign.release.name if campaign.release is not None else None,
+        "trust_policy": (
+            campaign.trust_policy.version if campaign.trust_policy is not None else None
+        ),
+        "target": campaign.target_label,
         "revision": campaign.revision,
         "current_stage": campaign.current_stage,
         "pause_reason": campaign.pause_reason,

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import audit_record
+from campaigns import checks
 from campaigns.eligibility import resolve
 from campaigns.errors import (
     CampaignConflictError,
@@ -24,6 +25,7 @@ from campaigns.errors import (
     EmergencyStopError,
     GateError,
     SpecError,
+    TrustPolicyRollbackError,
 )
 from campaigns.models import (
     Campaign,
@@ -91,9 +93,15 @@ def _campaign_create(
             )
     plan = campaign_plan(spec=spec, source=source, now=now, salt=salt, members=members)
     if plan.release_refusal is not None:
+        refusal = plan.release_refusal
+        if refusal.reason == checks.TRUST_POLICY_SUPERSEDED:
+            raise TrustPolicyRollbackError(
+                f"{source}: trust_policy: {plan.target} cannot be rolled out: {refusal.message}"
+            )
+        path = "release" if spec.trust_policy is None else "trust_policy"
         raise CampaignStateError(
-            f"{source}: release: {plan.release} cannot be rolled out now "
-            f"({plan.release_refusal.reason}: {plan.release_refusal.message})"
+            f"{source}: {path}: {plan.target} cannot be rolled out now "
+            f"({refusal.reason}: {refusal.message})"
         )
     resolved = resolve(spec, source=source)
     # A scheduled campaign's first stage (its ramp, its unreachable clock) starts at start_at.
@@ -104,6 +112,7 @@ def _campaign_create(
         campaign = Campaign.objects.create(
             name=spec.name,
             release=resolved.release,
+            trust_policy=resolved.trust_policy,
             device_class=resolved.device_class,
             spec=document,
             spec_digest=digest,
@@ -165,6 +174,13 @@ def _campaign_revise(
     now: dt.datetime,
 ) -> Campaign:
     resolved = resolve(spec, source=source)
+    if (resolved.trust_policy is None) != (campaign.trust_policy_id is None):
+        raise SpecError(
+            source=source,
+            path="trust_policy" if campaign.trust_policy_id is not None else "release",
+            reason="a campaign's kind (a release or a trust policy) cannot change; "
+            "start a new campaign",
+        )
     if resolved.device_class.pk != campaign.device_class_id:
         raise SpecError(
             source=source,
@@ -206,7 +222,8 @@ def _campaign_revise(
         diff = spec_diff(locked.spec, document)
         locked.spec, locked.spec_digest, locked.revision = document, digest, locked.revision + 1
         locked.release = resolved.release  # returning devices get the newest approved release
-        locked.save(update_fields=["spec", "spec_digest", "revision", "release"])
+        locked.trust_policy = resolved.trust_policy
+        locked.save(update_fields=["spec", "spec_digest", "revision", "release", "trust_policy"])
         CampaignRevision.objects.create(
             campaign=locked,
             revision=locked.revision,

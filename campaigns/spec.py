@@ -390,6 +390,8 @@ class FreshnessSpec:
 @dataclass(frozen=True)
 class CampaignSpec:
     name: str
+    # The target: a release by name, or (``trust_policy``, a version) a released device trust
+    # policy of ``target.device_class``; exactly one is given ("" / None for the other).
     release: str
     description: str
     target: TargetSpec
@@ -401,6 +403,12 @@ class CampaignSpec:
     freshness: FreshnessSpec = field(default_factory=FreshnessSpec)
     # Nothing is dispatched before this instant (aware, UTC, whole seconds); None: at once.
     start_at: datetime | None = None
+    trust_policy: int | None = None
+
+    @property
+    def target_label(self) -> str:
+        """The release's name, or "trust policy vN"."""
+        return self.release if self.trust_policy is None else f"trust policy v{self.trust_policy}"
 
     def to_document(self) -> dict[str, Any]:
         """Canonical, JSON-serialisable form with every default filled in; parses back equal.
@@ -411,7 +419,13 @@ class CampaignSpec:
             "apiVersion": API_VERSION,
             "kind": KIND,
             "name": self.name,
-            "release": self.release,
+            # A release campaign's document is what it was before trust-policy campaigns
+            # existed (its digest unchanged); a trust-policy campaign's names the version.
+            **(
+                {"release": self.release}
+                if self.trust_policy is None
+                else {"trust_policy": self.trust_policy}
+            ),
             "description": self.description,
             "target": {
                 "device_class": t.device_class,
@@ -799,6 +813,10 @@ def parse_spec(document: str | bytes | dict[str, Any], *, source: str = "<api>")
     if problems:
         raise _many(problems, source)
     problems = list(_schema_problems(data))
+    if "release" not in data and "trust_policy" not in data:
+        # The schema requires neither alone (a campaign names one of the two); a document with
+        # neither misses its release, as it always did.
+        problems.append(("release", "required key is missing"))
     if problems:
         raise _many(problems, source)
     builder = _Builder()
@@ -847,9 +865,16 @@ class _Builder:
 
     def build(self, doc: dict[str, Any]) -> CampaignSpec:
         stages = self.stages(doc["stages"])
+        if ("release" in doc) == ("trust_policy" in doc):
+            self.fail(
+                "release",
+                "name exactly one target: release (a release's name) or trust_policy (the "
+                "version of a released device trust policy of target.device_class)",
+            )
         return CampaignSpec(
             name=doc["name"],
-            release=doc["release"],
+            release=doc.get("release") or "",
+            trust_policy=doc.get("trust_policy"),
             description=doc.get("description") or "",
             target=self.target(doc["target"]),
             stages=stages,

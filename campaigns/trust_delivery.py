@@ -5,9 +5,10 @@ by its own rotation rule, whatever the server says.
 
 Idempotent: a device that already has a pending, sent or succeeded command for this document,
 or that the registry knows holds this version or a later one, gets no second one; a failed one
-is sent again. This is the per-device command path the campaign engine also writes to; staged
-trust-policy campaigns (stages, thresholds, gates) are not built (docs/architecture.md,
-section 7).
+is sent again. This is the per-device command path; a trust-policy campaign
+(``Campaign.trust_policy``) sends the same commands through the campaign engine, with stages,
+thresholds, pause and abort (docs/architecture.md, section 7), and its rollouts succeed on the
+record written here.
 
 The registry records the policy a device holds (``Device.trust_policy_version``) only from the
 device's own word: the command's Object 5 success and, for a SUIT class
@@ -32,7 +33,8 @@ from django.utils import timezone
 from audit.services import audit_record
 from campaigns import events
 from campaigns.device_services import command_queue
-from campaigns.models import CommandStatus, Device, DeviceCommand
+from campaigns.models import CommandStatus, Device, DeviceCommand, Rollout
+from campaigns.rollouts import confirm_successes
 from manifests.delivery import REPORTING_PROFILES
 from manifests.errors import TrustPolicyStateError
 from manifests.models import DeliveryProfile, DeviceTrustPolicy, TrustPolicyStatus
@@ -219,6 +221,9 @@ def trust_policy_apply_event(*, event: events.DeviceEvent, now: dt.datetime | No
                 trust_policy_sha256=policy.sha256,
                 trust_policy_confirmed_at=now,
             )
+        if verdict == HELD:
+            # A trust-policy campaign's rollout of this command succeeds on this record.
+            confirm_successes(Rollout.objects.filter(command_id=command.pk), now=now)
         audit_record(
             actor=f"gateway:{event.gateway_id}" if event.gateway_id else "gateway",
             action="device.trust_policy_held" if verdict == HELD else "device.trust_policy_refused",

@@ -153,7 +153,7 @@ def progress_chart(campaign: Campaign) -> dict[str, Any]:
 def live_campaigns() -> list[dict[str, Any]]:
     campaigns = (
         Campaign.objects.filter(status__in=LIVE_STATUSES)
-        .select_related("release", "device_class__vendor")
+        .select_related("release", "trust_policy", "device_class__vendor")
         .order_by("-created_at")
     )
     return [{"campaign": c, "stages": stage_rows(c), "chart": progress_chart(c)} for c in campaigns]

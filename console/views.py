@@ -87,7 +87,9 @@ def _page(request: HttpRequest, template: str, context: dict[str, Any], **kw: An
 # --- dashboard ------------------------------------------------------------------------------
 @console_view()
 def dashboard(request: HttpRequest) -> HttpResponse:
-    recent = Campaign.objects.exclude(status__in=selectors.LIVE_STATUSES).select_related("release")
+    recent = Campaign.objects.exclude(status__in=selectors.LIVE_STATUSES).select_related(
+        "release", "trust_policy"
+    )
     live = selectors.live_campaigns()
     rolling = dashboard_selectors.rolling_out(live)
     now = timezone.now()
@@ -121,7 +123,10 @@ def dashboard_campaigns(request: HttpRequest) -> HttpResponse:
 # --- campaigns ------------------------------------------------------------------------------
 def _campaign(name: str) -> Campaign:
     return get_object_or_404(
-        Campaign.objects.select_related("release", "device_class__vendor", "created_by"), name=name
+        Campaign.objects.select_related(
+            "release", "trust_policy", "device_class__vendor", "created_by"
+        ),
+        name=name,
     )
 
 
@@ -137,7 +142,7 @@ def _live_context(campaign: Campaign) -> dict[str, Any]:
 
 @console_view()
 def campaign_list(request: HttpRequest) -> HttpResponse:
-    campaigns = Campaign.objects.select_related("release", "device_class__vendor")
+    campaigns = Campaign.objects.select_related("release", "trust_policy", "device_class__vendor")
     return _page(
         request, "console/campaigns.html", {"campaigns": campaigns.order_by("-created_at")[:200]}
     )

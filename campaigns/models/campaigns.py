@@ -37,8 +37,21 @@ class CampaignStatus(models.TextChoices):
 
 class Campaign(models.Model):
     name = models.CharField(max_length=63, unique=True)
+    # The campaign's target: a release, or a released device trust policy of the class (a
+    # trust-policy campaign); exactly one is set (``campaign_one_target``).
     release = models.ForeignKey(
-        "manifests.Release", on_delete=models.PROTECT, related_name="campaigns"
+        "manifests.Release",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="campaigns",
+    )
+    trust_policy = models.ForeignKey(
+        "manifests.DeviceTrustPolicy",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="campaigns",
     )
     device_class = models.ForeignKey(
         "manifests.DeviceClass", on_delete=models.PROTECT, related_name="campaigns"
@@ -73,9 +86,25 @@ class Campaign(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(release__isnull=False, trust_policy__isnull=True)
+                    | models.Q(release__isnull=True, trust_policy__isnull=False)
+                ),
+                name="campaign_one_target",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def target_label(self) -> str:
+        """What the campaign rolls out, in words: the release's name or "trust policy vN"."""
+        if self.trust_policy_id is not None:
+            return f"trust policy v{self.trust_policy.version}"
+        return self.release.name if self.release is not None else ""
 
 
 class CampaignRevision(models.Model):
@@ -200,7 +229,8 @@ class Rollout(models.Model):
     # the campaign reports it; ``campaigns.rollouts.fail_rollout``).
     payload = models.CharField(max_length=8, blank=True, default="", db_default="")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
-    # The manifest actually sent (the newest approved release of the campaign at dispatch).
+    # The manifest actually sent (the newest approved release of the campaign at dispatch);
+    # None in a trust-policy campaign, whose rollouts all send the campaign's policy.
     manifest = models.ForeignKey(
         "manifests.Manifest",
         null=True,

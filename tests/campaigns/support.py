@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import OperationalError
+from django.utils import timezone
 
 from audit.models import AuditEvent
 from campaigns import rollouts, services
@@ -28,6 +29,9 @@ from campaigns.models import (
     Rollout,
 )
 from campaigns.spec import parse_spec
+from manifests import device_trust, suit
+from manifests import services as release_services
+from manifests.models import DeviceTrustPolicy, TrustPolicyStatus
 from manifests.suit import report as suit_report
 from tests.helpers import personas
 from tests.helpers.deployment import (
@@ -110,10 +114,13 @@ def spec_text(
     stages: str = "  - name: all\n    size: 100%\n",
     extra: str = "",
     target_extra: str = "",
+    trust_policy: int | None = None,
 ) -> str:
+    """A campaign spec; with ``trust_policy`` a trust-policy campaign (no release)."""
+    target = f"release: {release}" if trust_policy is None else f"trust_policy: {trust_policy}"
     return (
         "apiVersion: fwupd/v1\nkind: Campaign\n"
-        f"name: {name}\nrelease: {release}\n"
+        f"name: {name}\n{target}\n"
         f"target:\n  device_class: {device_class}\n{target_extra}"
         f"stages:\n{stages}{extra}"
     )
@@ -261,6 +268,42 @@ def signed_report(
         failure=None if failure_code is None else suit_report.failure_for(failure_code),
     )
     return suit_report.sign_report(content, key).hex()
+
+
+def sign_trust_policy(catalog: Catalog, policy: DeviceTrustPolicy, persona: str) -> None:
+    block = device_trust.sign_policy(policy.body_bytes, catalog.keys[persona])
+    release_services.trust_policy_sign(policy=policy, signer=catalog.users[persona], cose=block)
+
+
+def release_trust_policy(
+    catalog: Catalog,
+    *,
+    security: tuple[str, ...] = ("sec", "sec2"),
+    signers: tuple[str, ...] = ("sec",),
+    expires_at: dt.datetime | None = None,
+) -> DeviceTrustPolicy:
+    """The next released trust policy of thermo-v2: author, qa and the ``security`` keys (1 of
+    each role), signed by ``signers`` (enough for a first policy and for a rotation that keeps
+    a current security key)."""
+
+    def kid(persona: str) -> str:
+        return suit.kid_for_public_key(catalog.keys[persona]).hex()
+
+    draft = release_services.trust_policy_draft(
+        device_class=catalog.thermo,
+        roles={
+            "author": (1, [kid("author")]),
+            "qa": (1, [kid("qa")]),
+            "security": (1, [kid(p) for p in security]),
+        },
+        expires_at=expires_at or timezone.now() + dt.timedelta(days=365),
+        actor=catalog.users["sec"],
+    )
+    for persona in signers:
+        sign_trust_policy(catalog, draft, persona)
+    draft.refresh_from_db()
+    assert draft.status == TrustPolicyStatus.RELEASED, draft
+    return draft
 
 
 def confirm(rollout: Rollout, *, now: dt.datetime | None = None) -> None:

@@ -19,8 +19,13 @@ from django.utils import timezone
 from campaigns import delivery, engine
 from campaigns.models import Campaign, Device, DeviceCommand, Rollout, RolloutState
 from campaigns.selectors import spec_of
-from manifests.services import release_dispatch_state
-from tests.campaigns.support import Catalog, apply, make_devices, spec_text
+from tests.campaigns.support import (
+    Catalog,
+    apply,
+    make_devices,
+    release_trust_policy,
+    spec_text,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -59,13 +64,15 @@ def _change_after_planning(now: dt.datetime) -> None:
 def _decide(campaign: Campaign, path: Any, now: dt.datetime) -> tuple[Any, list[Any]]:
     """One pass of ``path``; its answer and the rows it wrote, then rolled back."""
     spec = spec_of(campaign)
-    release = release_dispatch_state(campaign.release, now=now)
+    release = engine.target_state(campaign, now=now)
     seen: dict[str, Any] = {}
     try:
         with transaction.atomic():
             locked = (
-                Campaign.objects.select_for_update()
-                .select_related("release__manifest", "device_class__vendor")
+                Campaign.objects.select_for_update(of=("self",))
+                .select_related(
+                    "release__manifest", "device_class__vendor", "trust_policy__device_class"
+                )
                 .get(pk=campaign.pk)
             )
             room = engine._room(locked, spec, now=now, batch=None)
@@ -162,3 +169,50 @@ def test_set_based_dispatch_defers_outside_the_window_as_the_row_path_does(
     assert [(row[1], row[6]) for row in night] == [
         (RolloutState.PENDING, now + engine.DEFER_RECHECK)
     ] * 3
+
+
+POLICY_FLEET = [
+    ("ok", 12), ("held", 3), ("newer", 2), ("skewed", 2), ("trusted", 2), ("nopull", 2),
+    ("push", 2), ("busy", 2), ("nokey", 2), ("older", 2),
+]  # fmt: skip
+
+
+def test_trust_policy_campaign_dispatch_is_the_same_on_both_paths(catalog: Catalog) -> None:
+    """A trust-policy campaign: the devices that hold the policy or a later one, found so at
+    dispatch, are skipped with the same reasons and wording on both paths, and the chosen ones
+    get the same trust-policy commands (no manifest on the rollout)."""
+    now = timezone.now()
+    release_trust_policy(catalog)
+    v2 = release_trust_policy(catalog)
+    for prefix, count in POLICY_FLEET:
+        make_devices(catalog, count, prefix=prefix, trust_policy_version=1)
+    _busy_elsewhere(catalog, now)
+    campaign = apply(catalog, spec_text("policy", trust_policy=2), now=now)
+    assert campaign.trust_policy_id == v2.pk and campaign.release_id is None
+    _change_after_planning(now)
+    Device.objects.filter(endpoint__startswith="held-").update(trust_policy_version=2)
+    Device.objects.filter(endpoint__startswith="newer-").update(trust_policy_version=3)
+    Device.objects.filter(endpoint__startswith="older-").update(trust_policy_version=None)
+    rows_answer, by_rows = _decide(campaign, engine._dispatch_rows, now)
+    set_answer, by_set = _decide(campaign, engine._dispatch_set, now)
+    assert set_answer == rows_answer
+    assert by_set == by_rows
+    dispatched, skipped = set_answer
+    # ok 12, trusted 2, push 2, older 2 (no policy recorded: it may take v2).
+    assert dispatched == 18
+    assert skipped == {
+        "clock_skew": 2,
+        "no_report_key": 2,
+        "no_supported_delivery": 2,
+        "trust_policy_held": 3,
+        "trust_policy_rollback": 2,
+    }
+    by_endpoint = {row[0]: row for row in by_set}
+    assert "held-00002 already holds trust policy v2" in by_endpoint["held-00002"][3]
+    assert "newer-00001 holds trust policy v3" in by_endpoint["newer-00001"][3]
+    command = by_endpoint["ok-00000"][11][2]
+    assert command["delivery"] == "trust-policy"
+    assert command["manifest_digest"] == v2.sha256
+    assert command["report_nonce"] == 16
+    assert by_endpoint["push-00000"][11][2]["method"] == "push"
+    assert by_endpoint["ok-00000"][10] is None  # no manifest

@@ -212,21 +212,27 @@ class Command(BaseCommand):
         if options["json"]:
             self.stdout.write(json.dumps(data, indent=2, sort_keys=True))
             return
+        what = "release" if data["trust_policy"] is None else "target"
         self.stdout.write(
-            f"campaign {data['campaign']}: release {data['release']} to {data['device_class']}"
+            f"campaign {data['campaign']}: {what} {data['target']} to {data['device_class']}"
         )
         if data["release_blocked"]:
             blocked = data["release_blocked"]
-            self.stdout.write(f"  RELEASE BLOCKED: {blocked['reason']}: {blocked['detail']}")
+            kind = "RELEASE" if data["trust_policy"] is None else "TRUST POLICY"
+            self.stdout.write(f"  {kind} BLOCKED: {blocked['reason']}: {blocked['detail']}")
         self.stdout.write(f"  delivery {data['delivery']} (method {data['delivery_method']})")
         if spec.start_at is not None:
             self.stdout.write(f"  {describe_start(spec.start_at)} (start_at)")
         for stage in data["stages"]:
             delta = stage["delta"]
+            extra = (
+                f"delta {delta['devices']} ({delta['bytes_saved']} bytes saved)"
+                if data["trust_policy"] is None
+                else f"already at v{data['trust_policy']} {stage['already_held']}"
+            )
             self.stdout.write(
                 f"  stage {stage['name']:20} {stage['devices']:8} devices  "
-                f"{delivery_line(data['delivery'], stage['methods'])}  "
-                f"delta {delta['devices']} ({delta['bytes_saved']} bytes saved)"
+                f"{delivery_line(data['delivery'], stage['methods'])}  {extra}"
             )
         self.stdout.write(f"  cohort {data['cohort']} devices")
         for reason, count in data["excluded"].items():
@@ -338,7 +344,8 @@ class Command(BaseCommand):
 
     def _print_status(self, data: dict[str, Any]) -> None:
         self.stdout.write(
-            f"{data['campaign']} [{data['status']}] release {data['release']} "
+            f"{data['campaign']} [{data['status']}] "
+            f"{'release ' if data['trust_policy'] is None else ''}{data['target']} "
             f"revision {data['revision']}"
             + (f" — paused: {data['pause_reason']}" if data["pause_reason"] else "")
             + (f" — {data['scheduled']}" if data.get("scheduled") else "")
