@@ -21,7 +21,7 @@ FK_INDEXES = (
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("campaigns", "0014_device_installed_image_digest_db_default"),
+        ('campaigns', '0015_campaign_trust_policy_target'),
         ("manifests", "0009_image_encryption_keys"),
     ]
 
