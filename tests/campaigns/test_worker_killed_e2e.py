@@ -226,15 +226,12 @@ def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
             assert device.boots == 1, (endpoint, device.events)
         for rollout in rollouts.select_related("device"):
             assert rollout.attempts == 1, rollout.device.endpoint
+            # Beside the attempt, one command per wait (a command that never reached the device).
             commands = DeviceCommand.objects.filter(device=rollout.device, operation="fw_update")
-            assert commands.count() == rollout.attempts, rollout.device.endpoint
-            assert str(commands.get().pk) == str(rollout.command_id)
+            assert commands.count() == rollout.attempts + rollout.waits, rollout.device.endpoint
+            assert str(commands.latest("created_at").pk) == str(rollout.command_id)
 
 
-# Not in the default run: with the signed-report reads and the device_unreachable wait, this
-# 240-device cross-process scenario has missed its 300 s bound in some runs here (a device
-# dispatched twice after a wait, or a stage not completing); `pytest -m slow` runs it.
-@pytest.mark.slow
 def test_a_few_hundred_devices_through_three_stages_with_a_worker(
     transactional_db: None, broker_queue: str, catalog: Catalog, tmp_path: Path
 ) -> None:
