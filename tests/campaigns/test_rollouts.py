@@ -203,9 +203,7 @@ def test_a_wait_reported_twice_changes_nothing_the_second_time(catalog: Catalog)
     command = str(rollout.command_id)
     for _ in range(2):
         rollouts.rollouts_apply_event(
-            event=CommandResult(
-                command_id=command, ok=False, error_code="lwm2m.device_unreachable"
-            )
+            event=CommandResult(command_id=command, ok=False, error_code="lwm2m.device_unreachable")
         )
     rollout.refresh_from_db()
     assert (rollout.state, rollout.attempts, rollout.waits) == (RolloutState.PENDING, 0, 1)

@@ -221,6 +221,7 @@ class _Attempt:
     command_id: str = ""  # the command running it ("": no claims recorded)
     resumed: bool = False  # taken over from a run of the same command before a restart
     firmware_version: str | None = None  # /3/0/3 as a resumed attempt found it
+    uri_unanswered: bool = False  # the Package URI write timed out: the device may have it
 
     def outcome(self) -> dict[str, Any]:
         tracker = self.tracker
@@ -535,14 +536,29 @@ class UpdateDriver:
                 )
                 attempt.stuck = (state, result)
         if request.report_nonce:
-            await self._write_report_nonce(reg, request.report_nonce)
+            try:
+                await self._write_report_nonce(reg, request.report_nonce)
+            except DeviceTimeoutError as exc:
+                # Still nothing asked of Object 5 (the nonce is the report object's): it waits.
+                raise DeviceUnreachableError(
+                    f"{endpoint}: not reachable before the update began ({exc})", permanent=False
+                ) from None
         attempt.observer = self._spawn(self._observe_fw(reg, attempt))
         try:
             await self._claim(attempt, CLAIM_PACKAGE_WRITTEN)
             attempt.tracker.uri_written()
             if method == "pull":
                 assert uri is not None  # noqa: S101 - _plan gives a pull its URI
-                await self.write(reg, (5, 0, 1), uri)
+                try:
+                    await self.write(reg, (5, 0, 1), uri)
+                except DeviceTimeoutError as exc:
+                    # The write may have reached the device without its answer reaching us:
+                    # followed as written. If the state never moves, nothing started, and
+                    # the attempt ends as not reached (``_follow``), not as a failure.
+                    log.warning(
+                        "%s: Package URI write unanswered (%s); following it", endpoint, exc
+                    )
+                    attempt.uri_unanswered = True
             else:
                 assert package is not None  # noqa: S101 - a push always loads its package
                 await self._push(reg, attempt, package.data)
@@ -628,6 +644,13 @@ class UpdateDriver:
         while not tracker.phase.terminal:
             now = time.monotonic()
             if tracker.phase is Phase.URI_WRITTEN and now > start_deadline:
+                if attempt.uri_unanswered:
+                    # Nothing shows the device ever had the URI: not reached, so it waits
+                    # (a late copy of the write is undone by the next attempt's reset).
+                    raise DeviceUnreachableError(
+                        f"{attempt.endpoint}: Package URI write unanswered and State never moved",
+                        permanent=False,
+                    )
                 raise UpdateNeverStartedError(
                     # The window it had: fw_start_timeout, or less when the update's own
                     # timeout (the campaign's timeouts.device) ends first.
@@ -656,10 +679,28 @@ class UpdateDriver:
                     state, result = await self._fw_status(reg)
                     await self._apply_report(reg, attempt, state, result)
             if tracker.can_execute:
-                state, _ = await self._fw_status(reg)
-                if state == FwState.DOWNLOADED:
+                staged: int | None = None
+                try:
+                    staged, _ = await self._fw_status(reg)
+                except DeviceTimeoutError as exc:
+                    # A loaded device or gateway: read again at the next poll, until the
+                    # attempt's deadline, rather than end an attempt that is going well.
+                    log.info("%s: state before Execute not read (%s); again", reg.endpoint, exc)
+                if staged == FwState.DOWNLOADED:
                     await self._claim(attempt, CLAIM_UPDATE_EXECUTED)
-                    await self.execute(reg, (5, 0, 2))
+                    try:
+                        await self.execute(reg, (5, 0, 2))
+                    except DeviceTimeoutError as exc:
+                        # The Execute may have been carried out without its answer reaching
+                        # us (a device rebooting at once, or one slow under load): followed
+                        # as executed. The device's next report or registration says how it
+                        # ended; one that never got it stays Downloaded until the deadline.
+                        # Executing again could install twice.
+                        log.warning(
+                            "%s: Execute /5/0/2 unanswered (%s); following it as executed",
+                            reg.endpoint,
+                            exc,
+                        )
                     tracker.update_executed()
                     continue
             if tracker.phase.terminal:
