@@ -11,8 +11,13 @@ import hashlib
 import uuid
 from typing import Any
 
-from tests.workers.lwm2m.conftest import DictFirmware, Harness, eventually, run_with_fleet
-from tests.workers.lwm2m.conftest import make_release
+from tests.workers.lwm2m.conftest import (
+    DictFirmware,
+    Harness,
+    eventually,
+    make_release,
+    run_with_fleet,
+)
 from workers.lwm2m.errors import DeviceTimeoutError
 
 ENDPOINT = "sim-00000"
