@@ -63,6 +63,10 @@ STAGES = (
     "  - name: wave\n    size: 40%\n    max_in_flight: 24\n"
     "  - name: all\n    size: rest\n    max_in_flight: 24\n"
 )
+# A download whose server (a gateway) is SIGKILLed under it fails on the device with Update
+# Result 4 (connection lost): a real failure of that attempt, which the campaign's retry policy
+# answers, as an operator's would; without one the device ends failed with that reason.
+RETRIES = "retries:\n  max: 2\n  backoff: 2s\n  on: [connection_lost]\n"
 TERMINAL = {
     RolloutState.SUCCEEDED,
     RolloutState.FAILED,
@@ -202,7 +206,7 @@ def run_chaos_campaign(world: Chaos, catalog: Catalog, *, total: int, timeout: f
         interval=0.5,
         what="the fleet registered at both gateways, with its information read",
     )
-    text = spec_text("chaos", stages=STAGES, extra="timeouts:\n  device: 5m\n")
+    text = spec_text("chaos", stages=STAGES, extra=f"timeouts:\n  device: 5m\n{RETRIES}")
     # Event intake is busy with the fleet's registrations: the apply neither waits for it nor
     # deadlocks with it (tests/campaigns/test_apply_locks.py).
     campaign, _ = services.campaign_apply(spec=parse_spec(text), actor=catalog.ops)

@@ -222,6 +222,7 @@ class _Attempt:
     resumed: bool = False  # taken over from a run of the same command before a restart
     firmware_version: str | None = None  # /3/0/3 as a resumed attempt found it
     uri_unanswered: bool = False  # the Package URI write timed out: the device may have it
+    executed_at: float = 0.0  # time.monotonic() of the last Execute /5/0/2 sent
 
     def outcome(self) -> dict[str, Any]:
         tracker = self.tracker
@@ -459,6 +460,8 @@ class UpdateDriver:
         attempt = _Attempt(endpoint, request, method, tracker, asyncio.Event())
         attempt.command_id = command_id
         attempt.resumed = True
+        # The first run's Execute, if it was sent, is given a request timeout to show.
+        attempt.executed_at = time.monotonic()
         deadline = time.monotonic() + (request.timeout or self.config.fw_update_timeout)
         with contextlib.suppress(LwM2MError):
             value = (await self.read(reg, (3, 0, 3))).get((3, 0, 3))
@@ -678,6 +681,7 @@ class UpdateDriver:
                 with contextlib.suppress(LwM2MError):
                     state, result = await self._fw_status(reg)
                     await self._apply_report(reg, attempt, state, result)
+                    await self._execute_again_if_lost(reg, attempt, state, result)
             if tracker.can_execute:
                 staged: int | None = None
                 try:
@@ -702,6 +706,7 @@ class UpdateDriver:
                             exc,
                         )
                     tracker.update_executed()
+                    attempt.executed_at = time.monotonic()
                     continue
             if tracker.phase.terminal:
                 break  # the read above ended it: no poll interval to wait out
@@ -709,6 +714,27 @@ class UpdateDriver:
             if tracker.phase is Phase.URI_WRITTEN:
                 wait = min(wait, max(0.0, start_deadline - time.monotonic()))
             await _changed_or_replaced(attempt, reg, timeout=wait + 0.01)
+
+    async def _execute_again_if_lost(
+        self, reg: Registration, attempt: _Attempt, state: int, result: int
+    ) -> None:
+        """Execute /5/0/2 again for a device still Downloaded (Result 0) a request timeout after
+        it was executed: that Execute never reached it (its answer lost under load, or the
+        gateway killed between claiming the step and sending it, then resumed). Safe to
+        repeat: Execute acts only in Downloaded and the install consumes the package, so a
+        device that did get the first one refuses this one (it is Updating, or Idle)."""
+        if attempt.tracker.phase is not Phase.UPDATE_EXECUTED:
+            return
+        if (state, result) != (FwState.DOWNLOADED, FwResult.INITIAL):
+            return
+        if time.monotonic() - attempt.executed_at < self.config.request_timeout:
+            return
+        log.warning("%s: still Downloaded after Execute; executing Update again", reg.endpoint)
+        attempt.executed_at = time.monotonic()
+        try:
+            await self.execute(reg, (5, 0, 2))
+        except DeviceOperationError as exc:
+            log.info("%s: Execute /5/0/2 again not taken (%s)", reg.endpoint, exc)
 
     async def _apply_report(
         self, reg: Registration, attempt: _Attempt, state: int, result: int

@@ -137,3 +137,73 @@ def test_a_package_uri_write_lost_on_the_way_ends_as_unreachable_not_as_a_failur
         scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
         timeout=60,
     )  # fmt: skip
+
+
+def test_an_execute_lost_on_the_way_is_sent_again_while_the_device_waits_downloaded(
+    signing_key: Any,
+) -> None:
+    release = make_release(signing_key)
+
+    async def scenario(h: Harness) -> None:
+        h.gateway.config = dataclasses.replace(h.gateway.config, request_timeout=1.0)
+        execute = h.gateway.execute
+        executes: list[Any] = []
+
+        async def first_lost(reg: Any, path: Any) -> None:
+            executes.append(path)
+            if path == (5, 0, 2) and len(executes) == 1:
+                raise DeviceTimeoutError(f"{reg.endpoint} did not answer in time")
+            await execute(reg, path)
+
+        h.gateway.execute = first_lost  # type: ignore[method-assign]
+        result = await _update(h, release)
+
+        assert result["ok"], (result["error_code"], result["error"], result["result"])
+        assert executes.count((5, 0, 2)) == 2
+        device = h.fleet.devices[ENDPOINT]
+        assert device.state.version == "1.1.0" and device.boots == 1
+
+    run_with_fleet(
+        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_a_gateway_killed_between_claiming_execute_and_sending_it_executes_on_resume(
+    signing_key: Any,
+) -> None:
+    """The chaos scenario's stall: the claim said "update_executed", the device sat in
+    Downloaded, and the resumed command waited for a reboot that was never asked for."""
+    release = make_release(signing_key)
+    command_id = uuid.uuid4().hex
+
+    async def scenario(h: Harness) -> None:
+        h.gateway.config = dataclasses.replace(h.gateway.config, request_timeout=1.0)
+        gateway_id = h.gateway.config.gateway_id
+        uri = h.gateway.package_uri(release.digest, secure=False, kind="m")
+        await h.gateway.run_operation(ENDPOINT, "write_uri", {"uri": uri})
+        device = h.fleet.devices[ENDPOINT]
+        await eventually(lambda: device.events.count("downloaded") == 1, timeout=20)
+        await h.gateway.bus.claim(gateway_id, command_id, "update_executed")
+        before = len(h.sink.of("command_result"))
+        h.gateway.bus.publish(
+            gateway_id,
+            {
+                "command_id": command_id,
+                "endpoint": ENDPOINT,
+                "operation": "fw_update",
+                "args": {"manifest_digest": release.digest},
+            },
+        )
+        await eventually(lambda: len(h.sink.of("command_result")) > before, timeout=40)
+        result = h.sink.of("command_result")[-1]
+
+        assert result["ok"], (result["error_code"], result["error"], result["result"])
+        assert result["result"]["resumed"] is True
+        assert len(_package_writes(h)) == 1
+        assert device.state.version == "1.1.0" and device.boots == 1
+
+    run_with_fleet(
+        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
+        timeout=60,
+    )  # fmt: skip
