@@ -527,8 +527,16 @@ class UpdateDriver:
         attempt = _Attempt(endpoint, request, method, UpdateTracker(), asyncio.Event())
         attempt.command_id = command_id
         if state != FwState.IDLE:
-            await self._fw_reset(reg, method)
-            state, result = await self._fw_status(reg)
+            try:
+                await self._fw_reset(reg, method)
+                state, result = await self._fw_status(reg)
+            except DeviceTimeoutError as exc:
+                # A reset to Idle, taken or not, installs nothing, and the next attempt resets
+                # again: not reached, so it waits.
+                raise DeviceUnreachableError(
+                    f"{endpoint}: not reachable while reset before the update ({exc})",
+                    permanent=False,
+                ) from None
             if state == FwState.UPDATING:
                 raise DeviceBusyError(f"{endpoint} went to Updating on a reset", permanent=False)
             if state != FwState.IDLE:
