@@ -74,15 +74,41 @@ def wait_for(
     tick: Callable[[], Any] | None = None,
     interval: float = 0.2,
     what: str = "condition",
+    progress: Callable[[], Any] | None = None,
+    cap: float | None = None,
 ) -> None:
-    deadline = time.monotonic() + timeout
+    """Wait until ``predicate()``, ticking ``tick`` between polls. With ``progress`` (a
+    snapshot of how far the work got, e.g. rollout counts by state), ``timeout`` bounds the
+    time without progress instead of the whole wait, and ``cap`` (8 x ``timeout`` unless given)
+    the whole: on a machine whose CPU is shared with other work, a scenario that keeps moving
+    is slow, not stuck, while one that stops moving fails as soon."""
+    started = time.monotonic()
+    deadline = started + timeout
+    limit = started + (cap if cap is not None else 8 * timeout)
+    last = retry_locked(progress) if progress is not None else None
     while time.monotonic() < deadline:
         if tick is not None:
             retry_locked(tick)
         if retry_locked(predicate):
             return
+        if progress is not None:
+            now = retry_locked(progress)
+            if now != last:
+                last = now
+                deadline = min(time.monotonic() + timeout, limit)
         time.sleep(interval)
+    if progress is not None:
+        raise AssertionError(
+            f"{what} not reached: no progress in {timeout} s, or {time.monotonic() - started:.0f}"
+            f" s in all (at {last!r})"
+        )
     raise AssertionError(f"{what} not reached in {timeout} s")
+
+
+def rollout_progress(rollouts: Any) -> Callable[[], list[tuple[Any, ...]]]:
+    """A ``wait_for`` progress snapshot of a campaign's rollouts (counts by stage, state,
+    reason, attempts, waits)."""
+    return lambda: _rollout_summary(rollouts)
 
 
 @dataclass
@@ -225,13 +251,15 @@ def few_hundred_scenario(
     def tick() -> None:
         reconcile(campaign.pk)
 
+    moved = rollout_progress(rollouts)
     wait_for(
         lambda: status() == CampaignStatus.PAUSED,
-        timeout=120, tick=tick, interval=interval, what="canary pause",
+        timeout=120, tick=tick, interval=interval, what="canary pause", progress=moved,
     )  # fmt: skip
     wait_for(
         lambda: not rollouts.filter(stage=0, state__in=IN_FLIGHT_STATES).exists(),
         timeout=120, tick=tick, interval=interval, what="the paused canary's devices ended",
+        progress=moved,
     )  # fmt: skip
     assert status() == CampaignStatus.PAUSED
     assert (
@@ -248,7 +276,8 @@ def few_hundred_scenario(
     try:
         wait_for(
             lambda: status() == CampaignStatus.COMPLETED,
-            timeout=300, tick=tick, interval=interval, what="campaign completed",
+            timeout=180, tick=tick, interval=interval, what="campaign completed",
+            progress=moved, cap=900,
         )  # fmt: skip
     except AssertionError:
         print(status(), _rollout_summary(rollouts))

@@ -45,7 +45,7 @@ from campaigns.models import (
 from campaigns.spec import parse_spec
 from config.celery import app as celery_app
 from tests.campaigns.chaos import Processes, RedisServer, RefusingProxy, process_env
-from tests.campaigns.support import Catalog, spec_text, wait_for
+from tests.campaigns.support import Catalog, rollout_progress, spec_text, wait_for
 from workers.lwm2m.ports import claim_udp_port
 from workers.lwm2m.simulator import Fleet, FleetSpec
 from workers.tasks import campaign_reconcile_task
@@ -200,11 +200,14 @@ def chaos_world(tmp_path: Path, catalog: Catalog, devices_per_gateway: int) -> I
 def run_chaos_campaign(world: Chaos, catalog: Catalog, *, total: int, timeout: float) -> Campaign:
     """Register the fleet, run the campaign through every fault, wait until every rollout
     reached an end; returns the campaign."""
+    registered = Device.objects.filter(online=True, firmware_version="1.0.0")
     wait_for(
-        lambda: Device.objects.filter(online=True, firmware_version="1.0.0").count() == total,
+        lambda: registered.count() == total,
         timeout=120,
         interval=0.5,
         what="the fleet registered at both gateways, with its information read",
+        progress=registered.count,
+        cap=max(600.0, 2.0 * total),
     )
     text = spec_text("chaos", stages=STAGES, extra=f"timeouts:\n  device: 5m\n{RETRIES}")
     # Event intake is busy with the fleet's registrations: the apply neither waits for it nor
@@ -223,7 +226,10 @@ def run_chaos_campaign(world: Chaos, catalog: Catalog, *, total: int, timeout: f
         )
 
     try:
-        wait_for(lambda: in_stage(1), timeout=120, tick=tick, interval=0.5, what="second stage")
+        wait_for(
+            lambda: in_stage(1), timeout=120, tick=tick, interval=0.5, what="second stage",
+            progress=rollout_progress(rollouts),
+        )  # fmt: skip
     except AssertionError:
         print(selectors.campaign_status(Campaign.objects.get(pk=campaign.pk)))
         raise
@@ -264,7 +270,10 @@ def run_chaos_campaign(world: Chaos, catalog: Catalog, *, total: int, timeout: f
         return not rollouts.exclude(state__in=TERMINAL).exists()
 
     try:
-        wait_for(finished, timeout=timeout, tick=tick, interval=0.5, what="every rollout ended")
+        wait_for(
+            finished, timeout=180, tick=tick, interval=0.5, what="every rollout ended",
+            progress=rollout_progress(rollouts), cap=timeout,
+        )  # fmt: skip
     except AssertionError:
         print(_unfinished(campaign))
         raise
@@ -335,7 +344,7 @@ def _scenario(tmp_path: Path, catalog: Catalog, devices_per_gateway: int) -> dic
     total = 2 * devices_per_gateway
     started = time.monotonic()
     with chaos_world(tmp_path, catalog, devices_per_gateway) as world:
-        campaign = run_chaos_campaign(world, catalog, total=total, timeout=150 + total)
+        campaign = run_chaos_campaign(world, catalog, total=total, timeout=600 + 2 * total)
         outcome = check_nothing_lost(world, campaign)
         devices = world.devices().values()
         return {

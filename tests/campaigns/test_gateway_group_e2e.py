@@ -39,7 +39,7 @@ from campaigns.models import (
 )
 from campaigns.spec import parse_spec
 from manifests.suit import keys
-from tests.campaigns.support import Catalog, spec_text, wait_for
+from tests.campaigns.support import Catalog, rollout_progress, spec_text, wait_for
 from tests.campaigns.test_worker_killed_e2e import BROKER, Workers, broker_queue
 from workers.lwm2m import loadsim
 from workers.lwm2m.ports import claim_udp_port, release_udp_port
@@ -192,10 +192,12 @@ def test_two_gateway_processes_serve_one_fleet_and_one_sigkilled_hands_its_devic
         gateways.start("gw-b")
         loop.call(fleet.start())
         loop.call(fleet.wait_registered(60), timeout=65)
+        registered = Device.objects.filter(online=True, firmware_version="1.0.0")
         wait_for(
-            lambda: Device.objects.filter(online=True, firmware_version="1.0.0").count() == DEVICES,
+            lambda: registered.count() == DEVICES,
             timeout=90,
             what="registry shows every device online",
+            progress=registered.count,
         )
         held = dict(Device.objects.values_list("endpoint", "gateway_id"))
         by_a = {e for e, g in held.items() if g == "gw-a"}
@@ -223,7 +225,11 @@ def test_two_gateway_processes_serve_one_fleet_and_one_sigkilled_hands_its_devic
             c = Campaign.objects.get(pk=campaign.pk)
             return c.current_stage >= 1 and rollouts.filter(state__in=IN_FLIGHT_STATES).exists()
 
-        wait_for(mid_campaign, timeout=120, tick=beat, interval=0.3, what="second stage")
+        moved = rollout_progress(rollouts)
+        wait_for(
+            mid_campaign, timeout=120, tick=beat, interval=0.3, what="second stage",
+            progress=moved,
+        )  # fmt: skip
         doomed = gateways.procs["gw-a"]
         doomed.send_signal(signal.SIGKILL)
         assert doomed.wait(timeout=10) == -signal.SIGKILL
@@ -246,7 +252,10 @@ def test_two_gateway_processes_serve_one_fleet_and_one_sigkilled_hands_its_devic
             assert status in (CampaignStatus.RUNNING, CampaignStatus.COMPLETED), status
             return status == CampaignStatus.COMPLETED
 
-        wait_for(completed, timeout=480, tick=beat, interval=0.5, what="campaign completed")
+        wait_for(
+            completed, timeout=180, tick=beat, interval=0.5, what="campaign completed",
+            progress=moved, cap=900,
+        )  # fmt: skip
         assert rollouts.filter(state=RolloutState.SUCCEEDED).count() == DEVICES
         assert Device.objects.filter(firmware_version="1.1.0").count() == DEVICES
         for device in fleet.devices:

@@ -37,7 +37,13 @@ from campaigns.models import (
 )
 from campaigns.spec import parse_spec
 from tests.campaigns.conftest import start_fleet
-from tests.campaigns.support import Catalog, few_hundred_scenario, spec_text, wait_for
+from tests.campaigns.support import (
+    Catalog,
+    few_hundred_scenario,
+    rollout_progress,
+    spec_text,
+    wait_for,
+)
 from workers.tasks import campaign_reconcile_task
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -197,7 +203,11 @@ def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
             c = Campaign.objects.get(pk=campaign.pk)
             return c.current_stage >= 1 and rollouts.filter(state__in=IN_FLIGHT_STATES).exists()
 
-        wait_for(mid_stage, timeout=60, tick=beat, interval=0.3, what="second stage in flight")
+        moved = rollout_progress(rollouts)
+        wait_for(
+            mid_stage, timeout=60, tick=beat, interval=0.3, what="second stage in flight",
+            progress=moved,
+        )  # fmt: skip
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         assert first.returncode == -signal.SIGKILL
@@ -215,7 +225,10 @@ def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
             assert status in (CampaignStatus.RUNNING, CampaignStatus.COMPLETED), status
             return status == CampaignStatus.COMPLETED
 
-        wait_for(completed, timeout=120, tick=beat, interval=0.3, what="campaign completed")
+        wait_for(
+            completed, timeout=120, tick=beat, interval=0.3, what="campaign completed",
+            progress=moved,
+        )  # fmt: skip
 
         # No device lost: every one of them succeeded, and runs the new firmware.
         assert rollouts.filter(state=RolloutState.SUCCEEDED).count() == FLEET
