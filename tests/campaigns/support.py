@@ -59,6 +59,10 @@ __all__ = [
 PERSONAS = personas.people("author", "qa", "sec", "sec2", "ops")
 
 
+# How often a cross-process scenario's beat sends a reconcile tick (``throttled``).
+BEAT_SECONDS = 1.5
+
+
 def retry_locked(fn: Callable[[], Any]) -> Any:
     for _ in range(50):
         try:
@@ -103,6 +107,22 @@ def wait_for(
             f" s in all (at {last!r})"
         )
     raise AssertionError(f"{what} not reached in {timeout} s")
+
+
+def throttled(fn: Callable[[], Any], seconds: float = BEAT_SECONDS) -> Callable[[], None]:
+    """``fn`` at most once per ``seconds``: a beat for scenarios whose reconcile ticks go to a
+    worker process. Ticking at every poll (0.3 s) sent reconciles faster than one loaded solo
+    worker ran them (0.8 s each at a load of 20): its queue grew without end and the gateway's
+    events queued behind the ticks, so nothing moved. Production's beat ticks every 5 s."""
+    last = [float("-inf")]
+
+    def tick() -> None:
+        now = time.monotonic()
+        if now - last[0] >= seconds:
+            last[0] = now
+            fn()
+
+    return tick
 
 
 def rollout_progress(rollouts: Any) -> Callable[[], list[tuple[Any, ...]]]:

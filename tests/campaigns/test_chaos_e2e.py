@@ -45,7 +45,13 @@ from campaigns.models import (
 from campaigns.spec import parse_spec
 from config.celery import app as celery_app
 from tests.campaigns.chaos import Processes, RedisServer, RefusingProxy, process_env
-from tests.campaigns.support import Catalog, rollout_progress, spec_text, wait_for
+from tests.campaigns.support import (
+    Catalog,
+    rollout_progress,
+    spec_text,
+    throttled,
+    wait_for,
+)
 from workers.lwm2m.ports import claim_udp_port
 from workers.lwm2m.simulator import Fleet, FleetSpec
 from workers.tasks import campaign_reconcile_task
@@ -215,8 +221,7 @@ def run_chaos_campaign(world: Chaos, catalog: Catalog, *, total: int, timeout: f
     campaign, _ = services.campaign_apply(spec=parse_spec(text), actor=catalog.ops)
     rollouts = Rollout.objects.filter(campaign=campaign)
 
-    def tick() -> None:
-        world.beat(campaign.pk)
+    tick = throttled(lambda: world.beat(campaign.pk))
 
     def in_stage(index: int) -> bool:
         c = Campaign.objects.get(pk=campaign.pk)

@@ -39,7 +39,13 @@ from campaigns.models import (
 )
 from campaigns.spec import parse_spec
 from manifests.suit import keys
-from tests.campaigns.support import Catalog, rollout_progress, spec_text, wait_for
+from tests.campaigns.support import (
+    Catalog,
+    rollout_progress,
+    spec_text,
+    throttled,
+    wait_for,
+)
 from tests.campaigns.test_worker_killed_e2e import BROKER, Workers, broker_queue
 from workers.lwm2m import loadsim
 from workers.lwm2m.ports import claim_udp_port, release_udp_port
@@ -218,8 +224,7 @@ def test_two_gateway_processes_serve_one_fleet_and_one_sigkilled_hands_its_devic
         campaign, _ = services.campaign_apply(spec=parse_spec(text), actor=catalog.ops)
         rollouts = Rollout.objects.filter(campaign=campaign)
 
-        def beat() -> None:
-            campaign_reconcile_task.delay(campaign.pk)
+        beat = throttled(lambda: campaign_reconcile_task.delay(campaign.pk))
 
         def mid_campaign() -> bool:
             c = Campaign.objects.get(pk=campaign.pk)

@@ -38,10 +38,12 @@ from campaigns.models import (
 from campaigns.spec import parse_spec
 from tests.campaigns.conftest import start_fleet
 from tests.campaigns.support import (
+    BEAT_SECONDS,
     Catalog,
     few_hundred_scenario,
     rollout_progress,
     spec_text,
+    throttled,
     wait_for,
 )
 from workers.tasks import campaign_reconcile_task
@@ -181,6 +183,19 @@ def cross_process(queue: str, tmp_path: Path) -> Iterator[CrossProcess]:
         client.close()
 
 
+def throttled_reconcile() -> Any:
+    """The beat of the worker scenarios: a reconcile task per campaign, throttled."""
+    last: dict[int, float] = {}
+
+    def reconcile(campaign_id: int) -> None:
+        now = time.monotonic()
+        if now - last.get(campaign_id, float("-inf")) >= BEAT_SECONDS:
+            last[campaign_id] = now
+            campaign_reconcile_task.delay(campaign_id)
+
+    return reconcile
+
+
 def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
     transactional_db: None, broker_queue: str, catalog: Catalog, tmp_path: Path
 ) -> None:
@@ -196,8 +211,7 @@ def test_worker_sigkilled_mid_stage_loses_no_device_and_dispatches_none_twice(
         campaign, _ = services.campaign_apply(spec=parse_spec(text), actor=catalog.ops)
         rollouts = Rollout.objects.filter(campaign=campaign)
 
-        def beat() -> None:
-            campaign_reconcile_task.delay(campaign.pk)
+        beat = throttled(lambda: campaign_reconcile_task.delay(campaign.pk))
 
         def mid_stage() -> bool:
             c = Campaign.objects.get(pk=campaign.pk)
@@ -257,6 +271,6 @@ def test_a_few_hundred_devices_through_three_stages_with_a_worker(
             run.start_fleet(catalog, count=240, wrong_class=4),
             catalog,
             fleet_size=240,
-            reconcile=lambda campaign_id: campaign_reconcile_task.delay(campaign_id),
+            reconcile=throttled_reconcile(),
             interval=0.5,
         )
