@@ -69,6 +69,7 @@ def device_events_task(events: list[dict[str, Any]]) -> int:
     Returns the number of events."""
     error: Exception | None = None
     with transaction.atomic():
+        _lock_devices(events)
         for event in events:
             with log_context(device=_endpoint(event)):
                 try:
@@ -87,6 +88,24 @@ def device_events_task(events: list[dict[str, Any]]) -> int:
     now = time.time()
     tallies.events_applied(count=len(events), lag_seconds=event_lag(events, now=now), now=now)
     return len(events)
+
+
+def _lock_devices(events: list[Any]) -> None:
+    """Lock the batch's known devices first, in primary-key order (FOR NO KEY UPDATE, as each
+    event does). Event by event, a batch locked its devices in event order and held them to
+    its commit; two batches naming the same devices in another order (a device moving between
+    gateways, with the old one's held events and the new one's) deadlocked, and so did one that
+    had taken the audit chain's lock and then waited for a device the other held."""
+    endpoints = sorted({e for e in map(_endpoint, events) if e is not None})
+    if endpoints:
+        from campaigns.models import Device
+
+        list(
+            Device.objects.select_for_update(no_key=True)
+            .filter(endpoint__in=endpoints)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
 
 
 def _endpoint(event: Any) -> str | None:
