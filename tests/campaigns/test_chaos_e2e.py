@@ -282,6 +282,11 @@ def run_chaos_campaign(world: Chaos, catalog: Catalog, *, total: int, timeout: f
     except AssertionError:
         print(_unfinished(campaign))
         raise
+    # The campaign's own end is the next reconcile pass's to record.
+    wait_for(
+        lambda: Campaign.objects.get(pk=campaign.pk).status != CampaignStatus.RUNNING,
+        timeout=60, tick=tick, interval=0.5, what="the campaign's end recorded",
+    )  # fmt: skip
     return Campaign.objects.get(pk=campaign.pk)
 
 
