@@ -229,8 +229,13 @@ def _ts(value: float | None) -> dt.datetime:
     return dt.datetime.fromtimestamp(float(value), tz=dt.UTC)
 
 
+# Event intake locks a device FOR NO KEY UPDATE (PostgreSQL): it serialises the device's events
+# and never changes a key column, so it need not block the FOR KEY SHARE locks that rows
+# referencing the device take (a campaign apply's COPY of rollouts, a dispatch's commands and
+# its device window). With FOR UPDATE, a batch of events locking its devices in event order and
+# an apply's foreign-key checks locking them in plan order deadlocked (issue 13's chaos run).
 def _locked(endpoint: str) -> Device:
-    device, _ = Device.objects.select_for_update().get_or_create(endpoint=endpoint)
+    device, _ = Device.objects.select_for_update(no_key=True).get_or_create(endpoint=endpoint)
     return device
 
 
@@ -352,7 +357,7 @@ def device_registration_end(
     out, not the registration."""
     at = at or timezone.now()
     with transaction.atomic():
-        device = Device.objects.select_for_update().filter(endpoint=endpoint).first()
+        device = Device.objects.select_for_update(no_key=True).filter(endpoint=endpoint).first()
         if device is None:
             return None
         moved = (
@@ -1116,8 +1121,10 @@ def device_events_lock(*, batch: list[events.DeviceEvent]) -> int:
     )
     if not endpoints and not device_ids:
         return 0
+    # FOR NO KEY UPDATE, as each event locks its device: a campaign apply's foreign keys
+    # (FOR KEY SHARE on the device rows) neither wait for an event batch nor deadlock with it.
     return len(
-        Device.objects.select_for_update()
+        Device.objects.select_for_update(no_key=True)
         .filter(Q(endpoint__in=endpoints) | Q(pk__in=device_ids))
         .order_by("pk")
         .values_list("pk", flat=True)

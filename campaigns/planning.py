@@ -649,6 +649,7 @@ COPY_COLUMNS = (
     "device_clock",
     "report_verdict",
     "payload",
+    "waits",
 )
 
 
@@ -656,9 +657,10 @@ def _copy_rows(campaign: Campaign, rows: PlanRows, existing: set[int]) -> None:
     """The rows ``_write_rows`` would create, as one ``COPY ... FROM STDIN`` (text format, built
     in chunks): the same columns and values bulk_create writes (attempts 0, updated_at now, no
     device clock recorded yet: that is written when the rollout is claimed; no report verdict,
-    no delta sent)."""
+    no delta sent, no wait)."""
     head = f"{campaign.pk}\t"
-    tail = f"\t0\t{timezone.now().isoformat()}\t\t\t\n"  # no device clock, verdict, delta
+    # no device clock, verdict, delta; no wait
+    tail = f"\t0\t{timezone.now().isoformat()}\t\t\t\t0\n"
     pending, skipped = RolloutState.PENDING.value, RolloutState.SKIPPED.value
     chunk: list[str] = []
     with (

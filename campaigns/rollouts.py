@@ -100,7 +100,7 @@ WRONG_PRECURSOR = "wrong_precursor"
 # information under load").
 WAIT_ERROR_CODES = frozenset({"lwm2m.device_unreachable"})
 WAIT_REASON = "device_unreachable"
-# Pause before such a rollout is dispatched again: doubling per attempt from the first, capped.
+# Pause before such a rollout is dispatched again: doubling per wait from the first, capped.
 WAIT_FIRST = dt.timedelta(seconds=10)
 WAIT_MAX = dt.timedelta(minutes=10)
 
@@ -524,14 +524,22 @@ def fail_rollout(
 
 
 def wait_rollout(rollout: Rollout, *, detail: str, now: dt.datetime) -> bool:
-    """Back to pending (its reason says why) until a later dispatch, after a pause growing with
-    its attempts: the device was not reached, so nothing failed. Conditional on the in-flight
-    states; the attempt already counted stays counted (it matches the command sent)."""
-    pause = min(WAIT_FIRST * 2 ** min(max(rollout.attempts - 1, 0), 10), WAIT_MAX)
-    changed = Rollout.objects.filter(pk=rollout.pk, state__in=IN_FLIGHT_STATES).update(
+    """Back to pending (its reason says why) until a later dispatch, after a pause doubling with
+    each wait: the device was not reached, so nothing failed and no attempt was made. The
+    dispatch's attempt is given back (as a delta's fallback gives its attempt back), so the
+    retry policy and ``attempts`` count only dispatches that reached the device, and a device
+    waited for under load is not later refused a retry it is owed. Conditional on the
+    in-flight states and on the command still being the rollout's (a wait reported twice, or
+    after a newer dispatch, changes nothing)."""
+    pause = min(WAIT_FIRST * 2 ** min(rollout.waits, 10), WAIT_MAX)
+    changed = Rollout.objects.filter(
+        pk=rollout.pk, state__in=IN_FLIGHT_STATES, command_id=rollout.command_id
+    ).update(
         state=RolloutState.PENDING,
         reason=WAIT_REASON,
         detail=detail,
+        attempts=Greatest(F("attempts") - 1, 0),
+        waits=F("waits") + 1,
         next_attempt_at=now + pause,
         command_id=None,
         updated_at=now,

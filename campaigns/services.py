@@ -8,11 +8,13 @@ lifecycle ``campaigns.rollouts``; the reconcile loop that moves campaigns forwar
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import secrets
+import time
 from decimal import Decimal
 from typing import Any
 
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from audit.services import audit_record
@@ -44,14 +46,42 @@ from campaigns.spec import CampaignSpec, spec_diff
 from manifests.models import DeviceClass, Release, Role
 from manifests.services import access, require_role
 
+logger = logging.getLogger(__name__)
+
+# Runs of an apply that lost a deadlock or serialization conflict (``campaign_apply``).
+APPLY_ATTEMPTS = 4
+
 
 def campaign_apply(
     *, spec: CampaignSpec, actor: Any, source: str = "<api>", now: dt.datetime | None = None
 ) -> tuple[Campaign, str]:
     """Create the campaign, or a new revision when the spec changed; the same spec twice
-    changes nothing. Returns the campaign and "created" | "revised" | "unchanged"."""
+    changes nothing. Returns the campaign and "created" | "revised" | "unchanged".
+
+    Called outside a transaction, an apply the database picked as a deadlock's victim (or a
+    serialization failure) is run again, a few times with a short growing pause: nothing of it
+    was kept, and the operator should not have to apply again. Inside a caller's transaction
+    the error is the caller's to handle (that transaction is lost with it)."""
     now = now or timezone.now()
     require_role(actor, *access.OPERATORS, at=now)
+    if connection.in_atomic_block:
+        return _campaign_apply(spec=spec, actor=actor, source=source, now=now)
+    from campaigns.engine import transient_conflict  # the engine imports this module
+
+    for attempt in range(APPLY_ATTEMPTS):
+        try:
+            return _campaign_apply(spec=spec, actor=actor, source=source, now=now)
+        except OperationalError as exc:
+            if not transient_conflict(exc) or attempt == APPLY_ATTEMPTS - 1:
+                raise
+            logger.warning("campaign apply %s lost a lock conflict, again: %s", spec.name, exc)
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("not reached: the last attempt returns or raises")
+
+
+def _campaign_apply(
+    *, spec: CampaignSpec, actor: Any, source: str, now: dt.datetime
+) -> tuple[Campaign, str]:
     digest = spec.digest()
     document = spec.to_document()
     existing = Campaign.objects.filter(name=spec.name).first()

@@ -223,7 +223,13 @@ class Rollout(models.Model):
     reason = models.CharField(max_length=64, blank=True)
     detail = models.TextField(blank=True)
     fw_result = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Update attempts counted against the retry policy: dispatches whose command reached the
+    # device's update state machine (or may have). A dispatch that never reached it waits
+    # instead (``waits``; ``campaigns.rollouts.wait_rollout``) and is not counted here.
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Dispatches that ended before reaching the device (``device_unreachable``, or the device
+    # offline when its command was sent): the pause before the next one doubles with each.
+    waits = models.PositiveSmallIntegerField(default=0, db_default=0)
     # What the last dispatch sent: "" the full image, "delta" a delta on the device's installed
     # image, "fallback" the full image again after that delta failed (kept after success, so
     # the campaign reports it; ``campaigns.rollouts.fail_rollout``).

@@ -164,7 +164,49 @@ def test_a_device_not_reached_waits_and_is_dispatched_again_without_a_failure(
     report = engine.campaign_reconcile(campaign.pk, now=later)
     assert report is not None and report.dispatched == 1
     rollout.refresh_from_db()
-    assert rollout.attempts == 2 and rollout.command_id not in (None, first_command)
+    # The wait made no attempt: the one dispatch that may reach the device is the first.
+    assert (rollout.attempts, rollout.waits) == (1, 1)
+    assert rollout.command_id not in (None, first_command)
+
+
+def test_waiting_for_an_unreachable_device_does_not_use_up_its_retries(catalog: Catalog) -> None:
+    """One retry allowed: a device waited for twice (a loaded gateway's reads timing out) and
+    then failing its real attempt still gets the retry it is owed (docs/architecture.md: the
+    wait is outside the retry policy)."""
+    one_retry = "retries:\n  max: 1\n  backoff: 1m\n  on: [dispatch_failed]\n"
+    campaign, rollout = _dispatched(catalog, "waited-then-failed", extra=one_retry)
+    for _ in range(2):
+        rollout = _fail(rollout, error_code="lwm2m.device_unreachable", permanent=False)
+        later = rollout.next_attempt_at + dt.timedelta(seconds=1)
+        report = engine.campaign_reconcile(campaign.pk, now=later)
+        assert report is not None and report.dispatched == 1
+        rollout.refresh_from_db()
+    assert (rollout.attempts, rollout.waits) == (1, 2)
+    rollout = _fail(rollout, error_code="lwm2m.device_operation", permanent=False)
+    assert (rollout.state, rollout.reason) == (RolloutState.PENDING, "dispatch_failed")
+    rollout = _fail_next(campaign, rollout)
+    assert (rollout.state, rollout.attempts) == (RolloutState.FAILED, 2)
+
+
+def _fail_next(campaign: Campaign, rollout: Rollout) -> Rollout:
+    """Dispatch the rollout again after its backoff and fail that attempt too."""
+    report = engine.campaign_reconcile(campaign.pk, now=rollout.next_attempt_at)
+    assert report is not None and report.dispatched == 1
+    rollout.refresh_from_db()
+    return _fail(rollout, error_code="lwm2m.device_operation", permanent=False)
+
+
+def test_a_wait_reported_twice_changes_nothing_the_second_time(catalog: Catalog) -> None:
+    """The gateway's result can arrive twice (its event batch retried): the second one neither
+    gives back a second attempt nor lengthens the pause."""
+    _, rollout = _dispatched(catalog, "waited-twice", extra="")
+    command = str(rollout.command_id)
+    for _ in range(2):
+        rollouts.rollouts_apply_event(
+            event=CommandResult(command_id=command, ok=False, error_code="lwm2m.device_unreachable")
+        )
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.attempts, rollout.waits) == (RolloutState.PENDING, 0, 1)
 
 
 def test_a_device_not_reached_waits_longer_each_time(catalog: Catalog) -> None:

@@ -133,6 +133,7 @@ class RedisCommandBus:
         self.url = url
         self._sync: Any = None
         self._async: Any = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
 
     @staticmethod
     def stream(gateway_id: str) -> str:
@@ -153,8 +154,13 @@ class RedisCommandBus:
     async def _client(self) -> Any:
         import redis.asyncio as aioredis
 
-        if self._async is None:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async_loop is not loop:
+            # A client belongs to the loop it was made on: a bus shared by gateways run one
+            # after another in one process (each on its own loop) got "Event loop is closed"
+            # from the first one's client and failed every claim of the next one's updates.
             self._async = aioredis.Redis.from_url(self.url)
+            self._async_loop = loop
         return self._async
 
     async def consume(self, gateway_id: str) -> AsyncIterator[tuple[str, Command]]:

@@ -225,6 +225,8 @@ class _Attempt:
     command_id: str = ""  # the command running it ("": no claims recorded)
     resumed: bool = False  # taken over from a run of the same command before a restart
     firmware_version: str | None = None  # /3/0/3 as a resumed attempt found it
+    uri_unanswered: bool = False  # the Package URI write timed out: the device may have it
+    executed_at: float = 0.0  # time.monotonic() of the last Execute /5/0/2 sent
 
     def outcome(self) -> dict[str, Any]:
         tracker = self.tracker
@@ -462,6 +464,8 @@ class UpdateDriver:
         attempt = _Attempt(endpoint, request, method, tracker, asyncio.Event())
         attempt.command_id = command_id
         attempt.resumed = True
+        # The first run's Execute, if it was sent, is given a request timeout to show.
+        attempt.executed_at = time.monotonic()
         deadline = time.monotonic() + (request.timeout or self.config.fw_update_timeout)
         with contextlib.suppress(LwM2MError):
             value = (await self.read(reg, (3, 0, 3))).get((3, 0, 3))
@@ -533,8 +537,16 @@ class UpdateDriver:
         attempt = _Attempt(endpoint, request, method, UpdateTracker(), asyncio.Event())
         attempt.command_id = command_id
         if state != FwState.IDLE:
-            await self._fw_reset(reg, method)
-            state, result = await self._fw_status(reg)
+            try:
+                await self._fw_reset(reg, method)
+                state, result = await self._fw_status(reg)
+            except DeviceTimeoutError as exc:
+                # A reset to Idle, taken or not, installs nothing, and the next attempt resets
+                # again: not reached, so it waits.
+                raise DeviceUnreachableError(
+                    f"{endpoint}: not reachable while reset before the update ({exc})",
+                    permanent=False,
+                ) from None
             if state == FwState.UPDATING:
                 raise DeviceBusyError(f"{endpoint} went to Updating on a reset", permanent=False)
             if state != FwState.IDLE:
@@ -545,14 +557,29 @@ class UpdateDriver:
                 )
                 attempt.stuck = (state, result)
         if request.report_nonce:
-            await self._write_report_nonce(reg, request.report_nonce)
+            try:
+                await self._write_report_nonce(reg, request.report_nonce)
+            except DeviceTimeoutError as exc:
+                # Still nothing asked of Object 5 (the nonce is the report object's): it waits.
+                raise DeviceUnreachableError(
+                    f"{endpoint}: not reachable before the update began ({exc})", permanent=False
+                ) from None
         attempt.observer = self._spawn(self._observe_fw(reg, attempt))
         try:
             await self._claim(attempt, CLAIM_PACKAGE_WRITTEN)
             attempt.tracker.uri_written()
             if method == "pull":
                 assert uri is not None  # noqa: S101 - _plan gives a pull its URI
-                await self.write(reg, (5, 0, 1), uri)
+                try:
+                    await self.write(reg, (5, 0, 1), uri)
+                except DeviceTimeoutError as exc:
+                    # The write may have reached the device without its answer reaching us:
+                    # followed as written. If the state never moves, nothing started, and
+                    # the attempt ends as not reached (``_follow``), not as a failure.
+                    log.warning(
+                        "%s: Package URI write unanswered (%s); following it", endpoint, exc
+                    )
+                    attempt.uri_unanswered = True
             else:
                 assert package is not None  # noqa: S101 - a push always loads its package
                 await self._push(reg, attempt, package.data)
@@ -657,6 +684,13 @@ class UpdateDriver:
         while not tracker.phase.terminal:
             now = time.monotonic()
             if tracker.phase is Phase.URI_WRITTEN and now > start_deadline:
+                if attempt.uri_unanswered:
+                    # Nothing shows the device ever had the URI: not reached, so it waits
+                    # (a late copy of the write is undone by the next attempt's reset).
+                    raise DeviceUnreachableError(
+                        f"{attempt.endpoint}: Package URI write unanswered and State never moved",
+                        permanent=False,
+                    )
                 raise UpdateNeverStartedError(
                     # The window it had: fw_start_timeout, or less when the update's own
                     # timeout (the campaign's timeouts.device) ends first.
@@ -684,12 +718,32 @@ class UpdateDriver:
                 with contextlib.suppress(LwM2MError):
                     state, result = await self._fw_status(reg)
                     await self._apply_report(reg, attempt, state, result)
+                    await self._execute_again_if_lost(reg, attempt, state, result)
             if tracker.can_execute:
-                state, _ = await self._fw_status(reg)
-                if state == FwState.DOWNLOADED:
+                staged: int | None = None
+                try:
+                    staged, _ = await self._fw_status(reg)
+                except DeviceTimeoutError as exc:
+                    # A loaded device or gateway: read again at the next poll, until the
+                    # attempt's deadline, rather than end an attempt that is going well.
+                    log.info("%s: state before Execute not read (%s); again", reg.endpoint, exc)
+                if staged == FwState.DOWNLOADED:
                     await self._claim(attempt, CLAIM_UPDATE_EXECUTED)
-                    await self.execute(reg, (5, 0, 2))
+                    try:
+                        await self.execute(reg, (5, 0, 2))
+                    except DeviceTimeoutError as exc:
+                        # The Execute may have been carried out without its answer reaching
+                        # us (a device rebooting at once, or one slow under load): followed
+                        # as executed. The device's next report or registration says how it
+                        # ended; one that never got it stays Downloaded until the deadline.
+                        # Executing again could install twice.
+                        log.warning(
+                            "%s: Execute /5/0/2 unanswered (%s); following it as executed",
+                            reg.endpoint,
+                            exc,
+                        )
                     tracker.update_executed()
+                    attempt.executed_at = time.monotonic()
                     continue
             if tracker.phase.terminal:
                 break  # the read above ended it: no poll interval to wait out
@@ -697,6 +751,27 @@ class UpdateDriver:
             if tracker.phase is Phase.URI_WRITTEN:
                 wait = min(wait, max(0.0, start_deadline - time.monotonic()))
             await _changed_or_replaced(attempt, reg, timeout=wait + 0.01)
+
+    async def _execute_again_if_lost(
+        self, reg: Registration, attempt: _Attempt, state: int, result: int
+    ) -> None:
+        """Execute /5/0/2 again for a device still Downloaded (Result 0) a request timeout after
+        it was executed: that Execute never reached it (its answer lost under load, or the
+        gateway killed between claiming the step and sending it, then resumed). Safe to
+        repeat: Execute acts only in Downloaded and the install consumes the package, so a
+        device that did get the first one refuses this one (it is Updating, or Idle)."""
+        if attempt.tracker.phase is not Phase.UPDATE_EXECUTED:
+            return
+        if (state, result) != (FwState.DOWNLOADED, FwResult.INITIAL):
+            return
+        if time.monotonic() - attempt.executed_at < self.config.request_timeout:
+            return
+        log.warning("%s: still Downloaded after Execute; executing Update again", reg.endpoint)
+        attempt.executed_at = time.monotonic()
+        try:
+            await self.execute(reg, (5, 0, 2))
+        except DeviceOperationError as exc:
+            log.info("%s: Execute /5/0/2 again not taken (%s)", reg.endpoint, exc)
 
     async def _apply_report(
         self, reg: Registration, attempt: _Attempt, state: int, result: int

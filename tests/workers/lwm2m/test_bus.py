@@ -123,3 +123,26 @@ def test_bus_for_url() -> None:
     assert isinstance(bus_for_url("redis://127.0.0.1:6379/14"), RedisCommandBus)
     with pytest.raises(ValueError, match="unsupported"):
         bus_for_url("amqp://x")
+
+
+def test_redis_bus_shared_by_gateways_on_successive_loops_serves_the_second() -> None:
+    """One process runs a gateway on a loop, stops it, and runs another on a new loop with the
+    same (cached) bus: the second one's claims work, not "Event loop is closed" from the first
+    one's client (every update of the second gateway failed as ``lwm2m.internal``)."""
+    _redis_or_skip()
+    gateway = f"a-{uuid.uuid4().hex[:8]}"
+    bus = RedisCommandBus(REDIS_URL)
+
+    async def first() -> None:
+        await bus.claim(gateway, "1", "package_written")
+
+    async def second() -> str | None:
+        await bus.claim(gateway, "2", "update_executed")
+        value = await bus.claimed(gateway, "2")
+        client = await bus._client()
+        await client.delete(bus.claim_key(gateway, "1"), bus.claim_key(gateway, "2"))
+        await bus.close()
+        return value
+
+    asyncio.run(first())
+    assert asyncio.run(second()) == "update_executed"
