@@ -6,8 +6,8 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0014_device_installed_image_digest_db_default'),
-    ]
+        ('campaigns', '0015_campaign_trust_policy_target'),
+        ]
 
     operations = [
         migrations.AddField(

@@ -21,7 +21,7 @@ FK_INDEXES = (
 
 class Migration(migrations.Migration):
     dependencies = [
-        ('campaigns', '0015_campaign_trust_policy_target'),
+        ('campaigns', '0016_rollout_waits'),
         ("manifests", "0009_image_encryption_keys"),
     ]
 
