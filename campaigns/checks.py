@@ -142,17 +142,9 @@ def check_dispatch(
         dc.check_manifest(manifest, device=device.identity, installed=device.installed, now=now)
     except dc.DeviceCheckError as exc:
         return Refusal(_reason(exc), str(exc))
-    if (
-        device.clock_offset_seconds is not None
-        and not device.clock_trusted
-        and device.clock_state(max_clock_skew) == clock.OFF
-    ):
-        return Refusal(
-            CLOCK_SKEW,
-            f"device clock is {clock.describe_offset(device.clock_offset_seconds)} (limit "
-            f"{max_clock_skew}); it would judge expiry wrongly. Held until it reports a good "
-            "clock, or an operator accepts it (manage.py device clock-trust)",
-        )
+    skewed = _clock_refusal(device, max_clock_skew, judged="expiry")
+    if skewed is not None:
+        return skewed
     if (
         not release.rollback
         and device.installed_version is not None
@@ -220,18 +212,26 @@ def check_policy_dispatch(
             TRUST_POLICY_EXPIRED,
             f"trust policy v{policy.version} expired {policy.expires_at.isoformat()}",
         )
+    return _clock_refusal(device, max_clock_skew, judged="the policy's expiry")
+
+
+def _clock_refusal(
+    device: DeviceFacts, max_clock_skew: dt.timedelta, *, judged: str
+) -> Refusal | None:
+    """A device whose clock is known to be off (and not accepted by an operator) is held: it
+    would judge ``judged`` wrongly."""
     if (
-        device.clock_offset_seconds is not None
-        and not device.clock_trusted
-        and device.clock_state(max_clock_skew) == clock.OFF
+        device.clock_offset_seconds is None
+        or device.clock_trusted
+        or device.clock_state(max_clock_skew) != clock.OFF
     ):
-        return Refusal(
-            CLOCK_SKEW,
-            f"device clock is {clock.describe_offset(device.clock_offset_seconds)} (limit "
-            f"{max_clock_skew}); it would judge the policy's expiry wrongly. Held until it "
-            "reports a good clock, or an operator accepts it (manage.py device clock-trust)",
-        )
-    return None
+        return None
+    return Refusal(
+        CLOCK_SKEW,
+        f"device clock is {clock.describe_offset(device.clock_offset_seconds)} (limit "
+        f"{max_clock_skew}); it would judge {judged} wrongly. Held until it reports a good "
+        "clock, or an operator accepts it (manage.py device clock-trust)",
+    )
 
 
 def _reason(exc: dc.DeviceCheckError) -> str:
