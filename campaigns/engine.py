@@ -61,6 +61,7 @@ from campaigns.eligibility import (
     policy_facts,
     resolve,
 )
+from campaigns.errors import transient_conflict
 from campaigns.models import (
     IN_FLIGHT_STATES,
     ROLLOUT_PAYLOAD_DELTA,
@@ -299,15 +300,6 @@ def campaign_reconcile_nudged(campaign_id: int) -> ReconcileReport | None:
     ):
         campaign_nudge(campaign_id, countdown=NUDGE_AGAIN_SECONDS)
     return report
-
-
-def transient_conflict(exc: BaseException) -> bool:
-    """A database error that running the same transaction again may not meet: a deadlock or
-    serialization failure (PostgreSQL), a busy database (SQLite)."""
-    cause = exc.__cause__
-    if getattr(cause, "sqlstate", None) in ("40P01", "40001"):
-        return True
-    return "database is locked" in str(exc)
 
 
 def _reconcile_once(campaign_id: int, *, now: dt.datetime) -> ReconcileReport | None:

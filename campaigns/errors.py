@@ -93,3 +93,12 @@ class EmergencyStopError(CampaignError):
     """An emergency stop is in force for this scope; dispatching is halted."""
 
     code = "campaign.emergency_stop"
+
+
+def transient_conflict(exc: BaseException) -> bool:
+    """A database error that running the same transaction again may not meet: a deadlock or
+    serialization failure (PostgreSQL), a busy database (SQLite)."""
+    cause = exc.__cause__
+    if getattr(cause, "sqlstate", None) in ("40P01", "40001"):
+        return True
+    return "database is locked" in str(exc)

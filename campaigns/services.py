@@ -11,8 +11,9 @@ import datetime as dt
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
@@ -28,6 +29,7 @@ from campaigns.errors import (
     GateError,
     SpecError,
     TrustPolicyRollbackError,
+    transient_conflict,
 )
 from campaigns.models import (
     Campaign,
@@ -48,8 +50,29 @@ from manifests.services import access, require_role
 
 logger = logging.getLogger(__name__)
 
-# Runs of an apply that lost a deadlock or serialization conflict (``campaign_apply``).
+T = TypeVar("T")
+
+# Runs of an operator's change (apply, pause, resume, abort) that lost a deadlock or
+# serialization conflict to event intake or the engine's pass (``_retrying``).
 APPLY_ATTEMPTS = 4
+
+
+def _retrying(what: str, run: Callable[[], T]) -> T:
+    """``run()``; called outside a transaction, a run the database picked as a deadlock's victim
+    (or a serialization failure) is run again, a few times with a short growing pause: nothing
+    of it was kept, and the operator should not have to ask again. Inside a caller's
+    transaction the error is the caller's to handle (that transaction is lost with it)."""
+    if connection.in_atomic_block:
+        return run()
+    for attempt in range(APPLY_ATTEMPTS):
+        try:
+            return run()
+        except OperationalError as exc:
+            if not transient_conflict(exc) or attempt == APPLY_ATTEMPTS - 1:
+                raise
+            logger.warning("%s lost a lock conflict, again: %s", what, exc)
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("not reached: the last attempt returns or raises")
 
 
 def campaign_apply(
@@ -64,19 +87,10 @@ def campaign_apply(
     the error is the caller's to handle (that transaction is lost with it)."""
     now = now or timezone.now()
     require_role(actor, *access.OPERATORS, at=now)
-    if connection.in_atomic_block:
-        return _campaign_apply(spec=spec, actor=actor, source=source, now=now)
-    from campaigns.engine import transient_conflict  # the engine imports this module
-
-    for attempt in range(APPLY_ATTEMPTS):
-        try:
-            return _campaign_apply(spec=spec, actor=actor, source=source, now=now)
-        except OperationalError as exc:
-            if not transient_conflict(exc) or attempt == APPLY_ATTEMPTS - 1:
-                raise
-            logger.warning("campaign apply %s lost a lock conflict, again: %s", spec.name, exc)
-            time.sleep(0.1 * 2**attempt)
-    raise AssertionError("not reached: the last attempt returns or raises")
+    return _retrying(
+        f"campaign apply {spec.name}",
+        lambda: _campaign_apply(spec=spec, actor=actor, source=source, now=now),
+    )
 
 
 def _campaign_apply(
@@ -354,14 +368,17 @@ def campaign_pause(
 ) -> Campaign:
     now = now or timezone.now()
     require_role(actor, *access.OPERATORS, at=now)
-    return _transition(
-        campaign,
-        allowed=(CampaignStatus.RUNNING,),
-        to=CampaignStatus.PAUSED,
-        actor=actor,
-        action="pause",
-        reason=reason or "paused by operator",
-        now=now,
+    return _retrying(
+        f"campaign pause {campaign.name}",
+        lambda: _transition(
+            campaign,
+            allowed=(CampaignStatus.RUNNING,),
+            to=CampaignStatus.PAUSED,
+            actor=actor,
+            action="pause",
+            reason=reason or "paused by operator",
+            now=now,
+        ),
     )
 
 
@@ -373,6 +390,13 @@ def campaign_resume(
     the stage's thresholds are then judged on the new attempts."""
     now = now or timezone.now()
     require_role(actor, *access.OPERATORS, at=now)
+    return _retrying(
+        f"campaign resume {campaign.name}",
+        lambda: _resume(campaign, actor=actor, retry_failed=retry_failed, now=now),
+    )
+
+
+def _resume(campaign: Campaign, *, actor: Any, retry_failed: bool, now: dt.datetime) -> Campaign:
     with transaction.atomic():
         resumed = _transition(
             campaign,
@@ -414,7 +438,10 @@ def campaign_abort(
     the devices (empty Package URI)."""
     now = now or timezone.now()
     require_role(actor, *access.OPERATORS, at=now)
-    return abort_campaign(campaign, actor=actor, reason=reason, now=now)
+    return _retrying(
+        f"campaign abort {campaign.name}",
+        lambda: abort_campaign(campaign, actor=actor, reason=reason, now=now),
+    )
 
 
 def abort_campaign(campaign: Campaign, *, actor: Any, reason: str, now: dt.datetime) -> Campaign:

@@ -97,6 +97,7 @@ def test_plan_refuses_devices_without_a_usable_delivery_and_counts_methods_per_s
             "devices": 8,
             "methods": {"pull": 6, "push": 2},
             "delta": {"devices": 0, "bytes_saved": 0},
+            "already_held": 0,
         }
     ]
     details = {

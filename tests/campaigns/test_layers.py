@@ -19,11 +19,11 @@ FLOORS = {
     "windows": 2, "ramp": 2,
     # reads and the registry
     "device_services": 3, "selectors": 3, "eligibility": 3, "fleet_selectors": 3,
-    "device_selectors": 3,
+    "device_selectors": 3, "trust_holdings": 3,
     # planning, the per-device lifecycle, fleet management (tags, groups, import)
-    "planning": 4, "rollouts": 4, "fleet_services": 4, "trust_delivery": 4,
+    "planning": 4, "rollouts": 4, "fleet_services": 4,
     # state changes of campaigns, then the reconcile pass and what builds on it
-    "services": 5,
+    "services": 5, "trust_delivery": 5,
     "engine": 6, "rollback": 6,
     # reactions to the release side, connected at start; the admin
     "receivers": 7, "apps": 8, "admin": 8,

@@ -140,37 +140,9 @@ class ScreenedUDP6(MessageInterfaceUDP6):  # type: ignore[misc]
 
 
 _PKTINFO = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
-# Datagrams read per readiness of the socket before the loop runs other work again.
-DRAIN_MAX = 64
 
 
-def drain_reads(transport: Any) -> None:
-    """Make aiocoap's recvmsg transport read up to :data:`DRAIN_MAX` datagrams each time the
-    socket is readable, instead of one: under a download wave the queue holds many, and each
-    wake-up of the loop (and aiocoap's look into the error queue, a failing syscall when empty)
-    then serves a batch. The error queue is still read once per wake-up, first, as aiocoap
-    does; a datagram is handed to the protocol exactly as aiocoap's reader hands it."""
-    read_one = transport._read_ready  # aiocoap's: the error queue, then one datagram
-    sock = transport.get_extra_info("socket")
-    recvmsg = sock.recvmsg
-
-    def read_ready() -> None:
-        read_one()
-        protocol = transport._protocol
-        size = transport.max_size
-        for _ in range(DRAIN_MAX - 1):
-            if protocol is None or transport._protocol is not protocol:
-                return  # closed by what the last datagram caused
-            try:
-                data, ancdata, flags, address = recvmsg(size, 1024)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                protocol.error_received(exc)
-                return
-            protocol.datagram_msg_received(data, ancdata, flags, address)
-
-    transport._read_ready = read_ready
+_PKTINFO = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO)
 
 
 async def open_server_context(
@@ -202,7 +174,6 @@ async def open_server_context(
             mman, log=context.log, loop=loop, bind=(host, port), multicast=[]
         )
         interface.transport.max_size = max_datagram
-        drain_reads(interface.transport)
         return interface
 
     # The constructor aiocoap's create_server_context uses (pinned aiocoap: requirements.txt).
