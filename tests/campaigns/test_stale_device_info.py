@@ -12,6 +12,7 @@ observation."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -93,3 +94,20 @@ def test_an_older_observation_still_fills_what_the_registry_does_not_know(
     # A newer observation replaces it, as always.
     assert device_events_task.run([_info("late-x", "1.1.0", t0 + 30)]) == 1
     assert Device.objects.get(endpoint="late-x").firmware_version == "1.1.0"
+
+
+def test_a_success_whose_version_never_comes_ends_at_the_device_timeout(catalog: Catalog) -> None:
+    """Whatever keeps the new version from the registry, the rollout does not stay ``updating``:
+    the device timeout ends it with its reason (and the campaign's retry policy decides)."""
+    rollout = _dispatched(catalog)
+    result = CommandResult(
+        command_id=str(rollout.command_id), ok=True, suit_report=signed_report(rollout)
+    )
+    event = {**result.to_dict(), "gateway_id": "gw-a", "at": time.time()}
+    assert device_events_task.run([event]) == 1
+    rollout.refresh_from_db()
+    assert rollout.state == RolloutState.UPDATING  # the registry still says 1.0.0
+    assert rollout.deadline_at is not None
+    engine.campaign_reconcile(rollout.campaign_id, now=rollout.deadline_at + timedelta(seconds=1))
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.reason) == (RolloutState.TIMED_OUT, "timed_out")
