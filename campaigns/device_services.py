@@ -14,6 +14,7 @@ which is what the holding gateway would have reported had it not died.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import uuid
 from collections.abc import Callable
@@ -77,6 +78,8 @@ DEVICE_COMMAND_TASK = "workers.tasks.device_command_task"
 # command still sent in its own transaction.
 DEVICE_COMMANDS_TASK = "workers.tasks.device_commands_task"
 COMMAND_SEND_BATCH = 50
+
+logger = logging.getLogger(__name__)
 
 
 class DeviceRegistryError(Exception):
@@ -494,12 +497,34 @@ def device_info_record(
     at: dt.datetime | None = None,
 ) -> Device:
     """What the gateway read from /3/0 and /5/0 after a registration. A value the gateway could
-    not read comes as "" (or None) and leaves what the registry knows unchanged."""
+    not read comes as "" (or None) and leaves what the registry knows unchanged.
+
+    ``at`` is when the gateway read the values. An observation older than the one the registry
+    holds (``info_read_at``) only fills what the registry does not know yet: a batch applied
+    late (retried after the database refused it, or redelivered after its worker died) must
+    not write a device's old firmware version back over the one it reported after an update,
+    or the update's rollout would never see its version and stay unconfirmed."""
     from manifests.models import Manifest
 
     at = at or timezone.now()
     with transaction.atomic():
         device = _locked(endpoint)
+        older = device.info_read_at is not None and at < device.info_read_at
+        if older:
+            logger.info(
+                "device information of %s read at %s is older than the registry's (%s): only "
+                "what is unknown is taken",
+                endpoint,
+                at.isoformat(),
+                device.info_read_at.isoformat() if device.info_read_at else None,
+            )
+            manufacturer = "" if device.manufacturer else manufacturer
+            model = "" if device.model else model
+            serial = "" if device.serial else serial
+            firmware_version = "" if device.firmware_version else firmware_version
+            device_time = None if device.device_time is not None else device_time
+            protocols = None if device.fw_protocols else protocols
+            delivery_method = None if device.fw_delivery_method is not None else delivery_method
         if manufacturer:
             device.manufacturer = manufacturer[:255]
         if model:

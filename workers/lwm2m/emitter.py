@@ -86,12 +86,15 @@ class EventEmitter:
     async def emit(self, event: events.DeviceEvent) -> None:
         """Queue an event for the sink and wait until it was handed over (or given up on).
 
-        The event is stamped with this gateway and the time, and travels in its JSON form (the
+        The event is stamped with this gateway and the time (an event that says when its values
+        were observed keeps that time), and travels in its JSON form (the
         contract is ``campaigns.events``). One pump hands queued events to the sink in batches,
         on the single event thread, in the order they were emitted (so per-gateway order
         holds)."""
         data = dataclasses.replace(
-            event, gateway_id=self.config.gateway_id, at=time.time()
+            event,
+            gateway_id=self.config.gateway_id,
+            at=event.at if event.at is not None else time.time(),
         ).to_dict()
         if self._event_queue is None:
             raise RuntimeError("gateway not started")

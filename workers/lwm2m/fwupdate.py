@@ -477,6 +477,26 @@ class UpdateDriver:
             await self._end_observer(attempt)
         return await self._fw_outcome(endpoint, reg, attempt)
 
+    async def _report_version(self, endpoint: str, reg: Registration) -> None:
+        """The firmware version (/3/0/3) of a device that reported its update's success under
+        the registration it had before: no registration's information read follows to report
+        the new version (the device's Register after the reboot was lost while its gateway was
+        down and its next Update was adopted by the one started again, or the device keeps its
+        registration across the reboot). Without it the registry keeps the old version and the
+        rollout, whose success rests on the version, never completes. Read in the background
+        (the command's result does not wait for it), reported as a ``device_info`` event that
+        says when it was read."""
+        reading = time.time()
+        try:
+            value = (await self.read(reg, (3, 0, 3))).get((3, 0, 3))
+        except LwM2MError as exc:
+            log.info("%s: firmware version after the update not read: %s", endpoint, exc)
+            return
+        if isinstance(value, str) and value:
+            await self.emit(
+                events.DeviceInfo(endpoint=endpoint, firmware_version=value, at=reading)
+            )
+
     async def _end_observer(self, attempt: _Attempt) -> None:
         observer = attempt.observer
         if observer is None:
@@ -500,6 +520,8 @@ class UpdateDriver:
             await self.emit(
                 events.FwInstalled(endpoint=endpoint, manifest_digest=request.manifest_digest)
             )
+            if (self.by_endpoint.get(endpoint) or reg) is reg:
+                self._spawn(self._report_version(endpoint, reg))
             return outcome
         if (
             request.delta_sha256 is not None

@@ -472,6 +472,9 @@ class RegistrationInterface:
         if reg.objects.has_object(5):
             wanted += [(5, 0, 8), (5, 0, 9)]
         values: dict[content.Path, content.Value] = {}
+        # When the oldest value reported was read: the event's ``at``, so the registry can tell
+        # it from a newer observation that reached it first (``device_info_record``).
+        observed: float | None = None
         missing = wanted
         attempt = 0
         while True:
@@ -484,6 +487,7 @@ class RegistrationInterface:
                     woken.cancel()
                 if self.by_id.get(reg.reg_id) is not reg:
                     return  # re-registered or gone: the new registration reads for itself
+            reading = time.time()
             results = await self._bounded_reads(reg, missing)
             retry: list[content.Path] = []
             for path, result in zip(missing, results, strict=True):
@@ -495,6 +499,7 @@ class RegistrationInterface:
                         retry.append(path)
                     continue
                 values.update(result)
+                observed = reading if observed is None else observed
             missing = retry
             attempt += 1
             if not missing:
@@ -509,13 +514,22 @@ class RegistrationInterface:
                     attempt,
                     ", ".join(content.format_path(p) for p in missing),
                 )
-                await self._emit_device_info(reg, values)
+                await self._emit_device_info(reg, values, observed)
         reg.info_incomplete = False
-        await self._emit_device_info(reg, values)
+        await self._emit_device_info(reg, values, observed)
 
     async def _emit_device_info(
-        self, reg: Registration, values: dict[content.Path, content.Value]
+        self,
+        reg: Registration,
+        values: dict[content.Path, content.Value],
+        observed: float | None = None,
     ) -> None:
+        if self.by_id.get(reg.reg_id) is not reg:
+            # Read under a registration that ended or was replaced (the device rebooted into
+            # other firmware and registered again): its values are the old device's; the new
+            # registration reads for itself.
+            log.info("device information of %s from an ended registration dropped", reg.endpoint)
+            return
         protocols = sorted(
             int(v) for p, v in values.items() if p[:3] == (5, 0, 8) and isinstance(v, int)
         )
@@ -533,6 +547,7 @@ class RegistrationInterface:
                 device_time=_number(values.get((3, 0, 13))),
                 protocols=tuple(protocols) if reg.protocols is not None else None,
                 delivery_method=_integer(values.get((5, 0, 9))),
+                at=observed,
             )
         )
 

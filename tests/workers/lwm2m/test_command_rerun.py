@@ -16,6 +16,7 @@ from tests.workers.lwm2m.conftest import (
     make_release,
     run_with_fleet,
 )
+from workers.lwm2m.errors import LwM2MError
 from workers.lwm2m.object5 import FwResult, FwState
 from workers.lwm2m.simulator import Faults
 
@@ -288,6 +289,59 @@ def test_fw_update_redelivered_before_the_device_registers_again_waits_for_it_an
         assert again["result"]["phase"] == "succeeded" and again["result"]["resumed"] is True
         assert len(_package_writes(h)) == 1
         assert device.boots == 1
+
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[signing_key.public_key()],
+        firmware=DictFirmware(
+            envelopes={release.digest: release.envelope},
+            images={hashlib.sha256(release.payload).hexdigest(): release.payload},
+        ),
+        timeout=60,
+    )
+
+
+def test_an_update_whose_register_after_the_reboot_was_lost_still_reports_the_new_version(
+    signing_key: Any,
+) -> None:
+    """The device rebooted into 1.1.0 while its gateway was down: its Register was lost, and it
+    goes on with Updates of its old registration (which a gateway started again adopts). No
+    registration's information read follows, so the gateway reads /3/0/3 itself after the
+    success and reports it; without that the registry kept 1.0.0 and the rollout, whose command
+    succeeded, never completed (the chaos scenario's stuck rollout)."""
+    release = make_release(signing_key)
+    command = {
+        "command_id": uuid.uuid4().hex,
+        "endpoint": ENDPOINT,
+        "operation": "fw_update",
+        "args": {"manifest_digest": release.digest},
+    }
+
+    async def scenario(h: Harness) -> None:
+        await eventually(lambda: any(e["endpoint"] == ENDPOINT for e in h.sink.of("device_info")))
+        device = h.fleet.devices[ENDPOINT]
+        register = device.register
+        lost: list[int] = []
+
+        async def lost_once() -> None:
+            if not lost:
+                lost.append(1)
+                device.registered.set()  # the device goes on under its old registration
+                raise LwM2MError("registration lost: the gateway is down")
+            await register()
+
+        device.register = lost_once  # type: ignore[method-assign]
+        before = len(h.sink.of("device_info"))
+        result = await _deliver(h, command)
+        assert result["ok"], result
+        assert lost and device.state.version == "1.1.0" and device.boots == 1
+        await eventually(
+            lambda: any(
+                e["firmware_version"] == "1.1.0" for e in h.sink.of("device_info")[before:]
+            ),
+            timeout=25,
+        )
 
     run_with_fleet(
         scenario,
