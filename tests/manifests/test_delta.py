@@ -199,9 +199,8 @@ def test_manifest_names_the_precursors_a_delta_may_apply_to() -> None:
     [
         {"precursor_digests": (b"\xaa" * 31,)},
         {"precursor_digests": (b"\xaa" * 32, b"\xaa" * 32)},
-        {"precursor_digests": (b"\xaa" * 32,), "profile": "standard"},
     ],
-    ids=["short-digest", "duplicate", "standard-profile"],
+    ids=["short-digest", "duplicate"],
 )
 def test_bad_precursor_parameters_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(SUITError):
