@@ -15,6 +15,8 @@ import cbor2
 import pytest
 
 from manifests import suit
+from manifests.images import delta as deltas
+from manifests.images import imgtool
 from manifests.suit.cbor import CBORTag, dumps, encode_bstr
 from manifests.suit.constants import (
     ALG_SHA256,
@@ -26,8 +28,6 @@ from manifests.suit.constants import (
     TAG_ENVELOPE,
 )
 from manifests.suit.cose import sign1
-from manifests.images import delta as deltas
-from manifests.images import imgtool
 from tests.conftest import REPO_ROOT
 from tests.workers.lwm2m.conftest import (
     CLASS_ID,
