@@ -30,6 +30,10 @@ from typing import Any
 
 from manifests.images import delta as deltas
 
+# The last part of the delta source component's id (the running slot of the one component), as
+# the SUIT codec writes it (``manifests.suit.constants.SOURCE_SLOT``; no codec import here).
+SOURCE_SLOT = b"running"
+
 
 class FwResult(enum.IntEnum):
     """The LwM2M Object 5 Update Result (/5/0/5) values a refusal is reported with."""
@@ -264,7 +268,10 @@ def check_manifest(
         raise VendorMismatchError(f"vendor {facts.vendor_id} is not {device.vendor_id}")
     if facts.class_id != device.class_id:
         raise ClassMismatchError(f"class {facts.class_id} is not {device.class_id}")
-    if list(facts.components) != [device.component_id]:
+    # Its one component, plus the delta source (its running slot, only ever read: a delta is
+    # then refused unless the manifest conditioned that source, ``apply_delta_update``).
+    one = [tuple(device.component_id)]
+    if [tuple(c) for c in facts.components] not in (one, [*one, (*one[0], SOURCE_SLOT)]):
         raise ComponentMismatchError(
             f"components {[[p.hex() for p in c] for c in facts.components]} are not "
             f"[{[p.hex() for p in device.component_id]}]"

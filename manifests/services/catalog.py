@@ -657,7 +657,11 @@ def _encrypted_payload(
 def _check_component(env: suit.Envelope, device_class: DeviceClass) -> None:
     components = [tuple(c) for c in env.manifest.components]
     expected = device_class.component_id_bytes
-    if components != [expected]:
+    # plus the delta source component (the running slot) when the manifest names precursors
+    with_source = [expected, suit.source_component_id(expected)]
+    if components != [expected] and not (
+        env.manifest.precursor_digests and components == with_source
+    ):
         raise ManifestComponentError(
             f"manifest components {[[p.hex() for p in c] for c in components]} differ from "
             f"{device_class}'s fixed component {device_class.component_id}"

@@ -15,6 +15,7 @@ from .build import (
     integrate_payload,
     parse_version,
     sign_manifest_digest,
+    source_component_id,
 )
 from .cbor import SEMANTIC_TAGS
 from .constants import PAYLOAD_FORMATS, PROFILE_EXTENDED, PROFILE_STANDARD, PROFILES
@@ -184,6 +185,7 @@ __all__ = [
     "read_envelope_input",
     "recipients_of",
     "sign_manifest_digest",
+    "source_component_id",
     "unsupported_features",
     "unwrap_content_key",
     "vendor_id",

@@ -19,6 +19,13 @@ The manifest (deterministic CBOR) for a :class:`ManifestParams`::
     install, profile "standard" (no custom keys):
         [(20, {21: uri}, 21, 2)?, 3, 15]
 
+    with precursors (a delta may apply, either profile; draft form, docs/suit.md "Deltas"),
+    components gain the source [component..., "running"] and the fetch becomes:
+        [..., 15, [<< [12, 1, 20, {3: << precursor digest >>}, 3, 15,       / per precursor /
+                       12, 0, 20, {22: 1}, 21, 2] >>, ...,
+                    << [12, 0, (21, 2)?] >>],                               / full image /
+         12, 0, 3, 15]
+
 Custom parameters never go into the shared sequence (draft-ietf-suit-manifest-37,
 suit-parameter-custom). suit-set-version holds at most three integers (update-management-14: no
 build metadata); the build number travels in suit-text-current-version with the whole version.
@@ -53,6 +60,8 @@ from .constants import (
     DIR_FETCH,
     DIR_INVOKE,
     DIR_OVERRIDE_PARAMETERS,
+    DIR_SET_COMPONENT_INDEX,
+    DIR_TRY_EACH,
     ENV_AUTH,
     ENV_MANIFEST,
     M_COMMON,
@@ -68,8 +77,8 @@ from .constants import (
     P_IMAGE_DIGEST,
     P_IMAGE_SIZE,
     P_PAYLOAD_FORMAT,
-    P_PRECURSOR_DIGESTS,
     P_SECURITY_COUNTER,
+    P_SOURCE_COMPONENT,
     P_URI,
     P_USE_BEFORE,
     P_VENDOR_ID,
@@ -78,6 +87,7 @@ from .constants import (
     PROFILE_EXTENDED,
     PROFILES,
     SEVERABLE,
+    SOURCE_SLOT,
     TAG_ENVELOPE,
     TEXT_COMPONENT_KEYS,
     TEXT_CURRENT_VERSION,
@@ -130,6 +140,14 @@ def set_version_parts(parts: tuple[int, ...]) -> tuple[int, ...]:
     """The 1 to 3 integers suit-set-version carries (the build number, a 4th part, is dropped:
     update-management-14 forbids build metadata there)."""
     return parts[:3]
+
+
+_SOURCE_INDEX = 1  # the delta source's index in components
+
+
+def source_component_id(component_id: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The id of the delta source component: the running image slot of ``component_id``."""
+    return (*component_id, SOURCE_SLOT)
 
 
 def _uint(value: Any, name: str) -> int:
@@ -195,8 +213,6 @@ def _check_params(p: ManifestParams) -> None:
         type(d) is bytes and len(d) == 32 for d in p.precursor_digests
     ):
         raise SUITParamsError("precursor_digests must be a tuple of 32-byte SHA-256 digests")
-    if p.precursor_digests and p.profile != PROFILE_EXTENDED:
-        raise SUITParamsError("precursor digests are a custom parameter: extended profile only")
     if len(set(p.precursor_digests)) != len(p.precursor_digests):
         raise SUITParamsError("precursor_digests lists a digest twice")
 
@@ -224,8 +240,11 @@ def _members(p: ManifestParams) -> dict[int, bytes]:
         cmp = VERSION_COMPARISON_CODES[p.version_comparison]
         shared_params[P_VERSION] = dumps([cmp, list(set_version)])
         shared += [COND_VERSION, _REP_CONDITION]
+    components = [list(p.component_id)]
+    if p.precursor_digests:
+        components.append(list(source_component_id(p.component_id)))
     common = {
-        C_COMPONENTS: [list(p.component_id)],
+        C_COMPONENTS: components,
         C_SHARED_SEQUENCE: _sequence(DIR_OVERRIDE_PARAMETERS, shared_params, *shared),
     }
     install_params: dict[int, Any] = {}
@@ -239,10 +258,6 @@ def _members(p: ManifestParams) -> dict[int, bytes]:
     if p.profile == PROFILE_EXTENDED:
         install_params[P_SECURITY_COUNTER] = p.security_counter
         install_params[P_PAYLOAD_FORMAT] = p.payload_format
-        if p.precursor_digests:
-            install_params[P_PRECURSOR_DIGESTS] = dumps(
-                [[ALG_SHA256, digest] for digest in p.precursor_digests]
-            )
         install += [
             DIR_OVERRIDE_PARAMETERS, install_params,
             COND_SECURITY_COUNTER, _REP_CONDITION,
@@ -250,8 +265,26 @@ def _members(p: ManifestParams) -> dict[int, bytes]:
         ]  # fmt: skip
     elif install_params:
         install += [DIR_OVERRIDE_PARAMETERS, install_params]
-    if p.uri is not None:
-        install += [DIR_FETCH, _REP_DIRECTIVE]
+    fetch = [DIR_FETCH, _REP_DIRECTIVE] if p.uri is not None else []
+    if p.precursor_digests:
+        # One try-each option per precursor: the source (the running slot, component 1) must
+        # match the precursor's digest before the patch is fetched and applied onto component 0
+        # from it; the last option is the full image. The result's image-match follows.
+        options = []
+        for digest in p.precursor_digests:
+            option = [
+                DIR_SET_COMPONENT_INDEX, _SOURCE_INDEX,
+                DIR_OVERRIDE_PARAMETERS, {P_IMAGE_DIGEST: dumps([ALG_SHA256, digest])},
+                COND_IMAGE_MATCH, _REP_CONDITION,
+                DIR_SET_COMPONENT_INDEX, 0,
+                DIR_OVERRIDE_PARAMETERS, {P_SOURCE_COMPONENT: _SOURCE_INDEX},
+                DIR_FETCH, _REP_DIRECTIVE,
+            ]  # fmt: skip
+            options.append(_sequence(*option))
+        options.append(_sequence(DIR_SET_COMPONENT_INDEX, 0, *fetch))
+        install += [DIR_TRY_EACH, options, DIR_SET_COMPONENT_INDEX, 0]
+    else:
+        install += fetch
     install += [COND_IMAGE_MATCH, _REP_CONDITION]
     members = {
         M_COMMON: dumps(common),

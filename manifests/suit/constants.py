@@ -169,6 +169,9 @@ P_PAYLOAD_FORMAT: Final = -258  # tstr: "raw" | "mcuboot"
 # bstr .cbor [+ SUIT_Digest]: the images a delta to this manifest's image may be applied to (RFC
 # 9124's precursor image digest); consulted only when the device is handed a delta.
 P_PRECURSOR_DIGESTS: Final = -259
+# The delta source component (draft form, docs/suit.md "Deltas"): the running image slot of the
+# manifest's one component, named by that component's id plus this last part.
+SOURCE_SLOT: Final = b"running"
 
 PARAMETERS: Final[dict[int, str]] = {
     P_VENDOR_ID: "vendor-id",

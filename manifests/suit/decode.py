@@ -38,10 +38,13 @@ from .constants import (
     ALG_SHA256,
     C_COMPONENTS,
     C_SHARED_SEQUENCE,
+    COND_IMAGE_MATCH,
     CONDITIONS,
     CUSTOM_CONDITIONS,
     DIGEST_ALGS,
+    DIR_COPY,
     DIR_COPY_PARAMS,
+    DIR_FETCH,
     DIR_OVERRIDE_MULTIPLE,
     DIR_OVERRIDE_PARAMETERS,
     DIR_RUN_SEQUENCE,
@@ -66,6 +69,7 @@ from .constants import (
     P_PAYLOAD_FORMAT,
     P_PRECURSOR_DIGESTS,
     P_SECURITY_COUNTER,
+    P_SOURCE_COMPONENT,
     P_URI,
     P_USE_BEFORE,
     P_VENDOR_ID,
@@ -796,8 +800,55 @@ def _parse_manifest(
         encryption_info=tuple(ctx.encryption),
         manifest_component_id=manifest_component_id,
         coswid=coswid,
-        precursor_digests=facts.get(P_PRECURSOR_DIGESTS, ()),
+        precursor_digests=tuple(
+            dict.fromkeys(
+                (*facts.get(P_PRECURSOR_DIGESTS, ()), *_draft_precursors(sequences.get("install")))
+            )
+        ),
     )
+
+
+def _draft_precursors(install: tuple[tuple[int, Any], ...] | None) -> tuple[bytes, ...]:
+    """The SHA-256 digests of the sources a delta may be applied to, in the drafts' form: a
+    fetch (or copy) into a component whose suit-parameter-source-component names another
+    component on which suit-condition-image-match with a SHA-256 image digest already passed in
+    the same path of the install sequence (each try-each option is its own path). A source that
+    was not conditioned before the fetch names no precursor: a device must not patch it."""
+    found: list[bytes] = []
+
+    def run(commands: tuple[tuple[int, Any], ...], state: dict[str, Any]) -> None:
+        for cmd, arg in commands:
+            index = state["index"]
+            if cmd == DIR_SET_COMPONENT_INDEX:
+                state["index"] = arg if type(arg) is int else None
+            elif cmd == DIR_OVERRIDE_PARAMETERS and index is not None:
+                state["params"].setdefault(index, {}).update(arg)
+                state["matched"].pop(index, None)  # a later override voids an earlier match
+            elif cmd == COND_IMAGE_MATCH and index is not None:
+                digest = state["params"].get(index, {}).get(P_IMAGE_DIGEST)
+                if digest is not None and digest[0] == ALG_SHA256:
+                    state["matched"][index] = digest[1]
+            elif cmd in (DIR_FETCH, DIR_COPY) and index is not None:
+                source = state["params"].get(index, {}).get(P_SOURCE_COMPONENT)
+                if source is not None and source != index and source in state["matched"]:
+                    found.append(state["matched"][source])
+            elif cmd == DIR_TRY_EACH:
+                for option in arg:
+                    run(option, _copy_state(state))
+            elif cmd == DIR_RUN_SEQUENCE:
+                run(arg, state)
+
+    if install:
+        run(install, {"index": 0, "params": {}, "matched": {}})
+    return tuple(found)
+
+
+def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "index": state["index"],
+        "params": {k: dict(v) for k, v in state["params"].items()},
+        "matched": dict(state["matched"]),
+    }
 
 
 # --- envelope -------------------------------------------------------------------------------------

@@ -72,6 +72,11 @@ def test_eligible_device_passes():
             checks.COMPONENT_MISMATCH,
         ),
         (
+            # a second component that is not the delta source (the running slot)
+            {"manifest": dataclasses.replace(MANIFEST, components=((b"\x00",), (b"\x00", b"x")))},
+            checks.COMPONENT_MISMATCH,
+        ),
+        (
             {"manifest": dataclasses.replace(MANIFEST, payload_format="raw")},
             checks.COMPONENT_MISMATCH,
         ),
@@ -89,6 +94,7 @@ def test_eligible_device_passes():
         "wrong-vendor",
         "wrong-class",
         "wrong-component",
+        "second-component-not-the-source-slot",
         "wrong-payload-format",
         "already-current",
         "rollback-to-lower-sequence",

@@ -30,7 +30,7 @@ from manifests import suit
 from manifests.errors import DeltaSettingError, PermissionDeniedError
 from manifests.images import delta as deltas
 from manifests.images import imgtool
-from manifests.models import FirmwareDelta
+from manifests.models import DeviceClass, FirmwareDelta
 from manifests.selectors import manifest_params
 from tests.campaigns.support import Catalog, make_devices, signed_report, spec_text
 from tests.conftest import REPO_ROOT
@@ -124,6 +124,30 @@ def test_plan_counts_deltas_and_bytes_saved_per_stage(
     _plan(catalog)
     assert FirmwareDelta.objects.count() == 1
     assert AuditEvent.objects.filter(action="delta.create").count() == 1
+
+
+def test_standard_profile_class_plans_deltas_on_signed_source_components(
+    catalog: Catalog, programs: tuple[bytes, bytes]
+) -> None:
+    """A class whose envelopes carry no custom keys gets deltas too: its manifest names the
+    source in the drafts' form (source component + image-match), which the catalog takes."""
+    # The fixture's class has a live extended release, which the profile service rightly
+    # refuses to strand; this test only needs the class's profile, so set it on the row.
+    DeviceClass.objects.filter(pk=catalog.thermo.pk).update(manifest_profile="standard")
+    catalog.thermo.refresh_from_db()
+    release_services.device_class_set_delta(
+        device_class=catalog.thermo, delta_updates=True, actor=catalog.admin
+    )
+    old = _upload(catalog, programs[0], "1.0.0")
+    new = _upload(catalog, programs[1], "1.2.0")
+    release = _release(catalog, new, precursors=(bytes.fromhex(old.sha256),))
+    manifest = suit.decode_envelope(bytes(release.manifest.envelope)).manifest
+    assert manifest.profile == "standard" and manifest.security_counter is None
+    assert len(manifest.components) == 2
+    make_devices(catalog, 4, prefix="known", installed_image_digest=old.sha256)
+    plan = _plan(catalog)
+    assert sum(plan.stage_delta) == 4
+    assert sum(plan.stage_saved) == 4 * (new.size - FirmwareDelta.objects.get().size)
 
 
 def test_device_whose_installed_digest_is_unknown_gets_the_full_image(

@@ -199,13 +199,16 @@ def test_create_names_the_precursors_a_delta_may_apply_to(
         inspect_json(tmp_path / "delta-ok.suit")["image_digest"]
         == hashlib.sha256(image.read_bytes()).hexdigest()
     )
-    message = refused(
-        *create_args(image, author_key[0], tmp_path / "std.suit", **{"--profile": "standard"}),
+    # The standard profile names it too (a source component, no custom key).
+    std = tmp_path / "std.suit"
+    cli(
+        *create_args(image, author_key[0], std, **{"--profile": "standard"}),
         "--precursor",
         str(earlier),
     )
-    assert "extended profile only" in message
-    assert not (tmp_path / "std.suit").exists()
+    shown = inspect_json(std)
+    assert shown["precursor_digests"] == [hashlib.sha256(earlier.read_bytes()).hexdigest()]
+    assert shown["profile"] == "standard"
 
 
 def test_create_reports_the_manifest_digest_it_wrote(

@@ -9,6 +9,7 @@ import hashlib
 import sys
 import uuid
 
+import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,22 @@ from hypothesis import strategies as st
 from manifests import device_rules as dc
 from manifests import suit
 from manifests.images import delta as deltas
+from manifests.suit.cbor import CBORTag, dumps, encode_bstr
+from manifests.suit.constants import (
+    ALG_SHA256,
+    COND_IMAGE_MATCH,
+    DIR_FETCH,
+    DIR_OVERRIDE_PARAMETERS,
+    DIR_SET_COMPONENT_INDEX,
+    DIR_TRY_EACH,
+    ENV_AUTH,
+    ENV_MANIFEST,
+    M_INSTALL,
+    P_IMAGE_DIGEST,
+    P_PRECURSOR_DIGESTS,
+    P_SOURCE_COMPONENT,
+    TAG_ENVELOPE,
+)
 from manifests.suit.errors import SUITError
 from manifests.suit.model import ManifestParams
 from tests.conftest import REPO_ROOT
@@ -199,9 +216,8 @@ def test_manifest_names_the_precursors_a_delta_may_apply_to() -> None:
     [
         {"precursor_digests": (b"\xaa" * 31,)},
         {"precursor_digests": (b"\xaa" * 32, b"\xaa" * 32)},
-        {"precursor_digests": (b"\xaa" * 32,), "profile": "standard"},
     ],
-    ids=["short-digest", "duplicate", "standard-profile"],
+    ids=["short-digest", "duplicate"],
 )
 def test_bad_precursor_parameters_are_refused(changes: dict[str, object]) -> None:
     with pytest.raises(SUITError):
@@ -240,3 +256,98 @@ def test_mutated_delta_is_refused_with_a_delta_error_only(
     except deltas.DeltaError:
         return
     assert result == new
+
+
+# --- the drafts' form: a source component conditioned by image-match ----------------------------
+
+
+def _install(envelope: bytes) -> list[object]:
+    manifest = cbor2.loads(suit.decode_envelope(envelope).manifest_bytes)
+    return cbor2.loads(manifest[M_INSTALL])  # type: ignore[no-any-return]
+
+
+def _resigned(manifest: dict[int, object]) -> bytes:
+    """An unsigned envelope (digest only) around an edited manifest."""
+    manifest_bytes = dumps(manifest)
+    digest_bstr = dumps([ALG_SHA256, hashlib.sha256(encode_bstr(manifest_bytes)).digest()])
+    return dumps(
+        CBORTag(TAG_ENVELOPE, {ENV_AUTH: dumps([digest_bstr]), ENV_MANIFEST: manifest_bytes})
+    )
+
+
+@pytest.mark.parametrize("profile", suit.PROFILES)
+def test_delta_manifest_round_trips_in_the_drafts_form(profile: str) -> None:
+    precursors = (b"\xaa" * 32, b"\xbb" * 32)
+    p = dataclasses.replace(PARAMS, precursor_digests=precursors, profile=profile)
+    envelope = suit.create_envelope(p, keys=[])
+    assert suit.create_envelope(p, keys=[]) == envelope  # deterministic
+    manifest = suit.decode_envelope(envelope).manifest
+    assert manifest.precursor_digests == precursors
+    assert manifest.components == ((b"00",), (b"00", b"running"))
+    assert manifest.image_digest == PARAMS.image_digest  # the result's, not a precursor's
+    assert manifest.uri == PARAMS.uri and manifest.profile == profile
+    install = _install(envelope)
+    assert all(
+        not isinstance(a, dict) or P_PRECURSOR_DIGESTS not in a for a in install[1::2]
+    )  # no custom -259 written
+    at = next(i for i in range(0, len(install), 2) if install[i] == DIR_TRY_EACH)
+    options = [cbor2.loads(raw) for raw in install[at + 1]]  # type: ignore[union-attr]
+    assert len(options) == 3
+    for option, digest in zip(options, precursors, strict=False):
+        assert option == [
+            DIR_SET_COMPONENT_INDEX, 1,
+            DIR_OVERRIDE_PARAMETERS, {P_IMAGE_DIGEST: dumps([ALG_SHA256, digest])},
+            COND_IMAGE_MATCH, 15,
+            DIR_SET_COMPONENT_INDEX, 0,
+            DIR_OVERRIDE_PARAMETERS, {P_SOURCE_COMPONENT: 1},
+            DIR_FETCH, 2,
+        ]  # fmt: skip
+    assert options[-1] == [DIR_SET_COMPONENT_INDEX, 0, DIR_FETCH, 2]  # the full image
+    assert install[at + 2 :] == [DIR_SET_COMPONENT_INDEX, 0, COND_IMAGE_MATCH, 15]
+    facts = dc.facts_from_manifest(manifest)
+    assert facts.precursor_digests == precursors
+
+
+def _edit_options(envelope: bytes, edit: object) -> bytes:
+    manifest = cbor2.loads(suit.decode_envelope(envelope).manifest_bytes)
+    install = cbor2.loads(manifest[M_INSTALL])
+    at = next(i for i in range(0, len(install), 2) if install[i] == DIR_TRY_EACH)
+    install[at + 1] = [dumps(edit(cbor2.loads(raw))) for raw in install[at + 1]]  # type: ignore[operator]
+    manifest[M_INSTALL] = dumps(install)
+    return _resigned(manifest)
+
+
+def test_delta_source_without_image_match_names_no_precursor() -> None:
+    """A manifest that fetches the patch onto an unconditioned source authorises no delta."""
+    p = dataclasses.replace(PARAMS, precursor_digests=(b"\xaa" * 32,))
+
+    def drop_condition(option: list[object]) -> list[object]:
+        return [c for i, c in enumerate(option) if i not in (4, 5)] if len(option) > 4 else option
+
+    edited = _edit_options(suit.create_envelope(p, keys=[]), drop_condition)
+    assert suit.decode_envelope(edited).manifest.precursor_digests == ()
+
+
+def test_delta_source_digest_overridden_after_its_match_names_no_precursor() -> None:
+    """The condition passed on one digest, then the source's digest was swapped: void."""
+    p = dataclasses.replace(PARAMS, precursor_digests=(b"\xaa" * 32,))
+
+    def override_after(option: list[object]) -> list[object]:
+        if len(option) <= 4:
+            return option
+        swap = [DIR_OVERRIDE_PARAMETERS, {P_IMAGE_DIGEST: dumps([ALG_SHA256, b"\xcc" * 32])}]
+        return [*option[:6], *swap, *option[6:]]
+
+    edited = _edit_options(suit.create_envelope(p, keys=[]), override_after)
+    assert suit.decode_envelope(edited).manifest.precursor_digests == ()
+
+
+def test_custom_precursor_parameter_is_still_read() -> None:
+    """Envelopes in the earlier custom form (-259 in install) keep their precursors."""
+    manifest = cbor2.loads(suit.build_manifest(PARAMS))
+    install = cbor2.loads(manifest[M_INSTALL])
+    install[1][P_PRECURSOR_DIGESTS] = dumps([[ALG_SHA256, b"\xaa" * 32]])
+    manifest[M_INSTALL] = dumps(install)
+    decoded = suit.decode_envelope(_resigned(manifest)).manifest
+    assert decoded.precursor_digests == (b"\xaa" * 32,)
+    assert decoded.components == ((b"00",),)

@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -32,6 +33,16 @@ from manifests.errors import (
     UntrustedManifestError,
 )
 from manifests.models import DeviceClass, FirmwareImage, KeyStatus, Manifest, Vendor
+from manifests.suit.cbor import CBORTag, dumps, encode_bstr
+from manifests.suit.constants import (
+    ALG_SHA256,
+    DIR_TRY_EACH,
+    ENV_AUTH,
+    ENV_MANIFEST,
+    M_INSTALL,
+    TAG_ENVELOPE,
+)
+from manifests.suit.cose import sign1
 from tests.helpers.imgtool import build_mcuboot_image
 
 pytestmark = pytest.mark.django_db
@@ -210,6 +221,33 @@ def test_mismatched_manifest_is_refused_and_nothing_written(
     with pytest.raises(error):
         _import(device_class, image, author.private_key, author.user, **overrides)
     assert Manifest.objects.count() == 0
+
+
+def test_delta_manifest_with_an_unconditioned_source_component_is_refused_at_import(
+    device_class: Any, image: FirmwareImage, author: Any, author_key: Any
+):
+    """The author's tool lost the source's image-match: the second component names no
+    precursor, so the catalog refuses the manifest (and a device would refuse the delta)."""
+    params = params_for(device_class, image, precursor_digests=(b"\xaa" * 32,))
+    manifest = cbor2.loads(suit.build_manifest(params))
+    install = cbor2.loads(manifest[M_INSTALL])
+    at = next(i for i in range(0, len(install), 2) if install[i] == DIR_TRY_EACH)
+    install[at + 1] = [
+        dumps([c for i, c in enumerate(o) if i not in (4, 5)] if len(o) > 4 else o)
+        for o in map(cbor2.loads, install[at + 1])
+    ]
+    manifest[M_INSTALL] = dumps(install)
+    manifest_bytes = dumps(manifest)
+    digest_bstr = dumps([ALG_SHA256, hashlib.sha256(encode_bstr(manifest_bytes)).digest()])
+    auth = dumps([digest_bstr, sign1(digest_bstr, author.private_key)])
+    envelope = dumps(CBORTag(TAG_ENVELOPE, {ENV_AUTH: auth, ENV_MANIFEST: manifest_bytes}))
+    with pytest.raises(ManifestComponentError):
+        services.manifest_import(envelope=envelope, created_by=author.user, now=NOW)
+    assert Manifest.objects.count() == 0
+    # the same manifest with its condition is taken
+    conditioned = suit.create_envelope(params, keys=[author.private_key])
+    row = services.manifest_import(envelope=conditioned, created_by=author.user, now=NOW)
+    assert suit.decode_envelope(bytes(row.envelope)).manifest.precursor_digests == (b"\xaa" * 32,)
 
 
 def test_image_stamped_for_another_class_is_refused(

@@ -77,8 +77,18 @@ def test_the_schema_accepts_every_ietf_example_envelope(validator: Validator) ->
         {"version_comparison": "lesser", "use_before": dt.datetime(2031, 1, 1, tzinfo=dt.UTC)},
         {"text": {"vendor-name": "Acme", "manifest-description": "release"}},
         {"component_id": (b"flash", b"\x00")},
+        {"precursor_digests": (b"\xaa" * 32, b"\xbb" * 32)},
     ],
-    ids=["default", "no-uri", "fragment-uri", "one-part-version", "conditions", "text", "comp"],
+    ids=[
+        "default",
+        "no-uri",
+        "fragment-uri",
+        "one-part-version",
+        "conditions",
+        "text",
+        "comp",
+        "delta-precursors",
+    ],
 )
 def test_envelopes_the_product_writes_validate(
     validator: Validator, profile: str, changes: dict[str, Any]

@@ -115,7 +115,7 @@ class Command(BaseCommand):
             action="append",
             default=[],
             help="an earlier image file a delta to this image may be applied to (repeatable; "
-            "extended profile; its SHA-256 goes into the signed manifest, parameter -259)",
+            "either profile; the signed manifest names it as the source component's image digest)",
         )
         p.add_argument("--key", required=True)
         p.add_argument("--out", required=True)

@@ -11,11 +11,23 @@ import hashlib
 import sys
 from typing import Any
 
+import cbor2
 import pytest
 
 from manifests import suit
 from manifests.images import delta as deltas
 from manifests.images import imgtool
+from manifests.suit.cbor import CBORTag, dumps, encode_bstr
+from manifests.suit.constants import (
+    ALG_SHA256,
+    COND_IMAGE_MATCH,
+    DIR_TRY_EACH,
+    ENV_AUTH,
+    ENV_MANIFEST,
+    M_INSTALL,
+    TAG_ENVELOPE,
+)
+from manifests.suit.cose import sign1
 from tests.conftest import REPO_ROOT
 from tests.workers.lwm2m.conftest import (
     CLASS_ID,
@@ -59,7 +71,14 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _envelope(key: Any, payload: bytes, *, precursors: tuple[bytes, ...]) -> tuple[str, bytes]:
+def _envelope(
+    key: Any,
+    payload: bytes,
+    *,
+    precursors: tuple[bytes, ...],
+    profile: str = "extended",
+    unconditioned: bool = False,
+) -> tuple[str, bytes]:
     params = suit.ManifestParams(
         vendor_id=VENDOR_ID,
         class_id=CLASS_ID,
@@ -72,9 +91,36 @@ def _envelope(key: Any, payload: bytes, *, precursors: tuple[bytes, ...]) -> tup
         component_id=(b"\x00",),
         payload_format="mcuboot",
         precursor_digests=precursors,
+        profile=profile,
     )
-    envelope = suit.create_envelope(params, keys=[key])
+    if unconditioned:
+        envelope = _without_source_condition(params, key)
+    else:
+        envelope = suit.create_envelope(params, keys=[key])
     return suit.decode_envelope(envelope).manifest_digest.hex(), envelope
+
+
+def _without_source_condition(params: suit.ManifestParams, key: Any) -> bytes:
+    """A correctly signed envelope whose delta options set the source component and fetch the
+    patch, but lost the image-match condition on the source (an author's tool bug or a forged
+    manifest signed with a stolen key: either way the device must not patch unconditioned)."""
+    manifest = cbor2.loads(suit.build_manifest(params))
+    install = cbor2.loads(manifest[M_INSTALL])
+    at = next(i for i in range(0, len(install), 2) if install[i] == DIR_TRY_EACH)
+    options = []
+    for raw in install[at + 1]:
+        option = cbor2.loads(raw)
+        for i in range(0, len(option), 2):
+            if option[i] == COND_IMAGE_MATCH:
+                del option[i : i + 2]
+                break
+        options.append(dumps(option))
+    install[at + 1] = options
+    manifest[M_INSTALL] = dumps(install)
+    manifest_bytes = dumps(manifest)
+    digest_bstr = dumps([ALG_SHA256, hashlib.sha256(encode_bstr(manifest_bytes)).digest()])
+    auth = dumps([digest_bstr, sign1(digest_bstr, key)])
+    return dumps(CBORTag(TAG_ENVELOPE, {ENV_AUTH: auth, ENV_MANIFEST: manifest_bytes}))
 
 
 def _suit_run(
@@ -87,8 +133,12 @@ def _suit_run(
     expect: FwResult,
     event: str,
     refusal: str | None = None,
+    profile: str = "extended",
+    unconditioned: bool = False,
 ) -> None:
-    digest, envelope = _envelope(key, builds.new, precursors=precursors)
+    digest, envelope = _envelope(
+        key, builds.new, precursors=precursors, profile=profile, unconditioned=unconditioned
+    )
     firmware = DictFirmware(
         envelopes={digest: envelope}, images={_sha(builds.new): builds.new, _sha(delta): delta}
     )
@@ -108,9 +158,16 @@ def _suit_run(
             assert info.value.result["result"] == expect  # type: ignore[attr-defined]
             assert info.value.result.get("refusal") == refusal  # type: ignore[attr-defined]
             assert device.installed_image == installed and device.state.version == "1.0.0"
+            assert "delta applied" not in device.events
         assert event in device.events, device.events
 
-    run_with_fleet(scenario, count=1, anchors=[key.public_key()], firmware=firmware)
+    run_with_fleet(
+        scenario,
+        count=1,
+        anchors=[key.public_key()],
+        firmware=firmware,
+        spec_kwargs={"manifest_profile": profile},
+    )
 
 
 def test_suit_device_applies_a_delta_on_a_signed_precursor(
@@ -169,6 +226,78 @@ def test_suit_delta_whose_result_digest_differs_is_refused(
         precursors=(hashlib.sha256(builds.old).digest(),),
         expect=FwResult.INTEGRITY_CHECK_FAILURE,
         event="refused device.image_digest_mismatch",
+    )
+
+
+# --- the drafts' form in the standard profile (source component + image-match) -------------
+
+
+def test_standard_profile_suit_device_applies_a_delta_on_its_source_component(
+    signing_key: Any, builds: Builds
+) -> None:
+    _suit_run(
+        signing_key,
+        builds,
+        installed=builds.old,
+        delta=deltas.create_delta(builds.old, builds.new),
+        precursors=(hashlib.sha256(builds.old).digest(),),
+        expect=FwResult.SUCCESS,
+        event="delta applied",
+        profile="standard",
+    )
+
+
+def test_standard_profile_delta_to_the_wrong_base_is_refused_before_patching(
+    signing_key: Any, builds: Builds
+) -> None:
+    """The running slot (source component) fails the signed image-match: wrong precursor, and
+    nothing is patched (no "delta applied", the installed image is untouched)."""
+    _suit_run(
+        signing_key,
+        builds,
+        installed=builds.other,
+        delta=deltas.create_delta(builds.old, builds.new),
+        precursors=(hashlib.sha256(builds.old).digest(),),
+        expect=FwResult.UNSUPPORTED_PACKAGE_TYPE,
+        event="refused device.wrong_precursor",
+        refusal="wrong_precursor",
+        profile="standard",
+    )
+
+
+def test_standard_profile_delta_whose_result_digest_differs_is_refused(
+    signing_key: Any, builds: Builds
+) -> None:
+    _suit_run(
+        signing_key,
+        builds,
+        installed=builds.old,
+        delta=deltas.create_delta(builds.old, builds.other),
+        precursors=(hashlib.sha256(builds.old).digest(),),
+        expect=FwResult.INTEGRITY_CHECK_FAILURE,
+        event="refused device.image_digest_mismatch",
+        profile="standard",
+    )
+
+
+@pytest.mark.parametrize("profile", ["standard", "extended"])
+def test_delta_with_no_source_component_condition_is_not_patched(
+    signing_key: Any, builds: Builds, profile: str
+) -> None:
+    """The installed image IS the delta's base, but the signed manifest fetches the patch onto
+    the source component without conditioning it: the device refuses, it never patches an
+    unconditioned source."""
+    _suit_run(
+        signing_key,
+        builds,
+        installed=builds.old,
+        delta=deltas.create_delta(builds.old, builds.new),
+        precursors=(hashlib.sha256(builds.old).digest(),),
+        expect=FwResult.UNSUPPORTED_PACKAGE_TYPE,
+        event="refused device.wrong_precursor",
+        refusal="wrong_precursor",
+        profile=profile,
+        unconditioned=True,
     )
 
 
