@@ -46,6 +46,15 @@ def _firmware(release: Any) -> DictFirmware:
     )
 
 
+def _run_one(scenario: Any, signing_key: Any, release: Any) -> None:
+    """Run ``scenario`` against one simulated device trusting ``signing_key``, which is offered
+    the release's firmware."""
+    run_with_fleet(
+        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
+        timeout=60,
+    )  # fmt: skip
+
+
 def _package_writes(h: Harness) -> list[str]:
     return [
         e
@@ -78,10 +87,7 @@ def test_an_execute_carried_out_whose_answer_never_came_is_a_success_not_a_failu
         assert device.state.version == "1.1.0" and device.boots == 1
         assert executes.count((5, 0, 2)) == 1  # never executed twice
 
-    run_with_fleet(
-        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
-        timeout=60,
-    )  # fmt: skip
+    _run_one(scenario, signing_key, release)
 
 
 def test_a_package_uri_write_carried_out_whose_answer_never_came_is_followed(
@@ -105,10 +111,7 @@ def test_a_package_uri_write_carried_out_whose_answer_never_came_is_followed(
         device = h.fleet.devices[ENDPOINT]
         assert device.state.version == "1.1.0" and device.boots == 1
 
-    run_with_fleet(
-        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
-        timeout=60,
-    )  # fmt: skip
+    _run_one(scenario, signing_key, release)
 
 
 def test_a_package_uri_write_lost_on_the_way_ends_as_unreachable_not_as_a_failure(
@@ -133,10 +136,7 @@ def test_a_package_uri_write_lost_on_the_way_ends_as_unreachable_not_as_a_failur
         assert _package_writes(h) == []
         assert h.fleet.devices[ENDPOINT].boots == 0
 
-    run_with_fleet(
-        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
-        timeout=60,
-    )  # fmt: skip
+    _run_one(scenario, signing_key, release)
 
 
 def test_an_execute_lost_on_the_way_is_sent_again_while_the_device_waits_downloaded(
@@ -163,10 +163,7 @@ def test_an_execute_lost_on_the_way_is_sent_again_while_the_device_waits_downloa
         device = h.fleet.devices[ENDPOINT]
         assert device.state.version == "1.1.0" and device.boots == 1
 
-    run_with_fleet(
-        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
-        timeout=60,
-    )  # fmt: skip
+    _run_one(scenario, signing_key, release)
 
 
 def test_a_gateway_killed_between_claiming_execute_and_sending_it_executes_on_resume(
@@ -203,7 +200,4 @@ def test_a_gateway_killed_between_claiming_execute_and_sending_it_executes_on_re
         assert len(_package_writes(h)) == 1
         assert device.state.version == "1.1.0" and device.boots == 1
 
-    run_with_fleet(
-        scenario, count=1, anchors=[signing_key.public_key()], firmware=_firmware(release),
-        timeout=60,
-    )  # fmt: skip
+    _run_one(scenario, signing_key, release)
